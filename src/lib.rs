@@ -1,0 +1,8 @@
+//! TIME Coin masternode: instant-finality UTXO payments.
+//!
+//! - [`protocol`]: the pure protocol core (types, validation, UTXO states,
+//!   votes, quorum, TimeProofs, the masternode state machine).
+//! - [`storage`]: durable state (LMDB) behind the [`storage::Store`] trait.
+
+pub mod protocol;
+pub mod storage;

@@ -1,0 +1,12 @@
+//! The protocol core: pure data types and state machines. No sockets, no
+//! clock, no threads, no tokio: time is passed in as milliseconds, and every
+//! effect comes back as an output for a transport or a store to carry out.
+
+pub mod engine;
+pub mod message;
+pub mod registry;
+pub mod timeproof;
+pub mod types;
+pub mod utxo;
+pub mod validation;
+pub mod vote;

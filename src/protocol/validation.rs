@@ -1,0 +1,429 @@
+//! Transaction validation: limits, signatures, amounts, fee, dust. Every
+//! failure is a [`TxError`] with a stable [`RejectCode`] that travels to the
+//! wallet and into reject votes.
+
+use std::collections::HashSet;
+
+use ed25519_dalek::Signature;
+
+use crate::protocol::types::{Address, ChainId, OutPoint, Transaction, Txid, COIN, TX_VERSION};
+use crate::protocol::utxo::UtxoEntry;
+
+/// Stable reason codes. Numbers never change meaning; new ones are appended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum RejectCode {
+    Oversized,
+    NoInputs,
+    NoOutputs,
+    TooManyItems,
+    DuplicateInput,
+    UnknownInput,
+    InputLocked,
+    InputSpent,
+    BadSignature,
+    WrongOwner,
+    InsufficientFunds,
+    FeeTooLow,
+    DustOutput,
+    WrongChain,
+    UnsupportedVersion,
+    AmountOverflow,
+    MempoolFull,
+    ConflictFinalized,
+    ApprovalImpossible,
+    Expired,
+    /// A code this build does not know (sent by a newer peer).
+    Other(u16),
+}
+
+impl RejectCode {
+    pub fn code(self) -> u16 {
+        use RejectCode::*;
+        match self {
+            Oversized => 1,
+            NoInputs => 2,
+            NoOutputs => 3,
+            TooManyItems => 4,
+            DuplicateInput => 5,
+            UnknownInput => 6,
+            InputLocked => 7,
+            InputSpent => 8,
+            BadSignature => 9,
+            WrongOwner => 10,
+            InsufficientFunds => 11,
+            FeeTooLow => 12,
+            DustOutput => 13,
+            WrongChain => 14,
+            UnsupportedVersion => 15,
+            AmountOverflow => 16,
+            MempoolFull => 17,
+            ConflictFinalized => 18,
+            ApprovalImpossible => 19,
+            Expired => 20,
+            Other(c) => c,
+        }
+    }
+
+    pub fn from_code(c: u16) -> Self {
+        use RejectCode::*;
+        match c {
+            1 => Oversized,
+            2 => NoInputs,
+            3 => NoOutputs,
+            4 => TooManyItems,
+            5 => DuplicateInput,
+            6 => UnknownInput,
+            7 => InputLocked,
+            8 => InputSpent,
+            9 => BadSignature,
+            10 => WrongOwner,
+            11 => InsufficientFunds,
+            12 => FeeTooLow,
+            13 => DustOutput,
+            14 => WrongChain,
+            15 => UnsupportedVersion,
+            16 => AmountOverflow,
+            17 => MempoolFull,
+            18 => ConflictFinalized,
+            19 => ApprovalImpossible,
+            20 => Expired,
+            c => Other(c),
+        }
+    }
+
+    pub fn describe(self) -> &'static str {
+        use RejectCode::*;
+        match self {
+            Oversized => "transaction too large",
+            NoInputs => "transaction has no inputs",
+            NoOutputs => "transaction has no outputs",
+            TooManyItems => "too many inputs or outputs",
+            DuplicateInput => "an input is spent twice",
+            UnknownInput => "an input does not exist",
+            InputLocked => "an input is locked by another transaction (double spend)",
+            InputSpent => "an input is already spent",
+            BadSignature => "invalid signature",
+            WrongOwner => "input key does not own the output",
+            InsufficientFunds => "outputs exceed inputs",
+            FeeTooLow => "fee below the minimum",
+            DustOutput => "an output is below the dust threshold",
+            WrongChain => "transaction is for another network",
+            UnsupportedVersion => "unsupported transaction version",
+            AmountOverflow => "amounts overflow",
+            MempoolFull => "masternode mempool is full",
+            ConflictFinalized => "a conflicting transaction is final",
+            ApprovalImpossible => "masternodes rejected it: approval can no longer reach quorum",
+            Expired => "no decision before the lock timeout",
+            Other(_) => "unknown reason",
+        }
+    }
+}
+
+/// A validation failure with its detail. `code()` is what goes on the wire.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum TxError {
+    #[error("transaction is {size} bytes, limit {max}")]
+    Oversized { size: usize, max: usize },
+    #[error("transaction has no inputs")]
+    NoInputs,
+    #[error("transaction has no outputs")]
+    NoOutputs,
+    #[error("input {0} spends an outpoint already spent by an earlier input")]
+    DuplicateInput(OutPoint),
+    #[error("input {0} does not exist")]
+    UnknownInput(OutPoint),
+    #[error("input {outpoint} is locked by transaction {holder}")]
+    InputLocked { outpoint: OutPoint, holder: Txid },
+    #[error("input {outpoint} is already spent by {holder}")]
+    InputSpent { outpoint: OutPoint, holder: Txid },
+    #[error("signature of input {0} does not verify")]
+    BadSignature(usize),
+    #[error("input {0}'s key does not own the output it spends")]
+    WrongOwner(usize),
+    #[error("outputs {outputs} + minimum fee {fee} exceed inputs {inputs}")]
+    InsufficientFunds { inputs: u64, outputs: u64, fee: u64 },
+    #[error("output {index} of {amount} units is below the dust threshold {dust}")]
+    DustOutput { index: usize, amount: u64, dust: u64 },
+    #[error("transaction is for chain {got}, this is chain {expected}")]
+    WrongChain { got: ChainId, expected: ChainId },
+    #[error("transaction version {0} is not supported")]
+    UnsupportedVersion(u16),
+    #[error("amounts overflow")]
+    AmountOverflow,
+    #[error("mempool holds {0} transactions, its limit")]
+    MempoolFull(usize),
+    #[error("conflicting transaction {0} is final")]
+    ConflictFinalized(Txid),
+}
+
+impl TxError {
+    pub fn code(&self) -> RejectCode {
+        use TxError::*;
+        match self {
+            Oversized { .. } => RejectCode::Oversized,
+            NoInputs => RejectCode::NoInputs,
+            NoOutputs => RejectCode::NoOutputs,
+            DuplicateInput(_) => RejectCode::DuplicateInput,
+            UnknownInput(_) => RejectCode::UnknownInput,
+            InputLocked { .. } => RejectCode::InputLocked,
+            InputSpent { .. } => RejectCode::InputSpent,
+            BadSignature(_) => RejectCode::BadSignature,
+            WrongOwner(_) => RejectCode::WrongOwner,
+            InsufficientFunds { .. } => RejectCode::InsufficientFunds,
+            DustOutput { .. } => RejectCode::DustOutput,
+            WrongChain { .. } => RejectCode::WrongChain,
+            UnsupportedVersion(_) => RejectCode::UnsupportedVersion,
+            AmountOverflow => RejectCode::AmountOverflow,
+            MempoolFull(_) => RejectCode::MempoolFull,
+            ConflictFinalized(_) => RejectCode::ConflictFinalized,
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Limits {
+    pub max_tx_bytes: usize,
+    pub min_fee: u64,
+    pub dust: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_tx_bytes: 1_000_000,
+            min_fee: COIN / 100,
+            dust: 546,
+        }
+    }
+}
+
+/// Checks that need no UTXO set: version, chain, sizes, duplicates, dust,
+/// amount overflow. Cheap; run before anything else.
+pub fn check_stateless(
+    tx: &Transaction,
+    chain_id: ChainId,
+    limits: &Limits,
+) -> Result<(), TxError> {
+    if tx.version != TX_VERSION {
+        return Err(TxError::UnsupportedVersion(tx.version));
+    }
+    if tx.chain_id != chain_id {
+        return Err(TxError::WrongChain {
+            got: tx.chain_id,
+            expected: chain_id,
+        });
+    }
+    let size = tx.encoded_len();
+    if size > limits.max_tx_bytes {
+        return Err(TxError::Oversized {
+            size,
+            max: limits.max_tx_bytes,
+        });
+    }
+    if tx.inputs.is_empty() {
+        return Err(TxError::NoInputs);
+    }
+    if tx.outputs.is_empty() {
+        return Err(TxError::NoOutputs);
+    }
+    let mut seen = HashSet::with_capacity(tx.inputs.len());
+    for i in &tx.inputs {
+        if !seen.insert(i.prev) {
+            return Err(TxError::DuplicateInput(i.prev));
+        }
+    }
+    let mut total: u64 = 0;
+    for (index, o) in tx.outputs.iter().enumerate() {
+        if o.amount < limits.dust {
+            return Err(TxError::DustOutput {
+                index,
+                amount: o.amount,
+                dust: limits.dust,
+            });
+        }
+        total = total.checked_add(o.amount).ok_or(TxError::AmountOverflow)?;
+    }
+    Ok(())
+}
+
+/// Checks against the spent outputs (`spent[i]` is input i's entry, already
+/// looked up and found): ownership, funds and fee. Does not check signatures
+/// or lock states; see [`verify_signatures`] and the engine.
+pub fn check_amounts_and_owners(
+    tx: &Transaction,
+    spent: &[UtxoEntry],
+    limits: &Limits,
+) -> Result<(), TxError> {
+    let mut inputs: u64 = 0;
+    for (i, (input, entry)) in tx.inputs.iter().zip(spent).enumerate() {
+        if Address::from_public_key(&input.public_key) != entry.output.address {
+            return Err(TxError::WrongOwner(i));
+        }
+        inputs = inputs
+            .checked_add(entry.output.amount)
+            .ok_or(TxError::AmountOverflow)?;
+    }
+    let outputs = tx
+        .outputs
+        .iter()
+        .try_fold(0u64, |a, o| a.checked_add(o.amount))
+        .ok_or(TxError::AmountOverflow)?;
+    let needed = outputs
+        .checked_add(limits.min_fee)
+        .ok_or(TxError::AmountOverflow)?;
+    if inputs < needed {
+        return Err(TxError::InsufficientFunds {
+            inputs,
+            outputs,
+            fee: limits.min_fee,
+        });
+    }
+    Ok(())
+}
+
+/// Verifies every input signature. Several signatures go through ed25519
+/// batch verification; if the batch fails we fall back to one-by-one to name
+/// the bad input. Single signatures use `verify_strict`.
+pub fn verify_signatures(tx: &Transaction, txid: &Txid) -> Result<(), TxError> {
+    let msgs: Vec<[u8; 61]> = (0..tx.inputs.len())
+        .map(|i| Transaction::input_sig_message(tx.chain_id, txid, i as u32))
+        .collect();
+    let mut keys = Vec::with_capacity(tx.inputs.len());
+    for (i, input) in tx.inputs.iter().enumerate() {
+        keys.push(
+            input
+                .public_key
+                .verifying_key()
+                .ok_or(TxError::BadSignature(i))?,
+        );
+    }
+    let sigs: Vec<Signature> = tx
+        .inputs
+        .iter()
+        .map(|i| Signature::from_bytes(&i.signature))
+        .collect();
+    if tx.inputs.len() > 1 {
+        let m: Vec<&[u8]> = msgs.iter().map(|m| &m[..]).collect();
+        if ed25519_dalek::verify_batch(&m, &sigs, &keys).is_ok()
+            && keys.iter().all(|k| !k.is_weak())
+        {
+            return Ok(());
+        }
+    }
+    for (i, ((k, s), m)) in keys.iter().zip(&sigs).zip(&msgs).enumerate() {
+        k.verify_strict(m, s).map_err(|_| TxError::BadSignature(i))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::types::{PublicKey, TxOutput};
+    use crate::protocol::utxo::UtxoState;
+    use ed25519_dalek::SigningKey;
+
+    fn setup(amount: u64, outs: &[u64]) -> (Transaction, Vec<UtxoEntry>) {
+        let k = SigningKey::from_bytes(&[1; 32]);
+        let me = Address::from_public_key(&PublicKey::from_signing(&k));
+        let prevs: Vec<OutPoint> = (0..2)
+            .map(|v| OutPoint {
+                txid: Txid([5; 32]),
+                vout: v,
+            })
+            .collect();
+        let tx = Transaction::build_signed(
+            1,
+            &k,
+            &prevs,
+            outs.iter()
+                .map(|&amount| TxOutput {
+                    amount,
+                    address: Address([9; 20]),
+                })
+                .collect(),
+        );
+        let entry = UtxoEntry {
+            output: TxOutput {
+                amount,
+                address: me,
+            },
+            state: UtxoState::Unspent,
+        };
+        (tx, vec![entry; 2])
+    }
+
+    #[test]
+    fn every_rule_has_its_error() {
+        let l = Limits::default();
+        let (tx, spent) = setup(COIN, &[COIN]);
+        assert!(check_stateless(&tx, 1, &l).is_ok());
+        assert!(check_amounts_and_owners(&tx, &spent, &l).is_ok());
+        verify_signatures(&tx, &tx.txid()).unwrap();
+
+        assert!(matches!(
+            check_stateless(&tx, 2, &l),
+            Err(TxError::WrongChain { .. })
+        ));
+        let (dust, _) = setup(COIN, &[100]);
+        assert_eq!(check_stateless(&dust, 1, &l).unwrap_err().code(), RejectCode::DustOutput);
+
+        let (greedy, spent) = setup(COIN, &[2 * COIN]);
+        assert_eq!(
+            check_amounts_and_owners(&greedy, &spent, &l).unwrap_err().code(),
+            RejectCode::InsufficientFunds
+        );
+        // Exactly no fee left: refused.
+        let (nofee, spent) = setup(COIN, &[2 * COIN]);
+        let _ = nofee;
+        let (exact, _) = setup(COIN, &[2 * COIN - l.min_fee]);
+        assert!(check_amounts_and_owners(&exact, &spent, &l).is_ok());
+        let (over, _) = setup(COIN, &[2 * COIN - l.min_fee + 1]);
+        assert!(check_amounts_and_owners(&over, &spent, &l).is_err());
+
+        let mut dup = tx.clone();
+        dup.inputs[1].prev = dup.inputs[0].prev;
+        assert_eq!(check_stateless(&dup, 1, &l).unwrap_err().code(), RejectCode::DuplicateInput);
+
+        let mut badsig = tx.clone();
+        badsig.inputs[1].signature[0] ^= 1;
+        assert_eq!(
+            verify_signatures(&badsig, &badsig.txid()),
+            Err(TxError::BadSignature(1))
+        );
+
+        let mut thief = spent.clone();
+        thief[0].output.address = Address([3; 20]);
+        assert_eq!(
+            check_amounts_and_owners(&tx, &thief, &l),
+            Err(TxError::WrongOwner(0))
+        );
+
+        let mut huge = tx.clone();
+        huge.outputs = vec![
+            TxOutput {
+                amount: u64::MAX,
+                address: Address([1; 20])
+            };
+            2
+        ];
+        assert_eq!(check_stateless(&huge, 1, &l), Err(TxError::AmountOverflow));
+        let mut empty = tx.clone();
+        empty.inputs.clear();
+        assert_eq!(check_stateless(&empty, 1, &l), Err(TxError::NoInputs));
+        let mut small = l.clone();
+        small.max_tx_bytes = 100;
+        assert_eq!(
+            check_stateless(&tx, 1, &small).unwrap_err().code(),
+            RejectCode::Oversized
+        );
+    }
+
+    #[test]
+    fn codes_round_trip() {
+        for c in 0..40u16 {
+            assert_eq!(RejectCode::from_code(c).code(), c);
+        }
+    }
+}

@@ -1,0 +1,87 @@
+//! In-memory [`Store`] for tests and the simulator. It models durability
+//! exactly: what `apply` accepted survives a simulated crash, nothing else.
+
+use std::collections::{BTreeMap, HashMap};
+
+use super::{Genesis, Snapshot, Store, StoreError, Write};
+use crate::protocol::timeproof::TimeProof;
+use crate::protocol::types::{OutPoint, Transaction, Txid};
+use crate::protocol::utxo::{UtxoEntry, UtxoState};
+use crate::protocol::vote::VoteBatch;
+
+#[derive(Clone, Debug, Default)]
+pub struct MemoryStore {
+    chain_id: Option<u32>,
+    utxos: BTreeMap<OutPoint, UtxoEntry>,
+    txs: HashMap<Txid, Transaction>,
+    proofs: HashMap<Txid, TimeProof>,
+    votes: Vec<VoteBatch>,
+}
+
+impl MemoryStore {
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
+impl Store for MemoryStore {
+    fn init(&mut self, genesis: &Genesis) -> Result<(), StoreError> {
+        match self.chain_id {
+            Some(c) if c != genesis.chain_id => Err(StoreError::WrongChain {
+                found: c,
+                expected: genesis.chain_id,
+            }),
+            Some(_) => Ok(()),
+            None => {
+                self.chain_id = Some(genesis.chain_id);
+                self.utxos.extend(genesis.utxos.iter().cloned());
+                Ok(())
+            }
+        }
+    }
+
+    fn load(&self) -> Result<Snapshot, StoreError> {
+        let mut pending = Vec::new();
+        for e in self.utxos.values() {
+            if let UtxoState::Locked { txid } | UtxoState::SpentPending { txid, .. } = e.state {
+                if let Some(tx) = self.txs.get(&txid) {
+                    if !pending.iter().any(|t: &Transaction| t.txid() == txid) {
+                        pending.push(tx.clone());
+                    }
+                }
+            }
+        }
+        Ok(Snapshot {
+            utxos: self.utxos.iter().map(|(k, v)| (*k, *v)).collect(),
+            pending_transactions: pending,
+            finalized: self.proofs.keys().copied().collect(),
+            own_votes: self.votes.clone(),
+        })
+    }
+
+    fn apply(&mut self, writes: &[Write]) -> Result<(), StoreError> {
+        for w in writes {
+            match w {
+                Write::PutUtxo(k, v) => {
+                    self.utxos.insert(*k, *v);
+                }
+                Write::PutTransaction(id, tx) => {
+                    self.txs.insert(*id, tx.clone());
+                }
+                Write::PutProof(p) => {
+                    self.proofs.insert(p.txid, p.clone());
+                }
+                Write::AppendOwnVotes(b) => self.votes.push(b.clone()),
+            }
+        }
+        Ok(())
+    }
+
+    fn get_proof(&self, txid: &Txid) -> Result<Option<TimeProof>, StoreError> {
+        Ok(self.proofs.get(txid).cloned())
+    }
+
+    fn get_transaction(&self, txid: &Txid) -> Result<Option<Transaction>, StoreError> {
+        Ok(self.txs.get(txid).cloned())
+    }
+}
