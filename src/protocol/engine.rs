@@ -1,1 +1,1063 @@
-//! (in progress)
+//! The masternode state machine: first-seen UTXO locking, voting, tallying and
+//! finality. Pure: every call takes `now` (milliseconds, from any monotonic
+//! source) and the effects come back from [`Engine::end_round`] as durable
+//! [`Write`]s and [`Output`]s. The driver must apply a round's writes durably
+//! *before* it sends that round's outputs: that is what makes "a vote is
+//! durable before it leaves the node" hold, across crashes.
+//!
+//! The one safety rule lives in [`Engine::approve`]: this node never signs an
+//! approve vote for a transaction spending an outpoint it has already approved
+//! another transaction for. The map behind it (`approved_spends`) is rebuilt
+//! from durable state at start and is never released by a timeout.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use ed25519_dalek::SigningKey;
+
+use crate::protocol::registry::Registry;
+use crate::protocol::timeproof::TimeProof;
+use crate::protocol::types::{Address, ChainId, OutPoint, PublicKey, Transaction, Txid};
+use crate::protocol::utxo::{UtxoEntry, UtxoState};
+use crate::protocol::validation::{self, Limits, RejectCode, TxError};
+use crate::protocol::vote::{Decision, VoteBatch, VoteItem, MAX_VOTE_ITEMS};
+use crate::storage::{Snapshot, Write};
+
+#[derive(Clone, Debug)]
+pub struct EngineConfig {
+    pub chain_id: ChainId,
+    pub limits: Limits,
+    /// Most undecided transactions held at once.
+    pub mempool_limit: usize,
+    /// After this long without a decision, state this node holds for a
+    /// transaction it never voted on is dropped. Locks it voted on stay.
+    pub lock_timeout_ms: u64,
+    /// How long a transaction waits for an input this node does not know yet.
+    pub orphan_timeout_ms: u64,
+    pub max_orphans: usize,
+    /// Most vote tallies kept for transactions this node has not seen.
+    pub max_unknown_tallies: usize,
+    /// How long a decided transaction is remembered (for idempotent answers).
+    pub decided_retention_ms: u64,
+    /// Deliberate bugs for the simulator's control runs: a checker that
+    /// cannot fail proves nothing. Compiled only with `planted-bugs`.
+    #[cfg(feature = "planted-bugs")]
+    pub planted: PlantedBugs,
+}
+
+/// Bugs the simulator plants to show its checker catches them.
+#[cfg(feature = "planted-bugs")]
+#[derive(Clone, Debug, Default)]
+pub struct PlantedBugs {
+    /// Use this quorum instead of floor(2W/3)+1.
+    pub quorum: Option<u64>,
+    /// Release voted locks after the lock timeout (the seeds' unsafe rule).
+    pub release_voted_locks_on_timeout: bool,
+}
+
+impl EngineConfig {
+    pub fn new(chain_id: ChainId) -> Self {
+        EngineConfig {
+            chain_id,
+            limits: Limits::default(),
+            mempool_limit: 10_000,
+            lock_timeout_ms: 30_000,
+            orphan_timeout_ms: 5_000,
+            max_orphans: 10_000,
+            max_unknown_tallies: 100_000,
+            decided_retention_ms: 120_000,
+            #[cfg(feature = "planted-bugs")]
+            planted: PlantedBugs::default(),
+        }
+    }
+}
+
+/// Where a transaction came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Origin {
+    /// Submitted by a wallet to this node: this node broadcasts it.
+    Wallet,
+    /// Relayed by a peer masternode.
+    Peer,
+}
+
+/// Something a wallet or operator should hear about.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Event {
+    /// Inputs locked and approved by this node; votes are being gathered.
+    Accepted { txid: Txid },
+    /// A TimeProof exists: the transaction is final.
+    Finalized {
+        txid: Txid,
+        proof: Arc<TimeProof>,
+        tx: Arc<Transaction>,
+        /// Addresses whose balance changed (input owners and recipients).
+        addresses: Vec<Address>,
+    },
+    /// The transaction will not be final: refused here, or the network
+    /// rejected it (`rejecters` names the masternodes and their reasons).
+    Rejected {
+        txid: Txid,
+        reason: RejectCode,
+        detail: String,
+        rejecters: Vec<(PublicKey, RejectCode)>,
+    },
+    /// A registered masternode signed two different decisions on one
+    /// transaction, or approved two conflicting transactions.
+    Equivocation { voter: PublicKey, txid: Txid },
+    /// Two conflicting transactions both carry TimeProofs. Only possible with
+    /// Byzantine weight >= 1/3 (or a bug); recorded, never silently resolved.
+    ConflictingProofs(ConflictRecord),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConflictRecord {
+    pub outpoint: OutPoint,
+    pub kept: Txid,
+    pub kept_weight: u64,
+    pub competing: Txid,
+    pub competing_weight: u64,
+    /// Heavier proof; ties go to the lower txid. The state keeps `kept`
+    /// until the block layer settles it.
+    pub winner: Txid,
+    pub detected_at_ms: u64,
+}
+
+/// Effects of a round.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Output {
+    /// To every peer masternode: a transaction whose inputs this node locked
+    /// (the UTXO lock broadcast).
+    BroadcastTransaction(Arc<Transaction>),
+    /// To every peer masternode: this node's signed votes.
+    BroadcastVotes(Arc<VoteBatch>),
+    /// Ask peers for the TimeProof (and transaction) of `txid`: an input this
+    /// node does not know spends its outputs.
+    RequestProof(Txid),
+    Event(Event),
+}
+
+/// What one round produced. Apply `writes` durably, then act on `outputs`.
+#[derive(Debug, Default)]
+pub struct Round {
+    pub writes: Vec<Write>,
+    pub outputs: Vec<Output>,
+}
+
+impl Round {
+    pub fn is_empty(&self) -> bool {
+        self.writes.is_empty() && self.outputs.is_empty()
+    }
+}
+
+/// Counters an operator can read. Nothing is dropped without a count.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Metrics {
+    pub tx_received: u64,
+    pub tx_accepted: u64,
+    pub tx_rejected: u64,
+    pub tx_finalized: u64,
+    pub tx_duplicate: u64,
+    pub orphans_parked: u64,
+    pub orphans_expired: u64,
+    pub votes_received: u64,
+    pub vote_batches_signed: u64,
+    pub vote_batches_bad_signature: u64,
+    pub vote_batches_unknown_voter: u64,
+    pub vote_batches_wrong_chain_or_epoch: u64,
+    pub votes_duplicate: u64,
+    pub votes_dropped_unknown_tx: u64,
+    pub equivocations: u64,
+    pub proofs_received: u64,
+    pub proofs_invalid: u64,
+    pub conflicting_proofs: u64,
+}
+
+/// A signed batch this node verified, kept while any of its votes may be
+/// needed for a TimeProof.
+#[derive(Debug)]
+struct VerifiedBatch {
+    batch: VoteBatch,
+    levels: Vec<Vec<[u8; 32]>>,
+}
+
+#[derive(Debug, Default)]
+struct Tally {
+    approve: u64,
+    reject: u64,
+    voters: HashMap<PublicKey, Decision>,
+    approvals: Vec<(Arc<VerifiedBatch>, u32)>,
+    rejecters: Vec<(PublicKey, RejectCode)>,
+    first_vote_ms: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Status {
+    /// Known and undecided.
+    Pending,
+    Finalized,
+    Rejected,
+}
+
+#[derive(Debug)]
+struct TxRecord {
+    tx: Arc<Transaction>,
+    status: Status,
+    origin: Origin,
+    since_ms: u64,
+}
+
+#[derive(Debug)]
+struct Orphan {
+    tx: Arc<Transaction>,
+    origin: Origin,
+    since_ms: u64,
+    /// A proof that arrived before the parent did.
+    proof: Option<Arc<TimeProof>>,
+}
+
+pub struct Engine {
+    cfg: EngineConfig,
+    key: SigningKey,
+    me: PublicKey,
+    registry: Registry,
+    utxos: HashMap<OutPoint, UtxoEntry>,
+    txs: HashMap<Txid, TxRecord>,
+    pending_count: usize,
+    /// Outpoint -> the transaction this node approved spending it. Durable
+    /// (mirrors Locked/SpentPending entries written with the vote), never
+    /// released by a timeout.
+    approved_spends: HashMap<OutPoint, Txid>,
+    my_votes: HashMap<Txid, Decision>,
+    tallies: HashMap<Txid, Tally>,
+    /// Proofs whose transaction this node has not seen yet.
+    proofs_waiting: HashMap<Txid, Arc<TimeProof>>,
+    orphans: HashMap<Txid, Orphan>,
+    orphans_by_parent: HashMap<Txid, Vec<Txid>>,
+    requested_parents: HashSet<Txid>,
+    vote_queue: Vec<VoteItem>,
+    /// This node's signed approve votes still needed for a TimeProof.
+    own_approvals: HashMap<Txid, (Arc<VerifiedBatch>, u32)>,
+    round: Round,
+    conflicts: Vec<ConflictRecord>,
+    metrics: Metrics,
+}
+
+impl Engine {
+    /// Builds the engine from durable state.
+    pub fn new(cfg: EngineConfig, key: SigningKey, registry: Registry, snap: Snapshot) -> Self {
+        let me = PublicKey::from_signing(&key);
+        let mut e = Engine {
+            cfg,
+            key,
+            me,
+            registry,
+            utxos: HashMap::with_capacity(snap.utxos.len()),
+            txs: HashMap::new(),
+            pending_count: 0,
+            approved_spends: HashMap::new(),
+            my_votes: HashMap::new(),
+            tallies: HashMap::new(),
+            proofs_waiting: HashMap::new(),
+            orphans: HashMap::new(),
+            orphans_by_parent: HashMap::new(),
+            requested_parents: HashSet::new(),
+            vote_queue: Vec::new(),
+            own_approvals: HashMap::new(),
+            round: Round::default(),
+            conflicts: Vec::new(),
+            metrics: Metrics::default(),
+        };
+        for (op, entry) in snap.utxos {
+            if let UtxoState::Locked { txid } | UtxoState::SpentPending { txid, .. } = entry.state
+            {
+                e.approved_spends.insert(op, txid);
+            }
+            e.utxos.insert(op, entry);
+        }
+        let pending: HashSet<Txid> = snap.pending_transactions.iter().map(|t| t.txid()).collect();
+        for batch in snap.own_votes {
+            for item in &batch.items {
+                e.my_votes.insert(item.txid, item.decision);
+            }
+            if batch.items.iter().any(|i| pending.contains(&i.txid)) {
+                e.remember_own_batch(batch, Some(&pending));
+            }
+        }
+        for tx in snap.pending_transactions {
+            let txid = tx.txid();
+            e.txs.insert(
+                txid,
+                TxRecord {
+                    tx: Arc::new(tx),
+                    status: Status::Pending,
+                    origin: Origin::Peer,
+                    since_ms: 0,
+                },
+            );
+            e.pending_count += 1;
+        }
+        for txid in snap.finalized {
+            // Only the fact matters for idempotent answers; the proof is in the store.
+            e.my_votes.remove(&txid);
+        }
+        e
+    }
+
+    fn quorum(&self) -> u64 {
+        #[cfg(feature = "planted-bugs")]
+        if let Some(q) = self.cfg.planted.quorum {
+            return q;
+        }
+        self.registry.quorum()
+    }
+
+    pub fn public_key(&self) -> PublicKey {
+        self.me
+    }
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+    pub fn config(&self) -> &EngineConfig {
+        &self.cfg
+    }
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+    pub fn conflicts(&self) -> &[ConflictRecord] {
+        &self.conflicts
+    }
+    pub fn utxo(&self, op: &OutPoint) -> Option<&UtxoEntry> {
+        self.utxos.get(op)
+    }
+    pub fn pending_count(&self) -> usize {
+        self.pending_count
+    }
+    /// This node's vote on `txid`, if it cast one (since start or durably before).
+    pub fn my_vote(&self, txid: &Txid) -> Option<Decision> {
+        self.my_votes.get(txid).copied()
+    }
+    pub fn is_finalized(&self, txid: &Txid) -> bool {
+        self.txs
+            .get(txid)
+            .is_some_and(|r| r.status == Status::Finalized)
+    }
+
+    /// Unspent outputs paying `address`, and their states. Linear scan: for
+    /// wallet queries, not for the hot path.
+    pub fn utxos_of(&self, address: &Address) -> Vec<(OutPoint, UtxoEntry)> {
+        let mut v: Vec<_> = self
+            .utxos
+            .iter()
+            .filter(|(_, e)| e.output.address == *address)
+            .filter(|(_, e)| {
+                !matches!(
+                    e.state,
+                    UtxoState::SpentFinalized { .. } | UtxoState::Confirmed { .. }
+                )
+            })
+            .map(|(k, v)| (*k, *v))
+            .collect();
+        v.sort_by_key(|(k, _)| *k);
+        v
+    }
+
+    fn emit(&mut self, event: Event) {
+        self.round.outputs.push(Output::Event(event));
+    }
+
+    fn reject_event(&mut self, txid: Txid, err: &TxError) {
+        self.metrics.tx_rejected += 1;
+        self.emit(Event::Rejected {
+            txid,
+            reason: err.code(),
+            detail: err.to_string(),
+            rejecters: vec![(self.me, err.code())],
+        });
+    }
+
+    /// A transaction from a wallet or a peer. Signatures are verified here
+    /// unless the caller already ran [`precheck`] (`prechecked = true`).
+    pub fn handle_transaction(
+        &mut self,
+        now: u64,
+        tx: Transaction,
+        origin: Origin,
+        prechecked: bool,
+    ) {
+        self.metrics.tx_received += 1;
+        let txid = tx.txid();
+        if let Some(rec) = self.txs.get(&txid) {
+            self.metrics.tx_duplicate += 1;
+            // Idempotent: a wallet resubmitting hears the settled outcome again.
+            if origin == Origin::Wallet && rec.status == Status::Pending {
+                self.emit(Event::Accepted { txid });
+            }
+            return;
+        }
+        if self.orphans.contains_key(&txid) {
+            self.metrics.tx_duplicate += 1;
+            return;
+        }
+        if !prechecked {
+            if let Err(e) = precheck(&tx, &txid, self.cfg.chain_id, &self.cfg.limits) {
+                return self.refuse(now, txid, Arc::new(tx), origin, e);
+            }
+        }
+        self.process(now, txid, Arc::new(tx), origin, None);
+    }
+
+    /// Stateful part of admission, shared by new transactions and orphans
+    /// whose parents arrived.
+    fn process(
+        &mut self,
+        now: u64,
+        txid: Txid,
+        tx: Arc<Transaction>,
+        origin: Origin,
+        proof: Option<Arc<TimeProof>>,
+    ) {
+        // Inputs this node does not know yet: park, ask for the parent.
+        let missing: Vec<Txid> = tx
+            .inputs
+            .iter()
+            .filter(|i| !self.utxos.contains_key(&i.prev))
+            .map(|i| i.prev.txid)
+            .collect();
+        if !missing.is_empty() {
+            return self.park_orphan(now, txid, tx, origin, proof, missing);
+        }
+        let proof = proof
+            .or_else(|| self.proofs_waiting.remove(&txid))
+            .or_else(|| self.quorum_proof(txid));
+        if let Some(p) = proof {
+            // Final already: a verified proof outranks local locks.
+            self.insert_record(now, txid, tx.clone(), origin);
+            return self.finalize(now, txid, p);
+        }
+        if self.pending_count >= self.cfg.mempool_limit {
+            return self.refuse(now, txid, tx, origin, TxError::MempoolFull(self.pending_count));
+        }
+        let spent: Vec<UtxoEntry> = tx.inputs.iter().map(|i| self.utxos[&i.prev]).collect();
+        for (input, entry) in tx.inputs.iter().zip(&spent) {
+            let err = match entry.state {
+                UtxoState::Unspent => match self.approved_spends.get(&input.prev) {
+                    // Unreachable while the maps agree; checked because this is
+                    // the one rule that must never break.
+                    Some(&holder) if holder != txid => Some(TxError::InputLocked {
+                        outpoint: input.prev,
+                        holder,
+                    }),
+                    _ => None,
+                },
+                UtxoState::Locked { txid: holder } | UtxoState::SpentPending { txid: holder, .. } => {
+                    (holder != txid).then_some(TxError::InputLocked {
+                        outpoint: input.prev,
+                        holder,
+                    })
+                }
+                UtxoState::SpentFinalized { txid: holder } | UtxoState::Confirmed { txid: holder, .. } => {
+                    Some(TxError::InputSpent {
+                        outpoint: input.prev,
+                        holder,
+                    })
+                }
+            };
+            if let Some(e) = err {
+                return self.refuse(now, txid, tx, origin, e);
+            }
+        }
+        if let Err(e) = validation::check_amounts_and_owners(&tx, &spent, &self.cfg.limits) {
+            return self.refuse(now, txid, tx, origin, e);
+        }
+        self.approve(now, txid, tx, origin);
+    }
+
+    fn insert_record(&mut self, now: u64, txid: Txid, tx: Arc<Transaction>, origin: Origin) {
+        if self.txs.contains_key(&txid) {
+            return;
+        }
+        self.txs.insert(
+            txid,
+            TxRecord {
+                tx,
+                status: Status::Pending,
+                origin,
+                since_ms: now,
+            },
+        );
+        self.pending_count += 1;
+    }
+
+    /// Locks the inputs and queues an approve vote: the only place this node
+    /// ever decides to approve.
+    fn approve(&mut self, now: u64, txid: Txid, tx: Arc<Transaction>, origin: Origin) {
+        if tx
+            .inputs
+            .iter()
+            .any(|i| self.approved_spends.get(&i.prev).is_some_and(|h| *h != txid))
+            || self.my_votes.get(&txid).is_some_and(|d| !d.is_approve())
+        {
+            // Defensive: process() already refused these.
+            return;
+        }
+        for input in &tx.inputs {
+            let entry = self.utxos.get_mut(&input.prev).expect("checked by process");
+            entry.state = UtxoState::Locked { txid };
+            self.approved_spends.insert(input.prev, txid);
+            self.round.writes.push(Write::PutUtxo(input.prev, *entry));
+        }
+        self.round
+            .writes
+            .push(Write::PutTransaction(txid, (*tx).clone()));
+        if self.my_votes.insert(txid, Decision::Approve).is_none() {
+            self.vote_queue.push(VoteItem {
+                txid,
+                decision: Decision::Approve,
+            });
+        }
+        self.metrics.tx_accepted += 1;
+        self.insert_record(now, txid, tx.clone(), origin);
+        if origin == Origin::Wallet {
+            self.round.outputs.push(Output::BroadcastTransaction(tx));
+            self.emit(Event::Accepted { txid });
+        }
+        // Votes may have arrived before the transaction.
+        self.check_tally(now, txid);
+    }
+
+    /// Refuses a transaction. A wallet hears at once and nothing is broadcast
+    /// (so the refused transaction can never gather votes through this node);
+    /// a peer's transaction gets a signed reject vote naming the reason.
+    fn refuse(&mut self, now: u64, txid: Txid, tx: Arc<Transaction>, origin: Origin, err: TxError) {
+        self.reject_event(txid, &err);
+        if origin == Origin::Peer && !self.my_votes.contains_key(&txid) {
+            let decision = Decision::Reject(err.code());
+            self.my_votes.insert(txid, decision);
+            self.vote_queue.push(VoteItem { txid, decision });
+        }
+        if matches!(err, TxError::MempoolFull(_)) {
+            return; // Not remembered: it may be retried later.
+        }
+        self.txs.insert(
+            txid,
+            TxRecord {
+                tx,
+                status: Status::Rejected,
+                origin,
+                since_ms: now,
+            },
+        );
+    }
+
+    fn park_orphan(
+        &mut self,
+        now: u64,
+        txid: Txid,
+        tx: Arc<Transaction>,
+        origin: Origin,
+        proof: Option<Arc<TimeProof>>,
+        missing: Vec<Txid>,
+    ) {
+        if self.orphans.len() >= self.cfg.max_orphans {
+            let err = TxError::UnknownInput(tx.inputs[0].prev);
+            return self.refuse(now, txid, tx, origin, err);
+        }
+        self.metrics.orphans_parked += 1;
+        for parent in missing {
+            let list = self.orphans_by_parent.entry(parent).or_default();
+            if !list.contains(&txid) {
+                list.push(txid);
+            }
+            // Ask once per parent, unless the parent is known and pending here
+            // (its own finality will wake us).
+            if !self.txs.contains_key(&parent) && self.requested_parents.insert(parent) {
+                self.round.outputs.push(Output::RequestProof(parent));
+            }
+        }
+        self.orphans.insert(
+            txid,
+            Orphan {
+                tx,
+                origin,
+                since_ms: now,
+                proof,
+            },
+        );
+    }
+
+    /// A batch of votes from a peer masternode.
+    pub fn handle_votes(&mut self, now: u64, batch: VoteBatch) {
+        if batch.chain_id != self.cfg.chain_id || batch.epoch != self.registry.epoch() {
+            self.metrics.vote_batches_wrong_chain_or_epoch += 1;
+            return;
+        }
+        let Some(weight) = self.registry.weight_of(&batch.voter) else {
+            self.metrics.vote_batches_unknown_voter += 1;
+            return;
+        };
+        if batch.voter == self.me {
+            // Our own votes come only from our own log.
+            self.metrics.votes_duplicate += batch.items.len() as u64;
+            return;
+        }
+        let Some(levels) = batch.verify() else {
+            self.metrics.vote_batches_bad_signature += 1;
+            return;
+        };
+        self.metrics.votes_received += batch.items.len() as u64;
+        let voter = batch.voter;
+        let vb = Arc::new(VerifiedBatch { batch, levels });
+        for (i, item) in vb.batch.items.iter().enumerate() {
+            let txid = item.txid;
+            if let Some(rec) = self.txs.get(&txid) {
+                if rec.status == Status::Finalized {
+                    continue;
+                }
+            } else if !self.tallies.contains_key(&txid)
+                && self.tallies.len() >= self.cfg.max_unknown_tallies
+            {
+                self.metrics.votes_dropped_unknown_tx += 1;
+                continue;
+            }
+            let tally = self.tallies.entry(txid).or_insert_with(|| Tally {
+                first_vote_ms: now,
+                ..Tally::default()
+            });
+            match tally.voters.get(&voter) {
+                Some(d) if *d == item.decision => {
+                    self.metrics.votes_duplicate += 1;
+                    continue;
+                }
+                Some(_) => {
+                    self.metrics.equivocations += 1;
+                    self.round
+                        .outputs
+                        .push(Output::Event(Event::Equivocation { voter, txid }));
+                    continue;
+                }
+                None => {}
+            }
+            tally.voters.insert(voter, item.decision);
+            match item.decision {
+                Decision::Approve => {
+                    tally.approve += weight;
+                    tally.approvals.push((vb.clone(), i as u32));
+                }
+                Decision::Reject(code) => {
+                    tally.reject += weight;
+                    tally.rejecters.push((voter, code));
+                }
+            }
+            self.check_tally(now, txid);
+        }
+    }
+
+    /// Quorum reached: finalize. Approval impossible: reject.
+    fn check_tally(&mut self, now: u64, txid: Txid) {
+        let empty = Tally::default();
+        let tally = self.tallies.get(&txid).unwrap_or(&empty);
+        let quorum = self.quorum();
+        let total = self.registry.total_weight();
+        // This node's approval counts once it is signed (its certificate
+        // goes into the proof).
+        let (mine_a, mine_r) = match self.my_votes.get(&txid) {
+            Some(Decision::Approve) if self.own_approvals.contains_key(&txid) => {
+                (self.registry.weight_of(&self.me).unwrap_or(0), 0)
+            }
+            Some(Decision::Reject(_)) => (0, self.registry.weight_of(&self.me).unwrap_or(0)),
+            _ => (0, 0),
+        };
+        let approve = tally.approve + mine_a;
+        let reject = tally.reject + mine_r;
+        if approve >= quorum {
+            let Some(rec) = self.txs.get(&txid) else {
+                return; // Transaction not seen yet: finalize when it arrives.
+            };
+            if rec.status == Status::Finalized {
+                return;
+            }
+            // Even a transaction this node refused is final once a quorum
+            // approved it: the proof outranks the local view.
+            let (tx, origin) = (rec.tx.clone(), rec.origin);
+            let proof = Arc::new(self.build_proof(txid));
+            self.process(now, txid, tx, origin, Some(proof));
+        } else if reject > total - quorum {
+            let Some(rec) = self.txs.get(&txid) else {
+                return;
+            };
+            if rec.status != Status::Pending {
+                return;
+            }
+            let mut rejecters = tally.rejecters.clone();
+            if let Some(Decision::Reject(c)) = self.my_votes.get(&txid) {
+                rejecters.push((self.me, *c));
+            }
+            // The most common reason among the rejecters.
+            let mut counts: HashMap<RejectCode, usize> = HashMap::new();
+            for (_, c) in &rejecters {
+                *counts.entry(*c).or_default() += 1;
+            }
+            let reason = counts
+                .into_iter()
+                .max_by_key(|(c, n)| (*n, std::cmp::Reverse(c.code())))
+                .map(|(c, _)| c)
+                .unwrap_or(RejectCode::ApprovalImpossible);
+            let detail = format!(
+                "masternodes with weight {reject} of {total} rejected it ({}); approval can no longer reach {quorum}",
+                reason.describe()
+            );
+            self.set_status(txid, Status::Rejected);
+            self.metrics.tx_rejected += 1;
+            self.tallies.remove(&txid);
+            self.emit(Event::Rejected {
+                txid,
+                reason,
+                detail,
+                rejecters,
+            });
+        } else if approve > 0 {
+            // Locked -> SpentPending with the weight seen so far (memory only).
+            if let Some(rec) = self.txs.get(&txid) {
+                for input in &rec.tx.inputs {
+                    if let Some(e) = self.utxos.get_mut(&input.prev) {
+                        if let Ok(s) = e.state.transition(UtxoState::SpentPending {
+                            txid,
+                            weight: approve,
+                        }) {
+                            e.state = s;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// A proof from votes already tallied, if they reach the quorum.
+    fn quorum_proof(&self, txid: Txid) -> Option<Arc<TimeProof>> {
+        let t = self.tallies.get(&txid)?;
+        let mine = match self.own_approvals.contains_key(&txid) {
+            true => self.registry.weight_of(&self.me).unwrap_or(0),
+            false => 0,
+        };
+        (t.approve + mine >= self.quorum()).then(|| Arc::new(self.build_proof(txid)))
+    }
+
+    fn build_proof(&self, txid: Txid) -> TimeProof {
+        let mut votes = Vec::new();
+        if let Some(t) = self.tallies.get(&txid) {
+            for (vb, i) in &t.approvals {
+                votes.push(vb.batch.cert(&vb.levels, *i as usize));
+            }
+        }
+        if let Some((vb, i)) = self.own_approvals.get(&txid) {
+            votes.push(vb.batch.cert(&vb.levels, *i as usize));
+        }
+        TimeProof {
+            chain_id: self.cfg.chain_id,
+            txid,
+            votes,
+        }
+    }
+
+    /// Keeps a batch this node signed so its approvals can go into proofs.
+    fn remember_own_batch(&mut self, batch: VoteBatch, only: Option<&HashSet<Txid>>) {
+        if self.registry.weight_of(&self.me).is_none() {
+            return;
+        }
+        let levels = crate::protocol::vote::merkle_levels(batch.items.iter().map(|i| i.leaf()).collect());
+        let vb = Arc::new(VerifiedBatch { batch, levels });
+        for (i, item) in vb.batch.items.iter().enumerate() {
+            if item.decision.is_approve() && only.is_none_or(|o| o.contains(&item.txid)) {
+                self.own_approvals.insert(item.txid, (vb.clone(), i as u32));
+            }
+        }
+    }
+
+    fn set_status(&mut self, txid: Txid, status: Status) {
+        if let Some(rec) = self.txs.get_mut(&txid) {
+            if rec.status == Status::Pending && status != Status::Pending {
+                self.pending_count -= 1;
+            }
+            rec.status = status;
+        }
+    }
+
+    /// Applies a verified TimeProof for a known transaction whose inputs are all
+    /// known here.
+    fn finalize(&mut self, now: u64, txid: Txid, proof: Arc<TimeProof>) {
+        let Some(rec) = self.txs.get(&txid) else {
+            return;
+        };
+        if rec.status == Status::Finalized {
+            return;
+        }
+        let tx = rec.tx.clone();
+        let weight = self.proof_weight(&proof);
+        let mut losers = Vec::new();
+        let mut addresses = Vec::new();
+        for input in &tx.inputs {
+            let Some(entry) = self.utxos.get_mut(&input.prev) else {
+                continue;
+            };
+            match entry.state {
+                UtxoState::SpentFinalized { txid: other } | UtxoState::Confirmed { txid: other, .. }
+                    if other != txid =>
+                {
+                    let other_weight = self
+                        .conflicts
+                        .iter()
+                        .find(|c| c.kept == other)
+                        .map(|c| c.kept_weight)
+                        .unwrap_or(0);
+                    let winner = if (weight, std::cmp::Reverse(txid)) > (other_weight, std::cmp::Reverse(other)) {
+                        txid
+                    } else {
+                        other
+                    };
+                    let rec = ConflictRecord {
+                        outpoint: input.prev,
+                        kept: other,
+                        kept_weight: other_weight,
+                        competing: txid,
+                        competing_weight: weight,
+                        winner,
+                        detected_at_ms: now,
+                    };
+                    self.metrics.conflicting_proofs += 1;
+                    self.conflicts.push(rec.clone());
+                    self.round
+                        .outputs
+                        .push(Output::Event(Event::ConflictingProofs(rec)));
+                    continue;
+                }
+                UtxoState::Locked { txid: other } | UtxoState::SpentPending { txid: other, .. }
+                    if other != txid =>
+                {
+                    losers.push(other);
+                }
+                _ => {}
+            }
+            addresses.push(entry.output.address);
+            entry.state = UtxoState::SpentFinalized { txid };
+            self.round.writes.push(Write::PutUtxo(input.prev, *entry));
+        }
+        for (vout, out) in tx.outputs.iter().enumerate() {
+            let op = OutPoint {
+                txid,
+                vout: vout as u32,
+            };
+            let entry = UtxoEntry {
+                output: *out,
+                state: UtxoState::Unspent,
+            };
+            self.utxos.entry(op).or_insert(entry);
+            self.round.writes.push(Write::PutUtxo(op, entry));
+            addresses.push(out.address);
+        }
+        addresses.sort();
+        addresses.dedup();
+        self.round
+            .writes
+            .push(Write::PutTransaction(txid, (*tx).clone()));
+        self.round.writes.push(Write::PutProof((*proof).clone()));
+        self.set_status(txid, Status::Finalized);
+        self.tallies.remove(&txid);
+        self.own_approvals.remove(&txid);
+        self.metrics.tx_finalized += 1;
+        self.emit(Event::Finalized {
+            txid,
+            proof,
+            tx: tx.clone(),
+            addresses,
+        });
+        for loser in losers {
+            if self.txs.get(&loser).is_some_and(|r| r.status == Status::Pending) {
+                self.set_status(loser, Status::Rejected);
+                self.tallies.remove(&loser);
+                self.metrics.tx_rejected += 1;
+                self.emit(Event::Rejected {
+                    txid: loser,
+                    reason: RejectCode::ConflictFinalized,
+                    detail: format!("conflicting transaction {txid} is final"),
+                    rejecters: vec![],
+                });
+            }
+        }
+        self.wake_orphans(now, txid);
+    }
+
+    fn proof_weight(&self, proof: &TimeProof) -> u64 {
+        proof
+            .votes
+            .iter()
+            .filter_map(|v| self.registry.weight_of(&v.voter))
+            .sum()
+    }
+
+    fn wake_orphans(&mut self, now: u64, parent: Txid) {
+        self.requested_parents.remove(&parent);
+        let Some(children) = self.orphans_by_parent.remove(&parent) else {
+            return;
+        };
+        for child in children {
+            if let Some(o) = self.orphans.remove(&child) {
+                self.process(now, child, o.tx, o.origin, o.proof);
+            }
+        }
+    }
+
+    /// A TimeProof from a peer (usually answering [`Output::RequestProof`]),
+    /// with its transaction.
+    pub fn handle_proof(&mut self, now: u64, tx: Transaction, proof: TimeProof) {
+        self.metrics.proofs_received += 1;
+        let txid = tx.txid();
+        if proof.txid != txid
+            || precheck(&tx, &txid, self.cfg.chain_id, &self.cfg.limits).is_err()
+            || proof.verify(self.cfg.chain_id, &self.registry).is_err()
+        {
+            self.metrics.proofs_invalid += 1;
+            return;
+        }
+        if self.is_finalized(&txid) {
+            return;
+        }
+        let proof = Arc::new(proof);
+        if let Some(o) = self.orphans.get_mut(&txid) {
+            o.proof = Some(proof);
+            return;
+        }
+        if self.txs.contains_key(&txid) {
+            // Known here (pending or even refused by us): the proof settles it.
+            if let Some(rec) = self.txs.get_mut(&txid) {
+                if rec.status == Status::Rejected {
+                    rec.status = Status::Pending;
+                    self.pending_count += 1;
+                }
+            }
+            return self.finalize(now, txid, proof);
+        }
+        self.process(now, txid, Arc::new(tx), Origin::Peer, Some(proof));
+    }
+
+    /// Periodic housekeeping: expire orphans, forget state this node never
+    /// voted on, trim decided records. Never releases a lock this node voted on.
+    pub fn tick(&mut self, now: u64) {
+        let expired: Vec<Txid> = self
+            .orphans
+            .iter()
+            .filter(|(_, o)| now.saturating_sub(o.since_ms) >= self.cfg.orphan_timeout_ms)
+            .map(|(t, _)| *t)
+            .collect();
+        for txid in expired {
+            if let Some(o) = self.orphans.remove(&txid) {
+                self.metrics.orphans_expired += 1;
+                for list in self.orphans_by_parent.values_mut() {
+                    list.retain(|t| *t != txid);
+                }
+                let missing = o
+                    .tx
+                    .inputs
+                    .iter()
+                    .find(|i| !self.utxos.contains_key(&i.prev))
+                    .map(|i| i.prev)
+                    .unwrap_or(o.tx.inputs[0].prev);
+                self.refuse(now, txid, o.tx, o.origin, TxError::UnknownInput(missing));
+            }
+        }
+        self.orphans_by_parent.retain(|_, l| !l.is_empty());
+        #[cfg(feature = "planted-bugs")]
+        if self.cfg.planted.release_voted_locks_on_timeout {
+            self.planted_release(now);
+        }
+        let timeout = self.cfg.lock_timeout_ms;
+        let txs = &self.txs;
+        self.tallies.retain(|txid, t| {
+            txs.contains_key(txid) || now.saturating_sub(t.first_vote_ms) < timeout
+        });
+        let keep = self.cfg.decided_retention_ms;
+        self.txs
+            .retain(|_, r| r.status == Status::Pending || now.saturating_sub(r.since_ms) < keep);
+        self.proofs_waiting.retain(|_, _| true);
+        if self.requested_parents.len() > self.cfg.max_orphans {
+            self.requested_parents.clear();
+        }
+    }
+
+    #[cfg(feature = "planted-bugs")]
+    fn planted_release(&mut self, now: u64) {
+        let stale: Vec<Txid> = self
+            .txs
+            .iter()
+            .filter(|(_, r)| {
+                r.status == Status::Pending
+                    && now.saturating_sub(r.since_ms) >= self.cfg.lock_timeout_ms
+            })
+            .map(|(t, _)| *t)
+            .collect();
+        for txid in stale {
+            let tx = self.txs[&txid].tx.clone();
+            for i in &tx.inputs {
+                self.approved_spends.remove(&i.prev);
+                if let Some(e) = self.utxos.get_mut(&i.prev) {
+                    if e.state.holder() == Some(txid) {
+                        e.state = UtxoState::Unspent;
+                    }
+                }
+            }
+            self.my_votes.remove(&txid);
+            self.set_status(txid, Status::Rejected);
+        }
+    }
+
+    /// Ends a round: signs the queued votes into one batch (durable via the
+    /// vote log write, sent after), and hands back the round's effects.
+    pub fn end_round(&mut self, now: u64) -> Round {
+        while !self.vote_queue.is_empty() {
+            let n = self.vote_queue.len().min(MAX_VOTE_ITEMS);
+            let items: Vec<VoteItem> = self.vote_queue.drain(..n).collect();
+            let batch = VoteBatch::sign(self.cfg.chain_id, self.registry.epoch(), &self.key, items);
+            self.metrics.vote_batches_signed += 1;
+            self.round.writes.push(Write::AppendOwnVotes(batch.clone()));
+            self.round
+                .outputs
+                .push(Output::BroadcastVotes(Arc::new(batch.clone())));
+            let approved: Vec<Txid> = batch
+                .items
+                .iter()
+                .filter(|i| i.decision.is_approve())
+                .map(|i| i.txid)
+                .collect();
+            let rejected: Vec<Txid> = batch
+                .items
+                .iter()
+                .filter(|i| !i.decision.is_approve())
+                .map(|i| i.txid)
+                .collect();
+            self.remember_own_batch(batch, None);
+            // Our signed vote may complete a quorum (or make approval
+            // impossible). Finality found here is in this same round, after
+            // the vote log write, so it is durable together with the vote.
+            for txid in approved.into_iter().chain(rejected) {
+                self.check_tally(now, txid);
+            }
+        }
+        std::mem::take(&mut self.round)
+    }
+}
+
+/// Stateless checks and signature verification: safe to run on any thread
+/// before the engine sees the transaction.
+pub fn precheck(
+    tx: &Transaction,
+    txid: &Txid,
+    chain_id: ChainId,
+    limits: &Limits,
+) -> Result<(), TxError> {
+    validation::check_stateless(tx, chain_id, limits)?;
+    validation::verify_signatures(tx, txid)
+}
+
+#[cfg(test)]
+#[path = "engine_tests.rs"]
+mod tests;
