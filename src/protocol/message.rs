@@ -1,1 +1,382 @@
-//! (in progress)
+//! The wire messages between masternodes and between wallets and
+//! masternodes. One message per frame: a tag byte, then the body. Decoding is
+//! explicit and bounded; unknown tags and trailing bytes are errors.
+
+use ed25519_dalek::{Signature, Signer, SigningKey};
+use time_net::reader::put_var_bytes;
+use time_net::{DecodeError, Reader};
+
+use crate::protocol::timeproof::TimeProof;
+use crate::protocol::types::{Address, ChainId, OutPoint, PublicKey, Transaction, Txid};
+use crate::protocol::utxo::UtxoEntry;
+use crate::protocol::validation::RejectCode;
+use crate::protocol::vote::VoteBatch;
+
+pub const PROTOCOL_VERSION: u16 = 1;
+const DOMAIN_HANDSHAKE: &[u8] = b"TIMECOIN/handshake/v1";
+
+/// Caps on counts a peer may send.
+pub const MAX_QUERY_OUTPOINTS: usize = 4_096;
+pub const MAX_SUBSCRIBE_ADDRESSES: usize = 1_024;
+pub const MAX_DETAIL_BYTES: usize = 1_024;
+pub const MAX_REJECTERS: usize = 4_096;
+/// Frame cap before the handshake completes.
+pub const HANDSHAKE_FRAME_CAP: usize = 1_024;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    Masternode,
+    Wallet,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Hello {
+    pub chain_id: ChainId,
+    pub protocol_version: u16,
+    pub role: Role,
+    /// The masternode key (zeros for a wallet).
+    pub public_key: PublicKey,
+    pub nonce: [u8; 32],
+}
+
+/// The message a masternode signs to prove its key on a connection: binds
+/// the chain, the *peer's* fresh nonce (no replay) and its own key.
+pub fn handshake_message(chain_id: ChainId, peer_nonce: &[u8; 32], me: &PublicKey) -> Vec<u8> {
+    let mut m = Vec::with_capacity(DOMAIN_HANDSHAKE.len() + 4 + 64);
+    m.extend_from_slice(DOMAIN_HANDSHAKE);
+    m.extend_from_slice(&chain_id.to_le_bytes());
+    m.extend_from_slice(peer_nonce);
+    m.extend_from_slice(&me.0);
+    m
+}
+
+pub fn sign_handshake(key: &SigningKey, chain_id: ChainId, peer_nonce: &[u8; 32]) -> [u8; 64] {
+    let me = PublicKey::from_signing(key);
+    key.sign(&handshake_message(chain_id, peer_nonce, &me))
+        .to_bytes()
+}
+
+pub fn verify_handshake(
+    chain_id: ChainId,
+    my_nonce: &[u8; 32],
+    peer: &PublicKey,
+    sig: &[u8; 64],
+) -> bool {
+    peer.verifying_key().is_some_and(|vk| {
+        vk.verify_strict(
+            &handshake_message(chain_id, my_nonce, peer),
+            &Signature::from_bytes(sig),
+        )
+        .is_ok()
+    })
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Message {
+    Hello(Hello),
+    HelloAuth([u8; 64]),
+    Ping(u64),
+    Pong(u64),
+    /// Wallet -> masternode: please lock and get this finalized.
+    SubmitTransaction(Transaction),
+    /// Masternode -> masternodes: a transaction whose inputs the sender
+    /// locked (the UTXO lock broadcast).
+    TransactionBroadcast(Transaction),
+    VoteBatch(VoteBatch),
+    /// Consensus reached: the transaction and its TimeProof.
+    TimeProof { tx: Transaction, proof: TimeProof },
+    ProofRequest(Txid),
+    /// Locked and approved by the masternode the wallet talks to.
+    TransactionAccepted(Txid),
+    TransactionRejected {
+        txid: Txid,
+        reason: RejectCode,
+        detail: String,
+        rejecters: Vec<(PublicKey, RejectCode)>,
+    },
+    UtxoStateQuery(Vec<OutPoint>),
+    /// Unspent (or locked) outputs paying an address.
+    AddressQuery(Address),
+    UtxoStateResponse(Vec<(OutPoint, Option<UtxoEntry>)>),
+    WalletSubscribe(Vec<Address>),
+    UtxoStateNotification { outpoint: OutPoint, entry: UtxoEntry },
+    NewTransactionNotification { txid: Txid, tx: Transaction },
+    /// The connection is being closed for this reason.
+    Error { code: u16, detail: String },
+}
+
+mod tag {
+    pub const HELLO: u8 = 0x01;
+    pub const HELLO_AUTH: u8 = 0x02;
+    pub const PING: u8 = 0x03;
+    pub const PONG: u8 = 0x04;
+    pub const SUBMIT_TX: u8 = 0x10;
+    pub const TX_BROADCAST: u8 = 0x11;
+    pub const VOTE_BATCH: u8 = 0x12;
+    pub const TIME_PROOF: u8 = 0x13;
+    pub const PROOF_REQUEST: u8 = 0x14;
+    pub const TX_ACCEPTED: u8 = 0x15;
+    pub const TX_REJECTED: u8 = 0x16;
+    pub const UTXO_QUERY: u8 = 0x20;
+    pub const ADDRESS_QUERY: u8 = 0x21;
+    pub const UTXO_RESPONSE: u8 = 0x22;
+    pub const SUBSCRIBE: u8 = 0x23;
+    pub const UTXO_NOTIFICATION: u8 = 0x24;
+    pub const NEW_TX_NOTIFICATION: u8 = 0x25;
+    pub const ERROR: u8 = 0x7f;
+}
+
+fn put_str(out: &mut Vec<u8>, s: &str) {
+    let b = s.as_bytes();
+    put_var_bytes(out, &b[..b.len().min(MAX_DETAIL_BYTES)]);
+}
+
+fn get_str(r: &mut Reader<'_>) -> Result<String, DecodeError> {
+    let b = r.var_bytes("text", MAX_DETAIL_BYTES)?;
+    String::from_utf8(b.to_vec()).map_err(|_| DecodeError::Invalid { what: "utf-8 text" })
+}
+
+impl Message {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Message::Hello(_) => "hello",
+            Message::HelloAuth(_) => "hello-auth",
+            Message::Ping(_) => "ping",
+            Message::Pong(_) => "pong",
+            Message::SubmitTransaction(_) => "submit-transaction",
+            Message::TransactionBroadcast(_) => "transaction-broadcast",
+            Message::VoteBatch(_) => "vote-batch",
+            Message::TimeProof { .. } => "time-proof",
+            Message::ProofRequest(_) => "proof-request",
+            Message::TransactionAccepted(_) => "transaction-accepted",
+            Message::TransactionRejected { .. } => "transaction-rejected",
+            Message::UtxoStateQuery(_) => "utxo-state-query",
+            Message::AddressQuery(_) => "address-query",
+            Message::UtxoStateResponse(_) => "utxo-state-response",
+            Message::WalletSubscribe(_) => "wallet-subscribe",
+            Message::UtxoStateNotification { .. } => "utxo-state-notification",
+            Message::NewTransactionNotification { .. } => "new-transaction-notification",
+            Message::Error { .. } => "error",
+        }
+    }
+
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        match self {
+            Message::Hello(h) => {
+                out.push(tag::HELLO);
+                out.extend_from_slice(&h.chain_id.to_le_bytes());
+                out.extend_from_slice(&h.protocol_version.to_le_bytes());
+                out.push(match h.role {
+                    Role::Masternode => 1,
+                    Role::Wallet => 2,
+                });
+                out.extend_from_slice(&h.public_key.0);
+                out.extend_from_slice(&h.nonce);
+            }
+            Message::HelloAuth(sig) => {
+                out.push(tag::HELLO_AUTH);
+                out.extend_from_slice(sig);
+            }
+            Message::Ping(n) => {
+                out.push(tag::PING);
+                out.extend_from_slice(&n.to_le_bytes());
+            }
+            Message::Pong(n) => {
+                out.push(tag::PONG);
+                out.extend_from_slice(&n.to_le_bytes());
+            }
+            Message::SubmitTransaction(tx) => {
+                out.push(tag::SUBMIT_TX);
+                tx.encode(out);
+            }
+            Message::TransactionBroadcast(tx) => {
+                out.push(tag::TX_BROADCAST);
+                tx.encode(out);
+            }
+            Message::VoteBatch(b) => {
+                out.push(tag::VOTE_BATCH);
+                b.encode(out);
+            }
+            Message::TimeProof { tx, proof } => {
+                out.push(tag::TIME_PROOF);
+                tx.encode(out);
+                proof.encode(out);
+            }
+            Message::ProofRequest(t) => {
+                out.push(tag::PROOF_REQUEST);
+                out.extend_from_slice(&t.0);
+            }
+            Message::TransactionAccepted(t) => {
+                out.push(tag::TX_ACCEPTED);
+                out.extend_from_slice(&t.0);
+            }
+            Message::TransactionRejected {
+                txid,
+                reason,
+                detail,
+                rejecters,
+            } => {
+                out.push(tag::TX_REJECTED);
+                out.extend_from_slice(&txid.0);
+                out.extend_from_slice(&reason.code().to_le_bytes());
+                put_str(out, detail);
+                let n = rejecters.len().min(MAX_REJECTERS);
+                out.extend_from_slice(&(n as u32).to_le_bytes());
+                for (k, c) in &rejecters[..n] {
+                    out.extend_from_slice(&k.0);
+                    out.extend_from_slice(&c.code().to_le_bytes());
+                }
+            }
+            Message::UtxoStateQuery(ops) => {
+                out.push(tag::UTXO_QUERY);
+                out.extend_from_slice(&(ops.len() as u32).to_le_bytes());
+                for op in ops {
+                    op.encode(out);
+                }
+            }
+            Message::AddressQuery(a) => {
+                out.push(tag::ADDRESS_QUERY);
+                out.extend_from_slice(&a.0);
+            }
+            Message::UtxoStateResponse(items) => {
+                out.push(tag::UTXO_RESPONSE);
+                out.extend_from_slice(&(items.len() as u32).to_le_bytes());
+                for (op, e) in items {
+                    op.encode(out);
+                    match e {
+                        None => out.push(0),
+                        Some(e) => {
+                            out.push(1);
+                            e.encode(out);
+                        }
+                    }
+                }
+            }
+            Message::WalletSubscribe(addrs) => {
+                out.push(tag::SUBSCRIBE);
+                out.extend_from_slice(&(addrs.len() as u32).to_le_bytes());
+                for a in addrs {
+                    out.extend_from_slice(&a.0);
+                }
+            }
+            Message::UtxoStateNotification { outpoint, entry } => {
+                out.push(tag::UTXO_NOTIFICATION);
+                outpoint.encode(out);
+                entry.encode(out);
+            }
+            Message::NewTransactionNotification { txid, tx } => {
+                out.push(tag::NEW_TX_NOTIFICATION);
+                out.extend_from_slice(&txid.0);
+                tx.encode(out);
+            }
+            Message::Error { code, detail } => {
+                out.push(tag::ERROR);
+                out.extend_from_slice(&code.to_le_bytes());
+                put_str(out, detail);
+            }
+        }
+    }
+
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut v = Vec::new();
+        self.encode(&mut v);
+        v
+    }
+
+    /// Decodes one whole frame. Never panics; every count is capped.
+    pub fn decode(frame: &[u8]) -> Result<Message, DecodeError> {
+        let mut r = Reader::new(frame);
+        let t = r.u8()?;
+        let m = match t {
+            tag::HELLO => Message::Hello(Hello {
+                chain_id: r.u32()?,
+                protocol_version: r.u16()?,
+                role: match r.u8()? {
+                    1 => Role::Masternode,
+                    2 => Role::Wallet,
+                    tag => return Err(DecodeError::UnknownTag { what: "role", tag }),
+                },
+                public_key: PublicKey(r.array()?),
+                nonce: r.array()?,
+            }),
+            tag::HELLO_AUTH => Message::HelloAuth(r.array()?),
+            tag::PING => Message::Ping(r.u64()?),
+            tag::PONG => Message::Pong(r.u64()?),
+            tag::SUBMIT_TX => Message::SubmitTransaction(Transaction::decode(&mut r)?),
+            tag::TX_BROADCAST => Message::TransactionBroadcast(Transaction::decode(&mut r)?),
+            tag::VOTE_BATCH => Message::VoteBatch(VoteBatch::decode(&mut r)?),
+            tag::TIME_PROOF => Message::TimeProof {
+                tx: Transaction::decode(&mut r)?,
+                proof: TimeProof::decode(&mut r)?,
+            },
+            tag::PROOF_REQUEST => Message::ProofRequest(Txid(r.array()?)),
+            tag::TX_ACCEPTED => Message::TransactionAccepted(Txid(r.array()?)),
+            tag::TX_REJECTED => {
+                let txid = Txid(r.array()?);
+                let reason = RejectCode::from_code(r.u16()?);
+                let detail = get_str(&mut r)?;
+                let n = r.count("rejecters", MAX_REJECTERS, 34)?;
+                let mut rejecters = Vec::with_capacity(n);
+                for _ in 0..n {
+                    rejecters.push((PublicKey(r.array()?), RejectCode::from_code(r.u16()?)));
+                }
+                Message::TransactionRejected {
+                    txid,
+                    reason,
+                    detail,
+                    rejecters,
+                }
+            }
+            tag::UTXO_QUERY => {
+                let n = r.count("outpoints", MAX_QUERY_OUTPOINTS, OutPoint::ENCODED_LEN)?;
+                let mut v = Vec::with_capacity(n);
+                for _ in 0..n {
+                    v.push(OutPoint::decode(&mut r)?);
+                }
+                Message::UtxoStateQuery(v)
+            }
+            tag::ADDRESS_QUERY => Message::AddressQuery(Address(r.array()?)),
+            tag::UTXO_RESPONSE => {
+                let n = r.count("utxo states", MAX_QUERY_OUTPOINTS, OutPoint::ENCODED_LEN + 1)?;
+                let mut v = Vec::with_capacity(n);
+                for _ in 0..n {
+                    let op = OutPoint::decode(&mut r)?;
+                    let e = match r.u8()? {
+                        0 => None,
+                        1 => Some(UtxoEntry::decode(&mut r)?),
+                        tag => return Err(DecodeError::UnknownTag { what: "option", tag }),
+                    };
+                    v.push((op, e));
+                }
+                Message::UtxoStateResponse(v)
+            }
+            tag::SUBSCRIBE => {
+                let n = r.count("addresses", MAX_SUBSCRIBE_ADDRESSES, 20)?;
+                let mut v = Vec::with_capacity(n);
+                for _ in 0..n {
+                    v.push(Address(r.array()?));
+                }
+                Message::WalletSubscribe(v)
+            }
+            tag::UTXO_NOTIFICATION => Message::UtxoStateNotification {
+                outpoint: OutPoint::decode(&mut r)?,
+                entry: UtxoEntry::decode(&mut r)?,
+            },
+            tag::NEW_TX_NOTIFICATION => Message::NewTransactionNotification {
+                txid: Txid(r.array()?),
+                tx: Transaction::decode(&mut r)?,
+            },
+            tag::ERROR => Message::Error {
+                code: r.u16()?,
+                detail: get_str(&mut r)?,
+            },
+            tag => return Err(DecodeError::UnknownTag { what: "message", tag }),
+        };
+        r.finish()?;
+        Ok(m)
+    }
+}
+
+#[cfg(test)]
+#[path = "message_tests.rs"]
+mod tests;

@@ -162,3 +162,48 @@ mod tests {
         assert_eq!(locked.release().unwrap(), Unspent);
     }
 }
+
+/// Canonical bytes of a UTXO entry (wire and disk): output, state tag,
+/// holder txid (zeros for Unspent), then weight or height (u64).
+impl UtxoEntry {
+    pub const ENCODED_LEN: usize = TxOutput::ENCODED_LEN + 1 + 32 + 8;
+
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        self.output.encode(out);
+        out.push(self.state.code());
+        out.extend_from_slice(&self.state.holder().unwrap_or_default().0);
+        let extra = match self.state {
+            UtxoState::SpentPending { weight, .. } => weight,
+            UtxoState::Confirmed { height, .. } => height,
+            _ => 0,
+        };
+        out.extend_from_slice(&extra.to_le_bytes());
+    }
+
+    pub fn decode(r: &mut time_net::Reader<'_>) -> Result<Self, time_net::DecodeError> {
+        let output = TxOutput::decode(r)?;
+        let tag = r.u8()?;
+        let txid = Txid(r.array()?);
+        let extra = r.u64()?;
+        let state = match tag {
+            0 => UtxoState::Unspent,
+            1 => UtxoState::Locked { txid },
+            2 => UtxoState::SpentPending {
+                txid,
+                weight: extra,
+            },
+            3 => UtxoState::SpentFinalized { txid },
+            4 => UtxoState::Confirmed {
+                txid,
+                height: extra,
+            },
+            t => {
+                return Err(time_net::DecodeError::UnknownTag {
+                    what: "utxo state",
+                    tag: t,
+                })
+            }
+        };
+        Ok(UtxoEntry { output, state })
+    }
+}
