@@ -101,8 +101,23 @@ pub enum Message {
     WalletSubscribe(Vec<Address>),
     UtxoStateNotification { outpoint: OutPoint, entry: UtxoEntry },
     NewTransactionNotification { txid: Txid, tx: Transaction },
+    /// Operator or devnet asks how the node is doing.
+    StatusQuery,
+    Status(NodeStatus),
     /// The connection is being closed for this reason.
     Error { code: u16, detail: String },
+}
+
+/// What `StatusQuery` answers.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NodeStatus {
+    pub public_key: PublicKey,
+    /// Peer masternodes with an authenticated outbound connection.
+    pub peers_connected: u32,
+    pub peers_total: u32,
+    pub pending: u32,
+    pub finalized: u64,
+    pub rejected: u64,
 }
 
 mod tag {
@@ -123,6 +138,8 @@ mod tag {
     pub const SUBSCRIBE: u8 = 0x23;
     pub const UTXO_NOTIFICATION: u8 = 0x24;
     pub const NEW_TX_NOTIFICATION: u8 = 0x25;
+    pub const STATUS_QUERY: u8 = 0x30;
+    pub const STATUS: u8 = 0x31;
     pub const ERROR: u8 = 0x7f;
 }
 
@@ -156,6 +173,8 @@ impl Message {
             Message::WalletSubscribe(_) => "wallet-subscribe",
             Message::UtxoStateNotification { .. } => "utxo-state-notification",
             Message::NewTransactionNotification { .. } => "new-transaction-notification",
+            Message::StatusQuery => "status-query",
+            Message::Status(_) => "status",
             Message::Error { .. } => "error",
         }
     }
@@ -269,6 +288,16 @@ impl Message {
                 out.extend_from_slice(&txid.0);
                 tx.encode(out);
             }
+            Message::StatusQuery => out.push(tag::STATUS_QUERY),
+            Message::Status(st) => {
+                out.push(tag::STATUS);
+                out.extend_from_slice(&st.public_key.0);
+                out.extend_from_slice(&st.peers_connected.to_le_bytes());
+                out.extend_from_slice(&st.peers_total.to_le_bytes());
+                out.extend_from_slice(&st.pending.to_le_bytes());
+                out.extend_from_slice(&st.finalized.to_le_bytes());
+                out.extend_from_slice(&st.rejected.to_le_bytes());
+            }
             Message::Error { code, detail } => {
                 out.push(tag::ERROR);
                 out.extend_from_slice(&code.to_le_bytes());
@@ -366,6 +395,15 @@ impl Message {
                 txid: Txid(r.array()?),
                 tx: Transaction::decode(&mut r)?,
             },
+            tag::STATUS_QUERY => Message::StatusQuery,
+            tag::STATUS => Message::Status(NodeStatus {
+                public_key: PublicKey(r.array()?),
+                peers_connected: r.u32()?,
+                peers_total: r.u32()?,
+                pending: r.u32()?,
+                finalized: r.u64()?,
+                rejected: r.u64()?,
+            }),
             tag::ERROR => Message::Error {
                 code: r.u16()?,
                 detail: get_str(&mut r)?,

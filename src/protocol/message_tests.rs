@@ -91,6 +91,15 @@ pub(crate) fn samples() -> Vec<Message> {
             txid: tx.txid(),
             tx,
         },
+        Message::StatusQuery,
+        Message::Status(NodeStatus {
+            public_key: pk,
+            peers_connected: 3,
+            peers_total: 3,
+            pending: 1,
+            finalized: 2,
+            rejected: 3,
+        }),
         Message::Error {
             code: 1,
             detail: "bye".into(),
@@ -129,7 +138,7 @@ fn golden_wire_bytes() {
     assert_eq!(hex::encode(&hello[..8]), "0109000000010001");
 }
 
-const GOLDEN: &str = "ff1970a9d654e0a57f85ed1d2ca6665ac2b1f433356901faf7a61846d07e5229";
+const GOLDEN: &str = "6611cfb3523260bebfb94258de52ee584a518212faf6803f3d9e84ba865de008";
 
 #[test]
 fn handshake_binds_nonce_and_key() {
@@ -150,7 +159,7 @@ proptest! {
     }
 
     #[test]
-    fn mutated_messages_never_panic(idx in 0usize..18, pos in any::<usize>(), val in any::<u8>()) {
+    fn mutated_messages_never_panic(idx in 0usize..20, pos in any::<usize>(), val in any::<u8>()) {
         let s = samples();
         let mut b = s[idx % s.len()].to_bytes();
         let p = pos % b.len();
