@@ -78,11 +78,7 @@ pub fn genesis_outpoint(wallet: u32, coin: u32) -> OutPoint {
     }
 }
 
-pub fn engine_with_store(
-    genesis: &Genesis,
-    key: SigningKey,
-    store: &mut MemoryStore,
-) -> Engine {
+pub fn engine_with_store(genesis: &Genesis, key: SigningKey, store: &mut MemoryStore) -> Engine {
     store.init(genesis).expect("memory store");
     let snap = store.load().expect("memory store");
     Engine::new(

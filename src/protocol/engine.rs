@@ -269,8 +269,7 @@ impl Engine {
             metrics: Metrics::default(),
         };
         for (op, entry) in snap.utxos {
-            if let UtxoState::Locked { txid } | UtxoState::SpentPending { txid, .. } = entry.state
-            {
+            if let UtxoState::Locked { txid } | UtxoState::SpentPending { txid, .. } = entry.state {
                 e.approved_spends.insert(op, txid);
             }
             e.utxos.insert(op, entry);
@@ -436,7 +435,13 @@ impl Engine {
             return self.finalize(now, txid, p);
         }
         if self.pending_count >= self.cfg.mempool_limit {
-            return self.refuse(now, txid, tx, origin, TxError::MempoolFull(self.pending_count));
+            return self.refuse(
+                now,
+                txid,
+                tx,
+                origin,
+                TxError::MempoolFull(self.pending_count),
+            );
         }
         let spent: Vec<UtxoEntry> = tx.inputs.iter().map(|i| self.utxos[&i.prev]).collect();
         for (input, entry) in tx.inputs.iter().zip(&spent) {
@@ -450,18 +455,18 @@ impl Engine {
                     }),
                     _ => None,
                 },
-                UtxoState::Locked { txid: holder } | UtxoState::SpentPending { txid: holder, .. } => {
+                UtxoState::Locked { txid: holder }
+                | UtxoState::SpentPending { txid: holder, .. } => {
                     (holder != txid).then_some(TxError::InputLocked {
                         outpoint: input.prev,
                         holder,
                     })
                 }
-                UtxoState::SpentFinalized { txid: holder } | UtxoState::Confirmed { txid: holder, .. } => {
-                    Some(TxError::InputSpent {
-                        outpoint: input.prev,
-                        holder,
-                    })
-                }
+                UtxoState::SpentFinalized { txid: holder }
+                | UtxoState::Confirmed { txid: holder, .. } => Some(TxError::InputSpent {
+                    outpoint: input.prev,
+                    holder,
+                }),
             };
             if let Some(e) = err {
                 return self.refuse(now, txid, tx, origin, e);
@@ -492,11 +497,11 @@ impl Engine {
     /// Locks the inputs and queues an approve vote: the only place this node
     /// ever decides to approve.
     fn approve(&mut self, now: u64, txid: Txid, tx: Arc<Transaction>, origin: Origin) {
-        if tx
-            .inputs
-            .iter()
-            .any(|i| self.approved_spends.get(&i.prev).is_some_and(|h| *h != txid))
-            || self.my_votes.get(&txid).is_some_and(|d| !d.is_approve())
+        if tx.inputs.iter().any(|i| {
+            self.approved_spends
+                .get(&i.prev)
+                .is_some_and(|h| *h != txid)
+        }) || self.my_votes.get(&txid).is_some_and(|d| !d.is_approve())
         {
             // Defensive: process() already refused these.
             return;
@@ -765,7 +770,8 @@ impl Engine {
         if self.registry.weight_of(&self.me).is_none() {
             return;
         }
-        let levels = crate::protocol::vote::merkle_levels(batch.items.iter().map(|i| i.leaf()).collect());
+        let levels =
+            crate::protocol::vote::merkle_levels(batch.items.iter().map(|i| i.leaf()).collect());
         let vb = Arc::new(VerifiedBatch { batch, levels });
         for (i, item) in vb.batch.items.iter().enumerate() {
             if item.decision.is_approve() && only.is_none_or(|o| o.contains(&item.txid)) {
@@ -801,7 +807,8 @@ impl Engine {
                 continue;
             };
             match entry.state {
-                UtxoState::SpentFinalized { txid: other } | UtxoState::Confirmed { txid: other, .. }
+                UtxoState::SpentFinalized { txid: other }
+                | UtxoState::Confirmed { txid: other, .. }
                     if other != txid =>
                 {
                     let other_weight = self
@@ -810,7 +817,9 @@ impl Engine {
                         .find(|c| c.kept == other)
                         .map(|c| c.kept_weight)
                         .unwrap_or(0);
-                    let winner = if (weight, std::cmp::Reverse(txid)) > (other_weight, std::cmp::Reverse(other)) {
+                    let winner = if (weight, std::cmp::Reverse(txid))
+                        > (other_weight, std::cmp::Reverse(other))
+                    {
                         txid
                     } else {
                         other
@@ -872,7 +881,11 @@ impl Engine {
             addresses,
         });
         for loser in losers {
-            if self.txs.get(&loser).is_some_and(|r| r.status == Status::Pending) {
+            if self
+                .txs
+                .get(&loser)
+                .is_some_and(|r| r.status == Status::Pending)
+            {
                 self.set_status(loser, Status::Rejected);
                 self.tallies.remove(&loser);
                 self.metrics.tx_rejected += 1;
@@ -955,13 +968,12 @@ impl Engine {
                 for list in self.orphans_by_parent.values_mut() {
                     list.retain(|t| *t != txid);
                 }
-                let missing = o
-                    .tx
-                    .inputs
-                    .iter()
-                    .find(|i| !self.utxos.contains_key(&i.prev))
-                    .map(|i| i.prev)
-                    .unwrap_or(o.tx.inputs[0].prev);
+                let missing =
+                    o.tx.inputs
+                        .iter()
+                        .find(|i| !self.utxos.contains_key(&i.prev))
+                        .map(|i| i.prev)
+                        .unwrap_or(o.tx.inputs[0].prev);
                 self.refuse(now, txid, o.tx, o.origin, TxError::UnknownInput(missing));
             }
         }

@@ -84,7 +84,10 @@ pub enum Message {
     TransactionBroadcast(Transaction),
     VoteBatch(VoteBatch),
     /// Consensus reached: the transaction and its TimeProof.
-    TimeProof { tx: Transaction, proof: TimeProof },
+    TimeProof {
+        tx: Transaction,
+        proof: TimeProof,
+    },
     ProofRequest(Txid),
     /// Locked and approved by the masternode the wallet talks to.
     TransactionAccepted(Txid),
@@ -99,13 +102,22 @@ pub enum Message {
     AddressQuery(Address),
     UtxoStateResponse(Vec<(OutPoint, Option<UtxoEntry>)>),
     WalletSubscribe(Vec<Address>),
-    UtxoStateNotification { outpoint: OutPoint, entry: UtxoEntry },
-    NewTransactionNotification { txid: Txid, tx: Transaction },
+    UtxoStateNotification {
+        outpoint: OutPoint,
+        entry: UtxoEntry,
+    },
+    NewTransactionNotification {
+        txid: Txid,
+        tx: Transaction,
+    },
     /// Operator or devnet asks how the node is doing.
     StatusQuery,
     Status(NodeStatus),
     /// The connection is being closed for this reason.
-    Error { code: u16, detail: String },
+    Error {
+        code: u16,
+        detail: String,
+    },
 }
 
 /// What `StatusQuery` answers.
@@ -366,14 +378,23 @@ impl Message {
             }
             tag::ADDRESS_QUERY => Message::AddressQuery(Address(r.array()?)),
             tag::UTXO_RESPONSE => {
-                let n = r.count("utxo states", MAX_QUERY_OUTPOINTS, OutPoint::ENCODED_LEN + 1)?;
+                let n = r.count(
+                    "utxo states",
+                    MAX_QUERY_OUTPOINTS,
+                    OutPoint::ENCODED_LEN + 1,
+                )?;
                 let mut v = Vec::with_capacity(n);
                 for _ in 0..n {
                     let op = OutPoint::decode(&mut r)?;
                     let e = match r.u8()? {
                         0 => None,
                         1 => Some(UtxoEntry::decode(&mut r)?),
-                        tag => return Err(DecodeError::UnknownTag { what: "option", tag }),
+                        tag => {
+                            return Err(DecodeError::UnknownTag {
+                                what: "option",
+                                tag,
+                            })
+                        }
                     };
                     v.push((op, e));
                 }
@@ -408,7 +429,12 @@ impl Message {
                 code: r.u16()?,
                 detail: get_str(&mut r)?,
             },
-            tag => return Err(DecodeError::UnknownTag { what: "message", tag }),
+            tag => {
+                return Err(DecodeError::UnknownTag {
+                    what: "message",
+                    tag,
+                })
+            }
         };
         r.finish()?;
         Ok(m)

@@ -114,7 +114,11 @@ fn every_message_round_trips() {
         assert_eq!(Message::decode(&b).unwrap(), m, "{}", m.name());
         // Every strict prefix fails cleanly; one extra byte fails too.
         for cut in 0..b.len() {
-            assert!(Message::decode(&b[..cut]).is_err(), "{} cut {cut}", m.name());
+            assert!(
+                Message::decode(&b[..cut]).is_err(),
+                "{} cut {cut}",
+                m.name()
+            );
         }
         let mut longer = b.clone();
         longer.push(0);

@@ -258,7 +258,10 @@ impl Transaction {
     }
 
     pub fn encoded_len(&self) -> usize {
-        2 + 4 + 4 + self.inputs.len() * TxInput::ENCODED_LEN + 4
+        2 + 4
+            + 4
+            + self.inputs.len() * TxInput::ENCODED_LEN
+            + 4
             + self.outputs.len() * TxOutput::ENCODED_LEN
             + 8
     }

@@ -8,13 +8,23 @@ use crate::protocol::types::{TxOutput, Txid};
 pub enum UtxoState {
     Unspent,
     /// Inputs locked by a transaction this node validated first (first seen wins).
-    Locked { txid: Txid },
+    Locked {
+        txid: Txid,
+    },
     /// Approve votes are arriving; `weight` is the approve weight seen so far.
-    SpentPending { txid: Txid, weight: u64 },
+    SpentPending {
+        txid: Txid,
+        weight: u64,
+    },
     /// A TimeProof exists for `txid`; the proof is stored under that txid.
-    SpentFinalized { txid: Txid },
+    SpentFinalized {
+        txid: Txid,
+    },
     /// A block included `txid` (block layer; kept for the format).
-    Confirmed { txid: Txid, height: u64 },
+    Confirmed {
+        txid: Txid,
+        height: u64,
+    },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -28,7 +38,10 @@ pub enum TransitionError {
     #[error("output is held by transaction {holder}, not {requested}")]
     HeldByOther { holder: Txid, requested: Txid },
     #[error("illegal transition from {from} to {to}")]
-    Illegal { from: &'static str, to: &'static str },
+    Illegal {
+        from: &'static str,
+        to: &'static str,
+    },
 }
 
 impl UtxoState {
@@ -92,18 +105,14 @@ impl UtxoState {
             (Unspent | Locked { .. } | SpentPending { .. }, SpentFinalized { .. }) => Ok(next),
             (SpentFinalized { txid: a }, SpentFinalized { txid: b }) if a == b => Ok(next),
             (SpentFinalized { txid: a }, Confirmed { txid: b, .. }) if a == b => Ok(next),
-            (SpentFinalized { txid: a } | Confirmed { txid: a, .. }, _) => {
-                match next.holder() {
-                    Some(b) if b != a => Err(TransitionError::HeldByOther {
-                        holder: a,
-                        requested: b,
-                    }),
-                    _ => Err(illegal()),
-                }
-            }
-            (Locked { txid: a } | SpentPending { txid: a, .. }, Locked { txid: b })
-                if a != b =>
-            {
+            (SpentFinalized { txid: a } | Confirmed { txid: a, .. }, _) => match next.holder() {
+                Some(b) if b != a => Err(TransitionError::HeldByOther {
+                    holder: a,
+                    requested: b,
+                }),
+                _ => Err(illegal()),
+            },
+            (Locked { txid: a } | SpentPending { txid: a, .. }, Locked { txid: b }) if a != b => {
                 Err(TransitionError::HeldByOther {
                     holder: a,
                     requested: b,
@@ -158,7 +167,9 @@ mod tests {
         assert!(fin.transition(SpentFinalized { txid: b }).is_err());
         assert!(fin.transition(Locked { txid: a }).is_err());
         assert!(fin.release().is_err());
-        assert!(Unspent.transition(Confirmed { txid: a, height: 1 }).is_err());
+        assert!(Unspent
+            .transition(Confirmed { txid: a, height: 1 })
+            .is_err());
         assert_eq!(locked.release().unwrap(), Unspent);
     }
 }

@@ -144,7 +144,11 @@ pub enum TxError {
     #[error("outputs {outputs} + minimum fee {fee} exceed inputs {inputs}")]
     InsufficientFunds { inputs: u64, outputs: u64, fee: u64 },
     #[error("output {index} of {amount} units is below the dust threshold {dust}")]
-    DustOutput { index: usize, amount: u64, dust: u64 },
+    DustOutput {
+        index: usize,
+        amount: u64,
+        dust: u64,
+    },
     #[error("transaction is for chain {got}, this is chain {expected}")]
     WrongChain { got: ChainId, expected: ChainId },
     #[error("transaction version {0} is not supported")]
@@ -312,7 +316,8 @@ pub fn verify_signatures(tx: &Transaction, txid: &Txid) -> Result<(), TxError> {
         }
     }
     for (i, ((k, s), m)) in keys.iter().zip(&sigs).zip(&msgs).enumerate() {
-        k.verify_strict(m, s).map_err(|_| TxError::BadSignature(i))?;
+        k.verify_strict(m, s)
+            .map_err(|_| TxError::BadSignature(i))?;
     }
     Ok(())
 }
@@ -367,11 +372,16 @@ mod tests {
             Err(TxError::WrongChain { .. })
         ));
         let (dust, _) = setup(COIN, &[100]);
-        assert_eq!(check_stateless(&dust, 1, &l).unwrap_err().code(), RejectCode::DustOutput);
+        assert_eq!(
+            check_stateless(&dust, 1, &l).unwrap_err().code(),
+            RejectCode::DustOutput
+        );
 
         let (greedy, spent) = setup(COIN, &[2 * COIN]);
         assert_eq!(
-            check_amounts_and_owners(&greedy, &spent, &l).unwrap_err().code(),
+            check_amounts_and_owners(&greedy, &spent, &l)
+                .unwrap_err()
+                .code(),
             RejectCode::InsufficientFunds
         );
         // Exactly no fee left: refused.
@@ -384,7 +394,10 @@ mod tests {
 
         let mut dup = tx.clone();
         dup.inputs[1].prev = dup.inputs[0].prev;
-        assert_eq!(check_stateless(&dup, 1, &l).unwrap_err().code(), RejectCode::DuplicateInput);
+        assert_eq!(
+            check_stateless(&dup, 1, &l).unwrap_err().code(),
+            RejectCode::DuplicateInput
+        );
 
         let mut badsig = tx.clone();
         badsig.inputs[1].signature[0] ^= 1;

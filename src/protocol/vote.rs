@@ -92,7 +92,13 @@ pub fn merkle_levels(leaves: Vec<[u8; 32]>) -> Vec<Vec<[u8; 32]>> {
         let prev = levels.last().expect("non-empty");
         let next: Vec<[u8; 32]> = prev
             .chunks(2)
-            .map(|c| if c.len() == 2 { node_hash(&c[0], &c[1]) } else { c[0] })
+            .map(|c| {
+                if c.len() == 2 {
+                    node_hash(&c[0], &c[1])
+                } else {
+                    c[0]
+                }
+            })
             .collect();
         levels.push(next);
     }
