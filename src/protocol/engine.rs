@@ -203,6 +203,8 @@ enum Status {
 struct TxRecord {
     tx: Arc<Transaction>,
     status: Status,
+    /// Why it was rejected, for wallets that ask again.
+    rejection: Option<(RejectCode, String)>,
     origin: Origin,
     since_ms: u64,
 }
@@ -290,6 +292,7 @@ impl Engine {
                 TxRecord {
                     tx: Arc::new(tx),
                     status: Status::Pending,
+                    rejection: None,
                     origin: Origin::Peer,
                     since_ms: 0,
                 },
@@ -336,6 +339,16 @@ impl Engine {
     pub fn my_vote(&self, txid: &Txid) -> Option<Decision> {
         self.my_votes.get(txid).copied()
     }
+    /// Why `txid` was rejected, if it was (and is still remembered).
+    pub fn rejection(&self, txid: &Txid) -> Option<(RejectCode, String)> {
+        self.txs.get(txid).and_then(|r| r.rejection.clone())
+    }
+
+    /// Whether this node has seen `txid` (pending, decided, or parked).
+    pub fn knows(&self, txid: &Txid) -> bool {
+        self.txs.contains_key(txid) || self.orphans.contains_key(txid)
+    }
+
     pub fn is_finalized(&self, txid: &Txid) -> bool {
         self.txs
             .get(txid)
@@ -487,6 +500,7 @@ impl Engine {
             TxRecord {
                 tx,
                 status: Status::Pending,
+                rejection: None,
                 origin,
                 since_ms: now,
             },
@@ -549,6 +563,7 @@ impl Engine {
             TxRecord {
                 tx,
                 status: Status::Rejected,
+                rejection: Some((err.code(), err.to_string())),
                 origin,
                 since_ms: now,
             },
@@ -713,6 +728,9 @@ impl Engine {
                 reason.describe()
             );
             self.set_status(txid, Status::Rejected);
+            if let Some(r) = self.txs.get_mut(&txid) {
+                r.rejection = Some((reason, detail.clone()));
+            }
             self.metrics.tx_rejected += 1;
             self.tallies.remove(&txid);
             self.emit(Event::Rejected {
@@ -887,6 +905,12 @@ impl Engine {
                 .is_some_and(|r| r.status == Status::Pending)
             {
                 self.set_status(loser, Status::Rejected);
+                if let Some(r) = self.txs.get_mut(&loser) {
+                    r.rejection = Some((
+                        RejectCode::ConflictFinalized,
+                        format!("conflicting transaction {txid} is final"),
+                    ));
+                }
                 self.tallies.remove(&loser);
                 self.metrics.tx_rejected += 1;
                 self.emit(Event::Rejected {

@@ -1,0 +1,7 @@
+//! The masternode process: configuration, genesis, key files and the tokio
+//! runtime that drives the protocol engine over TCP.
+
+pub mod config;
+pub mod genesis_file;
+pub mod keyfile;
+pub mod runtime;
