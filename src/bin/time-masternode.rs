@@ -115,6 +115,7 @@ fn run(args: RunArgs) -> Result<(), AnyError> {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_target(false)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let rt = runtime()?;
     rt.block_on(async move {
