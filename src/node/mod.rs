@@ -5,3 +5,4 @@ pub mod config;
 pub mod genesis_file;
 pub mod keyfile;
 pub mod runtime;
+pub mod verifier;
