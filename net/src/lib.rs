@@ -6,6 +6,7 @@
 //! [`writer`] helpers and hands whole frames to a transport here.
 
 pub mod frame;
+pub mod priority;
 pub mod reader;
 
 pub use frame::{FrameError, FrameReader, FrameWriter, MAX_FRAME_LEN};
