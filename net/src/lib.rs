@@ -5,6 +5,7 @@
 //! crate (`timecoin`) encodes its messages with [`reader::Reader`] and
 //! [`writer`] helpers and hands whole frames to a transport here.
 
+pub mod datagram;
 pub mod frame;
 pub mod priority;
 pub mod reader;
