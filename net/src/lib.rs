@@ -7,6 +7,7 @@
 
 pub mod datagram;
 pub mod frame;
+pub mod gap;
 pub mod priority;
 pub mod reader;
 
