@@ -10,6 +10,7 @@ pub mod frame;
 pub mod gap;
 pub mod priority;
 pub mod reader;
+pub mod udp;
 
 pub use frame::{FrameError, FrameReader, FrameWriter, MAX_FRAME_LEN};
 pub use reader::{DecodeError, Reader};
