@@ -341,10 +341,9 @@ impl UdpFastPath {
         let uring = match backend {
             IoBackend::Epoll => None,
             IoBackend::Uring => Some(
-                uring::UringDriver::new(&opened, &config, &shared)
-                    .map_err(UdpError::UringUnavailable)?,
+                uring::UringDriver::new(&opened, &config).map_err(UdpError::UringUnavailable)?,
             ),
-            IoBackend::Auto => match uring::UringDriver::new(&opened, &config, &shared) {
+            IoBackend::Auto => match uring::UringDriver::new(&opened, &config) {
                 Ok(d) => Some(d),
                 Err(e) => {
                     tracing::warn!(error = %e, "io_uring unavailable, using epoll for the UDP fast path");
@@ -401,7 +400,9 @@ impl std::fmt::Debug for FastPathHandle {
 }
 
 impl FastPathHandle {
-    /// Queues one datagram for every destination. Never blocks.
+    /// Queues one datagram for every destination. Never blocks. With no
+    /// destination (a unicast list left empty) the datagram is discarded:
+    /// `sent` counts (datagram, destination) pairs.
     pub fn send(&self, datagram: impl Into<Bytes>) -> Result<(), SendError> {
         let d: Bytes = datagram.into();
         if d.len() > self.max_len {
@@ -422,7 +423,10 @@ impl FastPathHandle {
             Err(TrySendError::Disconnected(d)) => return Err(SendError::Stopped(d)),
         }
         fence(Ordering::SeqCst);
-        if self.shared.parked.swap(false, Ordering::SeqCst) {
+        // Only a parked I/O thread needs the (syscall-costing) wake-up.
+        if self.shared.parked.load(Ordering::SeqCst)
+            && self.shared.parked.swap(false, Ordering::SeqCst)
+        {
             self.shared.wake();
         }
         Ok(())

@@ -25,7 +25,7 @@ use io_uring::{cqueue, opcode, register::Probe, types, IoUring};
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 
 use super::socket::{parse_sockaddr, Opened};
-use super::{Counters, IoContext, Shared, UdpConfig};
+use super::{Counters, IoContext, UdpConfig};
 
 const BGID: u16 = 0;
 const K_RECV: u64 = 1;
@@ -205,7 +205,7 @@ unsafe impl Send for UringDriver {}
 impl UringDriver {
     /// Sets up the ring, registers the provided buffers and checks that
     /// multishot recvmsg works. Any failure means "use epoll instead".
-    pub(super) fn new(opened: &Opened, cfg: &UdpConfig, _shared: &Shared) -> io::Result<Self> {
+    pub(super) fn new(opened: &Opened, cfg: &UdpConfig) -> io::Result<Self> {
         probe()?;
         let entries = cfg.ring_entries.clamp(16, 4096).next_power_of_two();
         let ring = IoUring::builder()
