@@ -85,7 +85,9 @@ fn run(backend: IoBackend, args: &Args) -> Result<(), String> {
                     Err(SendError::Full(back)) => {
                         full_retries += 1;
                         d = back;
-                        std::thread::yield_now();
+                        // Sleep rather than spin: on a 2-core machine a
+                        // spinning producer steals the I/O threads' CPU.
+                        std::thread::sleep(Duration::from_micros(50));
                         if Instant::now() >= deadline {
                             break;
                         }
