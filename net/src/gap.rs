@@ -256,6 +256,13 @@ impl<S: Ord + Copy> GapTracker<S> {
     /// Classifies one arrival.
     pub fn receive(&mut self, sender: S, seq: u64, now_ms: u64) -> Result<Receipt, GapError> {
         let window = self.config.window;
+        if seq == u64::MAX {
+            // Checked before any state exists, so it cannot set a baseline.
+            if let Some(st) = self.senders.get_mut(&sender) {
+                st.stats.stale += 1;
+            }
+            return Ok(Receipt::Stale);
+        }
         if !self.senders.contains_key(&sender) {
             self.check_room()?;
             self.senders.insert(sender, SenderState::new(seq, window));
@@ -265,10 +272,6 @@ impl<S: Ord + Copy> GapTracker<S> {
                 max: self.config.max_senders,
             });
         };
-        if seq == u64::MAX {
-            st.stats.stale += 1;
-            return Ok(Receipt::Stale);
-        }
         let floor = st.next.saturating_sub(window);
         if seq < floor {
             st.stats.stale += 1;
@@ -620,6 +623,9 @@ mod tests {
         let mut t = tracker();
         t.receive(1, u64::MAX - 1, 0).unwrap();
         assert_eq!(t.receive(1, u64::MAX, 0), Ok(Receipt::Stale));
+        // Nor can it become a new sender's baseline.
+        assert_eq!(t.receive(2, u64::MAX, 0), Ok(Receipt::Stale));
+        assert_eq!(t.next_expected(2), None);
     }
 
     proptest! {

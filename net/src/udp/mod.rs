@@ -164,6 +164,8 @@ pub struct UdpStats {
     pub send_errors: u64,
     /// Sends refused because the send queue was full.
     pub send_queue_full: u64,
+    /// Datagrams taken from the socket within the size limit, including
+    /// those then dropped for a full receive queue.
     pub received: u64,
     /// Received datagrams longer than `max_datagram_len`, dropped.
     pub truncated: u64,
