@@ -67,6 +67,19 @@ fn collect(
     }
 }
 
+/// Polls `cond` until it holds or WAIT passes. Counters for completed sends
+/// may lag the receiver by a loop turn of the sending I/O thread.
+fn eventually(mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + WAIT;
+    while !cond() {
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    true
+}
+
 fn skip_uring(backend: IoBackend) -> bool {
     if backend == IoBackend::Uring && std::env::var_os("TIME_NET_SKIP_URING").is_some() {
         eprintln!("SKIPPED: io_uring backend test (TIME_NET_SKIP_URING is set)");
@@ -142,6 +155,7 @@ fn unicast_fanout_many(backend: IoBackend) {
     }
     assert_eq!(src_b, BTreeSet::from([a.local_addr()]));
     assert_eq!(src_c, BTreeSet::from([a.local_addr()]));
+    eventually(|| a.stats().sent >= 2 * N as u64);
     let s = a.stats();
     assert_eq!((s.sent, s.send_errors), (2 * N as u64, 0), "{s:?}");
     let s = b.stats();
@@ -203,6 +217,7 @@ fn multicast_on_lo(backend: IoBackend, last_octet: u8, port: u16) {
     for src in src1.iter().chain(&src2).chain(&srcs) {
         assert_eq!(src.ip(), std::net::IpAddr::V4(LO), "source {src}");
     }
+    eventually(|| s.stats().sent >= N as u64);
     assert_eq!(s.stats().sent, N as u64);
 }
 
@@ -227,10 +242,7 @@ fn oversize_refused_and_truncation_counted(backend: IoBackend) {
     let mut got = BTreeSet::new();
     collect(&b_rx, &nonce, &mut got, 1, &mut BTreeSet::new());
     assert_eq!(got, BTreeSet::from([1]));
-    let deadline = Instant::now() + WAIT;
-    while b.stats().truncated == 0 && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    eventually(|| b.stats().truncated > 0);
     let s = b.stats();
     assert_eq!((s.truncated, s.received), (1, 1), "{s:?}");
     assert!(
@@ -250,10 +262,7 @@ fn full_receive_queue_is_counted(backend: IoBackend) {
     for i in 0..50u8 {
         raw.send_to(&[i; 20], b.local_addr()).unwrap();
     }
-    let deadline = Instant::now() + WAIT;
-    while b.stats().received < 50 && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    eventually(|| b.stats().received >= 50);
     let s = b.stats();
     assert_eq!((s.received, s.recv_queue_full), (50, 46), "{s:?}");
     assert_eq!(b_rx.len(), 4);
