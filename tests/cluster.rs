@@ -53,7 +53,11 @@ fn payment_finalizes_on_every_masternode_with_a_verifying_proof() {
                 "masternode {i}"
             );
             let out = c
-                .wait_state(i, timecoin::protocol::types::OutPoint { txid, vout: 0 }, |e| e.is_some())
+                .wait_state(
+                    i,
+                    timecoin::protocol::types::OutPoint { txid, vout: 0 },
+                    |e| e.is_some(),
+                )
                 .await
                 .expect("new output known everywhere");
             assert_eq!(out.output.amount, 5 * COIN);
@@ -89,14 +93,19 @@ fn conflicting_spends_at_the_same_moment_never_both_finalize() {
             let (o1, o2) = (o1.unwrap(), o2.unwrap());
             let f1 = matches!(o1, Outcome::Finalized { .. });
             let f2 = matches!(o2, Outcome::Finalized { .. });
-            assert!(!(f1 && f2), "race {race}: both conflicting transactions finalized");
+            assert!(
+                !(f1 && f2),
+                "race {race}: both conflicting transactions finalized"
+            );
             // Every loser hears why.
             for o in [&o1, &o2] {
                 if let Outcome::Rejected { reason, detail, .. } = o {
                     assert!(
                         matches!(
                             reason,
-                            RejectCode::InputLocked | RejectCode::ConflictFinalized | RejectCode::InputSpent
+                            RejectCode::InputLocked
+                                | RejectCode::ConflictFinalized
+                                | RejectCode::InputSpent
                         ),
                         "race {race}: unexpected reason {reason:?}: {detail}"
                     );
@@ -109,7 +118,13 @@ fn conflicting_spends_at_the_same_moment_never_both_finalize() {
                 none_final += 1;
             }
             // All masternodes agree on the coin: at most one spender final.
-            let winner = if f1 { Some(t1.txid()) } else if f2 { Some(t2.txid()) } else { None };
+            let winner = if f1 {
+                Some(t1.txid())
+            } else if f2 {
+                Some(t2.txid())
+            } else {
+                None
+            };
             if let Some(w) = winner {
                 for i in 0..4 {
                     let st = c
@@ -117,7 +132,10 @@ fn conflicting_spends_at_the_same_moment_never_both_finalize() {
                             matches!(e.map(|e| e.state), Some(UtxoState::SpentFinalized { .. }))
                         })
                         .await;
-                    assert_eq!(st.map(|e| e.state), Some(UtxoState::SpentFinalized { txid: w }));
+                    assert_eq!(
+                        st.map(|e| e.state),
+                        Some(UtxoState::SpentFinalized { txid: w })
+                    );
                 }
             }
         }
@@ -151,7 +169,9 @@ fn killed_masternode_keeps_its_state_and_never_votes_for_the_conflict() {
     let tb = pay(chain, &a, 0, 11, address(&d), 3 * COIN);
     rt.block_on(async {
         let mut w = c.client(0).await;
-        w.send(&Message::SubmitTransaction(ta.clone())).await.unwrap();
+        w.send(&Message::SubmitTransaction(ta.clone()))
+            .await
+            .unwrap();
         match w.recv_timeout(WAIT).await.unwrap() {
             Message::TransactionAccepted(t) => assert_eq!(t, ta.txid()),
             m => panic!("expected accepted, got {m:?}"),
@@ -199,11 +219,9 @@ fn killed_masternode_keeps_its_state_and_never_votes_for_the_conflict() {
     // Masternode 0's own vote log on disk never approves B.
     drop(rt);
     c.kill9(0);
-    let store = timecoin::storage::LmdbStore::open(
-        &common::data_dir(&c, 0).join("db"),
-        Default::default(),
-    )
-    .unwrap();
+    let store =
+        timecoin::storage::LmdbStore::open(&common::data_dir(&c, 0).join("db"), Default::default())
+            .unwrap();
     use timecoin::storage::Store;
     let snap = store.load().unwrap();
     let votes: Vec<_> = snap
@@ -212,8 +230,12 @@ fn killed_masternode_keeps_its_state_and_never_votes_for_the_conflict() {
         .flat_map(|b| b.items.iter())
         .filter(|i| i.txid == tb.txid() || i.txid == ta.txid())
         .collect();
-    assert!(votes.iter().any(|i| i.txid == ta.txid() && i.decision == Decision::Approve));
-    assert!(!votes.iter().any(|i| i.txid == tb.txid() && i.decision == Decision::Approve));
+    assert!(votes
+        .iter()
+        .any(|i| i.txid == ta.txid() && i.decision == Decision::Approve));
+    assert!(!votes
+        .iter()
+        .any(|i| i.txid == tb.txid() && i.decision == Decision::Approve));
 }
 
 #[test]
@@ -231,20 +253,37 @@ fn forged_and_unregistered_votes_are_ignored() {
     let rt = rt();
     rt.block_on(async {
         let mut w = c.client(0).await;
-        w.send(&Message::SubmitTransaction(tx.clone())).await.unwrap();
-        assert!(matches!(w.recv_timeout(WAIT).await.unwrap(), Message::TransactionAccepted(_)));
+        w.send(&Message::SubmitTransaction(tx.clone()))
+            .await
+            .unwrap();
+        assert!(matches!(
+            w.recv_timeout(WAIT).await.unwrap(),
+            Message::TransactionAccepted(_)
+        ));
         let mn3 = c.masternode_key(3);
         let outsider = timecoin::node::keyfile::KeyFile::generate();
         // An unregistered key cannot even connect as a masternode.
         if let Ok(mut p) = RawPeer::connect(c.addr(0), chain, &outsider).await {
-            assert!(p.reader.read_frame().await.is_err(), "unregistered peer was served");
+            assert!(
+                p.reader.read_frame().await.is_err(),
+                "unregistered peer was served"
+            );
         }
-        let item = vec![VoteItem { txid, decision: Decision::Approve }];
+        let item = vec![VoteItem {
+            txid,
+            decision: Decision::Approve,
+        }];
         let mut peer = RawPeer::connect(c.addr(0), chain, &mn3).await.unwrap();
         // Votes by an unregistered key, and votes claiming to be masternodes
         // 1 and 2 but signed by someone else: with masternode 0's own vote
         // these would make 3 of 4 if counted.
-        peer.send(&Message::VoteBatch(VoteBatch::sign(chain, 1, &outsider, item.clone()))).await;
+        peer.send(&Message::VoteBatch(VoteBatch::sign(
+            chain,
+            1,
+            &outsider,
+            item.clone(),
+        )))
+        .await;
         for i in [1, 2] {
             let mut forged = VoteBatch::sign(chain, 1, &outsider, item.clone());
             forged.voter = PublicKey::from_signing(&c.masternode_key(i));
@@ -257,20 +296,32 @@ fn forged_and_unregistered_votes_are_ignored() {
         // Nothing final: a status round trip orders after the votes above
         // were queued to the core.
         tokio::time::sleep(Duration::from_millis(300)).await;
-        let st = c.client(0).await.utxo_states(vec![genesis_outpoint(0, 0)]).await.unwrap();
+        let st = c
+            .client(0)
+            .await
+            .utxo_states(vec![genesis_outpoint(0, 0)])
+            .await
+            .unwrap();
         assert!(
-            !matches!(st[0].1.map(|e| e.state), Some(UtxoState::SpentFinalized { .. })),
+            !matches!(
+                st[0].1.map(|e| e.state),
+                Some(UtxoState::SpentFinalized { .. })
+            ),
             "forged votes finalized a payment"
         );
         // A genuine third vote does finalize it: the forged ones were the difference.
         let mn2 = c.masternode_key(2);
-        peer.send(&Message::VoteBatch(VoteBatch::sign(chain, 1, &mn2, item))).await;
+        peer.send(&Message::VoteBatch(VoteBatch::sign(chain, 1, &mn2, item)))
+            .await;
         let st = c
             .wait_state(0, genesis_outpoint(0, 0), |e| {
                 matches!(e.map(|e| e.state), Some(UtxoState::SpentFinalized { .. }))
             })
             .await;
-        assert_eq!(st.map(|e| e.state), Some(UtxoState::SpentFinalized { txid }));
+        assert_eq!(
+            st.map(|e| e.state),
+            Some(UtxoState::SpentFinalized { txid })
+        );
     });
 }
 
@@ -301,12 +352,16 @@ fn garbage_and_oversized_frames_are_refused_and_the_node_keeps_serving() {
     rt().block_on(async {
         // Garbage before any handshake.
         let mut s = tokio::net::TcpStream::connect(c.addr(0)).await.unwrap();
-        s.write_all(b"\x05\x00\x00\x00GARBAGE-GARBAGE").await.unwrap();
+        s.write_all(b"\x05\x00\x00\x00GARBAGE-GARBAGE")
+            .await
+            .unwrap();
         // An oversized length prefix (1 GiB).
         let mut s2 = tokio::net::TcpStream::connect(c.addr(0)).await.unwrap();
         s2.write_all(&(1u32 << 30).to_le_bytes()).await.unwrap();
         // A registered peer that sends an undecodable frame after the handshake.
-        let mut p = RawPeer::connect(c.addr(0), chain, &c.masternode_key(1)).await.unwrap();
+        let mut p = RawPeer::connect(c.addr(0), chain, &c.masternode_key(1))
+            .await
+            .unwrap();
         p.writer.send(&[0x12, 1, 2, 3]).await.unwrap();
         // A wallet that sends a vote batch claiming 2^32 items.
         let mut w = c.client(0).await;
@@ -331,7 +386,10 @@ fn garbage_and_oversized_frames_are_refused_and_the_node_keeps_serving() {
             .await;
             assert!(r.is_ok(), "connection not closed");
         }
-        assert!(tokio::time::timeout(WAIT, p.reader.read_frame()).await.unwrap().is_err());
+        assert!(tokio::time::timeout(WAIT, p.reader.read_frame())
+            .await
+            .unwrap()
+            .is_err());
         // The node keeps serving: a payment still finalizes through it.
         let (a, b) = (c.wallet_key(2), c.wallet_key(3));
         let tx = pay(chain, &a, 2, 0, address(&b), COIN);

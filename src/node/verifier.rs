@@ -39,7 +39,13 @@ pub struct Verifier<T: Send + 'static> {
 impl<T: Send + 'static> Verifier<T> {
     /// `done` receives every transaction with its txid and verdict (stateless
     /// checks and signatures), from a pool thread.
-    pub fn start<F>(threads: usize, queue: usize, chain_id: ChainId, limits: Limits, done: F) -> Self
+    pub fn start<F>(
+        threads: usize,
+        queue: usize,
+        chain_id: ChainId,
+        limits: Limits,
+        done: F,
+    ) -> Self
     where
         F: Fn(Transaction, Txid, Result<(), TxError>, T) + Send + Sync + 'static,
     {

@@ -503,7 +503,9 @@ mod batch_tests {
             .collect();
         let ids: Vec<Txid> = txs.iter().map(|t| t.txid()).collect();
         let refs: Vec<&Transaction> = txs.iter().collect();
-        assert!(verify_signatures_batch(&refs, &ids).iter().all(|r| r.is_ok()));
+        assert!(verify_signatures_batch(&refs, &ids)
+            .iter()
+            .all(|r| r.is_ok()));
         let mut bad = txs.clone();
         bad[7].inputs[0].signature[3] ^= 1;
         let refs: Vec<&Transaction> = bad.iter().collect();

@@ -137,7 +137,9 @@ impl Cluster {
             }
             loop {
                 let st = rt.block_on(async {
-                    let mut c = WalletClient::connect(self.addr(i), self.chain_id()).await.ok()?;
+                    let mut c = WalletClient::connect(self.addr(i), self.chain_id())
+                        .await
+                        .ok()?;
                     c.status().await.ok()
                 });
                 if st.is_some_and(|s| s.peers_connected as usize >= up - 1) {
@@ -186,13 +188,23 @@ pub fn address(k: &SigningKey) -> Address {
 }
 
 /// Wallet `w` pays `amount` of its genesis coin `coin` to `to`, change back.
-pub fn pay(chain: u32, from: &SigningKey, w: u32, coin: u32, to: Address, amount: u64) -> Transaction {
+pub fn pay(
+    chain: u32,
+    from: &SigningKey,
+    w: u32,
+    coin: u32,
+    to: Address,
+    amount: u64,
+) -> Transaction {
     Transaction::build_signed(
         chain,
         from,
         &[genesis_outpoint(w, coin)],
         vec![
-            TxOutput { amount, address: to },
+            TxOutput {
+                amount,
+                address: to,
+            },
             TxOutput {
                 amount: 1_000 * COIN - amount - COIN / 100,
                 address: address(from),
@@ -209,7 +221,11 @@ pub struct RawPeer {
 
 impl RawPeer {
     /// Handshakes as the masternode holding `key`.
-    pub async fn connect(addr: SocketAddr, chain: u32, key: &SigningKey) -> std::io::Result<RawPeer> {
+    pub async fn connect(
+        addr: SocketAddr,
+        chain: u32,
+        key: &SigningKey,
+    ) -> std::io::Result<RawPeer> {
         let s = TcpStream::connect(addr).await?;
         let (r, w) = s.into_split();
         let mut p = RawPeer {
@@ -223,11 +239,15 @@ impl RawPeer {
             public_key: PublicKey::from_signing(key),
             nonce: [9; 32],
         });
-        p.writer.send(&hello.to_bytes()).await.map_err(std::io::Error::other)?;
-        let their = match Message::decode(p.reader.read_frame().await.map_err(std::io::Error::other)?) {
-            Ok(Message::Hello(h)) => h,
-            _ => return Err(std::io::Error::other("no hello")),
-        };
+        p.writer
+            .send(&hello.to_bytes())
+            .await
+            .map_err(std::io::Error::other)?;
+        let their =
+            match Message::decode(p.reader.read_frame().await.map_err(std::io::Error::other)?) {
+                Ok(Message::Hello(h)) => h,
+                _ => return Err(std::io::Error::other("no hello")),
+            };
         let _auth = p.reader.read_frame().await.map_err(std::io::Error::other)?;
         p.writer
             .send(&Message::HelloAuth(sign_handshake(key, chain, &their.nonce)).to_bytes())
