@@ -21,7 +21,8 @@ use tracing::{debug, error, info, warn};
 use crate::node::config::NodeConfig;
 use crate::node::genesis_file::GenesisFile;
 use crate::node::keyfile::KeyFile;
-use crate::protocol::engine::{precheck, Engine, EngineConfig, Event, Origin, Output};
+use crate::node::verifier::Verifier;
+use crate::protocol::engine::{Engine, EngineConfig, Event, Origin, Output};
 use crate::protocol::message::{
     sign_handshake, verify_handshake, Hello, Message, NodeStatus, Role, HANDSHAKE_FRAME_CAP,
     PROTOCOL_VERSION,
@@ -29,7 +30,7 @@ use crate::protocol::message::{
 use crate::protocol::registry::Registry;
 use crate::protocol::timeproof::TimeProof;
 use crate::protocol::types::{Address, ChainId, OutPoint, PublicKey, Transaction, Txid};
-use crate::protocol::validation::RejectCode;
+use crate::protocol::validation::{RejectCode, TxError};
 use crate::protocol::vote::VoteBatch;
 use crate::storage::{LmdbStore, Store, StoreError};
 
@@ -71,6 +72,8 @@ enum CoreInput {
     Tx {
         tx: Transaction,
         origin: Origin,
+        /// Stateless checks and signatures already passed.
+        prechecked: bool,
     },
     /// From a wallet session, which hears the outcome.
     WalletTx {
@@ -126,6 +129,66 @@ struct Shared {
     stats: NetStats,
     stopping: AtomicBool,
     next_session: AtomicU64,
+    verifier: std::sync::OnceLock<Verifier<Source>>,
+}
+
+/// Who sent a transaction that is being verified.
+enum Source {
+    Peer,
+    Wallet(mpsc::Sender<Bytes>),
+}
+
+/// Where a verified transaction goes next (runs on a verifier thread).
+fn after_verify(
+    shared: &Shared,
+    tx: Transaction,
+    txid: Txid,
+    verdict: Result<(), TxError>,
+    src: Source,
+) {
+    match (src, verdict) {
+        (Source::Peer, v) => {
+            // An invalid relayed transaction still goes to the engine, which
+            // re-checks it and votes reject with the reason.
+            shared.to_core(CoreInput::Tx {
+                tx,
+                origin: Origin::Peer,
+                prechecked: v.is_ok(),
+            });
+        }
+        (Source::Wallet(to), Err(e)) => {
+            let _ = to.try_send(encode(&Message::TransactionRejected {
+                txid,
+                reason: e.code(),
+                detail: e.to_string(),
+                rejecters: vec![(shared.me, e.code())],
+            }));
+        }
+        (Source::Wallet(to), Ok(())) => {
+            shared
+                .router
+                .lock()
+                .expect("router lock")
+                .by_txid
+                .entry(txid)
+                .or_default()
+                .push(to.clone());
+            if !shared.to_core(CoreInput::WalletTx { tx, to: to.clone() }) {
+                let _ = to.try_send(encode(&Message::TransactionRejected {
+                    txid,
+                    reason: RejectCode::MempoolFull,
+                    detail: "masternode is overloaded; retry".into(),
+                    rejecters: vec![(shared.me, RejectCode::MempoolFull)],
+                }));
+            }
+        }
+    }
+}
+
+fn verify_threads() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
 }
 
 impl Shared {
@@ -237,7 +300,21 @@ impl Node {
             stats: NetStats::default(),
             stopping: AtomicBool::new(false),
             next_session: AtomicU64::new(1),
+            verifier: std::sync::OnceLock::new(),
         });
+        let weak = Arc::downgrade(&shared);
+        let verifier = Verifier::start(
+            verify_threads(),
+            CORE_QUEUE,
+            genesis.chain_id,
+            crate::protocol::validation::Limits::default(),
+            move |tx, txid, verdict, src| {
+                if let Some(s) = weak.upgrade() {
+                    after_verify(&s, tx, txid, verdict, src);
+                }
+            },
+        );
+        let _ = shared.verifier.set(verifier);
         let core_shared = shared.clone();
         let handle = tokio::runtime::Handle::current();
         let core = std::thread::Builder::new()
@@ -313,7 +390,11 @@ fn core_loop(
         let mut stop = false;
         for input in inputs.drain(..) {
             match input {
-                CoreInput::Tx { tx, origin } => engine.handle_transaction(now, tx, origin, true),
+                CoreInput::Tx {
+                    tx,
+                    origin,
+                    prechecked,
+                } => engine.handle_transaction(now, tx, origin, prechecked),
                 CoreInput::Votes(b) => engine.handle_votes(now, b),
                 CoreInput::Proof { tx, proof } => engine.handle_proof(now, tx, proof),
                 CoreInput::ProofRequest { txid, from } => {
@@ -749,24 +830,9 @@ async fn serve_peer(
         shared.stats.frames_in.fetch_add(1, Ordering::Relaxed);
         match Message::decode(frame)? {
             Message::TransactionBroadcast(tx) => {
-                // Signatures are checked here, on the network threads, so the
-                // core thread only does stateful work.
-                let txid = tx.txid();
-                match precheck(&tx, &txid, shared.chain_id, &limits()) {
-                    Ok(()) => {
-                        shared.to_core(CoreInput::Tx {
-                            tx,
-                            origin: Origin::Peer,
-                        });
-                    }
-                    Err(e) => {
-                        // The engine votes reject with the reason.
-                        debug!(%peer, %txid, "peer relayed an invalid transaction: {e}");
-                        shared.to_core(CoreInput::Tx {
-                            tx,
-                            origin: Origin::Peer,
-                        });
-                    }
+                // Verified in batches on the verifier pool, off the core.
+                if let Some(v) = shared.verifier.get() {
+                    let _ = v.submit(tx, Source::Peer);
                 }
             }
             Message::VoteBatch(b) => {
@@ -789,10 +855,6 @@ async fn serve_peer(
     }
 }
 
-fn limits() -> crate::protocol::validation::Limits {
-    crate::protocol::validation::Limits::default()
-}
-
 async fn serve_wallet(
     shared: Arc<Shared>,
     mut reader: FrameReader<tokio::net::tcp::OwnedReadHalf>,
@@ -812,29 +874,11 @@ async fn serve_wallet(
             match Message::decode(frame)? {
                 Message::SubmitTransaction(tx) => {
                     let txid = tx.txid();
-                    if let Err(e) = precheck(&tx, &txid, shared.chain_id, &limits()) {
-                        let _ = tx_out
-                            .send(encode(&Message::TransactionRejected {
-                                txid,
-                                reason: e.code(),
-                                detail: e.to_string(),
-                                rejecters: vec![(shared.me, e.code())],
-                            }))
-                            .await;
-                        continue;
-                    }
-                    shared
-                        .router
-                        .lock()
-                        .expect("router lock")
-                        .by_txid
-                        .entry(txid)
-                        .or_default()
-                        .push(tx_out.clone());
-                    if !shared.to_core(CoreInput::WalletTx {
-                        tx,
-                        to: tx_out.clone(),
-                    }) {
+                    let queued = match shared.verifier.get() {
+                        Some(v) => v.submit(tx, Source::Wallet(tx_out.clone())).is_ok(),
+                        None => false,
+                    };
+                    if !queued {
                         let _ = tx_out
                             .send(encode(&Message::TransactionRejected {
                                 txid,
@@ -843,7 +887,6 @@ async fn serve_wallet(
                                 rejecters: vec![(shared.me, RejectCode::MempoolFull)],
                             }))
                             .await;
-                        continue;
                     }
                 }
                 Message::UtxoStateQuery(ops) => {
