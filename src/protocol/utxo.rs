@@ -135,45 +135,6 @@ impl UtxoState {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::UtxoState::*;
-    use super::*;
-
-    #[test]
-    fn legal_path() {
-        let t = Txid([1; 32]);
-        let s = Unspent.transition(Locked { txid: t }).unwrap();
-        let s = s.transition(SpentPending { txid: t, weight: 1 }).unwrap();
-        let s = s.transition(SpentPending { txid: t, weight: 2 }).unwrap();
-        let s = s.transition(SpentFinalized { txid: t }).unwrap();
-        let s = s.transition(Confirmed { txid: t, height: 5 }).unwrap();
-        assert_eq!(s.holder(), Some(t));
-    }
-
-    #[test]
-    fn conflicts_and_backwards_refused() {
-        let (a, b) = (Txid([1; 32]), Txid([2; 32]));
-        let locked = Locked { txid: a };
-        assert!(matches!(
-            locked.transition(Locked { txid: b }),
-            Err(TransitionError::HeldByOther { .. })
-        ));
-        assert!(locked
-            .transition(SpentPending { txid: b, weight: 1 })
-            .is_err());
-        let fin = SpentFinalized { txid: a };
-        assert!(fin.transition(Unspent).is_err());
-        assert!(fin.transition(SpentFinalized { txid: b }).is_err());
-        assert!(fin.transition(Locked { txid: a }).is_err());
-        assert!(fin.release().is_err());
-        assert!(Unspent
-            .transition(Confirmed { txid: a, height: 1 })
-            .is_err());
-        assert_eq!(locked.release().unwrap(), Unspent);
-    }
-}
-
 /// Canonical bytes of a UTXO entry (wire and disk): output, state tag,
 /// holder txid (zeros for Unspent), then weight or height (u64).
 impl UtxoEntry {
@@ -216,5 +177,44 @@ impl UtxoEntry {
             }
         };
         Ok(UtxoEntry { output, state })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::UtxoState::*;
+    use super::*;
+
+    #[test]
+    fn legal_path() {
+        let t = Txid([1; 32]);
+        let s = Unspent.transition(Locked { txid: t }).unwrap();
+        let s = s.transition(SpentPending { txid: t, weight: 1 }).unwrap();
+        let s = s.transition(SpentPending { txid: t, weight: 2 }).unwrap();
+        let s = s.transition(SpentFinalized { txid: t }).unwrap();
+        let s = s.transition(Confirmed { txid: t, height: 5 }).unwrap();
+        assert_eq!(s.holder(), Some(t));
+    }
+
+    #[test]
+    fn conflicts_and_backwards_refused() {
+        let (a, b) = (Txid([1; 32]), Txid([2; 32]));
+        let locked = Locked { txid: a };
+        assert!(matches!(
+            locked.transition(Locked { txid: b }),
+            Err(TransitionError::HeldByOther { .. })
+        ));
+        assert!(locked
+            .transition(SpentPending { txid: b, weight: 1 })
+            .is_err());
+        let fin = SpentFinalized { txid: a };
+        assert!(fin.transition(Unspent).is_err());
+        assert!(fin.transition(SpentFinalized { txid: b }).is_err());
+        assert!(fin.transition(Locked { txid: a }).is_err());
+        assert!(fin.release().is_err());
+        assert!(Unspent
+            .transition(Confirmed { txid: a, height: 1 })
+            .is_err());
+        assert_eq!(locked.release().unwrap(), Unspent);
     }
 }

@@ -144,7 +144,7 @@ pub fn root_from_path(
         if sib < count {
             let s = path.get(used)?;
             used += 1;
-            acc = if index % 2 == 0 {
+            acc = if index.is_multiple_of(2) {
                 node_hash(&acc, s)
             } else {
                 node_hash(s, &acc)
