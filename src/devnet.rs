@@ -18,6 +18,8 @@ pub struct DevnetSpec {
     /// Base units per funding output.
     pub coin_amount: u64,
     pub tier: String,
+    /// UDP fast path: "multicast" (on lo), "unicast" or "off".
+    pub fast_path: String,
 }
 
 impl Default for DevnetSpec {
@@ -29,6 +31,7 @@ impl Default for DevnetSpec {
             coins_per_wallet: 100,
             coin_amount: 1_000 * COIN,
             tier: "bronze".into(),
+            fast_path: "multicast".into(),
         }
     }
 }
@@ -118,10 +121,22 @@ impl DevnetLayout {
     }
 
     pub fn generate(dir: &Path, spec: &DevnetSpec) -> Result<DevnetLayout, DevnetError> {
-        if spec.base_port as usize + spec.nodes > u16::MAX as usize {
+        if spec.base_port as usize + spec.nodes + 1 > u16::MAX as usize {
             return Err(DevnetError::Ports(spec.base_port, spec.nodes));
         }
         std::fs::create_dir_all(dir.join("wallets")).map_err(io(dir))?;
+        let chain_id = rand::random::<u32>() | 1;
+        // The multicast group port sits right after the P2P ports; the group
+        // address comes from the chain id so two devnets do not share one.
+        let fast = match spec.fast_path.as_str() {
+            "multicast" => format!(
+                "fast_path = \"multicast\"\nmulticast_group = \"239.255.{}.{}:{}\"\nmulticast_interface = \"127.0.0.1\"\n",
+                (chain_id >> 8) & 0xff,
+                chain_id & 0xff,
+                spec.base_port as usize + spec.nodes
+            ),
+            other => format!("fast_path = \"{other}\"\n"),
+        };
         let mut masternodes = Vec::new();
         for i in 0..spec.nodes {
             let nd = dir.join(format!("mn{i}"));
@@ -137,7 +152,7 @@ impl DevnetLayout {
             let cfg = format!(
                 "# masternode {i} of a local devnet\n\
                  data_dir = \"data\"\nkey_file = \"key.json\"\ngenesis = \"../genesis.json\"\n\
-                 network = \"devnet\"\nlisten_host = \"127.0.0.1\"\np2p_port = {port}\n"
+                 network = \"devnet\"\nlisten_host = \"127.0.0.1\"\np2p_port = {port}\n{fast}"
             );
             let p = nd.join("node.toml");
             std::fs::write(&p, cfg).map_err(io(&p))?;
@@ -154,7 +169,7 @@ impl DevnetLayout {
             });
         }
         let genesis = GenesisFile {
-            chain_id: rand::random::<u32>() | 1,
+            chain_id,
             network: "devnet".into(),
             epoch: 1,
             masternodes,

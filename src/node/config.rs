@@ -46,6 +46,20 @@ pub struct RunArgs {
     /// Most undecided transactions held at once.
     #[arg(long)]
     pub mempool_limit: Option<usize>,
+    /// UDP fast path for lock broadcasts and votes: off, multicast or
+    /// unicast [default: off]. Losses are repaired over the TCP links.
+    #[arg(long)]
+    pub fast_path: Option<String>,
+    /// Multicast group and port for the fast path [default: 239.255.24.1:24300].
+    #[arg(long)]
+    pub multicast_group: Option<String>,
+    /// Address of the interface multicast goes out of and is joined on
+    /// [default: the listen address]. Always explicit, never the default route.
+    #[arg(long)]
+    pub multicast_interface: Option<String>,
+    /// UDP I/O backend: auto (io_uring if available, else epoll), uring or epoll.
+    #[arg(long)]
+    pub io_backend: Option<String>,
     /// Skip fsync on commit. Benchmarks only: a crash can lose votes.
     #[arg(long)]
     pub unsafe_no_sync: bool,
@@ -67,6 +81,10 @@ struct FileConfig {
     lock_timeout_ms: Option<u64>,
     mempool_limit: Option<usize>,
     log: Option<String>,
+    fast_path: Option<String>,
+    multicast_group: Option<String>,
+    multicast_interface: Option<String>,
+    io_backend: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -88,6 +106,18 @@ pub enum ConfigError {
     Network(String),
     #[error("listen address {0}:{1} is not a valid socket address")]
     Listen(String, u16),
+    #[error("fast_path {0:?}: use off, multicast or unicast")]
+    FastPath(String),
+    #[error("io_backend {0:?}: use auto, uring or epoll")]
+    IoBackend(String),
+    #[error("{what} {value:?} is not a valid {expected}")]
+    Address {
+        what: &'static str,
+        value: String,
+        expected: &'static str,
+    },
+    #[error("multicast group {0} is not a multicast address")]
+    NotMulticast(String),
     #[error("masternode wallet: {0}")]
     Wallet(crate::protocol::types::AddressError),
 }
@@ -137,6 +167,8 @@ pub struct NodeConfig {
     pub mempool_limit: usize,
     pub no_sync: bool,
     pub log: String,
+    pub fast_path: crate::node::fastpath::FastPathMode,
+    pub io_backend: time_net::udp::IoBackend,
 }
 
 fn rel(base: &Path, p: PathBuf) -> PathBuf {
@@ -178,7 +210,7 @@ impl RunArgs {
             .listen_host
             .or(file.listen_host)
             .unwrap_or_else(|| "127.0.0.1".into());
-        let listen = format!("{host}:{port}")
+        let listen: SocketAddr = format!("{host}:{port}")
             .parse()
             .or_else(|_| format!("[{host}]:{port}").parse())
             .map_err(|_| ConfigError::Listen(host.clone(), port))?;
@@ -186,7 +218,63 @@ impl RunArgs {
             Some(s) => Some(s.parse().map_err(ConfigError::Wallet)?),
             None => None,
         };
+        let fast_path = match self
+            .fast_path
+            .or(file.fast_path)
+            .unwrap_or_else(|| "off".into())
+            .as_str()
+        {
+            "off" => crate::node::fastpath::FastPathMode::Off,
+            "unicast" => crate::node::fastpath::FastPathMode::Unicast,
+            "multicast" => {
+                let g = self
+                    .multicast_group
+                    .or(file.multicast_group)
+                    .unwrap_or_else(|| "239.255.24.1:24300".into());
+                let group: std::net::SocketAddrV4 =
+                    g.parse().map_err(|_| ConfigError::Address {
+                        what: "multicast group",
+                        value: g.clone(),
+                        expected: "IPv4 address:port",
+                    })?;
+                if !group.ip().is_multicast() {
+                    return Err(ConfigError::NotMulticast(g));
+                }
+                let iface = self
+                    .multicast_interface
+                    .or(file.multicast_interface)
+                    .unwrap_or_else(|| listen.ip().to_string());
+                let interface: std::net::Ipv4Addr =
+                    iface.parse().map_err(|_| ConfigError::Address {
+                        what: "multicast interface",
+                        value: iface.clone(),
+                        expected: "IPv4 interface address",
+                    })?;
+                if interface.is_unspecified() {
+                    return Err(ConfigError::Address {
+                        what: "multicast interface",
+                        value: iface,
+                        expected: "specific interface address (not 0.0.0.0)",
+                    });
+                }
+                crate::node::fastpath::FastPathMode::Multicast { group, interface }
+            }
+            other => return Err(ConfigError::FastPath(other.into())),
+        };
+        let io_backend = match self
+            .io_backend
+            .or(file.io_backend)
+            .unwrap_or_else(|| "auto".into())
+            .as_str()
+        {
+            "auto" => time_net::udp::IoBackend::Auto,
+            "uring" | "io_uring" => time_net::udp::IoBackend::Uring,
+            "epoll" => time_net::udp::IoBackend::Epoll,
+            other => return Err(ConfigError::IoBackend(other.into())),
+        };
         Ok(NodeConfig {
+            fast_path,
+            io_backend,
             data_dir: self
                 .data_dir
                 .or(file.data_dir.map(|p| rel(&base, p)))

@@ -2,6 +2,7 @@
 //! runtime that drives the protocol engine over TCP.
 
 pub mod config;
+pub mod fastpath;
 pub mod genesis_file;
 pub mod keyfile;
 pub mod runtime;

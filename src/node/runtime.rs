@@ -19,6 +19,10 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, error, info, warn};
 
 use crate::node::config::NodeConfig;
+use crate::node::fastpath::{
+    FastPath, FastPathMode, FastPathReceiver, FastPathSender, FastPathSink, FastPathStats,
+    RepairRing, VOTES_PER_DATAGRAM,
+};
 use crate::node::genesis_file::GenesisFile;
 use crate::node::keyfile::KeyFile;
 use crate::node::verifier::Verifier;
@@ -60,6 +64,8 @@ pub enum NodeError {
     Locked(String),
     #[error("genesis is for network {genesis:?} but the node is configured for {configured:?}")]
     NetworkMismatch { genesis: String, configured: String },
+    #[error("fast path: {0}")]
+    FastPath(crate::node::fastpath::FastPathError),
     #[error("cannot listen on {addr}: {source}")]
     Listen {
         addr: SocketAddr,
@@ -130,6 +136,50 @@ struct Shared {
     stopping: AtomicBool,
     next_session: AtomicU64,
     verifier: std::sync::OnceLock<Verifier<Source>>,
+    /// Fast-path pieces the network tasks need (repairs in and out).
+    fast_ring: Option<Arc<Mutex<RepairRing>>>,
+    fast_rx: Option<Arc<Mutex<FastPathReceiver>>>,
+    fast_stats: Option<Arc<FastPathStats>>,
+    weak: std::sync::OnceLock<std::sync::Weak<Shared>>,
+}
+
+/// Delivers fast-path messages into the node.
+struct Sink(std::sync::Weak<Shared>);
+
+impl FastPathSink for Sink {
+    fn deliver(&self, _from: PublicKey, msg: Message) {
+        let Some(shared) = self.0.upgrade() else {
+            return;
+        };
+        match msg {
+            Message::TransactionBroadcast(tx) => {
+                if let Some(v) = shared.verifier.get() {
+                    let _ = v.submit(tx, Source::Peer);
+                }
+            }
+            Message::VoteBatch(b) => {
+                shared.to_core(CoreInput::Votes(b));
+            }
+            _ => {}
+        }
+    }
+
+    fn request_repair(&self, to: PublicKey, first: u64, last: u64) {
+        let Some(shared) = self.0.upgrade() else {
+            return;
+        };
+        if let Some(link) = shared.peers.get(&to) {
+            if link
+                .try_send(encode(&Message::RepairRequest { first, last }))
+                .is_err()
+            {
+                shared
+                    .stats
+                    .peer_queue_drops
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
 }
 
 /// Who sent a transaction that is being verified.
@@ -192,6 +242,10 @@ fn verify_threads() -> usize {
 }
 
 impl Shared {
+    fn self_weak(&self) -> std::sync::Weak<Shared> {
+        self.weak.get().cloned().unwrap_or_default()
+    }
+
     fn to_core(&self, input: CoreInput) -> bool {
         match self.core.try_send(input) {
             Ok(()) => true,
@@ -265,6 +319,10 @@ impl Node {
         let mut ecfg = EngineConfig::new(genesis.chain_id);
         ecfg.lock_timeout_ms = cfg.lock_timeout_ms;
         ecfg.mempool_limit = cfg.mempool_limit;
+        if cfg.fast_path != FastPathMode::Off {
+            // One vote batch per datagram item.
+            ecfg.max_vote_batch_items = VOTES_PER_DATAGRAM;
+        }
         let engine = Engine::new(ecfg, key.clone(), genesis.registry.clone(), snap);
 
         let listener = TcpListener::bind(cfg.listen)
@@ -278,6 +336,14 @@ impl Node {
             source,
         })?;
 
+        let mut fast = FastPath::start(
+            &cfg.fast_path,
+            cfg.io_backend,
+            local_addr,
+            key.clone(),
+            &genesis.registry,
+        )
+        .map_err(NodeError::FastPath)?;
         let (core_tx, core_rx) = cb::bounded(CORE_QUEUE);
         let mut peers = HashMap::new();
         let mut peer_rxs = Vec::new();
@@ -301,7 +367,19 @@ impl Node {
             stopping: AtomicBool::new(false),
             next_session: AtomicU64::new(1),
             verifier: std::sync::OnceLock::new(),
+            fast_ring: fast.as_ref().map(|f| f.sender.ring.clone()),
+            fast_rx: fast.as_ref().map(|f| f.receiver.clone()),
+            fast_stats: fast.as_ref().map(|f| f.stats.clone()),
+            weak: std::sync::OnceLock::new(),
         });
+        let _ = shared.weak.set(Arc::downgrade(&shared));
+        let fast_sender = match fast.as_mut() {
+            Some(f) => {
+                f.spawn_receiver(Arc::new(Sink(Arc::downgrade(&shared))));
+                fast.map(|f| f.sender)
+            }
+            None => None,
+        };
         let weak = Arc::downgrade(&shared);
         let verifier = Verifier::start(
             verify_threads(),
@@ -321,7 +399,7 @@ impl Node {
             .name("core".into())
             .spawn(move || {
                 let _lock = lock; // held for the life of the core
-                core_loop(engine, store, core_rx, core_shared, handle)
+                core_loop(engine, store, core_rx, core_shared, handle, fast_sender)
             })
             .expect("spawn core thread");
         for (peer, rx) in peer_rxs {
@@ -367,6 +445,7 @@ fn core_loop(
     rx: cb::Receiver<CoreInput>,
     shared: Arc<Shared>,
     rt: tokio::runtime::Handle,
+    mut fast: Option<FastPathSender>,
 ) -> Result<(), StoreError> {
     let start = Instant::now();
     let now_ms = || start.elapsed().as_millis() as u64;
@@ -472,7 +551,11 @@ fn core_loop(
                 return Err(e);
             }
         }
-        dispatch(&shared, round.outputs, &rt);
+        dispatch(&shared, round.outputs, &rt, fast.as_mut());
+        if let Some(f) = fast.as_mut() {
+            f.flush();
+            f.heartbeat(Duration::from_millis(20));
+        }
         if now.saturating_sub(last_log) >= 10_000 {
             last_log = now;
             let m = engine.metrics();
@@ -487,6 +570,17 @@ fn core_loop(
                     + shared.stats.core_queue_drops.load(Ordering::Relaxed),
                 "status"
             );
+            if let Some(fs) = &shared.fast_stats {
+                info!(
+                    sent = fs.datagrams_sent.load(Ordering::Relaxed),
+                    received = fs.datagrams_received.load(Ordering::Relaxed),
+                    bad = fs.bad_datagrams.load(Ordering::Relaxed),
+                    repair_requests = fs.repair_requests_sent.load(Ordering::Relaxed),
+                    repaired = fs.repaired.load(Ordering::Relaxed),
+                    lost = fs.lost_seqs.load(Ordering::Relaxed),
+                    "fast path"
+                );
+            }
         }
         if stop {
             info!("core stopped");
@@ -506,15 +600,30 @@ fn broadcast(shared: &Shared, frame: Bytes) {
     }
 }
 
-fn dispatch(shared: &Shared, outputs: Vec<Output>, _rt: &tokio::runtime::Handle) {
+/// Lock broadcasts and votes take the fast path when they fit a datagram;
+/// everything else, and everything when the fast path is off, goes over TCP.
+fn fast_or_reliable(shared: &Shared, fast: &mut Option<&mut FastPathSender>, frame: Bytes) {
+    match fast {
+        Some(f) if FastPathSender::fits(frame.len()) => f.push(&frame),
+        _ => broadcast(shared, frame),
+    }
+}
+
+fn dispatch(
+    shared: &Shared,
+    outputs: Vec<Output>,
+    _rt: &tokio::runtime::Handle,
+    mut fast: Option<&mut FastPathSender>,
+) {
     for out in outputs {
         match out {
-            Output::BroadcastTransaction(tx) => broadcast(
+            Output::BroadcastTransaction(tx) => fast_or_reliable(
                 shared,
+                &mut fast,
                 encode(&Message::TransactionBroadcast((*tx).clone())),
             ),
             Output::BroadcastVotes(b) => {
-                broadcast(shared, encode(&Message::VoteBatch((*b).clone())))
+                fast_or_reliable(shared, &mut fast, encode(&Message::VoteBatch((*b).clone())))
             }
             Output::RequestProof(txid) => broadcast(shared, encode(&Message::ProofRequest(txid))),
             Output::Event(ev) => route_event(shared, ev),
@@ -843,6 +952,33 @@ async fn serve_peer(
             }
             Message::ProofRequest(txid) => {
                 shared.to_core(CoreInput::ProofRequest { txid, from: peer });
+            }
+            Message::RepairRequest { first, last } => {
+                let (Some(ring), Some(link)) = (&shared.fast_ring, shared.peers.get(&peer)) else {
+                    continue;
+                };
+                // Bounded: at most 1024 datagrams per request.
+                let last = last.min(first.saturating_add(1023));
+                let found: Vec<Bytes> = {
+                    let ring = ring.lock().expect("repair ring");
+                    (first..=last).filter_map(|s| ring.get(s)).collect()
+                };
+                for d in found {
+                    if link.try_send(encode(&Message::Repair(d.to_vec()))).is_err() {
+                        shared
+                            .stats
+                            .peer_queue_drops
+                            .fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+            Message::Repair(d) => {
+                if let Some(rx) = &shared.fast_rx {
+                    let sink = Sink(shared.self_weak());
+                    rx.lock()
+                        .expect("fast path receiver")
+                        .handle(&d, true, &sink);
+                }
             }
             Message::Ping(_) | Message::Pong(_) => {}
             other => {

@@ -39,6 +39,9 @@ pub struct EngineConfig {
     pub max_unknown_tallies: usize,
     /// How long a decided transaction is remembered (for idempotent answers).
     pub decided_retention_ms: u64,
+    /// Most decisions one signed vote batch carries (smaller when batches
+    /// must fit a datagram).
+    pub max_vote_batch_items: usize,
     /// Deliberate bugs for the simulator's control runs: a checker that
     /// cannot fail proves nothing. Compiled only with `planted-bugs`.
     #[cfg(feature = "planted-bugs")]
@@ -66,6 +69,7 @@ impl EngineConfig {
             max_orphans: 10_000,
             max_unknown_tallies: 100_000,
             decided_retention_ms: 120_000,
+            max_vote_batch_items: MAX_VOTE_ITEMS,
             #[cfg(feature = "planted-bugs")]
             planted: PlantedBugs::default(),
         }
@@ -1050,7 +1054,10 @@ impl Engine {
     /// vote log write, sent after), and hands back the round's effects.
     pub fn end_round(&mut self, now: u64) -> Round {
         while !self.vote_queue.is_empty() {
-            let n = self.vote_queue.len().min(MAX_VOTE_ITEMS);
+            let n = self
+                .vote_queue
+                .len()
+                .min(self.cfg.max_vote_batch_items.clamp(1, MAX_VOTE_ITEMS));
             let items: Vec<VoteItem> = self.vote_queue.drain(..n).collect();
             let batch = VoteBatch::sign(self.cfg.chain_id, self.registry.epoch(), &self.key, items);
             self.metrics.vote_batches_signed += 1;

@@ -110,6 +110,14 @@ pub enum Message {
         txid: Txid,
         tx: Transaction,
     },
+    /// Masternode -> masternode: resend your fast-path datagrams
+    /// `first..=last` (they were lost on UDP).
+    RepairRequest {
+        first: u64,
+        last: u64,
+    },
+    /// A fast-path datagram resent over the reliable path, as it was signed.
+    Repair(Vec<u8>),
     /// Operator or devnet asks how the node is doing.
     StatusQuery,
     Status(NodeStatus),
@@ -150,6 +158,8 @@ mod tag {
     pub const SUBSCRIBE: u8 = 0x23;
     pub const UTXO_NOTIFICATION: u8 = 0x24;
     pub const NEW_TX_NOTIFICATION: u8 = 0x25;
+    pub const REPAIR_REQUEST: u8 = 0x17;
+    pub const REPAIR: u8 = 0x18;
     pub const STATUS_QUERY: u8 = 0x30;
     pub const STATUS: u8 = 0x31;
     pub const ERROR: u8 = 0x7f;
@@ -185,6 +195,8 @@ impl Message {
             Message::WalletSubscribe(_) => "wallet-subscribe",
             Message::UtxoStateNotification { .. } => "utxo-state-notification",
             Message::NewTransactionNotification { .. } => "new-transaction-notification",
+            Message::RepairRequest { .. } => "repair-request",
+            Message::Repair(_) => "repair",
             Message::StatusQuery => "status-query",
             Message::Status(_) => "status",
             Message::Error { .. } => "error",
@@ -299,6 +311,15 @@ impl Message {
                 out.push(tag::NEW_TX_NOTIFICATION);
                 out.extend_from_slice(&txid.0);
                 tx.encode(out);
+            }
+            Message::RepairRequest { first, last } => {
+                out.push(tag::REPAIR_REQUEST);
+                out.extend_from_slice(&first.to_le_bytes());
+                out.extend_from_slice(&last.to_le_bytes());
+            }
+            Message::Repair(d) => {
+                out.push(tag::REPAIR);
+                put_var_bytes(out, d);
             }
             Message::StatusQuery => out.push(tag::STATUS_QUERY),
             Message::Status(st) => {
@@ -416,6 +437,14 @@ impl Message {
                 txid: Txid(r.array()?),
                 tx: Transaction::decode(&mut r)?,
             },
+            tag::REPAIR_REQUEST => Message::RepairRequest {
+                first: r.u64()?,
+                last: r.u64()?,
+            },
+            tag::REPAIR => Message::Repair(
+                r.var_bytes("datagram", time_net::datagram::MAX_DATAGRAM_LEN)?
+                    .to_vec(),
+            ),
             tag::STATUS_QUERY => Message::StatusQuery,
             tag::STATUS => Message::Status(NodeStatus {
                 public_key: PublicKey(r.array()?),

@@ -91,6 +91,8 @@ pub(crate) fn samples() -> Vec<Message> {
             txid: tx.txid(),
             tx,
         },
+        Message::RepairRequest { first: 5, last: 9 },
+        Message::Repair(vec![1, 2, 3]),
         Message::StatusQuery,
         Message::Status(NodeStatus {
             public_key: pk,
@@ -142,7 +144,7 @@ fn golden_wire_bytes() {
     assert_eq!(hex::encode(&hello[..8]), "0109000000010001");
 }
 
-const GOLDEN: &str = "6611cfb3523260bebfb94258de52ee584a518212faf6803f3d9e84ba865de008";
+const GOLDEN: &str = "b1e8ab43ce874f9e9dcacc8018cf0a759c102e60c86494a9d420d0c2df294a28";
 
 #[test]
 fn handshake_binds_nonce_and_key() {
@@ -163,7 +165,7 @@ proptest! {
     }
 
     #[test]
-    fn mutated_messages_never_panic(idx in 0usize..20, pos in any::<usize>(), val in any::<u8>()) {
+    fn mutated_messages_never_panic(idx in 0usize..22, pos in any::<usize>(), val in any::<u8>()) {
         let s = samples();
         let mut b = s[idx % s.len()].to_bytes();
         let p = pos % b.len();
