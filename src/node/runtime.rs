@@ -44,7 +44,7 @@ const PEER_QUEUE: usize = 1 << 16;
 const CORE_QUEUE: usize = 1 << 18;
 /// Most inputs the core handles before it commits and sends a round.
 const MAX_ROUND_INPUTS: usize = 8_192;
-const TICK: Duration = Duration::from_millis(50);
+const TICK: Duration = Duration::from_millis(10);
 
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
