@@ -60,6 +60,12 @@ pub struct RunArgs {
     /// UDP I/O backend: auto (io_uring if available, else epoll), uring or epoll.
     #[arg(long)]
     pub io_backend: Option<String>,
+    /// Threads that verify and tally votes (sharded by txid) [default: 1].
+    #[arg(long)]
+    pub vote_threads: Option<usize>,
+    /// Cores to pin the vote threads to, e.g. "2,3" [default: no pinning].
+    #[arg(long)]
+    pub vote_cores: Option<String>,
     /// Skip fsync on commit. Benchmarks only: a crash can lose votes.
     #[arg(long)]
     pub unsafe_no_sync: bool,
@@ -85,6 +91,8 @@ struct FileConfig {
     multicast_group: Option<String>,
     multicast_interface: Option<String>,
     io_backend: Option<String>,
+    vote_threads: Option<usize>,
+    vote_cores: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -169,6 +177,8 @@ pub struct NodeConfig {
     pub log: String,
     pub fast_path: crate::node::fastpath::FastPathMode,
     pub io_backend: time_net::udp::IoBackend,
+    pub vote_threads: usize,
+    pub vote_cores: Vec<usize>,
 }
 
 fn rel(base: &Path, p: PathBuf) -> PathBuf {
@@ -272,7 +282,27 @@ impl RunArgs {
             "epoll" => time_net::udp::IoBackend::Epoll,
             other => return Err(ConfigError::IoBackend(other.into())),
         };
+        let vote_cores = match self.vote_cores.or(file.vote_cores) {
+            None => vec![],
+            Some(list) => list
+                .split(',')
+                .filter(|s| !s.trim().is_empty())
+                .map(|c| {
+                    c.trim().parse::<usize>().map_err(|_| ConfigError::Address {
+                        what: "vote core",
+                        value: c.to_string(),
+                        expected: "core number",
+                    })
+                })
+                .collect::<Result<_, _>>()?,
+        };
         Ok(NodeConfig {
+            vote_threads: self
+                .vote_threads
+                .or(file.vote_threads)
+                .unwrap_or(1)
+                .clamp(1, 256),
+            vote_cores,
             fast_path,
             io_backend,
             data_dir: self

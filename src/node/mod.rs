@@ -7,3 +7,4 @@ pub mod genesis_file;
 pub mod keyfile;
 pub mod runtime;
 pub mod verifier;
+pub mod vote_threads;

@@ -26,16 +26,17 @@ use crate::node::fastpath::{
 use crate::node::genesis_file::GenesisFile;
 use crate::node::keyfile::KeyFile;
 use crate::node::verifier::Verifier;
+use crate::node::vote_threads::{VoteThreadConfig, VoteThreads};
 use crate::protocol::engine::{Engine, EngineConfig, Event, Origin, Output};
 use crate::protocol::message::{
     sign_handshake, verify_handshake, Hello, Message, NodeStatus, Role, HANDSHAKE_FRAME_CAP,
     PROTOCOL_VERSION,
 };
 use crate::protocol::registry::Registry;
+use crate::protocol::tally::TallyEvent;
 use crate::protocol::timeproof::TimeProof;
 use crate::protocol::types::{Address, ChainId, OutPoint, PublicKey, Transaction, Txid};
 use crate::protocol::validation::{RejectCode, TxError};
-use crate::protocol::vote::VoteBatch;
 use crate::storage::{LmdbStore, Store, StoreError};
 
 /// Frames queued per peer link before new ones are dropped (and counted).
@@ -86,7 +87,8 @@ enum CoreInput {
         tx: Transaction,
         to: mpsc::Sender<Bytes>,
     },
-    Votes(VoteBatch),
+    /// Outcomes from the vote threads.
+    Tally(Vec<TallyEvent>),
     Proof {
         tx: Transaction,
         proof: TimeProof,
@@ -141,6 +143,7 @@ struct Shared {
     fast_rx: Option<Arc<Mutex<FastPathReceiver>>>,
     fast_stats: Option<Arc<FastPathStats>>,
     weak: std::sync::OnceLock<std::sync::Weak<Shared>>,
+    votes: std::sync::OnceLock<VoteThreads>,
 }
 
 /// Delivers fast-path messages into the node.
@@ -158,7 +161,9 @@ impl FastPathSink for Sink {
                 }
             }
             Message::VoteBatch(b) => {
-                shared.to_core(CoreInput::Votes(b));
+                if let Some(v) = shared.votes.get() {
+                    v.submit(b);
+                }
             }
             _ => {}
         }
@@ -319,6 +324,8 @@ impl Node {
         let mut ecfg = EngineConfig::new(genesis.chain_id);
         ecfg.lock_timeout_ms = cfg.lock_timeout_ms;
         ecfg.mempool_limit = cfg.mempool_limit;
+        // Votes are verified and tallied on the vote threads.
+        ecfg.external_tally = true;
         if cfg.fast_path != FastPathMode::Off {
             // One vote batch per datagram item.
             ecfg.max_vote_batch_items = VOTES_PER_DATAGRAM;
@@ -371,7 +378,30 @@ impl Node {
             fast_rx: fast.as_ref().map(|f| f.receiver.clone()),
             fast_stats: fast.as_ref().map(|f| f.stats.clone()),
             weak: std::sync::OnceLock::new(),
+            votes: std::sync::OnceLock::new(),
         });
+        let core_in = shared.core.clone();
+        let dropped = Arc::downgrade(&shared);
+        let votes = VoteThreads::start(
+            VoteThreadConfig {
+                threads: cfg.vote_threads,
+                cores: cfg.vote_cores.clone(),
+                chain_id: genesis.chain_id,
+                me,
+                quorum: genesis.registry.quorum(),
+                max_age_ms: cfg.lock_timeout_ms.max(1_000) * 2,
+            },
+            genesis.registry.clone(),
+            move |events| {
+                // Outcomes must reach the core: block rather than drop.
+                if core_in.send(CoreInput::Tally(events)).is_err() {
+                    if let Some(s) = dropped.upgrade() {
+                        s.stats.core_queue_drops.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            },
+        );
+        let _ = shared.votes.set(votes);
         let _ = shared.weak.set(Arc::downgrade(&shared));
         let fast_sender = match fast.as_mut() {
             Some(f) => {
@@ -474,7 +504,7 @@ fn core_loop(
                     origin,
                     prechecked,
                 } => engine.handle_transaction(now, tx, origin, prechecked),
-                CoreInput::Votes(b) => engine.handle_votes(now, b),
+                CoreInput::Tally(events) => engine.handle_tally_events(now, events),
                 CoreInput::Proof { tx, proof } => engine.handle_proof(now, tx, proof),
                 CoreInput::ProofRequest { txid, from } => {
                     if let (Some(tx), Some(proof)) =
@@ -623,6 +653,9 @@ fn dispatch(
                 encode(&Message::TransactionBroadcast((*tx).clone())),
             ),
             Output::BroadcastVotes(b) => {
+                if let Some(v) = shared.votes.get() {
+                    v.own((*b).clone());
+                }
                 fast_or_reliable(shared, &mut fast, encode(&Message::VoteBatch((*b).clone())))
             }
             Output::RequestProof(txid) => broadcast(shared, encode(&Message::ProofRequest(txid))),
@@ -945,7 +978,9 @@ async fn serve_peer(
                 }
             }
             Message::VoteBatch(b) => {
-                shared.to_core(CoreInput::Votes(b));
+                if let Some(v) = shared.votes.get() {
+                    v.submit(b);
+                }
             }
             Message::TimeProof { tx, proof } => {
                 shared.to_core(CoreInput::Proof { tx, proof });
