@@ -25,7 +25,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Run one masternode until Ctrl-C or SIGTERM.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Start a local testnet on 127.0.0.1 with funded wallets; Ctrl-C stops it.
     Devnet(DevnetArgs),
     /// Print a running masternode's status.
@@ -85,7 +85,7 @@ fn main() -> ExitCode {
         node_arg: vec![],
     }));
     let result = match cmd {
-        Cmd::Run(args) => run(args),
+        Cmd::Run(args) => run(*args),
         Cmd::Devnet(args) => devnet(args),
         Cmd::Status { node, chain_id } => status(node, chain_id),
     };
