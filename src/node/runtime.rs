@@ -247,6 +247,27 @@ fn verify_threads() -> usize {
 }
 
 impl Shared {
+    /// A lock broadcast or vote batch from a peer, by TCP or fast path:
+    /// transactions to the verifier pool, votes to the vote threads, both
+    /// off the core thread. Returns the message if it is neither.
+    fn ingest(&self, msg: Message) -> Option<Message> {
+        match msg {
+            Message::TransactionBroadcast(tx) => {
+                if let Some(v) = self.verifier.get() {
+                    let _ = v.submit(tx, Source::Peer);
+                }
+                None
+            }
+            Message::VoteBatch(b) => {
+                if let Some(v) = self.votes.get() {
+                    v.submit(b);
+                }
+                None
+            }
+            other => Some(other),
+        }
+    }
+
     fn self_weak(&self) -> std::sync::Weak<Shared> {
         self.weak.get().cloned().unwrap_or_default()
     }
@@ -970,18 +991,10 @@ async fn serve_peer(
     loop {
         let frame = reader.read_frame().await?;
         shared.stats.frames_in.fetch_add(1, Ordering::Relaxed);
-        match Message::decode(frame)? {
-            Message::TransactionBroadcast(tx) => {
-                // Verified in batches on the verifier pool, off the core.
-                if let Some(v) = shared.verifier.get() {
-                    let _ = v.submit(tx, Source::Peer);
-                }
-            }
-            Message::VoteBatch(b) => {
-                if let Some(v) = shared.votes.get() {
-                    v.submit(b);
-                }
-            }
+        let Some(msg) = shared.ingest(Message::decode(frame)?) else {
+            continue;
+        };
+        match msg {
             Message::TimeProof { tx, proof } => {
                 shared.to_core(CoreInput::Proof { tx, proof });
             }
