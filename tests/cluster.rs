@@ -33,6 +33,15 @@ fn payment_finalizes_on_every_masternode_with_a_verifying_proof() {
         let (a, b) = (c.wallet_key(0), c.wallet_key(1));
         let tx = pay(c.chain_id(), &a, 0, 0, address(&b), 5 * COIN);
         let txid = tx.txid();
+        // The recipient watches its address at another masternode.
+        let mut watcher = c.client(2).await;
+        watcher
+            .send(&Message::WalletSubscribe(vec![address(&b)]))
+            .await
+            .unwrap();
+        // The session handles messages in order: once this answers, the
+        // subscription is in place.
+        watcher.status().await.unwrap();
         let mut w = c.client(0).await;
         match w.submit(&tx, WAIT).await.unwrap() {
             Outcome::Finalized { proof, .. } => {
@@ -62,6 +71,22 @@ fn payment_finalizes_on_every_masternode_with_a_verifying_proof() {
                 .expect("new output known everywhere");
             assert_eq!(out.output.amount, 5 * COIN);
             assert_eq!(out.output.address, address(&b));
+        }
+        // The watcher heard the transaction and the new output's state.
+        match watcher.recv_timeout(WAIT).await.unwrap() {
+            Message::NewTransactionNotification { txid: t, .. } => assert_eq!(t, txid),
+            m => panic!("expected a transaction notification, got {}", m.name()),
+        }
+        match watcher.recv_timeout(WAIT).await.unwrap() {
+            Message::UtxoStateNotification { outpoint, entry } => {
+                assert_eq!(
+                    outpoint,
+                    timecoin::protocol::types::OutPoint { txid, vout: 0 }
+                );
+                assert_eq!(entry.state, UtxoState::Unspent);
+                assert_eq!(entry.output.amount, 5 * COIN);
+            }
+            m => panic!("expected a utxo notification, got {}", m.name()),
         }
         // The recipient's balance at another masternode includes the payment.
         let mut w3 = c.client(3).await;

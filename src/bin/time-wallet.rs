@@ -235,6 +235,13 @@ fn run(cli: Cli) -> Result<ExitCode, AnyError> {
                                 format_amount(received)
                             );
                         }
+                        Ok(Message::UtxoStateNotification { outpoint, entry }) => {
+                            println!(
+                                "  {outpoint}: {} TIME, {}",
+                                format_amount(entry.output.amount),
+                                entry.state.name()
+                            );
+                        }
                         Ok(_) => {}
                         Err(timecoin::wallet::ClientError::Timeout(_)) => continue,
                         Err(e) => return Err(e.into()),

@@ -701,6 +701,7 @@ fn route_event(shared: &Shared, ev: Event) {
             proof,
             tx,
             addresses,
+            spent,
         } => {
             let f = encode(&Message::TimeProof {
                 tx: (*tx).clone(),
@@ -711,16 +712,46 @@ fn route_event(shared: &Shared, ev: Event) {
                     let _ = s.try_send(f.clone());
                 }
             }
-            if !router.by_address.is_empty() {
-                let note = encode(&Message::NewTransactionNotification {
-                    txid,
-                    tx: (*tx).clone(),
-                });
-                for a in &addresses {
-                    if let Some(subs) = router.by_address.get_mut(a) {
-                        subs.retain(|(_, s)| !s.is_closed());
-                        for (_, s) in subs.iter() {
-                            let _ = s.try_send(note.clone());
+            if router.by_address.is_empty() {
+                return;
+            }
+            // Subscribers of an address hear the transaction, then the
+            // state of each of their outputs it spent or created.
+            let note = encode(&Message::NewTransactionNotification {
+                txid,
+                tx: (*tx).clone(),
+            });
+            let created = tx.outputs.iter().enumerate().map(|(v, o)| {
+                (
+                    OutPoint {
+                        txid,
+                        vout: v as u32,
+                    },
+                    crate::protocol::utxo::UtxoEntry {
+                        output: *o,
+                        state: crate::protocol::utxo::UtxoState::Unspent,
+                    },
+                )
+            });
+            let changes: Vec<(OutPoint, crate::protocol::utxo::UtxoEntry)> =
+                spent.into_iter().chain(created).collect();
+            for a in &addresses {
+                if let Some(subs) = router.by_address.get_mut(a) {
+                    subs.retain(|(_, s)| !s.is_closed());
+                    let mine: Vec<Bytes> = changes
+                        .iter()
+                        .filter(|(_, e)| e.output.address == *a)
+                        .map(|(op, e)| {
+                            encode(&Message::UtxoStateNotification {
+                                outpoint: *op,
+                                entry: *e,
+                            })
+                        })
+                        .collect();
+                    for (_, s) in subs.iter() {
+                        let _ = s.try_send(note.clone());
+                        for m in &mine {
+                            let _ = s.try_send(m.clone());
                         }
                     }
                 }

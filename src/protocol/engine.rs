@@ -102,6 +102,8 @@ pub enum Event {
         tx: Arc<Transaction>,
         /// Addresses whose balance changed (input owners and recipients).
         addresses: Vec<Address>,
+        /// The outputs it spent, now SpentFinalized.
+        spent: Vec<(OutPoint, UtxoEntry)>,
     },
     /// The transaction will not be final: refused here, or the network
     /// rejected it (`rejecters` names the masternodes and their reasons).
@@ -196,6 +198,8 @@ struct TxRecord {
     status: Status,
     /// Why it was rejected, for wallets that ask again.
     rejection: Option<(RejectCode, String)>,
+    /// Weight of its TimeProof once final (for conflict records).
+    proof_weight: u64,
     origin: Origin,
     since_ms: u64,
 }
@@ -279,6 +283,7 @@ impl Engine {
                     tx: Arc::new(tx),
                     status: Status::Pending,
                     rejection: None,
+                    proof_weight: 0,
                     origin: Origin::Peer,
                     since_ms: 0,
                 },
@@ -447,6 +452,7 @@ impl Engine {
                     tx,
                     status: Status::Rejected,
                     rejection: Some((reason, detail.clone())),
+                    proof_weight: 0,
                     origin,
                     since_ms: now,
                 },
@@ -512,6 +518,7 @@ impl Engine {
                 tx,
                 status: Status::Pending,
                 rejection: None,
+                proof_weight: 0,
                 origin,
                 since_ms: now,
             },
@@ -573,6 +580,7 @@ impl Engine {
                 tx,
                 status: Status::Rejected,
                 rejection: Some((err.code(), err.to_string())),
+                proof_weight: 0,
                 origin,
                 since_ms: now,
             },
@@ -791,55 +799,71 @@ impl Engine {
         }
         let tx = rec.tx.clone();
         let weight = self.proof_weight(&proof);
+        // A competing proof for an output already final here: only possible
+        // with Byzantine weight >= 1/3 (or a bug). Record it, keep the proof
+        // as evidence, and do not apply the second transaction.
+        let mut conflicts = Vec::new();
+        for input in &tx.inputs {
+            if let Some(
+                UtxoState::SpentFinalized { txid: other }
+                | UtxoState::Confirmed { txid: other, .. },
+            ) = self.utxos.get(&input.prev).map(|e| e.state)
+            {
+                if other != txid {
+                    conflicts.push((input.prev, other));
+                }
+            }
+        }
+        if !conflicts.is_empty() {
+            for (outpoint, other) in conflicts {
+                let other_weight = self.txs.get(&other).map_or(0, |r| r.proof_weight);
+                let winner = if (weight, std::cmp::Reverse(txid))
+                    > (other_weight, std::cmp::Reverse(other))
+                {
+                    txid
+                } else {
+                    other
+                };
+                let rec = ConflictRecord {
+                    outpoint,
+                    kept: other,
+                    kept_weight: other_weight,
+                    competing: txid,
+                    competing_weight: weight,
+                    winner,
+                    detected_at_ms: now,
+                };
+                self.metrics.conflicting_proofs += 1;
+                self.conflicts.push(rec.clone());
+                self.emit(Event::ConflictingProofs(rec));
+            }
+            self.round.writes.push(Write::PutProof((*proof).clone()));
+            if let Some(r) = self.txs.get_mut(&txid) {
+                r.rejection = Some((
+                    RejectCode::ConflictFinalized,
+                    "a conflicting transaction was final first".into(),
+                ));
+            }
+            self.set_status(txid, Status::Rejected);
+            return;
+        }
         let mut losers = Vec::new();
         let mut addresses = Vec::new();
+        let mut spent = Vec::with_capacity(tx.inputs.len());
         for input in &tx.inputs {
             let Some(entry) = self.utxos.get_mut(&input.prev) else {
                 continue;
             };
-            match entry.state {
-                UtxoState::SpentFinalized { txid: other }
-                | UtxoState::Confirmed { txid: other, .. }
-                    if other != txid =>
-                {
-                    let other_weight = self
-                        .conflicts
-                        .iter()
-                        .find(|c| c.kept == other)
-                        .map(|c| c.kept_weight)
-                        .unwrap_or(0);
-                    let winner = if (weight, std::cmp::Reverse(txid))
-                        > (other_weight, std::cmp::Reverse(other))
-                    {
-                        txid
-                    } else {
-                        other
-                    };
-                    let rec = ConflictRecord {
-                        outpoint: input.prev,
-                        kept: other,
-                        kept_weight: other_weight,
-                        competing: txid,
-                        competing_weight: weight,
-                        winner,
-                        detected_at_ms: now,
-                    };
-                    self.metrics.conflicting_proofs += 1;
-                    self.conflicts.push(rec.clone());
-                    self.round
-                        .outputs
-                        .push(Output::Event(Event::ConflictingProofs(rec)));
-                    continue;
-                }
-                UtxoState::Locked { txid: other } | UtxoState::SpentPending { txid: other, .. }
-                    if other != txid =>
-                {
+            if let UtxoState::Locked { txid: other } | UtxoState::SpentPending { txid: other, .. } =
+                entry.state
+            {
+                if other != txid {
                     losers.push(other);
                 }
-                _ => {}
             }
             addresses.push(entry.output.address);
             entry.state = UtxoState::SpentFinalized { txid };
+            spent.push((input.prev, *entry));
             self.round.writes.push(Write::PutUtxo(input.prev, *entry));
         }
         for (vout, out) in tx.outputs.iter().enumerate() {
@@ -862,12 +886,16 @@ impl Engine {
             .push(Write::PutTransaction(txid, (*tx).clone()));
         self.round.writes.push(Write::PutProof((*proof).clone()));
         self.set_status(txid, Status::Finalized);
+        if let Some(r) = self.txs.get_mut(&txid) {
+            r.proof_weight = weight;
+        }
         self.metrics.tx_finalized += 1;
         self.emit(Event::Finalized {
             txid,
             proof,
             tx: tx.clone(),
             addresses,
+            spent,
         });
         for loser in losers {
             if self
