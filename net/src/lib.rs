@@ -14,6 +14,7 @@
 pub mod datagram;
 pub mod frame;
 pub mod gap;
+pub mod pool;
 pub mod priority;
 pub mod reader;
 pub mod udp;
