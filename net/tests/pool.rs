@@ -3,16 +3,15 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use time_net::pool::{peer_id_from_secret, PeerId, Pool, PoolConfig, SendError, Transport};
+use time_net::pool::{
+    peer_id_from_secret, Inbox, Incoming, PeerId, Pool, PoolConfig, SendError, Transport,
+};
 use time_net::Priority;
-use tokio::sync::mpsc;
-
-type Incoming = (PeerId, Priority, Bytes);
 
 /// Address given for peers with a smaller key: by the dial-direction rule
 /// they dial us, so it is never used.
@@ -20,7 +19,7 @@ const NEVER_DIALED: &str = "127.0.0.1:9";
 
 struct Node {
     pool: Pool,
-    rx: mpsc::Receiver<Incoming>,
+    rx: Inbox,
     id: PeerId,
 }
 
@@ -119,7 +118,7 @@ fn parse(m: &[u8]) -> (u8, usize, u32) {
 }
 
 /// Receives exactly `n` messages within `limit`.
-async fn collect(rx: &mut mpsc::Receiver<Incoming>, n: usize, limit: Duration) -> Vec<Incoming> {
+async fn collect(rx: &mut Inbox, n: usize, limit: Duration) -> Vec<Incoming> {
     let mut got = Vec::with_capacity(n);
     let deadline = tokio::time::Instant::now() + limit;
     while got.len() < n {
@@ -378,36 +377,9 @@ async fn reconnects_after_kill_and_counts_losses(transport: Transport) {
     let (a, b) = (nodes[0].pool.clone(), nodes[1].pool.clone());
     let (ida, idb) = (nodes[0].id, nodes[1].id);
 
-    // Receiver: everything from a, until the sender is done and the counts add up.
-    let sender_done = Arc::new(AtomicBool::new(false));
+    // b's inbox holds all of it (High capacity 8192), so it is read at the
+    // end; b's pool keeps delivering into it meanwhile.
     let accepted = Arc::new(AtomicU64::new(0));
-    let mut rx = std::mem::replace(&mut nodes[1].rx, mpsc::channel(1).1);
-    let receiver = {
-        let (b, done, accepted) = (b.clone(), sender_done.clone(), accepted.clone());
-        tokio::spawn(async move {
-            let mut got: Vec<u32> = Vec::new();
-            let deadline = Instant::now() + Duration::from_secs(60);
-            loop {
-                let lost = b.stats(&ida).unwrap().lost_in_flight[Priority::High.index()];
-                if done.load(Ordering::Acquire)
-                    && got.len() as u64 + lost == accepted.load(Ordering::Acquire)
-                {
-                    return (got, lost);
-                }
-                assert!(
-                    Instant::now() < deadline,
-                    "receiver timed out with {}",
-                    got.len()
-                );
-                if let Ok(Some((_, p, m))) =
-                    tokio::time::timeout(Duration::from_millis(20), rx.recv()).await
-                {
-                    assert_eq!(p, Priority::High);
-                    got.push(parse(&m).2);
-                }
-            }
-        })
-    };
 
     // Sender: a steady stream of High messages. At message 1000 the
     // connection is killed from a's side, at 2000 from b's side; before each
@@ -471,9 +443,27 @@ async fn reconnects_after_kill_and_counts_losses(transport: Transport) {
     if let Some(w) = windows.last_mut() {
         w.1 = next;
     }
-    sender_done.store(true, Ordering::Release);
-    let (got, lost) = receiver.await.unwrap();
-
+    // Read until everything accepted is either delivered or counted lost.
+    let rx = &mut nodes[1].rx;
+    let mut got: Vec<u32> = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let lost = loop {
+        let lost = b.stats(&ida).unwrap().lost_in_flight[Priority::High.index()];
+        if got.len() as u64 + lost == accepted.load(Ordering::Acquire) {
+            break lost;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "receiver timed out with {}",
+            got.len()
+        );
+        if let Ok(Some((_, p, m))) =
+            tokio::time::timeout(Duration::from_millis(20), rx.recv()).await
+        {
+            assert_eq!(p, Priority::High);
+            got.push(parse(&m).2);
+        }
+    };
     // FIFO, nothing duplicated.
     assert!(
         got.windows(2).all(|w| w[0] < w[1]),
@@ -549,20 +539,22 @@ async fn high_flows_under_a_low_flood(transport: Transport, flood: u32) {
             }
         })
     };
-    let got = collect(
-        &mut nodes[1].rx,
-        (flood + HIGH) as usize,
-        Duration::from_secs(120),
-    )
-    .await;
-    flooder.await.unwrap();
-    voter.await.unwrap();
-
+    // For each High: how many Low the transport had delivered into b's
+    // inbox when the High was read. The inbox hands High out first, so the
+    // order the application sees is not the claim; the transport's is.
+    let ida = nodes[0].id;
+    let b = nodes[1].pool.clone();
+    let rx = &mut nodes[1].rx;
     let mut low_seen = 0u32;
     let mut high_next = 0u32;
-    let mut low_before_last_high = 0;
-    for (_, p, m) in &got {
-        let (_, _, seq) = parse(m);
+    let mut low_delivered_at_last_high = 0;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    while low_seen < flood || high_next < HIGH {
+        let (_, p, m) = tokio::time::timeout_at(deadline, rx.recv())
+            .await
+            .expect("flood and votes delivered in time")
+            .unwrap();
+        let (_, _, seq) = parse(&m);
         match p {
             Priority::Low => {
                 assert_eq!(seq, low_seen, "Low FIFO");
@@ -571,18 +563,20 @@ async fn high_flows_under_a_low_flood(transport: Transport, flood: u32) {
             Priority::High => {
                 assert_eq!(seq, high_next, "High FIFO");
                 high_next += 1;
-                low_before_last_high = low_seen;
+                low_delivered_at_last_high =
+                    b.stats(&ida).unwrap().frames_in[Priority::Low.index()];
             }
             _ => unreachable!(),
         }
     }
-    assert_eq!((low_seen, high_next), (flood, HIGH));
-    // Every vote arrived while the flood was still being delivered.
+    flooder.await.unwrap();
+    voter.await.unwrap();
+    // Every vote came through while the flood was still coming through.
     assert!(
-        low_before_last_high < flood,
-        "last High arrived after the whole flood ({low_before_last_high} of {flood} Low before it)"
+        low_delivered_at_last_high < flood as u64,
+        "last High arrived after the whole flood"
     );
-    eprintln!("{transport:?}: last High arrived after {low_before_last_high} of {flood} Low");
+    eprintln!("{transport:?}: last High arrived after {low_delivered_at_last_high} of {flood} Low");
     let st = a.stats(&idb).unwrap();
     assert_eq!(st.drops(), [0; 4]);
     shutdown_all(&nodes).await;

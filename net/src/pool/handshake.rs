@@ -1,6 +1,6 @@
 //! The signed handshake that authenticates a TCP pool connection.
 //!
-//! Both sides send a [`Hello`] (key, fresh 32-byte nonce, pool epoch) at once,
+//! Both sides send a `Hello` (key, fresh 32-byte nonce, pool epoch) at once,
 //! then a signature over
 //! `"TIMECOIN/pool-handshake/v1" || peer_nonce || own_pubkey`, checked with
 //! `verify_strict`, and finally a one-byte confirmation. The dialer requires the key it dialed; the acceptor

@@ -25,7 +25,7 @@ use crate::reader::DecodeError;
 use super::identity::{PeerId, ShortId};
 use super::stats::{LinkStats, PeerStats};
 use super::wire::{self, CodecError, Frame};
-use super::{Incoming, Shared};
+use super::Shared;
 
 /// Why a connection ended.
 #[derive(Debug, Error)]
@@ -404,8 +404,7 @@ pub(crate) async fn deliver(
         // First frame from this sender instance: it sets the baseline.
         _ => 0,
     };
-    let incoming: Incoming = (link.id, priority, msg);
-    if shared.inbound.send(incoming).await.is_err() {
+    if shared.inbound.push(priority, (link.id, msg)).await.is_err() {
         LinkStats::add(&shared.counters.undeliverable, 1);
     }
     link.recv_seq.lock().unwrap_or_else(|p| p.into_inner())[c] = Some((peer_epoch, seq + 1));

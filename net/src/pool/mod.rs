@@ -13,11 +13,11 @@
 //!   a certificate is accepted only if its key is the expected masternode key
 //!   and the handshake signature verifies under it ([`tls`]). ALPN
 //!   `timecoin/1`. Each class has its own long-lived unidirectional stream with
-//!   a matching QUIC priority ([`quic`]).
+//!   a matching QUIC priority (module `quic`).
 //! - [`Transport::Tcp`]: the fallback, same API. A signed nonce handshake
 //!   authenticates the peer ([`handshake`]); the four classes share the stream
 //!   and the sender schedules them with strict priority and starvation
-//!   protection ([`tcp`]). No encryption or integrity after the handshake.
+//!   protection (module `tcp`). No encryption or integrity after the handshake.
 //!
 //! # One connection per peer
 //!
@@ -38,7 +38,8 @@
 //! number per (sender, receiver, class); a message lost in flight because a
 //! connection died is counted by the receiver in [`PeerStats::lost_in_flight`]
 //! when the next message of that class arrives. Within a class, delivery is
-//! FIFO.
+//! FIFO. Received messages go into the [`Inbox`], itself a four-class queue,
+//! so an unread backlog of Low messages never holds a vote back.
 //!
 //! Messages larger than [`PoolConfig::compress_threshold`] are zstd-compressed
 //! when that saves at least an eighth; decompression is bounded by
@@ -56,11 +57,10 @@ use bytes::Bytes;
 use rand::SeedableRng;
 use thiserror::Error;
 use tokio::net::TcpListener;
-use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use crate::frame::MAX_FRAME_LEN;
-use crate::priority::{Priority, PushError, QueueLimits};
+use crate::priority::{PeerQueue, Priority, PushError, QueueLimits};
 
 pub mod backoff;
 pub mod handshake;
@@ -116,9 +116,10 @@ pub struct PoolConfig {
     pub max_message_len: usize,
     /// Capacity of each class per peer, and the TCP starvation limit.
     pub queue_limits: QueueLimits,
-    /// Capacity of the channel of received messages. When it is full, reading
-    /// from peers pauses (transport flow control), nothing is dropped.
-    pub inbound_capacity: usize,
+    /// Capacity of each class of the [`Inbox`]. When a class is full, reading
+    /// that class from peers pauses (QUIC: that stream's flow control; TCP:
+    /// the whole connection); nothing is dropped.
+    pub inbox_limits: QueueLimits,
     pub ping_interval: Duration,
     /// An unanswered ping older than this ends the connection.
     pub ping_timeout: Duration,
@@ -146,7 +147,10 @@ impl PoolConfig {
             compress_threshold: 16 * 1024,
             max_message_len: MAX_FRAME_LEN - wire::DATA_OVERHEAD,
             queue_limits: QueueLimits::default(),
-            inbound_capacity: 16 * 1024,
+            inbox_limits: QueueLimits {
+                capacity: [8192, 8192, 64, 8192],
+                ..QueueLimits::default()
+            },
             ping_interval: Duration::from_secs(1),
             ping_timeout: Duration::from_secs(5),
             connect_timeout: Duration::from_secs(3),
@@ -279,7 +283,7 @@ pub(crate) struct Shared {
     pub tun: Tunables,
     pub links: HashMap<PeerId, Arc<PeerLink>>,
     pub peer_set: Arc<HashSet<PeerId>>,
-    pub inbound: mpsc::Sender<Incoming>,
+    pub inbound: PeerQueue<(PeerId, Bytes)>,
     pub counters: PoolCounters,
     net: Net,
     local_addr: SocketAddr,
@@ -331,6 +335,48 @@ impl Drop for Inner {
         if let Net::Quic(q) = &self.shared.net {
             q.endpoint.close(quinn::VarInt::from_u32(0), b"dropped");
         }
+        self.shared.inbound.close();
+    }
+}
+
+/// Messages from peers. Like the send side, it is a four-class queue: the
+/// application gets higher classes first (with the same starvation
+/// protection), so a backlog of Low messages it has not read yet never holds
+/// a vote back. After the pool stops, what was already received can still be
+/// read, then [`recv`](Inbox::recv) returns `None`.
+#[derive(Debug)]
+pub struct Inbox {
+    queue: PeerQueue<(PeerId, Bytes)>,
+}
+
+impl Inbox {
+    /// The next message, or `None` once the pool has stopped and everything
+    /// received was read.
+    pub async fn recv(&mut self) -> Option<Incoming> {
+        let (p, (peer, msg)) = self.queue.pop().await?;
+        Some((peer, p, msg))
+    }
+
+    pub fn try_recv(&mut self) -> Option<Incoming> {
+        let (p, (peer, msg)) = self.queue.try_pop()?;
+        Some((peer, p, msg))
+    }
+
+    /// Messages waiting to be read.
+    pub fn len(&self) -> usize {
+        self.queue.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.queue.is_empty()
+    }
+}
+
+impl Drop for Inbox {
+    fn drop(&mut self) {
+        // Nobody reads any more: deliveries fail fast and are counted in
+        // `PoolStats::undeliverable` instead of waiting for room forever.
+        self.queue.close();
     }
 }
 
@@ -353,7 +399,7 @@ impl std::fmt::Debug for Pool {
 impl Pool {
     /// Binds, starts accepting, and starts dialing the peers with a greater
     /// key. Must run inside a tokio runtime.
-    pub async fn start(cfg: PoolConfig) -> Result<(Pool, mpsc::Receiver<Incoming>), PoolError> {
+    pub async fn start(cfg: PoolConfig) -> Result<(Pool, Inbox), PoolError> {
         if cfg.max_message_len == 0 || cfg.max_message_len + wire::DATA_OVERHEAD > MAX_FRAME_LEN {
             return Err(PoolError::Config(
                 "max_message_len must be in 1..=MAX_FRAME_LEN - DATA_OVERHEAD",
@@ -404,7 +450,10 @@ impl Pool {
                 (Net::Tcp, addr, Some(l))
             }
         };
-        let (inbound, rx) = mpsc::channel(cfg.inbound_capacity.max(1));
+        let inbound = PeerQueue::new(cfg.inbox_limits.clone());
+        let inbox = Inbox {
+            queue: inbound.clone(),
+        };
         let shared = Arc::new(Shared {
             identity,
             epoch: rand::random(),
@@ -439,7 +488,7 @@ impl Pool {
                 tasks: Mutex::new(tasks),
             }),
         };
-        Ok((pool, rx))
+        Ok((pool, inbox))
     }
 
     fn shared(&self) -> &Shared {
@@ -594,6 +643,7 @@ impl Pool {
             q.endpoint.close(quinn::VarInt::from_u32(0), b"shutdown");
             let _ = tokio::time::timeout(shared.tun.shutdown_timeout, q.endpoint.wait_idle()).await;
         }
+        shared.inbound.close();
         let unsent = shared
             .links
             .values()

@@ -147,7 +147,8 @@ pub struct PoolStats {
     /// Authenticated inbound connections refused by the dial-direction rule
     /// (the peer's key is higher than ours, so we are the one who dials).
     pub refused_direction: u64,
-    /// Messages read from a peer after the receiver was dropped.
+    /// Messages read from a peer after the [`super::Inbox`] was dropped or
+    /// the pool stopped.
     pub undeliverable: u64,
 }
 

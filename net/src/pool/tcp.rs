@@ -34,8 +34,28 @@ pub(crate) struct Established {
     peer_epoch: u64,
 }
 
+/// Unsent bytes the kernel may hold for one connection. Above it the writer
+/// waits, so the choice of what goes next stays with the priority queue
+/// instead of a deep kernel buffer of Low frames ahead of a vote.
+const NOTSENT_LOWAT: libc::c_int = 64 * 1024;
+
 fn prepare(stream: &TcpStream) -> std::io::Result<()> {
     stream.set_nodelay(true)?;
+    let fd = std::os::fd::AsRawFd::as_raw_fd(stream);
+    // SAFETY: `fd` is an open socket owned by `stream` for this call; the
+    // option value is a c_int that outlives the call.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd,
+            libc::IPPROTO_TCP,
+            libc::TCP_NOTSENT_LOWAT,
+            (&NOTSENT_LOWAT as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
     // Closing without a graceful shutdown resets the connection at once (the
     // peer notices immediately instead of after a timeout).
     stream.set_zero_linger()

@@ -17,8 +17,8 @@
 //! the sending pool, across reconnections; a receiver that sees it jump counts
 //! the difference as lost in flight (never silently).
 //!
-//! The first frame of each QUIC unidirectional stream is a [`StreamHello`];
-//! the TCP handshake is two frames per side, [`Hello`] then a 64-byte
+//! The first frame of each QUIC unidirectional stream is a `StreamHello`;
+//! the TCP handshake is three frames per side, `Hello` then a 64-byte
 //! signature (see [`super::handshake`]).
 //!
 //! Formats are frozen by the golden-bytes tests at the end of this file.
