@@ -687,3 +687,60 @@ async fn quic_broadcast_and_refusals() {
 async fn tcp_broadcast_and_refusals() {
     broadcast_and_refusals(Transport::Tcp).await;
 }
+
+// ---------------------------------------------------------------------------
+
+async fn small_messages_are_batched(transport: Transport) {
+    const N: u32 = 400;
+    let (sa, sb) = dialer_and_acceptor();
+    let mut nodes = cluster(transport, &[sa, sb], |c| {
+        c.batch_window = Duration::from_millis(1);
+    })
+    .await;
+    all_connected(&nodes).await;
+    let a = nodes[0].pool.clone();
+    let idb = nodes[1].id;
+    let writes_before = a.stats(&idb).unwrap().writes;
+    for seq in 0..N {
+        a.send(&idb, Priority::High, message(0, Priority::High, seq, 64))
+            .unwrap();
+    }
+    let got = collect(&mut nodes[1].rx, N as usize, Duration::from_secs(10)).await;
+    for (i, (_, _, m)) in got.iter().enumerate() {
+        assert_eq!(parse(m).2, i as u32);
+    }
+    let st = a.stats(&idb).unwrap();
+    let writes = st.writes - writes_before;
+    assert_eq!(st.frames_out[Priority::High.index()], N as u64);
+    // 400 messages queued at once go out in a handful of writes (pings and
+    // pongs may add a few).
+    assert!(writes <= 20, "{writes} writes for {N} messages");
+    eprintln!("{transport:?}: {N} messages in {writes} writes");
+    shutdown_all(&nodes).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quic_small_messages_are_batched() {
+    small_messages_are_batched(Transport::Quic).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcp_small_messages_are_batched() {
+    small_messages_are_batched(Transport::Tcp).await;
+}
+
+#[tokio::test]
+async fn config_is_checked() {
+    let mut cfg = test_config(Transport::Tcp, secret(1), HashMap::new());
+    cfg.batch_window = Duration::from_millis(5);
+    assert!(Pool::start(cfg).await.is_err());
+    // A small-order point is not a usable peer key.
+    let mut weak = [0u8; 32];
+    weak[0] = 1;
+    let cfg = test_config(
+        Transport::Tcp,
+        secret(1),
+        HashMap::from([(weak, NEVER_DIALED.parse().unwrap())]),
+    );
+    assert!(Pool::start(cfg).await.is_err());
+}

@@ -356,6 +356,9 @@ impl<W: AsyncWrite + Unpin> BatchWriter<W> {
         let bytes = self.w.buffered() as u64;
         self.w.flush().await?;
         LinkStats::add(&self.link.stats.bytes_out, bytes);
+        if self.pending_frames.iter().any(|&n| n > 0) {
+            LinkStats::add(&self.link.stats.writes, 1);
+        }
         for (i, n) in self.pending_frames.iter_mut().enumerate() {
             LinkStats::add(&self.link.stats.frames_out[i], *n);
             *n = 0;

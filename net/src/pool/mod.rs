@@ -80,6 +80,9 @@ use identity::Identity;
 use link::{Finished, Outbox, PeerLink};
 use stats::{LinkStats, PoolCounters};
 
+/// Longest [`PoolConfig::batch_window`]: a vote may wait this long at most.
+pub const MAX_BATCH_WINDOW: Duration = Duration::from_millis(1);
+
 /// A message from a peer: who sent it, its class, its bytes.
 pub type Incoming = (PeerId, Priority, Bytes);
 
@@ -104,8 +107,9 @@ pub struct PoolConfig {
     /// ours are never dialed (they dial us).
     pub peers: HashMap<PeerId, SocketAddr>,
     /// How long a writer holds a batch open for more messages after the queue
-    /// ran empty. Zero (the default): flush as soon as the queue is empty, so
-    /// batching happens only under load and an idle link adds no delay.
+    /// ran empty, at most 1 ms. Zero (the default): flush as soon as the
+    /// queue is empty, so batching happens only under load and an idle link
+    /// adds no delay.
     pub batch_window: Duration,
     /// A batch is flushed when it holds this many bytes.
     pub max_batch_bytes: usize,
@@ -404,6 +408,9 @@ impl Pool {
             return Err(PoolError::Config(
                 "max_message_len must be in 1..=MAX_FRAME_LEN - DATA_OVERHEAD",
             ));
+        }
+        if cfg.batch_window > MAX_BATCH_WINDOW {
+            return Err(PoolError::Config("batch_window must be at most 1 ms"));
         }
         if cfg.ping_interval.is_zero() || cfg.ping_timeout < cfg.ping_interval {
             return Err(PoolError::Config(

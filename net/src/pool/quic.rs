@@ -144,13 +144,23 @@ fn peer_of(conn: &Connection) -> Option<PeerId> {
     }
 }
 
+/// Inbound connections allowed in the handshake at once.
+const MAX_PENDING_HANDSHAKES: usize = 64;
+
 /// Accepts inbound connections until the endpoint closes.
 pub(crate) async fn accept_loop(shared: Arc<Shared>, endpoint: Endpoint) {
+    let pending = Arc::new(tokio::sync::Semaphore::new(MAX_PENDING_HANDSHAKES));
     while let Some(incoming) = endpoint.accept().await {
         if shared.is_closing() {
             incoming.refuse();
             continue;
         }
+        let Ok(permit) = pending.clone().try_acquire_owned() else {
+            // Too many handshakes in progress: refuse this one, counted.
+            LinkStats::add(&shared.counters.handshake_failures, 1);
+            incoming.refuse();
+            continue;
+        };
         let shared = shared.clone();
         tokio::spawn(async move {
             let conn = match tokio::time::timeout(shared.tun.connect_timeout, incoming).await {
@@ -178,6 +188,7 @@ pub(crate) async fn accept_loop(shared: Arc<Shared>, endpoint: Endpoint) {
                 conn.close(VarInt::from_u32(CLOSE_SHUTDOWN), b"shutdown");
                 return;
             }
+            drop(permit);
             // The dialer waits for the connection's end itself; here nothing does.
             drop(install(&shared, &link, conn).await);
         });

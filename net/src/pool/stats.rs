@@ -22,6 +22,9 @@ pub struct PeerStats {
     /// Frame bytes written / read, length prefixes included.
     pub bytes_out: u64,
     pub bytes_in: u64,
+    /// Writes to the transport (one per flushed batch): `frames_out` summed
+    /// over `writes` is the batching factor.
+    pub writes: u64,
     /// Data frames written / delivered, per class.
     pub frames_out: [u64; Priority::COUNT],
     pub frames_in: [u64; Priority::COUNT],
@@ -60,6 +63,7 @@ pub(crate) struct LinkStats {
     pub dial_failures: AtomicU64,
     pub bytes_out: AtomicU64,
     pub bytes_in: AtomicU64,
+    pub writes: AtomicU64,
     pub frames_out: [AtomicU64; Priority::COUNT],
     pub frames_in: [AtomicU64; Priority::COUNT],
     pub lost_in_flight: [AtomicU64; Priority::COUNT],
@@ -80,6 +84,7 @@ impl Default for LinkStats {
             dial_failures: AtomicU64::new(0),
             bytes_out: AtomicU64::new(0),
             bytes_in: AtomicU64::new(0),
+            writes: AtomicU64::new(0),
             frames_out: Default::default(),
             frames_in: Default::default(),
             lost_in_flight: Default::default(),
@@ -122,6 +127,7 @@ impl LinkStats {
             dial_failures: self.dial_failures.load(Relaxed),
             bytes_out: self.bytes_out.load(Relaxed),
             bytes_in: self.bytes_in.load(Relaxed),
+            writes: self.writes.load(Relaxed),
             frames_out: load(&self.frames_out),
             frames_in: load(&self.frames_in),
             refused: queue.dropped,

@@ -133,7 +133,6 @@ pub(crate) async fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
         };
         let shared = shared.clone();
         tokio::spawn(async move {
-            let _permit = permit;
             let (auth, est) =
                 match authenticate(&shared, stream, Expect::AnyOf(&shared.peer_set)).await {
                     Ok(x) => x,
@@ -149,7 +148,7 @@ pub(crate) async fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
             if shared.is_closing() {
                 return;
             }
-            drop(_permit);
+            drop(permit);
             drop(install(&shared, &link, est).await);
         });
     }

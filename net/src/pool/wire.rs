@@ -18,8 +18,8 @@
 //! the difference as lost in flight (never silently).
 //!
 //! The first frame of each QUIC unidirectional stream is a `StreamHello`;
-//! the TCP handshake is three frames per side, `Hello` then a 64-byte
-//! signature (see [`super::handshake`]).
+//! the TCP handshake is three frames per side: `Hello`, a 64-byte signature,
+//! a one-byte confirmation (see [`super::handshake`]).
 //!
 //! Formats are frozen by the golden-bytes tests at the end of this file.
 
