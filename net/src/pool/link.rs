@@ -240,17 +240,21 @@ impl PeerLink {
         }
     }
 
-    /// Asks the current connection to end abruptly. Returns whether there
-    /// was one.
+    /// Ends the current connection abruptly and waits until all its tasks
+    /// have stopped. Returns whether there was one.
     pub(crate) async fn kill(&self) -> bool {
-        let slot = self.active.lock().await;
-        match slot.as_ref() {
-            Some(a) if !*a.done.borrow() => {
-                a.kill.notify_one();
-                true
+        let mut done = {
+            let slot = self.active.lock().await;
+            match slot.as_ref() {
+                Some(a) if !*a.done.borrow() => {
+                    a.kill.notify_one();
+                    a.done.clone()
+                }
+                _ => return false,
             }
-            _ => false,
-        }
+        };
+        let _ = done.wait_for(|d| *d).await;
+        true
     }
 
     /// Waits up to `timeout` for the current connection to finish by itself

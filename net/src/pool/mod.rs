@@ -607,8 +607,9 @@ impl Pool {
     }
 
     /// Test hook: closes the connection to `peer` abruptly (QUIC: immediate
-    /// close; TCP: reset), as a crash or a network cut would. Returns whether
-    /// there was a connection.
+    /// close; TCP: reset), as a crash or a network cut would, and returns once
+    /// it has stopped (messages sent after that wait for the next connection).
+    /// Returns whether there was a connection.
     pub async fn kill_connection(&self, peer: &PeerId) -> bool {
         match self.shared().links.get(peer) {
             Some(link) => link.kill().await,

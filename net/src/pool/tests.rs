@@ -272,3 +272,115 @@ async fn tcp_peer_sending_a_zstd_bomb_is_disconnected() {
     assert!(!st.connected);
     pool.shutdown().await;
 }
+
+/// A hand-made TCP peer: connects and authenticates as `me` with `epoch`.
+async fn raw_peer(
+    addr: SocketAddr,
+    me: &Identity,
+    them: PeerId,
+    epoch: u64,
+) -> (
+    FrameReader<tokio::net::tcp::OwnedReadHalf>,
+    tokio::net::tcp::OwnedWriteHalf,
+) {
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (rh, mut wh) = stream.into_split();
+    let mut r = FrameReader::new(rh, 1 << 20);
+    handshake::run(
+        &mut r,
+        &mut FrameWriter::new(&mut wh),
+        me,
+        epoch,
+        Expect::Peer(them),
+    )
+    .await
+    .unwrap();
+    (r, wh)
+}
+
+async fn send_seqs(wh: &mut tokio::net::tcp::OwnedWriteHalf, seqs: &[u64]) {
+    let mut w = FrameWriter::new(wh);
+    let mut frame = Vec::new();
+    for &seq in seqs {
+        wire::encode_data(
+            &mut frame,
+            Priority::Critical,
+            seq,
+            false,
+            &seq.to_le_bytes(),
+        );
+        w.push(&frame).unwrap();
+    }
+    w.flush().await.unwrap();
+}
+
+/// Sequence gaps within one sender epoch are counted as lost in flight, across
+/// reconnections; a new epoch (restarted sender) starts a new baseline; a
+/// sequence going backwards within an epoch ends the connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sequence_gaps_are_counted_per_epoch() {
+    let (x, y) = ([1u8; 32], [2u8; 32]);
+    let (peer_secret, pool_secret) = if peer_id_from_secret(&x) < peer_id_from_secret(&y) {
+        (x, y)
+    } else {
+        (y, x)
+    };
+    let peer = Identity::from_secret(&peer_secret);
+    let cfg = PoolConfig::new(
+        Transport::Tcp,
+        localhost(),
+        pool_secret,
+        HashMap::from([(peer.peer_id(), "127.0.0.1:9".parse().unwrap())]),
+    );
+    let (pool, mut inbox) = Pool::start(cfg).await.unwrap();
+    let me = pool.local_id();
+    let stats = || pool.stats(&peer.peer_id()).unwrap();
+    let recv = |inbox: &mut Inbox| {
+        let m = inbox.try_recv().expect("delivered");
+        u64::from_le_bytes(m.2[..].try_into().unwrap())
+    };
+    let wait_frames = |n: u64| {
+        let pool = pool.clone();
+        let id = peer.peer_id();
+        async move {
+            for _ in 0..500 {
+                if pool.stats(&id).unwrap().frames_in[0] >= n {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            panic!("frames did not arrive");
+        }
+    };
+
+    // Epoch 7: 0, 1, 2, then 5 (3 and 4 lost).
+    let (_r, mut wh) = raw_peer(pool.local_addr(), &peer, me, 7).await;
+    send_seqs(&mut wh, &[0, 1, 2, 5]).await;
+    wait_frames(4).await;
+    assert_eq!(stats().lost_in_flight, [2, 0, 0, 0]);
+    // Reconnect, same epoch: 9 means 6, 7, 8 were lost in between.
+    drop((_r, wh));
+    let (_r, mut wh) = raw_peer(pool.local_addr(), &peer, me, 7).await;
+    send_seqs(&mut wh, &[9]).await;
+    wait_frames(5).await;
+    assert_eq!(stats().lost_in_flight, [5, 0, 0, 0]);
+    // A restarted sender (new epoch) starts again from 0: no loss.
+    drop((_r, wh));
+    let (_r, mut wh) = raw_peer(pool.local_addr(), &peer, me, 8).await;
+    send_seqs(&mut wh, &[0, 1]).await;
+    wait_frames(7).await;
+    assert_eq!(stats().lost_in_flight, [5, 0, 0, 0]);
+    let got: Vec<u64> = (0..7).map(|_| recv(&mut inbox)).collect();
+    assert_eq!(got, [0, 1, 2, 5, 9, 0, 1]);
+    // Backwards within an epoch: refused, connection dropped.
+    send_seqs(&mut wh, &[1]).await;
+    for _ in 0..500 {
+        if !stats().connected {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(!stats().connected);
+    assert!(inbox.try_recv().is_none());
+    pool.shutdown().await;
+}
