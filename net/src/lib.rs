@@ -10,10 +10,13 @@
 //! - [`datagram`]: the compact, opaquely signed fast-path datagram.
 //! - [`gap`]: per-sender sequence tracking, gap detection and repair lists.
 //! - [`udp`]: the UDP fast path (multicast or unicast fan-out) on io_uring or epoll.
+//! - [`pool`]: persistent authenticated connections to the other masternodes
+//!   (QUIC, or TCP as a fallback), per-class queues, reconnection, health.
 
 pub mod datagram;
 pub mod frame;
 pub mod gap;
+pub mod pool;
 pub mod priority;
 pub mod reader;
 pub mod udp;
