@@ -566,13 +566,16 @@ impl Engine {
     /// a peer's transaction gets a signed reject vote naming the reason.
     fn refuse(&mut self, now: u64, txid: Txid, tx: Arc<Transaction>, origin: Origin, err: TxError) {
         self.reject_event(txid, &err);
+        if matches!(err, TxError::MempoolFull(_)) {
+            // Overload is not a verdict on the transaction: no vote (a reject
+            // vote is permanent), nothing remembered. If a quorum approves it
+            // anyway, this node fetches the proof (see `on_quorum`).
+            return;
+        }
         if origin == Origin::Peer && !self.my_votes.contains_key(&txid) {
             let decision = Decision::Reject(err.code());
             self.my_votes.insert(txid, decision);
             self.vote_queue.push(VoteItem { txid, decision });
-        }
-        if matches!(err, TxError::MempoolFull(_)) {
-            return; // Not remembered: it may be retried later.
         }
         self.txs.insert(
             txid,
@@ -719,9 +722,15 @@ impl Engine {
             self.process(now, txid, tx, origin, Some(proof));
         } else if let Some(o) = self.orphans.get_mut(&txid) {
             o.proof = Some(proof);
-        } else if self.proofs_waiting.len() < self.cfg.max_unknown_tallies {
-            // Finalize when the transaction arrives.
-            self.proofs_waiting.insert(txid, proof);
+        } else {
+            // Finalize when the transaction arrives; ask peers for it in case
+            // it never does (this node may have dropped it under overload).
+            if self.proofs_waiting.len() < self.cfg.max_unknown_tallies {
+                self.proofs_waiting.insert(txid, proof);
+            }
+            if self.requested_parents.insert(txid) {
+                self.round.outputs.push(Output::RequestProof(txid));
+            }
         }
     }
 
