@@ -221,11 +221,15 @@ pub async fn run_step(plan: Arc<StepPlan>, opts: &DriveOpts) -> Result<Observed,
         .filter_map(|i| Records::get(&shared.records.submit_ns, i))
         .max()
         .unwrap_or(0);
-    let deadline = started + Duration::from_nanos(last_submit) + opts.timeout;
-    while !interrupted && Instant::now() < deadline {
-        if opts.stop.load(Ordering::Relaxed) {
+    let mut deadline = started + Duration::from_nanos(last_submit) + opts.timeout;
+    if interrupted {
+        // Still hear what is in flight, briefly.
+        deadline = deadline.min(Instant::now() + Duration::from_secs(2));
+    }
+    while Instant::now() < deadline {
+        if !interrupted && opts.stop.load(Ordering::Relaxed) {
             interrupted = true;
-            break;
+            deadline = deadline.min(Instant::now() + Duration::from_secs(2));
         }
         if shared.resolved.load(Ordering::Acquire) >= sent {
             break;

@@ -366,6 +366,7 @@ fn summary_table(out: &mut String, r: &StepResult, watched: &[Watched]) {
                     .join(", ")
             ),
         ),
+        ("plain payments refused", r.rejected_single.to_string()),
         ("lost", format!("{} (late {})", r.lost, r.late)),
         ("double-spend pairs", r.double_spend_pairs.to_string()),
         (

@@ -38,6 +38,10 @@ use crate::report::{Percentiles, StepDetail, StepResult};
 
 pub type AnyError = Box<dyn std::error::Error + Send + Sync>;
 
+/// Every payment is a pre-signed transaction in memory and a coin in the
+/// devnet's genesis: a run stays below this.
+const MAX_PAYMENTS: usize = 5_000_000;
+
 #[derive(Parser, Debug)]
 #[command(
     name = "time-loadtest",
@@ -280,6 +284,12 @@ fn run(cli: Cli) -> Result<ExitCode, AnyError> {
     if needed == 0 {
         return Err("the rate and duration make no payment".into());
     }
+    if needed > MAX_PAYMENTS {
+        return Err(format!(
+            "{needed} payments planned; the limit is {MAX_PAYMENTS} (lower --tps, --duration or --max-tps)"
+        )
+        .into());
+    }
     let stop = Arc::new(AtomicBool::new(false));
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(cli.threads)
@@ -447,14 +457,18 @@ fn run(cli: Cli) -> Result<ExitCode, AnyError> {
             ),
         );
         opts.label = format!("[{:.0}/s]", profile.rate);
+        let load_average = procstat::load_average();
         let before = procstat::snapshot(&watched);
         let observed = rt.block_on(drive::run_step(plan.clone(), &opts))?;
         let after = procstat::snapshot(&watched);
         let usage = procstat::usage(&watched, &before, &after);
         let mut snaps = vec![before.clone()];
         snaps.extend(sampler.between(before.at, after.at));
+        let machine = procstat::machine_cpu_pct(&before, &after);
         snaps.push(after);
-        let result = report::analyze(&plan, &observed, cli.timeout, usage, &snaps);
+        let mut result = report::analyze(&plan, &observed, cli.timeout, usage, &snaps);
+        result.machine_cpu_pct = machine;
+        result.load_average = load_average;
         if let Some(dn) = local.as_mut() {
             node_failure = dn.exited();
         }
@@ -565,16 +579,17 @@ fn run(cli: Cli) -> Result<ExitCode, AnyError> {
     let code = if unsafe_pairs > 0 {
         eprintln!("SAFETY FAILURE: {unsafe_pairs} conflicting pairs had both sides finalized");
         2
-    } else if !cli.find_max && summary.lost > 0 {
-        3
     } else if node_failure.is_some() {
         1
     } else if interrupted {
         130
+    } else if !cli.find_max && summary.lost > 0 {
+        3
     } else {
         0
     };
-    data_dir.keep = cli.keep_data || code != 0 || summary.lost > 0;
+    // Keep the masternode logs when something went wrong.
+    data_dir.keep = cli.keep_data || (code != 0 && code != 130) || summary.lost > 0 && !interrupted;
     Ok(ExitCode::from(code))
 }
 
@@ -592,13 +607,26 @@ fn verdict(r: &StepResult, plan: &plan::StepPlan, p99_bound_ms: f64) -> String {
     let p99 = Percentiles::of(&r.finality).p99;
     let planned_tx_rate = r.target_tps * plan.subs.len() as f64 / plan.payments.max(1) as f64;
     // Payments that can finalize: all but the pairs whose both sides lost.
-    let finalizable = r.finalized as f64 / r.payments.max(1) as f64;
+    let finalizable = r
+        .payments
+        .saturating_sub(r.double_spend_both_rejected as usize) as f64
+        / r.payments.max(1) as f64;
     if r.double_spend_both_finalized > 0 {
         "FAILED: a conflicting pair had both sides finalized".into()
     } else if r.lost > 0 {
         format!("not sustained: {} lost", r.lost)
     } else if r.interrupted {
         "interrupted".into()
+    } else if r.rejected_single > 0 {
+        format!(
+            "not sustained: {} plain payments refused ({})",
+            r.rejected_single,
+            r.reasons
+                .iter()
+                .map(|(k, v)| format!("{k} {v}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
     } else if p99 > p99_bound_ms {
         format!("not sustained: p99 {p99:.1} ms > {p99_bound_ms} ms")
     } else if r.offered_tps < 0.95 * planned_tx_rate {

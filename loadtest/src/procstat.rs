@@ -53,6 +53,31 @@ pub fn sample(pid: u32) -> Option<ProcSample> {
     })
 }
 
+/// CPU time the whole machine has been busy (all processes, all cores),
+/// in seconds, from `/proc/stat`.
+pub fn machine_busy_s() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let line = stat.lines().find(|l| l.starts_with("cpu "))?;
+    let v: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal
+    let busy: u64 = [0, 1, 2, 5, 6, 7].iter().filter_map(|&i| v.get(i)).sum();
+    Some(busy as f64 / clock_ticks())
+}
+
+/// The 1-minute load average: how busy the machine was with other work too.
+pub fn load_average() -> Option<f64> {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
 /// A watched process: a name for the report and its pid.
 #[derive(Clone, Debug)]
 pub struct Watched {
@@ -65,12 +90,23 @@ pub struct Watched {
 pub struct Snapshot {
     pub at: Instant,
     pub procs: Vec<Option<ProcSample>>,
+    pub machine_busy_s: Option<f64>,
 }
 
 pub fn snapshot(watched: &[Watched]) -> Snapshot {
     Snapshot {
         at: Instant::now(),
         procs: watched.iter().map(|w| sample(w.pid)).collect(),
+        machine_busy_s: machine_busy_s(),
+    }
+}
+
+/// CPU of the whole machine between two snapshots; 100 is one core busy.
+pub fn machine_cpu_pct(a: &Snapshot, b: &Snapshot) -> Option<f64> {
+    let wall = b.at.duration_since(a.at).as_secs_f64();
+    match (a.machine_busy_s, b.machine_busy_s) {
+        (Some(x), Some(y)) if wall > 0.0 => Some(100.0 * (y - x).max(0.0) / wall),
+        _ => None,
     }
 }
 
@@ -175,5 +211,7 @@ mod tests {
         assert!(a.rss > 0 && b.peak_rss >= b.rss);
         assert!(b.cpu_s >= a.cpu_s);
         assert!(sample(u32::MAX).is_none());
+        assert!(machine_busy_s().is_some_and(|s| s > 0.0));
+        assert!(load_average().is_some());
     }
 }

@@ -89,6 +89,9 @@ pub struct StepResult {
     pub double_spend_one_finalized: u64,
     /// Told "rejected", then a TimeProof came: a protocol anomaly.
     pub rejected_then_finalized: u64,
+    /// Rejected payments that were not part of a conflicting pair: the
+    /// masternodes refused a valid payment (overload, or a bug).
+    pub rejected_single: u64,
     /// Finalized transactions per second in the full-rate window.
     pub tps: f64,
     /// Transactions submitted per second in the full-rate window.
@@ -108,6 +111,11 @@ pub struct StepResult {
     pub usage: Vec<Usage>,
     pub cpu_series: Vec<CpuPoint>,
     pub wall_s: f64,
+    /// Whole-machine CPU during the step (every process, others' too).
+    pub machine_cpu_pct: Option<f64>,
+    /// 1-minute load average when the step started.
+    pub load_average: Option<f64>,
+    pub cores: usize,
 }
 
 pub fn analyze(
@@ -162,6 +170,7 @@ pub fn analyze(
         double_spend_both_rejected: 0,
         double_spend_one_finalized: 0,
         rejected_then_finalized: 0,
+        rejected_single: 0,
         tps: 0.0,
         offered_tps: 0.0,
         finality: new_hist(),
@@ -178,6 +187,9 @@ pub fn analyze(
         usage,
         cpu_series: Vec::new(),
         wall_s: wall_ns as f64 / 1e9,
+        machine_cpu_pct: None,
+        load_average: None,
+        cores: std::thread::available_parallelism().map_or(1, |p| p.get()),
     };
     // Window for the achieved rate: the full-rate phase, or what ran of it.
     let win_end = steady_end_ns.min(wall_ns);
@@ -224,6 +236,9 @@ pub fn analyze(
             (_, Some(t)) if t.saturating_sub(sub) <= timeout_ns => {
                 r.rejected += 1;
                 rej[i] = true;
+                if plan.subs[i].pair.is_none() {
+                    r.rejected_single += 1;
+                }
                 r.rejection
                     .saturating_record((t.saturating_sub(sub) / 1000).max(1));
                 series[slot(t)].0.rejected += 1;
@@ -350,6 +365,7 @@ pub struct StepDetail {
     pub double_spend_both_rejected: u64,
     pub double_spend_one_finalized: u64,
     pub rejected_then_finalized: u64,
+    pub rejected_single: u64,
     pub offered_tps: f64,
     pub rejection_ms: Percentiles,
     pub send_lag_ms: Percentiles,
@@ -360,6 +376,8 @@ pub struct StepDetail {
     pub unexpected_messages: u64,
     pub interrupted: bool,
     pub wall_s: f64,
+    pub machine_cpu_pct: Option<f64>,
+    pub load_average: Option<f64>,
     pub processes: Vec<Usage>,
     pub series: Vec<Bucket>,
     pub verdict: Option<String>,
@@ -377,6 +395,7 @@ impl StepDetail {
             double_spend_both_rejected: r.double_spend_both_rejected,
             double_spend_one_finalized: r.double_spend_one_finalized,
             rejected_then_finalized: r.rejected_then_finalized,
+            rejected_single: r.rejected_single,
             offered_tps: round3(r.offered_tps),
             rejection_ms: round_p(Percentiles::of(&r.rejection)),
             send_lag_ms: round_p(Percentiles::of(&r.send_lag)),
@@ -387,6 +406,8 @@ impl StepDetail {
             unexpected_messages: r.unexpected_messages,
             interrupted: r.interrupted,
             wall_s: round3(r.wall_s),
+            machine_cpu_pct: r.machine_cpu_pct,
+            load_average: r.load_average,
             processes: r.usage.clone(),
             series: r.series.clone(),
             verdict,
@@ -434,6 +455,13 @@ pub fn text(r: &StepResult, title: &str, watched: &[Watched]) -> String {
             format!("  ({})", reasons.join(", "))
         }
     );
+    if r.rejected_single > 0 {
+        let _ = writeln!(
+            s,
+            "  of which      {} plain payments (not double spends) refused",
+            r.rejected_single
+        );
+    }
     let _ = writeln!(
         s,
         "  lost          {}{}",
@@ -478,6 +506,16 @@ pub fn text(r: &StepResult, title: &str, watched: &[Watched]) -> String {
     );
     for e in r.conn_errors.iter().take(5) {
         let _ = writeln!(s, "  connection error: {e}");
+    }
+    if let Some(m) = r.machine_cpu_pct {
+        let ours: f64 = r.usage.iter().map(|u| u.cpu_pct).sum();
+        let _ = writeln!(
+            s,
+            "  machine       cpu {m:.0}% of {}% (this run {ours:.0}%, other work {:.0}%), load average {:.2} at start",
+            100 * r.cores,
+            (m - ours).max(0.0),
+            r.load_average.unwrap_or(0.0)
+        );
     }
     if !r.usage.is_empty() {
         let _ = writeln!(
