@@ -410,6 +410,26 @@ fn summary_table(out: &mut String, r: &StepResult, watched: &[Watched]) {
         let _ = write!(out, "<tr><th>{}</th><td>{}</td></tr>", esc(k), esc(&v));
     }
     out.push_str("</table>");
+    if let Some(a) = &r.audit {
+        out.push_str("<table><tr><th>masternodes' view of the coins</th><th>coins</th><th>final on all</th><th>not converged</th><th>locked for good</th><th>free</th><th>conflicting finality</th></tr>");
+        for (name, c) in &a.groups {
+            let _ = write!(
+                out,
+                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                esc(name),
+                c.coins,
+                c.final_everywhere,
+                c.not_converged,
+                c.locked_for_good,
+                c.free,
+                c.conflicting_finality
+            );
+        }
+        out.push_str("</table>");
+        for e in &a.errors {
+            let _ = write!(out, "<p class=err>{}</p>", esc(e));
+        }
+    }
     if !r.usage.is_empty() {
         out.push_str("<table><tr><th>process</th><th>CPU %</th><th>CPU s</th><th>RSS MB</th><th>peak RSS MB</th></tr>");
         for (u, w) in r.usage.iter().zip(watched) {

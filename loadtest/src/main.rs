@@ -8,6 +8,7 @@
 //! own devnet) or to the given targets, and every run is bounded in count
 //! and time.
 
+mod audit;
 mod devnet;
 mod drive;
 mod html;
@@ -464,11 +465,22 @@ fn run(cli: Cli) -> Result<ExitCode, AnyError> {
         let usage = procstat::usage(&watched, &before, &after);
         let mut snaps = vec![before.clone()];
         snaps.extend(sampler.between(before.at, after.at));
+        // The masternodes' own view of the coins, once their last rounds
+        // have gone out.
+        let audit = (!observed.interrupted).then(|| {
+            std::thread::sleep(Duration::from_secs(1));
+            rt.block_on(audit::run(
+                &net.endpoints,
+                net.chain_id,
+                audit::select(&plan, &observed),
+            ))
+        });
         let machine = procstat::machine_cpu_pct(&before, &after);
         snaps.push(after);
         let mut result = report::analyze(&plan, &observed, cli.timeout, usage, &snaps);
         result.machine_cpu_pct = machine;
         result.load_average = load_average;
+        result.audit = audit;
         if let Some(dn) = local.as_mut() {
             node_failure = dn.exited();
         }
@@ -574,10 +586,17 @@ fn run(cli: Cli) -> Result<ExitCode, AnyError> {
         std::fs::write(p, h).map_err(|e| format!("{}: {e}", p.display()))?;
     }
 
-    let unsafe_pairs: u64 = steps.iter().map(|s| s.0.double_spend_both_finalized).sum();
+    let unsafe_pairs: u64 = steps
+        .iter()
+        .map(|s| {
+            s.0.double_spend_both_finalized + s.0.audit.as_ref().map_or(0, |a| a.conflicting())
+        })
+        .sum();
     let interrupted = stop.load(Ordering::Relaxed);
     let code = if unsafe_pairs > 0 {
-        eprintln!("SAFETY FAILURE: {unsafe_pairs} conflicting pairs had both sides finalized");
+        eprintln!(
+            "SAFETY FAILURE: {unsafe_pairs} coins with two conflicting transactions finalized"
+        );
         2
     } else if node_failure.is_some() {
         1
@@ -611,8 +630,8 @@ fn verdict(r: &StepResult, plan: &plan::StepPlan, p99_bound_ms: f64) -> String {
         .payments
         .saturating_sub(r.double_spend_both_rejected as usize) as f64
         / r.payments.max(1) as f64;
-    if r.double_spend_both_finalized > 0 {
-        "FAILED: a conflicting pair had both sides finalized".into()
+    if r.double_spend_both_finalized > 0 || r.audit.as_ref().is_some_and(|a| a.conflicting() > 0) {
+        "FAILED: conflicting transactions both finalized".into()
     } else if r.lost > 0 {
         format!("not sustained: {} lost", r.lost)
     } else if r.interrupted {

@@ -78,6 +78,8 @@ pub struct Submission {
     pub at_ns: u64,
     /// The conflicting pair it belongs to.
     pub pair: Option<u32>,
+    /// The coin it spends.
+    pub coin: OutPoint,
 }
 
 /// Everything a step sends, in due order.
@@ -185,6 +187,7 @@ pub fn build(input: PlanInput<'_>) -> StepPlan {
             conn: s.conn,
             at_ns: s.at_ns,
             pair: s.pair,
+            coin: s.coin.outpoint,
         }
     };
     let threads = input.threads.max(1);

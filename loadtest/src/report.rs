@@ -116,6 +116,8 @@ pub struct StepResult {
     /// 1-minute load average when the step started.
     pub load_average: Option<f64>,
     pub cores: usize,
+    /// The masternodes' view of the spent coins after the step.
+    pub audit: Option<crate::audit::Audit>,
 }
 
 pub fn analyze(
@@ -190,6 +192,7 @@ pub fn analyze(
         machine_cpu_pct: None,
         load_average: None,
         cores: std::thread::available_parallelism().map_or(1, |p| p.get()),
+        audit: None,
     };
     // Window for the achieved rate: the full-rate phase, or what ran of it.
     let win_end = steady_end_ns.min(wall_ns);
@@ -379,6 +382,7 @@ pub struct StepDetail {
     pub machine_cpu_pct: Option<f64>,
     pub load_average: Option<f64>,
     pub processes: Vec<Usage>,
+    pub audit: Option<crate::audit::Audit>,
     pub series: Vec<Bucket>,
     pub verdict: Option<String>,
 }
@@ -409,6 +413,7 @@ impl StepDetail {
             machine_cpu_pct: r.machine_cpu_pct,
             load_average: r.load_average,
             processes: r.usage.clone(),
+            audit: r.audit.clone(),
             series: r.series.clone(),
             verdict,
         }
@@ -506,6 +511,33 @@ pub fn text(r: &StepResult, title: &str, watched: &[Watched]) -> String {
     );
     for e in r.conn_errors.iter().take(5) {
         let _ = writeln!(s, "  connection error: {e}");
+    }
+    if let Some(a) = &r.audit {
+        for (name, c) in &a.groups {
+            let behind: Vec<String> = c
+                .behind_states
+                .iter()
+                .map(|(k, v)| format!("{k} {v}"))
+                .collect();
+            let _ = writeln!(
+                s,
+                "  node audit    {name} {}: final on all masternodes {}, not converged {}{}, locked for good {}, free {}, CONFLICTING FINALITY {}",
+                c.coins,
+                c.final_everywhere,
+                c.not_converged,
+                if behind.is_empty() {
+                    String::new()
+                } else {
+                    format!(" (behind: {})", behind.join(", "))
+                },
+                c.locked_for_good,
+                c.free,
+                c.conflicting_finality
+            );
+        }
+        for e in &a.errors {
+            let _ = writeln!(s, "  node audit    error: {e}");
+        }
     }
     if let Some(m) = r.machine_cpu_pct {
         let ours: f64 = r.usage.iter().map(|u| u.cpu_pct).sum();
