@@ -54,7 +54,10 @@ different masternodes, and measures each transaction from submission to TimeProo
 Either --devnet N (a local devnet on 127.0.0.1, started and stopped by this tool; needs the \
 time-masternode binary next to this one, e.g. `cargo build --release --workspace`) or --targets with \
 --genesis and --wallet (an existing network).\n\n\
-Exit status: 0 ok; 1 error; 2 a conflicting pair had both sides finalized; 3 payments were lost \
+After each step every masternode is asked for the state of the spent coins (all pairs, refused \
+payments, a sample of finalized ones) to check that they agree.\n\n\
+Exit status: 0 ok; 1 error or a masternode exited; 2 conflicting transactions both finalized \
+(a pair's two sides, or different spenders final on different masternodes); 3 payments were lost \
 (not with --find-max, where loss ends the search); 130 interrupted."
 )]
 struct Cli {
@@ -100,10 +103,13 @@ struct Cli {
     /// not sustained; report the highest sustained rate.
     #[arg(long)]
     find_max: bool,
+    /// Highest rate --find-max tries.
     #[arg(long, default_value_t = 20_000.0)]
     max_tps: f64,
+    /// Rate multiplier between --find-max steps.
     #[arg(long, default_value_t = 1.5)]
     step_factor: f64,
+    /// p99 finality above this ends --find-max.
     #[arg(long, default_value_t = 1000.0)]
     p99_bound_ms: f64,
     /// Most steps of --find-max.
@@ -216,7 +222,15 @@ fn check(cli: &Cli) -> Result<(), AnyError> {
     if cli.connections == Some(0) {
         return Err("--connections must be at least 1".into());
     }
+    let masternodes = cli.devnet.unwrap_or(cli.targets.len());
+    if cli.double_spend_pct > 0.0 && (masternodes < 2 || connections(cli, masternodes) < 2) {
+        return Err("--double-spend-pct needs at least 2 masternodes and 2 connections".into());
+    }
     Ok(())
+}
+
+fn connections(cli: &Cli, masternodes: usize) -> usize {
+    cli.connections.unwrap_or(2 * masternodes)
 }
 
 /// Keeps or removes the temporary devnet directory when dropped.
@@ -349,11 +363,12 @@ fn run(cli: Cli) -> Result<ExitCode, AnyError> {
     } else {
         let mut endpoints = Vec::new();
         for t in &cli.targets {
-            endpoints.extend(
-                t.to_socket_addrs()
-                    .map_err(|e| format!("target {t}: {e}"))?
-                    .take(1),
-            );
+            let addr = t
+                .to_socket_addrs()
+                .map_err(|e| format!("target {t}: {e}"))?
+                .next()
+                .ok_or_else(|| format!("target {t} resolves to no address"))?;
+            endpoints.push(addr);
         }
         let gpath = cli.genesis.as_ref().ok_or("--targets needs --genesis")?;
         let gfile = GenesisFile::load(gpath)?;
@@ -390,11 +405,8 @@ fn run(cli: Cli) -> Result<ExitCode, AnyError> {
     });
 
     let targets = net.endpoints.len();
-    let connections = cli.connections.unwrap_or(2 * targets);
+    let connections = connections(&cli, targets);
     let pair_fraction = cli.double_spend_pct / 100.0;
-    if pair_fraction > 0.0 && (targets < 2 || connections < 2) {
-        return Err("--double-spend-pct needs at least 2 masternodes and 2 connections".into());
-    }
     let conn_target = plan::connection_targets(connections, targets);
     let sink = |_| Address::from_public_key(&PublicKey::from_signing(&KeyFile::generate()));
     let recipients = [sink(0), sink(1)];
