@@ -431,13 +431,14 @@ fn summary_table(out: &mut String, r: &StepResult, watched: &[Watched]) {
         }
     }
     if !r.usage.is_empty() {
-        out.push_str("<table><tr><th>process</th><th>CPU %</th><th>CPU s</th><th>RSS MB</th><th>peak RSS MB</th></tr>");
+        out.push_str("<table><tr><th>process</th><th>CPU %</th><th>of which kernel %</th><th>CPU s</th><th>RSS MB</th><th>peak RSS MB</th></tr>");
         for (u, w) in r.usage.iter().zip(watched) {
             let _ = write!(
                 out,
-                "<tr><td>{}</td><td>{:.1}</td><td>{:.2}</td><td>{:.1}</td><td>{:.1}</td></tr>",
+                "<tr><td>{}</td><td>{:.1}</td><td>{:.1}</td><td>{:.2}</td><td>{:.1}</td><td>{:.1}</td></tr>",
                 esc(&w.name),
                 u.cpu_pct,
+                u.sys_pct,
                 u.cpu_seconds,
                 u.rss_mb,
                 u.peak_rss_mb

@@ -11,6 +11,8 @@ use std::time::{Duration, Instant};
 pub struct ProcSample {
     /// User + system CPU time, in seconds.
     pub cpu_s: f64,
+    /// The system (kernel) part of it.
+    pub sys_s: f64,
     /// Resident set size, bytes.
     pub rss: u64,
     /// Peak resident set size (`VmHWM`), bytes.
@@ -48,6 +50,7 @@ pub fn sample(pid: u32) -> Option<ProcSample> {
     };
     Some(ProcSample {
         cpu_s: (utime + stime) as f64 / clock_ticks(),
+        sys_s: stime as f64 / clock_ticks(),
         rss: kb("VmRSS:"),
         peak_rss: kb("VmHWM:"),
     })
@@ -118,6 +121,8 @@ pub struct Usage {
     /// Average CPU over the window; 100 is one core busy.
     pub cpu_pct: f64,
     pub cpu_seconds: f64,
+    /// Kernel share of `cpu_pct` (system calls: sockets, fsync).
+    pub sys_pct: f64,
     pub rss_mb: f64,
     pub peak_rss_mb: f64,
 }
@@ -136,6 +141,7 @@ pub fn usage(watched: &[Watched], a: &Snapshot, b: &Snapshot) -> Vec<Usage> {
                 pid: w.pid,
                 cpu_pct: 100.0 * cpu / wall,
                 cpu_seconds: cpu,
+                sys_pct: 100.0 * (y.sys_s - x.sys_s).max(0.0) / wall,
                 rss_mb: y.rss as f64 / 1e6,
                 peak_rss_mb: y.peak_rss as f64 / 1e6,
             }

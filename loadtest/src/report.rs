@@ -552,14 +552,14 @@ pub fn text(r: &StepResult, title: &str, watched: &[Watched]) -> String {
     if !r.usage.is_empty() {
         let _ = writeln!(
             s,
-            "  {:<16} {:>7} {:>9} {:>10} {:>8}",
-            "process", "cpu %", "cpu s", "rss MB", "peak MB"
+            "  {:<16} {:>7} {:>7} {:>9} {:>10} {:>8}",
+            "process", "cpu %", "sys %", "cpu s", "rss MB", "peak MB"
         );
         for (u, w) in r.usage.iter().zip(watched) {
             let _ = writeln!(
                 s,
-                "  {:<16} {:>7.1} {:>9.2} {:>10.1} {:>8.1}",
-                w.name, u.cpu_pct, u.cpu_seconds, u.rss_mb, u.peak_rss_mb
+                "  {:<16} {:>7.1} {:>7.1} {:>9.2} {:>10.1} {:>8.1}",
+                w.name, u.cpu_pct, u.sys_pct, u.cpu_seconds, u.rss_mb, u.peak_rss_mb
             );
         }
     }
