@@ -203,7 +203,8 @@ pub async fn run_step(plan: Arc<StepPlan>, opts: &DriveOpts) -> Result<Observed,
         }
         if next < n {
             let due = started + Duration::from_nanos(plan.subs[next].at_ns);
-            let cap = Instant::now() + Duration::from_millis(1);
+            // Wake at least every 20 ms to notice Ctrl-C.
+            let cap = Instant::now() + Duration::from_millis(20);
             tokio::time::sleep_until(due.min(cap).into()).await;
         }
     }
