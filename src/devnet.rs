@@ -20,6 +20,9 @@ pub struct DevnetSpec {
     pub tier: String,
     /// UDP fast path: "multicast" (on lo), "unicast" or "off".
     pub fast_path: String,
+    /// Distance between consecutive masternodes' P2P ports (2 leaves room
+    /// for the TCP peer pool at port + 1).
+    pub port_stride: u16,
 }
 
 impl Default for DevnetSpec {
@@ -32,6 +35,7 @@ impl Default for DevnetSpec {
             coin_amount: 1_000 * COIN,
             tier: "bronze".into(),
             fast_path: "multicast".into(),
+            port_stride: 1,
         }
     }
 }
@@ -121,7 +125,9 @@ impl DevnetLayout {
     }
 
     pub fn generate(dir: &Path, spec: &DevnetSpec) -> Result<DevnetLayout, DevnetError> {
-        if spec.base_port as usize + spec.nodes + 1 > u16::MAX as usize {
+        if spec.base_port as usize + (spec.nodes + 1) * spec.port_stride.max(1) as usize
+            > u16::MAX as usize
+        {
             return Err(DevnetError::Ports(spec.base_port, spec.nodes));
         }
         std::fs::create_dir_all(dir.join("wallets")).map_err(io(dir))?;
@@ -133,7 +139,7 @@ impl DevnetLayout {
                 "fast_path = \"multicast\"\nmulticast_group = \"239.255.{}.{}:{}\"\nmulticast_interface = \"127.0.0.1\"\n",
                 (chain_id >> 8) & 0xff,
                 chain_id & 0xff,
-                spec.base_port as usize + spec.nodes
+                spec.base_port as usize + spec.nodes * spec.port_stride.max(1) as usize
             ),
             other => format!("fast_path = \"{other}\"\n"),
         };
@@ -143,7 +149,7 @@ impl DevnetLayout {
             std::fs::create_dir_all(&nd).map_err(io(&nd))?;
             let key = KeyFile::generate();
             KeyFile::save(&key, &nd.join("key.json"))?;
-            let port = spec.base_port + i as u16;
+            let port = spec.base_port + i as u16 * spec.port_stride.max(1);
             masternodes.push(MasternodeEntry {
                 public_key: PublicKey::from_signing(&key).to_string(),
                 address: format!("127.0.0.1:{port}"),

@@ -424,3 +424,53 @@ fn garbage_and_oversized_frames_are_refused_and_the_node_keeps_serving() {
     let log = c.log(0);
     assert!(log.contains("connection"), "refusals are logged:\n{log}");
 }
+
+/// The same payment and conflict behaviour over every peer transport and
+/// both UDP backends.
+fn transports_case(extra: &str) {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let c = Cluster::start_with(4, extra);
+    rt().block_on(async {
+        let (a, b, d) = (c.wallet_key(0), c.wallet_key(1), c.wallet_key(2));
+        for coin in 0..5u32 {
+            let tx = pay(c.chain_id(), &a, 0, coin, address(&b), COIN);
+            match c
+                .client(coin as usize % 4)
+                .await
+                .submit(&tx, WAIT)
+                .await
+                .unwrap()
+            {
+                Outcome::Finalized { proof, .. } => {
+                    assert!(proof.verify(c.chain_id(), &c.registry).is_ok())
+                }
+                Outcome::Rejected { detail, .. } => panic!("{extra}: rejected: {detail}"),
+            }
+        }
+        for race in 10..16u32 {
+            let t1 = pay(c.chain_id(), &a, 0, race, address(&b), COIN);
+            let t2 = pay(c.chain_id(), &a, 0, race, address(&d), 2 * COIN);
+            let mut w1 = c.client(0).await;
+            let mut w2 = c.client(3).await;
+            let (o1, o2) = tokio::join!(w1.submit(&t1, WAIT), w2.submit(&t2, WAIT));
+            let both = matches!(o1.unwrap(), Outcome::Finalized { .. })
+                && matches!(o2.unwrap(), Outcome::Finalized { .. });
+            assert!(!both, "{extra}: both conflicting transactions finalized");
+        }
+    });
+}
+
+#[test]
+fn quic_pool_with_multicast_over_epoll() {
+    transports_case("peer_transport = \"quic\"\nio_backend = \"epoll\"\n");
+}
+
+#[test]
+fn tcp_pool_with_unicast_fast_path_over_io_uring() {
+    transports_case("peer_transport = \"tcp\"\nfast_path = \"unicast\"\nio_backend = \"uring\"\n");
+}
+
+#[test]
+fn plain_tcp_links_without_fast_path() {
+    transports_case("peer_transport = \"links\"\nfast_path = \"off\"\n");
+}

@@ -60,6 +60,11 @@ pub struct RunArgs {
     /// UDP I/O backend: auto (io_uring if available, else epoll), uring or epoll.
     #[arg(long)]
     pub io_backend: Option<String>,
+    /// Peer transport: quic (pool over QUIC on UDP at the P2P port, mutual
+    /// TLS bound to masternode keys), tcp (pool over TCP at the P2P port + 1)
+    /// or links (plain TCP links, no priorities) [default: quic].
+    #[arg(long)]
+    pub peer_transport: Option<String>,
     /// Threads that verify and tally votes (sharded by txid) [default: 1].
     #[arg(long)]
     pub vote_threads: Option<usize>,
@@ -93,6 +98,7 @@ struct FileConfig {
     io_backend: Option<String>,
     vote_threads: Option<usize>,
     vote_cores: Option<String>,
+    peer_transport: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -116,6 +122,8 @@ pub enum ConfigError {
     Listen(String, u16),
     #[error("fast_path {0:?}: use off, multicast or unicast")]
     FastPath(String),
+    #[error("peer_transport {0:?}: use quic, tcp or links")]
+    PeerTransport(String),
     #[error("io_backend {0:?}: use auto, uring or epoll")]
     IoBackend(String),
     #[error("{what} {value:?} is not a valid {expected}")]
@@ -179,6 +187,7 @@ pub struct NodeConfig {
     pub io_backend: time_net::udp::IoBackend,
     pub vote_threads: usize,
     pub vote_cores: Vec<usize>,
+    pub peer_transport: crate::node::peer_net::PeerTransport,
 }
 
 fn rel(base: &Path, p: PathBuf) -> PathBuf {
@@ -296,7 +305,14 @@ impl RunArgs {
                 })
                 .collect::<Result<_, _>>()?,
         };
+        let pt = self
+            .peer_transport
+            .or(file.peer_transport)
+            .unwrap_or_else(|| "quic".into());
+        let peer_transport = crate::node::peer_net::PeerTransport::parse(&pt)
+            .ok_or(ConfigError::PeerTransport(pt))?;
         Ok(NodeConfig {
+            peer_transport,
             vote_threads: self
                 .vote_threads
                 .or(file.vote_threads)

@@ -45,7 +45,7 @@ pub enum FastPathMode {
         group: SocketAddrV4,
         interface: Ipv4Addr,
     },
-    /// Send a copy to each peer's P2P address (UDP on the same port).
+    /// Send a copy to each peer's P2P address, UDP port + 1.
     Unicast,
 }
 
@@ -331,13 +331,16 @@ impl FastPath {
                 UdpConfig::multicast(*group, *interface)
             }
             FastPathMode::Unicast => {
+                // UDP at the P2P port + 1 (the P2P port's UDP side belongs to
+                // the QUIC pool).
+                let plus1 = |a: SocketAddrV4| SocketAddrV4::new(*a.ip(), a.port().wrapping_add(1));
                 let mut peers = Vec::new();
                 for m in registry.masternodes() {
                     if m.key != me {
-                        peers.push(v4(&m.address)?);
+                        peers.push(plus1(v4(&m.address)?));
                     }
                 }
-                UdpConfig::unicast(listen4, peers)
+                UdpConfig::unicast(plus1(listen4), peers)
             }
         };
         let local_ip = match mode {

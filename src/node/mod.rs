@@ -5,6 +5,7 @@ pub mod config;
 pub mod fastpath;
 pub mod genesis_file;
 pub mod keyfile;
+pub mod peer_net;
 pub mod runtime;
 pub mod verifier;
 pub mod vote_threads;

@@ -25,6 +25,7 @@ use crate::node::fastpath::{
 };
 use crate::node::genesis_file::GenesisFile;
 use crate::node::keyfile::KeyFile;
+use crate::node::peer_net::PeerNet;
 use crate::node::verifier::Verifier;
 use crate::node::vote_threads::{VoteThreadConfig, VoteThreads};
 use crate::protocol::engine::{Engine, EngineConfig, Event, Origin, Output};
@@ -38,6 +39,8 @@ use crate::protocol::timeproof::TimeProof;
 use crate::protocol::types::{Address, ChainId, OutPoint, PublicKey, Transaction, Txid};
 use crate::protocol::validation::{RejectCode, TxError};
 use crate::storage::{LmdbStore, Store, StoreError};
+use time_net::pool::{Pool, PoolConfig};
+use time_net::priority::Priority;
 
 /// Frames queued per peer link before new ones are dropped (and counted).
 const PEER_QUEUE: usize = 1 << 16;
@@ -65,6 +68,8 @@ pub enum NodeError {
     Locked(String),
     #[error("genesis is for network {genesis:?} but the node is configured for {configured:?}")]
     NetworkMismatch { genesis: String, configured: String },
+    #[error("peer pool: {0}")]
+    Pool(String),
     #[error("fast path: {0}")]
     FastPath(crate::node::fastpath::FastPathError),
     #[error("cannot listen on {addr}: {source}")]
@@ -133,7 +138,8 @@ struct Shared {
     registry: Registry,
     core: cb::Sender<CoreInput>,
     router: Mutex<Router>,
-    peers: HashMap<PublicKey, mpsc::Sender<Bytes>>,
+    net: PeerNet,
+    peer_count: usize,
     stats: NetStats,
     stopping: AtomicBool,
     next_session: AtomicU64,
@@ -173,17 +179,12 @@ impl FastPathSink for Sink {
         let Some(shared) = self.0.upgrade() else {
             return;
         };
-        if let Some(link) = shared.peers.get(&to) {
-            if link
-                .try_send(encode(&Message::RepairRequest { first, last }))
-                .is_err()
-            {
-                shared
-                    .stats
-                    .peer_queue_drops
-                    .fetch_add(1, Ordering::Relaxed);
-            }
-        }
+        shared.net.send(
+            &to,
+            Priority::High,
+            encode(&Message::RepairRequest { first, last }),
+            &shared.stats.peer_queue_drops,
+        );
     }
 }
 
@@ -373,16 +374,48 @@ impl Node {
         )
         .map_err(NodeError::FastPath)?;
         let (core_tx, core_rx) = cb::bounded(CORE_QUEUE);
-        let mut peers = HashMap::new();
+        let mut links = HashMap::new();
         let mut peer_rxs = Vec::new();
-        for m in genesis.registry.masternodes() {
-            if m.key == me {
-                continue;
+        let mut pool_inbox = None;
+        let net = match cfg.peer_transport.pool_transport() {
+            Some(transport) => {
+                let mut table = HashMap::new();
+                for m in genesis.registry.masternodes() {
+                    match m.address.parse::<SocketAddr>() {
+                        Ok(a) => {
+                            table.insert(m.key.0, cfg.peer_transport.peer_addr(a));
+                        }
+                        Err(_) => {
+                            warn!(peer = %m.key, address = %m.address, "unparsable masternode address; not dialed")
+                        }
+                    }
+                }
+                let pcfg = PoolConfig::new(
+                    transport,
+                    cfg.peer_transport.peer_addr(local_addr),
+                    key.to_bytes(),
+                    table,
+                );
+                let (pool, inbox) = Pool::start(pcfg)
+                    .await
+                    .map_err(|e| NodeError::Pool(e.to_string()))?;
+                info!(transport = ?transport, addr = %pool.local_addr(), "peer pool listening");
+                pool_inbox = Some(inbox);
+                PeerNet::Pool(pool)
             }
-            let (tx, rx) = mpsc::channel(PEER_QUEUE);
-            peers.insert(m.key, tx);
-            peer_rxs.push((m.clone(), rx));
-        }
+            None => {
+                for m in genesis.registry.masternodes() {
+                    if m.key == me {
+                        continue;
+                    }
+                    let (tx, rx) = mpsc::channel(PEER_QUEUE);
+                    links.insert(m.key, tx);
+                    peer_rxs.push((m.clone(), rx));
+                }
+                PeerNet::Links(links)
+            }
+        };
+        let peer_count = genesis.registry.len().saturating_sub(1);
         let shared = Arc::new(Shared {
             chain_id: genesis.chain_id,
             key,
@@ -390,7 +423,8 @@ impl Node {
             registry: genesis.registry.clone(),
             core: core_tx,
             router: Mutex::new(Router::default()),
-            peers,
+            net,
+            peer_count,
             stats: NetStats::default(),
             stopping: AtomicBool::new(false),
             next_session: AtomicU64::new(1),
@@ -460,6 +494,25 @@ impl Node {
                 peer.address.clone(),
                 rx,
             ));
+        }
+        if let Some(mut inbox) = pool_inbox {
+            let s = shared.clone();
+            tokio::spawn(async move {
+                while let Some((peer, _prio, frame)) = inbox.recv().await {
+                    s.stats.frames_in.fetch_add(1, Ordering::Relaxed);
+                    let peer = PublicKey(peer);
+                    let r = match Message::decode(&frame) {
+                        Ok(m) => handle_peer_message(&s, peer, m),
+                        Err(e) => Err(LinkError::Decode(e)),
+                    };
+                    if let Err(e) = r {
+                        // The pool authenticated the peer; a bad message is
+                        // counted and dropped, the connection stays.
+                        s.stats.malformed_frames.fetch_add(1, Ordering::Relaxed);
+                        warn!(%peer, "bad message from peer: {e}");
+                    }
+                }
+            });
         }
         tokio::spawn(accept_loop(shared.clone(), listener));
         info!(%local_addr, key = %me, chain = genesis.chain_id, "masternode listening");
@@ -531,9 +584,12 @@ fn core_loop(
                     if let (Some(tx), Some(proof)) =
                         (store.get_transaction(&txid)?, store.get_proof(&txid)?)
                     {
-                        if let Some(link) = shared.peers.get(&from) {
-                            let _ = link.try_send(encode(&Message::TimeProof { tx, proof }));
-                        }
+                        shared.net.send(
+                            &from,
+                            Priority::High,
+                            encode(&Message::TimeProof { tx, proof }),
+                            &shared.stats.peer_queue_drops,
+                        );
                     }
                 }
                 CoreInput::WalletTx { tx, to } => {
@@ -577,8 +633,10 @@ fn core_loop(
                     let m = engine.metrics();
                     let _ = reply.send(Message::Status(NodeStatus {
                         public_key: shared.me,
-                        peers_connected: shared.stats.peers_connected.load(Ordering::Relaxed),
-                        peers_total: shared.peers.len() as u32,
+                        peers_connected: shared
+                            .net
+                            .connected(shared.stats.peers_connected.load(Ordering::Relaxed)),
+                        peers_total: shared.peer_count as u32,
                         pending: engine.pending_count() as u32,
                         finalized: m.tx_finalized,
                         rejected: m.tx_rejected,
@@ -615,7 +673,9 @@ fn core_loop(
                 rejected = m.tx_rejected,
                 pending = engine.pending_count(),
                 votes_in = m.votes_received,
-                peers = shared.stats.peers_connected.load(Ordering::Relaxed),
+                peers = shared
+                    .net
+                    .connected(shared.stats.peers_connected.load(Ordering::Relaxed)),
                 malformed = shared.stats.malformed_frames.load(Ordering::Relaxed),
                 drops = shared.stats.peer_queue_drops.load(Ordering::Relaxed)
                     + shared.stats.core_queue_drops.load(Ordering::Relaxed),
@@ -640,23 +700,23 @@ fn core_loop(
     }
 }
 
-fn broadcast(shared: &Shared, frame: Bytes) {
-    for link in shared.peers.values() {
-        if link.try_send(frame.clone()).is_err() {
-            shared
-                .stats
-                .peer_queue_drops
-                .fetch_add(1, Ordering::Relaxed);
-        }
-    }
+fn broadcast(shared: &Shared, prio: Priority, frame: Bytes) {
+    shared
+        .net
+        .broadcast(prio, frame, &shared.stats.peer_queue_drops);
 }
 
 /// Lock broadcasts and votes take the fast path when they fit a datagram;
 /// everything else, and everything when the fast path is off, goes over TCP.
-fn fast_or_reliable(shared: &Shared, fast: &mut Option<&mut FastPathSender>, frame: Bytes) {
+fn fast_or_reliable(
+    shared: &Shared,
+    fast: &mut Option<&mut FastPathSender>,
+    prio: Priority,
+    frame: Bytes,
+) {
     match fast {
         Some(f) if FastPathSender::fits(frame.len()) => f.push(&frame),
-        _ => broadcast(shared, frame),
+        _ => broadcast(shared, prio, frame),
     }
 }
 
@@ -671,15 +731,23 @@ fn dispatch(
             Output::BroadcastTransaction(tx) => fast_or_reliable(
                 shared,
                 &mut fast,
+                Priority::Critical,
                 encode(&Message::TransactionBroadcast((*tx).clone())),
             ),
             Output::BroadcastVotes(b) => {
                 if let Some(v) = shared.votes.get() {
                     v.own((*b).clone());
                 }
-                fast_or_reliable(shared, &mut fast, encode(&Message::VoteBatch((*b).clone())))
+                fast_or_reliable(
+                    shared,
+                    &mut fast,
+                    Priority::High,
+                    encode(&Message::VoteBatch((*b).clone())),
+                )
             }
-            Output::RequestProof(txid) => broadcast(shared, encode(&Message::ProofRequest(txid))),
+            Output::RequestProof(txid) => {
+                broadcast(shared, Priority::High, encode(&Message::ProofRequest(txid)))
+            }
             Output::Event(ev) => route_event(shared, ev),
         }
     }
@@ -1022,52 +1090,58 @@ async fn serve_peer(
     loop {
         let frame = reader.read_frame().await?;
         shared.stats.frames_in.fetch_add(1, Ordering::Relaxed);
-        let Some(msg) = shared.ingest(Message::decode(frame)?) else {
-            continue;
-        };
-        match msg {
-            Message::TimeProof { tx, proof } => {
-                shared.to_core(CoreInput::Proof { tx, proof });
-            }
-            Message::ProofRequest(txid) => {
-                shared.to_core(CoreInput::ProofRequest { txid, from: peer });
-            }
-            Message::RepairRequest { first, last } => {
-                let (Some(ring), Some(link)) = (&shared.fast_ring, shared.peers.get(&peer)) else {
-                    continue;
-                };
-                // Bounded: at most 1024 datagrams per request.
-                let last = last.min(first.saturating_add(1023));
-                let found: Vec<Bytes> = {
-                    let ring = ring.lock().expect("repair ring");
-                    (first..=last).filter_map(|s| ring.get(s)).collect()
-                };
-                for d in found {
-                    if link.try_send(encode(&Message::Repair(d.to_vec()))).is_err() {
-                        shared
-                            .stats
-                            .peer_queue_drops
-                            .fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-            }
-            Message::Repair(d) => {
-                if let Some(rx) = &shared.fast_rx {
-                    let sink = Sink(shared.self_weak());
-                    rx.lock()
-                        .expect("fast path receiver")
-                        .handle(&d, true, &sink);
-                }
-            }
-            Message::Ping(_) | Message::Pong(_) => {}
-            other => {
-                return Err(LinkError::Handshake(match other {
-                    Message::Hello(_) => "second hello",
-                    _ => "message not allowed from a masternode",
-                }))
+        handle_peer_message(shared, peer, Message::decode(frame)?)?;
+    }
+}
+
+/// One message from an authenticated peer masternode, from whichever transport.
+fn handle_peer_message(shared: &Shared, peer: PublicKey, msg: Message) -> Result<(), LinkError> {
+    let Some(msg) = shared.ingest(msg) else {
+        return Ok(());
+    };
+    match msg {
+        Message::TimeProof { tx, proof } => {
+            shared.to_core(CoreInput::Proof { tx, proof });
+        }
+        Message::ProofRequest(txid) => {
+            shared.to_core(CoreInput::ProofRequest { txid, from: peer });
+        }
+        Message::RepairRequest { first, last } => {
+            let Some(ring) = &shared.fast_ring else {
+                return Ok(());
+            };
+            // Bounded: at most 1024 datagrams per request.
+            let last = last.min(first.saturating_add(1023));
+            let found: Vec<Bytes> = {
+                let ring = ring.lock().expect("repair ring");
+                (first..=last).filter_map(|s| ring.get(s)).collect()
+            };
+            for d in found {
+                shared.net.send(
+                    &peer,
+                    Priority::High,
+                    encode(&Message::Repair(d.to_vec())),
+                    &shared.stats.peer_queue_drops,
+                );
             }
         }
+        Message::Repair(d) => {
+            if let Some(rx) = &shared.fast_rx {
+                let sink = Sink(shared.self_weak());
+                rx.lock()
+                    .expect("fast path receiver")
+                    .handle(&d, true, &sink);
+            }
+        }
+        Message::Ping(_) | Message::Pong(_) => {}
+        Message::Hello(_) => return Err(LinkError::Handshake("second hello")),
+        _ => {
+            return Err(LinkError::Handshake(
+                "message not allowed from a masternode",
+            ))
+        }
     }
+    Ok(())
 }
 
 async fn serve_wallet(

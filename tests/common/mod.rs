@@ -42,15 +42,38 @@ fn free_base_port(n: usize) -> u16 {
 
 impl Cluster {
     pub fn start(n: usize) -> Cluster {
+        Self::start_with(n, "")
+    }
+
+    /// A cluster whose node.toml files get `extra` appended (e.g. another
+    /// peer transport). Ports are spaced by 2 so the TCP pool fits.
+    pub fn start_with(n: usize, extra: &str) -> Cluster {
         let dir = tempfile::tempdir().unwrap();
         let spec = DevnetSpec {
             nodes: n,
-            base_port: free_base_port(n),
+            base_port: free_base_port(2 * n + 1),
             wallets: 4,
             coins_per_wallet: 200,
+            port_stride: 2,
             ..Default::default()
         };
         let layout = DevnetLayout::generate(dir.path(), &spec).unwrap();
+        for cfg in &layout.node_configs {
+            let text = std::fs::read_to_string(cfg).unwrap();
+            // Lines of `extra` replace the same keys.
+            let keys: Vec<&str> = extra
+                .lines()
+                .filter_map(|l| l.split('=').next())
+                .map(str::trim)
+                .collect();
+            let mut out: String = text
+                .lines()
+                .filter(|l| !keys.contains(&l.split('=').next().unwrap_or("").trim()))
+                .map(|l| format!("{l}\n"))
+                .collect();
+            out.push_str(extra);
+            std::fs::write(cfg, out).unwrap();
+        }
         let registry = GenesisFile::load(&layout.genesis)
             .unwrap()
             .to_genesis()
