@@ -479,12 +479,13 @@ impl Node {
         );
         let _ = shared.verifier.set(verifier);
         let core_shared = shared.clone();
+        let round_window = Duration::from_micros(cfg.round_window_us);
         let handle = tokio::runtime::Handle::current();
         let core = std::thread::Builder::new()
             .name("core".into())
             .spawn(move || {
                 let _lock = lock; // held for the life of the core
-                core_loop(engine, store, core_rx, core_shared, handle, fast_sender)
+                core_loop(engine, store, core_rx, core_shared, handle, fast_sender, round_window)
             })
             .expect("spawn core thread");
         for (peer, rx) in peer_rxs {
@@ -550,6 +551,7 @@ fn core_loop(
     shared: Arc<Shared>,
     rt: tokio::runtime::Handle,
     mut fast: Option<FastPathSender>,
+    round_window: Duration,
 ) -> Result<(), StoreError> {
     let start = Instant::now();
     let now_ms = || start.elapsed().as_millis() as u64;
@@ -563,10 +565,23 @@ fn core_loop(
             Err(cb::RecvTimeoutError::Timeout) => {}
             Err(cb::RecvTimeoutError::Disconnected) => return Ok(()),
         }
+        // A round costs one vote signature, one datagram signature and one
+        // fsync whatever its size: hold it open up to `round_window` so
+        // arrivals close together share them.
+        let opened = Instant::now();
         while inputs.len() < MAX_ROUND_INPUTS {
             match rx.try_recv() {
                 Ok(i) => inputs.push(i),
-                Err(_) => break,
+                Err(_) => {
+                    let left = round_window.saturating_sub(opened.elapsed());
+                    if inputs.is_empty() || left.is_zero() {
+                        break;
+                    }
+                    match rx.recv_timeout(left) {
+                        Ok(i) => inputs.push(i),
+                        Err(_) => break,
+                    }
+                }
             }
         }
         let now = now_ms();
