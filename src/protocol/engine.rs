@@ -890,9 +890,12 @@ impl Engine {
         }
         addresses.sort();
         addresses.dedup();
-        self.round
-            .writes
-            .push(Write::PutTransaction(txid, (*tx).clone()));
+        // `approve` already stored the transaction with this node's vote.
+        if self.my_votes.get(&txid) != Some(&Decision::Approve) {
+            self.round
+                .writes
+                .push(Write::PutTransaction(txid, (*tx).clone()));
+        }
         self.round.writes.push(Write::PutProof((*proof).clone()));
         self.set_status(txid, Status::Finalized);
         if let Some(r) = self.txs.get_mut(&txid) {

@@ -78,13 +78,16 @@ struct Tally {
     approvals: Vec<(Arc<VerifiedBatch>, u32)>,
     rejecters: Vec<(PublicKey, RejectCode)>,
     first_vote_ms: u64,
-    done: bool,
 }
 
 pub struct VoteAggregator {
     registry: Registry,
     quorum: u64,
     tallies: HashMap<Txid, Tally>,
+    /// Transactions whose outcome was produced, and when: a compact record
+    /// (not counted against `max_open`) so late votes cannot start a second
+    /// tally for them.
+    finished: HashMap<Txid, u64>,
     max_open: usize,
     stats: TallyStats,
 }
@@ -96,6 +99,7 @@ impl VoteAggregator {
             registry,
             quorum,
             tallies: HashMap::new(),
+            finished: HashMap::new(),
             max_open,
             stats: TallyStats::default(),
         }
@@ -116,7 +120,7 @@ impl VoteAggregator {
 
     /// Whether an outcome was already produced for `txid`.
     pub fn is_done(&self, txid: &Txid) -> bool {
-        self.tallies.get(txid).is_some_and(|t| t.done)
+        self.finished.contains_key(txid)
     }
 
     /// Counts items `indices` of a verified batch (all items when `None`).
@@ -160,6 +164,10 @@ impl VoteAggregator {
         weight: u64,
         out: &mut Vec<TallyEvent>,
     ) {
+        if self.finished.contains_key(&txid) {
+            self.stats.duplicates += 1;
+            return;
+        }
         if !self.tallies.contains_key(&txid) && self.tallies.len() >= self.max_open {
             self.stats.dropped_full += 1;
             return;
@@ -193,11 +201,7 @@ impl VoteAggregator {
                 t.rejecters.push((voter, code));
             }
         }
-        if t.done {
-            return;
-        }
         if t.approve >= quorum {
-            t.done = true;
             let votes = t
                 .approvals
                 .iter()
@@ -208,15 +212,14 @@ impl VoteAggregator {
                 votes,
                 weight: t.approve,
             });
-            // The batches are no longer needed once the proof is cut.
-            t.approvals.clear();
+            self.finish(now, txid);
         } else if t.reject > total.saturating_sub(quorum) {
-            t.done = true;
             out.push(TallyEvent::Impossible {
                 txid,
                 reject_weight: t.reject,
-                rejecters: t.rejecters.clone(),
+                rejecters: std::mem::take(&mut t.rejecters),
             });
+            self.finish(now, txid);
         } else if decision.is_approve() && t.approve == weight {
             out.push(TallyEvent::Approving {
                 txid,
@@ -225,8 +228,15 @@ impl VoteAggregator {
         }
     }
 
-    /// Forgets tallies older than `max_age_ms` for which `keep` is false,
-    /// and finished ones older than `done_age_ms`.
+    /// An outcome was produced: drop the tally (and the batches it holds),
+    /// remember only that it is done.
+    fn finish(&mut self, now: u64, txid: Txid) {
+        self.tallies.remove(&txid);
+        self.finished.insert(txid, now);
+    }
+
+    /// Forgets open tallies older than `max_age_ms` for which `keep` is
+    /// false, and finished records older than `done_age_ms`.
     pub fn expire(
         &mut self,
         now: u64,
@@ -234,14 +244,10 @@ impl VoteAggregator {
         done_age_ms: u64,
         keep: impl Fn(&Txid) -> bool,
     ) {
-        self.tallies.retain(|txid, t| {
-            let age = now.saturating_sub(t.first_vote_ms);
-            if t.done {
-                age < done_age_ms
-            } else {
-                age < max_age_ms || keep(txid)
-            }
-        });
+        self.tallies
+            .retain(|txid, t| now.saturating_sub(t.first_vote_ms) < max_age_ms || keep(txid));
+        self.finished
+            .retain(|_, at| now.saturating_sub(*at) < done_age_ms);
     }
 }
 
