@@ -158,7 +158,9 @@ impl DevnetLayout {
             let cfg = format!(
                 "# masternode {i} of a local devnet\n\
                  data_dir = \"data\"\nkey_file = \"key.json\"\ngenesis = \"../genesis.json\"\n\
-                 network = \"devnet\"\nlisten_host = \"127.0.0.1\"\np2p_port = {port}\n{fast}"
+                 network = \"devnet\"\nlisten_host = \"127.0.0.1\"\np2p_port = {port}\n{fast}\
+                 # all masternodes share this machine: one verifier thread each\n\
+                 verify_threads = 1\n"
             );
             let p = nd.join("node.toml");
             std::fs::write(&p, cfg).map_err(io(&p))?;

@@ -65,6 +65,10 @@ pub struct RunArgs {
     /// or links (plain TCP links, no priorities) [default: quic].
     #[arg(long)]
     pub peer_transport: Option<String>,
+    /// Threads that verify transaction signatures [default: one per core,
+    /// at most 8].
+    #[arg(long)]
+    pub verify_threads: Option<usize>,
     /// Threads that verify and tally votes (sharded by txid) [default: 1].
     #[arg(long)]
     pub vote_threads: Option<usize>,
@@ -105,6 +109,7 @@ struct FileConfig {
     vote_cores: Option<String>,
     peer_transport: Option<String>,
     round_window_us: Option<u64>,
+    verify_threads: Option<usize>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -195,6 +200,7 @@ pub struct NodeConfig {
     pub vote_cores: Vec<usize>,
     pub peer_transport: crate::node::peer_net::PeerTransport,
     pub round_window_us: u64,
+    pub verify_threads: usize,
 }
 
 fn rel(base: &Path, p: PathBuf) -> PathBuf {
@@ -318,7 +324,15 @@ impl RunArgs {
             .unwrap_or_else(|| "quic".into());
         let peer_transport = crate::node::peer_net::PeerTransport::parse(&pt)
             .ok_or(ConfigError::PeerTransport(pt))?;
+        let cores = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1);
         Ok(NodeConfig {
+            verify_threads: self
+                .verify_threads
+                .or(file.verify_threads)
+                .unwrap_or(cores.min(8))
+                .clamp(1, 64),
             round_window_us: self
                 .round_window_us
                 .or(file.round_window_us)

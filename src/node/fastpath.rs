@@ -270,7 +270,9 @@ impl FastPathReceiver {
             self.stats.duplicates.fetch_add(1, Ordering::Relaxed);
             return;
         }
-        self.stats.datagrams_received.fetch_add(1, Ordering::Relaxed);
+        self.stats
+            .datagrams_received
+            .fetch_add(1, Ordering::Relaxed);
         if repaired {
             self.stats.repaired.fetch_add(1, Ordering::Relaxed);
         }

@@ -241,12 +241,6 @@ fn after_verify(
     }
 }
 
-fn verify_threads() -> usize {
-    std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1)
-}
-
 impl Shared {
     /// A lock broadcast or vote batch from a peer, by TCP or fast path:
     /// transactions to the verifier pool, votes to the vote threads, both
@@ -467,7 +461,7 @@ impl Node {
         };
         let weak = Arc::downgrade(&shared);
         let verifier = Verifier::start(
-            verify_threads(),
+            cfg.verify_threads,
             CORE_QUEUE,
             genesis.chain_id,
             crate::protocol::validation::Limits::default(),
@@ -485,7 +479,15 @@ impl Node {
             .name("core".into())
             .spawn(move || {
                 let _lock = lock; // held for the life of the core
-                core_loop(engine, store, core_rx, core_shared, handle, fast_sender, round_window)
+                core_loop(
+                    engine,
+                    store,
+                    core_rx,
+                    core_shared,
+                    handle,
+                    fast_sender,
+                    round_window,
+                )
             })
             .expect("spawn core thread");
         for (peer, rx) in peer_rxs {
