@@ -3,9 +3,13 @@
 //! batches, vote aggregation to quorum, and the LMDB commit of a round.
 //!
 //! Short by default (1 s warm-up, 3 s measurement; criterion's command-line
-//! flags override). LMDB environments go in a temporary directory under
-//! `TIME_BENCH_DIR` (default: the system temporary directory), which must be
-//! a real disk for the fsync figures to mean anything.
+//! flags override). Everything but the LMDB group is timed in the CPU time
+//! of the benchmark thread, so figures taken on a shared, busy machine still
+//! say what one core does; `TIME_BENCH_CLOCK=wall` times everything in wall
+//! time. The LMDB group is always wall time: waiting for fsync is the point.
+//! Its environments go in a temporary directory under `TIME_BENCH_DIR`
+//! (default: the system temporary directory), which must be a real disk for
+//! the fsync figure to mean anything.
 //!
 //! ```sh
 //! cargo bench -p time-bench --bench micro -- --warm-up-time 1 --measurement-time 3
@@ -15,9 +19,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
+use criterion::measurement::{Measurement, ValueFormatter, WallTime};
+use criterion::{BatchSize, Criterion, Throughput};
 
-use time_bench::{approvals, vote_batches, Network, CHAIN, EPOCH};
+use time_bench::{approvals, thread_cpu_time, vote_batches, Network, CHAIN, EPOCH};
 use timecoin::protocol::message::Message;
 use timecoin::protocol::registry::Registry;
 use timecoin::protocol::tally::{TallyEvent, VerifiedBatch, VoteAggregator};
@@ -83,7 +88,7 @@ impl Fixture {
     }
 }
 
-fn codec(c: &mut Criterion, f: &Fixture) {
+fn codec<M: Measurement>(c: &mut Criterion<M>, f: &Fixture) {
     let mut g = c.benchmark_group("codec");
     let tx = &f.txs[0];
     let bytes = tx.to_bytes();
@@ -120,7 +125,7 @@ fn codec(c: &mut Criterion, f: &Fixture) {
     g.finish();
 }
 
-fn validation(c: &mut Criterion, f: &Fixture) {
+fn validation<M: Measurement>(c: &mut Criterion<M>, f: &Fixture) {
     let mut g = c.benchmark_group("validation");
     let limits = Limits::default();
     let (tx, txid) = (&f.txs[0], f.txids[0]);
@@ -155,7 +160,7 @@ fn validation(c: &mut Criterion, f: &Fixture) {
     g.finish();
 }
 
-fn vote(c: &mut Criterion, f: &Fixture) {
+fn vote<M: Measurement>(c: &mut Criterion<M>, f: &Fixture) {
     let mut g = c.benchmark_group("vote");
     let key = &f.net.masternodes[1];
     for n in [28usize, 1000] {
@@ -176,7 +181,7 @@ fn vote(c: &mut Criterion, f: &Fixture) {
     g.finish();
 }
 
-fn aggregation(c: &mut Criterion, f: &Fixture) {
+fn aggregation<M: Measurement>(c: &mut Criterion<M>, f: &Fixture) {
     let mut g = c.benchmark_group("aggregation");
     let reg = f.registry().clone();
     const TXIDS: usize = 1000;
@@ -292,20 +297,59 @@ fn lmdb(c: &mut Criterion, f: &Fixture) {
     g.finish();
 }
 
-fn all(c: &mut Criterion) {
-    let f = Fixture::new();
-    codec(c, &f);
-    validation(c, &f);
-    vote(c, &f);
-    aggregation(c, &f);
-    lmdb(c, &f);
+/// CPU time of the benchmark thread: what one core spends, whatever else the
+/// machine is running.
+struct ThreadCpu;
+
+impl Measurement for ThreadCpu {
+    type Intermediate = Duration;
+    type Value = Duration;
+
+    fn start(&self) -> Duration {
+        thread_cpu_time()
+    }
+    fn end(&self, start: Duration) -> Duration {
+        thread_cpu_time().saturating_sub(start)
+    }
+    fn add(&self, a: &Duration, b: &Duration) -> Duration {
+        *a + *b
+    }
+    fn zero(&self) -> Duration {
+        Duration::ZERO
+    }
+    fn to_f64(&self, d: &Duration) -> f64 {
+        // Nanoseconds, as the wall-time formatter expects.
+        d.as_nanos() as f64
+    }
+    fn formatter(&self) -> &dyn ValueFormatter {
+        static WALL: WallTime = WallTime;
+        WALL.formatter()
+    }
 }
 
-criterion_group! {
-    name = benches;
-    config = Criterion::default()
-        .warm_up_time(Duration::from_secs(1))
-        .measurement_time(Duration::from_secs(3));
-    targets = all
+fn configured<M: Measurement>(c: Criterion<M>) -> Criterion<M> {
+    c.warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(3))
+        .configure_from_args()
 }
-criterion_main!(benches);
+
+fn main() {
+    let f = Fixture::new();
+    let wall = std::env::var("TIME_BENCH_CLOCK").is_ok_and(|v| v == "wall");
+    if wall {
+        let mut c = configured(Criterion::default());
+        codec(&mut c, &f);
+        validation(&mut c, &f);
+        vote(&mut c, &f);
+        aggregation(&mut c, &f);
+    } else {
+        let mut c = configured(Criterion::default().with_measurement(ThreadCpu));
+        codec(&mut c, &f);
+        validation(&mut c, &f);
+        vote(&mut c, &f);
+        aggregation(&mut c, &f);
+    }
+    let mut c = configured(Criterion::default());
+    lmdb(&mut c, &f);
+    c.final_summary();
+}
