@@ -165,6 +165,11 @@ impl FastPathSender {
         }
     }
 
+    /// The sequence the next datagram will carry.
+    pub fn next_seq(&self) -> u64 {
+        self.next_seq
+    }
+
     /// While idle, an empty datagram every `every` lets receivers notice a
     /// lost tail.
     pub fn heartbeat(&mut self, every: Duration) {
@@ -288,6 +293,20 @@ impl FastPathReceiver {
                     self.stats.bad_datagrams.fetch_add(1, Ordering::Relaxed);
                 }
             }
+        }
+    }
+
+    /// `peer` announced (over the reliable path) the sequence of its next
+    /// datagram. If nothing was heard from it yet, its stream starts there:
+    /// anything from then on that UDP loses is detected and repaired.
+    pub fn announce(&mut self, peer: &PublicKey, next: u64) {
+        let Some(sender) = self.keys.iter().position(|(k, _)| k == peer) else {
+            return;
+        };
+        let sender = sender as u32;
+        if sender != self.me && self.gaps.next_expected(sender).is_none() {
+            tracing::debug!(sender, next, "fast-path stream start announced");
+            let _ = self.gaps.expect_from(sender, next);
         }
     }
 

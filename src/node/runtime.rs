@@ -559,6 +559,7 @@ fn core_loop(
     let now_ms = || start.elapsed().as_millis() as u64;
     let mut last_tick = 0;
     let mut last_log = 0;
+    let mut last_announce = 0;
     let mut inputs = Vec::with_capacity(MAX_ROUND_INPUTS);
     loop {
         inputs.clear();
@@ -681,6 +682,16 @@ fn core_loop(
         if let Some(f) = fast.as_mut() {
             f.flush();
             f.heartbeat(Duration::from_millis(20));
+            // Tell peers where our datagram stream is, over the reliable
+            // path, so a receiver that missed its start can still repair.
+            if now.saturating_sub(last_announce) >= 250 {
+                last_announce = now;
+                broadcast(
+                    &shared,
+                    Priority::Normal,
+                    encode(&Message::FastPathSeq { next: f.next_seq() }),
+                );
+            }
         }
         if now.saturating_sub(last_log) >= 10_000 {
             last_log = now;
@@ -1148,6 +1159,11 @@ fn handle_peer_message(shared: &Shared, peer: PublicKey, msg: Message) -> Result
                 rx.lock()
                     .expect("fast path receiver")
                     .handle(&d, true, &sink);
+            }
+        }
+        Message::FastPathSeq { next } => {
+            if let Some(rx) = &shared.fast_rx {
+                rx.lock().expect("fast path receiver").announce(&peer, next);
             }
         }
         Message::Ping(_) | Message::Pong(_) => {}

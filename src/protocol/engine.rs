@@ -40,6 +40,9 @@ pub struct EngineConfig {
     pub max_unknown_tallies: usize,
     /// How long a decided transaction is remembered (for idempotent answers).
     pub decided_retention_ms: u64,
+    /// A transaction undecided for this long makes the node ask its peers
+    /// for a proof (it may have missed votes), again at this interval.
+    pub stall_request_ms: u64,
     /// Most decisions one signed vote batch carries (smaller when batches
     /// must fit a datagram).
     pub max_vote_batch_items: usize,
@@ -73,6 +76,7 @@ impl EngineConfig {
             max_orphans: 10_000,
             max_unknown_tallies: 100_000,
             decided_retention_ms: 120_000,
+            stall_request_ms: 2_000,
             max_vote_batch_items: MAX_VOTE_ITEMS,
             external_tally: false,
             #[cfg(feature = "planted-bugs")]
@@ -200,6 +204,8 @@ struct TxRecord {
     rejection: Option<(RejectCode, String)>,
     /// Weight of its TimeProof once final (for conflict records).
     proof_weight: u64,
+    /// When this node last asked peers for its proof (stalled transactions).
+    last_request_ms: u64,
     origin: Origin,
     since_ms: u64,
 }
@@ -284,6 +290,7 @@ impl Engine {
                     status: Status::Pending,
                     rejection: None,
                     proof_weight: 0,
+                    last_request_ms: 0,
                     origin: Origin::Peer,
                     since_ms: 0,
                 },
@@ -453,6 +460,7 @@ impl Engine {
                     status: Status::Rejected,
                     rejection: Some((reason, detail.clone())),
                     proof_weight: 0,
+                    last_request_ms: 0,
                     origin,
                     since_ms: now,
                 },
@@ -519,6 +527,7 @@ impl Engine {
                 status: Status::Pending,
                 rejection: None,
                 proof_weight: 0,
+                last_request_ms: 0,
                 origin,
                 since_ms: now,
             },
@@ -584,6 +593,7 @@ impl Engine {
                 status: Status::Rejected,
                 rejection: Some((err.code(), err.to_string())),
                 proof_weight: 0,
+                last_request_ms: 0,
                 origin,
                 since_ms: now,
             },
@@ -1015,6 +1025,18 @@ impl Engine {
         #[cfg(feature = "planted-bugs")]
         if self.cfg.planted.release_voted_locks_on_timeout {
             self.planted_release(now);
+        }
+        // Undecided for a while: maybe this node missed votes. Peers that
+        // finalized it answer with the proof.
+        let stall = self.cfg.stall_request_ms;
+        for (txid, rec) in self.txs.iter_mut() {
+            if rec.status == Status::Pending
+                && now.saturating_sub(rec.since_ms) >= stall
+                && now.saturating_sub(rec.last_request_ms) >= stall
+            {
+                rec.last_request_ms = now;
+                self.round.outputs.push(Output::RequestProof(*txid));
+            }
         }
         let timeout = self.cfg.lock_timeout_ms;
         let keep = self.cfg.decided_retention_ms;

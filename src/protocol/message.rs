@@ -118,6 +118,12 @@ pub enum Message {
     },
     /// A fast-path datagram resent over the reliable path, as it was signed.
     Repair(Vec<u8>),
+    /// Over the reliable path: "my next fast-path datagram has sequence
+    /// `next`", so a receiver that has not heard this sender yet knows where
+    /// its stream starts (and can repair what it missed since).
+    FastPathSeq {
+        next: u64,
+    },
     /// Operator or devnet asks how the node is doing.
     StatusQuery,
     Status(NodeStatus),
@@ -160,6 +166,7 @@ mod tag {
     pub const NEW_TX_NOTIFICATION: u8 = 0x25;
     pub const REPAIR_REQUEST: u8 = 0x17;
     pub const REPAIR: u8 = 0x18;
+    pub const FAST_PATH_SEQ: u8 = 0x19;
     pub const STATUS_QUERY: u8 = 0x30;
     pub const STATUS: u8 = 0x31;
     pub const ERROR: u8 = 0x7f;
@@ -197,6 +204,7 @@ impl Message {
             Message::NewTransactionNotification { .. } => "new-transaction-notification",
             Message::RepairRequest { .. } => "repair-request",
             Message::Repair(_) => "repair",
+            Message::FastPathSeq { .. } => "fast-path-seq",
             Message::StatusQuery => "status-query",
             Message::Status(_) => "status",
             Message::Error { .. } => "error",
@@ -320,6 +328,10 @@ impl Message {
             Message::Repair(d) => {
                 out.push(tag::REPAIR);
                 put_var_bytes(out, d);
+            }
+            Message::FastPathSeq { next } => {
+                out.push(tag::FAST_PATH_SEQ);
+                out.extend_from_slice(&next.to_le_bytes());
             }
             Message::StatusQuery => out.push(tag::STATUS_QUERY),
             Message::Status(st) => {
@@ -445,6 +457,7 @@ impl Message {
                 r.var_bytes("datagram", time_net::datagram::MAX_DATAGRAM_LEN)?
                     .to_vec(),
             ),
+            tag::FAST_PATH_SEQ => Message::FastPathSeq { next: r.u64()? },
             tag::STATUS_QUERY => Message::StatusQuery,
             tag::STATUS => Message::Status(NodeStatus {
                 public_key: PublicKey(r.array()?),
