@@ -575,10 +575,16 @@ impl Engine {
     /// a peer's transaction gets a signed reject vote naming the reason.
     fn refuse(&mut self, now: u64, txid: Txid, tx: Arc<Transaction>, origin: Origin, err: TxError) {
         self.reject_event(txid, &err);
-        if matches!(err, TxError::MempoolFull(_)) {
-            // Overload is not a verdict on the transaction: no vote (a reject
-            // vote is permanent), nothing remembered. If a quorum approves it
-            // anyway, this node fetches the proof (see `on_quorum`).
+        if matches!(
+            err,
+            TxError::MempoolFull(_) | TxError::BadSignature(_) | TxError::UnknownInput(_)
+        ) {
+            // Not a verdict on the txid: overload and a missing parent belong
+            // to the moment, and signatures are outside the txid (a peer can
+            // flip a signature byte of someone's valid payment). No vote (a
+            // reject vote is permanent), nothing remembered, so a good copy
+            // later is judged on its own. If a quorum approves it anyway,
+            // this node fetches the proof (see `on_quorum`).
             return;
         }
         if origin == Origin::Peer && !self.my_votes.contains_key(&txid) {
@@ -817,6 +823,11 @@ impl Engine {
             return;
         }
         let tx = rec.tx.clone();
+        if tx.inputs.iter().any(|i| !self.utxos.contains_key(&i.prev)) {
+            // Callers park such transactions as orphans first; finalizing now
+            // would leave the parent's output looking unspent when it comes.
+            return;
+        }
         let weight = self.proof_weight(&proof);
         // A competing proof for an output already final here: only possible
         // with Byzantine weight >= 1/3 (or a bug). Record it, keep the proof
@@ -894,8 +905,13 @@ impl Engine {
                 output: *out,
                 state: UtxoState::Unspent,
             };
-            self.utxos.entry(op).or_insert(entry);
-            self.round.writes.push(Write::PutUtxo(op, entry));
+            // Finalized again (a late or replayed proof after a restart or a
+            // trim): its outputs may be locked or spent by now. Never write
+            // them back as Unspent, in memory or on disk.
+            if let std::collections::hash_map::Entry::Vacant(v) = self.utxos.entry(op) {
+                v.insert(entry);
+                self.round.writes.push(Write::PutUtxo(op, entry));
+            }
             addresses.push(out.address);
         }
         addresses.sort();
@@ -984,15 +1000,15 @@ impl Engine {
             o.proof = Some(proof);
             return;
         }
-        if self.txs.contains_key(&txid) {
-            // Known here (pending or even refused by us): the proof settles it.
-            if let Some(rec) = self.txs.get_mut(&txid) {
-                if rec.status == Status::Rejected {
-                    rec.status = Status::Pending;
-                    self.pending_count += 1;
-                }
+        if let Some(rec) = self.txs.get_mut(&txid) {
+            // Known here (pending or even refused by us): the proof settles
+            // it, once its inputs are known (else it waits as an orphan).
+            if rec.status == Status::Rejected {
+                rec.status = Status::Pending;
+                self.pending_count += 1;
             }
-            return self.finalize(now, txid, proof);
+            let (tx, origin) = (rec.tx.clone(), rec.origin);
+            return self.process(now, txid, tx, origin, Some(proof));
         }
         self.process(now, txid, Arc::new(tx), Origin::Peer, Some(proof));
     }
