@@ -23,6 +23,12 @@ impl BatchReport {
     pub fn first_failure(&self) -> Option<&RunReport> {
         self.runs.iter().find(|r| !r.ok())
     }
+    /// The lowest seed whose failing violations include `kind`.
+    pub fn first_with(&self, kind: crate::ViolationKind) -> Option<&RunReport> {
+        self.runs
+            .iter()
+            .find(|r| r.failing().any(|v| v.kind == kind))
+    }
 }
 
 /// Runs `seeds` on `jobs` threads. With `stop_at_first`, seeds above the
@@ -35,6 +41,25 @@ pub fn run_batch(
     stop_at_first: bool,
     progress: Option<&(dyn Fn(&RunReport) + Sync)>,
 ) -> BatchReport {
+    let failed = |r: &RunReport| !r.ok();
+    run_batch_until(
+        seeds,
+        options,
+        jobs,
+        stop_at_first.then_some(&failed),
+        progress,
+    )
+}
+
+/// Like [`run_batch`], stopping at the lowest seed whose report satisfies `stop`.
+pub fn run_batch_until(
+    seeds: Range<u64>,
+    options: Options,
+    jobs: usize,
+    stop: Option<&(dyn Fn(&RunReport) -> bool + Sync)>,
+    progress: Option<&(dyn Fn(&RunReport) + Sync)>,
+) -> BatchReport {
+    let stop_at_first = stop.is_some();
     let start = Instant::now();
     let next = AtomicU64::new(seeds.start);
     let lowest_fail = AtomicU64::new(u64::MAX);
@@ -49,7 +74,7 @@ pub fn run_batch(
                     break;
                 }
                 let r = run_seed(seed, options);
-                if !r.ok() {
+                if stop.is_some_and(|f| f(&r)) {
                     lowest_fail.fetch_min(seed, Ordering::SeqCst);
                 }
                 if let Some(p) = progress {

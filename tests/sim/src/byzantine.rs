@@ -35,6 +35,7 @@ pub struct ByzStats {
     pub bad_proofs: u64,
     pub proofs_pushed: u64,
     pub relays: u64,
+    pub malleated: u64,
 }
 
 pub struct ByzNode {
@@ -130,6 +131,12 @@ impl ByzNode {
                 self.seen.insert(txid, tx.clone());
                 self.order.push(txid);
                 self.unvoted.push(txid);
+                if self.behaviour.malleate {
+                    let mut bad = tx.clone();
+                    bad.inputs[0].signature[0] ^= 0x01;
+                    self.stats.malleated += 1;
+                    out.push((Dest::AllPeers, frame(&Message::TransactionBroadcast(bad))));
+                }
                 if self.behaviour.split_relay {
                     // Each side of the conflict to a different half, at once.
                     let mut peers = self.peers();

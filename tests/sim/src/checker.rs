@@ -7,13 +7,19 @@
 //!   the weight;
 //! - votes: no honest masternode ever signs approvals for two transactions
 //!   spending a common outpoint, nor two different decisions on one
-//!   transaction, restarts included (checked on its vote log writes, which is
+//!   transaction, restarts included (checked on its vote-log writes, which is
 //!   everything it ever signs); no honest node is reported as an equivocator;
-//! - durability: what a node finalized or voted to lock is still there after
-//!   it restarts;
+//! - durability: no write turns an output this node finalized or voted to
+//!   lock back into an unspent one, and nothing final or locked is lost
+//!   across a restart;
 //! - agreement: honest masternodes agree on the final state of every output;
 //! - liveness: an honest wallet's payment is final within a bound while the
-//!   network is calm, and everywhere once every partition has healed.
+//!   network is calm, and once every partition has healed it is final and
+//!   every honest node that approved it has finalized it.
+//!
+//! A violation the checker can trace to an engine bug already reported (see
+//! [`KnownIssue`]) is marked with it, so a batch can tell new failures from
+//! known ones; `--strict` treats both alike.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
@@ -23,6 +29,7 @@ use timecoin::protocol::registry::Registry;
 use timecoin::protocol::timeproof::TimeProof;
 use timecoin::protocol::types::{OutPoint, PublicKey, Transaction, Txid};
 use timecoin::protocol::utxo::UtxoState;
+use timecoin::protocol::validation::RejectCode;
 use timecoin::protocol::vote::Decision;
 use timecoin::storage::Write;
 
@@ -40,15 +47,18 @@ pub enum ViolationKind {
     DecisionFlip,
     /// An honest masternode was reported as an equivocator.
     HonestAccused,
-    /// Honest masternodes hold different final states for one output.
-    Disagreement,
+    /// A durable write set an output this node finalized or voted to lock
+    /// back to unspent.
+    DurableRegression,
     /// A restarted masternode lost a finality it had reached.
     FinalityLost,
     /// A restarted masternode lost a lock it had voted for.
     LockLost,
+    /// Honest masternodes hold different final states for one output.
+    Disagreement,
     /// An honest payment was not final within the bound while all was calm.
     LivenessBound,
-    /// An honest payment was still not final everywhere after healing.
+    /// An honest payment did not resolve after healing.
     LivenessEnd,
 }
 
@@ -60,9 +70,10 @@ impl ViolationKind {
             ViolationKind::ConflictingVotes => "conflicting-votes",
             ViolationKind::DecisionFlip => "decision-flip",
             ViolationKind::HonestAccused => "honest-accused",
-            ViolationKind::Disagreement => "disagreement",
+            ViolationKind::DurableRegression => "durable-regression",
             ViolationKind::FinalityLost => "finality-lost",
             ViolationKind::LockLost => "lock-lost",
+            ViolationKind::Disagreement => "disagreement",
             ViolationKind::LivenessBound => "liveness-bound",
             ViolationKind::LivenessEnd => "liveness-end",
         }
@@ -75,12 +86,53 @@ impl ViolationKind {
     }
 }
 
+/// Engine bugs this simulator found and reported, recognised by their
+/// evidence. Each entry goes away when the engine is fixed (then `--strict`
+/// and the plain run agree again).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum KnownIssue {
+    /// `Engine::finalize` writes `PutUtxo(out, Unspent)` for every output of
+    /// the transaction even when the output is already known and spent or
+    /// locked (memory keeps the old state via `or_insert`, the store gets
+    /// Unspent). Reached whenever a proof for an already-final transaction
+    /// arrives after its record was trimmed (`decided_retention_ms`) or lost
+    /// in a restart (`Engine::new` restores no finalized records). After a
+    /// restart the node treats a final or voted output as unspent and may
+    /// approve a double spend of it.
+    RefinalizeOverwritesOutputs,
+    /// After a restart (`Engine::new` drops `my_votes` of finalized txids) or
+    /// after the record is trimmed, a copy of a final transaction is refused
+    /// as `InputSpent` (its inputs are spent by itself) and, from a peer,
+    /// gets a signed Reject: the node flips its own earlier vote.
+    RevotesFinalTx,
+    /// A refusal for a reason that belongs to the bytes or the moment, not
+    /// to the txid (a bad signature, which the txid does not cover; an
+    /// orphan's parent not yet known) is recorded under the txid and, for a
+    /// peer's copy, signed as a Reject: the valid transaction is then ignored
+    /// as a duplicate until the record is trimmed, and the node can never
+    /// approve it. A Byzantine peer that malleates a signature first can
+    /// censor a payment this way.
+    StickyRefusal,
+}
+
+impl KnownIssue {
+    pub fn name(self) -> &'static str {
+        match self {
+            KnownIssue::RefinalizeOverwritesOutputs => "refinalize-overwrites-outputs",
+            KnownIssue::RevotesFinalTx => "revotes-final-tx",
+            KnownIssue::StickyRefusal => "sticky-refusal",
+        }
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct Violation {
     pub kind: ViolationKind,
     pub at: Micros,
     pub node: Option<usize>,
     pub detail: String,
+    /// The reported engine bug this is evidence of, if the checker can tell.
+    pub known: Option<KnownIssue>,
 }
 
 impl fmt::Display for Violation {
@@ -89,7 +141,11 @@ impl fmt::Display for Violation {
         if let Some(n) = self.node {
             write!(f, ", node {n}")?;
         }
-        write!(f, "] {}", self.detail)
+        write!(f, "] {}", self.detail)?;
+        if let Some(k) = self.known {
+            write!(f, " (known engine issue: {})", k.name())?;
+        }
+        Ok(())
     }
 }
 
@@ -111,6 +167,10 @@ struct NodeView {
     /// Outpoint -> the finalized transaction spending it, as this node saw it.
     final_inputs: BTreeMap<OutPoint, Txid>,
     finalized: BTreeMap<Txid, Micros>,
+    /// Outputs a write of this node turned back to unspent.
+    regressed: BTreeSet<OutPoint>,
+    /// Transactions this node re-voted on after finalizing them.
+    revoted: BTreeSet<Txid>,
 }
 
 pub struct Checker {
@@ -124,6 +184,8 @@ pub struct Checker {
     final_spend: HashMap<OutPoint, (Txid, usize, Micros)>,
     views: Vec<NodeView>,
     proof_ok: HashMap<[u8; 32], bool>,
+    /// Txids an honest node refused for a bad signature or a missing parent.
+    transient_refusals: BTreeSet<Txid>,
     pub violations: Vec<Violation>,
     pub conflicting_proofs: Vec<(usize, ConflictRecord)>,
     pub equivocations_seen: u64,
@@ -144,6 +206,7 @@ impl Checker {
             final_spend: HashMap::new(),
             views: (0..n).map(|_| NodeView::default()).collect(),
             proof_ok: HashMap::new(),
+            transient_refusals: BTreeSet::new(),
             violations: Vec::new(),
             conflicting_proofs: Vec::new(),
             equivocations_seen: 0,
@@ -153,12 +216,14 @@ impl Checker {
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn violate(
         &mut self,
         kind: ViolationKind,
         at: Micros,
         node: Option<usize>,
         key: String,
+        known: Option<KnownIssue>,
         detail: String,
     ) {
         // One report per distinct fact, however often it is observed.
@@ -168,6 +233,7 @@ impl Checker {
                 at,
                 node,
                 detail,
+                known,
             });
         }
     }
@@ -199,10 +265,16 @@ impl Checker {
     /// writes are applied.
     pub fn on_round(&mut self, node: usize, at: Micros, round: &Round) {
         for w in &round.writes {
-            if let Write::AppendOwnVotes(batch) = w {
-                for item in &batch.items {
-                    self.on_own_vote(node, at, item.txid, item.decision);
+            match w {
+                Write::AppendOwnVotes(batch) => {
+                    for item in &batch.items {
+                        self.on_own_vote(node, at, item.txid, item.decision);
+                    }
                 }
+                Write::PutUtxo(op, e) if e.state == UtxoState::Unspent => {
+                    self.on_unspent_write(node, at, *op)
+                }
+                _ => {}
             }
         }
         for out in &round.outputs {
@@ -213,15 +285,25 @@ impl Checker {
                 Output::Event(Event::ConflictingProofs(rec)) => {
                     self.conflicting_proofs.push((node, rec.clone()));
                 }
+                Output::Event(Event::Rejected { txid, reason, .. }) => {
+                    if matches!(reason, RejectCode::UnknownInput | RejectCode::BadSignature) {
+                        self.transient_refusals.insert(*txid);
+                    }
+                }
                 Output::Event(Event::Equivocation { voter, txid }) => {
                     self.equivocations_seen += 1;
                     if let Some(v) = self.keys.iter().position(|k| k == voter) {
                         if self.honest[v] {
+                            let known = self.views[v]
+                                .revoted
+                                .contains(txid)
+                                .then_some(KnownIssue::RevotesFinalTx);
                             self.violate(
                                 ViolationKind::HonestAccused,
                                 at,
                                 Some(node),
                                 format!("{v} {txid}"),
+                                known,
                                 format!("node {node} reports honest node {v} as equivocating on {txid:?}"),
                             );
                         }
@@ -232,15 +314,53 @@ impl Checker {
         }
     }
 
+    fn on_unspent_write(&mut self, node: usize, at: Micros, op: OutPoint) {
+        let view = &self.views[node];
+        let why = if let Some(t) = view.final_inputs.get(&op) {
+            format!("{t:?} spending it was final there")
+        } else if let Some(t) = view.approved.get(&op) {
+            format!("it had signed an approval of {t:?} spending it")
+        } else {
+            return;
+        };
+        self.views[node].regressed.insert(op);
+        self.violate(
+            ViolationKind::DurableRegression,
+            at,
+            Some(node),
+            format!("{op}"),
+            Some(KnownIssue::RefinalizeOverwritesOutputs),
+            format!(
+                "node {node} writes {:?}:{} as unspent to its store; {why}",
+                op.txid, op.vout
+            ),
+        );
+    }
+
     fn on_own_vote(&mut self, node: usize, at: Micros, txid: Txid, decision: Decision) {
         let view = &mut self.views[node];
         if let Some(prev) = view.decisions.insert(txid, decision) {
             if prev != decision {
+                let known = match decision {
+                    Decision::Reject(RejectCode::InputSpent)
+                        if view.finalized.contains_key(&txid) =>
+                    {
+                        Some(KnownIssue::RevotesFinalTx)
+                    }
+                    Decision::Reject(RejectCode::BadSignature | RejectCode::UnknownInput) => {
+                        Some(KnownIssue::StickyRefusal)
+                    }
+                    _ => None,
+                };
+                if known.is_some() {
+                    view.revoted.insert(txid);
+                }
                 self.violate(
                     ViolationKind::DecisionFlip,
                     at,
                     Some(node),
                     format!("{txid}"),
+                    known,
                     format!("node {node} signed {prev:?} and then {decision:?} on {txid:?}"),
                 );
             }
@@ -257,11 +377,16 @@ impl Checker {
             let view = &mut self.views[node];
             match view.approved.get(&op) {
                 Some(&other) if other != txid => {
+                    let known = view
+                        .regressed
+                        .contains(&op)
+                        .then_some(KnownIssue::RefinalizeOverwritesOutputs);
                     self.violate(
                         ViolationKind::ConflictingVotes,
                         at,
                         Some(node),
                         format!("{op}"),
+                        known,
                         format!(
                             "node {node} approved {txid:?} after approving {other:?}; both spend {:?}:{}",
                             op.txid, op.vout
@@ -310,6 +435,7 @@ impl Checker {
                 at,
                 Some(node),
                 format!("{txid} mismatch"),
+                None,
                 format!(
                     "node {node} finalized {txid:?} with a proof or transaction for something else"
                 ),
@@ -321,6 +447,7 @@ impl Checker {
                 at,
                 Some(node),
                 format!("{txid}"),
+                None,
                 format!("node {node} finalized {txid:?} with a TimeProof that fails: {e}"),
             );
         }
@@ -329,11 +456,18 @@ impl Checker {
             let op = input.prev;
             match self.final_spend.get(&op) {
                 Some(&(other, n2, t2)) if other != txid => {
+                    // Evidence that this is the reported store overwrite: the
+                    // finalizing node had written this output back to unspent.
+                    let known = self.views[node]
+                        .regressed
+                        .contains(&op)
+                        .then_some(KnownIssue::RefinalizeOverwritesOutputs);
                     self.violate(
                         ViolationKind::DoubleFinality,
                         at,
                         Some(node),
                         format!("{op}"),
+                        known,
                         format!(
                             "{txid:?} finalized at node {node} while {other:?} was finalized at node {n2} ({} ms); both spend {:?}:{}",
                             t2 / MS,
@@ -347,8 +481,7 @@ impl Checker {
                     self.final_spend.insert(op, (txid, node, at));
                 }
             }
-            let view = &mut self.views[node];
-            view.final_inputs.entry(op).or_insert(txid);
+            self.views[node].final_inputs.entry(op).or_insert(txid);
         }
     }
 
@@ -361,34 +494,37 @@ impl Checker {
                 Some(UtxoState::SpentFinalized { txid: t })
                 | Some(UtxoState::Confirmed { txid: t, .. })
                     if t == *txid => {}
-                other => lost_final.push((*op, *txid, other)),
+                other => lost_final.push((*op, *txid, other, view.regressed.contains(op))),
             }
         }
         let mut lost_lock = Vec::new();
         for (op, txid) in &view.approved {
-            match engine.utxo(op).map(|e| e.state) {
-                Some(UtxoState::Unspent) | None => lost_lock.push((*op, *txid)),
-                _ => {}
+            if let Some(UtxoState::Unspent) | None = engine.utxo(op).map(|e| e.state) {
+                lost_lock.push((*op, *txid, view.regressed.contains(op)));
             }
         }
-        for (op, txid, state) in lost_final {
+        lost_lock.sort();
+        let known = |r: bool| r.then_some(KnownIssue::RefinalizeOverwritesOutputs);
+        for (op, txid, state, r) in lost_final {
             self.violate(
                 ViolationKind::FinalityLost,
                 at,
                 Some(node),
                 format!("{op}"),
+                known(r),
                 format!(
                     "after restart node {node} holds {:?}:{} as {state:?}; before, {txid:?} spending it was final there",
                     op.txid, op.vout
                 ),
             );
         }
-        for (op, txid) in lost_lock {
+        for (op, txid, r) in lost_lock {
             self.violate(
                 ViolationKind::LockLost,
                 at,
                 Some(node),
                 format!("{op}"),
+                known(r),
                 format!(
                     "after restart node {node} holds {:?}:{} as unspent; it had signed an approval of {txid:?} spending it",
                     op.txid, op.vout
@@ -419,6 +555,7 @@ impl Checker {
                             at,
                             Some(*i),
                             format!("{op}"),
+                            None,
                             format!(
                                 "{:?}:{} is spent by {holder:?} at node {i} but by {t:?} at node {j}",
                                 op.txid, op.vout
@@ -432,9 +569,16 @@ impl Checker {
         }
     }
 
-    /// Bounded liveness: payments made while the network was calm from a
-    /// little before until the bound after must be final somewhere honest by
-    /// then. `calm(from, to)` tells whether [from, to] was calm.
+    fn first_final(&self, txid: &Txid) -> Option<Micros> {
+        (0..self.views.len())
+            .filter(|&i| self.honest[i])
+            .filter_map(|i| self.views[i].finalized.get(txid).copied())
+            .min()
+    }
+
+    /// Bounded liveness: a payment an honest node received while the network
+    /// was calm from `lead` before until `bound` after must be final at some
+    /// honest node by then.
     pub fn check_liveness_bound(
         &mut self,
         bound: Micros,
@@ -452,20 +596,22 @@ impl Checker {
             if deadline > until || !calm(start.saturating_sub(lead), deadline) {
                 continue;
             }
-            let first = (0..self.views.len())
-                .filter(|&i| self.honest[i])
-                .filter_map(|i| self.views[i].finalized.get(&txid).copied())
-                .min();
+            let first = self.first_final(&txid);
             if first.is_none_or(|t| t > deadline) {
                 let at = match first {
                     Some(t) => format!("only at {} ms", t / MS),
                     None => "never".into(),
                 };
+                let known = self
+                    .transient_refusals
+                    .contains(&txid)
+                    .then_some(KnownIssue::StickyRefusal);
                 self.violate(
                     ViolationKind::LivenessBound,
                     deadline,
                     None,
                     format!("{txid}"),
+                    known,
                     format!(
                         "honest payment {txid:?} (wallet {}, made at {} ms, at an honest node at {} ms, network calm) final {at}; bound {} ms",
                         p.wallet,
@@ -478,22 +624,51 @@ impl Checker {
         }
     }
 
-    /// After healing: every honest payment is final at every honest node.
+    /// After healing: every honest payment is final somewhere honest, and
+    /// every honest node that approved it has finalized it.
     pub fn check_liveness_end(&mut self, at: Micros, engines: &[(usize, &Engine)]) {
         let txids: Vec<(Txid, usize)> = self.payments.iter().map(|(t, p)| (*t, p.wallet)).collect();
         for (txid, wallet) in txids {
-            let missing: Vec<usize> = engines
+            let anywhere = self.first_final(&txid).is_some();
+            let undecided: Vec<usize> = engines
                 .iter()
+                .filter(|(i, _)| self.views[*i].decisions.get(&txid) == Some(&Decision::Approve))
                 .filter(|(_, e)| !e.is_finalized(&txid) && !self.views_final(e, &txid))
                 .map(|(i, _)| *i)
                 .collect();
-            if !missing.is_empty() {
+            if !anywhere || !undecided.is_empty() {
+                // A node whose store lost the inputs' finality cannot show it.
+                let inputs: Vec<OutPoint> = self
+                    .txs
+                    .get(&txid)
+                    .map(|t| t.inputs.iter().map(|i| i.prev).collect())
+                    .unwrap_or_default();
+                let regressed = anywhere
+                    && undecided
+                        .iter()
+                        .all(|&i| inputs.iter().any(|op| self.views[i].regressed.contains(op)));
+                let revoted = self.views.iter().any(|v| v.revoted.contains(&txid));
+                let known = if regressed {
+                    Some(KnownIssue::RefinalizeOverwritesOutputs)
+                } else if revoted {
+                    Some(KnownIssue::RevotesFinalTx)
+                } else {
+                    self.transient_refusals
+                        .contains(&txid)
+                        .then_some(KnownIssue::StickyRefusal)
+                };
+                let what = if anywhere {
+                    format!("is still undecided at nodes {undecided:?}, which approved it")
+                } else {
+                    "is final at no honest node".into()
+                };
                 self.violate(
                     ViolationKind::LivenessEnd,
                     at,
                     None,
                     format!("{txid}"),
-                    format!("honest payment {txid:?} (wallet {wallet}) is not final at nodes {missing:?} after healing"),
+                    known,
+                    format!("honest payment {txid:?} (wallet {wallet}) {what}, after healing"),
                 );
             }
         }
@@ -515,13 +690,22 @@ impl Checker {
         self.payments.len()
     }
 
-    pub fn payments_final_everywhere(&self, honest_nodes: &[usize]) -> usize {
+    /// Honest payments final at every honest node (the rest lag somewhere:
+    /// not a violation, a node that never voted on it may never hear).
+    pub fn payments_final_everywhere(
+        &self,
+        honest_nodes: &[usize],
+        engines: &[(usize, &Engine)],
+    ) -> usize {
         self.payments
             .keys()
             .filter(|t| {
-                honest_nodes
-                    .iter()
-                    .all(|&i| self.views[i].finalized.contains_key(t))
+                honest_nodes.iter().all(|&i| {
+                    self.views[i].finalized.contains_key(t)
+                        || engines
+                            .iter()
+                            .any(|(j, e)| *j == i && (e.is_finalized(t) || self.views_final(e, t)))
+                })
             })
             .count()
     }

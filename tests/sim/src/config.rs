@@ -190,6 +190,8 @@ pub struct Options {
     pub scenario: Scenario,
     pub planted: Planted,
     pub byzantine: ByzWeight,
+    /// Fail on violations traced to known engine issues too.
+    pub strict: bool,
 }
 
 impl Default for Options {
@@ -198,6 +200,7 @@ impl Default for Options {
             scenario: Scenario::Mixed,
             planted: Planted::None,
             byzantine: ByzWeight::Random,
+            strict: false,
         }
     }
 }
@@ -214,6 +217,9 @@ impl Options {
         }
         if self.byzantine != ByzWeight::Random {
             s.push_str(&format!(" --byzantine-weight {}", self.byzantine.arg()));
+        }
+        if self.strict {
+            s.push_str(" --strict");
         }
         s
     }
@@ -244,6 +250,9 @@ pub struct ByzBehaviour {
     pub gossip_proofs: bool,
     /// Proofs with too few, repeated or reject votes.
     pub bad_proofs: bool,
+    /// Re-sends every new transaction at once with one signature byte
+    /// flipped: same txid (signatures are outside it), invalid bytes.
+    pub malleate: bool,
 }
 
 /// One fault window.
@@ -650,6 +659,7 @@ fn draw_behaviour(flavour: Scenario, options: Options, rng: &mut ChaCha8Rng) -> 
         flood: rng.gen_bool(p * 0.5),
         gossip_proofs: rng.gen_bool(p),
         bad_proofs: rng.gen_bool(p),
+        malleate: rng.gen_bool(p * 0.5),
     };
     if !b.approve_all {
         b.reject_all = rng.gen_bool(0.5);

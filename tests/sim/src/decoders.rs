@@ -24,8 +24,38 @@ use timecoin::testkit::key_from_seed;
 use crate::config::CHAIN_ID;
 use crate::rng_for;
 
-/// Valid encodings of every message kind, the mutation starting points.
+/// Valid encodings per decoder: the mutation starting points here, and the
+/// seed corpora for the cargo-fuzz targets (`time-sim --write-corpus`).
+pub struct Corpus {
+    pub messages: Vec<Vec<u8>>,
+    pub transactions: Vec<Vec<u8>>,
+    pub proofs: Vec<Vec<u8>>,
+    pub vote_batches: Vec<Vec<u8>>,
+}
+
+impl Corpus {
+    /// (cargo-fuzz target name, its seed inputs).
+    pub fn by_target(&self) -> [(&'static str, &Vec<Vec<u8>>); 4] {
+        [
+            ("message_decode", &self.messages),
+            ("transaction_from_bytes", &self.transactions),
+            ("timeproof_from_bytes", &self.proofs),
+            ("vote_batch_decode", &self.vote_batches),
+        ]
+    }
+}
+
+/// Every valid encoding, flattened.
 pub fn corpus() -> Vec<Vec<u8>> {
+    let c = structured_corpus();
+    let mut v = c.messages;
+    v.extend(c.transactions);
+    v.extend(c.proofs);
+    v.extend(c.vote_batches);
+    v
+}
+
+pub fn structured_corpus() -> Corpus {
     let k = key_from_seed("fuzz", 0);
     let k2 = key_from_seed("fuzz", 1);
     let tx = Transaction::build_signed(
@@ -149,13 +179,16 @@ pub fn corpus() -> Vec<Vec<u8>> {
             detail: "bye".into(),
         },
     ];
-    let mut c: Vec<Vec<u8>> = msgs.iter().map(|m| m.to_bytes()).collect();
-    c.push(tx.to_bytes());
-    c.push(proof.to_bytes());
     let mut vb = Vec::new();
     b2.encode(&mut vb);
-    c.push(vb);
-    c
+    let mut vb1 = Vec::new();
+    b1.encode(&mut vb1);
+    Corpus {
+        messages: msgs.iter().map(|m| m.to_bytes()).collect(),
+        transactions: vec![tx.to_bytes()],
+        proofs: vec![proof.to_bytes()],
+        vote_batches: vec![vb, vb1],
+    }
 }
 
 /// One mutation of one corpus entry (or of two, spliced).

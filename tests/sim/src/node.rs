@@ -8,8 +8,9 @@
 //!   nodes catch up);
 //! - after a restart it resends the transactions it still holds locks for and
 //!   its own signed votes on them (both come from the store);
-//! - it asks its peers for the proof of a transaction it approved that has
-//!   stayed undecided for a while (its tallies may have died in a crash).
+//! - a transaction it approved that stays undecided is announced again and
+//!   its proof asked for, with backoff (a peer may have dropped it as an
+//!   orphan, or its tallies may have died in a crash).
 //!
 //! The node's clock is virtual time with an offset and a drift, clamped so it
 //! never runs backwards.
@@ -34,6 +35,9 @@ pub enum Dest {
     Peer(usize),
 }
 
+/// How long an approved transaction may stay undecided before the first repair.
+const REPAIR_AFTER: Micros = 3 * SEC;
+
 pub fn frame(m: &Message) -> Frame {
     Arc::from(m.to_bytes())
 }
@@ -50,8 +54,9 @@ pub struct HonestNode {
     last_ms: u64,
     /// Crash right after the next durable write, before the round's sends.
     pub crash_after_write: bool,
-    /// Own approvals still undecided here, and since when (virtual time).
-    awaiting: BTreeMap<Txid, Micros>,
+    /// Own approvals still undecided here: when to repair next, and the
+    /// current backoff.
+    awaiting: BTreeMap<Txid, (Micros, Micros)>,
     /// Metrics of incarnations that crashed.
     pub dead_metrics: Vec<Metrics>,
     pub restarts: u32,
@@ -128,7 +133,7 @@ impl HonestNode {
             }
         }
         for id in pending_ids {
-            self.awaiting.insert(id, t);
+            self.awaiting.insert(id, (t + REPAIR_AFTER, REPAIR_AFTER));
         }
         self.engine = Some(Engine::new(
             self.cfg.clone(),
@@ -190,12 +195,17 @@ impl HonestNode {
         for w in &round.writes {
             if let Write::AppendOwnVotes(b) = w {
                 for i in b.items.iter().filter(|i| i.decision.is_approve()) {
-                    self.awaiting.entry(i.txid).or_insert(t);
+                    self.awaiting
+                        .entry(i.txid)
+                        .or_insert((t + REPAIR_AFTER, REPAIR_AFTER));
                 }
             }
         }
         for o in &round.outputs {
-            if let Output::Event(Event::Finalized { txid, .. } | Event::Rejected { txid, .. }) = o {
+            // Only finality ends the wait: a Rejected verdict can be wrong
+            // when Byzantine voters split their decisions, and a proof still
+            // settles it.
+            if let Output::Event(Event::Finalized { txid, .. }) = o {
                 self.awaiting.remove(txid);
             }
         }
@@ -216,19 +226,27 @@ impl HonestNode {
         sends
     }
 
-    /// Asks for proofs of approved transactions that stay undecided.
+    /// Approved transactions that stay undecided: announce them again and ask
+    /// for their proofs, backing off to once every 30 s.
     pub fn repair(&mut self, t: Micros) -> Vec<(Dest, Frame)> {
-        let stale: Vec<Txid> = self
+        let due: Vec<Txid> = self
             .awaiting
             .iter()
-            .filter(|(_, since)| t.saturating_sub(**since) >= 3 * SEC)
+            .filter(|(_, (next, _))| *next <= t)
             .map(|(id, _)| *id)
             .take(32)
             .collect();
-        stale
-            .into_iter()
-            .map(|id| (Dest::AllPeers, frame(&Message::ProofRequest(id))))
-            .collect()
+        let mut sends = Vec::new();
+        for id in due {
+            let entry = self.awaiting.get_mut(&id).expect("listed");
+            entry.1 = (entry.1 * 2).min(30 * SEC);
+            entry.0 = t + entry.1;
+            if let Ok(Some(tx)) = self.store.get_transaction(&id) {
+                sends.push((Dest::AllPeers, frame(&Message::TransactionBroadcast(tx))));
+            }
+            sends.push((Dest::AllPeers, frame(&Message::ProofRequest(id))));
+        }
+        sends
     }
 
     pub fn metrics_total(&self) -> Metrics {
