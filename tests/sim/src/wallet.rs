@@ -141,7 +141,6 @@ impl HonestWallet {
 struct ConflictSet {
     coins: Vec<(OutPoint, u64)>,
     variants: Vec<Transaction>,
-    created: Micros,
     /// When the next new variant is added.
     next_variant: Micros,
 }
@@ -232,7 +231,6 @@ impl DoubleSpender {
             self.sets.push(ConflictSet {
                 coins,
                 variants,
-                created: now,
                 next_variant: now + rng.gen_range(3..=40) * SEC,
             });
             return out;
@@ -254,7 +252,6 @@ impl DoubleSpender {
             return out;
         }
         let set = &self.sets[i];
-        let _age = now.saturating_sub(set.created);
         for _ in 0..rng.gen_range(1..=nodes) {
             let v = set.variants.choose(rng).expect("variants").clone();
             out.push((rng.gen_range(0..nodes), v));

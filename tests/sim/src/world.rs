@@ -31,8 +31,8 @@ use crate::wallet::{DoubleSpender, HonestWallet};
 const COIN_VALUE: u64 = 10 * COIN;
 
 enum Actor {
-    Honest(HonestNode),
-    Byz(ByzNode),
+    Honest(Box<HonestNode>),
+    Byz(Box<ByzNode>),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -219,20 +219,20 @@ impl World {
         let ecfg = engine_config(&cfg);
         let actors = (0..n)
             .map(|i| match &cfg.byzantine[i] {
-                None => Actor::Honest(HonestNode::new(
+                None => Actor::Honest(Box::new(HonestNode::new(
                     i,
                     mn_keys[i].clone(),
                     ecfg.clone(),
                     &genesis,
                     cfg.skews[i],
-                )),
-                Some(b) => Actor::Byz(ByzNode::new(
+                ))),
+                Some(b) => Actor::Byz(Box::new(ByzNode::new(
                     i,
                     mn_keys[i].clone(),
                     b.clone(),
                     pubkeys.clone(),
                     genesis.registry.epoch(),
-                )),
+                ))),
             })
             .collect();
         let coins = |w: usize| -> Vec<_> {
