@@ -350,6 +350,15 @@ impl Checker {
                     Decision::Reject(RejectCode::BadSignature | RejectCode::UnknownInput) => {
                         Some(KnownIssue::StickyRefusal)
                     }
+                    // An input this node had written back to unspent got
+                    // locked by a double spend: the flip follows from that.
+                    Decision::Reject(RejectCode::InputLocked)
+                        if self.txs.get(&txid).is_some_and(|tx| {
+                            tx.inputs.iter().any(|i| view.regressed.contains(&i.prev))
+                        }) =>
+                    {
+                        Some(KnownIssue::RefinalizeOverwritesOutputs)
+                    }
                     _ => None,
                 };
                 if known.is_some() {

@@ -122,8 +122,22 @@ fn print_report(r: &RunReport) {
                 ""
             }
         );
-        for v in r.violations.iter().take(20) {
+        // Every failing violation; known ones up to a limit.
+        let mut known_shown = 0;
+        for v in &r.violations {
+            if v.known.is_some() && !r.options.strict {
+                known_shown += 1;
+                if known_shown > 20 {
+                    continue;
+                }
+            }
             println!("    {v}");
+        }
+        if known_shown > 20 {
+            println!(
+                "    ... and {} more traced to known engine issues",
+                known_shown - 20
+            );
         }
         println!("  replay: {}", r.replay_command());
     }
@@ -261,6 +275,22 @@ fn main() -> ExitCode {
             events,
             cp
         );
+        let mut kinds: std::collections::BTreeMap<&str, Vec<u64>> = Default::default();
+        for r in &report.runs {
+            let mut ks: Vec<&str> = r.violations.iter().map(|v| v.kind.name()).collect();
+            ks.sort();
+            ks.dedup();
+            for k in ks {
+                kinds.entry(k).or_default().push(r.seed);
+            }
+        }
+        for (k, seeds) in &kinds {
+            println!(
+                "violation {k}: {} seeds (first {:?})",
+                seeds.len(),
+                &seeds[..seeds.len().min(8)]
+            );
+        }
         for (k, seeds) in &known {
             println!(
                 "known engine issue {k}: {} seeds{} (first {:?})",
