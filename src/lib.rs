@@ -4,6 +4,9 @@
 //!   votes, quorum, TimeProofs, the masternode state machine).
 //! - [`storage`]: durable state (LMDB) behind the [`storage::Store`] trait.
 
+pub mod devnet;
+pub mod node;
 pub mod protocol;
 pub mod storage;
 pub mod testkit;
+pub mod wallet;

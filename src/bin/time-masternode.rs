@@ -1,1 +1,309 @@
-fn main() {}
+//! `time-masternode`: run a TIME Coin masternode, or a local devnet.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitCode, Stdio};
+use std::time::{Duration, Instant};
+
+use clap::{Parser, Subcommand};
+use timecoin::devnet::{DevnetLayout, DevnetSpec};
+use timecoin::node::config::RunArgs;
+use timecoin::node::runtime::Node;
+use timecoin::wallet::WalletClient;
+
+#[derive(Parser)]
+#[command(
+    name = "time-masternode",
+    version,
+    about = "TIME Coin masternode: instant-finality UTXO payments",
+    long_about = "Runs a TIME Coin masternode (`run`), or a local testnet of several masternodes on 127.0.0.1 (`devnet`, the default)."
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Option<Cmd>,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run one masternode until Ctrl-C or SIGTERM.
+    Run(Box<RunArgs>),
+    /// Start a local testnet on 127.0.0.1 with funded wallets; Ctrl-C stops it.
+    Devnet(DevnetArgs),
+    /// Print a running masternode's status.
+    Status {
+        /// The masternode's P2P address.
+        #[arg(long, default_value = "127.0.0.1:24200")]
+        node: std::net::SocketAddr,
+        /// Chain id (printed by `devnet`; in the genesis file).
+        #[arg(long)]
+        chain_id: u32,
+    },
+}
+
+#[derive(clap::Args, Clone)]
+struct DevnetArgs {
+    /// Number of masternodes.
+    #[arg(long, default_value_t = 4)]
+    nodes: usize,
+    /// Directory for keys, genesis, configs, databases and logs. An existing
+    /// devnet there is restarted with its state.
+    #[arg(long, default_value = "devnet-data")]
+    data_dir: PathBuf,
+    /// First P2P port; masternode i listens on base+i.
+    #[arg(long, default_value_t = 24200)]
+    base_port: u16,
+    /// Funded wallets to create.
+    #[arg(long, default_value_t = 4)]
+    wallets: usize,
+    /// Funding outputs per wallet (each 1000 TIME).
+    #[arg(long, default_value_t = 100)]
+    coins: u32,
+    /// Delete an existing devnet in the directory first.
+    #[arg(long)]
+    fresh: bool,
+    /// Generate the files and exit without starting anything.
+    #[arg(long)]
+    init_only: bool,
+    /// Stop by itself after this many seconds (for scripts).
+    #[arg(long)]
+    exit_after: Option<u64>,
+    /// Extra flags passed to every masternode (e.g. --unsafe-no-sync).
+    #[arg(long, allow_hyphen_values = true)]
+    node_arg: Vec<String>,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let cmd = cli.cmd.unwrap_or(Cmd::Devnet(DevnetArgs {
+        nodes: 4,
+        data_dir: "devnet-data".into(),
+        base_port: 24200,
+        wallets: 4,
+        coins: 100,
+        fresh: false,
+        init_only: false,
+        exit_after: None,
+        node_arg: vec![],
+    }));
+    let result = match cmd {
+        Cmd::Run(args) => run(*args),
+        Cmd::Devnet(args) => devnet(args),
+        Cmd::Status { node, chain_id } => status(node, chain_id),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+type AnyError = Box<dyn std::error::Error + Send + Sync>;
+
+fn runtime() -> Result<tokio::runtime::Runtime, AnyError> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("net")
+        .build()?)
+}
+
+fn run(args: RunArgs) -> Result<(), AnyError> {
+    let cfg = args.resolve()?;
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_new(&cfg.log)
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_target(false)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let rt = runtime()?;
+    rt.block_on(async move {
+        let node = Node::start(cfg).await?;
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        let mut check = tokio::time::interval(Duration::from_millis(200));
+        loop {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => break,
+                _ = term.recv() => break,
+                _ = check.tick() => if node.core_finished() { break },
+            }
+        }
+        tracing::info!("stopping");
+        node.shutdown()?;
+        Ok::<(), AnyError>(())
+    })?;
+    Ok(())
+}
+
+fn status(node: std::net::SocketAddr, chain_id: u32) -> Result<(), AnyError> {
+    runtime()?.block_on(async move {
+        let mut c = WalletClient::connect(node, chain_id).await?;
+        let s = c.status().await?;
+        println!(
+            "masternode {}\n  peers connected {}/{}\n  pending {}\n  finalized {}\n  rejected {}",
+            s.public_key, s.peers_connected, s.peers_total, s.pending, s.finalized, s.rejected
+        );
+        Ok(())
+    })
+}
+
+struct Children(Vec<(usize, Child)>);
+
+impl Drop for Children {
+    fn drop(&mut self) {
+        for (_, c) in &self.0 {
+            // SAFETY: plain kill(2) on a pid this process spawned and still owns.
+            unsafe {
+                libc::kill(c.id() as libc::pid_t, libc::SIGTERM);
+            }
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        for (i, c) in &mut self.0 {
+            loop {
+                match c.try_wait() {
+                    Ok(Some(_)) => break,
+                    Ok(None) if Instant::now() < deadline => {
+                        std::thread::sleep(Duration::from_millis(50))
+                    }
+                    _ => {
+                        eprintln!("masternode {i} did not stop; killing it");
+                        let _ = c.kill();
+                        let _ = c.wait();
+                        break;
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn devnet(args: DevnetArgs) -> Result<(), AnyError> {
+    let spec = DevnetSpec {
+        nodes: args.nodes,
+        base_port: args.base_port,
+        wallets: args.wallets,
+        coins_per_wallet: args.coins,
+        ..Default::default()
+    };
+    if args.nodes == 0 {
+        return Err("--nodes must be at least 1".into());
+    }
+    if args.fresh && args.data_dir.join("genesis.json").exists() {
+        std::fs::remove_dir_all(&args.data_dir)?;
+    }
+    let layout = DevnetLayout::open_or_generate(&args.data_dir, &spec)?;
+    if args.init_only {
+        println!("devnet files in {}", layout.dir.display());
+        return Ok(());
+    }
+    let exe = std::env::current_exe()?;
+    let mut children = Children(Vec::new());
+    for (i, cfg) in layout.node_configs.iter().enumerate() {
+        let log_path = cfg.with_file_name("node.log");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)?;
+        let child = Command::new(&exe)
+            .arg("run")
+            .arg("--config")
+            .arg(cfg)
+            .args(&args.node_arg)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()?;
+        children.0.push((i, child));
+    }
+    let rt = runtime()?;
+    let ok = rt.block_on(wait_connected(&layout, Duration::from_secs(30)));
+    if let Err(e) = ok {
+        eprintln!(
+            "devnet did not come up: {e}; see {}/mn*/node.log",
+            layout.dir.display()
+        );
+        return Err(e);
+    }
+    println!(
+        "TIME Coin devnet is up: {} masternodes, chain id {}",
+        layout.endpoints.len(),
+        layout.chain_id
+    );
+    for (i, e) in layout.endpoints.iter().enumerate() {
+        println!(
+            "  masternode {i}: {e}   log: {}",
+            layout.node_configs[i].with_file_name("node.log").display()
+        );
+    }
+    println!("genesis: {}", layout.genesis.display());
+    println!("funded wallets:");
+    for w in &layout.wallet_keys {
+        println!("  {}", w.display());
+    }
+    if let (Some(w0), Some(w1)) = (layout.wallet_keys.first(), layout.wallet_keys.get(1)) {
+        println!("pay 1.5 TIME from wallet0 to wallet1:");
+        println!(
+            "  cargo run --release --bin time-wallet -- send --key {} --genesis {} --node {} --to $(cargo run -q --release --bin time-wallet -- address --key {}) --amount 1.5",
+            w0.display(),
+            layout.genesis.display(),
+            layout.endpoints[0],
+            w1.display()
+        );
+    }
+    println!("Ctrl-C stops the devnet.");
+    rt.block_on(async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        let limit = async {
+            match args.exit_after {
+                Some(s) => tokio::time::sleep(Duration::from_secs(s)).await,
+                None => std::future::pending().await,
+            }
+        };
+        let mut check = tokio::time::interval(Duration::from_millis(500));
+        tokio::pin!(limit);
+        loop {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => break,
+                _ = term.recv() => break,
+                _ = &mut limit => break,
+                _ = check.tick() => {
+                    for (i, c) in &mut children.0 {
+                        if let Ok(Some(st)) = c.try_wait() {
+                            eprintln!("masternode {i} exited ({st}); stopping the devnet");
+                            return Ok::<(), AnyError>(());
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    })?;
+    println!("stopping masternodes");
+    drop(children);
+    Ok(())
+}
+
+async fn wait_connected(layout: &DevnetLayout, limit: Duration) -> Result<(), AnyError> {
+    let deadline = Instant::now() + limit;
+    let want = layout.endpoints.len().saturating_sub(1) as u32;
+    for e in &layout.endpoints {
+        loop {
+            let r = async {
+                let mut c = WalletClient::connect(*e, layout.chain_id).await?;
+                Ok::<_, AnyError>(c.status().await?)
+            }
+            .await;
+            match r {
+                Ok(s) if s.peers_connected >= want => break,
+                _ if Instant::now() > deadline => {
+                    return Err(
+                        format!("masternode {e} not connected to all peers in {limit:?}").into(),
+                    )
+                }
+                _ => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+    }
+    Ok(())
+}

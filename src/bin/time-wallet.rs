@@ -1,1 +1,256 @@
-fn main() {}
+//! `time-wallet`: keys, balances and instant-finality payments.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use clap::{Parser, Subcommand};
+use timecoin::node::genesis_file::GenesisFile;
+use timecoin::node::keyfile::KeyFile;
+use timecoin::protocol::message::Message;
+use timecoin::protocol::types::{Address, PublicKey, COIN};
+use timecoin::wallet::{format_amount, parse_amount, Outcome, WalletClient};
+
+#[derive(Parser)]
+#[command(
+    name = "time-wallet",
+    version,
+    about = "TIME Coin wallet: keys, balances, instant-finality payments"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(clap::Args, Clone)]
+struct Net {
+    /// Masternode to talk to (its P2P port).
+    #[arg(long, default_value = "127.0.0.1:24200")]
+    node: SocketAddr,
+    /// Genesis file of the network (gives the chain id and the registry
+    /// used to verify TimeProofs).
+    #[arg(long, default_value = "devnet-data/genesis.json")]
+    genesis: PathBuf,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Create a new key file (mode 0600).
+    Keygen {
+        /// Where to write it.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Print the address of a key file.
+    Address {
+        #[arg(long)]
+        key: PathBuf,
+    },
+    /// Show spendable and locked coins of an address.
+    Balance {
+        /// Key file whose address to query.
+        #[arg(long, conflicts_with = "address")]
+        key: Option<PathBuf>,
+        /// Address to query.
+        #[arg(long)]
+        address: Option<String>,
+        #[command(flatten)]
+        net: Net,
+    },
+    /// Pay an address and wait for finality (TimeProof) or rejection.
+    Send {
+        #[arg(long)]
+        key: PathBuf,
+        /// Recipient address (time1...).
+        #[arg(long)]
+        to: String,
+        /// Amount in TIME, e.g. 1.5 (8 decimals at most).
+        #[arg(long)]
+        amount: String,
+        /// Fee in TIME [default: the 0.01 TIME minimum].
+        #[arg(long, default_value = "0.01")]
+        fee: String,
+        /// How long to wait for an outcome, in seconds.
+        #[arg(long, default_value_t = 30)]
+        timeout: u64,
+        #[command(flatten)]
+        net: Net,
+    },
+    /// Print payments touching an address as they become final.
+    Watch {
+        #[arg(long, conflicts_with = "address")]
+        key: Option<PathBuf>,
+        #[arg(long)]
+        address: Option<String>,
+        /// Stop after this many seconds [default: run until Ctrl-C].
+        #[arg(long)]
+        seconds: Option<u64>,
+        #[command(flatten)]
+        net: Net,
+    },
+}
+
+type AnyError = Box<dyn std::error::Error + Send + Sync>;
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn address_arg(key: Option<PathBuf>, address: Option<String>) -> Result<Address, AnyError> {
+    match (key, address) {
+        (Some(k), _) => Ok(Address::from_public_key(&PublicKey::from_signing(
+            &KeyFile::load(&k)?,
+        ))),
+        (None, Some(a)) => Ok(a.parse()?),
+        (None, None) => Err("give --key or --address".into()),
+    }
+}
+
+fn run(cli: Cli) -> Result<ExitCode, AnyError> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    match cli.cmd {
+        Cmd::Keygen { out } => {
+            if out.exists() {
+                return Err(format!("{} exists; not overwriting a key", out.display()).into());
+            }
+            let k = KeyFile::generate();
+            KeyFile::save(&k, &out)?;
+            println!("{}", Address::from_public_key(&PublicKey::from_signing(&k)));
+        }
+        Cmd::Address { key } => {
+            let k = KeyFile::load(&key)?;
+            println!("{}", Address::from_public_key(&PublicKey::from_signing(&k)));
+        }
+        Cmd::Balance { key, address, net } => {
+            let addr = address_arg(key, address)?;
+            let g = GenesisFile::load(&net.genesis)?;
+            rt.block_on(async {
+                let mut c = WalletClient::connect(net.node, g.chain_id).await?;
+                let coins = c.utxos(addr).await?;
+                let (mut spendable, mut locked) = (0u64, 0u64);
+                for (_, e) in &coins {
+                    match e.state {
+                        timecoin::protocol::utxo::UtxoState::Unspent => {
+                            spendable += e.output.amount
+                        }
+                        _ => locked += e.output.amount,
+                    }
+                }
+                println!("address   {addr}");
+                println!(
+                    "spendable {} TIME in {} coins",
+                    format_amount(spendable),
+                    coins.len()
+                );
+                println!(
+                    "locked    {} TIME (pending payments)",
+                    format_amount(locked)
+                );
+                Ok::<_, AnyError>(())
+            })?;
+        }
+        Cmd::Send {
+            key,
+            to,
+            amount,
+            fee,
+            timeout,
+            net,
+        } => {
+            let key = KeyFile::load(&key)?;
+            let to: Address = to.parse()?;
+            let amount = parse_amount(&amount)?;
+            let fee = parse_amount(&fee)?;
+            let g = GenesisFile::load(&net.genesis)?;
+            let genesis = g.to_genesis()?;
+            return rt.block_on(async {
+                let mut c = WalletClient::connect(net.node, g.chain_id).await?;
+                let tx = c.build_payment(&key, to, amount, fee).await?;
+                let txid = tx.txid();
+                println!("txid {txid}");
+                let start = Instant::now();
+                let outcome = c.submit(&tx, Duration::from_secs(timeout)).await?;
+                let ms = start.elapsed().as_secs_f64() * 1e3;
+                match outcome {
+                    Outcome::Finalized { proof, .. } => {
+                        let weight = proof.verify(g.chain_id, &genesis.registry)?;
+                        println!(
+                            "finalized in {ms:.1} ms: TimeProof with {} votes, weight {weight} of {} (quorum {}), verified",
+                            proof.votes.len(),
+                            genesis.registry.total_weight(),
+                            genesis.registry.quorum()
+                        );
+                        println!("paid {} TIME to {to}", format_amount(amount));
+                        Ok(ExitCode::SUCCESS)
+                    }
+                    Outcome::Rejected { reason, detail, rejecters } => {
+                        println!("rejected in {ms:.1} ms: {} (code {}): {detail}", reason.describe(), reason.code());
+                        for (k, r) in rejecters {
+                            println!("  masternode {k}: {}", r.describe());
+                        }
+                        Ok(ExitCode::from(2))
+                    }
+                }
+            });
+        }
+        Cmd::Watch {
+            key,
+            address,
+            seconds,
+            net,
+        } => {
+            let addr = address_arg(key, address)?;
+            let g = GenesisFile::load(&net.genesis)?;
+            rt.block_on(async {
+                let mut c = WalletClient::connect(net.node, g.chain_id).await?;
+                c.send(&Message::WalletSubscribe(vec![addr])).await?;
+                println!("watching {addr} (Ctrl-C to stop)");
+                let until = seconds.map(|s| Instant::now() + Duration::from_secs(s));
+                loop {
+                    let left = until
+                        .map(|u| u.saturating_duration_since(Instant::now()))
+                        .unwrap_or(Duration::from_secs(3600));
+                    if left.is_zero() {
+                        break;
+                    }
+                    match c.recv_timeout(left).await {
+                        Ok(Message::NewTransactionNotification { txid, tx }) => {
+                            let received: u64 = tx
+                                .outputs
+                                .iter()
+                                .filter(|o| o.address == addr)
+                                .map(|o| o.amount)
+                                .sum();
+                            println!(
+                                "final: {txid}  {} TIME to this address",
+                                format_amount(received)
+                            );
+                        }
+                        Ok(Message::UtxoStateNotification { outpoint, entry }) => {
+                            println!(
+                                "  {outpoint}: {} TIME, {}",
+                                format_amount(entry.output.amount),
+                                entry.state.name()
+                            );
+                        }
+                        Ok(_) => {}
+                        Err(timecoin::wallet::ClientError::Timeout(_)) => continue,
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+                Ok::<_, AnyError>(())
+            })?;
+        }
+    }
+    let _ = COIN;
+    Ok(ExitCode::SUCCESS)
+}

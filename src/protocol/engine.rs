@@ -16,6 +16,7 @@ use std::sync::Arc;
 use ed25519_dalek::SigningKey;
 
 use crate::protocol::registry::Registry;
+use crate::protocol::tally::{TallyEvent, VerifiedBatch, VoteAggregator};
 use crate::protocol::timeproof::TimeProof;
 use crate::protocol::types::{Address, ChainId, OutPoint, PublicKey, Transaction, Txid};
 use crate::protocol::utxo::{UtxoEntry, UtxoState};
@@ -39,6 +40,15 @@ pub struct EngineConfig {
     pub max_unknown_tallies: usize,
     /// How long a decided transaction is remembered (for idempotent answers).
     pub decided_retention_ms: u64,
+    /// A transaction undecided for this long makes the node ask its peers
+    /// for a proof (it may have missed votes), again at this interval.
+    pub stall_request_ms: u64,
+    /// Most decisions one signed vote batch carries (smaller when batches
+    /// must fit a datagram).
+    pub max_vote_batch_items: usize,
+    /// Votes are verified and tallied outside the engine (on the node's
+    /// vote threads), which feeds [`Engine::handle_tally_events`].
+    pub external_tally: bool,
     /// Deliberate bugs for the simulator's control runs: a checker that
     /// cannot fail proves nothing. Compiled only with `planted-bugs`.
     #[cfg(feature = "planted-bugs")]
@@ -66,6 +76,9 @@ impl EngineConfig {
             max_orphans: 10_000,
             max_unknown_tallies: 100_000,
             decided_retention_ms: 120_000,
+            stall_request_ms: 2_000,
+            max_vote_batch_items: MAX_VOTE_ITEMS,
+            external_tally: false,
             #[cfg(feature = "planted-bugs")]
             planted: PlantedBugs::default(),
         }
@@ -93,6 +106,8 @@ pub enum Event {
         tx: Arc<Transaction>,
         /// Addresses whose balance changed (input owners and recipients).
         addresses: Vec<Address>,
+        /// The outputs it spent, now SpentFinalized.
+        spent: Vec<(OutPoint, UtxoEntry)>,
     },
     /// The transaction will not be final: refused here, or the network
     /// rejected it (`rejecters` names the masternodes and their reasons).
@@ -173,24 +188,6 @@ pub struct Metrics {
     pub conflicting_proofs: u64,
 }
 
-/// A signed batch this node verified, kept while any of its votes may be
-/// needed for a TimeProof.
-#[derive(Debug)]
-struct VerifiedBatch {
-    batch: VoteBatch,
-    levels: Vec<Vec<[u8; 32]>>,
-}
-
-#[derive(Debug, Default)]
-struct Tally {
-    approve: u64,
-    reject: u64,
-    voters: HashMap<PublicKey, Decision>,
-    approvals: Vec<(Arc<VerifiedBatch>, u32)>,
-    rejecters: Vec<(PublicKey, RejectCode)>,
-    first_vote_ms: u64,
-}
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Status {
     /// Known and undecided.
@@ -203,6 +200,12 @@ enum Status {
 struct TxRecord {
     tx: Arc<Transaction>,
     status: Status,
+    /// Why it was rejected, for wallets that ask again.
+    rejection: Option<(RejectCode, String)>,
+    /// Weight of its TimeProof once final (for conflict records).
+    proof_weight: u64,
+    /// When this node last asked peers for its proof (stalled transactions).
+    last_request_ms: u64,
     origin: Origin,
     since_ms: u64,
 }
@@ -229,15 +232,15 @@ pub struct Engine {
     /// released by a timeout.
     approved_spends: HashMap<OutPoint, Txid>,
     my_votes: HashMap<Txid, Decision>,
-    tallies: HashMap<Txid, Tally>,
+    aggregator: VoteAggregator,
     /// Proofs whose transaction this node has not seen yet.
     proofs_waiting: HashMap<Txid, Arc<TimeProof>>,
+    /// Network rejections of transactions this node has not seen yet.
+    impossible_waiting: HashMap<Txid, Event>,
     orphans: HashMap<Txid, Orphan>,
     orphans_by_parent: HashMap<Txid, Vec<Txid>>,
     requested_parents: HashSet<Txid>,
     vote_queue: Vec<VoteItem>,
-    /// This node's signed approve votes still needed for a TimeProof.
-    own_approvals: HashMap<Txid, (Arc<VerifiedBatch>, u32)>,
     round: Round,
     conflicts: Vec<ConflictRecord>,
     metrics: Metrics,
@@ -247,6 +250,9 @@ impl Engine {
     /// Builds the engine from durable state.
     pub fn new(cfg: EngineConfig, key: SigningKey, registry: Registry, snap: Snapshot) -> Self {
         let me = PublicKey::from_signing(&key);
+        let open = cfg.max_unknown_tallies + cfg.mempool_limit;
+        let aggregator =
+            VoteAggregator::new(registry.clone(), effective_quorum(&cfg, &registry), open);
         let mut e = Engine {
             cfg,
             key,
@@ -257,33 +263,24 @@ impl Engine {
             pending_count: 0,
             approved_spends: HashMap::new(),
             my_votes: HashMap::new(),
-            tallies: HashMap::new(),
+            aggregator,
             proofs_waiting: HashMap::new(),
+            impossible_waiting: HashMap::new(),
             orphans: HashMap::new(),
             orphans_by_parent: HashMap::new(),
             requested_parents: HashSet::new(),
             vote_queue: Vec::new(),
-            own_approvals: HashMap::new(),
             round: Round::default(),
             conflicts: Vec::new(),
             metrics: Metrics::default(),
         };
         for (op, entry) in snap.utxos {
-            if let UtxoState::Locked { txid } | UtxoState::SpentPending { txid, .. } = entry.state
-            {
+            if let UtxoState::Locked { txid } | UtxoState::SpentPending { txid, .. } = entry.state {
                 e.approved_spends.insert(op, txid);
             }
             e.utxos.insert(op, entry);
         }
         let pending: HashSet<Txid> = snap.pending_transactions.iter().map(|t| t.txid()).collect();
-        for batch in snap.own_votes {
-            for item in &batch.items {
-                e.my_votes.insert(item.txid, item.decision);
-            }
-            if batch.items.iter().any(|i| pending.contains(&i.txid)) {
-                e.remember_own_batch(batch, Some(&pending));
-            }
-        }
         for tx in snap.pending_transactions {
             let txid = tx.txid();
             e.txs.insert(
@@ -291,11 +288,24 @@ impl Engine {
                 TxRecord {
                     tx: Arc::new(tx),
                     status: Status::Pending,
+                    rejection: None,
+                    proof_weight: 0,
+                    last_request_ms: 0,
                     origin: Origin::Peer,
                     since_ms: 0,
                 },
             );
             e.pending_count += 1;
+        }
+        for batch in snap.own_votes {
+            for item in &batch.items {
+                e.my_votes.insert(item.txid, item.decision);
+            }
+            if batch.items.iter().any(|i| pending.contains(&i.txid)) {
+                // Votes on undecided transactions: count them again and send
+                // them again (peers may have missed them before the restart).
+                e.own_batch_signed(0, batch);
+            }
         }
         for txid in snap.finalized {
             // Only the fact matters for idempotent answers; the proof is in the store.
@@ -305,11 +315,7 @@ impl Engine {
     }
 
     fn quorum(&self) -> u64 {
-        #[cfg(feature = "planted-bugs")]
-        if let Some(q) = self.cfg.planted.quorum {
-            return q;
-        }
-        self.registry.quorum()
+        effective_quorum(&self.cfg, &self.registry)
     }
 
     pub fn public_key(&self) -> PublicKey {
@@ -337,6 +343,16 @@ impl Engine {
     pub fn my_vote(&self, txid: &Txid) -> Option<Decision> {
         self.my_votes.get(txid).copied()
     }
+    /// Why `txid` was rejected, if it was (and is still remembered).
+    pub fn rejection(&self, txid: &Txid) -> Option<(RejectCode, String)> {
+        self.txs.get(txid).and_then(|r| r.rejection.clone())
+    }
+
+    /// Whether this node has seen `txid` (pending, decided, or parked).
+    pub fn knows(&self, txid: &Txid) -> bool {
+        self.txs.contains_key(txid) || self.orphans.contains_key(txid)
+    }
+
     pub fn is_finalized(&self, txid: &Txid) -> bool {
         self.txs
             .get(txid)
@@ -427,16 +443,43 @@ impl Engine {
         if !missing.is_empty() {
             return self.park_orphan(now, txid, tx, origin, proof, missing);
         }
-        let proof = proof
-            .or_else(|| self.proofs_waiting.remove(&txid))
-            .or_else(|| self.quorum_proof(txid));
+        let proof = proof.or_else(|| self.proofs_waiting.remove(&txid));
         if let Some(p) = proof {
             // Final already: a verified proof outranks local locks.
             self.insert_record(now, txid, tx.clone(), origin);
             return self.finalize(now, txid, p);
         }
+        if let Some(Event::Rejected { reason, detail, .. }) = self.impossible_waiting.remove(&txid)
+        {
+            // The network already rejected it: do not lock anything for it.
+            self.metrics.tx_rejected += 1;
+            self.txs.insert(
+                txid,
+                TxRecord {
+                    tx,
+                    status: Status::Rejected,
+                    rejection: Some((reason, detail.clone())),
+                    proof_weight: 0,
+                    last_request_ms: 0,
+                    origin,
+                    since_ms: now,
+                },
+            );
+            return self.emit(Event::Rejected {
+                txid,
+                reason,
+                detail,
+                rejecters: vec![],
+            });
+        }
         if self.pending_count >= self.cfg.mempool_limit {
-            return self.refuse(now, txid, tx, origin, TxError::MempoolFull(self.pending_count));
+            return self.refuse(
+                now,
+                txid,
+                tx,
+                origin,
+                TxError::MempoolFull(self.pending_count),
+            );
         }
         let spent: Vec<UtxoEntry> = tx.inputs.iter().map(|i| self.utxos[&i.prev]).collect();
         for (input, entry) in tx.inputs.iter().zip(&spent) {
@@ -450,18 +493,18 @@ impl Engine {
                     }),
                     _ => None,
                 },
-                UtxoState::Locked { txid: holder } | UtxoState::SpentPending { txid: holder, .. } => {
+                UtxoState::Locked { txid: holder }
+                | UtxoState::SpentPending { txid: holder, .. } => {
                     (holder != txid).then_some(TxError::InputLocked {
                         outpoint: input.prev,
                         holder,
                     })
                 }
-                UtxoState::SpentFinalized { txid: holder } | UtxoState::Confirmed { txid: holder, .. } => {
-                    Some(TxError::InputSpent {
-                        outpoint: input.prev,
-                        holder,
-                    })
-                }
+                UtxoState::SpentFinalized { txid: holder }
+                | UtxoState::Confirmed { txid: holder, .. } => Some(TxError::InputSpent {
+                    outpoint: input.prev,
+                    holder,
+                }),
             };
             if let Some(e) = err {
                 return self.refuse(now, txid, tx, origin, e);
@@ -482,6 +525,9 @@ impl Engine {
             TxRecord {
                 tx,
                 status: Status::Pending,
+                rejection: None,
+                proof_weight: 0,
+                last_request_ms: 0,
                 origin,
                 since_ms: now,
             },
@@ -492,11 +538,11 @@ impl Engine {
     /// Locks the inputs and queues an approve vote: the only place this node
     /// ever decides to approve.
     fn approve(&mut self, now: u64, txid: Txid, tx: Arc<Transaction>, origin: Origin) {
-        if tx
-            .inputs
-            .iter()
-            .any(|i| self.approved_spends.get(&i.prev).is_some_and(|h| *h != txid))
-            || self.my_votes.get(&txid).is_some_and(|d| !d.is_approve())
+        if tx.inputs.iter().any(|i| {
+            self.approved_spends
+                .get(&i.prev)
+                .is_some_and(|h| *h != txid)
+        }) || self.my_votes.get(&txid).is_some_and(|d| !d.is_approve())
         {
             // Defensive: process() already refused these.
             return;
@@ -522,8 +568,6 @@ impl Engine {
             self.round.outputs.push(Output::BroadcastTransaction(tx));
             self.emit(Event::Accepted { txid });
         }
-        // Votes may have arrived before the transaction.
-        self.check_tally(now, txid);
     }
 
     /// Refuses a transaction. A wallet hears at once and nothing is broadcast
@@ -531,19 +575,25 @@ impl Engine {
     /// a peer's transaction gets a signed reject vote naming the reason.
     fn refuse(&mut self, now: u64, txid: Txid, tx: Arc<Transaction>, origin: Origin, err: TxError) {
         self.reject_event(txid, &err);
+        if matches!(err, TxError::MempoolFull(_)) {
+            // Overload is not a verdict on the transaction: no vote (a reject
+            // vote is permanent), nothing remembered. If a quorum approves it
+            // anyway, this node fetches the proof (see `on_quorum`).
+            return;
+        }
         if origin == Origin::Peer && !self.my_votes.contains_key(&txid) {
             let decision = Decision::Reject(err.code());
             self.my_votes.insert(txid, decision);
             self.vote_queue.push(VoteItem { txid, decision });
-        }
-        if matches!(err, TxError::MempoolFull(_)) {
-            return; // Not remembered: it may be retried later.
         }
         self.txs.insert(
             txid,
             TxRecord {
                 tx,
                 status: Status::Rejected,
+                rejection: Some((err.code(), err.to_string())),
+                proof_weight: 0,
+                last_request_ms: 0,
                 origin,
                 since_ms: now,
             },
@@ -586,192 +636,166 @@ impl Engine {
         );
     }
 
-    /// A batch of votes from a peer masternode.
+    /// A batch of votes from a peer masternode (verified here).
     pub fn handle_votes(&mut self, now: u64, batch: VoteBatch) {
-        if batch.chain_id != self.cfg.chain_id || batch.epoch != self.registry.epoch() {
-            self.metrics.vote_batches_wrong_chain_or_epoch += 1;
+        if !self.admissible(&batch) {
             return;
         }
-        let Some(weight) = self.registry.weight_of(&batch.voter) else {
-            self.metrics.vote_batches_unknown_voter += 1;
-            return;
-        };
-        if batch.voter == self.me {
-            // Our own votes come only from our own log.
-            self.metrics.votes_duplicate += batch.items.len() as u64;
-            return;
-        }
-        let Some(levels) = batch.verify() else {
+        let Some(vb) = VerifiedBatch::verify(batch) else {
             self.metrics.vote_batches_bad_signature += 1;
             return;
         };
-        self.metrics.votes_received += batch.items.len() as u64;
-        let voter = batch.voter;
-        let vb = Arc::new(VerifiedBatch { batch, levels });
-        for (i, item) in vb.batch.items.iter().enumerate() {
-            let txid = item.txid;
-            if let Some(rec) = self.txs.get(&txid) {
-                if rec.status == Status::Finalized {
-                    continue;
+        self.handle_verified_votes(now, Arc::new(vb));
+    }
+
+    /// Chain, epoch and voter checks before a batch is verified or counted.
+    fn admissible(&mut self, batch: &VoteBatch) -> bool {
+        if batch.chain_id != self.cfg.chain_id || batch.epoch != self.registry.epoch() {
+            self.metrics.vote_batches_wrong_chain_or_epoch += 1;
+            return false;
+        }
+        if self.registry.weight_of(&batch.voter).is_none() {
+            self.metrics.vote_batches_unknown_voter += 1;
+            return false;
+        }
+        if batch.voter == self.me {
+            // Our own votes come only from our own log.
+            self.metrics.votes_duplicate += batch.items.len() as u64;
+            return false;
+        }
+        true
+    }
+
+    /// A peer's batch whose signature the caller verified.
+    pub fn handle_verified_votes(&mut self, now: u64, vb: Arc<VerifiedBatch>) {
+        if !self.admissible(&vb.batch) {
+            return;
+        }
+        self.metrics.votes_received += vb.batch.items.len() as u64;
+        let mut events = Vec::new();
+        let before = self.aggregator.stats();
+        self.aggregator.add(now, &vb, None, &mut events);
+        let after = self.aggregator.stats();
+        self.metrics.votes_duplicate += after.duplicates - before.duplicates;
+        self.metrics.votes_dropped_unknown_tx += after.dropped_full - before.dropped_full;
+        self.handle_tally_events(now, events);
+    }
+
+    /// Outcomes of vote tallying, from the engine's own aggregator or from
+    /// the node's vote threads.
+    pub fn handle_tally_events(&mut self, now: u64, events: Vec<TallyEvent>) {
+        for ev in events {
+            match ev {
+                TallyEvent::Quorum { txid, votes, .. } => {
+                    let proof = Arc::new(TimeProof {
+                        chain_id: self.cfg.chain_id,
+                        txid,
+                        votes,
+                    });
+                    self.on_quorum(now, txid, proof);
                 }
-            } else if !self.tallies.contains_key(&txid)
-                && self.tallies.len() >= self.cfg.max_unknown_tallies
-            {
-                self.metrics.votes_dropped_unknown_tx += 1;
-                continue;
-            }
-            let tally = self.tallies.entry(txid).or_insert_with(|| Tally {
-                first_vote_ms: now,
-                ..Tally::default()
-            });
-            match tally.voters.get(&voter) {
-                Some(d) if *d == item.decision => {
-                    self.metrics.votes_duplicate += 1;
-                    continue;
+                TallyEvent::Impossible {
+                    txid,
+                    reject_weight,
+                    rejecters,
+                } => self.on_impossible(txid, reject_weight, rejecters),
+                TallyEvent::Approving { txid, weight } => {
+                    // Locked -> SpentPending with the weight seen so far (memory only).
+                    if let Some(rec) = self.txs.get(&txid) {
+                        for input in &rec.tx.inputs {
+                            if let Some(e) = self.utxos.get_mut(&input.prev) {
+                                if let Ok(s) =
+                                    e.state.transition(UtxoState::SpentPending { txid, weight })
+                                {
+                                    e.state = s;
+                                }
+                            }
+                        }
+                    }
                 }
-                Some(_) => {
+                TallyEvent::Equivocation { voter, txid } => {
                     self.metrics.equivocations += 1;
-                    self.round
-                        .outputs
-                        .push(Output::Event(Event::Equivocation { voter, txid }));
-                    continue;
-                }
-                None => {}
-            }
-            tally.voters.insert(voter, item.decision);
-            match item.decision {
-                Decision::Approve => {
-                    tally.approve += weight;
-                    tally.approvals.push((vb.clone(), i as u32));
-                }
-                Decision::Reject(code) => {
-                    tally.reject += weight;
-                    tally.rejecters.push((voter, code));
+                    self.emit(Event::Equivocation { voter, txid });
                 }
             }
-            self.check_tally(now, txid);
         }
     }
 
-    /// Quorum reached: finalize. Approval impossible: reject.
-    fn check_tally(&mut self, now: u64, txid: Txid) {
-        let empty = Tally::default();
-        let tally = self.tallies.get(&txid).unwrap_or(&empty);
-        let quorum = self.quorum();
-        let total = self.registry.total_weight();
-        // This node's approval counts once it is signed (its certificate
-        // goes into the proof).
-        let (mine_a, mine_r) = match self.my_votes.get(&txid) {
-            Some(Decision::Approve) if self.own_approvals.contains_key(&txid) => {
-                (self.registry.weight_of(&self.me).unwrap_or(0), 0)
-            }
-            Some(Decision::Reject(_)) => (0, self.registry.weight_of(&self.me).unwrap_or(0)),
-            _ => (0, 0),
-        };
-        let approve = tally.approve + mine_a;
-        let reject = tally.reject + mine_r;
-        if approve >= quorum {
-            let Some(rec) = self.txs.get(&txid) else {
-                return; // Transaction not seen yet: finalize when it arrives.
-            };
+    fn on_quorum(&mut self, now: u64, txid: Txid, proof: Arc<TimeProof>) {
+        if let Some(rec) = self.txs.get(&txid) {
             if rec.status == Status::Finalized {
                 return;
             }
             // Even a transaction this node refused is final once a quorum
             // approved it: the proof outranks the local view.
             let (tx, origin) = (rec.tx.clone(), rec.origin);
-            let proof = Arc::new(self.build_proof(txid));
             self.process(now, txid, tx, origin, Some(proof));
-        } else if reject > total - quorum {
-            let Some(rec) = self.txs.get(&txid) else {
-                return;
-            };
-            if rec.status != Status::Pending {
-                return;
+        } else if let Some(o) = self.orphans.get_mut(&txid) {
+            o.proof = Some(proof);
+        } else {
+            // Finalize when the transaction arrives; ask peers for it in case
+            // it never does (this node may have dropped it under overload).
+            if self.proofs_waiting.len() < self.cfg.max_unknown_tallies {
+                self.proofs_waiting.insert(txid, proof);
             }
-            let mut rejecters = tally.rejecters.clone();
-            if let Some(Decision::Reject(c)) = self.my_votes.get(&txid) {
-                rejecters.push((self.me, *c));
+            if self.requested_parents.insert(txid) {
+                self.round.outputs.push(Output::RequestProof(txid));
             }
-            // The most common reason among the rejecters.
-            let mut counts: HashMap<RejectCode, usize> = HashMap::new();
-            for (_, c) in &rejecters {
-                *counts.entry(*c).or_default() += 1;
+        }
+    }
+
+    fn on_impossible(&mut self, txid: Txid, reject: u64, rejecters: Vec<(PublicKey, RejectCode)>) {
+        let total = self.registry.total_weight();
+        let quorum = self.quorum();
+        // The most common reason among the rejecters.
+        let mut counts: HashMap<RejectCode, usize> = HashMap::new();
+        for (_, c) in &rejecters {
+            *counts.entry(*c).or_default() += 1;
+        }
+        let reason = counts
+            .into_iter()
+            .max_by_key(|(c, n)| (*n, std::cmp::Reverse(c.code())))
+            .map(|(c, _)| c)
+            .unwrap_or(RejectCode::ApprovalImpossible);
+        let detail = format!(
+            "masternodes with weight {reject} of {total} rejected it ({}); approval can no longer reach {quorum}",
+            reason.describe()
+        );
+        let event = Event::Rejected {
+            txid,
+            reason,
+            detail: detail.clone(),
+            rejecters,
+        };
+        match self.txs.get_mut(&txid) {
+            Some(r) if r.status == Status::Pending => {
+                r.rejection = Some((reason, detail));
+                self.set_status(txid, Status::Rejected);
+                self.metrics.tx_rejected += 1;
+                self.emit(event);
             }
-            let reason = counts
-                .into_iter()
-                .max_by_key(|(c, n)| (*n, std::cmp::Reverse(c.code())))
-                .map(|(c, _)| c)
-                .unwrap_or(RejectCode::ApprovalImpossible);
-            let detail = format!(
-                "masternodes with weight {reject} of {total} rejected it ({}); approval can no longer reach {quorum}",
-                reason.describe()
-            );
-            self.set_status(txid, Status::Rejected);
-            self.metrics.tx_rejected += 1;
-            self.tallies.remove(&txid);
-            self.emit(Event::Rejected {
-                txid,
-                reason,
-                detail,
-                rejecters,
-            });
-        } else if approve > 0 {
-            // Locked -> SpentPending with the weight seen so far (memory only).
-            if let Some(rec) = self.txs.get(&txid) {
-                for input in &rec.tx.inputs {
-                    if let Some(e) = self.utxos.get_mut(&input.prev) {
-                        if let Ok(s) = e.state.transition(UtxoState::SpentPending {
-                            txid,
-                            weight: approve,
-                        }) {
-                            e.state = s;
-                        }
-                    }
+            Some(_) => {}
+            None => {
+                if self.impossible_waiting.len() < self.cfg.max_unknown_tallies {
+                    self.impossible_waiting.insert(txid, event);
                 }
             }
         }
     }
 
-    /// A proof from votes already tallied, if they reach the quorum.
-    fn quorum_proof(&self, txid: Txid) -> Option<Arc<TimeProof>> {
-        let t = self.tallies.get(&txid)?;
-        let mine = match self.own_approvals.contains_key(&txid) {
-            true => self.registry.weight_of(&self.me).unwrap_or(0),
-            false => 0,
-        };
-        (t.approve + mine >= self.quorum()).then(|| Arc::new(self.build_proof(txid)))
-    }
-
-    fn build_proof(&self, txid: Txid) -> TimeProof {
-        let mut votes = Vec::new();
-        if let Some(t) = self.tallies.get(&txid) {
-            for (vb, i) in &t.approvals {
-                votes.push(vb.batch.cert(&vb.levels, *i as usize));
-            }
-        }
-        if let Some((vb, i)) = self.own_approvals.get(&txid) {
-            votes.push(vb.batch.cert(&vb.levels, *i as usize));
-        }
-        TimeProof {
-            chain_id: self.cfg.chain_id,
-            txid,
-            votes,
-        }
-    }
-
-    /// Keeps a batch this node signed so its approvals can go into proofs.
-    fn remember_own_batch(&mut self, batch: VoteBatch, only: Option<&HashSet<Txid>>) {
-        if self.registry.weight_of(&self.me).is_none() {
+    /// A vote batch this node signed (now, or before a restart): counted
+    /// like anyone's, and broadcast.
+    fn own_batch_signed(&mut self, now: u64, batch: VoteBatch) {
+        self.round
+            .outputs
+            .push(Output::BroadcastVotes(Arc::new(batch.clone())));
+        if self.cfg.external_tally || self.registry.weight_of(&self.me).is_none() {
             return;
         }
-        let levels = crate::protocol::vote::merkle_levels(batch.items.iter().map(|i| i.leaf()).collect());
-        let vb = Arc::new(VerifiedBatch { batch, levels });
-        for (i, item) in vb.batch.items.iter().enumerate() {
-            if item.decision.is_approve() && only.is_none_or(|o| o.contains(&item.txid)) {
-                self.own_approvals.insert(item.txid, (vb.clone(), i as u32));
-            }
-        }
+        let vb = Arc::new(VerifiedBatch::own(batch));
+        let mut events = Vec::new();
+        self.aggregator.add(now, &vb, None, &mut events);
+        self.handle_tally_events(now, events);
     }
 
     fn set_status(&mut self, txid: Txid, status: Status) {
@@ -794,52 +818,71 @@ impl Engine {
         }
         let tx = rec.tx.clone();
         let weight = self.proof_weight(&proof);
+        // A competing proof for an output already final here: only possible
+        // with Byzantine weight >= 1/3 (or a bug). Record it, keep the proof
+        // as evidence, and do not apply the second transaction.
+        let mut conflicts = Vec::new();
+        for input in &tx.inputs {
+            if let Some(
+                UtxoState::SpentFinalized { txid: other }
+                | UtxoState::Confirmed { txid: other, .. },
+            ) = self.utxos.get(&input.prev).map(|e| e.state)
+            {
+                if other != txid {
+                    conflicts.push((input.prev, other));
+                }
+            }
+        }
+        if !conflicts.is_empty() {
+            for (outpoint, other) in conflicts {
+                let other_weight = self.txs.get(&other).map_or(0, |r| r.proof_weight);
+                let winner = if (weight, std::cmp::Reverse(txid))
+                    > (other_weight, std::cmp::Reverse(other))
+                {
+                    txid
+                } else {
+                    other
+                };
+                let rec = ConflictRecord {
+                    outpoint,
+                    kept: other,
+                    kept_weight: other_weight,
+                    competing: txid,
+                    competing_weight: weight,
+                    winner,
+                    detected_at_ms: now,
+                };
+                self.metrics.conflicting_proofs += 1;
+                self.conflicts.push(rec.clone());
+                self.emit(Event::ConflictingProofs(rec));
+            }
+            self.round.writes.push(Write::PutProof((*proof).clone()));
+            if let Some(r) = self.txs.get_mut(&txid) {
+                r.rejection = Some((
+                    RejectCode::ConflictFinalized,
+                    "a conflicting transaction was final first".into(),
+                ));
+            }
+            self.set_status(txid, Status::Rejected);
+            return;
+        }
         let mut losers = Vec::new();
         let mut addresses = Vec::new();
+        let mut spent = Vec::with_capacity(tx.inputs.len());
         for input in &tx.inputs {
             let Some(entry) = self.utxos.get_mut(&input.prev) else {
                 continue;
             };
-            match entry.state {
-                UtxoState::SpentFinalized { txid: other } | UtxoState::Confirmed { txid: other, .. }
-                    if other != txid =>
-                {
-                    let other_weight = self
-                        .conflicts
-                        .iter()
-                        .find(|c| c.kept == other)
-                        .map(|c| c.kept_weight)
-                        .unwrap_or(0);
-                    let winner = if (weight, std::cmp::Reverse(txid)) > (other_weight, std::cmp::Reverse(other)) {
-                        txid
-                    } else {
-                        other
-                    };
-                    let rec = ConflictRecord {
-                        outpoint: input.prev,
-                        kept: other,
-                        kept_weight: other_weight,
-                        competing: txid,
-                        competing_weight: weight,
-                        winner,
-                        detected_at_ms: now,
-                    };
-                    self.metrics.conflicting_proofs += 1;
-                    self.conflicts.push(rec.clone());
-                    self.round
-                        .outputs
-                        .push(Output::Event(Event::ConflictingProofs(rec)));
-                    continue;
-                }
-                UtxoState::Locked { txid: other } | UtxoState::SpentPending { txid: other, .. }
-                    if other != txid =>
-                {
+            if let UtxoState::Locked { txid: other } | UtxoState::SpentPending { txid: other, .. } =
+                entry.state
+            {
+                if other != txid {
                     losers.push(other);
                 }
-                _ => {}
             }
             addresses.push(entry.output.address);
             entry.state = UtxoState::SpentFinalized { txid };
+            spent.push((input.prev, *entry));
             self.round.writes.push(Write::PutUtxo(input.prev, *entry));
         }
         for (vout, out) in tx.outputs.iter().enumerate() {
@@ -857,24 +900,38 @@ impl Engine {
         }
         addresses.sort();
         addresses.dedup();
-        self.round
-            .writes
-            .push(Write::PutTransaction(txid, (*tx).clone()));
+        // `approve` already stored the transaction with this node's vote.
+        if self.my_votes.get(&txid) != Some(&Decision::Approve) {
+            self.round
+                .writes
+                .push(Write::PutTransaction(txid, (*tx).clone()));
+        }
         self.round.writes.push(Write::PutProof((*proof).clone()));
         self.set_status(txid, Status::Finalized);
-        self.tallies.remove(&txid);
-        self.own_approvals.remove(&txid);
+        if let Some(r) = self.txs.get_mut(&txid) {
+            r.proof_weight = weight;
+        }
         self.metrics.tx_finalized += 1;
         self.emit(Event::Finalized {
             txid,
             proof,
             tx: tx.clone(),
             addresses,
+            spent,
         });
         for loser in losers {
-            if self.txs.get(&loser).is_some_and(|r| r.status == Status::Pending) {
+            if self
+                .txs
+                .get(&loser)
+                .is_some_and(|r| r.status == Status::Pending)
+            {
                 self.set_status(loser, Status::Rejected);
-                self.tallies.remove(&loser);
+                if let Some(r) = self.txs.get_mut(&loser) {
+                    r.rejection = Some((
+                        RejectCode::ConflictFinalized,
+                        format!("conflicting transaction {txid} is final"),
+                    ));
+                }
                 self.metrics.tx_rejected += 1;
                 self.emit(Event::Rejected {
                     txid: loser,
@@ -955,13 +1012,12 @@ impl Engine {
                 for list in self.orphans_by_parent.values_mut() {
                     list.retain(|t| *t != txid);
                 }
-                let missing = o
-                    .tx
-                    .inputs
-                    .iter()
-                    .find(|i| !self.utxos.contains_key(&i.prev))
-                    .map(|i| i.prev)
-                    .unwrap_or(o.tx.inputs[0].prev);
+                let missing =
+                    o.tx.inputs
+                        .iter()
+                        .find(|i| !self.utxos.contains_key(&i.prev))
+                        .map(|i| i.prev)
+                        .unwrap_or(o.tx.inputs[0].prev);
                 self.refuse(now, txid, o.tx, o.origin, TxError::UnknownInput(missing));
             }
         }
@@ -970,15 +1026,34 @@ impl Engine {
         if self.cfg.planted.release_voted_locks_on_timeout {
             self.planted_release(now);
         }
+        // Undecided for a while: maybe this node missed votes. Peers that
+        // finalized it answer with the proof.
+        let stall = self.cfg.stall_request_ms;
+        for (txid, rec) in self.txs.iter_mut() {
+            if rec.status == Status::Pending
+                && now.saturating_sub(rec.since_ms) >= stall
+                && now.saturating_sub(rec.last_request_ms) >= stall
+            {
+                rec.last_request_ms = now;
+                self.round.outputs.push(Output::RequestProof(*txid));
+            }
+        }
         let timeout = self.cfg.lock_timeout_ms;
+        let keep = self.cfg.decided_retention_ms;
         let txs = &self.txs;
-        self.tallies.retain(|txid, t| {
-            txs.contains_key(txid) || now.saturating_sub(t.first_vote_ms) < timeout
+        self.aggregator.expire(now, timeout, keep, |txid| {
+            txs.get(txid).is_some_and(|r| r.status == Status::Pending)
         });
         let keep = self.cfg.decided_retention_ms;
         self.txs
             .retain(|_, r| r.status == Status::Pending || now.saturating_sub(r.since_ms) < keep);
-        self.proofs_waiting.retain(|_, _| true);
+        // Unclaimed proofs and rejections: the transaction never came.
+        if self.proofs_waiting.len() > self.cfg.max_unknown_tallies / 2 {
+            self.proofs_waiting.clear();
+        }
+        if self.impossible_waiting.len() > self.cfg.max_unknown_tallies / 2 {
+            self.impossible_waiting.clear();
+        }
         if self.requested_parents.len() > self.cfg.max_orphans {
             self.requested_parents.clear();
         }
@@ -1014,36 +1089,28 @@ impl Engine {
     /// vote log write, sent after), and hands back the round's effects.
     pub fn end_round(&mut self, now: u64) -> Round {
         while !self.vote_queue.is_empty() {
-            let n = self.vote_queue.len().min(MAX_VOTE_ITEMS);
+            let n = self
+                .vote_queue
+                .len()
+                .min(self.cfg.max_vote_batch_items.clamp(1, MAX_VOTE_ITEMS));
             let items: Vec<VoteItem> = self.vote_queue.drain(..n).collect();
             let batch = VoteBatch::sign(self.cfg.chain_id, self.registry.epoch(), &self.key, items);
             self.metrics.vote_batches_signed += 1;
             self.round.writes.push(Write::AppendOwnVotes(batch.clone()));
-            self.round
-                .outputs
-                .push(Output::BroadcastVotes(Arc::new(batch.clone())));
-            let approved: Vec<Txid> = batch
-                .items
-                .iter()
-                .filter(|i| i.decision.is_approve())
-                .map(|i| i.txid)
-                .collect();
-            let rejected: Vec<Txid> = batch
-                .items
-                .iter()
-                .filter(|i| !i.decision.is_approve())
-                .map(|i| i.txid)
-                .collect();
-            self.remember_own_batch(batch, None);
-            // Our signed vote may complete a quorum (or make approval
-            // impossible). Finality found here is in this same round, after
-            // the vote log write, so it is durable together with the vote.
-            for txid in approved.into_iter().chain(rejected) {
-                self.check_tally(now, txid);
-            }
+            self.own_batch_signed(now, batch);
         }
         std::mem::take(&mut self.round)
     }
+}
+
+/// The registry's quorum, or a planted one in the simulator's control runs.
+fn effective_quorum(cfg: &EngineConfig, registry: &Registry) -> u64 {
+    #[cfg(feature = "planted-bugs")]
+    if let Some(q) = cfg.planted.quorum {
+        return q;
+    }
+    let _ = cfg;
+    registry.quorum()
 }
 
 /// Stateless checks and signature verification: safe to run on any thread

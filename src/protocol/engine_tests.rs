@@ -35,7 +35,13 @@ impl Cluster {
         let genesis = testkit::genesis(7, &keys, Tier::Bronze, wallets, 4, 10 * COIN);
         let mut stores = vec![MemoryStore::new(); n];
         let engines = (0..n)
-            .map(|i| Some(testkit::engine_with_store(&genesis, keys[i].clone(), &mut stores[i])))
+            .map(|i| {
+                Some(testkit::engine_with_store(
+                    &genesis,
+                    keys[i].clone(),
+                    &mut stores[i],
+                ))
+            })
             .collect();
         Cluster {
             genesis,
@@ -75,7 +81,9 @@ impl Cluster {
                     Output::BroadcastTransaction(tx) => {
                         self.inbox.push_back((j, Msg::Tx((**tx).clone())))
                     }
-                    Output::BroadcastVotes(b) => self.inbox.push_back((j, Msg::Votes((**b).clone()))),
+                    Output::BroadcastVotes(b) => {
+                        self.inbox.push_back((j, Msg::Votes((**b).clone())))
+                    }
                     Output::RequestProof(t) => self.inbox.push_back((j, Msg::ProofRequest(*t, i))),
                     Output::Event(_) => {}
                 }
@@ -101,9 +109,10 @@ impl Cluster {
                 Msg::Votes(b) => e.handle_votes(now, b),
                 Msg::Proof(tx, p) => e.handle_proof(now, tx, p),
                 Msg::ProofRequest(t, from) => {
-                    if let (Ok(Some(p)), Ok(Some(tx))) =
-                        (self.stores[to].get_proof(&t), self.stores[to].get_transaction(&t))
-                    {
+                    if let (Ok(Some(p)), Ok(Some(tx))) = (
+                        self.stores[to].get_proof(&t),
+                        self.stores[to].get_transaction(&t),
+                    ) {
                         self.inbox.push_back((from, Msg::Proof(tx, p)));
                     }
                 }
@@ -130,7 +139,9 @@ impl Cluster {
 
     fn rejected_at(&self, i: usize, txid: &Txid) -> Option<RejectCode> {
         self.events[i].iter().find_map(|e| match e {
-            Event::Rejected { txid: t, reason, .. } if t == txid => Some(*reason),
+            Event::Rejected {
+                txid: t, reason, ..
+            } if t == txid => Some(*reason),
             _ => None,
         })
     }
@@ -140,7 +151,13 @@ fn wallet(i: u64) -> SigningKey {
     testkit::key_from_seed("wallet", i)
 }
 
-fn pay(from: &SigningKey, coin: u32, wallet_index: u32, to: &SigningKey, amount: u64) -> Transaction {
+fn pay(
+    from: &SigningKey,
+    coin: u32,
+    wallet_index: u32,
+    to: &SigningKey,
+    amount: u64,
+) -> Transaction {
     Transaction::build_signed(
         7,
         from,
@@ -239,7 +256,10 @@ fn restarted_node_never_votes_for_the_conflict() {
     let e = c.engines[0].as_mut().unwrap();
     assert_eq!(e.my_vote(&t1.txid()), Some(Decision::Approve));
     e.handle_transaction(100, t2.clone(), Origin::Peer, false);
-    assert!(matches!(e.my_vote(&t2.txid()), Some(Decision::Reject(RejectCode::InputLocked))));
+    assert!(matches!(
+        e.my_vote(&t2.txid()),
+        Some(Decision::Reject(RejectCode::InputLocked))
+    ));
     let round = e.end_round(101);
     for o in &round.outputs {
         if let Output::BroadcastVotes(b) = o {
@@ -337,7 +357,10 @@ fn chained_payment_and_catch_up_after_restart() {
     for i in 0..4 {
         assert!(c.finalized_at(i, &cid).is_some(), "node {i}");
     }
-    assert!(c.finalized_at(3, &id1).is_some(), "catch-up through proof request");
+    assert!(
+        c.finalized_at(3, &id1).is_some(),
+        "catch-up through proof request"
+    );
 }
 
 #[test]

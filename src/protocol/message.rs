@@ -84,7 +84,10 @@ pub enum Message {
     TransactionBroadcast(Transaction),
     VoteBatch(VoteBatch),
     /// Consensus reached: the transaction and its TimeProof.
-    TimeProof { tx: Transaction, proof: TimeProof },
+    TimeProof {
+        tx: Transaction,
+        proof: TimeProof,
+    },
     ProofRequest(Txid),
     /// Locked and approved by the masternode the wallet talks to.
     TransactionAccepted(Txid),
@@ -99,10 +102,48 @@ pub enum Message {
     AddressQuery(Address),
     UtxoStateResponse(Vec<(OutPoint, Option<UtxoEntry>)>),
     WalletSubscribe(Vec<Address>),
-    UtxoStateNotification { outpoint: OutPoint, entry: UtxoEntry },
-    NewTransactionNotification { txid: Txid, tx: Transaction },
+    UtxoStateNotification {
+        outpoint: OutPoint,
+        entry: UtxoEntry,
+    },
+    NewTransactionNotification {
+        txid: Txid,
+        tx: Transaction,
+    },
+    /// Masternode -> masternode: resend your fast-path datagrams
+    /// `first..=last` (they were lost on UDP).
+    RepairRequest {
+        first: u64,
+        last: u64,
+    },
+    /// A fast-path datagram resent over the reliable path, as it was signed.
+    Repair(Vec<u8>),
+    /// Over the reliable path: "my next fast-path datagram has sequence
+    /// `next`", so a receiver that has not heard this sender yet knows where
+    /// its stream starts (and can repair what it missed since).
+    FastPathSeq {
+        next: u64,
+    },
+    /// Operator or devnet asks how the node is doing.
+    StatusQuery,
+    Status(NodeStatus),
     /// The connection is being closed for this reason.
-    Error { code: u16, detail: String },
+    Error {
+        code: u16,
+        detail: String,
+    },
+}
+
+/// What `StatusQuery` answers.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NodeStatus {
+    pub public_key: PublicKey,
+    /// Peer masternodes with an authenticated outbound connection.
+    pub peers_connected: u32,
+    pub peers_total: u32,
+    pub pending: u32,
+    pub finalized: u64,
+    pub rejected: u64,
 }
 
 mod tag {
@@ -123,6 +164,11 @@ mod tag {
     pub const SUBSCRIBE: u8 = 0x23;
     pub const UTXO_NOTIFICATION: u8 = 0x24;
     pub const NEW_TX_NOTIFICATION: u8 = 0x25;
+    pub const REPAIR_REQUEST: u8 = 0x17;
+    pub const REPAIR: u8 = 0x18;
+    pub const FAST_PATH_SEQ: u8 = 0x19;
+    pub const STATUS_QUERY: u8 = 0x30;
+    pub const STATUS: u8 = 0x31;
     pub const ERROR: u8 = 0x7f;
 }
 
@@ -156,6 +202,11 @@ impl Message {
             Message::WalletSubscribe(_) => "wallet-subscribe",
             Message::UtxoStateNotification { .. } => "utxo-state-notification",
             Message::NewTransactionNotification { .. } => "new-transaction-notification",
+            Message::RepairRequest { .. } => "repair-request",
+            Message::Repair(_) => "repair",
+            Message::FastPathSeq { .. } => "fast-path-seq",
+            Message::StatusQuery => "status-query",
+            Message::Status(_) => "status",
             Message::Error { .. } => "error",
         }
     }
@@ -269,6 +320,29 @@ impl Message {
                 out.extend_from_slice(&txid.0);
                 tx.encode(out);
             }
+            Message::RepairRequest { first, last } => {
+                out.push(tag::REPAIR_REQUEST);
+                out.extend_from_slice(&first.to_le_bytes());
+                out.extend_from_slice(&last.to_le_bytes());
+            }
+            Message::Repair(d) => {
+                out.push(tag::REPAIR);
+                put_var_bytes(out, d);
+            }
+            Message::FastPathSeq { next } => {
+                out.push(tag::FAST_PATH_SEQ);
+                out.extend_from_slice(&next.to_le_bytes());
+            }
+            Message::StatusQuery => out.push(tag::STATUS_QUERY),
+            Message::Status(st) => {
+                out.push(tag::STATUS);
+                out.extend_from_slice(&st.public_key.0);
+                out.extend_from_slice(&st.peers_connected.to_le_bytes());
+                out.extend_from_slice(&st.peers_total.to_le_bytes());
+                out.extend_from_slice(&st.pending.to_le_bytes());
+                out.extend_from_slice(&st.finalized.to_le_bytes());
+                out.extend_from_slice(&st.rejected.to_le_bytes());
+            }
             Message::Error { code, detail } => {
                 out.push(tag::ERROR);
                 out.extend_from_slice(&code.to_le_bytes());
@@ -337,14 +411,23 @@ impl Message {
             }
             tag::ADDRESS_QUERY => Message::AddressQuery(Address(r.array()?)),
             tag::UTXO_RESPONSE => {
-                let n = r.count("utxo states", MAX_QUERY_OUTPOINTS, OutPoint::ENCODED_LEN + 1)?;
+                let n = r.count(
+                    "utxo states",
+                    MAX_QUERY_OUTPOINTS,
+                    OutPoint::ENCODED_LEN + 1,
+                )?;
                 let mut v = Vec::with_capacity(n);
                 for _ in 0..n {
                     let op = OutPoint::decode(&mut r)?;
                     let e = match r.u8()? {
                         0 => None,
                         1 => Some(UtxoEntry::decode(&mut r)?),
-                        tag => return Err(DecodeError::UnknownTag { what: "option", tag }),
+                        tag => {
+                            return Err(DecodeError::UnknownTag {
+                                what: "option",
+                                tag,
+                            })
+                        }
                     };
                     v.push((op, e));
                 }
@@ -366,11 +449,34 @@ impl Message {
                 txid: Txid(r.array()?),
                 tx: Transaction::decode(&mut r)?,
             },
+            tag::REPAIR_REQUEST => Message::RepairRequest {
+                first: r.u64()?,
+                last: r.u64()?,
+            },
+            tag::REPAIR => Message::Repair(
+                r.var_bytes("datagram", time_net::datagram::MAX_DATAGRAM_LEN)?
+                    .to_vec(),
+            ),
+            tag::FAST_PATH_SEQ => Message::FastPathSeq { next: r.u64()? },
+            tag::STATUS_QUERY => Message::StatusQuery,
+            tag::STATUS => Message::Status(NodeStatus {
+                public_key: PublicKey(r.array()?),
+                peers_connected: r.u32()?,
+                peers_total: r.u32()?,
+                pending: r.u32()?,
+                finalized: r.u64()?,
+                rejected: r.u64()?,
+            }),
             tag::ERROR => Message::Error {
                 code: r.u16()?,
                 detail: get_str(&mut r)?,
             },
-            tag => return Err(DecodeError::UnknownTag { what: "message", tag }),
+            tag => {
+                return Err(DecodeError::UnknownTag {
+                    what: "message",
+                    tag,
+                })
+            }
         };
         r.finish()?;
         Ok(m)

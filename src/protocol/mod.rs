@@ -5,6 +5,7 @@
 pub mod engine;
 pub mod message;
 pub mod registry;
+pub mod tally;
 pub mod timeproof;
 pub mod types;
 pub mod utxo;

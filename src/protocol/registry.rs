@@ -170,6 +170,9 @@ mod tests {
             Registry::new(0, vec![n.clone(), n]),
             Err(RegistryError::DuplicateKey(_))
         ));
-        assert!(matches!(Registry::new(0, vec![]), Err(RegistryError::Empty)));
+        assert!(matches!(
+            Registry::new(0, vec![]),
+            Err(RegistryError::Empty)
+        ));
     }
 }

@@ -191,14 +191,23 @@ mod tests {
         assert_eq!(TimeProof::from_bytes(&p.to_bytes()).unwrap(), p);
 
         let p2 = proof_from(&ks[..2], t, Decision::Approve);
-        assert!(matches!(p2.verify(5, &reg), Err(ProofError::BelowQuorum { .. })));
+        assert!(matches!(
+            p2.verify(5, &reg),
+            Err(ProofError::BelowQuorum { .. })
+        ));
 
         let mut dup = p.clone();
         dup.votes[2] = dup.votes[0].clone();
-        assert!(matches!(dup.verify(5, &reg), Err(ProofError::DuplicateVoter(2))));
+        assert!(matches!(
+            dup.verify(5, &reg),
+            Err(ProofError::DuplicateVoter(2))
+        ));
 
         let rej = proof_from(&ks[..3], t, Decision::Reject(RejectCode::InputLocked));
-        assert!(matches!(rej.verify(5, &reg), Err(ProofError::NotApproval(0))));
+        assert!(matches!(
+            rej.verify(5, &reg),
+            Err(ProofError::NotApproval(0))
+        ));
 
         let mut other_tx = p.clone();
         other_tx.txid = Txid([2; 32]);
@@ -206,8 +215,14 @@ mod tests {
 
         let outsider = keys(9);
         let p3 = proof_from(&outsider[5..8], t, Decision::Approve);
-        assert!(matches!(p3.verify(5, &reg), Err(ProofError::UnknownVoter(0))));
+        assert!(matches!(
+            p3.verify(5, &reg),
+            Err(ProofError::UnknownVoter(0))
+        ));
 
-        assert!(matches!(p.verify(6, &reg), Err(ProofError::WrongChain { .. })));
+        assert!(matches!(
+            p.verify(6, &reg),
+            Err(ProofError::WrongChain { .. })
+        ));
     }
 }

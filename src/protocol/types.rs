@@ -213,14 +213,17 @@ pub const MAX_TX_INPUTS: usize = 1_000;
 pub const MAX_TX_OUTPUTS: usize = 1_000;
 
 impl Transaction {
-    /// Canonical bytes without signatures: what the txid commits to.
-    fn encode_unsigned(&self, out: &mut Vec<u8>) {
+    /// Canonical bytes; without signatures they are what the txid commits to.
+    fn encode_parts(&self, out: &mut Vec<u8>, signatures: bool) {
         out.extend_from_slice(&self.version.to_le_bytes());
         out.extend_from_slice(&self.chain_id.to_le_bytes());
         out.extend_from_slice(&(self.inputs.len() as u32).to_le_bytes());
         for i in &self.inputs {
             i.prev.encode(out);
             out.extend_from_slice(&i.public_key.0);
+            if signatures {
+                out.extend_from_slice(&i.signature);
+            }
         }
         out.extend_from_slice(&(self.outputs.len() as u32).to_le_bytes());
         for o in &self.outputs {
@@ -233,7 +236,7 @@ impl Transaction {
     /// cannot change a txid (no malleability).
     pub fn txid(&self) -> Txid {
         let mut buf = Vec::with_capacity(64 + self.inputs.len() * 68 + self.outputs.len() * 28);
-        self.encode_unsigned(&mut buf);
+        self.encode_parts(&mut buf, false);
         let mut h = blake3::Hasher::new();
         h.update(DOMAIN_TXID);
         h.update(&buf);
@@ -242,23 +245,14 @@ impl Transaction {
 
     /// Full wire encoding, signatures included.
     pub fn encode(&self, out: &mut Vec<u8>) {
-        out.extend_from_slice(&self.version.to_le_bytes());
-        out.extend_from_slice(&self.chain_id.to_le_bytes());
-        out.extend_from_slice(&(self.inputs.len() as u32).to_le_bytes());
-        for i in &self.inputs {
-            i.prev.encode(out);
-            out.extend_from_slice(&i.public_key.0);
-            out.extend_from_slice(&i.signature);
-        }
-        out.extend_from_slice(&(self.outputs.len() as u32).to_le_bytes());
-        for o in &self.outputs {
-            o.encode(out);
-        }
-        out.extend_from_slice(&self.lock_time.to_le_bytes());
+        self.encode_parts(out, true);
     }
 
     pub fn encoded_len(&self) -> usize {
-        2 + 4 + 4 + self.inputs.len() * TxInput::ENCODED_LEN + 4
+        2 + 4
+            + 4
+            + self.inputs.len() * TxInput::ENCODED_LEN
+            + 4
             + self.outputs.len() * TxOutput::ENCODED_LEN
             + 8
     }

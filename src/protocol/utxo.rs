@@ -8,13 +8,23 @@ use crate::protocol::types::{TxOutput, Txid};
 pub enum UtxoState {
     Unspent,
     /// Inputs locked by a transaction this node validated first (first seen wins).
-    Locked { txid: Txid },
+    Locked {
+        txid: Txid,
+    },
     /// Approve votes are arriving; `weight` is the approve weight seen so far.
-    SpentPending { txid: Txid, weight: u64 },
+    SpentPending {
+        txid: Txid,
+        weight: u64,
+    },
     /// A TimeProof exists for `txid`; the proof is stored under that txid.
-    SpentFinalized { txid: Txid },
+    SpentFinalized {
+        txid: Txid,
+    },
     /// A block included `txid` (block layer; kept for the format).
-    Confirmed { txid: Txid, height: u64 },
+    Confirmed {
+        txid: Txid,
+        height: u64,
+    },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -28,7 +38,10 @@ pub enum TransitionError {
     #[error("output is held by transaction {holder}, not {requested}")]
     HeldByOther { holder: Txid, requested: Txid },
     #[error("illegal transition from {from} to {to}")]
-    Illegal { from: &'static str, to: &'static str },
+    Illegal {
+        from: &'static str,
+        to: &'static str,
+    },
 }
 
 impl UtxoState {
@@ -92,18 +105,14 @@ impl UtxoState {
             (Unspent | Locked { .. } | SpentPending { .. }, SpentFinalized { .. }) => Ok(next),
             (SpentFinalized { txid: a }, SpentFinalized { txid: b }) if a == b => Ok(next),
             (SpentFinalized { txid: a }, Confirmed { txid: b, .. }) if a == b => Ok(next),
-            (SpentFinalized { txid: a } | Confirmed { txid: a, .. }, _) => {
-                match next.holder() {
-                    Some(b) if b != a => Err(TransitionError::HeldByOther {
-                        holder: a,
-                        requested: b,
-                    }),
-                    _ => Err(illegal()),
-                }
-            }
-            (Locked { txid: a } | SpentPending { txid: a, .. }, Locked { txid: b })
-                if a != b =>
-            {
+            (SpentFinalized { txid: a } | Confirmed { txid: a, .. }, _) => match next.holder() {
+                Some(b) if b != a => Err(TransitionError::HeldByOther {
+                    holder: a,
+                    requested: b,
+                }),
+                _ => Err(illegal()),
+            },
+            (Locked { txid: a } | SpentPending { txid: a, .. }, Locked { txid: b }) if a != b => {
                 Err(TransitionError::HeldByOther {
                     holder: a,
                     requested: b,
@@ -123,43 +132,6 @@ impl UtxoState {
                 to: "unspent",
             }),
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::UtxoState::*;
-    use super::*;
-
-    #[test]
-    fn legal_path() {
-        let t = Txid([1; 32]);
-        let s = Unspent.transition(Locked { txid: t }).unwrap();
-        let s = s.transition(SpentPending { txid: t, weight: 1 }).unwrap();
-        let s = s.transition(SpentPending { txid: t, weight: 2 }).unwrap();
-        let s = s.transition(SpentFinalized { txid: t }).unwrap();
-        let s = s.transition(Confirmed { txid: t, height: 5 }).unwrap();
-        assert_eq!(s.holder(), Some(t));
-    }
-
-    #[test]
-    fn conflicts_and_backwards_refused() {
-        let (a, b) = (Txid([1; 32]), Txid([2; 32]));
-        let locked = Locked { txid: a };
-        assert!(matches!(
-            locked.transition(Locked { txid: b }),
-            Err(TransitionError::HeldByOther { .. })
-        ));
-        assert!(locked
-            .transition(SpentPending { txid: b, weight: 1 })
-            .is_err());
-        let fin = SpentFinalized { txid: a };
-        assert!(fin.transition(Unspent).is_err());
-        assert!(fin.transition(SpentFinalized { txid: b }).is_err());
-        assert!(fin.transition(Locked { txid: a }).is_err());
-        assert!(fin.release().is_err());
-        assert!(Unspent.transition(Confirmed { txid: a, height: 1 }).is_err());
-        assert_eq!(locked.release().unwrap(), Unspent);
     }
 }
 
@@ -205,5 +177,44 @@ impl UtxoEntry {
             }
         };
         Ok(UtxoEntry { output, state })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::UtxoState::*;
+    use super::*;
+
+    #[test]
+    fn legal_path() {
+        let t = Txid([1; 32]);
+        let s = Unspent.transition(Locked { txid: t }).unwrap();
+        let s = s.transition(SpentPending { txid: t, weight: 1 }).unwrap();
+        let s = s.transition(SpentPending { txid: t, weight: 2 }).unwrap();
+        let s = s.transition(SpentFinalized { txid: t }).unwrap();
+        let s = s.transition(Confirmed { txid: t, height: 5 }).unwrap();
+        assert_eq!(s.holder(), Some(t));
+    }
+
+    #[test]
+    fn conflicts_and_backwards_refused() {
+        let (a, b) = (Txid([1; 32]), Txid([2; 32]));
+        let locked = Locked { txid: a };
+        assert!(matches!(
+            locked.transition(Locked { txid: b }),
+            Err(TransitionError::HeldByOther { .. })
+        ));
+        assert!(locked
+            .transition(SpentPending { txid: b, weight: 1 })
+            .is_err());
+        let fin = SpentFinalized { txid: a };
+        assert!(fin.transition(Unspent).is_err());
+        assert!(fin.transition(SpentFinalized { txid: b }).is_err());
+        assert!(fin.transition(Locked { txid: a }).is_err());
+        assert!(fin.release().is_err());
+        assert!(Unspent
+            .transition(Confirmed { txid: a, height: 1 })
+            .is_err());
+        assert_eq!(locked.release().unwrap(), Unspent);
     }
 }

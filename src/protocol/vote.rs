@@ -92,7 +92,13 @@ pub fn merkle_levels(leaves: Vec<[u8; 32]>) -> Vec<Vec<[u8; 32]>> {
         let prev = levels.last().expect("non-empty");
         let next: Vec<[u8; 32]> = prev
             .chunks(2)
-            .map(|c| if c.len() == 2 { node_hash(&c[0], &c[1]) } else { c[0] })
+            .map(|c| {
+                if c.len() == 2 {
+                    node_hash(&c[0], &c[1])
+                } else {
+                    c[0]
+                }
+            })
             .collect();
         levels.push(next);
     }
@@ -138,7 +144,7 @@ pub fn root_from_path(
         if sib < count {
             let s = path.get(used)?;
             used += 1;
-            acc = if index % 2 == 0 {
+            acc = if index.is_multiple_of(2) {
                 node_hash(&acc, s)
             } else {
                 node_hash(s, &acc)

@@ -1,1 +1,942 @@
-//! (in progress)
+//! [`Store`] on LMDB (through `heed`): the node's durable state.
+//!
+//! Owns the environment directory and five typed tables, each a name, a key
+//! type whose bytes sort in table order and a value type, with byte layouts
+//! in [`super::records`]:
+//!
+//! | table          | key                        | value        |
+//! |----------------|----------------------------|--------------|
+//! | `meta`         | [`MetaKey`] name           | `u32`        |
+//! | `utxos`        | [`OutPoint::key_bytes`]    | [`UtxoEntry`]|
+//! | `transactions` | [`Txid`]                   | [`Transaction`] |
+//! | `proofs`       | [`Txid`]                   | [`TimeProof`] |
+//! | `own_votes`    | [`VoteSeq`] (u64 BE)       | [`VoteBatch`] |
+//!
+//! `meta` carries the format version; a database written by a newer build is
+//! refused rather than misread. [`Store::apply`] is one LMDB write
+//! transaction, committed (and fsync'ed, unless [`LmdbOptions::no_sync`])
+//! before it returns. The vote log is append-only: it is written with
+//! `MDB_APPEND` under the next sequence number and never overwritten.
+//!
+//! This module must never interpret protocol rules: it stores what the engine
+//! decided, and reports damaged bytes as [`StoreError::Corrupt`], never a panic.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::marker::PhantomData;
+use std::path::Path;
+
+use heed::types::Bytes;
+use heed::{Database, Env, EnvFlags, EnvOpenOptions, PutFlags, RoTxn, RwTxn, WithoutTls};
+
+use super::records::{
+    check_txid, MetaKey, RecordError, TableKey, TableValue, VoteSeq, FORMAT_VERSION,
+};
+use super::{Genesis, Snapshot, Store, StoreError, Write};
+use crate::protocol::timeproof::TimeProof;
+use crate::protocol::types::{ChainId, OutPoint, Transaction, Txid};
+use crate::protocol::utxo::{UtxoEntry, UtxoState};
+use crate::protocol::vote::VoteBatch;
+
+/// Default size of the memory map: 64 GiB of address space. The data file is
+/// sparse and only grows with what is written.
+pub const DEFAULT_MAP_SIZE: usize = 64 << 30;
+
+const TABLE_META: &str = "meta";
+const TABLE_UTXOS: &str = "utxos";
+const TABLE_TRANSACTIONS: &str = "transactions";
+const TABLE_PROOFS: &str = "proofs";
+const TABLE_OWN_VOTES: &str = "own_votes";
+const TABLE_COUNT: u32 = 5;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LmdbOptions {
+    /// Largest the database may grow, in bytes; a multiple of the OS page size.
+    pub map_size: usize,
+    /// Skips the fsync at commit (`MDB_NOSYNC`). For benchmarks only: an OS
+    /// crash or power loss may then lose or damage committed writes,
+    /// including votes already sent, so a restarted node could contradict
+    /// itself.
+    pub no_sync: bool,
+}
+
+impl Default for LmdbOptions {
+    fn default() -> Self {
+        LmdbOptions {
+            map_size: DEFAULT_MAP_SIZE,
+            no_sync: false,
+        }
+    }
+}
+
+fn backend(e: heed::Error) -> StoreError {
+    match e {
+        heed::Error::Io(io) => StoreError::Io(io),
+        other => StoreError::Backend(other.to_string()),
+    }
+}
+
+/// A named LMDB database with a key type and a value type.
+struct Table<K, V> {
+    name: &'static str,
+    db: Database<Bytes, Bytes>,
+    _types: PhantomData<fn() -> (K, V)>,
+}
+
+impl<K, V> Clone for Table<K, V> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<K, V> Copy for Table<K, V> {}
+
+impl<K: TableKey, V: TableValue> Table<K, V> {
+    fn create(
+        env: &Env<WithoutTls>,
+        wtxn: &mut RwTxn,
+        name: &'static str,
+    ) -> Result<Self, StoreError> {
+        let db = env.create_database(wtxn, Some(name)).map_err(backend)?;
+        Ok(Table {
+            name,
+            db,
+            _types: PhantomData,
+        })
+    }
+
+    fn corrupt(&self, e: RecordError) -> StoreError {
+        StoreError::Corrupt {
+            table: self.name,
+            detail: e.to_string(),
+        }
+    }
+
+    fn get(&self, txn: &RoTxn, key: &K) -> Result<Option<V>, StoreError> {
+        match self.db.get(txn, key.to_key().as_ref()).map_err(backend)? {
+            Some(bytes) => V::decode_value(bytes)
+                .map(Some)
+                .map_err(|e| self.corrupt(e)),
+            None => Ok(None),
+        }
+    }
+
+    fn put_with(
+        &self,
+        txn: &mut RwTxn,
+        flags: PutFlags,
+        key: &K,
+        value: &V,
+        buf: &mut Vec<u8>,
+    ) -> Result<(), StoreError> {
+        buf.clear();
+        // An unencodable value fails the whole apply: nothing of it commits.
+        value.encode_value(buf).map_err(|e| self.corrupt(e))?;
+        self.db
+            .put_with_flags(txn, flags, key.to_key().as_ref(), buf)
+            .map_err(backend)
+    }
+
+    fn put(
+        &self,
+        txn: &mut RwTxn,
+        key: &K,
+        value: &V,
+        buf: &mut Vec<u8>,
+    ) -> Result<(), StoreError> {
+        self.put_with(txn, PutFlags::empty(), key, value, buf)
+    }
+
+    fn is_empty(&self, txn: &RoTxn) -> Result<bool, StoreError> {
+        self.db.is_empty(txn).map_err(backend)
+    }
+
+    fn last_key(&self, txn: &RoTxn) -> Result<Option<K>, StoreError> {
+        match self.db.last(txn).map_err(backend)? {
+            Some((k, _)) => K::from_key(k).map(Some).map_err(|e| self.corrupt(e)),
+            None => Ok(None),
+        }
+    }
+
+    /// Calls `f` on every record in key order.
+    fn for_each(
+        &self,
+        txn: &RoTxn,
+        mut f: impl FnMut(K, V) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        for item in self.db.iter(txn).map_err(backend)? {
+            let (k, v) = item.map_err(backend)?;
+            let k = K::from_key(k).map_err(|e| self.corrupt(e))?;
+            let v = V::decode_value(v).map_err(|e| self.corrupt(e))?;
+            f(k, v)?;
+        }
+        Ok(())
+    }
+
+    /// Every key in order, without decoding the values.
+    fn keys(&self, txn: &RoTxn) -> Result<Vec<K>, StoreError> {
+        let mut out = Vec::new();
+        for item in self.db.iter(txn).map_err(backend)? {
+            let (k, _) = item.map_err(backend)?;
+            out.push(K::from_key(k).map_err(|e| self.corrupt(e))?);
+        }
+        Ok(out)
+    }
+}
+
+/// The durable store of one node, in one LMDB environment directory.
+pub struct LmdbStore {
+    env: Env<WithoutTls>,
+    meta: Table<MetaKey, u32>,
+    utxos: Table<OutPoint, UtxoEntry>,
+    transactions: Table<Txid, Transaction>,
+    proofs: Table<Txid, TimeProof>,
+    own_votes: Table<VoteSeq, VoteBatch>,
+}
+
+impl fmt::Debug for LmdbStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LmdbStore")
+            .field("path", &self.env.path())
+            .finish_non_exhaustive()
+    }
+}
+
+impl LmdbStore {
+    /// Opens (creating if needed) the database in `dir`. Refuses a database
+    /// written in another format version.
+    ///
+    /// One node process per directory: this guards against a second open in
+    /// the same process, and LMDB's lock file keeps other processes'
+    /// transactions consistent, but two nodes sharing one vote log could
+    /// still sign conflicting votes, so the runtime must not start two.
+    pub fn open(dir: &Path, options: LmdbOptions) -> Result<Self, StoreError> {
+        std::fs::create_dir_all(dir)?;
+        let mut env_options = EnvOpenOptions::new().read_txn_without_tls();
+        env_options.map_size(options.map_size).max_dbs(TABLE_COUNT);
+        if options.no_sync {
+            // SAFETY: NO_SYNC only drops the fsync at commit; it does not
+            // change how the map is accessed, and a process crash still
+            // leaves a consistent database. An OS crash may lose or damage
+            // recent commits, which is why the option is for benchmarks only.
+            unsafe {
+                env_options.flags(EnvFlags::NO_SYNC);
+            }
+        }
+        // SAFETY: the danger of a memory map is the file changing under it
+        // outside LMDB's control. Within this process heed refuses to open
+        // the same path twice (EnvAlreadyOpened), so this `Env` is the only
+        // mapping; other processes can only reach the files through LMDB,
+        // whose lock file (`lock.mdb`; we never set NO_LOCK) serializes
+        // writers and protects pages readers still use. Nothing here writes
+        // `data.mdb` except LMDB. Like any LMDB database, `dir` must be on a
+        // local file system.
+        let env = unsafe { env_options.open(dir) }.map_err(backend)?;
+
+        let mut wtxn = env.write_txn().map_err(backend)?;
+        let meta = Table::create(&env, &mut wtxn, TABLE_META)?;
+        // Check the version before touching anything a newer build may have
+        // laid out differently. On error the transaction aborts on drop.
+        let version = meta.get(&wtxn, &MetaKey::FormatVersion)?;
+        if let Some(found) = version {
+            if found != FORMAT_VERSION {
+                return Err(StoreError::FormatVersion {
+                    found,
+                    supported: FORMAT_VERSION,
+                });
+            }
+        }
+        let utxos = Table::create(&env, &mut wtxn, TABLE_UTXOS)?;
+        let transactions = Table::create(&env, &mut wtxn, TABLE_TRANSACTIONS)?;
+        let proofs = Table::create(&env, &mut wtxn, TABLE_PROOFS)?;
+        let own_votes = Table::create(&env, &mut wtxn, TABLE_OWN_VOTES)?;
+        if version.is_none() {
+            let fresh = meta.is_empty(&wtxn)?
+                && utxos.is_empty(&wtxn)?
+                && transactions.is_empty(&wtxn)?
+                && proofs.is_empty(&wtxn)?
+                && own_votes.is_empty(&wtxn)?;
+            if !fresh {
+                return Err(StoreError::Corrupt {
+                    table: TABLE_META,
+                    detail: "format_version is missing but the database holds data".into(),
+                });
+            }
+            meta.put(
+                &mut wtxn,
+                &MetaKey::FormatVersion,
+                &FORMAT_VERSION,
+                &mut Vec::new(),
+            )?;
+        }
+        wtxn.commit().map_err(backend)?;
+        Ok(LmdbStore {
+            env,
+            meta,
+            utxos,
+            transactions,
+            proofs,
+            own_votes,
+        })
+    }
+
+    /// The environment directory.
+    pub fn path(&self) -> &Path {
+        self.env.path()
+    }
+
+    /// The chain this database was initialised for, if [`Store::init`] ran.
+    pub fn chain_id(&self) -> Result<Option<ChainId>, StoreError> {
+        let rtxn = self.env.read_txn().map_err(backend)?;
+        self.meta.get(&rtxn, &MetaKey::ChainId)
+    }
+
+    fn get_transaction_in(
+        &self,
+        txn: &RoTxn,
+        txid: &Txid,
+    ) -> Result<Option<Transaction>, StoreError> {
+        let tx = self.transactions.get(txn, txid)?;
+        if let Some(tx) = &tx {
+            check_txid(txid, &tx.txid()).map_err(|e| self.transactions.corrupt(e))?;
+        }
+        Ok(tx)
+    }
+}
+
+impl Store for LmdbStore {
+    fn init(&mut self, genesis: &Genesis) -> Result<(), StoreError> {
+        let mut wtxn = self.env.write_txn().map_err(backend)?;
+        match self.meta.get(&wtxn, &MetaKey::ChainId)? {
+            Some(found) if found != genesis.chain_id => Err(StoreError::WrongChain {
+                found,
+                expected: genesis.chain_id,
+            }),
+            Some(_) => Ok(()),
+            None => {
+                let mut buf = Vec::new();
+                self.meta
+                    .put(&mut wtxn, &MetaKey::ChainId, &genesis.chain_id, &mut buf)?;
+                for (op, entry) in &genesis.utxos {
+                    self.utxos.put(&mut wtxn, op, entry, &mut buf)?;
+                }
+                wtxn.commit().map_err(backend)
+            }
+        }
+    }
+
+    fn load(&self) -> Result<Snapshot, StoreError> {
+        let rtxn = self.env.read_txn().map_err(backend)?;
+        let mut snap = Snapshot::default();
+        self.utxos.for_each(&rtxn, |op, entry| {
+            snap.utxos.push((op, entry));
+            Ok(())
+        })?;
+
+        let mut seen = HashSet::new();
+        for (_, entry) in &snap.utxos {
+            if let UtxoState::Locked { txid } | UtxoState::SpentPending { txid, .. } = entry.state {
+                if seen.insert(txid) {
+                    if let Some(tx) = self.get_transaction_in(&rtxn, &txid)? {
+                        snap.pending_transactions.push(tx);
+                    }
+                }
+            }
+        }
+
+        snap.finalized = self.proofs.keys(&rtxn)?;
+
+        self.own_votes.for_each(&rtxn, |seq, batch| {
+            // Append-only from 0: a gap means lost votes, which must not be
+            // papered over (the node could then contradict itself).
+            let expected = snap.own_votes.len() as u64;
+            if seq.0 != expected {
+                return Err(StoreError::Corrupt {
+                    table: TABLE_OWN_VOTES,
+                    detail: format!("vote log jumps from sequence {expected} to {}", seq.0),
+                });
+            }
+            snap.own_votes.push(batch);
+            Ok(())
+        })?;
+        Ok(snap)
+    }
+
+    fn apply(&mut self, writes: &[Write]) -> Result<(), StoreError> {
+        if writes.is_empty() {
+            return Ok(());
+        }
+        // One write transaction; an early return drops it, which aborts it.
+        let mut wtxn = self.env.write_txn().map_err(backend)?;
+        let mut buf = Vec::new();
+        let mut next_vote: Option<u64> = None;
+        for w in writes {
+            match w {
+                Write::PutUtxo(op, entry) => self.utxos.put(&mut wtxn, op, entry, &mut buf)?,
+                Write::PutTransaction(txid, tx) => {
+                    check_txid(txid, &tx.txid()).map_err(|e| self.transactions.corrupt(e))?;
+                    self.transactions.put(&mut wtxn, txid, tx, &mut buf)?;
+                }
+                Write::PutProof(proof) => {
+                    self.proofs.put(&mut wtxn, &proof.txid, proof, &mut buf)?
+                }
+                Write::AppendOwnVotes(batch) => {
+                    let seq = match next_vote {
+                        Some(s) => s,
+                        None => match self.own_votes.last_key(&wtxn)? {
+                            Some(VoteSeq(last)) => {
+                                last.checked_add(1).ok_or_else(|| StoreError::Corrupt {
+                                    table: TABLE_OWN_VOTES,
+                                    detail: "vote log sequence exhausted".into(),
+                                })?
+                            }
+                            None => 0,
+                        },
+                    };
+                    // MDB_APPEND fails unless the key sorts after every
+                    // existing one: the log cannot be rewritten.
+                    self.own_votes.put_with(
+                        &mut wtxn,
+                        PutFlags::APPEND,
+                        &VoteSeq(seq),
+                        batch,
+                        &mut buf,
+                    )?;
+                    next_vote = Some(seq + 1);
+                }
+            }
+        }
+        wtxn.commit().map_err(backend)
+    }
+
+    fn get_proof(&self, txid: &Txid) -> Result<Option<TimeProof>, StoreError> {
+        let rtxn = self.env.read_txn().map_err(backend)?;
+        let proof = self.proofs.get(&rtxn, txid)?;
+        if let Some(p) = &proof {
+            check_txid(txid, &p.txid).map_err(|e| self.proofs.corrupt(e))?;
+        }
+        Ok(proof)
+    }
+
+    fn get_transaction(&self, txid: &Txid) -> Result<Option<Transaction>, StoreError> {
+        let rtxn = self.env.read_txn().map_err(backend)?;
+        self.get_transaction_in(&rtxn, txid)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use ed25519_dalek::SigningKey;
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::protocol::registry::{Masternode, Registry, Tier};
+    use crate::protocol::types::{Address, PublicKey, TxOutput};
+    use crate::protocol::vote::{Decision, VoteItem};
+    use crate::storage::MemoryStore;
+
+    const CHAIN: ChainId = 7;
+
+    fn key(n: u8) -> SigningKey {
+        SigningKey::from_bytes(&[n; 32])
+    }
+
+    fn open(dir: &Path) -> LmdbStore {
+        LmdbStore::open(dir, LmdbOptions::default()).expect("open")
+    }
+
+    fn outpoint(n: u8, vout: u32) -> OutPoint {
+        OutPoint {
+            txid: Txid([n; 32]),
+            vout,
+        }
+    }
+
+    fn entry(amount: u64, state: UtxoState) -> UtxoEntry {
+        UtxoEntry {
+            output: TxOutput {
+                amount,
+                address: Address([3; 20]),
+            },
+            state,
+        }
+    }
+
+    fn genesis(chain_id: ChainId) -> Genesis {
+        Genesis {
+            chain_id,
+            registry: Registry::new(
+                1,
+                vec![Masternode {
+                    key: PublicKey::from_signing(&key(1)),
+                    address: "127.0.0.1:1".into(),
+                    tier: Tier::Bronze,
+                }],
+            )
+            .unwrap(),
+            utxos: vec![
+                (outpoint(1, 0), entry(500, UtxoState::Unspent)),
+                (outpoint(1, 1), entry(700, UtxoState::Unspent)),
+            ],
+        }
+    }
+
+    fn tx_spending(prev: OutPoint, amount: u64) -> Transaction {
+        Transaction::build_signed(
+            CHAIN,
+            &key(2),
+            &[prev],
+            vec![TxOutput {
+                amount,
+                address: Address([9; 20]),
+            }],
+        )
+    }
+
+    fn batch(txids: &[Txid]) -> VoteBatch {
+        VoteBatch::sign(
+            CHAIN,
+            1,
+            &key(1),
+            txids
+                .iter()
+                .map(|&txid| VoteItem {
+                    txid,
+                    decision: Decision::Approve,
+                })
+                .collect(),
+        )
+    }
+
+    fn proof_for(txid: Txid) -> TimeProof {
+        let b = batch(&[txid]);
+        let levels = b.verify().unwrap();
+        TimeProof {
+            chain_id: CHAIN,
+            txid,
+            votes: vec![b.cert(&levels, 0)],
+        }
+    }
+
+    /// A round of writes touching every table: one locked, one pending and
+    /// one finalized spend, two vote batches.
+    fn sample_writes() -> Vec<Write> {
+        let locked = tx_spending(outpoint(1, 0), 400);
+        let pending = tx_spending(outpoint(1, 1), 600);
+        let finalized = tx_spending(outpoint(2, 0), 50);
+        vec![
+            Write::PutTransaction(locked.txid(), locked.clone()),
+            Write::PutTransaction(pending.txid(), pending.clone()),
+            Write::PutTransaction(finalized.txid(), finalized.clone()),
+            Write::PutUtxo(
+                outpoint(1, 0),
+                entry(
+                    500,
+                    UtxoState::Locked {
+                        txid: locked.txid(),
+                    },
+                ),
+            ),
+            Write::PutUtxo(
+                outpoint(1, 1),
+                entry(
+                    700,
+                    UtxoState::SpentPending {
+                        txid: pending.txid(),
+                        weight: 1,
+                    },
+                ),
+            ),
+            // A second input of the same pending transaction: listed once.
+            Write::PutUtxo(
+                outpoint(1, 2),
+                entry(
+                    1,
+                    UtxoState::Locked {
+                        txid: pending.txid(),
+                    },
+                ),
+            ),
+            Write::PutUtxo(
+                outpoint(2, 0),
+                entry(
+                    60,
+                    UtxoState::SpentFinalized {
+                        txid: finalized.txid(),
+                    },
+                ),
+            ),
+            Write::AppendOwnVotes(batch(&[locked.txid()])),
+            Write::PutProof(proof_for(finalized.txid())),
+            Write::AppendOwnVotes(batch(&[pending.txid(), finalized.txid()])),
+        ]
+    }
+
+    /// Snapshots with their unordered parts sorted, for comparison.
+    fn normalized(mut s: Snapshot) -> Snapshot {
+        s.utxos.sort_by_key(|(op, _)| *op);
+        s.pending_transactions.sort_by_key(|t| t.txid());
+        s.finalized.sort();
+        s
+    }
+
+    fn assert_same(a: Snapshot, b: Snapshot) {
+        let (a, b) = (normalized(a), normalized(b));
+        assert_eq!(a.utxos, b.utxos);
+        assert_eq!(a.pending_transactions, b.pending_transactions);
+        assert_eq!(a.finalized, b.finalized);
+        assert_eq!(a.own_votes, b.own_votes);
+    }
+
+    #[test]
+    fn apply_survives_reopen_and_matches_memory_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let writes = sample_writes();
+        let mut reference = MemoryStore::new();
+        reference.init(&genesis(CHAIN)).unwrap();
+        reference.apply(&writes).unwrap();
+        {
+            let mut s = open(dir.path());
+            s.init(&genesis(CHAIN)).unwrap();
+            s.apply(&writes).unwrap();
+        }
+        let s = open(dir.path());
+        assert_eq!(s.chain_id().unwrap(), Some(CHAIN));
+        let snap = s.load().unwrap();
+        assert_eq!(snap.utxos.len(), 4);
+        assert_eq!(snap.pending_transactions.len(), 2);
+        assert_eq!(snap.finalized.len(), 1);
+        assert_eq!(snap.own_votes.len(), 2);
+        assert_same(snap, reference.load().unwrap());
+
+        for w in &writes {
+            match w {
+                Write::PutTransaction(id, tx) => {
+                    assert_eq!(s.get_transaction(id).unwrap().as_ref(), Some(tx))
+                }
+                Write::PutProof(p) => assert_eq!(s.get_proof(&p.txid).unwrap().as_ref(), Some(p)),
+                _ => {}
+            }
+        }
+        assert_eq!(s.get_proof(&Txid([0xee; 32])).unwrap(), None);
+        assert_eq!(s.get_transaction(&Txid([0xee; 32])).unwrap(), None);
+    }
+
+    #[test]
+    fn vote_log_appends_across_reopens_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let batches: Vec<VoteBatch> = (0..5u8).map(|i| batch(&[Txid([i; 32])])).collect();
+        for b in &batches {
+            let mut s = open(dir.path());
+            s.apply(&[Write::AppendOwnVotes(b.clone())]).unwrap();
+        }
+        let s = open(dir.path());
+        assert_eq!(s.load().unwrap().own_votes, batches);
+        let rtxn = s.env.read_txn().unwrap();
+        assert_eq!(
+            s.own_votes.keys(&rtxn).unwrap(),
+            (0..5).map(VoteSeq).collect::<Vec<_>>()
+        );
+    }
+
+    #[test]
+    fn init_is_idempotent_and_refuses_another_chain() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let mut s = open(dir.path());
+            assert_eq!(s.chain_id().unwrap(), None);
+            s.init(&genesis(CHAIN)).unwrap();
+            s.apply(&[Write::PutUtxo(
+                outpoint(1, 0),
+                entry(
+                    500,
+                    UtxoState::Locked {
+                        txid: Txid([5; 32]),
+                    },
+                ),
+            )])
+            .unwrap();
+        }
+        let mut s = open(dir.path());
+        // The same chain again: accepted, and the genesis is not rewritten.
+        s.init(&genesis(CHAIN)).unwrap();
+        let snap = s.load().unwrap();
+        assert_eq!(
+            snap.utxos[0].1.state,
+            UtxoState::Locked {
+                txid: Txid([5; 32])
+            }
+        );
+        assert!(matches!(
+            s.init(&genesis(CHAIN + 1)),
+            Err(StoreError::WrongChain {
+                found: CHAIN,
+                expected
+            }) if expected == CHAIN + 1
+        ));
+    }
+
+    #[test]
+    fn newer_format_version_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let s = open(dir.path());
+            let mut wtxn = s.env.write_txn().unwrap();
+            s.meta
+                .put(
+                    &mut wtxn,
+                    &MetaKey::FormatVersion,
+                    &(FORMAT_VERSION + 1),
+                    &mut Vec::new(),
+                )
+                .unwrap();
+            wtxn.commit().unwrap();
+        }
+        match LmdbStore::open(dir.path(), LmdbOptions::default()) {
+            Err(StoreError::FormatVersion { found, supported }) => {
+                assert_eq!((found, supported), (FORMAT_VERSION + 1, FORMAT_VERSION))
+            }
+            other => panic!("expected FormatVersion, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn missing_format_version_with_data_is_corrupt() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let mut s = open(dir.path());
+            s.init(&genesis(CHAIN)).unwrap();
+            let mut wtxn = s.env.write_txn().unwrap();
+            s.meta
+                .db
+                .delete(&mut wtxn, MetaKey::FormatVersion.to_key())
+                .unwrap();
+            wtxn.commit().unwrap();
+        }
+        assert!(matches!(
+            LmdbStore::open(dir.path(), LmdbOptions::default()),
+            Err(StoreError::Corrupt { table: "meta", .. })
+        ));
+    }
+
+    #[test]
+    fn second_open_in_one_process_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let _s = open(dir.path());
+        assert!(LmdbStore::open(dir.path(), LmdbOptions::default()).is_err());
+    }
+
+    #[test]
+    fn apply_is_all_or_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = open(dir.path());
+        s.init(&genesis(CHAIN)).unwrap();
+        let before = s.load().unwrap();
+        let tx = tx_spending(outpoint(1, 0), 400);
+        let empty_batch = VoteBatch {
+            items: vec![],
+            ..batch(&[tx.txid()])
+        };
+        let bad_rounds = [
+            // The last write cannot be stored (a decoder would refuse it).
+            vec![
+                Write::PutTransaction(tx.txid(), tx.clone()),
+                Write::PutUtxo(
+                    outpoint(1, 0),
+                    entry(500, UtxoState::Locked { txid: tx.txid() }),
+                ),
+                Write::AppendOwnVotes(batch(&[tx.txid()])),
+                Write::AppendOwnVotes(empty_batch),
+            ],
+            // A transaction filed under another txid.
+            vec![
+                Write::AppendOwnVotes(batch(&[tx.txid()])),
+                Write::PutTransaction(Txid([1; 32]), tx.clone()),
+            ],
+        ];
+        for writes in &bad_rounds {
+            assert!(matches!(s.apply(writes), Err(StoreError::Corrupt { .. })));
+            assert_same(s.load().unwrap(), before.clone());
+        }
+        drop(s);
+        let mut s = open(dir.path());
+        assert_same(s.load().unwrap(), before);
+        // The refused rounds consumed no vote sequence numbers.
+        s.apply(&[Write::AppendOwnVotes(batch(&[tx.txid()]))])
+            .unwrap();
+        let rtxn = s.env.read_txn().unwrap();
+        assert_eq!(s.own_votes.keys(&rtxn).unwrap(), vec![VoteSeq(0)]);
+    }
+
+    /// Writes raw bytes under a key of one table, bypassing the encoders.
+    fn poke(s: &LmdbStore, table: &str, key: &[u8], value: &[u8]) {
+        let mut wtxn = s.env.write_txn().unwrap();
+        let db = match table {
+            TABLE_UTXOS => s.utxos.db,
+            TABLE_TRANSACTIONS => s.transactions.db,
+            TABLE_PROOFS => s.proofs.db,
+            TABLE_OWN_VOTES => s.own_votes.db,
+            _ => s.meta.db,
+        };
+        db.put(&mut wtxn, key, value).unwrap();
+        wtxn.commit().unwrap();
+    }
+
+    fn corrupt_table<T: fmt::Debug>(r: Result<T, StoreError>) -> &'static str {
+        match r {
+            Err(StoreError::Corrupt { table, .. }) => table,
+            other => panic!("expected Corrupt, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn corrupt_records_are_errors_not_panics() {
+        let t = Txid([4; 32]);
+        let cases: Vec<(&str, Vec<u8>, Vec<u8>)> = vec![
+            // Unknown UTXO state tag.
+            (TABLE_UTXOS, outpoint(1, 0).to_key().to_vec(), {
+                let mut v = entry(1, UtxoState::Unspent).to_value().unwrap();
+                v[TxOutput::ENCODED_LEN] = 0xff;
+                v
+            }),
+            // Key of the wrong length.
+            (
+                TABLE_UTXOS,
+                vec![1, 2, 3],
+                entry(1, UtxoState::Unspent).to_value().unwrap(),
+            ),
+            // Truncated vote batch.
+            (TABLE_OWN_VOTES, VoteSeq(0).to_key().to_vec(), {
+                let v = batch(&[t]).to_value().unwrap();
+                v[..v.len() - 1].to_vec()
+            }),
+            // A hole in the vote log.
+            (
+                TABLE_OWN_VOTES,
+                VoteSeq(3).to_key().to_vec(),
+                batch(&[t]).to_value().unwrap(),
+            ),
+            // A proof key that is not a txid.
+            (TABLE_PROOFS, vec![0; 31], proof_for(t).to_value().unwrap()),
+        ];
+        for (table, k, v) in cases {
+            let dir = tempfile::tempdir().unwrap();
+            let s = open(dir.path());
+            poke(&s, table, &k, &v);
+            assert_eq!(corrupt_table(s.load()), table, "{table} {k:?}");
+        }
+
+        // Pending transaction with garbage bytes: load and get both refuse.
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = open(dir.path());
+        let tx = tx_spending(outpoint(1, 0), 1);
+        s.apply(&[Write::PutUtxo(
+            outpoint(1, 0),
+            entry(1, UtxoState::Locked { txid: tx.txid() }),
+        )])
+        .unwrap();
+        poke(&s, TABLE_TRANSACTIONS, &tx.txid().0, &[0xff; 7]);
+        assert_eq!(corrupt_table(s.load()), TABLE_TRANSACTIONS);
+        assert_eq!(
+            corrupt_table(s.get_transaction(&tx.txid())),
+            TABLE_TRANSACTIONS
+        );
+
+        // Well-formed records filed under the wrong txid.
+        let other = tx_spending(outpoint(1, 1), 2);
+        poke(&s, TABLE_TRANSACTIONS, &tx.txid().0, &other.to_bytes());
+        assert_eq!(
+            corrupt_table(s.get_transaction(&tx.txid())),
+            TABLE_TRANSACTIONS
+        );
+        poke(
+            &s,
+            TABLE_PROOFS,
+            &t.0,
+            &proof_for(Txid([5; 32])).to_value().unwrap(),
+        );
+        assert_eq!(corrupt_table(s.get_proof(&t)), TABLE_PROOFS);
+
+        // A corrupt meta value fails the open.
+        let dir = tempfile::tempdir().unwrap();
+        poke(
+            &open(dir.path()),
+            TABLE_META,
+            MetaKey::FormatVersion.to_key(),
+            &[1],
+        );
+        assert_eq!(
+            corrupt_table(LmdbStore::open(dir.path(), LmdbOptions::default())),
+            TABLE_META
+        );
+    }
+
+    #[test]
+    fn empty_apply_and_small_map_work() {
+        let dir = tempfile::tempdir().unwrap();
+        let options = LmdbOptions {
+            map_size: 1 << 20,
+            no_sync: true,
+        };
+        let mut s = LmdbStore::open(dir.path(), options).unwrap();
+        s.apply(&[]).unwrap();
+        s.apply(&sample_writes()).unwrap();
+        assert_eq!(s.load().unwrap().own_votes.len(), 2);
+    }
+
+    fn arb_write() -> impl Strategy<Value = Write> {
+        let txs: Vec<Transaction> = (0..4u8).map(|i| tx_spending(outpoint(i, 0), 10)).collect();
+        let txids: Vec<Txid> = txs.iter().map(|t| t.txid()).collect();
+        let pick_txid = prop::sample::select(txids.clone());
+        let state = prop_oneof![
+            Just(UtxoState::Unspent),
+            pick_txid
+                .clone()
+                .prop_map(|txid| UtxoState::Locked { txid }),
+            (pick_txid.clone(), any::<u64>())
+                .prop_map(|(txid, weight)| UtxoState::SpentPending { txid, weight }),
+            pick_txid
+                .clone()
+                .prop_map(|txid| UtxoState::SpentFinalized { txid }),
+            (pick_txid.clone(), any::<u64>())
+                .prop_map(|(txid, height)| UtxoState::Confirmed { txid, height }),
+        ];
+        prop_oneof![
+            (0..4u8, 0..3u32, any::<u64>(), state)
+                .prop_map(|(n, v, amount, st)| Write::PutUtxo(outpoint(n, v), entry(amount, st))),
+            prop::sample::select(txs).prop_map(|t| Write::PutTransaction(t.txid(), t)),
+            pick_txid
+                .clone()
+                .prop_map(|t| Write::PutProof(proof_for(t))),
+            pick_txid.prop_map(|t| Write::AppendOwnVotes(batch(&[t]))),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(24))]
+
+        /// Any sequence of rounds, with reopens in between, loads back exactly
+        /// what the in-memory reference store holds.
+        #[test]
+        fn matches_memory_store(
+            rounds in prop::collection::vec(prop::collection::vec(arb_write(), 0..6), 1..5),
+            reopen_after in any::<prop::sample::Index>(),
+        ) {
+            let dir = tempfile::tempdir().unwrap();
+            let options = LmdbOptions { no_sync: true, ..LmdbOptions::default() };
+            let mut reference = MemoryStore::new();
+            reference.init(&genesis(CHAIN)).unwrap();
+            let mut s = LmdbStore::open(dir.path(), options.clone()).unwrap();
+            s.init(&genesis(CHAIN)).unwrap();
+            let reopen_at = reopen_after.index(rounds.len());
+            for (i, writes) in rounds.iter().enumerate() {
+                reference.apply(writes).unwrap();
+                s.apply(writes).unwrap();
+                if i == reopen_at {
+                    drop(s);
+                    s = LmdbStore::open(dir.path(), options.clone()).unwrap();
+                }
+            }
+            assert_same(s.load().unwrap(), reference.load().unwrap());
+        }
+    }
+}

@@ -13,7 +13,7 @@ use crate::protocol::types::{ChainId, OutPoint, Transaction, Txid};
 use crate::protocol::utxo::UtxoEntry;
 use crate::protocol::vote::VoteBatch;
 
-
+pub use lmdb::LmdbStore;
 pub use memory::MemoryStore;
 
 /// One durable change.

@@ -1,0 +1,107 @@
+//! Smoke test of the load generator against a real local devnet: a few
+//! seconds at a modest rate with a double-spend mix. Asserts that nothing is
+//! lost and no conflicting pair has both sides finalized; latencies are not
+//! asserted.
+//!
+//! Release builds run `--tps 200`; the debug profile runs `--tps 10` (an
+//! unoptimized masternode is far slower). It runs the masternode binary,
+//! which must be built into the same target directory first. `cargo test --workspace` builds it (it is a binary of the
+//! root package); with `cargo test -p time-loadtest`, run
+//! `cargo build --workspace --bins` (same profile) before.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+const KEYS: [&str; 8] = [
+    "sent",
+    "finalized",
+    "rejected",
+    "lost",
+    "double_spend_pairs",
+    "double_spend_both_finalized",
+    "tps",
+    "finality_ms",
+];
+const PERCENTILES: [&str; 5] = ["p50", "p90", "p99", "p999", "max"];
+
+fn masternode_bin(loadtest: &std::path::Path) -> PathBuf {
+    let p = loadtest.with_file_name("time-masternode");
+    assert!(
+        p.is_file(),
+        "{} is missing: build the masternode first in the same profile \
+         (`cargo build --release --workspace --bins`, or run `cargo test --workspace`)",
+        p.display()
+    );
+    p
+}
+
+#[test]
+fn short_load_with_double_spends_loses_nothing() {
+    let exe = PathBuf::from(env!("CARGO_BIN_EXE_time-loadtest"));
+    let mn = masternode_bin(&exe);
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("out.json");
+    // An unoptimized masternode verifies signatures some fifty times slower:
+    // the debug profile runs the same check at a rate it can carry.
+    let (tps, timeout) = if cfg!(debug_assertions) {
+        ("10", "30s")
+    } else {
+        ("200", "10s")
+    };
+    let out = Command::new(&exe)
+        .args([
+            "--devnet",
+            "4",
+            "--tps",
+            tps,
+            "--duration",
+            "3s",
+            "--double-spend-pct",
+            "10",
+            "--timeout",
+            timeout,
+            "--json",
+        ])
+        .arg(&json)
+        .arg("--masternode-bin")
+        .arg(&mn)
+        .output()
+        .expect("run time-loadtest");
+    let log = format!(
+        "exit: {}\n--- stdout\n{}\n--- stderr\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text =
+        std::fs::read_to_string(&json).unwrap_or_else(|e| panic!("no JSON summary ({e}):\n{log}"));
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let obj = v.as_object().expect("a JSON object");
+    for k in KEYS {
+        assert!(obj.contains_key(k), "key {k} missing in {text}");
+    }
+    assert_eq!(obj.len(), KEYS.len(), "exactly the summary keys: {text}");
+    for k in PERCENTILES {
+        assert!(
+            v["finality_ms"][k].is_number(),
+            "finality_ms.{k} missing in {text}"
+        );
+    }
+    assert_eq!(v["lost"], 0, "payments lost:\n{text}\n{log}");
+    assert_eq!(
+        v["double_spend_both_finalized"], 0,
+        "a conflicting pair had both sides finalized:\n{text}\n{log}"
+    );
+    assert!(
+        v["finalized"].as_u64().unwrap() > 0,
+        "nothing finalized:\n{log}"
+    );
+    assert!(
+        v["double_spend_pairs"].as_u64().unwrap() > 0,
+        "no pair sent:\n{log}"
+    );
+    let sent = v["sent"].as_u64().unwrap();
+    let settled = v["finalized"].as_u64().unwrap() + v["rejected"].as_u64().unwrap();
+    assert_eq!(sent, settled, "every transaction settled:\n{text}");
+    assert!(out.status.success(), "time-loadtest failed:\n{log}");
+}

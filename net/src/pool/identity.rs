@@ -1,0 +1,116 @@
+//! Masternode identity as the pool sees it: one ed25519 key, the peer id (its
+//! public key) and the self-signed TLS certificate derived from it.
+//!
+//! The certificate carries no trust of its own: a peer is accepted because the
+//! certificate's public key *is* a registered masternode key and the TLS 1.3
+//! handshake signature verifies under it (see [`super::tls`]).
+
+use ed25519_dalek::pkcs8::EncodePrivateKey;
+use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+
+use super::PoolError;
+
+/// A masternode's ed25519 public key. It names the peer everywhere in the pool.
+pub type PeerId = [u8; 32];
+
+/// DER of an ed25519 SubjectPublicKeyInfo up to the key (RFC 8410):
+/// `SEQUENCE { SEQUENCE { OID 1.3.101.112 } BIT STRING (0 unused bits) }`.
+const ED25519_SPKI_PREFIX: [u8; 12] = [
+    0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00,
+];
+
+/// Length of an ed25519 SubjectPublicKeyInfo.
+pub(crate) const ED25519_SPKI_LEN: usize = 44;
+
+/// The only SubjectPublicKeyInfo encoding that names `key`.
+pub(crate) fn ed25519_spki(key: &PeerId) -> [u8; ED25519_SPKI_LEN] {
+    let mut out = [0u8; ED25519_SPKI_LEN];
+    out[..12].copy_from_slice(&ED25519_SPKI_PREFIX);
+    out[12..].copy_from_slice(key);
+    out
+}
+
+/// The ed25519 key in `spki`, if `spki` is exactly an ed25519
+/// SubjectPublicKeyInfo (no parameters, no trailing bytes).
+pub(crate) fn peer_id_from_spki(spki: &[u8]) -> Option<PeerId> {
+    if spki.len() != ED25519_SPKI_LEN || spki[..12] != ED25519_SPKI_PREFIX {
+        return None;
+    }
+    let mut key = [0u8; 32];
+    key.copy_from_slice(&spki[12..]);
+    Some(key)
+}
+
+/// The peer id of the masternode whose secret seed is `secret`.
+pub fn peer_id_from_secret(secret: &[u8; 32]) -> PeerId {
+    SigningKey::from_bytes(secret).verifying_key().to_bytes()
+}
+
+/// Whether `id` can name a peer: a valid curve point of full order (small-order
+/// keys would let anyone forge "valid" signatures).
+pub(crate) fn is_usable_peer_key(id: &PeerId) -> bool {
+    VerifyingKey::from_bytes(id).is_ok_and(|k| !k.is_weak())
+}
+
+/// This masternode's key.
+pub(crate) struct Identity {
+    signing: SigningKey,
+    id: PeerId,
+}
+
+impl Identity {
+    pub(crate) fn from_secret(secret: &[u8; 32]) -> Self {
+        let signing = SigningKey::from_bytes(secret);
+        let id = signing.verifying_key().to_bytes();
+        Identity { signing, id }
+    }
+
+    pub(crate) fn peer_id(&self) -> PeerId {
+        self.id
+    }
+
+    pub(crate) fn sign(&self, msg: &[u8]) -> Signature {
+        self.signing.sign(msg)
+    }
+
+    /// A self-signed certificate for this key and the key in PKCS#8, for
+    /// rustls. Validity dates and names in it are never checked by peers.
+    pub(crate) fn tls_credentials(
+        &self,
+    ) -> Result<(CertificateDer<'static>, PrivateKeyDer<'static>), PoolError> {
+        let pkcs8 = self.signing.to_pkcs8_der()?;
+        let pkcs8 = PrivatePkcs8KeyDer::from(pkcs8.as_bytes().to_vec());
+        let key_pair = rcgen::KeyPair::from_pkcs8_der_and_sign_algo(&pkcs8, &rcgen::PKCS_ED25519)?;
+        let params = rcgen::CertificateParams::new(vec![super::tls::SERVER_NAME.to_string()])?;
+        let cert = params.self_signed(&key_pair)?;
+        Ok((cert.der().clone(), PrivateKeyDer::Pkcs8(pkcs8)))
+    }
+}
+
+impl std::fmt::Debug for Identity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print the secret.
+        f.debug_struct("Identity")
+            .field("id", &ShortId(&self.id))
+            .finish()
+    }
+}
+
+/// Prints the first 4 bytes of a peer id in hex, for logs.
+pub struct ShortId<'a>(pub &'a PeerId);
+
+impl std::fmt::Debug for ShortId<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for b in &self.0[..4] {
+            write!(f, "{b:02x}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::fmt::Display for ShortId<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(self, f)
+    }
+}

@@ -1,0 +1,386 @@
+//! Pool internals against hand-made peers: forged certificates, DER walking,
+//! and a decompression bomb sent over an authenticated TCP connection.
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::sign::{CertifiedKey, SingleCertAndKey};
+
+use super::handshake::{self, Expect};
+use super::identity::{ed25519_spki, Identity};
+use super::tls::{self, cert_peer_id, cert_spki};
+use super::*;
+use crate::frame::{FrameReader, FrameWriter};
+
+fn ident(seed: u8) -> Identity {
+    Identity::from_secret(&[seed; 32])
+}
+
+/// `holder`'s certificate with the key replaced by `claimed`: what someone
+/// without `claimed`'s secret would present to pass as that masternode.
+fn forged_cert(holder: &Identity, claimed: &PeerId) -> CertificateDer<'static> {
+    let (cert, _) = holder.tls_credentials().unwrap();
+    let mut der = cert.to_vec();
+    let own = ed25519_spki(&holder.peer_id());
+    let at = der
+        .windows(own.len())
+        .position(|w| w == own)
+        .expect("spki in cert");
+    der[at..at + own.len()].copy_from_slice(&ed25519_spki(claimed));
+    CertificateDer::from(der)
+}
+
+fn certified(cert: CertificateDer<'static>, key: PrivateKeyDer<'static>) -> Arc<SingleCertAndKey> {
+    let provider = tls::provider();
+    let signer = provider.key_provider.load_private_key(key).unwrap();
+    Arc::new(SingleCertAndKey::from(CertifiedKey::new(
+        vec![cert],
+        signer,
+    )))
+}
+
+fn localhost() -> SocketAddr {
+    "127.0.0.1:0".parse().unwrap()
+}
+
+/// A QUIC server that presents `cert` and signs with `key`, accepting any
+/// client certificate from `table`.
+fn server(
+    cert: CertificateDer<'static>,
+    key: PrivateKeyDer<'static>,
+    table: HashSet<PeerId>,
+) -> quinn::Endpoint {
+    let provider = tls::provider();
+    let verifier = Arc::new(tls::PeerTableVerifier::new(Arc::new(table), &provider));
+    let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_client_cert_verifier(verifier)
+        .with_cert_resolver(certified(cert, key));
+    cfg.alpn_protocols = vec![tls::ALPN.to_vec()];
+    let crypto = QuicServerConfig::try_from(cfg).unwrap();
+    quinn::Endpoint::server(
+        quinn::ServerConfig::with_crypto(Arc::new(crypto)),
+        localhost(),
+    )
+    .unwrap()
+}
+
+/// A QUIC client that presents `cert` (signing with `key`) and expects the
+/// server to hold `expected`.
+fn client_config(
+    cert: CertificateDer<'static>,
+    key: PrivateKeyDer<'static>,
+    expected: PeerId,
+) -> quinn::ClientConfig {
+    let provider = tls::provider();
+    let verifier = Arc::new(tls::ExpectedPeerVerifier::new(expected, &provider));
+    let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_client_cert_resolver(certified(cert, key));
+    cfg.alpn_protocols = vec![tls::ALPN.to_vec()];
+    quinn::ClientConfig::new(Arc::new(QuicClientConfig::try_from(cfg).unwrap()))
+}
+
+/// Runs one handshake; `Ok` only if both sides completed it and the server
+/// side authenticated the client.
+async fn quic_handshake(
+    server: &quinn::Endpoint,
+    client_cfg: quinn::ClientConfig,
+) -> Result<PeerId, String> {
+    let addr = server.local_addr().unwrap();
+    let client = quinn::Endpoint::client(localhost()).unwrap();
+    let accept = async {
+        let incoming = server.accept().await.ok_or("no incoming")?;
+        let conn = incoming.await.map_err(|e| format!("server: {e}"))?;
+        let certs = conn
+            .peer_identity()
+            .unwrap()
+            .downcast::<Vec<CertificateDer<'static>>>()
+            .unwrap();
+        cert_peer_id(&certs[0]).map_err(|e| e.to_string())
+    };
+    let dial = async {
+        let conn = client
+            .connect_with(client_cfg, addr, "masternode.timecoin")
+            .unwrap()
+            .await
+            .map_err(|e| format!("client: {e}"))?;
+        Ok::<_, String>(conn)
+    };
+    let (accepted, dialed) = tokio::time::timeout(Duration::from_secs(10), async {
+        tokio::join!(accept, dial)
+    })
+    .await
+    .map_err(|_| "timeout".to_string())?;
+    let _conn = dialed?;
+    accepted
+}
+
+#[tokio::test]
+async fn honest_certificates_authenticate_both_ways() {
+    let (a, b) = (ident(1), ident(2));
+    let (bc, bk) = b.tls_credentials().unwrap();
+    let (ac, ak) = a.tls_credentials().unwrap();
+    let srv = server(bc, bk, HashSet::from([a.peer_id()]));
+    let who = quic_handshake(&srv, client_config(ac, ak, b.peer_id())).await;
+    assert_eq!(who, Ok(a.peer_id()));
+}
+
+#[tokio::test]
+async fn server_with_a_forged_certificate_is_refused() {
+    // The impostor presents a certificate carrying b's key but can only sign
+    // the handshake with its own: the signature check must catch it.
+    let (a, b, impostor) = (ident(1), ident(2), ident(3));
+    let (_, impostor_key) = impostor.tls_credentials().unwrap();
+    let srv = server(
+        forged_cert(&impostor, &b.peer_id()),
+        impostor_key,
+        HashSet::from([a.peer_id()]),
+    );
+    let (ac, ak) = a.tls_credentials().unwrap();
+    let r = quic_handshake(&srv, client_config(ac, ak, b.peer_id())).await;
+    assert!(r.is_err(), "{r:?}");
+}
+
+#[tokio::test]
+async fn client_with_a_forged_certificate_is_refused() {
+    let (a, b, impostor) = (ident(1), ident(2), ident(3));
+    let (bc, bk) = b.tls_credentials().unwrap();
+    let srv = server(bc, bk, HashSet::from([a.peer_id()]));
+    let (_, impostor_key) = impostor.tls_credentials().unwrap();
+    let r = quic_handshake(
+        &srv,
+        client_config(
+            forged_cert(&impostor, &a.peer_id()),
+            impostor_key,
+            b.peer_id(),
+        ),
+    )
+    .await;
+    assert!(r.is_err(), "{r:?}");
+}
+
+#[tokio::test]
+async fn wrong_and_unknown_keys_are_refused() {
+    let (a, b, c) = (ident(1), ident(2), ident(3));
+    // Server is c; a expects b.
+    let (cc, ck) = c.tls_credentials().unwrap();
+    let srv = server(cc, ck, HashSet::from([a.peer_id()]));
+    let (ac, ak) = a.tls_credentials().unwrap();
+    assert!(
+        quic_handshake(&srv, client_config(ac.clone(), ak.clone_key(), b.peer_id()))
+            .await
+            .is_err()
+    );
+    // Server is b but its table does not hold a.
+    let (bc, bk) = b.tls_credentials().unwrap();
+    let srv = server(bc, bk, HashSet::from([c.peer_id()]));
+    assert!(quic_handshake(&srv, client_config(ac, ak, b.peer_id()))
+        .await
+        .is_err());
+}
+
+#[test]
+fn certificate_binds_the_masternode_key() {
+    let a = ident(9);
+    let (cert, _) = a.tls_credentials().unwrap();
+    assert_eq!(cert_spki(&cert).unwrap(), ed25519_spki(&a.peer_id()));
+    assert_eq!(cert_peer_id(&cert), Ok(a.peer_id()));
+    // Truncated or padded certificates are not walked.
+    assert!(cert_spki(&cert[..cert.len() - 1]).is_none());
+    let mut padded = cert.to_vec();
+    padded.push(0);
+    assert!(cert_spki(&padded).is_none());
+    assert!(cert_spki(&[]).is_none());
+    // A non-minimal length encoding is refused.
+    assert!(cert_spki(&[0x30, 0x81, 0x05, 1, 2, 3, 4, 5]).is_none());
+}
+
+/// A pool over TCP receives, from an authenticated peer, a compressed frame
+/// that would inflate to 64 MiB: the connection is dropped, nothing is
+/// delivered and no 64 MiB buffer is allocated.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcp_peer_sending_a_zstd_bomb_is_disconnected() {
+    // The sender must have the smaller key to dial.
+    let (x, y) = (ident(1), ident(2));
+    let (attacker, victim) = if x.peer_id() < y.peer_id() {
+        (x, y)
+    } else {
+        (y, x)
+    };
+    let victim_secret = if victim.peer_id() == ident(1).peer_id() {
+        [1; 32]
+    } else {
+        [2; 32]
+    };
+    let mut cfg = PoolConfig::new(
+        Transport::Tcp,
+        localhost(),
+        victim_secret,
+        HashMap::from([(attacker.peer_id(), "127.0.0.1:9".parse().unwrap())]),
+    );
+    cfg.max_message_len = 1 << 20;
+    let (pool, mut rx) = Pool::start(cfg).await.unwrap();
+
+    let stream = tokio::net::TcpStream::connect(pool.local_addr())
+        .await
+        .unwrap();
+    let (rh, mut wh) = stream.into_split();
+    let mut r = FrameReader::new(rh, 1 << 20);
+    {
+        let mut w = FrameWriter::new(&mut wh);
+        handshake::run(&mut r, &mut w, &attacker, 7, Expect::Peer(victim.peer_id()))
+            .await
+            .unwrap();
+        let mut frame = Vec::new();
+        wire::encode_data(&mut frame, Priority::High, 0, false, b"honest");
+        w.send(&frame).await.unwrap();
+        let bomb = zstd::bulk::compress(&vec![0u8; 64 << 20], 3).unwrap();
+        wire::encode_data(&mut frame, Priority::High, 1, true, &bomb);
+        w.send(&frame).await.unwrap();
+    }
+    let (_, p, m) = tokio::time::timeout(Duration::from_secs(5), rx.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((p, &m[..]), (Priority::High, &b"honest"[..]));
+    // The victim hangs up: our reader sees the end of the stream.
+    let end = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match r.read_frame().await {
+                Ok(_) => continue,
+                Err(e) => return e,
+            }
+        }
+    })
+    .await
+    .expect("victim closed the connection");
+    drop(end);
+    assert!(tokio::time::timeout(Duration::from_millis(100), rx.recv())
+        .await
+        .is_err());
+    let st = pool.stats(&attacker.peer_id()).unwrap();
+    assert_eq!(st.frames_in[Priority::High.index()], 1);
+    assert!(!st.connected);
+    pool.shutdown().await;
+}
+
+/// A hand-made TCP peer: connects and authenticates as `me` with `epoch`.
+async fn raw_peer(
+    addr: SocketAddr,
+    me: &Identity,
+    them: PeerId,
+    epoch: u64,
+) -> (
+    FrameReader<tokio::net::tcp::OwnedReadHalf>,
+    tokio::net::tcp::OwnedWriteHalf,
+) {
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (rh, mut wh) = stream.into_split();
+    let mut r = FrameReader::new(rh, 1 << 20);
+    handshake::run(
+        &mut r,
+        &mut FrameWriter::new(&mut wh),
+        me,
+        epoch,
+        Expect::Peer(them),
+    )
+    .await
+    .unwrap();
+    (r, wh)
+}
+
+async fn send_seqs(wh: &mut tokio::net::tcp::OwnedWriteHalf, seqs: &[u64]) {
+    let mut w = FrameWriter::new(wh);
+    let mut frame = Vec::new();
+    for &seq in seqs {
+        wire::encode_data(
+            &mut frame,
+            Priority::Critical,
+            seq,
+            false,
+            &seq.to_le_bytes(),
+        );
+        w.push(&frame).unwrap();
+    }
+    w.flush().await.unwrap();
+}
+
+/// Sequence gaps within one sender epoch are counted as lost in flight, across
+/// reconnections; a new epoch (restarted sender) starts a new baseline; a
+/// sequence going backwards within an epoch ends the connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sequence_gaps_are_counted_per_epoch() {
+    let (x, y) = ([1u8; 32], [2u8; 32]);
+    let (peer_secret, pool_secret) = if peer_id_from_secret(&x) < peer_id_from_secret(&y) {
+        (x, y)
+    } else {
+        (y, x)
+    };
+    let peer = Identity::from_secret(&peer_secret);
+    let cfg = PoolConfig::new(
+        Transport::Tcp,
+        localhost(),
+        pool_secret,
+        HashMap::from([(peer.peer_id(), "127.0.0.1:9".parse().unwrap())]),
+    );
+    let (pool, mut inbox) = Pool::start(cfg).await.unwrap();
+    let me = pool.local_id();
+    let stats = || pool.stats(&peer.peer_id()).unwrap();
+    let recv = |inbox: &mut Inbox| {
+        let m = inbox.try_recv().expect("delivered");
+        u64::from_le_bytes(m.2[..].try_into().unwrap())
+    };
+    let wait_frames = |n: u64| {
+        let pool = pool.clone();
+        let id = peer.peer_id();
+        async move {
+            for _ in 0..500 {
+                if pool.stats(&id).unwrap().frames_in[0] >= n {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            panic!("frames did not arrive");
+        }
+    };
+
+    // Epoch 7: 0, 1, 2, then 5 (3 and 4 lost).
+    let (_r, mut wh) = raw_peer(pool.local_addr(), &peer, me, 7).await;
+    send_seqs(&mut wh, &[0, 1, 2, 5]).await;
+    wait_frames(4).await;
+    assert_eq!(stats().lost_in_flight, [2, 0, 0, 0]);
+    // Reconnect, same epoch: 9 means 6, 7, 8 were lost in between.
+    drop((_r, wh));
+    let (_r, mut wh) = raw_peer(pool.local_addr(), &peer, me, 7).await;
+    send_seqs(&mut wh, &[9]).await;
+    wait_frames(5).await;
+    assert_eq!(stats().lost_in_flight, [5, 0, 0, 0]);
+    // A restarted sender (new epoch) starts again from 0: no loss.
+    drop((_r, wh));
+    let (_r, mut wh) = raw_peer(pool.local_addr(), &peer, me, 8).await;
+    send_seqs(&mut wh, &[0, 1]).await;
+    wait_frames(7).await;
+    assert_eq!(stats().lost_in_flight, [5, 0, 0, 0]);
+    let got: Vec<u64> = (0..7).map(|_| recv(&mut inbox)).collect();
+    assert_eq!(got, [0, 1, 2, 5, 9, 0, 1]);
+    // Backwards within an epoch: refused, connection dropped.
+    send_seqs(&mut wh, &[1]).await;
+    for _ in 0..500 {
+        if !stats().connected {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(!stats().connected);
+    assert!(inbox.try_recv().is_none());
+    pool.shutdown().await;
+}

@@ -1,0 +1,430 @@
+//! Node configuration: a TOML file, the seed's environment variables
+//! (`MASTERNODE_WALLET`, `NETWORK_TYPE`, `P2P_PORT`) and command-line flags.
+//! Flags override the environment, which overrides the file (clap reads the
+//! environment for each flag; the file fills in what neither set).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use clap::Args;
+use serde::Deserialize;
+
+/// The options of `time-masternode run`.
+#[derive(Args, Debug, Clone, Default)]
+pub struct RunArgs {
+    /// TOML configuration file; its keys are the long option names below with
+    /// '_' for '-', e.g. `listen = "0.0.0.0:24000"`. Relative paths in it are
+    /// relative to the file's directory.
+    #[arg(long, short = 'c')]
+    pub config: Option<PathBuf>,
+    /// Directory for the LMDB database and the lock file.
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// This masternode's key file (JSON, from `time-wallet keygen`).
+    #[arg(long)]
+    pub key_file: Option<PathBuf>,
+    /// The network's genesis file (JSON: chain id, registry, allocations).
+    #[arg(long)]
+    pub genesis: Option<PathBuf>,
+    /// Address to listen on for masternodes and wallets [default: 127.0.0.1].
+    #[arg(long)]
+    pub listen_host: Option<String>,
+    /// P2P port [default: 24000 mainnet, 24100 testnet, 24200 devnet].
+    #[arg(long, env = "P2P_PORT")]
+    pub p2p_port: Option<u16>,
+    /// mainnet, testnet or devnet; must match the genesis file.
+    #[arg(long, env = "NETWORK_TYPE")]
+    pub network: Option<String>,
+    /// Address paid this masternode's rewards (recorded, informational until
+    /// the block layer exists).
+    #[arg(long, env = "MASTERNODE_WALLET")]
+    pub masternode_wallet: Option<String>,
+    /// Lock timeout in milliseconds: state for transactions this node never
+    /// voted on is dropped after it. Voted locks are never released.
+    #[arg(long)]
+    pub lock_timeout_ms: Option<u64>,
+    /// Most undecided transactions held at once.
+    #[arg(long)]
+    pub mempool_limit: Option<usize>,
+    /// UDP fast path for lock broadcasts and votes: off, multicast or
+    /// unicast [default: off]. Losses are repaired over the TCP links.
+    #[arg(long)]
+    pub fast_path: Option<String>,
+    /// Multicast group and port for the fast path [default: 239.255.24.1:24300].
+    #[arg(long)]
+    pub multicast_group: Option<String>,
+    /// Address of the interface multicast goes out of and is joined on
+    /// [default: the listen address]. Always explicit, never the default route.
+    #[arg(long)]
+    pub multicast_interface: Option<String>,
+    /// UDP I/O backend: auto (io_uring if available, else epoll), uring or epoll.
+    #[arg(long)]
+    pub io_backend: Option<String>,
+    /// Peer transport: quic (pool over QUIC on UDP at the P2P port, mutual
+    /// TLS bound to masternode keys), tcp (pool over TCP at the P2P port + 1)
+    /// or links (plain TCP links, no priorities) [default: quic].
+    #[arg(long)]
+    pub peer_transport: Option<String>,
+    /// Threads that verify transaction signatures [default: one per core,
+    /// at most 8].
+    #[arg(long)]
+    pub verify_threads: Option<usize>,
+    /// Threads that verify and tally votes (sharded by txid) [default: 1].
+    #[arg(long)]
+    pub vote_threads: Option<usize>,
+    /// Cores to pin the vote threads to, e.g. "2,3" [default: no pinning].
+    #[arg(long)]
+    pub vote_cores: Option<String>,
+    /// How long the core holds a round open for more arrivals, in
+    /// microseconds (at most 5000): each round costs one fsync and one vote
+    /// signature [default: 500].
+    #[arg(long)]
+    pub round_window_us: Option<u64>,
+    /// Skip fsync on commit. Benchmarks only: a crash can lose votes.
+    #[arg(long)]
+    pub unsafe_no_sync: bool,
+    /// Log filter (tracing syntax) [default: info].
+    #[arg(long, env = "RUST_LOG")]
+    pub log: Option<String>,
+}
+
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    data_dir: Option<PathBuf>,
+    key_file: Option<PathBuf>,
+    genesis: Option<PathBuf>,
+    listen_host: Option<String>,
+    p2p_port: Option<u16>,
+    network: Option<String>,
+    masternode_wallet: Option<String>,
+    lock_timeout_ms: Option<u64>,
+    mempool_limit: Option<usize>,
+    log: Option<String>,
+    fast_path: Option<String>,
+    multicast_group: Option<String>,
+    multicast_interface: Option<String>,
+    io_backend: Option<String>,
+    vote_threads: Option<usize>,
+    vote_cores: Option<String>,
+    peer_transport: Option<String>,
+    round_window_us: Option<u64>,
+    verify_threads: Option<usize>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {source}")]
+    Toml {
+        path: String,
+        source: toml::de::Error,
+    },
+    #[error("missing setting {0} (flag --{1}, or `{2}` in the config file)")]
+    Missing(&'static str, &'static str, &'static str),
+    #[error("unknown network {0:?}: use mainnet, testnet or devnet")]
+    Network(String),
+    #[error("listen address {0}:{1} is not a valid socket address")]
+    Listen(String, u16),
+    #[error("fast_path {0:?}: use off, multicast or unicast")]
+    FastPath(String),
+    #[error("peer_transport {0:?}: use quic, tcp or links")]
+    PeerTransport(String),
+    #[error("io_backend {0:?}: use auto, uring or epoll")]
+    IoBackend(String),
+    #[error("{what} {value:?} is not a valid {expected}")]
+    Address {
+        what: &'static str,
+        value: String,
+        expected: &'static str,
+    },
+    #[error("multicast group {0} is not a multicast address")]
+    NotMulticast(String),
+    #[error("masternode wallet: {0}")]
+    Wallet(crate::protocol::types::AddressError),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Network {
+    Mainnet,
+    Testnet,
+    Devnet,
+}
+
+impl Network {
+    pub fn parse(s: &str) -> Option<Network> {
+        match s.to_ascii_lowercase().as_str() {
+            "mainnet" => Some(Network::Mainnet),
+            "testnet" => Some(Network::Testnet),
+            "devnet" => Some(Network::Devnet),
+            _ => None,
+        }
+    }
+    pub fn name(self) -> &'static str {
+        match self {
+            Network::Mainnet => "mainnet",
+            Network::Testnet => "testnet",
+            Network::Devnet => "devnet",
+        }
+    }
+    pub fn default_port(self) -> u16 {
+        match self {
+            Network::Mainnet => 24000,
+            Network::Testnet => 24100,
+            Network::Devnet => 24200,
+        }
+    }
+}
+
+/// Everything resolved and checked.
+#[derive(Clone, Debug)]
+pub struct NodeConfig {
+    pub data_dir: PathBuf,
+    pub key_file: PathBuf,
+    pub genesis: PathBuf,
+    pub listen: SocketAddr,
+    pub network: Network,
+    pub masternode_wallet: Option<crate::protocol::types::Address>,
+    pub lock_timeout_ms: u64,
+    pub mempool_limit: usize,
+    pub no_sync: bool,
+    pub log: String,
+    pub fast_path: crate::node::fastpath::FastPathMode,
+    pub io_backend: time_net::udp::IoBackend,
+    pub vote_threads: usize,
+    pub vote_cores: Vec<usize>,
+    pub peer_transport: crate::node::peer_net::PeerTransport,
+    pub round_window_us: u64,
+    pub verify_threads: usize,
+}
+
+fn rel(base: &Path, p: PathBuf) -> PathBuf {
+    if p.is_absolute() {
+        p
+    } else {
+        base.join(p)
+    }
+}
+
+impl RunArgs {
+    pub fn resolve(self) -> Result<NodeConfig, ConfigError> {
+        let (file, base) = match &self.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.display().to_string(),
+                    source,
+                })?;
+                let f: FileConfig = toml::from_str(&text).map_err(|source| ConfigError::Toml {
+                    path: path.display().to_string(),
+                    source,
+                })?;
+                let base = path.parent().unwrap_or(Path::new(".")).to_path_buf();
+                (f, base)
+            }
+            None => (FileConfig::default(), PathBuf::from(".")),
+        };
+        let network_name = self
+            .network
+            .or(file.network)
+            .unwrap_or_else(|| "mainnet".into());
+        let network =
+            Network::parse(&network_name).ok_or(ConfigError::Network(network_name.clone()))?;
+        let port = self
+            .p2p_port
+            .or(file.p2p_port)
+            .unwrap_or(network.default_port());
+        let host = self
+            .listen_host
+            .or(file.listen_host)
+            .unwrap_or_else(|| "127.0.0.1".into());
+        let listen: SocketAddr = format!("{host}:{port}")
+            .parse()
+            .or_else(|_| format!("[{host}]:{port}").parse())
+            .map_err(|_| ConfigError::Listen(host.clone(), port))?;
+        let masternode_wallet = match self.masternode_wallet.or(file.masternode_wallet) {
+            Some(s) => Some(s.parse().map_err(ConfigError::Wallet)?),
+            None => None,
+        };
+        let fast_path = match self
+            .fast_path
+            .or(file.fast_path)
+            .unwrap_or_else(|| "off".into())
+            .as_str()
+        {
+            "off" => crate::node::fastpath::FastPathMode::Off,
+            "unicast" => crate::node::fastpath::FastPathMode::Unicast,
+            "multicast" => {
+                let g = self
+                    .multicast_group
+                    .or(file.multicast_group)
+                    .unwrap_or_else(|| "239.255.24.1:24300".into());
+                let group: std::net::SocketAddrV4 =
+                    g.parse().map_err(|_| ConfigError::Address {
+                        what: "multicast group",
+                        value: g.clone(),
+                        expected: "IPv4 address:port",
+                    })?;
+                if !group.ip().is_multicast() {
+                    return Err(ConfigError::NotMulticast(g));
+                }
+                let iface = self
+                    .multicast_interface
+                    .or(file.multicast_interface)
+                    .unwrap_or_else(|| listen.ip().to_string());
+                let interface: std::net::Ipv4Addr =
+                    iface.parse().map_err(|_| ConfigError::Address {
+                        what: "multicast interface",
+                        value: iface.clone(),
+                        expected: "IPv4 interface address",
+                    })?;
+                if interface.is_unspecified() {
+                    return Err(ConfigError::Address {
+                        what: "multicast interface",
+                        value: iface,
+                        expected: "specific interface address (not 0.0.0.0)",
+                    });
+                }
+                crate::node::fastpath::FastPathMode::Multicast { group, interface }
+            }
+            other => return Err(ConfigError::FastPath(other.into())),
+        };
+        let io_backend = match self
+            .io_backend
+            .or(file.io_backend)
+            .unwrap_or_else(|| "auto".into())
+            .as_str()
+        {
+            "auto" => time_net::udp::IoBackend::Auto,
+            "uring" | "io_uring" => time_net::udp::IoBackend::Uring,
+            "epoll" => time_net::udp::IoBackend::Epoll,
+            other => return Err(ConfigError::IoBackend(other.into())),
+        };
+        let vote_cores = match self.vote_cores.or(file.vote_cores) {
+            None => vec![],
+            Some(list) => list
+                .split(',')
+                .filter(|s| !s.trim().is_empty())
+                .map(|c| {
+                    c.trim().parse::<usize>().map_err(|_| ConfigError::Address {
+                        what: "vote core",
+                        value: c.to_string(),
+                        expected: "core number",
+                    })
+                })
+                .collect::<Result<_, _>>()?,
+        };
+        let pt = self
+            .peer_transport
+            .or(file.peer_transport)
+            .unwrap_or_else(|| "quic".into());
+        let peer_transport = crate::node::peer_net::PeerTransport::parse(&pt)
+            .ok_or(ConfigError::PeerTransport(pt))?;
+        let cores = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1);
+        Ok(NodeConfig {
+            verify_threads: self
+                .verify_threads
+                .or(file.verify_threads)
+                .unwrap_or(cores.min(8))
+                .clamp(1, 64),
+            round_window_us: self
+                .round_window_us
+                .or(file.round_window_us)
+                .unwrap_or(500)
+                .min(5_000),
+            peer_transport,
+            vote_threads: self
+                .vote_threads
+                .or(file.vote_threads)
+                .unwrap_or(1)
+                .clamp(1, 256),
+            vote_cores,
+            fast_path,
+            io_backend,
+            data_dir: self
+                .data_dir
+                .or(file.data_dir.map(|p| rel(&base, p)))
+                .ok_or(ConfigError::Missing(
+                    "data directory",
+                    "data-dir",
+                    "data_dir",
+                ))?,
+            key_file: self
+                .key_file
+                .or(file.key_file.map(|p| rel(&base, p)))
+                .ok_or(ConfigError::Missing("key file", "key-file", "key_file"))?,
+            genesis: self
+                .genesis
+                .or(file.genesis.map(|p| rel(&base, p)))
+                .ok_or(ConfigError::Missing("genesis file", "genesis", "genesis"))?,
+            listen,
+            network,
+            masternode_wallet,
+            lock_timeout_ms: self
+                .lock_timeout_ms
+                .or(file.lock_timeout_ms)
+                .unwrap_or(30_000),
+            mempool_limit: self.mempool_limit.or(file.mempool_limit).unwrap_or(10_000),
+            no_sync: self.unsafe_no_sync,
+            log: self.log.or(file.log).unwrap_or_else(|| "info".into()),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_override_file_and_file_paths_are_relative() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("node.toml");
+        std::fs::write(
+            &path,
+            "data_dir = \"data\"\nkey_file = \"key.json\"\ngenesis = \"/g.json\"\np2p_port = 1111\nnetwork = \"devnet\"\n",
+        )
+        .unwrap();
+        let args = RunArgs {
+            config: Some(path.clone()),
+            p2p_port: Some(2222),
+            ..Default::default()
+        };
+        let c = args.resolve().unwrap();
+        assert_eq!(c.listen.port(), 2222);
+        assert_eq!(c.data_dir, dir.path().join("data"));
+        assert_eq!(c.genesis, PathBuf::from("/g.json"));
+        assert_eq!(c.network, Network::Devnet);
+        let args = RunArgs {
+            config: Some(path),
+            ..Default::default()
+        };
+        assert_eq!(args.resolve().unwrap().listen.port(), 1111);
+    }
+
+    #[test]
+    fn bad_config_is_a_typed_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("node.toml");
+        std::fs::write(&path, "bogus_key = 1\n").unwrap();
+        let r = RunArgs {
+            config: Some(path),
+            ..Default::default()
+        }
+        .resolve();
+        assert!(matches!(r, Err(ConfigError::Toml { .. })));
+        let r = RunArgs {
+            network: Some("moonnet".into()),
+            ..Default::default()
+        }
+        .resolve();
+        assert!(matches!(r, Err(ConfigError::Network(_))));
+        let r = RunArgs::default().resolve();
+        assert!(matches!(r, Err(ConfigError::Missing(..))));
+    }
+}

@@ -1,0 +1,467 @@
+//! The UDP fast path in the node: UTXO lock broadcasts and vote batches go out
+//! as signed datagrams (multicast, or unicast fan-out), numbered per sender;
+//! receivers detect gaps and repair them over the reliable TCP links.
+//!
+//! - Sending (core thread): [`FastPathSender::push`] packs encoded messages
+//!   into datagrams of at most 1200 bytes; [`FastPathSender::flush`] signs
+//!   each with the masternode key, keeps it in a ring for repair, and hands it
+//!   to the I/O thread. An empty heartbeat datagram goes out while idle so a
+//!   lost tail is noticed.
+//! - Receiving (a thread of its own): a datagram counts only after its
+//!   signature verifies against the registered key of its `sender_id` (the
+//!   sender's index in the registry). Duplicates are dropped. Holes older than
+//!   the repair delay are requested from their sender over TCP; its answer
+//!   (the original signed datagram) goes through the same checks.
+
+use std::collections::VecDeque;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
+use time_net::datagram::{Datagram, DatagramBuilder, MAX_ITEM_LEN};
+use time_net::gap::{GapConfig, GapTracker, Receipt};
+use time_net::udp::{FastPathHandle, IoBackend, UdpConfig, UdpFastPath};
+
+use crate::protocol::message::Message;
+use crate::protocol::registry::Registry;
+use crate::protocol::types::PublicKey;
+
+const KIND_DATA: u8 = 1;
+const KIND_HEARTBEAT: u8 = 2;
+/// Datagrams kept for repair requests.
+const REPAIR_RING: usize = 16_384;
+/// Largest vote batch that fits one datagram item (113 + 35 n bytes).
+pub const VOTES_PER_DATAGRAM: usize = (MAX_ITEM_LEN - 113) / 35;
+
+/// How datagrams travel.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum FastPathMode {
+    Off,
+    /// Join `group` on the interface with address `interface`.
+    Multicast {
+        group: SocketAddrV4,
+        interface: Ipv4Addr,
+    },
+    /// Send a copy to each peer's P2P address, UDP port + 1.
+    Unicast,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum FastPathError {
+    #[error("udp: {0}")]
+    Udp(#[from] time_net::udp::UdpError),
+    #[error("the fast path needs IPv4 addresses; {0} is not")]
+    NotIpv4(String),
+    #[error(
+        "this masternode's key is not in the registry; it cannot sign datagrams others accept"
+    )]
+    NotRegistered,
+}
+
+/// Counters an operator reads.
+#[derive(Default, Debug)]
+pub struct FastPathStats {
+    pub datagrams_sent: AtomicU64,
+    pub datagrams_received: AtomicU64,
+    pub bad_datagrams: AtomicU64,
+    pub duplicates: AtomicU64,
+    pub repair_requests_sent: AtomicU64,
+    pub repaired: AtomicU64,
+    pub lost_seqs: AtomicU64,
+    pub send_refused: AtomicU64,
+}
+
+/// Signed datagrams this node sent, by sequence, for repair.
+#[derive(Default)]
+pub struct RepairRing {
+    first_seq: u64,
+    items: VecDeque<Bytes>,
+}
+
+impl RepairRing {
+    fn push(&mut self, seq: u64, d: Bytes) {
+        if self.items.is_empty() {
+            self.first_seq = seq;
+        }
+        self.items.push_back(d);
+        if self.items.len() > REPAIR_RING {
+            self.items.pop_front();
+            self.first_seq += 1;
+        }
+    }
+
+    pub fn get(&self, seq: u64) -> Option<Bytes> {
+        let i = seq.checked_sub(self.first_seq)?;
+        self.items.get(i as usize).cloned()
+    }
+}
+
+pub struct FastPathSender {
+    key: SigningKey,
+    sender_id: u32,
+    next_seq: u64,
+    builder: Option<DatagramBuilder>,
+    out: Vec<Bytes>,
+    handle: FastPathHandle,
+    pub ring: Arc<Mutex<RepairRing>>,
+    stats: Arc<FastPathStats>,
+    last_send: Instant,
+}
+
+impl FastPathSender {
+    /// Whether a message of `len` encoded bytes can travel as one item.
+    pub fn fits(len: usize) -> bool {
+        len <= MAX_ITEM_LEN
+    }
+
+    /// Adds an encoded message to the current datagram.
+    pub fn push(&mut self, msg: &[u8]) {
+        if !Self::fits(msg.len()) {
+            return;
+        }
+        let b = self
+            .builder
+            .get_or_insert_with(|| DatagramBuilder::new(KIND_DATA, self.sender_id, self.next_seq));
+        if b.push(msg).is_err() {
+            self.seal();
+            let mut b = DatagramBuilder::new(KIND_DATA, self.sender_id, self.next_seq);
+            let _ = b.push(msg);
+            self.builder = Some(b);
+        }
+    }
+
+    fn seal(&mut self) {
+        if let Some(b) = self.builder.take() {
+            let unsigned = b.finish();
+            let sig = self.key.sign(unsigned.signed_bytes()).to_bytes();
+            let bytes = Bytes::from(unsigned.sign_with(&sig));
+            self.ring
+                .lock()
+                .expect("repair ring")
+                .push(self.next_seq, bytes.clone());
+            self.next_seq += 1;
+            self.out.push(bytes);
+        }
+    }
+
+    /// Signs and sends everything pushed since the last flush.
+    pub fn flush(&mut self) {
+        self.seal();
+        for d in self.out.drain(..) {
+            match self.handle.send(d) {
+                Ok(()) => {
+                    self.stats.datagrams_sent.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(_) => {
+                    // Still in the ring: the receivers' gap repair recovers it.
+                    self.stats.send_refused.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            self.last_send = Instant::now();
+        }
+    }
+
+    /// The sequence the next datagram will carry.
+    pub fn next_seq(&self) -> u64 {
+        self.next_seq
+    }
+
+    /// While idle, an empty datagram every `every` lets receivers notice a
+    /// lost tail.
+    pub fn heartbeat(&mut self, every: Duration) {
+        if self.builder.is_none() && self.last_send.elapsed() >= every {
+            self.builder = Some(DatagramBuilder::new(
+                KIND_HEARTBEAT,
+                self.sender_id,
+                self.next_seq,
+            ));
+            self.flush();
+        }
+    }
+}
+
+/// What the receiver hands to the node.
+pub trait FastPathSink: Send + Sync + 'static {
+    /// A message from a verified datagram of masternode `from`.
+    fn deliver(&self, from: PublicKey, msg: Message);
+    /// Ask `to` (over the reliable path) for its datagrams `first..=last`.
+    fn request_repair(&self, to: PublicKey, first: u64, last: u64);
+}
+
+/// Verified datagrams in: from UDP, or from a TCP repair answer.
+pub struct FastPathReceiver {
+    keys: Vec<(PublicKey, Option<VerifyingKey>)>,
+    me: u32,
+    gaps: GapTracker<u32>,
+    stats: Arc<FastPathStats>,
+    start: Instant,
+    last_repair_ms: u64,
+}
+
+impl FastPathReceiver {
+    fn now_ms(&self) -> u64 {
+        self.start.elapsed().as_millis() as u64
+    }
+
+    /// Checks and delivers one datagram. Never panics on any input.
+    pub fn handle(&mut self, bytes: &[u8], repaired: bool, sink: &dyn FastPathSink) {
+        self.handle_many(&[bytes], repaired, sink);
+    }
+
+    /// Checks many datagrams with one ed25519 batch verification (falling
+    /// back to one by one if the batch fails), then delivers the good ones in
+    /// order. Never panics on any input.
+    pub fn handle_many(&mut self, datagrams: &[&[u8]], repaired: bool, sink: &dyn FastPathSink) {
+        let mut checked = Vec::with_capacity(datagrams.len());
+        for bytes in datagrams {
+            let Ok(d) = Datagram::decode(bytes) else {
+                self.stats.bad_datagrams.fetch_add(1, Ordering::Relaxed);
+                continue;
+            };
+            if d.sender_id() == self.me {
+                continue; // Our own, looped back by multicast.
+            }
+            match self.keys.get(d.sender_id() as usize) {
+                Some((_, Some(vk))) if !vk.is_weak() => checked.push((d, *vk)),
+                _ => {
+                    self.stats.bad_datagrams.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+        if checked.is_empty() {
+            return;
+        }
+        let msgs: Vec<&[u8]> = checked.iter().map(|(d, _)| d.signed_bytes()).collect();
+        let sigs: Vec<Signature> = checked
+            .iter()
+            .map(|(d, _)| Signature::from_bytes(d.signature()))
+            .collect();
+        let keys: Vec<VerifyingKey> = checked.iter().map(|(_, k)| *k).collect();
+        let all_ok = checked.len() > 1 && ed25519_dalek::verify_batch(&msgs, &sigs, &keys).is_ok();
+        for (i, (d, vk)) in checked.iter().enumerate() {
+            if !all_ok && vk.verify_strict(msgs[i], &sigs[i]).is_err() {
+                self.stats.bad_datagrams.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+            self.accept(d, repaired, sink);
+        }
+    }
+
+    /// A datagram whose signature verified: sequence check, then delivery.
+    fn accept(&mut self, d: &Datagram<'_>, repaired: bool, sink: &dyn FastPathSink) {
+        let sender = d.sender_id();
+        let pk = self.keys[sender as usize].0;
+        let now = self.now_ms();
+        let receipt = match self.gaps.receive(sender, d.sequence(), now) {
+            Ok(r) => r,
+            Err(_) => {
+                self.stats.bad_datagrams.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+        };
+        if let Receipt::NewWithGap { missing } = receipt {
+            // A jump beyond the window is a restarted sender (sequences start
+            // from the clock), not a hole worth repairing.
+            if missing.len() > self.gaps.config().window {
+                let _ = self.gaps.forget(sender);
+                let _ = self.gaps.receive(sender, d.sequence(), now);
+            }
+        }
+        if !receipt.is_new() {
+            self.stats.duplicates.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        self.stats
+            .datagrams_received
+            .fetch_add(1, Ordering::Relaxed);
+        if repaired {
+            self.stats.repaired.fetch_add(1, Ordering::Relaxed);
+        }
+        if d.kind() != KIND_DATA {
+            return;
+        }
+        for item in d.items() {
+            match Message::decode(item) {
+                Ok(m @ (Message::TransactionBroadcast(_) | Message::VoteBatch(_))) => {
+                    sink.deliver(pk, m)
+                }
+                _ => {
+                    self.stats.bad_datagrams.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+    }
+
+    /// `peer` announced (over the reliable path) the sequence of its next
+    /// datagram. If nothing was heard from it yet, its stream starts there:
+    /// anything from then on that UDP loses is detected and repaired.
+    pub fn announce(&mut self, peer: &PublicKey, next: u64) {
+        let Some(sender) = self.keys.iter().position(|(k, _)| k == peer) else {
+            return;
+        };
+        let sender = sender as u32;
+        if sender != self.me && self.gaps.next_expected(sender).is_none() {
+            tracing::debug!(sender, next, "fast-path stream start announced");
+            let _ = self.gaps.expect_from(sender, next);
+        }
+    }
+
+    /// Requests repairs for holes old enough; counts what is given up.
+    pub fn repair(&mut self, sink: &dyn FastPathSink) {
+        let now = self.now_ms();
+        // The tracker lists a hole on every call until it is filled: ask at
+        // most once per repair delay.
+        if now.saturating_sub(self.last_repair_ms) < self.gaps.config().repair_delay_ms {
+            return;
+        }
+        self.last_repair_ms = now;
+        for m in self.gaps.missing(now) {
+            if let Some((pk, _)) = self.keys.get(m.sender as usize) {
+                self.stats
+                    .repair_requests_sent
+                    .fetch_add(1, Ordering::Relaxed);
+                sink.request_repair(*pk, m.range.first, m.range.last);
+            }
+        }
+        for lost in self.gaps.take_lost() {
+            self.stats
+                .lost_seqs
+                .fetch_add(lost.range.len(), Ordering::Relaxed);
+            tracing::warn!(sender = lost.sender, first = lost.range.first, last = lost.range.last, reason = ?lost.reason, "fast-path datagrams lost (not repaired)");
+        }
+    }
+}
+
+pub struct FastPath {
+    pub sender: FastPathSender,
+    pub receiver: Arc<Mutex<FastPathReceiver>>,
+    pub stats: Arc<FastPathStats>,
+    rx: Option<crossbeam::channel::Receiver<(SocketAddr, Bytes)>>,
+}
+
+fn v4(addr: &str) -> Result<SocketAddrV4, FastPathError> {
+    match addr.parse::<SocketAddr>() {
+        Ok(SocketAddr::V4(a)) => Ok(a),
+        _ => Err(FastPathError::NotIpv4(addr.into())),
+    }
+}
+
+impl FastPath {
+    /// Opens the socket. `listen` is this node's P2P address (the unicast
+    /// port and the default multicast interface).
+    pub fn start(
+        mode: &FastPathMode,
+        backend: IoBackend,
+        listen: SocketAddr,
+        key: SigningKey,
+        registry: &Registry,
+    ) -> Result<Option<FastPath>, FastPathError> {
+        let me = PublicKey::from_signing(&key);
+        let Some(my_index) = registry.position(&me) else {
+            return match mode {
+                FastPathMode::Off => Ok(None),
+                _ => Err(FastPathError::NotRegistered),
+            };
+        };
+        let listen4 = match listen {
+            SocketAddr::V4(a) => a,
+            SocketAddr::V6(_) => return Err(FastPathError::NotIpv4(listen.to_string())),
+        };
+        let mut cfg = match mode {
+            FastPathMode::Off => return Ok(None),
+            FastPathMode::Multicast { group, interface } => {
+                UdpConfig::multicast(*group, *interface)
+            }
+            FastPathMode::Unicast => {
+                // UDP at the P2P port + 1 (the P2P port's UDP side belongs to
+                // the QUIC pool).
+                let plus1 = |a: SocketAddrV4| SocketAddrV4::new(*a.ip(), a.port().wrapping_add(1));
+                let mut peers = Vec::new();
+                for m in registry.masternodes() {
+                    if m.key != me {
+                        peers.push(plus1(v4(&m.address)?));
+                    }
+                }
+                UdpConfig::unicast(plus1(listen4), peers)
+            }
+        };
+        let local_ip = match mode {
+            FastPathMode::Multicast { interface, .. } => *interface,
+            _ => *listen4.ip(),
+        };
+        // Loopback-only unless the operator put the node on a real interface.
+        cfg.loopback_only = local_ip.is_loopback();
+        let (handle, rx) = UdpFastPath::start(cfg, backend)?;
+        tracing::info!(backend = ?handle.backend(), addr = %handle.local_addr(), ?mode, "UDP fast path up");
+        let stats = Arc::new(FastPathStats::default());
+        let keys = registry
+            .masternodes()
+            .iter()
+            .map(|m| (m.key, m.key.verifying_key()))
+            .collect();
+        // Sequences start from the wall clock (microseconds), so a restarted
+        // sender continues above its old numbers.
+        let start_seq = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_micros() as u64)
+            .unwrap_or(1);
+        let ring = Arc::new(Mutex::new(RepairRing::default()));
+        Ok(Some(FastPath {
+            sender: FastPathSender {
+                key,
+                sender_id: my_index as u32,
+                next_seq: start_seq,
+                builder: None,
+                out: Vec::new(),
+                handle,
+                ring,
+                stats: stats.clone(),
+                last_send: Instant::now(),
+            },
+            receiver: Arc::new(Mutex::new(FastPathReceiver {
+                keys,
+                me: my_index as u32,
+                gaps: GapTracker::new(GapConfig::default()),
+                stats: stats.clone(),
+                start: Instant::now(),
+                last_repair_ms: 0,
+            })),
+            stats,
+            rx: Some(rx),
+        }))
+    }
+
+    /// Starts the receive thread; it ends when the socket closes.
+    pub fn spawn_receiver(&mut self, sink: Arc<dyn FastPathSink>) {
+        let Some(rx) = self.rx.take() else { return };
+        let receiver = self.receiver.clone();
+        std::thread::Builder::new()
+            .name("fastpath-rx".into())
+            .spawn(move || loop {
+                match rx.recv_timeout(Duration::from_millis(10)) {
+                    Ok((_, first)) => {
+                        let mut batch = vec![first];
+                        while batch.len() < 64 {
+                            match rx.try_recv() {
+                                Ok((_, b)) => batch.push(b),
+                                Err(_) => break,
+                            }
+                        }
+                        let refs: Vec<&[u8]> = batch.iter().map(|b| &b[..]).collect();
+                        let mut r = receiver.lock().expect("fast path receiver");
+                        r.handle_many(&refs, false, &*sink);
+                        r.repair(&*sink);
+                    }
+                    Err(crossbeam::channel::RecvTimeoutError::Timeout) => {
+                        receiver.lock().expect("fast path receiver").repair(&*sink);
+                    }
+                    Err(_) => return,
+                }
+            })
+            .expect("spawn fast path receiver");
+    }
+}

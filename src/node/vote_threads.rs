@@ -1,0 +1,352 @@
+//! Vote verification and tallying on dedicated threads, optionally pinned to
+//! cores, off the core thread.
+//!
+//! Each thread owns one shard of the tallies (the txids whose first bytes map
+//! to it), so no lock is taken on the hot path: batches arrive through
+//! crossbeam queues, a thread verifies the batches it received together with
+//! one ed25519 batch verification (falling back to one-by-one to find a bad
+//! signature), then sends each item to the shard owning its txid. The
+//! moment a tally reaches the quorum (or approval becomes impossible) the
+//! shard hands the outcome back to the node.
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam::channel as cb;
+use ed25519_dalek::Signature;
+
+use crate::protocol::registry::Registry;
+use crate::protocol::tally::{TallyEvent, VerifiedBatch, VoteAggregator};
+use crate::protocol::types::{ChainId, PublicKey, Txid};
+use crate::protocol::vote::VoteBatch;
+
+/// Most batches verified together.
+const VERIFY_BATCH: usize = 64;
+
+enum ShardMsg {
+    /// A peer's batch, not yet verified.
+    Verify(VoteBatch),
+    /// This node's own batch (signed here).
+    Own(Arc<VerifiedBatch>),
+    /// Items of a verified batch that belong to this shard.
+    Items(Arc<VerifiedBatch>, Vec<u32>),
+}
+
+#[derive(Default, Debug)]
+pub struct VoteThreadStats {
+    pub batches_verified: AtomicU64,
+    pub bad_signatures: AtomicU64,
+    pub refused: AtomicU64,
+    pub batch_fallbacks: AtomicU64,
+    pub queue_full: AtomicU64,
+    pub outcomes: AtomicU64,
+}
+
+#[derive(Clone, Debug)]
+pub struct VoteThreadConfig {
+    pub threads: usize,
+    /// Core ids to pin thread i to (`cores[i % len]`); empty: no pinning.
+    pub cores: Vec<usize>,
+    pub chain_id: ChainId,
+    pub me: PublicKey,
+    pub quorum: u64,
+    /// Undecided tallies are dropped after this long.
+    pub max_age_ms: u64,
+}
+
+pub struct VoteThreads {
+    shards: Vec<cb::Sender<ShardMsg>>,
+    next: AtomicUsize,
+    pub stats: Arc<VoteThreadStats>,
+}
+
+fn shard_of(txid: &Txid, n: usize) -> usize {
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&txid.0[..8]);
+    (u64::from_le_bytes(b) % n as u64) as usize
+}
+
+/// Pins the calling thread to `core` (Linux).
+fn pin_to(core: usize) -> bool {
+    // SAFETY: cpu_set_t is plain data; CPU_SET writes inside it; the call
+    // only reads the set.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(core, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) == 0
+    }
+}
+
+impl VoteThreads {
+    /// Starts the threads. `deliver` receives each shard's outcomes.
+    pub fn start<F>(cfg: VoteThreadConfig, registry: Registry, deliver: F) -> VoteThreads
+    where
+        F: Fn(Vec<TallyEvent>) + Send + Sync + 'static,
+    {
+        let n = cfg.threads.max(1);
+        let stats = Arc::new(VoteThreadStats::default());
+        let deliver = Arc::new(deliver);
+        let (txs, rxs): (Vec<_>, Vec<_>) = (0..n).map(|_| cb::bounded(1 << 16)).unzip();
+        for (i, rx) in rxs.into_iter().enumerate() {
+            let peers = txs.clone();
+            let stats = stats.clone();
+            let deliver = deliver.clone();
+            let registry = registry.clone();
+            let cfg = cfg.clone();
+            std::thread::Builder::new()
+                .name(format!("votes-{i}"))
+                .spawn(move || {
+                    if let Some(&core) =
+                        (!cfg.cores.is_empty()).then(|| &cfg.cores[i % cfg.cores.len()])
+                    {
+                        if !pin_to(core) {
+                            tracing::warn!(thread = i, core, "could not pin vote thread");
+                        }
+                    }
+                    Shard {
+                        index: i,
+                        agg: VoteAggregator::new(registry.clone(), cfg.quorum, 1 << 20),
+                        registry,
+                        cfg,
+                        peers,
+                        stats,
+                    }
+                    .run(rx, &*deliver)
+                })
+                .expect("spawn vote thread");
+        }
+        VoteThreads {
+            shards: txs,
+            next: AtomicUsize::new(0),
+            stats,
+        }
+    }
+
+    fn send(&self, shard: usize, m: ShardMsg) {
+        if self.shards[shard].try_send(m).is_err() {
+            self.stats.queue_full.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// A peer's batch: verified on the next thread in turn.
+    pub fn submit(&self, batch: VoteBatch) {
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.shards.len();
+        self.send(i, ShardMsg::Verify(batch));
+    }
+
+    /// This node's own batch.
+    pub fn own(&self, batch: VoteBatch) {
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.shards.len();
+        self.send(i, ShardMsg::Own(Arc::new(VerifiedBatch::own(batch))));
+    }
+}
+
+struct Shard {
+    index: usize,
+    agg: VoteAggregator,
+    registry: Registry,
+    cfg: VoteThreadConfig,
+    peers: Vec<cb::Sender<ShardMsg>>,
+    stats: Arc<VoteThreadStats>,
+}
+
+impl Shard {
+    fn run(mut self, rx: cb::Receiver<ShardMsg>, deliver: &dyn Fn(Vec<TallyEvent>)) {
+        let start = Instant::now();
+        let mut last_expire = 0;
+        let mut to_verify = Vec::new();
+        let mut events = Vec::new();
+        loop {
+            let first = match rx.recv_timeout(Duration::from_millis(100)) {
+                Ok(m) => Some(m),
+                Err(cb::RecvTimeoutError::Timeout) => None,
+                Err(cb::RecvTimeoutError::Disconnected) => return,
+            };
+            let now = start.elapsed().as_millis() as u64;
+            let mut msgs: Vec<ShardMsg> = first.into_iter().collect();
+            while msgs.len() < 1024 {
+                match rx.try_recv() {
+                    Ok(m) => msgs.push(m),
+                    Err(_) => break,
+                }
+            }
+            for m in msgs {
+                match m {
+                    ShardMsg::Verify(b) => {
+                        to_verify.push(b);
+                        if to_verify.len() >= VERIFY_BATCH {
+                            self.verify(now, std::mem::take(&mut to_verify), &mut events);
+                        }
+                    }
+                    ShardMsg::Own(vb) => self.route(now, vb, &mut events),
+                    ShardMsg::Items(vb, idx) => self.agg.add(now, &vb, Some(&idx), &mut events),
+                }
+            }
+            if !to_verify.is_empty() {
+                self.verify(now, std::mem::take(&mut to_verify), &mut events);
+            }
+            if !events.is_empty() {
+                self.stats
+                    .outcomes
+                    .fetch_add(events.len() as u64, Ordering::Relaxed);
+                deliver(std::mem::take(&mut events));
+            }
+            if now.saturating_sub(last_expire) >= 1_000 {
+                last_expire = now;
+                self.agg
+                    .expire(now, self.cfg.max_age_ms, self.cfg.max_age_ms, |_| false);
+            }
+        }
+    }
+
+    fn admissible(&self, b: &VoteBatch) -> bool {
+        b.chain_id == self.cfg.chain_id
+            && b.epoch == self.registry.epoch()
+            && b.voter != self.cfg.me
+            && self.registry.weight_of(&b.voter).is_some()
+    }
+
+    /// Verifies many batches with one ed25519 batch verification.
+    fn verify(&mut self, now: u64, batches: Vec<VoteBatch>, events: &mut Vec<TallyEvent>) {
+        let mut ok_shape = Vec::with_capacity(batches.len());
+        for b in batches {
+            if !self.admissible(&b) {
+                self.stats.refused.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+            match b.voter.verifying_key() {
+                Some(vk) if !vk.is_weak() => {
+                    let (levels, msg) = b.levels_and_message();
+                    ok_shape.push((b, levels, msg, vk));
+                }
+                _ => {
+                    self.stats.bad_signatures.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+        if ok_shape.is_empty() {
+            return;
+        }
+        let msgs: Vec<&[u8]> = ok_shape.iter().map(|(_, _, m, _)| &m[..]).collect();
+        let sigs: Vec<Signature> = ok_shape
+            .iter()
+            .map(|(b, _, _, _)| Signature::from_bytes(&b.signature))
+            .collect();
+        let keys: Vec<_> = ok_shape.iter().map(|(_, _, _, k)| *k).collect();
+        let all_ok = ed25519_dalek::verify_batch(&msgs, &sigs, &keys).is_ok();
+        if !all_ok {
+            self.stats.batch_fallbacks.fetch_add(1, Ordering::Relaxed);
+        }
+        for (i, (b, levels, msg, vk)) in ok_shape.into_iter().enumerate() {
+            if !all_ok && vk.verify_strict(&msg, &sigs[i]).is_err() {
+                self.stats.bad_signatures.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+            self.stats.batches_verified.fetch_add(1, Ordering::Relaxed);
+            self.route(now, Arc::new(VerifiedBatch { batch: b, levels }), events);
+        }
+    }
+
+    /// Sends each item to the shard that owns its txid.
+    fn route(&mut self, now: u64, vb: Arc<VerifiedBatch>, events: &mut Vec<TallyEvent>) {
+        let n = self.peers.len();
+        let mut per: Vec<Vec<u32>> = vec![Vec::new(); n];
+        for (i, item) in vb.batch.items.iter().enumerate() {
+            per[shard_of(&item.txid, n)].push(i as u32);
+        }
+        for (s, idx) in per.into_iter().enumerate() {
+            if idx.is_empty() {
+                continue;
+            }
+            if s == self.index {
+                self.agg.add(now, &vb, Some(&idx), events);
+            } else if self.peers[s]
+                .try_send(ShardMsg::Items(vb.clone(), idx))
+                .is_err()
+            {
+                self.stats.queue_full.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::registry::{Masternode, Tier};
+    use crate::protocol::vote::{Decision, VoteItem};
+    use ed25519_dalek::SigningKey;
+
+    #[test]
+    fn sharded_threads_reach_quorum_once_per_transaction() {
+        let keys: Vec<SigningKey> = (1..=4).map(|i| SigningKey::from_bytes(&[i; 32])).collect();
+        let reg = Registry::new(
+            1,
+            keys.iter()
+                .map(|k| Masternode {
+                    key: PublicKey::from_signing(k),
+                    address: "127.0.0.1:1".into(),
+                    tier: Tier::Bronze,
+                })
+                .collect(),
+        )
+        .unwrap();
+        let (tx, rx) = cb::unbounded();
+        let vt = VoteThreads::start(
+            VoteThreadConfig {
+                threads: 3,
+                cores: vec![],
+                chain_id: 1,
+                me: PublicKey::from_signing(&keys[0]),
+                quorum: reg.quorum(),
+                max_age_ms: 60_000,
+            },
+            reg.clone(),
+            move |ev| {
+                for e in ev {
+                    let _ = tx.send(e);
+                }
+            },
+        );
+        let txids: Vec<Txid> = (0..200u32)
+            .map(|i| {
+                let mut t = [0u8; 32];
+                t[..4].copy_from_slice(&i.to_le_bytes());
+                t[31] = 9;
+                Txid(t)
+            })
+            .collect();
+        let items: Vec<VoteItem> = txids
+            .iter()
+            .map(|t| VoteItem {
+                txid: *t,
+                decision: Decision::Approve,
+            })
+            .collect();
+        vt.own(VoteBatch::sign(1, 1, &keys[0], items.clone()));
+        let mut forged = VoteBatch::sign(1, 1, &keys[3], items.clone());
+        forged.voter = PublicKey::from_signing(&keys[2]);
+        vt.submit(forged);
+        vt.submit(VoteBatch::sign(1, 1, &keys[1], items.clone()));
+        // Own + one peer = 2 of 4 so far: no quorum. The forged batch adds nothing.
+        let mut quorums = std::collections::HashSet::new();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        vt.submit(VoteBatch::sign(1, 1, &keys[3], items));
+        while quorums.len() < 200 && Instant::now() < deadline {
+            if let Ok(TallyEvent::Quorum { txid, votes, .. }) =
+                rx.recv_timeout(Duration::from_millis(100))
+            {
+                let p = crate::protocol::timeproof::TimeProof {
+                    chain_id: 1,
+                    txid,
+                    votes,
+                };
+                assert!(p.verify(1, &reg).is_ok());
+                assert!(quorums.insert(txid), "second quorum for {txid:?}");
+            }
+        }
+        assert_eq!(quorums.len(), 200);
+        assert!(vt.stats.bad_signatures.load(Ordering::Relaxed) >= 1);
+    }
+}

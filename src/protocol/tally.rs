@@ -1,0 +1,398 @@
+//! Stake-weighted vote tallying: the one implementation of "quorum reached"
+//! and "approval impossible". Pure and shardable: a `VoteAggregator` may own
+//! every txid (inside the engine) or only the txids of one shard (on a
+//! dedicated thread in the node); a txid's votes always land in one place, so
+//! no lock is shared.
+//!
+//! It rejects nothing by itself: the caller hands it batches whose signature
+//! it verified and whose voter is registered. It counts each voter once per
+//! txid, reports a voter that changes its decision, and yields each
+//! transaction's outcome exactly once.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use crate::protocol::registry::Registry;
+use crate::protocol::types::{PublicKey, Txid};
+use crate::protocol::validation::RejectCode;
+use crate::protocol::vote::{Decision, VoteBatch, VoteCert};
+
+/// A signed batch whose signature has been checked, with its Merkle levels
+/// kept so certificates can be cut without hashing again.
+#[derive(Debug)]
+pub struct VerifiedBatch {
+    pub batch: VoteBatch,
+    pub levels: Vec<Vec<[u8; 32]>>,
+}
+
+impl VerifiedBatch {
+    /// Verifies the signature (strict) and keeps the tree.
+    pub fn verify(batch: VoteBatch) -> Option<VerifiedBatch> {
+        let levels = batch.verify()?;
+        Some(VerifiedBatch { batch, levels })
+    }
+
+    /// For a batch this node signed itself: no verification needed.
+    pub fn own(batch: VoteBatch) -> VerifiedBatch {
+        let levels =
+            crate::protocol::vote::merkle_levels(batch.items.iter().map(|i| i.leaf()).collect());
+        VerifiedBatch { batch, levels }
+    }
+}
+
+/// What a tally produces.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TallyEvent {
+    /// Approve weight reached the quorum: these certificates form a TimeProof.
+    Quorum {
+        txid: Txid,
+        votes: Vec<VoteCert>,
+        weight: u64,
+    },
+    /// Reject weight exceeds `W - q`: approval can no longer reach the quorum.
+    Impossible {
+        txid: Txid,
+        reject_weight: u64,
+        rejecters: Vec<(PublicKey, RejectCode)>,
+    },
+    /// The first approval arrived (the inputs move to SpentPending).
+    Approving { txid: Txid, weight: u64 },
+    /// A voter signed two different decisions on one transaction.
+    Equivocation { voter: PublicKey, txid: Txid },
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct TallyStats {
+    pub votes: u64,
+    pub duplicates: u64,
+    pub equivocations: u64,
+    /// Votes for new txids refused because `max_open` tallies were open.
+    pub dropped_full: u64,
+}
+
+#[derive(Debug, Default)]
+struct Tally {
+    approve: u64,
+    reject: u64,
+    voters: HashMap<PublicKey, Decision>,
+    approvals: Vec<(Arc<VerifiedBatch>, u32)>,
+    rejecters: Vec<(PublicKey, RejectCode)>,
+    first_vote_ms: u64,
+}
+
+pub struct VoteAggregator {
+    registry: Registry,
+    quorum: u64,
+    tallies: HashMap<Txid, Tally>,
+    /// Transactions whose outcome was produced, and when: a compact record
+    /// (not counted against `max_open`) so late votes cannot start a second
+    /// tally for them.
+    finished: HashMap<Txid, u64>,
+    max_open: usize,
+    stats: TallyStats,
+}
+
+impl VoteAggregator {
+    /// `quorum` is the registry's, except in the simulator's planted-bug runs.
+    pub fn new(registry: Registry, quorum: u64, max_open: usize) -> Self {
+        VoteAggregator {
+            registry,
+            quorum,
+            tallies: HashMap::new(),
+            finished: HashMap::new(),
+            max_open,
+            stats: TallyStats::default(),
+        }
+    }
+
+    pub fn stats(&self) -> TallyStats {
+        self.stats
+    }
+
+    pub fn open(&self) -> usize {
+        self.tallies.len()
+    }
+
+    /// Current approve weight for `txid`.
+    pub fn approve_weight(&self, txid: &Txid) -> u64 {
+        self.tallies.get(txid).map_or(0, |t| t.approve)
+    }
+
+    /// Whether an outcome was already produced for `txid`.
+    pub fn is_done(&self, txid: &Txid) -> bool {
+        self.finished.contains_key(txid)
+    }
+
+    /// Counts items `indices` of a verified batch (all items when `None`).
+    /// The voter must be registered; unregistered voters are ignored.
+    pub fn add(
+        &mut self,
+        now: u64,
+        vb: &Arc<VerifiedBatch>,
+        indices: Option<&[u32]>,
+        out: &mut Vec<TallyEvent>,
+    ) {
+        let voter = vb.batch.voter;
+        let Some(weight) = self.registry.weight_of(&voter) else {
+            return;
+        };
+        let all: Vec<u32>;
+        let indices = match indices {
+            Some(i) => i,
+            None => {
+                all = (0..vb.batch.items.len() as u32).collect();
+                &all
+            }
+        };
+        for &i in indices {
+            let Some(item) = vb.batch.items.get(i as usize) else {
+                continue;
+            };
+            self.add_one(now, vb, i, item.txid, item.decision, voter, weight, out);
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn add_one(
+        &mut self,
+        now: u64,
+        vb: &Arc<VerifiedBatch>,
+        index: u32,
+        txid: Txid,
+        decision: Decision,
+        voter: PublicKey,
+        weight: u64,
+        out: &mut Vec<TallyEvent>,
+    ) {
+        if self.finished.contains_key(&txid) {
+            self.stats.duplicates += 1;
+            return;
+        }
+        if !self.tallies.contains_key(&txid) && self.tallies.len() >= self.max_open {
+            self.stats.dropped_full += 1;
+            return;
+        }
+        let (quorum, total) = (self.quorum, self.registry.total_weight());
+        let t = self.tallies.entry(txid).or_insert_with(|| Tally {
+            first_vote_ms: now,
+            ..Tally::default()
+        });
+        match t.voters.get(&voter) {
+            Some(d) if *d == decision => {
+                self.stats.duplicates += 1;
+                return;
+            }
+            Some(_) => {
+                self.stats.equivocations += 1;
+                out.push(TallyEvent::Equivocation { voter, txid });
+                return;
+            }
+            None => {}
+        }
+        self.stats.votes += 1;
+        t.voters.insert(voter, decision);
+        match decision {
+            Decision::Approve => {
+                t.approve += weight;
+                t.approvals.push((vb.clone(), index));
+            }
+            Decision::Reject(code) => {
+                t.reject += weight;
+                t.rejecters.push((voter, code));
+            }
+        }
+        if t.approve >= quorum {
+            let votes = t
+                .approvals
+                .iter()
+                .map(|(vb, i)| vb.batch.cert(&vb.levels, *i as usize))
+                .collect();
+            out.push(TallyEvent::Quorum {
+                txid,
+                votes,
+                weight: t.approve,
+            });
+            self.finish(now, txid);
+        } else if t.reject > total.saturating_sub(quorum) {
+            out.push(TallyEvent::Impossible {
+                txid,
+                reject_weight: t.reject,
+                rejecters: std::mem::take(&mut t.rejecters),
+            });
+            self.finish(now, txid);
+        } else if decision.is_approve() && t.approve == weight {
+            out.push(TallyEvent::Approving {
+                txid,
+                weight: t.approve,
+            });
+        }
+    }
+
+    /// An outcome was produced: drop the tally (and the batches it holds),
+    /// remember only that it is done.
+    fn finish(&mut self, now: u64, txid: Txid) {
+        self.tallies.remove(&txid);
+        self.finished.insert(txid, now);
+    }
+
+    /// Forgets open tallies older than `max_age_ms` for which `keep` is
+    /// false, and finished records older than `done_age_ms`.
+    pub fn expire(
+        &mut self,
+        now: u64,
+        max_age_ms: u64,
+        done_age_ms: u64,
+        keep: impl Fn(&Txid) -> bool,
+    ) {
+        self.tallies
+            .retain(|txid, t| now.saturating_sub(t.first_vote_ms) < max_age_ms || keep(txid));
+        self.finished
+            .retain(|_, at| now.saturating_sub(*at) < done_age_ms);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::registry::{Masternode, Tier};
+    use crate::protocol::vote::VoteItem;
+    use ed25519_dalek::SigningKey;
+
+    fn setup(tiers: &[Tier]) -> (Vec<SigningKey>, Registry) {
+        let keys: Vec<SigningKey> = (0..tiers.len())
+            .map(|i| SigningKey::from_bytes(&[i as u8 + 1; 32]))
+            .collect();
+        let reg = Registry::new(
+            1,
+            keys.iter()
+                .zip(tiers)
+                .map(|(k, t)| Masternode {
+                    key: PublicKey::from_signing(k),
+                    address: "127.0.0.1:1".into(),
+                    tier: *t,
+                })
+                .collect(),
+        )
+        .unwrap();
+        (keys, reg)
+    }
+
+    fn vote(k: &SigningKey, txid: Txid, d: Decision) -> Arc<VerifiedBatch> {
+        Arc::new(
+            VerifiedBatch::verify(VoteBatch::sign(
+                1,
+                1,
+                k,
+                vec![VoteItem { txid, decision: d }],
+            ))
+            .unwrap(),
+        )
+    }
+
+    #[test]
+    fn quorum_exactly_once_with_a_verifying_proof() {
+        let (keys, reg) = setup(&[Tier::Bronze; 4]);
+        let mut agg = VoteAggregator::new(reg.clone(), reg.quorum(), 100);
+        let t = Txid([1; 32]);
+        let mut out = Vec::new();
+        for k in &keys[..2] {
+            agg.add(0, &vote(k, t, Decision::Approve), None, &mut out);
+        }
+        assert!(matches!(out[..], [TallyEvent::Approving { .. }]));
+        out.clear();
+        agg.add(0, &vote(&keys[2], t, Decision::Approve), None, &mut out);
+        let TallyEvent::Quorum { votes, weight, .. } = &out[0] else {
+            panic!("{out:?}")
+        };
+        assert_eq!(*weight, 3);
+        let proof = crate::protocol::timeproof::TimeProof {
+            chain_id: 1,
+            txid: t,
+            votes: votes.clone(),
+        };
+        assert_eq!(proof.verify(1, &reg), Ok(3));
+        out.clear();
+        agg.add(0, &vote(&keys[3], t, Decision::Approve), None, &mut out);
+        assert!(out.is_empty(), "a second outcome: {out:?}");
+    }
+
+    #[test]
+    fn duplicates_equivocation_and_impossible() {
+        let (keys, reg) = setup(&[Tier::Bronze; 4]);
+        let mut agg = VoteAggregator::new(reg.clone(), reg.quorum(), 100);
+        let t = Txid([2; 32]);
+        let mut out = Vec::new();
+        let a = vote(&keys[0], t, Decision::Approve);
+        agg.add(0, &a, None, &mut out);
+        agg.add(0, &a, None, &mut out);
+        assert_eq!(agg.stats().duplicates, 1);
+        agg.add(
+            0,
+            &vote(&keys[0], t, Decision::Reject(RejectCode::InputLocked)),
+            None,
+            &mut out,
+        );
+        assert!(out.contains(&TallyEvent::Equivocation {
+            voter: PublicKey::from_signing(&keys[0]),
+            txid: t
+        }));
+        out.clear();
+        // W=4, q=3: two rejects make approval impossible.
+        agg.add(
+            0,
+            &vote(&keys[1], t, Decision::Reject(RejectCode::InputLocked)),
+            None,
+            &mut out,
+        );
+        assert!(out.is_empty());
+        agg.add(
+            0,
+            &vote(&keys[2], t, Decision::Reject(RejectCode::InputSpent)),
+            None,
+            &mut out,
+        );
+        assert!(
+            matches!(&out[..], [TallyEvent::Impossible { reject_weight: 2, rejecters, .. }] if rejecters.len() == 2)
+        );
+    }
+
+    #[test]
+    fn weights_follow_tiers() {
+        // W = 100 + 10 + 1 = 111, q = 75: silver and bronze together are not
+        // enough; gold alone is.
+        let (keys, reg) = setup(&[Tier::Gold, Tier::Silver, Tier::Bronze]);
+        assert_eq!(reg.quorum(), 75);
+        let mut agg = VoteAggregator::new(reg.clone(), reg.quorum(), 100);
+        let t = Txid([3; 32]);
+        let mut out = Vec::new();
+        agg.add(0, &vote(&keys[1], t, Decision::Approve), None, &mut out);
+        agg.add(0, &vote(&keys[2], t, Decision::Approve), None, &mut out);
+        assert!(!out.iter().any(|e| matches!(e, TallyEvent::Quorum { .. })));
+        agg.add(0, &vote(&keys[0], t, Decision::Approve), None, &mut out);
+        assert!(out
+            .iter()
+            .any(|e| matches!(e, TallyEvent::Quorum { weight: 111, .. })));
+    }
+
+    #[test]
+    fn full_aggregator_counts_drops() {
+        let (keys, reg) = setup(&[Tier::Bronze; 4]);
+        let mut agg = VoteAggregator::new(reg.clone(), reg.quorum(), 1);
+        let mut out = Vec::new();
+        agg.add(
+            0,
+            &vote(&keys[0], Txid([1; 32]), Decision::Approve),
+            None,
+            &mut out,
+        );
+        agg.add(
+            0,
+            &vote(&keys[0], Txid([2; 32]), Decision::Approve),
+            None,
+            &mut out,
+        );
+        assert_eq!(agg.stats().dropped_full, 1);
+        agg.expire(100, 50, 50, |_| false);
+        assert_eq!(agg.open(), 0);
+    }
+}

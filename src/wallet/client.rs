@@ -1,0 +1,255 @@
+//! An async client for one masternode's wallet port.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use ed25519_dalek::SigningKey;
+use time_net::{FrameError, FrameReader, FrameWriter};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::TcpStream;
+
+use crate::protocol::message::{
+    verify_handshake, Hello, Message, NodeStatus, Role, PROTOCOL_VERSION,
+};
+use crate::protocol::registry::Registry;
+use crate::protocol::timeproof::TimeProof;
+use crate::protocol::types::{Address, ChainId, OutPoint, PublicKey, Transaction, TxOutput, Txid};
+use crate::protocol::utxo::{UtxoEntry, UtxoState};
+use crate::protocol::validation::RejectCode;
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ClientError {
+    #[error("cannot connect to {addr}: {source}")]
+    Connect {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("connection: {0}")]
+    Frame(#[from] FrameError),
+    #[error("malformed message from the masternode: {0}")]
+    Decode(#[from] time_net::DecodeError),
+    #[error("handshake: {0}")]
+    Handshake(&'static str),
+    #[error("unexpected {0} message")]
+    Unexpected(&'static str),
+    #[error("no answer within {0:?}")]
+    Timeout(Duration),
+    #[error("not enough funds: have {have} spendable units, need {need}")]
+    InsufficientFunds { have: u64, need: u64 },
+}
+
+/// How a submitted transaction ended.
+#[derive(Debug, Clone)]
+pub enum Outcome {
+    Finalized {
+        tx: Transaction,
+        proof: TimeProof,
+    },
+    Rejected {
+        reason: RejectCode,
+        detail: String,
+        rejecters: Vec<(PublicKey, RejectCode)>,
+    },
+}
+
+pub struct WalletClient {
+    reader: FrameReader<OwnedReadHalf>,
+    writer: FrameWriter<OwnedWriteHalf>,
+    pub node_key: PublicKey,
+    pub chain_id: ChainId,
+}
+
+impl WalletClient {
+    pub async fn connect(addr: SocketAddr, chain_id: ChainId) -> Result<Self, ClientError> {
+        let stream = tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(addr))
+            .await
+            .map_err(|_| ClientError::Timeout(Duration::from_secs(5)))?
+            .map_err(|source| ClientError::Connect { addr, source })?;
+        stream
+            .set_nodelay(true)
+            .map_err(|source| ClientError::Connect { addr, source })?;
+        let (r, w) = stream.into_split();
+        let mut c = WalletClient {
+            reader: FrameReader::new(r, 4 * 1024 * 1024),
+            writer: FrameWriter::new(w),
+            node_key: PublicKey::default(),
+            chain_id,
+        };
+        let nonce: [u8; 32] = rand::random();
+        c.send(&Message::Hello(Hello {
+            chain_id,
+            protocol_version: PROTOCOL_VERSION,
+            role: Role::Wallet,
+            public_key: PublicKey::default(),
+            nonce,
+        }))
+        .await?;
+        let their = match c.recv_timeout(Duration::from_secs(5)).await? {
+            Message::Hello(h) => h,
+            Message::Error { .. } => return Err(ClientError::Handshake("refused")),
+            m => return Err(ClientError::Unexpected(m.name())),
+        };
+        match c.recv_timeout(Duration::from_secs(5)).await? {
+            Message::HelloAuth(sig)
+                if verify_handshake(chain_id, &nonce, &their.public_key, &sig) => {}
+            _ => {
+                return Err(ClientError::Handshake(
+                    "masternode key proof does not verify",
+                ))
+            }
+        }
+        c.node_key = their.public_key;
+        Ok(c)
+    }
+
+    pub async fn send(&mut self, m: &Message) -> Result<(), ClientError> {
+        self.writer.send(&m.to_bytes()).await?;
+        Ok(())
+    }
+
+    /// Queues without flushing (for pipelined submission).
+    pub fn push(&mut self, m: &Message) -> Result<(), ClientError> {
+        self.writer.push(&m.to_bytes())?;
+        Ok(())
+    }
+
+    pub async fn flush(&mut self) -> Result<(), ClientError> {
+        self.writer.flush().await?;
+        Ok(())
+    }
+
+    pub async fn recv(&mut self) -> Result<Message, ClientError> {
+        Ok(Message::decode(self.reader.read_frame().await?)?)
+    }
+
+    pub async fn recv_timeout(&mut self, d: Duration) -> Result<Message, ClientError> {
+        tokio::time::timeout(d, self.recv())
+            .await
+            .map_err(|_| ClientError::Timeout(d))?
+    }
+
+    pub fn into_split(self) -> (FrameReader<OwnedReadHalf>, FrameWriter<OwnedWriteHalf>) {
+        (self.reader, self.writer)
+    }
+
+    /// Submits and waits for finality or rejection.
+    pub async fn submit(
+        &mut self,
+        tx: &Transaction,
+        wait: Duration,
+    ) -> Result<Outcome, ClientError> {
+        let txid = tx.txid();
+        self.send(&Message::SubmitTransaction(tx.clone())).await?;
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match self.recv_timeout(left).await? {
+                Message::TimeProof { tx, proof } if proof.txid == txid => {
+                    return Ok(Outcome::Finalized { tx, proof })
+                }
+                Message::TransactionRejected {
+                    txid: t,
+                    reason,
+                    detail,
+                    rejecters,
+                } if t == txid => {
+                    return Ok(Outcome::Rejected {
+                        reason,
+                        detail,
+                        rejecters,
+                    })
+                }
+                _ => {} // Accepted, or notifications: keep waiting.
+            }
+        }
+    }
+
+    pub async fn request(&mut self, m: &Message) -> Result<Message, ClientError> {
+        self.send(m).await?;
+        self.recv_timeout(Duration::from_secs(10)).await
+    }
+
+    pub async fn status(&mut self) -> Result<NodeStatus, ClientError> {
+        match self.request(&Message::StatusQuery).await? {
+            Message::Status(s) => Ok(s),
+            m => Err(ClientError::Unexpected(m.name())),
+        }
+    }
+
+    pub async fn utxos(
+        &mut self,
+        address: Address,
+    ) -> Result<Vec<(OutPoint, UtxoEntry)>, ClientError> {
+        match self.request(&Message::AddressQuery(address)).await? {
+            Message::UtxoStateResponse(v) => Ok(v
+                .into_iter()
+                .filter_map(|(op, e)| e.map(|e| (op, e)))
+                .collect()),
+            m => Err(ClientError::Unexpected(m.name())),
+        }
+    }
+
+    pub async fn utxo_states(
+        &mut self,
+        ops: Vec<OutPoint>,
+    ) -> Result<Vec<(OutPoint, Option<UtxoEntry>)>, ClientError> {
+        match self.request(&Message::UtxoStateQuery(ops)).await? {
+            Message::UtxoStateResponse(v) => Ok(v),
+            m => Err(ClientError::Unexpected(m.name())),
+        }
+    }
+
+    /// Builds and signs a payment of `amount` to `to` from `key`'s unspent
+    /// coins, with change back to `key`.
+    pub async fn build_payment(
+        &mut self,
+        key: &SigningKey,
+        to: Address,
+        amount: u64,
+        fee: u64,
+    ) -> Result<Transaction, ClientError> {
+        let me = Address::from_public_key(&PublicKey::from_signing(key));
+        let coins = self.utxos(me).await?;
+        let need = amount.saturating_add(fee);
+        let mut picked = Vec::new();
+        let mut have = 0u64;
+        for (op, e) in coins.iter().filter(|(_, e)| e.state == UtxoState::Unspent) {
+            if have >= need {
+                break;
+            }
+            picked.push(*op);
+            have += e.output.amount;
+        }
+        if have < need {
+            return Err(ClientError::InsufficientFunds { have, need });
+        }
+        let mut outputs = vec![TxOutput {
+            amount,
+            address: to,
+        }];
+        let change = have - need;
+        if change >= 546 {
+            outputs.push(TxOutput {
+                amount: change,
+                address: me,
+            });
+        }
+        Ok(Transaction::build_signed(
+            self.chain_id,
+            key,
+            &picked,
+            outputs,
+        ))
+    }
+}
+
+/// Verifies a proof against the registry, for wallets that hold the genesis.
+pub fn verify_proof(
+    proof: &TimeProof,
+    chain_id: ChainId,
+    registry: &Registry,
+    txid: &Txid,
+) -> bool {
+    proof.txid == *txid && proof.verify(chain_id, registry).is_ok()
+}
