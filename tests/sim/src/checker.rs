@@ -50,6 +50,8 @@ pub enum ViolationKind {
     /// A durable write set an output this node finalized or voted to lock
     /// back to unspent.
     DurableRegression,
+    /// A node finalized a transaction without recording its inputs as spent.
+    InputsNotRecorded,
     /// A restarted masternode lost a finality it had reached.
     FinalityLost,
     /// A restarted masternode lost a lock it had voted for.
@@ -71,6 +73,7 @@ impl ViolationKind {
             ViolationKind::DecisionFlip => "decision-flip",
             ViolationKind::HonestAccused => "honest-accused",
             ViolationKind::DurableRegression => "durable-regression",
+            ViolationKind::InputsNotRecorded => "inputs-not-recorded",
             ViolationKind::FinalityLost => "finality-lost",
             ViolationKind::LockLost => "lock-lost",
             ViolationKind::Disagreement => "disagreement",
@@ -113,6 +116,13 @@ pub enum KnownIssue {
     /// approve it. A Byzantine peer that malleates a signature first can
     /// censor a payment this way.
     StickyRefusal,
+    /// `Engine::handle_proof` finalizes a transaction it already knows (even
+    /// one it refused, e.g. an expired orphan) without checking that its
+    /// inputs are known here; `finalize` skips unknown inputs. Nothing
+    /// records that the parent's output is spent: when the parent arrives
+    /// later, that output is created Unspent, and the node can approve a
+    /// double spend of it.
+    FinalizesWithoutInputs,
 }
 
 impl KnownIssue {
@@ -121,6 +131,7 @@ impl KnownIssue {
             KnownIssue::RefinalizeOverwritesOutputs => "refinalize-overwrites-outputs",
             KnownIssue::RevotesFinalTx => "revotes-final-tx",
             KnownIssue::StickyRefusal => "sticky-refusal",
+            KnownIssue::FinalizesWithoutInputs => "finalizes-without-inputs",
         }
     }
 }
@@ -169,6 +180,8 @@ struct NodeView {
     finalized: BTreeMap<Txid, Micros>,
     /// Outputs a write of this node turned back to unspent.
     regressed: BTreeSet<OutPoint>,
+    /// Inputs of transactions it finalized that it did not record as spent.
+    unrecorded: BTreeSet<OutPoint>,
     /// Transactions this node re-voted on after finalizing them.
     revoted: BTreeSet<Txid>,
 }
@@ -314,8 +327,43 @@ impl Checker {
         }
     }
 
+    /// After the round is applied: every input of a transaction finalized in
+    /// it is recorded as spent by it.
+    pub fn after_round(&mut self, node: usize, at: Micros, round: &Round, engine: &Engine) {
+        for out in &round.outputs {
+            let Output::Event(Event::Finalized { txid, tx, .. }) = out else {
+                continue;
+            };
+            for i in &tx.inputs {
+                if engine.utxo(&i.prev).is_none() {
+                    self.views[node].unrecorded.insert(i.prev);
+                    self.violate(
+                        ViolationKind::InputsNotRecorded,
+                        at,
+                        Some(node),
+                        format!("{}", i.prev),
+                        Some(KnownIssue::FinalizesWithoutInputs),
+                        format!(
+                            "node {node} finalized {txid:?} but does not know its input {:?}:{}",
+                            i.prev.txid, i.prev.vout
+                        ),
+                    );
+                }
+            }
+        }
+    }
+
     fn on_unspent_write(&mut self, node: usize, at: Micros, op: OutPoint) {
         let view = &self.views[node];
+        // Re-finalization writes a known output again; a first write of an
+        // output already spent by a final child is the missing-input case.
+        let known = if view.finalized.contains_key(&op.txid) {
+            Some(KnownIssue::RefinalizeOverwritesOutputs)
+        } else if view.unrecorded.contains(&op) {
+            Some(KnownIssue::FinalizesWithoutInputs)
+        } else {
+            None
+        };
         let why = if let Some(t) = view.final_inputs.get(&op) {
             format!("{t:?} spending it was final there")
         } else if let Some(t) = view.approved.get(&op) {
@@ -323,13 +371,15 @@ impl Checker {
         } else {
             return;
         };
-        self.views[node].regressed.insert(op);
+        if known != Some(KnownIssue::FinalizesWithoutInputs) {
+            self.views[node].regressed.insert(op);
+        }
         self.violate(
             ViolationKind::DurableRegression,
             at,
             Some(node),
             format!("{op}"),
-            Some(KnownIssue::RefinalizeOverwritesOutputs),
+            known,
             format!(
                 "node {node} writes {:?}:{} as unspent to its store; {why}",
                 op.txid, op.vout
@@ -386,10 +436,13 @@ impl Checker {
             let view = &mut self.views[node];
             match view.approved.get(&op) {
                 Some(&other) if other != txid => {
-                    let known = view
-                        .regressed
-                        .contains(&op)
-                        .then_some(KnownIssue::RefinalizeOverwritesOutputs);
+                    let known = if view.regressed.contains(&op) {
+                        Some(KnownIssue::RefinalizeOverwritesOutputs)
+                    } else {
+                        view.unrecorded
+                            .contains(&op)
+                            .then_some(KnownIssue::FinalizesWithoutInputs)
+                    };
                     self.violate(
                         ViolationKind::ConflictingVotes,
                         at,
@@ -467,10 +520,14 @@ impl Checker {
                 Some(&(other, n2, t2)) if other != txid => {
                     // Evidence that this is the reported store overwrite: the
                     // finalizing node had written this output back to unspent.
-                    let known = self.views[node]
-                        .regressed
-                        .contains(&op)
-                        .then_some(KnownIssue::RefinalizeOverwritesOutputs);
+                    let view = &self.views[node];
+                    let known = if view.regressed.contains(&op) {
+                        Some(KnownIssue::RefinalizeOverwritesOutputs)
+                    } else {
+                        view.unrecorded
+                            .contains(&op)
+                            .then_some(KnownIssue::FinalizesWithoutInputs)
+                    };
                     self.violate(
                         ViolationKind::DoubleFinality,
                         at,
@@ -503,7 +560,13 @@ impl Checker {
                 Some(UtxoState::SpentFinalized { txid: t })
                 | Some(UtxoState::Confirmed { txid: t, .. })
                     if t == *txid => {}
-                other => lost_final.push((*op, *txid, other, view.regressed.contains(op))),
+                other => lost_final.push((
+                    *op,
+                    *txid,
+                    other,
+                    view.regressed.contains(op),
+                    view.unrecorded.contains(op),
+                )),
             }
         }
         let mut lost_lock = Vec::new();
@@ -514,13 +577,13 @@ impl Checker {
         }
         lost_lock.sort();
         let known = |r: bool| r.then_some(KnownIssue::RefinalizeOverwritesOutputs);
-        for (op, txid, state, r) in lost_final {
+        for (op, txid, state, r, u) in lost_final {
             self.violate(
                 ViolationKind::FinalityLost,
                 at,
                 Some(node),
                 format!("{op}"),
-                known(r),
+                known(r).or(u.then_some(KnownIssue::FinalizesWithoutInputs)),
                 format!(
                     "after restart node {node} holds {:?}:{} as {state:?}; before, {txid:?} spending it was final there",
                     op.txid, op.vout

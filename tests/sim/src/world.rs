@@ -642,6 +642,9 @@ impl World {
         }
         self.checker.on_round(i, now, &round);
         h.commit(now, &round);
+        if let Some(e) = h.engine.as_ref() {
+            self.checker.after_round(i, now, &round, e);
+        }
         let crash_now = h.crash_after_write && !round.writes.is_empty();
         let mut keyed: Vec<(Vec<u8>, &Output)> = round
             .outputs
