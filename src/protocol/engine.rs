@@ -307,10 +307,7 @@ impl Engine {
                 e.own_batch_signed(0, batch);
             }
         }
-        for txid in snap.finalized {
-            // Only the fact matters for idempotent answers; the proof is in the store.
-            e.my_votes.remove(&txid);
-        }
+        let _ = snap.finalized; // proofs stay in the store; answers come from there
         e
     }
 
@@ -482,6 +479,14 @@ impl Engine {
             );
         }
         let spent: Vec<UtxoEntry> = tx.inputs.iter().map(|i| self.utxos[&i.prev]).collect();
+        if spent.iter().any(|e| {
+            matches!(e.state, UtxoState::SpentFinalized { txid: h } | UtxoState::Confirmed { txid: h, .. } if h == txid)
+        }) {
+            // Already final here (its record was trimmed, or this node
+            // restarted): a replay. Nothing to decide, nothing to sign.
+            self.metrics.tx_duplicate += 1;
+            return;
+        }
         for (input, entry) in tx.inputs.iter().zip(&spent) {
             let err = match entry.state {
                 UtxoState::Unspent => match self.approved_spends.get(&input.prev) {
@@ -1016,15 +1021,21 @@ impl Engine {
     /// Periodic housekeeping: expire orphans, forget state this node never
     /// voted on, trim decided records. Never releases a lock this node voted on.
     pub fn tick(&mut self, now: u64) {
-        let expired: Vec<Txid> = self
+        let mut expired: Vec<Txid> = self
             .orphans
             .iter()
             .filter(|(_, o)| now.saturating_sub(o.since_ms) >= self.cfg.orphan_timeout_ms)
             .map(|(t, _)| *t)
             .collect();
+        // Deterministic order (the simulator replays seeds byte for byte).
+        expired.sort();
         for txid in expired {
             if let Some(o) = self.orphans.remove(&txid) {
                 self.metrics.orphans_expired += 1;
+                // A later orphan of the same parent asks again.
+                for i in &o.tx.inputs {
+                    self.requested_parents.remove(&i.prev.txid);
+                }
                 for list in self.orphans_by_parent.values_mut() {
                     list.retain(|t| *t != txid);
                 }
@@ -1045,15 +1056,20 @@ impl Engine {
         // Undecided for a while: maybe this node missed votes. Peers that
         // finalized it answer with the proof.
         let stall = self.cfg.stall_request_ms;
+        let mut stalled = Vec::new();
         for (txid, rec) in self.txs.iter_mut() {
             if rec.status == Status::Pending
                 && now.saturating_sub(rec.since_ms) >= stall
                 && now.saturating_sub(rec.last_request_ms) >= stall
             {
                 rec.last_request_ms = now;
-                self.round.outputs.push(Output::RequestProof(*txid));
+                stalled.push(*txid);
             }
         }
+        stalled.sort();
+        self.round
+            .outputs
+            .extend(stalled.into_iter().map(Output::RequestProof));
         let timeout = self.cfg.lock_timeout_ms;
         let keep = self.cfg.decided_retention_ms;
         let txs = &self.txs;

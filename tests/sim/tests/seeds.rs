@@ -7,9 +7,8 @@
 //! TIME_SIM_SEEDS=20000 cargo test --release -p time-sim real_rules   # a longer batch
 //! ```
 //!
-//! Violations the checker traces to engine bugs already reported
-//! (`KnownIssue`) are printed but do not fail the real-rules run;
-//! `known_issues_strict` (ignored by default) fails on them too.
+//! The real-rules run is strict: a violation the checker traces to one of
+//! the engine bugs it found earlier (`KnownIssue`, all fixed) fails it too.
 
 use time_sim::batch::{default_jobs, run_batch, run_batch_until, BatchReport};
 use time_sim::{ByzWeight, Options, Planted, Scenario, ViolationKind};
@@ -40,7 +39,11 @@ fn describe(report: &BatchReport) -> String {
 #[test]
 fn real_rules_1000_seeds() {
     let n = seeds();
-    let report = run_batch(0..n, Options::default(), default_jobs(), false, None);
+    let options = Options {
+        strict: true,
+        ..Options::default()
+    };
+    let report = run_batch(0..n, options, default_jobs(), false, None);
     let payments: usize = report.runs.iter().map(|r| r.payments).sum();
     let known: Vec<u64> = report
         .runs
@@ -60,7 +63,7 @@ fn real_rules_1000_seeds() {
     assert_eq!(report.runs.len() as u64, n);
     assert!(payments as u64 > 10 * n, "the runs made payments");
     assert!(
-        report.failures().is_empty(),
+        report.failures().is_empty() && known.is_empty(),
         "invariant violated:{}",
         describe(&report)
     );
@@ -191,15 +194,4 @@ fn same_seed_same_trace_across_processes() {
         assert_eq!(hash(seed), inproc, "seed {seed}");
         assert_eq!(hash(seed), inproc, "seed {seed}");
     }
-}
-
-#[test]
-#[ignore = "fails while the reported engine issues are open; run once they are fixed"]
-fn known_issues_strict() {
-    let options = Options {
-        strict: true,
-        ..Options::default()
-    };
-    let report = run_batch(0..seeds(), options, default_jobs(), false, None);
-    assert!(report.failures().is_empty(), "{}", describe(&report));
 }
