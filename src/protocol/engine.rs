@@ -136,6 +136,8 @@ pub struct ConflictRecord {
     /// until the block layer settles it.
     pub winner: Txid,
     pub detected_at_ms: u64,
+    /// Settled by the block layer (which does not exist yet: always false).
+    pub resolved: bool,
 }
 
 /// Effects of a round.
@@ -867,6 +869,7 @@ impl Engine {
                     competing_weight: weight,
                     winner,
                     detected_at_ms: now,
+                    resolved: false,
                 };
                 self.metrics.conflicting_proofs += 1;
                 self.conflicts.push(rec.clone());
