@@ -474,7 +474,6 @@ impl Node {
         let _ = shared.verifier.set(verifier);
         let core_shared = shared.clone();
         let round_window = Duration::from_micros(cfg.round_window_us);
-        let handle = tokio::runtime::Handle::current();
         let core = std::thread::Builder::new()
             .name("core".into())
             .spawn(move || {
@@ -484,7 +483,6 @@ impl Node {
                     store,
                     core_rx,
                     core_shared,
-                    handle,
                     fast_sender,
                     round_window,
                 )
@@ -551,7 +549,6 @@ fn core_loop(
     mut store: LmdbStore,
     rx: cb::Receiver<CoreInput>,
     shared: Arc<Shared>,
-    rt: tokio::runtime::Handle,
     mut fast: Option<FastPathSender>,
     round_window: Duration,
 ) -> Result<(), StoreError> {
@@ -678,7 +675,7 @@ fn core_loop(
                 return Err(e);
             }
         }
-        dispatch(&shared, round.outputs, &rt, fast.as_mut());
+        dispatch(&shared, round.outputs, fast.as_mut());
         if let Some(f) = fast.as_mut() {
             f.flush();
             f.heartbeat(Duration::from_millis(20));
@@ -748,12 +745,7 @@ fn fast_or_reliable(
     }
 }
 
-fn dispatch(
-    shared: &Shared,
-    outputs: Vec<Output>,
-    _rt: &tokio::runtime::Handle,
-    mut fast: Option<&mut FastPathSender>,
-) {
+fn dispatch(shared: &Shared, outputs: Vec<Output>, mut fast: Option<&mut FastPathSender>) {
     for out in outputs {
         match out {
             Output::BroadcastTransaction(tx) => fast_or_reliable(
@@ -1184,10 +1176,9 @@ async fn serve_wallet(
 ) -> Result<(), LinkError> {
     let (tx_out, mut rx_out) = mpsc::channel::<Bytes>(4096);
     let session = shared.next_session.fetch_add(1, Ordering::Relaxed);
+    let writer_shared = shared.clone();
     let writer_task = tokio::spawn(async move {
-        let mut pending = None;
-        let stats = NetStats::default();
-        let _ = write_frames(&mut writer, &mut rx_out, &mut pending, &stats).await;
+        let _ = write_frames(&mut writer, &mut rx_out, &writer_shared.stats).await;
     });
     let result = async {
         loop {
@@ -1265,7 +1256,6 @@ async fn serve_wallet(
 async fn write_frames<W: tokio::io::AsyncWrite + Unpin>(
     w: &mut FrameWriter<W>,
     rx: &mut mpsc::Receiver<Bytes>,
-    _pending: &mut Option<Bytes>,
     stats: &NetStats,
 ) -> Result<(), LinkError> {
     while let Some(f) = rx.recv().await {
