@@ -1,12 +1,15 @@
 //! TIME Coin masternode: instant-finality UTXO payments.
 //!
-//! - [`protocol`]: the pure protocol core (types, validation, UTXO states,
-//!   votes, quorum, TimeProofs, the masternode state machine).
-//! - [`storage`]: durable state (LMDB) behind the [`storage::Store`] trait.
+//! - [`protocol`]: the pure protocol core, from the `time-core` crate (types,
+//!   validation, UTXO states, votes, quorum, TimeProofs, the masternode state
+//!   machine).
+//! - [`storage`]: durable state behind the [`storage::Store`] trait, with the
+//!   LMDB store the node runs on.
+//! - [`node`]: the runtime that drives the core: threads, sockets, fsync.
 
 pub mod devnet;
 pub mod node;
-pub mod protocol;
 pub mod storage;
-pub mod testkit;
 pub mod wallet;
+
+pub use time_core::{codec, protocol, testkit};

@@ -18,11 +18,13 @@ pub mod frame;
 pub mod gap;
 pub mod pool;
 pub mod priority;
-pub mod reader;
 pub mod udp;
 
 pub use datagram::{Datagram, DatagramBuilder, DatagramError, MAX_DATAGRAM_LEN};
 pub use frame::{FrameError, FrameReader, FrameWriter, MAX_FRAME_LEN};
 pub use gap::{GapConfig, GapTracker, Receipt, SeqRange};
 pub use priority::{PeerQueue, Priority, PriorityQueue, PushError, QueueLimits};
-pub use reader::{DecodeError, Reader};
+/// Bounded decoding primitives (they live in the protocol core, which the
+/// transports must not be a dependency of).
+pub use time_core::codec as reader;
+pub use time_core::codec::{DecodeError, Reader};

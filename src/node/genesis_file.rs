@@ -6,7 +6,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use crate::protocol::registry::{Masternode, Registry, Tier};
-use crate::protocol::types::{Address, OutPoint, PublicKey, TxOutput, Txid};
+use crate::protocol::types::{Address, PublicKey, TxOutput};
 use crate::protocol::utxo::{UtxoEntry, UtxoState};
 use crate::storage::Genesis;
 
@@ -66,15 +66,7 @@ pub enum GenesisError {
 }
 
 /// Genesis outputs live under a synthetic txid per allocation.
-pub fn genesis_outpoint(allocation: u32, coin: u32) -> OutPoint {
-    let mut h = blake3::Hasher::new();
-    h.update(b"TIMECOIN/genesis/v1");
-    h.update(&allocation.to_le_bytes());
-    OutPoint {
-        txid: Txid(*h.finalize().as_bytes()),
-        vout: coin,
-    }
-}
+pub use time_core::testkit::genesis_outpoint;
 
 impl GenesisFile {
     pub fn load(path: &Path) -> Result<Self, GenesisError> {

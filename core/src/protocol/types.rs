@@ -3,8 +3,8 @@
 
 use std::fmt;
 
+use crate::codec::{DecodeError, Reader};
 use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
-use time_net::{DecodeError, Reader};
 
 /// Base units per TIME.
 pub const COIN: u64 = 100_000_000;

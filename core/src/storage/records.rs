@@ -2,7 +2,7 @@
 //!
 //! Each key type says how its bytes sort ([`TableKey`]); each value type has
 //! an explicit, bounded encoding ([`TableValue`]) decoded with
-//! [`time_net::Reader`], so a damaged database yields a [`RecordError`], never
+//! [`crate::codec::Reader`], so a damaged database yields a [`RecordError`], never
 //! a panic or a huge allocation. Golden-bytes tests freeze every layout: a
 //! change here is a change of [`FORMAT_VERSION`] and needs a migration.
 //!
@@ -20,7 +20,7 @@
 //! - `proofs` key: txid(32); value: [`TimeProof::encode`].
 //! - `own_votes` key: sequence(u64 BE); value: [`VoteBatch::encode`].
 
-use time_net::{DecodeError, Reader};
+use crate::codec::{DecodeError, Reader};
 
 use crate::protocol::timeproof::{TimeProof, MAX_PROOF_VOTES};
 use crate::protocol::types::{

@@ -152,7 +152,7 @@ impl UtxoEntry {
         out.extend_from_slice(&extra.to_le_bytes());
     }
 
-    pub fn decode(r: &mut time_net::Reader<'_>) -> Result<Self, time_net::DecodeError> {
+    pub fn decode(r: &mut crate::codec::Reader<'_>) -> Result<Self, crate::codec::DecodeError> {
         let output = TxOutput::decode(r)?;
         let tag = r.u8()?;
         let txid = Txid(r.array()?);
@@ -170,7 +170,7 @@ impl UtxoEntry {
                 height: extra,
             },
             t => {
-                return Err(time_net::DecodeError::UnknownTag {
+                return Err(crate::codec::DecodeError::UnknownTag {
                     what: "utxo state",
                     tag: t,
                 })

@@ -4,8 +4,8 @@
 //! ~35 µs here; see ../shared/NOTES.md). A [`VoteCert`] extracts one item with
 //! its Merkle path, so a TimeProof stays small and verifiable on its own.
 
+use crate::codec::{DecodeError, Reader};
 use ed25519_dalek::{Signature, Signer, SigningKey};
-use time_net::{DecodeError, Reader};
 
 use crate::protocol::types::{ChainId, PublicKey, Txid};
 use crate::protocol::validation::RejectCode;

@@ -6,6 +6,12 @@
 
 use thiserror::Error;
 
+/// Largest fast-path datagram, so it fits one IPv4/IPv6 packet on any
+/// path without fragmentation. The fast path's datagram format lives with the
+/// transports; repairs carry datagrams inside peer messages, so the bound is
+/// shared here.
+pub const MAX_DATAGRAM_LEN: usize = 1200;
+
 /// Why a byte sequence could not be decoded. Never a panic.
 #[derive(Debug, Error, Clone, PartialEq, Eq)]
 #[non_exhaustive]

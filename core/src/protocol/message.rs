@@ -2,9 +2,9 @@
 //! masternodes. One message per frame: a tag byte, then the body. Decoding is
 //! explicit and bounded; unknown tags and trailing bytes are errors.
 
+use crate::codec::put_var_bytes;
+use crate::codec::{DecodeError, Reader};
 use ed25519_dalek::{Signature, Signer, SigningKey};
-use time_net::reader::put_var_bytes;
-use time_net::{DecodeError, Reader};
 
 use crate::protocol::timeproof::TimeProof;
 use crate::protocol::types::{Address, ChainId, OutPoint, PublicKey, Transaction, Txid};
@@ -454,7 +454,7 @@ impl Message {
                 last: r.u64()?,
             },
             tag::REPAIR => Message::Repair(
-                r.var_bytes("datagram", time_net::datagram::MAX_DATAGRAM_LEN)?
+                r.var_bytes("datagram", crate::codec::MAX_DATAGRAM_LEN)?
                     .to_vec(),
             ),
             tag::FAST_PATH_SEQ => Message::FastPathSeq { next: r.u64()? },

@@ -3,8 +3,8 @@
 
 use std::collections::HashSet;
 
+use crate::codec::{DecodeError, Reader};
 use ed25519_dalek::Signature;
-use time_net::{DecodeError, Reader};
 
 use crate::protocol::registry::Registry;
 use crate::protocol::types::{ChainId, Txid};

@@ -5,7 +5,7 @@ use ed25519_dalek::SigningKey;
 
 use crate::protocol::engine::{Engine, EngineConfig};
 use crate::protocol::registry::{Masternode, Registry, Tier};
-use crate::protocol::types::{Address, PublicKey, TxOutput, COIN};
+use crate::protocol::types::{Address, OutPoint, PublicKey, TxOutput, Txid, COIN};
 use crate::protocol::utxo::{UtxoEntry, UtxoState};
 use crate::storage::{Genesis, MemoryStore, Store};
 
@@ -67,7 +67,17 @@ pub fn genesis(
     }
 }
 
-pub use crate::node::genesis_file::genesis_outpoint;
+/// The outpoint of genesis allocation `allocation`, coin `coin`: txid =
+/// blake3("TIMECOIN/genesis/v1" || allocation as u32 LE), vout = coin.
+pub fn genesis_outpoint(allocation: u32, coin: u32) -> OutPoint {
+    let mut h = blake3::Hasher::new();
+    h.update(b"TIMECOIN/genesis/v1");
+    h.update(&allocation.to_le_bytes());
+    OutPoint {
+        txid: Txid(*h.finalize().as_bytes()),
+        vout: coin,
+    }
+}
 
 pub fn engine_with_store(genesis: &Genesis, key: SigningKey, store: &mut MemoryStore) -> Engine {
     store.init(genesis).expect("memory store");

@@ -1,0 +1,16 @@
+//! The TIME Coin protocol core. Pure: no sockets, no clock, no threads, no
+//! tokio, no LMDB (`cargo tree -p time-core` shows it). Time comes in as
+//! milliseconds from the driver, and every effect goes out as a value for a
+//! transport or a store to carry out.
+//!
+//! - [`codec`]: bounded decoding primitives for untrusted bytes.
+//! - [`protocol`]: types, validation, UTXO states, votes, quorum, TimeProofs,
+//!   the engine.
+//! - [`storage`]: the store trait, durable writes, the in-memory store and the
+//!   on-disk record encodings.
+//! - [`testkit`]: keys, registries and genesis for tests and simulations.
+
+pub mod codec;
+pub mod protocol;
+pub mod storage;
+pub mod testkit;

@@ -1,0 +1,70 @@
+//! Durable state behind a narrow trait. The engine keeps its working set in
+//! memory and emits [`Write`]s; the runtime applies each round's writes in one
+//! transaction (group commit) *before* releasing that round's messages, so a
+//! vote is durable before it leaves the node.
+
+pub mod memory;
+pub mod records;
+
+use crate::protocol::registry::Registry;
+use crate::protocol::timeproof::TimeProof;
+use crate::protocol::types::{ChainId, OutPoint, Transaction, Txid};
+use crate::protocol::utxo::UtxoEntry;
+use crate::protocol::vote::VoteBatch;
+
+pub use memory::MemoryStore;
+
+/// One durable change.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Write {
+    PutUtxo(OutPoint, UtxoEntry),
+    PutTransaction(Txid, Transaction),
+    PutProof(TimeProof),
+    /// A batch of this node's own signed votes: the vote log.
+    AppendOwnVotes(VoteBatch),
+}
+
+/// What a node needs in memory at start.
+#[derive(Clone, Debug, Default)]
+pub struct Snapshot {
+    pub utxos: Vec<(OutPoint, UtxoEntry)>,
+    /// Transactions that are not yet final (their inputs are Locked/SpentPending).
+    pub pending_transactions: Vec<Transaction>,
+    /// Txids with a stored TimeProof.
+    pub finalized: Vec<Txid>,
+    /// Every vote batch this node signed, oldest first.
+    pub own_votes: Vec<VoteBatch>,
+}
+
+/// Chain identity and registry, written once from the genesis.
+#[derive(Clone, Debug)]
+pub struct Genesis {
+    pub chain_id: ChainId,
+    pub registry: Registry,
+    pub utxos: Vec<(OutPoint, UtxoEntry)>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    #[error("database error: {0}")]
+    Backend(String),
+    #[error("database format version {found} is not supported (this build reads {supported})")]
+    FormatVersion { found: u32, supported: u32 },
+    #[error("database belongs to chain {found}, not {expected}")]
+    WrongChain { found: ChainId, expected: ChainId },
+    #[error("corrupt record in table {table}: {detail}")]
+    Corrupt { table: &'static str, detail: String },
+    #[error("i/o: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+pub trait Store: Send {
+    /// Writes the genesis if the database is new; checks the chain id if not.
+    fn init(&mut self, genesis: &Genesis) -> Result<(), StoreError>;
+    fn load(&self) -> Result<Snapshot, StoreError>;
+    /// Applies all writes atomically and durably (one transaction).
+    fn apply(&mut self, writes: &[Write]) -> Result<(), StoreError>;
+    fn get_proof(&self, txid: &Txid) -> Result<Option<TimeProof>, StoreError>;
+    fn get_transaction(&self, txid: &Txid) -> Result<Option<Transaction>, StoreError>;
+}
