@@ -12,4 +12,4 @@ pub mod node;
 pub mod storage;
 pub mod wallet;
 
-pub use time_core::{codec, protocol, testkit};
+pub use time_core::{codec, protocol, sig, testkit};

@@ -9,10 +9,11 @@
 
 use std::time::{Duration, Instant};
 
-use ed25519_dalek::{Signature, SigningKey, VerifyingKey};
+use ed25519_dalek::SigningKey;
 use timecoin::protocol::registry::Tier;
 use timecoin::protocol::types::{Transaction, TxOutput, Txid, COIN};
 use timecoin::protocol::vote::{Decision, VoteBatch, VoteItem};
+use timecoin::sig;
 use timecoin::storage::Genesis;
 use timecoin::testkit::{self, address_of, genesis_outpoint, key_from_seed};
 
@@ -158,15 +159,16 @@ impl Rate {
 /// What one core sustains verifying ed25519 signatures.
 #[derive(Clone, Copy, Debug)]
 pub struct CryptoRates {
-    /// Signatures through `verify_batch` in batches of `batch`.
+    /// Signatures through [`sig::verify_all`] (one ZIP 215 batch) in batches
+    /// of `batch`.
     pub batch_verify: Rate,
     pub batch: usize,
-    /// Signatures through one-by-one `verify_strict`.
+    /// Signatures through one-by-one [`sig::verify`] (ZIP 215).
     pub single_verify: Rate,
 }
 
 /// One input signature to verify: the signed message, the signature, the key.
-pub type SignedInput = ([u8; 61], Signature, VerifyingKey);
+pub type SignedInput = ([u8; 61], [u8; 64], [u8; 32]);
 
 /// The input signatures of `txs`: the exact work
 /// [`timecoin::protocol::validation::verify_signatures_batch`] hands to ed25519.
@@ -177,8 +179,8 @@ pub fn input_signatures(txs: &[Transaction]) -> Vec<SignedInput> {
             tx.inputs.iter().enumerate().map(move |(i, input)| {
                 (
                     Transaction::input_sig_message(tx.chain_id, &txid, i as u32),
-                    Signature::from_bytes(&input.signature),
-                    input.public_key.verifying_key().expect("valid key"),
+                    input.signature,
+                    input.public_key.0,
                 )
             })
         })
@@ -189,22 +191,15 @@ pub fn input_signatures(txs: &[Transaction]) -> Vec<SignedInput> {
 /// strict verification on the calling thread, each for about `time`.
 pub fn measure_crypto(sigs: &[SignedInput], batch: usize, time: Duration) -> CryptoRates {
     assert!(sigs.len() >= batch && batch > 0);
-    type Batch<'a> = (Vec<&'a [u8]>, Vec<Signature>, Vec<VerifyingKey>);
-    let chunks: Vec<Batch> = sigs
+    let chunks: Vec<Vec<sig::Item>> = sigs
         .chunks_exact(batch)
-        .map(|c| {
-            (
-                c.iter().map(|(m, _, _)| &m[..]).collect(),
-                c.iter().map(|(_, s, _)| *s).collect(),
-                c.iter().map(|(_, _, k)| *k).collect(),
-            )
-        })
+        .map(|c| c.iter().map(|(m, s, k)| (k, &m[..], s)).collect())
         .collect();
     let (start, cpu0) = (Instant::now(), thread_cpu_time());
     let mut done = 0u64;
     'batch: loop {
-        for (m, s, k) in &chunks {
-            ed25519_dalek::verify_batch(m, s, k).expect("valid batch");
+        for items in &chunks {
+            assert!(sig::verify_all(items), "valid batch");
             done += batch as u64;
             if start.elapsed() >= time {
                 break 'batch;
@@ -221,7 +216,7 @@ pub fn measure_crypto(sigs: &[SignedInput], batch: usize, time: Duration) -> Cry
     let mut done = 0u64;
     'single: loop {
         for (m, s, k) in sigs {
-            k.verify_strict(m, s).expect("valid signature");
+            assert!(sig::verify(k, m, s), "valid signature");
             done += 1;
             if done.is_multiple_of(256) && start.elapsed() >= time / 2 {
                 break 'single;

@@ -6,11 +6,13 @@
 //! - [`codec`]: bounded decoding primitives for untrusted bytes.
 //! - [`protocol`]: types, validation, UTXO states, votes, quorum, TimeProofs,
 //!   the engine.
+//! - [`sig`]: the one signature rule (ZIP 215): every ed25519 verification.
 //! - [`storage`]: the store trait, durable writes, the in-memory store and the
 //!   on-disk record encodings.
 //! - [`testkit`]: keys, registries and genesis for tests and simulations.
 
 pub mod codec;
 pub mod protocol;
+pub mod sig;
 pub mod storage;
 pub mod testkit;

@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
+use ed25519_dalek::{Signer, SigningKey};
 use time_net::datagram::{Datagram, DatagramBuilder, MAX_ITEM_LEN};
 use time_net::gap::{GapConfig, GapTracker, Receipt};
 use time_net::udp::{FastPathHandle, IoBackend, UdpConfig, UdpFastPath};
@@ -194,7 +194,8 @@ pub trait FastPathSink: Send + Sync + 'static {
 
 /// Verified datagrams in: from UDP, or from a TCP repair answer.
 pub struct FastPathReceiver {
-    keys: Vec<(PublicKey, Option<VerifyingKey>)>,
+    /// Registered keys by sender id.
+    keys: Vec<PublicKey>,
     me: u32,
     gaps: GapTracker<u32>,
     stats: Arc<FastPathStats>,
@@ -212,9 +213,10 @@ impl FastPathReceiver {
         self.handle_many(&[bytes], repaired, sink);
     }
 
-    /// Checks many datagrams with one ed25519 batch verification (falling
-    /// back to one by one if the batch fails), then delivers the good ones in
-    /// order. Never panics on any input.
+    /// Checks many datagrams with one ed25519 batch verification
+    /// ([`crate::sig`], ZIP 215; falling back to one by one if the batch
+    /// fails), then delivers the good ones in order. Never panics on any
+    /// input.
     pub fn handle_many(&mut self, datagrams: &[&[u8]], repaired: bool, sink: &dyn FastPathSink) {
         let mut checked = Vec::with_capacity(datagrams.len());
         for bytes in datagrams {
@@ -226,8 +228,8 @@ impl FastPathReceiver {
                 continue; // Our own, looped back by multicast.
             }
             match self.keys.get(d.sender_id() as usize) {
-                Some((_, Some(vk))) if !vk.is_weak() => checked.push((d, *vk)),
-                _ => {
+                Some(pk) => checked.push((d, *pk)),
+                None => {
                     self.stats.bad_datagrams.fetch_add(1, Ordering::Relaxed);
                 }
             }
@@ -235,15 +237,13 @@ impl FastPathReceiver {
         if checked.is_empty() {
             return;
         }
-        let msgs: Vec<&[u8]> = checked.iter().map(|(d, _)| d.signed_bytes()).collect();
-        let sigs: Vec<Signature> = checked
+        let items: Vec<crate::sig::Item> = checked
             .iter()
-            .map(|(d, _)| Signature::from_bytes(d.signature()))
+            .map(|(d, pk)| (&pk.0, d.signed_bytes(), d.signature()))
             .collect();
-        let keys: Vec<VerifyingKey> = checked.iter().map(|(_, k)| *k).collect();
-        let all_ok = checked.len() > 1 && ed25519_dalek::verify_batch(&msgs, &sigs, &keys).is_ok();
-        for (i, (d, vk)) in checked.iter().enumerate() {
-            if !all_ok && vk.verify_strict(msgs[i], &sigs[i]).is_err() {
+        let ok = crate::sig::verify_batch_with_fallback(&items);
+        for ((d, _), ok) in checked.iter().zip(ok) {
+            if !ok {
                 self.stats.bad_datagrams.fetch_add(1, Ordering::Relaxed);
                 continue;
             }
@@ -254,7 +254,7 @@ impl FastPathReceiver {
     /// A datagram whose signature verified: sequence check, then delivery.
     fn accept(&mut self, d: &Datagram<'_>, repaired: bool, sink: &dyn FastPathSink) {
         let sender = d.sender_id();
-        let pk = self.keys[sender as usize].0;
+        let pk = self.keys[sender as usize];
         let now = self.now_ms();
         let receipt = match self.gaps.receive(sender, d.sequence(), now) {
             Ok(r) => r,
@@ -300,7 +300,7 @@ impl FastPathReceiver {
     /// datagram. If nothing was heard from it yet, its stream starts there:
     /// anything from then on that UDP loses is detected and repaired.
     pub fn announce(&mut self, peer: &PublicKey, next: u64) {
-        let Some(sender) = self.keys.iter().position(|(k, _)| k == peer) else {
+        let Some(sender) = self.keys.iter().position(|k| k == peer) else {
             return;
         };
         let sender = sender as u32;
@@ -320,7 +320,7 @@ impl FastPathReceiver {
         }
         self.last_repair_ms = now;
         for m in self.gaps.missing(now) {
-            if let Some((pk, _)) = self.keys.get(m.sender as usize) {
+            if let Some(pk) = self.keys.get(m.sender as usize) {
                 self.stats
                     .repair_requests_sent
                     .fetch_add(1, Ordering::Relaxed);
@@ -398,11 +398,7 @@ impl FastPath {
         let (handle, rx) = UdpFastPath::start(cfg, backend)?;
         tracing::info!(backend = ?handle.backend(), addr = %handle.local_addr(), ?mode, "UDP fast path up");
         let stats = Arc::new(FastPathStats::default());
-        let keys = registry
-            .masternodes()
-            .iter()
-            .map(|m| (m.key, m.key.verifying_key()))
-            .collect();
+        let keys = registry.masternodes().iter().map(|m| m.key).collect();
         // Sequences start from the wall clock (microseconds), so a restarted
         // sender continues above its old numbers.
         let start_seq = std::time::SystemTime::now()

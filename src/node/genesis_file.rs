@@ -50,7 +50,7 @@ pub enum GenesisError {
         path: String,
         source: serde_json::Error,
     },
-    #[error("masternode {index}: public key is not 64 hex digits of a valid ed25519 key")]
+    #[error("masternode {index}: public key is not 64 hex digits of a usable ed25519 key (a curve point not of small order)")]
     BadKey { index: usize },
     #[error("masternode {index}: unknown tier {tier:?} (bronze, silver or gold)")]
     BadTier { index: usize, tier: String },
@@ -95,7 +95,8 @@ impl GenesisFile {
                 .public_key
                 .parse()
                 .map_err(|_| GenesisError::BadKey { index })?;
-            if key.verifying_key().is_none() {
+            // Not a point, or a small-order key anyone could sign for.
+            if !key.is_point() || key.is_small_order() {
                 return Err(GenesisError::BadKey { index });
             }
             let tier = Tier::from_name(&m.tier).ok_or_else(|| GenesisError::BadTier {

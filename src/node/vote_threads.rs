@@ -4,8 +4,8 @@
 //! Each thread owns one shard of the tallies (the txids whose first bytes map
 //! to it), so no lock is taken on the hot path: batches arrive through
 //! crossbeam queues, a thread verifies the batches it received together with
-//! one ed25519 batch verification (falling back to one-by-one to find a bad
-//! signature), then sends each item to the shard owning its txid. The
+//! one ed25519 batch verification ([`crate::sig`], ZIP 215; falling back to
+//! one-by-one to find a bad signature), then sends each item to the shard owning its txid. The
 //! moment a tally reaches the quorum (or approval becomes impossible) the
 //! shard hands the outcome back to the node.
 
@@ -14,7 +14,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam::channel as cb;
-use ed25519_dalek::Signature;
 
 use crate::protocol::registry::Registry;
 use crate::protocol::tally::{TallyEvent, VerifiedBatch, VoteAggregator};
@@ -215,31 +214,23 @@ impl Shard {
                 self.stats.refused.fetch_add(1, Ordering::Relaxed);
                 continue;
             }
-            match b.voter.verifying_key() {
-                Some(vk) if !vk.is_weak() => {
-                    let (levels, msg) = b.levels_and_message();
-                    ok_shape.push((b, levels, msg, vk));
-                }
-                _ => {
-                    self.stats.bad_signatures.fetch_add(1, Ordering::Relaxed);
-                }
-            }
+            let (levels, msg) = b.levels_and_message();
+            ok_shape.push((b, levels, msg));
         }
         if ok_shape.is_empty() {
             return;
         }
-        let msgs: Vec<&[u8]> = ok_shape.iter().map(|(_, _, m, _)| &m[..]).collect();
-        let sigs: Vec<Signature> = ok_shape
+        let items: Vec<crate::sig::Item> = ok_shape
             .iter()
-            .map(|(b, _, _, _)| Signature::from_bytes(&b.signature))
+            .map(|(b, _, m)| (&b.voter.0, &m[..], &b.signature))
             .collect();
-        let keys: Vec<_> = ok_shape.iter().map(|(_, _, _, k)| *k).collect();
-        let all_ok = ed25519_dalek::verify_batch(&msgs, &sigs, &keys).is_ok();
-        if !all_ok {
+        let ok = crate::sig::verify_batch_with_fallback(&items);
+        if ok.contains(&false) {
+            // Under ZIP 215 the batch fails exactly when one is bad.
             self.stats.batch_fallbacks.fetch_add(1, Ordering::Relaxed);
         }
-        for (i, (b, levels, msg, vk)) in ok_shape.into_iter().enumerate() {
-            if !all_ok && vk.verify_strict(&msg, &sigs[i]).is_err() {
+        for ((b, levels, _), ok) in ok_shape.into_iter().zip(ok) {
+            if !ok {
                 self.stats.bad_signatures.fetch_add(1, Ordering::Relaxed);
                 continue;
             }

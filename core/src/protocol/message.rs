@@ -4,7 +4,7 @@
 
 use crate::codec::put_var_bytes;
 use crate::codec::{DecodeError, Reader};
-use ed25519_dalek::{Signature, Signer, SigningKey};
+use ed25519_dalek::{Signer, SigningKey};
 
 use crate::protocol::timeproof::TimeProof;
 use crate::protocol::types::{Address, ChainId, OutPoint, PublicKey, Transaction, Txid};
@@ -62,13 +62,7 @@ pub fn verify_handshake(
     peer: &PublicKey,
     sig: &[u8; 64],
 ) -> bool {
-    peer.verifying_key().is_some_and(|vk| {
-        vk.verify_strict(
-            &handshake_message(chain_id, my_nonce, peer),
-            &Signature::from_bytes(sig),
-        )
-        .is_ok()
-    })
+    crate::sig::verify(&peer.0, &handshake_message(chain_id, my_nonce, peer), sig)
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

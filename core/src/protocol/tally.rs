@@ -26,7 +26,7 @@ pub struct VerifiedBatch {
 }
 
 impl VerifiedBatch {
-    /// Verifies the signature (strict) and keeps the tree.
+    /// Verifies the signature ([`crate::sig`], ZIP 215) and keeps the tree.
     pub fn verify(batch: VoteBatch) -> Option<VerifiedBatch> {
         let levels = batch.verify()?;
         Some(VerifiedBatch { batch, levels })

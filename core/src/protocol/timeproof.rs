@@ -4,7 +4,6 @@
 use std::collections::HashSet;
 
 use crate::codec::{DecodeError, Reader};
-use ed25519_dalek::Signature;
 
 use crate::protocol::registry::Registry;
 use crate::protocol::types::{ChainId, Txid};
@@ -43,7 +42,7 @@ pub enum ProofError {
 
 impl TimeProof {
     /// Checks every certificate and returns the approve weight, which is at
-    /// least the quorum on success.
+    /// least the quorum on success. Signatures follow [`crate::sig`] (ZIP 215).
     pub fn verify(&self, chain_id: ChainId, registry: &Registry) -> Result<u64, ProofError> {
         if self.chain_id != chain_id {
             return Err(ProofError::WrongChain {
@@ -54,8 +53,6 @@ impl TimeProof {
         let mut seen = HashSet::new();
         let mut weight = 0u64;
         let mut msgs = Vec::with_capacity(self.votes.len());
-        let mut sigs = Vec::with_capacity(self.votes.len());
-        let mut keys = Vec::with_capacity(self.votes.len());
         for (i, v) in self.votes.iter().enumerate() {
             let w = registry
                 .weight_of(&v.voter)
@@ -73,20 +70,21 @@ impl TimeProof {
                 v.signed_message(self.chain_id, &self.txid)
                     .ok_or(ProofError::BadPath(i))?,
             );
-            sigs.push(Signature::from_bytes(&v.signature));
-            let vk = v.voter.verifying_key().ok_or(ProofError::BadSignature)?;
-            if vk.is_weak() {
-                return Err(ProofError::BadSignature);
-            }
-            keys.push(vk);
             weight += w;
         }
         let quorum = registry.quorum();
         if weight < quorum {
             return Err(ProofError::BelowQuorum { weight, quorum });
         }
-        let m: Vec<&[u8]> = msgs.iter().map(|m| &m[..]).collect();
-        if ed25519_dalek::verify_batch(&m, &sigs, &keys).is_err() {
+        // One ZIP 215 batch: the same verdict as checking each certificate
+        // alone, so a wallet and a node agree on every proof.
+        let items: Vec<crate::sig::Item> = self
+            .votes
+            .iter()
+            .zip(&msgs)
+            .map(|(v, m)| (&v.voter.0, &m[..], &v.signature))
+            .collect();
+        if !crate::sig::verify_all(&items) {
             return Err(ProofError::BadSignature);
         }
         Ok(weight)

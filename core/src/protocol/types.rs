@@ -4,7 +4,7 @@
 use std::fmt;
 
 use crate::codec::{DecodeError, Reader};
-use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
+use ed25519_dalek::{Signature, Signer, SigningKey};
 
 /// Base units per TIME.
 pub const COIN: u64 = 100_000_000;
@@ -57,9 +57,14 @@ impl PublicKey {
     pub fn from_signing(key: &SigningKey) -> Self {
         PublicKey(key.verifying_key().to_bytes())
     }
-    /// Parses the key; fails for bytes that are not a curve point.
-    pub fn verifying_key(&self) -> Option<VerifyingKey> {
-        VerifyingKey::from_bytes(&self.0).ok()
+    /// Whether the bytes decode to a curve point (see [`crate::sig::is_point`]).
+    pub fn is_point(&self) -> bool {
+        crate::sig::is_point(&self.0)
+    }
+    /// Whether this is a small-order key, one anyone can sign for (see
+    /// [`crate::sig::is_small_order`]): never admit one as an identity.
+    pub fn is_small_order(&self) -> bool {
+        crate::sig::is_small_order(&self.0)
     }
 }
 

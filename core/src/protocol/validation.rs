@@ -4,7 +4,7 @@
 
 use std::collections::HashSet;
 
-use ed25519_dalek::Signature;
+use crate::sig;
 
 use crate::protocol::types::{Address, ChainId, OutPoint, Transaction, Txid, COIN, TX_VERSION};
 use crate::protocol::utxo::UtxoEntry;
@@ -286,40 +286,30 @@ pub fn check_amounts_and_owners(
     Ok(())
 }
 
-/// Verifies every input signature. Several signatures go through ed25519
-/// batch verification; if the batch fails we fall back to one-by-one to name
-/// the bad input. Single signatures use `verify_strict`.
-pub fn verify_signatures(tx: &Transaction, txid: &Txid) -> Result<(), TxError> {
-    let msgs: Vec<[u8; 61]> = (0..tx.inputs.len())
+/// The signed message of each input of `tx`.
+fn input_messages(tx: &Transaction, txid: &Txid) -> Vec<[u8; 61]> {
+    (0..tx.inputs.len())
         .map(|i| Transaction::input_sig_message(tx.chain_id, txid, i as u32))
-        .collect();
-    let mut keys = Vec::with_capacity(tx.inputs.len());
-    for (i, input) in tx.inputs.iter().enumerate() {
-        keys.push(
-            input
-                .public_key
-                .verifying_key()
-                .ok_or(TxError::BadSignature(i))?,
-        );
-    }
-    let sigs: Vec<Signature> = tx
+        .collect()
+}
+
+/// Verifies every input signature ([`crate::sig`], ZIP 215), in one batch;
+/// on failure names the first bad input.
+pub fn verify_signatures(tx: &Transaction, txid: &Txid) -> Result<(), TxError> {
+    let msgs = input_messages(tx, txid);
+    let items: Vec<sig::Item> = tx
         .inputs
         .iter()
-        .map(|i| Signature::from_bytes(&i.signature))
+        .zip(&msgs)
+        .map(|(input, m)| (&input.public_key.0, &m[..], &input.signature))
         .collect();
-    if tx.inputs.len() > 1 {
-        let m: Vec<&[u8]> = msgs.iter().map(|m| &m[..]).collect();
-        if ed25519_dalek::verify_batch(&m, &sigs, &keys).is_ok()
-            && keys.iter().all(|k| !k.is_weak())
-        {
-            return Ok(());
-        }
+    match sig::verify_batch_with_fallback(&items)
+        .iter()
+        .position(|ok| !ok)
+    {
+        Some(i) => Err(TxError::BadSignature(i)),
+        None => Ok(()),
     }
-    for (i, ((k, s), m)) in keys.iter().zip(&sigs).zip(&msgs).enumerate() {
-        k.verify_strict(m, s)
-            .map_err(|_| TxError::BadSignature(i))?;
-    }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -443,36 +433,37 @@ mod tests {
 
 /// Verifies the input signatures of many transactions with one ed25519 batch
 /// (about 2-3x the single-verify rate here, see ../shared/NOTES.md). If the
-/// batch fails, each transaction is checked alone so only the bad ones fail.
+/// batch fails, each signature is checked alone so only the transactions
+/// with a bad one fail, each naming its first bad input. Same verdicts as
+/// [`verify_signatures`] on each (ZIP 215, [`crate::sig`]).
 /// `txids[i]` must be `txs[i].txid()`.
 pub fn verify_signatures_batch(txs: &[&Transaction], txids: &[Txid]) -> Vec<Result<(), TxError>> {
-    let n_sigs: usize = txs.iter().map(|t| t.inputs.len()).sum();
-    let mut msgs = Vec::with_capacity(n_sigs);
-    let mut sigs = Vec::with_capacity(n_sigs);
-    let mut keys = Vec::with_capacity(n_sigs);
-    let mut usable = true;
-    'outer: for (tx, txid) in txs.iter().zip(txids) {
-        for (i, input) in tx.inputs.iter().enumerate() {
-            match input.public_key.verifying_key() {
-                Some(k) if !k.is_weak() => keys.push(k),
-                _ => {
-                    usable = false;
-                    break 'outer;
-                }
-            }
-            msgs.push(Transaction::input_sig_message(tx.chain_id, txid, i as u32));
-            sigs.push(Signature::from_bytes(&input.signature));
-        }
-    }
-    if usable && !msgs.is_empty() {
-        let m: Vec<&[u8]> = msgs.iter().map(|m| &m[..]).collect();
-        if ed25519_dalek::verify_batch(&m, &sigs, &keys).is_ok() {
-            return vec![Ok(()); txs.len()];
-        }
-    }
-    txs.iter()
+    let msgs: Vec<Vec<[u8; 61]>> = txs
+        .iter()
         .zip(txids)
-        .map(|(tx, txid)| verify_signatures(tx, txid))
+        .map(|(tx, txid)| input_messages(tx, txid))
+        .collect();
+    let items: Vec<sig::Item> = txs
+        .iter()
+        .zip(&msgs)
+        .flat_map(|(tx, m)| {
+            tx.inputs
+                .iter()
+                .zip(m)
+                .map(|(input, m)| (&input.public_key.0, &m[..], &input.signature))
+        })
+        .collect();
+    let ok = sig::verify_batch_with_fallback(&items);
+    let mut at = 0;
+    txs.iter()
+        .map(|tx| {
+            let mine = &ok[at..at + tx.inputs.len()];
+            at += tx.inputs.len();
+            match mine.iter().position(|ok| !ok) {
+                Some(i) => Err(TxError::BadSignature(i)),
+                None => Ok(()),
+            }
+        })
         .collect()
 }
 

@@ -5,7 +5,7 @@
 //! its Merkle path, so a TimeProof stays small and verifiable on its own.
 
 use crate::codec::{DecodeError, Reader};
-use ed25519_dalek::{Signature, Signer, SigningKey};
+use ed25519_dalek::{Signer, SigningKey};
 
 use crate::protocol::types::{ChainId, PublicKey, Txid};
 use crate::protocol::validation::RejectCode;
@@ -217,15 +217,11 @@ impl VoteBatch {
         (levels, msg)
     }
 
-    /// Verifies the signature (strict: rejects small-order keys and
-    /// non-canonical signatures). Returns the Merkle levels on success so
-    /// certificates can be cut without hashing again.
+    /// Verifies the signature ([`crate::sig`], ZIP 215). Returns the Merkle
+    /// levels on success so certificates can be cut without hashing again.
     pub fn verify(&self) -> Option<Vec<Vec<[u8; 32]>>> {
         let (levels, msg) = self.levels_and_message();
-        let vk = self.voter.verifying_key()?;
-        vk.verify_strict(&msg, &Signature::from_bytes(&self.signature))
-            .ok()?;
-        Some(levels)
+        crate::sig::verify(&self.voter.0, &msg, &self.signature).then_some(levels)
     }
 
     pub fn cert(&self, levels: &[Vec<[u8; 32]>], index: usize) -> VoteCert {

@@ -3,7 +3,7 @@
 //! Both sides send a `Hello` (key, fresh 32-byte nonce, pool epoch) at once,
 //! then a signature over
 //! `"TIMECOIN/pool-handshake/v1" || peer_nonce || own_pubkey`, checked with
-//! `verify_strict`, and finally a one-byte confirmation. The dialer requires the key it dialed; the acceptor
+//! [`time_core::sig::verify`] (ZIP 215), and finally a one-byte confirmation. The dialer requires the key it dialed; the acceptor
 //! requires a key in its peer table. Frames stay capped at the size of a hello
 //! until the peer is authenticated.
 //!
@@ -13,7 +13,6 @@
 
 use std::collections::HashSet;
 
-use ed25519_dalek::{Signature, VerifyingKey};
 use rand::RngCore;
 use thiserror::Error;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -117,7 +116,9 @@ where
         }
         _ => {}
     }
-    let key = VerifyingKey::from_bytes(&theirs.key).map_err(|_| HandshakeError::BadSignature)?;
+    if !time_core::sig::is_point(&theirs.key) {
+        return Err(HandshakeError::BadSignature);
+    }
 
     let sig = me.sign(&transcript(&theirs.nonce, &me.peer_id()));
     writer.send(&sig.to_bytes()).await?;
@@ -126,11 +127,9 @@ where
     let their_sig: [u8; 64] = their_sig.try_into().map_err(|_| DecodeError::Invalid {
         what: "handshake signature length",
     })?;
-    key.verify_strict(
-        &transcript(&nonce, &theirs.key),
-        &Signature::from_bytes(&their_sig),
-    )
-    .map_err(|_| HandshakeError::BadSignature)?;
+    if !time_core::sig::verify(&theirs.key, &transcript(&nonce, &theirs.key), &their_sig) {
+        return Err(HandshakeError::BadSignature);
+    }
 
     // Each side confirms it accepted the other, so neither counts a
     // connection as established that the other refused.

@@ -6,7 +6,7 @@
 //! handshake signature verifies under it (see [`super::tls`]).
 
 use ed25519_dalek::pkcs8::EncodePrivateKey;
-use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
+use ed25519_dalek::{Signature, Signer, SigningKey};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 
 use super::PoolError;
@@ -47,10 +47,10 @@ pub fn peer_id_from_secret(secret: &[u8; 32]) -> PeerId {
     SigningKey::from_bytes(secret).verifying_key().to_bytes()
 }
 
-/// Whether `id` can name a peer: a valid curve point of full order (small-order
-/// keys would let anyone forge "valid" signatures).
+/// Whether `id` can name a peer: a curve point not of small order (anyone can
+/// forge signatures for a small-order key, see [`time_core::sig`]).
 pub(crate) fn is_usable_peer_key(id: &PeerId) -> bool {
-    VerifyingKey::from_bytes(id).is_ok_and(|k| !k.is_weak())
+    time_core::sig::is_point(id) && !time_core::sig::is_small_order(id)
 }
 
 /// This masternode's key.
