@@ -139,3 +139,39 @@ impl GenesisFile {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file(keys: &[String]) -> GenesisFile {
+        GenesisFile {
+            chain_id: 1,
+            network: "test".into(),
+            epoch: 1,
+            masternodes: keys
+                .iter()
+                .map(|k| MasternodeEntry {
+                    public_key: k.clone(),
+                    address: "127.0.0.1:1".into(),
+                    tier: "bronze".into(),
+                })
+                .collect(),
+            allocations: vec![],
+        }
+    }
+
+    #[test]
+    fn small_order_keys_are_refused() {
+        let good = PublicKey::from_signing(&crate::testkit::key_from_seed("g", 0)).to_string();
+        assert!(file(std::slice::from_ref(&good)).to_genesis().is_ok());
+        // The identity (0, 1) and the order-2 point (0, -1): small order,
+        // anyone can sign for them under ZIP 215.
+        let identity = format!("01{}", "00".repeat(31));
+        let order2 = format!("ec{}7f", "ff".repeat(30));
+        for bad in [identity, order2] {
+            let r = file(&[good.clone(), bad]).to_genesis();
+            assert!(matches!(r, Err(GenesisError::BadKey { index: 1 })), "{r:?}");
+        }
+    }
+}

@@ -223,4 +223,43 @@ mod tests {
             Err(ProofError::WrongChain { .. })
         ));
     }
+
+    /// Vote batches signed with a small-order component in R (which
+    /// `verify_strict` refused and `ed25519_dalek::verify_batch` could
+    /// accept): the proof verifies in a batch, and each certificate verifies
+    /// alone, so a node and a wallet agree.
+    #[test]
+    fn torsion_signed_proof_verifies_in_batch_and_one_by_one() {
+        let ks = keys(4);
+        let reg = registry(&ks);
+        let txid = Txid([3; 32]);
+        let votes: Vec<VoteCert> = ks[..3]
+            .iter()
+            .map(|k| {
+                let items = vec![VoteItem {
+                    txid,
+                    decision: Decision::Approve,
+                }];
+                let mut b = VoteBatch::sign(5, 1, k, items);
+                let (_, msg) = b.levels_and_message();
+                b.signature = crate::testkit::torsion_signature(k, &msg);
+                let legacy = k
+                    .verifying_key()
+                    .verify_strict(&msg, &ed25519_dalek::Signature::from_bytes(&b.signature));
+                assert!(legacy.is_err());
+                let levels = b.verify().expect("valid under ZIP 215");
+                b.cert(&levels, 0)
+            })
+            .collect();
+        let p = TimeProof {
+            chain_id: 5,
+            txid,
+            votes,
+        };
+        assert_eq!(p.verify(5, &reg), Ok(3));
+        for v in &p.votes {
+            let msg = v.signed_message(5, &txid).unwrap();
+            assert!(crate::sig::verify(&v.voter.0, &msg, &v.signature));
+        }
+    }
 }
