@@ -22,6 +22,8 @@ pub const MAX_DETAIL_BYTES: usize = 1_024;
 pub const MAX_REJECTERS: usize = 4_096;
 /// Frame cap before the handshake completes.
 pub const HANDSHAKE_FRAME_CAP: usize = 1_024;
+/// Most txids in one finality log page.
+pub const MAX_LOG_PAGE: usize = 1_024;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Role {
@@ -124,6 +126,19 @@ pub enum Message {
     FastPathSeq {
         next: u64,
     },
+    /// Masternode -> masternode: "list the transactions you finalized, from
+    /// position `from` of your finality log" (catch-up / anti-entropy).
+    FinalityLogRequest {
+        from: u64,
+    },
+    /// The answer: the txids at positions `from..from + txids.len()` of the
+    /// sender's finality log, in the order it finalized them, and the log's
+    /// length `head`. The receiver asks for the proofs it lacks.
+    FinalityLogPage {
+        from: u64,
+        head: u64,
+        txids: Vec<Txid>,
+    },
     /// Operator or devnet asks how the node is doing.
     StatusQuery,
     Status(NodeStatus),
@@ -167,6 +182,8 @@ mod tag {
     pub const REPAIR_REQUEST: u8 = 0x17;
     pub const REPAIR: u8 = 0x18;
     pub const FAST_PATH_SEQ: u8 = 0x19;
+    pub const FINALITY_LOG_REQUEST: u8 = 0x1a;
+    pub const FINALITY_LOG_PAGE: u8 = 0x1b;
     pub const STATUS_QUERY: u8 = 0x30;
     pub const STATUS: u8 = 0x31;
     pub const ERROR: u8 = 0x7f;
@@ -205,6 +222,8 @@ impl Message {
             Message::RepairRequest { .. } => "repair-request",
             Message::Repair(_) => "repair",
             Message::FastPathSeq { .. } => "fast-path-seq",
+            Message::FinalityLogRequest { .. } => "finality-log-request",
+            Message::FinalityLogPage { .. } => "finality-log-page",
             Message::StatusQuery => "status-query",
             Message::Status(_) => "status",
             Message::Error { .. } => "error",
@@ -333,6 +352,20 @@ impl Message {
                 out.push(tag::FAST_PATH_SEQ);
                 out.extend_from_slice(&next.to_le_bytes());
             }
+            Message::FinalityLogRequest { from } => {
+                out.push(tag::FINALITY_LOG_REQUEST);
+                out.extend_from_slice(&from.to_le_bytes());
+            }
+            Message::FinalityLogPage { from, head, txids } => {
+                out.push(tag::FINALITY_LOG_PAGE);
+                out.extend_from_slice(&from.to_le_bytes());
+                out.extend_from_slice(&head.to_le_bytes());
+                let n = txids.len().min(MAX_LOG_PAGE);
+                out.extend_from_slice(&(n as u32).to_le_bytes());
+                for t in &txids[..n] {
+                    out.extend_from_slice(&t.0);
+                }
+            }
             Message::StatusQuery => out.push(tag::STATUS_QUERY),
             Message::Status(st) => {
                 out.push(tag::STATUS);
@@ -458,6 +491,17 @@ impl Message {
                     .to_vec(),
             ),
             tag::FAST_PATH_SEQ => Message::FastPathSeq { next: r.u64()? },
+            tag::FINALITY_LOG_REQUEST => Message::FinalityLogRequest { from: r.u64()? },
+            tag::FINALITY_LOG_PAGE => {
+                let from = r.u64()?;
+                let head = r.u64()?;
+                let n = r.count("finality log txids", MAX_LOG_PAGE, 32)?;
+                let mut txids = Vec::with_capacity(n);
+                for _ in 0..n {
+                    txids.push(Txid(r.array()?));
+                }
+                Message::FinalityLogPage { from, head, txids }
+            }
             tag::STATUS_QUERY => Message::StatusQuery,
             tag::STATUS => Message::Status(NodeStatus {
                 public_key: PublicKey(r.array()?),
