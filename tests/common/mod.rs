@@ -165,7 +165,7 @@ impl Cluster {
                         .ok()?;
                     c.status().await.ok()
                 });
-                if st.is_some_and(|s| s.peers_connected as usize >= up - 1) {
+                if st.is_some_and(|s| s.peers_connected as usize >= up - 1 && !s.catching_up) {
                     break;
                 }
                 assert!(

@@ -159,6 +159,9 @@ pub struct NodeStatus {
     pub pending: u32,
     pub finalized: u64,
     pub rejected: u64,
+    /// The node approves nothing yet: it is catching up with its peers (or
+    /// cannot reach a quorum of them). Encoded as one byte, 0 or 1.
+    pub catching_up: bool,
 }
 
 mod tag {
@@ -375,6 +378,7 @@ impl Message {
                 out.extend_from_slice(&st.pending.to_le_bytes());
                 out.extend_from_slice(&st.finalized.to_le_bytes());
                 out.extend_from_slice(&st.rejected.to_le_bytes());
+                out.push(st.catching_up as u8);
             }
             Message::Error { code, detail } => {
                 out.push(tag::ERROR);
@@ -510,6 +514,16 @@ impl Message {
                 pending: r.u32()?,
                 finalized: r.u64()?,
                 rejected: r.u64()?,
+                catching_up: match r.u8()? {
+                    0 => false,
+                    1 => true,
+                    tag => {
+                        return Err(DecodeError::UnknownTag {
+                            what: "catching-up flag",
+                            tag,
+                        })
+                    }
+                },
             }),
             tag::ERROR => Message::Error {
                 code: r.u16()?,
