@@ -1,6 +1,6 @@
 //! TIME Coin masternode: instant-finality UTXO payments.
 //!
-//! - [`protocol`]: the pure protocol core, from the `time-core` crate (types,
+//! - [`protocol`]: the pure protocol core, from the `timecoin-core` crate (types,
 //!   validation, UTXO states, votes, quorum, TimeProofs, the masternode state
 //!   machine).
 //! - [`storage`]: durable state behind the [`storage::Store`] trait, with the
@@ -12,4 +12,4 @@ pub mod node;
 pub mod storage;
 pub mod wallet;
 
-pub use time_core::{codec, protocol, sig, testkit};
+pub use timecoin_core::{codec, masternode, protocol, sig, testkit};

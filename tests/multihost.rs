@@ -6,10 +6,16 @@
 //! nodes' counters must show that repairs happened. The same test runs with
 //! the io_uring and the epoll UDP backend.
 //!
-//! `late_multicast_receiver_repairs_what_it_missed` (ignored: it fails on a
-//! node bug) shows that datagrams sent before a receiver's first arrival
-//! from a sender are never repaired; the tests above therefore pay only once
-//! every node has heard from every other.
+//! `late_multicast_receiver_repairs_what_it_missed`: a receiver whose
+//! multicast starts late still learns what it missed (senders announce their
+//! stream position over TCP, `FastPathSeq`).
+//! `multicast_cut_receiver_catches_up_after_heal`: one host's multicast is
+//! cut for `TIME_MULTIHOST_CUT_SECS` (120) while payments go on, then healed;
+//! that masternode must end with every payment final.
+//!
+//! Multicast stays on the test link: every datagram goes out with TTL 1
+//! (counted, and anything else dropped, in each host's nftables output hook),
+//! and the namespaces have no route anywhere else.
 //!
 //! Needs root, iproute2 and nftables. Without them the tests fail when `CI`
 //! is set and are skipped (loudly) otherwise. `TIME_NET_SKIP_URING=1` skips
@@ -146,6 +152,8 @@ impl MultiHost {
         for (i, pct) in loss.iter().enumerate() {
             net.set_multicast_loss(i, group, *pct)
                 .unwrap_or_else(|e| panic!("loss injection: {e}"));
+            net.guard_multicast_ttl(i)
+                .unwrap_or_else(|e| panic!("TTL guard: {e}"));
         }
         let mut mh = MultiHost {
             nodes: Procs(Vec::new()),
@@ -358,6 +366,61 @@ impl MultiHost {
     /// `w`; waits for the outcome.
     fn pay(&self, w: usize) -> Result<Payment, String> {
         finish_payment(w, self.spawn_payment(w))
+    }
+
+    /// Every host sent multicast, all of it with TTL 1 (see
+    /// [`Topology::guard_multicast_ttl`]).
+    fn assert_multicast_ttl_1(&self) {
+        for i in 0..NODES {
+            let out = self
+                .net
+                .table_counter(i, netns::TTL_TABLE, "mcast_out")
+                .unwrap_or_else(|e| panic!("{e}"));
+            let bad = self
+                .net
+                .table_counter(i, netns::TTL_TABLE, "ttl_not_1")
+                .unwrap_or_else(|e| panic!("{e}"));
+            assert!(out > 0, "host {i} sent no multicast at all");
+            assert_eq!(
+                bad, 0,
+                "host {i} sent {bad} multicast datagrams with a TTL other than 1"
+            );
+        }
+    }
+
+    /// How many of `payments` are final at masternode `i` (their payment
+    /// output exists there), asked from namespace `from`.
+    fn final_count(&self, from: usize, i: usize, payments: &[Payment]) -> Result<usize, String> {
+        let ep: SocketAddr = self.endpoint(i).parse().unwrap();
+        let chain = self.chain_id;
+        let outs: Vec<OutPoint> = payments
+            .iter()
+            .map(|p| OutPoint {
+                txid: p.txid,
+                vout: 0,
+            })
+            .collect();
+        self.net.run_in(from, || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap()
+                .block_on(async {
+                    let st = query(ep, chain, outs).await?;
+                    Ok(st.iter().filter(|(_, e)| e.is_some()).count())
+                })
+        })
+    }
+
+    /// One round: every wallet pays once, all at once; the outcomes.
+    fn pay_round(&self, round: usize, payments: &mut Vec<Payment>, failures: &mut Vec<String>) {
+        let children: Vec<Child> = (0..NODES).map(|w| self.spawn_payment(w)).collect();
+        for (w, c) in children.into_iter().enumerate() {
+            match finish_payment(w, c) {
+                Ok(p) => payments.push(p),
+                Err(e) => failures.push(format!("round {round}: {e}")),
+            }
+        }
     }
 
     fn fast_path_lines(&self, i: usize) -> Vec<FastStats> {
@@ -599,10 +662,9 @@ fn payments_finalize_under_multicast_loss(backend: IoBackend) {
     let t0 = Instant::now();
     let mut mh = MultiHost::start(name, &[loss_percent(); NODES]);
     mh.wait_connected();
-    // A receiver tracks a sender's sequence numbers from the first datagram
-    // it gets from it; what was lost before that is never repaired (see
-    // `late_multicast_receiver_repairs_what_it_missed`). Pay only once every
-    // node has heard from every other.
+    // Pay only once every node has heard from every other, so the loss
+    // injection, not a late start, is what repair has to cover (late starts
+    // are `late_multicast_receiver_repairs_what_it_missed`).
     let all: Vec<usize> = (0..NODES).collect();
     mh.wait_fast_path_heard(&all, &all);
     let connected = t0.elapsed();
@@ -730,6 +792,8 @@ fn payments_finalize_under_multicast_loss(backend: IoBackend) {
         );
     }
 
+    mh.assert_multicast_ttl_1();
+
     // Teardown leaves nothing behind.
     let name_prefix = mh.net.name.clone();
     drop(mh);
@@ -757,14 +821,10 @@ fn multicast_loss_is_repaired_across_namespaces_epoll() {
 /// A masternode whose multicast reception starts late (here: host 3 drops
 /// all of it until after a payment; on a real network, a slow IGMP join)
 /// must still learn what it missed: the payment's lock broadcast and votes
-/// are in the senders' repair rings. It does not today: a receiver starts
-/// tracking a sender's sequence numbers at the first datagram it gets from
-/// it, so earlier ones are neither repaired nor counted lost, and masternode
-/// 3 never learns the payment. Deterministic; ignored until the node
-/// announces its fast-path start sequence over the reliable link (or
-/// otherwise catches up). Run with `--ignored`.
+/// are in the senders' repair rings, and the senders announce their stream
+/// position over TCP (`FastPathSeq`), so the receiver knows where each
+/// stream starts and repairs from there.
 #[test]
-#[ignore = "node bug: fast-path datagrams sent before a receiver's first arrival from that sender are never repaired"]
 fn late_multicast_receiver_repairs_what_it_missed() {
     let test = "multihost late receiver";
     if !environment_ready(test) {
@@ -791,4 +851,110 @@ fn late_multicast_receiver_repairs_what_it_missed() {
             mh.logs()
         );
     }
+}
+
+/// How long host 3's multicast is cut in
+/// `multicast_cut_receiver_catches_up_after_heal` (`TIME_MULTIHOST_CUT_SECS`
+/// overrides, e.g. 20 for a quick local run).
+const CUT_SECS: u64 = 120;
+/// After the heal, how long masternode 3 gets to have every payment final.
+const HEAL_WAIT: Duration = Duration::from_secs(30);
+
+/// Host 3 receives no multicast at all for `CUT_SECS` (nftables drops the
+/// group's datagrams in its namespace; TCP and its own sending are
+/// untouched) while every wallet keeps paying, through every masternode
+/// (wallet 2 through masternode 3 itself). Then its multicast is healed and
+/// one more round is paid. Within `HEAL_WAIT` of the heal, masternode 3 (and
+/// every other) must have every payment final: the lock broadcasts and votes
+/// it missed are in the senders' repair rings, and the proofs are with its
+/// peers.
+#[test]
+fn multicast_cut_receiver_catches_up_after_heal() {
+    let test = "multihost multicast cut";
+    if !environment_ready(test) {
+        return;
+    }
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let cut = Duration::from_secs(env_or("TIME_MULTIHOST_CUT_SECS", CUT_SECS).clamp(1, 3600));
+    let t0 = Instant::now();
+    let mut mh = MultiHost::start("epoll", &[0; NODES]);
+    mh.wait_connected();
+    let all: Vec<usize> = (0..NODES).collect();
+    mh.wait_fast_path_heard(&all, &all);
+    let (mut payments, mut failures) = (Vec::new(), Vec::new());
+    // Before the cut: one round, final everywhere.
+    mh.pay_round(0, &mut payments, &mut failures);
+    if let Err(e) = mh.wait_converged(&payments, Duration::from_secs(15)) {
+        panic!("{test}: before the cut: {e}\nlogs:\n{}", mh.logs());
+    }
+    let before = payments.len();
+
+    // The cut: payment rounds spread over it, at most 40 (the coins last).
+    mh.net
+        .set_multicast_loss(3, mh.group, 100)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let cut_start = Instant::now();
+    let max_rounds = (cut.as_secs() as usize).clamp(1, 40);
+    let pace = cut / max_rounds as u32;
+    let mut round = 1;
+    while cut_start.elapsed() < cut && round <= max_rounds {
+        let slot = cut_start + pace * (round as u32 - 1);
+        std::thread::sleep(slot.saturating_duration_since(Instant::now()));
+        mh.assert_running();
+        mh.pay_round(round, &mut payments, &mut failures);
+        round += 1;
+    }
+    std::thread::sleep(cut.saturating_sub(cut_start.elapsed()));
+    let during = payments.len() - before;
+    // The cut bit: host 3 let no datagram of the others through, and dropped some.
+    let through: u64 = (0..3)
+        .map(|j| mh.net.counter(3, &format!("from{j}")).unwrap())
+        .sum();
+    let dropped = mh.net.counter(3, "dropped").unwrap();
+    assert_eq!(through, 0, "the cut let {through} datagrams through");
+    assert!(dropped > 0, "the cut dropped nothing");
+    let final_at_heal = mh
+        .final_count(0, 3, &payments[before..])
+        .unwrap_or_else(|e| panic!("{e}"));
+
+    // Heal, one more round, and masternode 3 must catch up.
+    mh.net
+        .set_multicast_loss(3, mh.group, 0)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let healed = Instant::now();
+    mh.pay_round(round, &mut payments, &mut failures);
+    let converged = mh.wait_converged(&payments, HEAL_WAIT);
+    let heal_ms = healed.elapsed().as_millis();
+    let final_at_3 = mh.final_count(0, 3, &payments).unwrap_or(0);
+    let stats = mh.fast_path_lines(3).last().copied().unwrap_or_default();
+    eprintln!(
+        "{test}: host 3's multicast cut for {:.0} s ({dropped} datagrams dropped); {} payments before, {during} during, {} after the cut, {} failed; \
+         masternode 3 had {final_at_heal} of the {during} cut-time payments final at the heal and {final_at_3} of {} in the end; {}; \
+         masternode 3 fast path (last logged) {stats:?}; total {:.1} s",
+        cut.as_secs_f64(),
+        before,
+        payments.len() - before - during,
+        failures.len(),
+        payments.len(),
+        match &converged {
+            Ok(()) => format!("every masternode had every payment final {heal_ms} ms after the heal"),
+            Err(_) => format!("NOT converged within {HEAL_WAIT:?} of the heal"),
+        },
+        t0.elapsed().as_secs_f64()
+    );
+    mh.assert_multicast_ttl_1();
+    if let Err(e) = converged {
+        panic!(
+            "{test}: after a {:.0} s multicast cut and {HEAL_WAIT:?} of healing, payments are not final everywhere:\n{e}\nfailed payments: {failures:?}\nlog of masternode 3:\n{}",
+            cut.as_secs_f64(),
+            mh.log(3)
+        );
+    }
+    assert!(
+        failures.is_empty(),
+        "{} payments did not finalize:\n{}\nlogs:\n{}",
+        failures.len(),
+        failures.join("\n"),
+        mh.logs()
+    );
 }

@@ -1,5 +1,5 @@
 //! The TIME Coin protocol core. Pure: no sockets, no clock, no threads, no
-//! tokio, no LMDB (`cargo tree -p time-core` shows it). Time comes in as
+//! tokio, no LMDB (`cargo tree -p timecoin-core` shows it). Time comes in as
 //! milliseconds from the driver, and every effect goes out as a value for a
 //! transport or a store to carry out.
 //!
@@ -12,6 +12,7 @@
 //! - [`testkit`]: keys, registries and genesis for tests and simulations.
 
 pub mod codec;
+pub mod masternode;
 pub mod protocol;
 pub mod sig;
 pub mod storage;

@@ -35,7 +35,7 @@ pub struct Counts {
     /// The same transaction is final on every masternode.
     pub final_everywhere: u64,
     /// Final on some masternodes while others still hold it locked or
-    /// pending, after re-asking for 10 s.
+    /// pending, after re-asking for up to 30 s.
     pub not_converged: u64,
     /// Final nowhere, locked on at least one masternode: with locks that
     /// are never released, the coin stays unspendable.
@@ -202,9 +202,10 @@ async fn views(
     Some(views)
 }
 
-/// Rounds of re-asking about coins final on some masternodes only: a lagging
-/// masternode catches up, a diverged one does not.
-const CONVERGENCE_ROUNDS: usize = 5;
+/// Rounds of re-asking about coins final on some masternodes only (and plain
+/// payments still locked): a lagging masternode catches up, a diverged one
+/// does not. 15 x 2 s covers the re-announcement backoff (1.5, 3, 6, 12 s).
+const CONVERGENCE_ROUNDS: usize = 15;
 const CONVERGENCE_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 pub async fn run(
@@ -218,9 +219,15 @@ pub async fn run(
             continue;
         };
         let mut counts: Vec<Counts> = v.iter().map(|v| classify(v)).collect();
+        // A plain payment locked somewhere is re-announced by the masternodes
+        // until it is final: give it the settle time too. (Split double
+        // spends stay locked by design, so pairs are not waited for.)
+        let wait_locked = name != "pairs";
         for _ in 0..CONVERGENCE_ROUNDS {
             let lagging: Vec<usize> = (0..coins.len())
-                .filter(|&i| counts[i].not_converged > 0)
+                .filter(|&i| {
+                    counts[i].not_converged > 0 || (wait_locked && counts[i].locked_for_good > 0)
+                })
                 .collect();
             if lagging.is_empty() {
                 break;

@@ -177,7 +177,7 @@ impl LocalDevnet {
                 }
                 .await;
                 match r {
-                    Ok(s) if s.peers_connected >= want => break,
+                    Ok(s) if s.peers_connected >= want && !s.catching_up => break,
                     _ if Instant::now() > deadline => {
                         return Err(format!(
                             "masternode {e} not linked to all its peers within {limit:?}; logs in {}/mn*/node.log",

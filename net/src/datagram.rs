@@ -32,7 +32,7 @@ use crate::reader::{DecodeError, Reader};
 pub const MAGIC: u16 = u16::from_le_bytes(*b"TC");
 pub const DATAGRAM_VERSION: u8 = 1;
 /// Fits the IPv6 minimum MTU (1280) minus IPv6 and UDP headers, with room.
-pub use time_core::codec::MAX_DATAGRAM_LEN;
+pub use timecoin_core::codec::MAX_DATAGRAM_LEN;
 pub const HEADER_LEN: usize = 18;
 pub const SIGNATURE_LEN: usize = 64;
 /// Room for items (including their length prefixes) in one datagram.

@@ -26,5 +26,5 @@ pub use gap::{GapConfig, GapTracker, Receipt, SeqRange};
 pub use priority::{PeerQueue, Priority, PriorityQueue, PushError, QueueLimits};
 /// Bounded decoding primitives (they live in the protocol core, which the
 /// transports must not be a dependency of).
-pub use time_core::codec as reader;
-pub use time_core::codec::{DecodeError, Reader};
+pub use timecoin_core::codec as reader;
+pub use timecoin_core::codec::{DecodeError, Reader};

@@ -295,7 +295,7 @@ async fn wait_connected(layout: &DevnetLayout, limit: Duration) -> Result<(), An
             }
             .await;
             match r {
-                Ok(s) if s.peers_connected >= want => break,
+                Ok(s) if s.peers_connected >= want && !s.catching_up => break,
                 _ if Instant::now() > deadline => {
                     return Err(
                         format!("masternode {e} not connected to all peers in {limit:?}").into(),

@@ -66,7 +66,7 @@ pub enum GenesisError {
 }
 
 /// Genesis outputs live under a synthetic txid per allocation.
-pub use time_core::testkit::genesis_outpoint;
+pub use timecoin_core::testkit::genesis_outpoint;
 
 impl GenesisFile {
     pub fn load(path: &Path) -> Result<Self, GenesisError> {

@@ -25,10 +25,10 @@ use crate::node::fastpath::{
 };
 use crate::node::genesis_file::GenesisFile;
 use crate::node::keyfile::KeyFile;
-use crate::node::peer_net::PeerNet;
+use crate::node::peer_net::{priority_of, PeerNet};
 use crate::node::verifier::Verifier;
 use crate::node::vote_threads::{VoteThreadConfig, VoteThreads};
-use crate::protocol::engine::{Engine, EngineConfig, Event, Origin, Output};
+use crate::protocol::engine::{EngineConfig, Event};
 use crate::protocol::message::{
     sign_handshake, verify_handshake, Hello, Message, NodeStatus, Role, HANDSHAKE_FRAME_CAP,
     PROTOCOL_VERSION,
@@ -41,6 +41,7 @@ use crate::protocol::validation::{RejectCode, TxError};
 use crate::storage::{LmdbStore, Store, StoreError};
 use time_net::pool::{Pool, PoolConfig};
 use time_net::priority::Priority;
+use timecoin_core::masternode::{Dest, Masternode, MasternodeConfig, Transmit};
 
 /// Frames queued per peer link before new ones are dropped (and counted).
 const PEER_QUEUE: usize = 1 << 16;
@@ -83,7 +84,6 @@ pub enum NodeError {
 enum CoreInput {
     Tx {
         tx: Transaction,
-        origin: Origin,
         /// Stateless checks and signatures already passed.
         prechecked: bool,
     },
@@ -101,6 +101,11 @@ enum CoreInput {
     ProofRequest {
         txid: Txid,
         from: PublicKey,
+    },
+    /// Catch-up requests and pages from a peer masternode.
+    Peer {
+        from: PublicKey,
+        msg: Message,
     },
     UtxoQuery(Vec<OutPoint>, oneshot::Sender<Message>),
     AddressQuery(Address, oneshot::Sender<Message>),
@@ -143,6 +148,8 @@ struct Shared {
     stats: NetStats,
     stopping: AtomicBool,
     next_session: AtomicU64,
+    /// Peers whose plain outbound link is up (links transport only).
+    links_up: Mutex<std::collections::HashSet<PublicKey>>,
     verifier: std::sync::OnceLock<Verifier<Source>>,
     /// Fast-path pieces the network tasks need (repairs in and out).
     fast_ring: Option<Arc<Mutex<RepairRing>>>,
@@ -208,7 +215,6 @@ fn after_verify(
             // re-checks it and votes reject with the reason.
             shared.to_core(CoreInput::Tx {
                 tx,
-                origin: Origin::Peer,
                 prechecked: v.is_ok(),
             });
         }
@@ -346,7 +352,13 @@ impl Node {
             // One vote batch per datagram item.
             ecfg.max_vote_batch_items = VOTES_PER_DATAGRAM;
         }
-        let engine = Engine::new(ecfg, key.clone(), genesis.registry.clone(), snap);
+        let masternode = Masternode::new(
+            MasternodeConfig::new(ecfg),
+            key.clone(),
+            genesis.registry.clone(),
+            snap,
+            0,
+        );
 
         let listener = TcpListener::bind(cfg.listen)
             .await
@@ -422,6 +434,7 @@ impl Node {
             stats: NetStats::default(),
             stopping: AtomicBool::new(false),
             next_session: AtomicU64::new(1),
+            links_up: Mutex::new(std::collections::HashSet::new()),
             verifier: std::sync::OnceLock::new(),
             fast_ring: fast.as_ref().map(|f| f.sender.ring.clone()),
             fast_rx: fast.as_ref().map(|f| f.receiver.clone()),
@@ -479,7 +492,7 @@ impl Node {
             .spawn(move || {
                 let _lock = lock; // held for the life of the core
                 core_loop(
-                    engine,
+                    masternode,
                     store,
                     core_rx,
                     core_shared,
@@ -545,7 +558,7 @@ impl Node {
 }
 
 fn core_loop(
-    mut engine: Engine,
+    mut mn: Masternode,
     mut store: LmdbStore,
     rx: cb::Receiver<CoreInput>,
     shared: Arc<Shared>,
@@ -554,117 +567,23 @@ fn core_loop(
 ) -> Result<(), StoreError> {
     let start = Instant::now();
     let now_ms = || start.elapsed().as_millis() as u64;
-    let mut last_tick = 0;
     let mut last_log = 0;
     let mut last_announce = 0;
+    let mut peers_up = std::collections::HashSet::new();
     let mut inputs = Vec::with_capacity(MAX_ROUND_INPUTS);
     loop {
         inputs.clear();
-        match rx.recv_timeout(TICK) {
-            Ok(i) => inputs.push(i),
-            Err(cb::RecvTimeoutError::Timeout) => {}
-            Err(cb::RecvTimeoutError::Disconnected) => return Ok(()),
-        }
-        // A round costs one vote signature, one datagram signature and one
-        // fsync whatever its size: hold it open up to `round_window` so
-        // arrivals close together share them.
-        let opened = Instant::now();
-        while inputs.len() < MAX_ROUND_INPUTS {
-            match rx.try_recv() {
-                Ok(i) => inputs.push(i),
-                Err(_) => {
-                    let left = round_window.saturating_sub(opened.elapsed());
-                    if inputs.is_empty() || left.is_zero() {
-                        break;
-                    }
-                    match rx.recv_timeout(left) {
-                        Ok(i) => inputs.push(i),
-                        Err(_) => break,
-                    }
-                }
-            }
-        }
+        collect_round(&rx, &mut inputs, round_window)?;
         let now = now_ms();
         let mut stop = false;
         for input in inputs.drain(..) {
-            match input {
-                CoreInput::Tx {
-                    tx,
-                    origin,
-                    prechecked,
-                } => engine.handle_transaction(now, tx, origin, prechecked),
-                CoreInput::Tally(events) => engine.handle_tally_events(now, events),
-                CoreInput::Proof { tx, proof } => engine.handle_proof(now, tx, proof),
-                CoreInput::ProofRequest { txid, from } => {
-                    if let (Some(tx), Some(proof)) =
-                        (store.get_transaction(&txid)?, store.get_proof(&txid)?)
-                    {
-                        shared.net.send(
-                            &from,
-                            Priority::High,
-                            encode(&Message::TimeProof { tx, proof }),
-                            &shared.stats.peer_queue_drops,
-                        );
-                    }
-                }
-                CoreInput::WalletTx { tx, to } => {
-                    let txid = tx.txid();
-                    if !engine.knows(&txid) && store.get_proof(&txid)?.is_none() {
-                        engine.handle_transaction(now, tx, Origin::Wallet, true);
-                        continue;
-                    }
-                    // Already known: answer with what is settled so far.
-                    let msg = match (store.get_transaction(&txid)?, store.get_proof(&txid)?) {
-                        (Some(tx), Some(proof)) => Message::TimeProof { tx, proof },
-                        _ => match engine.rejection(&txid) {
-                            Some((reason, detail)) => Message::TransactionRejected {
-                                txid,
-                                reason,
-                                detail,
-                                rejecters: vec![],
-                            },
-                            None => Message::TransactionAccepted(txid),
-                        },
-                    };
-                    let _ = to.try_send(encode(&msg));
-                }
-                CoreInput::UtxoQuery(ops, reply) => {
-                    let v = ops
-                        .into_iter()
-                        .map(|op| (op, engine.utxo(&op).copied()))
-                        .collect();
-                    let _ = reply.send(Message::UtxoStateResponse(v));
-                }
-                CoreInput::AddressQuery(addr, reply) => {
-                    let v = engine
-                        .utxos_of(&addr)
-                        .into_iter()
-                        .take(crate::protocol::message::MAX_QUERY_OUTPOINTS)
-                        .map(|(op, e)| (op, Some(e)))
-                        .collect();
-                    let _ = reply.send(Message::UtxoStateResponse(v));
-                }
-                CoreInput::Status(reply) => {
-                    let m = engine.metrics();
-                    let _ = reply.send(Message::Status(NodeStatus {
-                        public_key: shared.me,
-                        peers_connected: shared
-                            .net
-                            .connected(shared.stats.peers_connected.load(Ordering::Relaxed)),
-                        peers_total: shared.peer_count as u32,
-                        pending: engine.pending_count() as u32,
-                        finalized: m.tx_finalized,
-                        rejected: m.tx_rejected,
-                    }));
-                }
-                CoreInput::Shutdown => stop = true,
-            }
+            stop |= handle_input(&mut mn, &store, &shared, now, input)?;
         }
-        if now.saturating_sub(last_tick) >= 100 {
-            engine.tick(now);
-            last_tick = now;
+        if now >= mn.poll_timeout() {
+            track_peers(&mut mn, &shared, now, &mut peers_up);
+            mn.handle_timeout(now, &store)?;
         }
-        let round = engine.end_round(now);
+        let round = mn.end_round(now);
         if !round.writes.is_empty() {
             // Durable before anything of this round leaves the node. A
             // failed commit stops the core: sending votes we could not
@@ -675,7 +594,10 @@ fn core_loop(
                 return Err(e);
             }
         }
-        dispatch(&shared, round.outputs, fast.as_mut());
+        dispatch(&shared, round.transmits, fast.as_mut());
+        for ev in round.events {
+            route_event(&shared, ev);
+        }
         if let Some(f) = fast.as_mut() {
             f.flush();
             f.heartbeat(Duration::from_millis(20));
@@ -692,36 +614,169 @@ fn core_loop(
         }
         if now.saturating_sub(last_log) >= 10_000 {
             last_log = now;
-            let m = engine.metrics();
-            info!(
-                finalized = m.tx_finalized,
-                rejected = m.tx_rejected,
-                pending = engine.pending_count(),
-                votes_in = m.votes_received,
-                peers = shared
-                    .net
-                    .connected(shared.stats.peers_connected.load(Ordering::Relaxed)),
-                malformed = shared.stats.malformed_frames.load(Ordering::Relaxed),
-                drops = shared.stats.peer_queue_drops.load(Ordering::Relaxed)
-                    + shared.stats.core_queue_drops.load(Ordering::Relaxed),
-                "status"
-            );
-            if let Some(fs) = &shared.fast_stats {
-                info!(
-                    sent = fs.datagrams_sent.load(Ordering::Relaxed),
-                    received = fs.datagrams_received.load(Ordering::Relaxed),
-                    bad = fs.bad_datagrams.load(Ordering::Relaxed),
-                    repair_requests = fs.repair_requests_sent.load(Ordering::Relaxed),
-                    repaired = fs.repaired.load(Ordering::Relaxed),
-                    lost = fs.lost_seqs.load(Ordering::Relaxed),
-                    "fast path"
-                );
-            }
+            log_status(&mn, &shared);
         }
         if stop {
             info!("core stopped");
             return Ok(());
         }
+    }
+}
+
+/// Waits for the first input (or a tick), then holds the round open up to
+/// `round_window`: a round costs one vote signature, one datagram signature
+/// and one fsync whatever its size, so arrivals close together share them.
+fn collect_round(
+    rx: &cb::Receiver<CoreInput>,
+    inputs: &mut Vec<CoreInput>,
+    round_window: Duration,
+) -> Result<(), StoreError> {
+    match rx.recv_timeout(TICK) {
+        Ok(i) => inputs.push(i),
+        Err(cb::RecvTimeoutError::Timeout) => return Ok(()),
+        Err(cb::RecvTimeoutError::Disconnected) => {
+            inputs.push(CoreInput::Shutdown);
+            return Ok(());
+        }
+    }
+    let opened = Instant::now();
+    while inputs.len() < MAX_ROUND_INPUTS {
+        match rx.try_recv() {
+            Ok(i) => inputs.push(i),
+            Err(_) => {
+                let left = round_window.saturating_sub(opened.elapsed());
+                if left.is_zero() {
+                    break;
+                }
+                match rx.recv_timeout(left) {
+                    Ok(i) => inputs.push(i),
+                    Err(_) => break,
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// One input into the state machine. Returns true on shutdown.
+fn handle_input(
+    mn: &mut Masternode,
+    store: &LmdbStore,
+    shared: &Shared,
+    now: u64,
+    input: CoreInput,
+) -> Result<bool, StoreError> {
+    match input {
+        CoreInput::Tx { tx, prechecked, .. } => mn.handle_peer_transaction(now, tx, prechecked),
+        CoreInput::Tally(events) => mn.handle_tally_events(now, events),
+        CoreInput::Proof { tx, proof } => mn.handle_proof(now, tx, proof),
+        CoreInput::ProofRequest { txid, from } => {
+            mn.handle_peer_message(now, from, Message::ProofRequest(txid), store)?
+        }
+        CoreInput::Peer { from, msg } => mn.handle_peer_message(now, from, msg, store)?,
+        CoreInput::WalletTx { tx, to } => {
+            let txid = tx.txid();
+            if let Some(answer) = mn.handle_wallet_transaction(now, tx, true, store)? {
+                if !matches!(answer, Message::TransactionAccepted(_)) {
+                    // Settled: no event will come for it, so the session's
+                    // registration would never be removed.
+                    shared
+                        .router
+                        .lock()
+                        .expect("router lock")
+                        .by_txid
+                        .remove(&txid);
+                }
+                let _ = to.try_send(encode(&answer));
+            }
+        }
+        CoreInput::UtxoQuery(ops, reply) => {
+            let v = ops
+                .into_iter()
+                .map(|op| (op, mn.engine().utxo(&op).copied()))
+                .collect();
+            let _ = reply.send(Message::UtxoStateResponse(v));
+        }
+        CoreInput::AddressQuery(addr, reply) => {
+            let v = mn
+                .engine()
+                .utxos_of(&addr)
+                .into_iter()
+                .take(crate::protocol::message::MAX_QUERY_OUTPOINTS)
+                .map(|(op, e)| (op, Some(e)))
+                .collect();
+            let _ = reply.send(Message::UtxoStateResponse(v));
+        }
+        CoreInput::Status(reply) => {
+            let m = mn.metrics();
+            let _ = reply.send(Message::Status(NodeStatus {
+                public_key: shared.me,
+                peers_connected: shared
+                    .net
+                    .connected(shared.stats.peers_connected.load(Ordering::Relaxed)),
+                peers_total: shared.peer_count as u32,
+                pending: mn.engine().pending_count() as u32,
+                finalized: m.tx_finalized,
+                rejected: m.tx_rejected,
+                catching_up: mn.is_catching_up(),
+            }));
+        }
+        CoreInput::Shutdown => return Ok(true),
+    }
+    Ok(false)
+}
+
+/// Tells the state machine which peer connections came up or went down.
+fn track_peers(
+    mn: &mut Masternode,
+    shared: &Shared,
+    now: u64,
+    up: &mut std::collections::HashSet<PublicKey>,
+) {
+    let current: std::collections::HashSet<PublicKey> = match &shared.net {
+        PeerNet::Pool(p) => p.connected_peers().into_iter().map(PublicKey).collect(),
+        PeerNet::Links(_) => shared.links_up.lock().expect("links lock").clone(),
+    };
+    for p in current.difference(up) {
+        mn.handle_peer_up(now, *p);
+    }
+    for p in up.difference(&current) {
+        mn.handle_peer_down(now, p);
+    }
+    *up = current;
+}
+
+fn log_status(mn: &Masternode, shared: &Shared) {
+    let m = mn.metrics();
+    let st = mn.stats();
+    info!(
+        finalized = m.tx_finalized,
+        rejected = m.tx_rejected,
+        pending = mn.engine().pending_count(),
+        awaiting = mn.awaiting(),
+        catching_up = mn.is_catching_up(),
+        reannounced = st.reannounced,
+        catchup_pages = st.catchup.pages_received,
+        catchup_proofs = st.catchup.proofs_requested,
+        votes_in = m.votes_received,
+        peers = shared
+            .net
+            .connected(shared.stats.peers_connected.load(Ordering::Relaxed)),
+        malformed = shared.stats.malformed_frames.load(Ordering::Relaxed),
+        drops = shared.stats.peer_queue_drops.load(Ordering::Relaxed)
+            + shared.stats.core_queue_drops.load(Ordering::Relaxed),
+        "status"
+    );
+    if let Some(fs) = &shared.fast_stats {
+        info!(
+            sent = fs.datagrams_sent.load(Ordering::Relaxed),
+            received = fs.datagrams_received.load(Ordering::Relaxed),
+            bad = fs.bad_datagrams.load(Ordering::Relaxed),
+            repair_requests = fs.repair_requests_sent.load(Ordering::Relaxed),
+            repaired = fs.repaired.load(Ordering::Relaxed),
+            lost = fs.lost_seqs.load(Ordering::Relaxed),
+            "fast path"
+        );
     }
 }
 
@@ -731,44 +786,32 @@ fn broadcast(shared: &Shared, prio: Priority, frame: Bytes) {
         .broadcast(prio, frame, &shared.stats.peer_queue_drops);
 }
 
-/// Lock broadcasts and votes take the fast path when they fit a datagram;
-/// everything else, and everything when the fast path is off, goes over TCP.
-fn fast_or_reliable(
-    shared: &Shared,
-    fast: &mut Option<&mut FastPathSender>,
-    prio: Priority,
-    frame: Bytes,
-) {
-    match fast {
-        Some(f) if FastPathSender::fits(frame.len()) => f.push(&frame),
-        _ => broadcast(shared, prio, frame),
-    }
-}
-
-fn dispatch(shared: &Shared, outputs: Vec<Output>, mut fast: Option<&mut FastPathSender>) {
-    for out in outputs {
-        match out {
-            Output::BroadcastTransaction(tx) => fast_or_reliable(
-                shared,
-                &mut fast,
-                Priority::Critical,
-                encode(&Message::TransactionBroadcast((*tx).clone())),
-            ),
-            Output::BroadcastVotes(b) => {
-                if let Some(v) = shared.votes.get() {
-                    v.own((*b).clone());
+/// Sends a round's messages. Lock broadcasts and votes to all peers take the
+/// fast path when they fit a datagram; everything else, and everything when
+/// the fast path is off, goes over the reliable path in its priority class.
+fn dispatch(shared: &Shared, transmits: Vec<Transmit>, mut fast: Option<&mut FastPathSender>) {
+    for Transmit { dest, msg } in transmits {
+        let prio = priority_of(&msg);
+        if let (Dest::AllPeers, Message::VoteBatch(b)) = (&dest, &msg) {
+            if let Some(v) = shared.votes.get() {
+                v.own(b.clone());
+            }
+        }
+        let frame = encode(&msg);
+        match dest {
+            Dest::Peer(p) => {
+                shared
+                    .net
+                    .send(&p, prio, frame, &shared.stats.peer_queue_drops);
+            }
+            Dest::AllPeers => match (&mut fast, &msg) {
+                (Some(f), Message::TransactionBroadcast(_) | Message::VoteBatch(_))
+                    if FastPathSender::fits(frame.len()) =>
+                {
+                    f.push(&frame)
                 }
-                fast_or_reliable(
-                    shared,
-                    &mut fast,
-                    Priority::High,
-                    encode(&Message::VoteBatch((*b).clone())),
-                )
-            }
-            Output::RequestProof(txid) => {
-                broadcast(shared, Priority::High, encode(&Message::ProofRequest(txid)))
-            }
-            Output::Event(ev) => route_event(shared, ev),
+                _ => broadcast(shared, prio, frame),
+            },
         }
     }
 }
@@ -890,8 +933,10 @@ async fn peer_link(
             Ok(mut w) => {
                 backoff = Duration::from_millis(50);
                 shared.stats.peers_connected.fetch_add(1, Ordering::Relaxed);
+                shared.links_up.lock().expect("links lock").insert(peer);
                 info!(%peer, %address, "peer link up");
                 let r = write_queue(&shared, &mut w, &mut rx, &mut pending).await;
+                shared.links_up.lock().expect("links lock").remove(&peer);
                 shared.stats.peers_connected.fetch_sub(1, Ordering::Relaxed);
                 match r {
                     Ok(()) => return, // queue closed: node stopping
@@ -1157,6 +1202,9 @@ fn handle_peer_message(shared: &Shared, peer: PublicKey, msg: Message) -> Result
             if let Some(rx) = &shared.fast_rx {
                 rx.lock().expect("fast path receiver").announce(&peer, next);
             }
+        }
+        m @ (Message::FinalityLogRequest { .. } | Message::FinalityLogPage { .. }) => {
+            shared.to_core(CoreInput::Peer { from: peer, msg: m });
         }
         Message::Ping(_) | Message::Pong(_) => {}
         Message::Hello(_) => return Err(LinkError::Handshake("second hello")),

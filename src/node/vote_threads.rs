@@ -193,8 +193,13 @@ impl Shard {
             }
             if now.saturating_sub(last_expire) >= 1_000 {
                 last_expire = now;
-                self.agg
-                    .expire(now, self.cfg.max_age_ms, self.cfg.max_age_ms, |_| false);
+                // Tallies holding this node's own vote stay until decided.
+                self.agg.expire_unvoted(
+                    now,
+                    self.cfg.max_age_ms,
+                    self.cfg.max_age_ms,
+                    &self.cfg.me,
+                );
             }
         }
     }

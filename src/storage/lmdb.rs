@@ -11,12 +11,15 @@
 //! | `transactions` | [`Txid`]                   | [`Transaction`] |
 //! | `proofs`       | [`Txid`]                   | [`TimeProof`] |
 //! | `own_votes`    | [`VoteSeq`] (u64 BE)       | [`VoteBatch`] |
+//! | `finality_log` | [`LogSeq`] (u64 BE)        | [`Txid`]     |
+//! | `stuck`        | [`Txid`]                   | `u32` (0)    |
 //!
 //! `meta` carries the format version; a database written by a newer build is
 //! refused rather than misread. [`Store::apply`] is one LMDB write
 //! transaction, committed (and fsync'ed, unless [`LmdbOptions::no_sync`])
 //! before it returns. The vote log is append-only: it is written with
-//! `MDB_APPEND` under the next sequence number and never overwritten.
+//! `MDB_APPEND` under the next sequence number and never overwritten; so is the
+//! finality log.
 //!
 //! This module must never interpret protocol rules: it stores what the engine
 //! decided, and reports damaged bytes as [`StoreError::Corrupt`], never a panic.
@@ -30,7 +33,7 @@ use heed::types::Bytes;
 use heed::{Database, Env, EnvFlags, EnvOpenOptions, PutFlags, RoTxn, RwTxn, WithoutTls};
 
 use super::records::{
-    check_txid, MetaKey, RecordError, TableKey, TableValue, VoteSeq, FORMAT_VERSION,
+    check_txid, LogSeq, MetaKey, RecordError, TableKey, TableValue, VoteSeq, FORMAT_VERSION,
 };
 use super::{Genesis, Snapshot, Store, StoreError, Write};
 use crate::protocol::timeproof::TimeProof;
@@ -47,7 +50,9 @@ const TABLE_UTXOS: &str = "utxos";
 const TABLE_TRANSACTIONS: &str = "transactions";
 const TABLE_PROOFS: &str = "proofs";
 const TABLE_OWN_VOTES: &str = "own_votes";
-const TABLE_COUNT: u32 = 5;
+const TABLE_FINALITY_LOG: &str = "finality_log";
+const TABLE_STUCK: &str = "stuck";
+const TABLE_COUNT: u32 = 7;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LmdbOptions {
@@ -191,6 +196,11 @@ pub struct LmdbStore {
     transactions: Table<Txid, Transaction>,
     proofs: Table<Txid, TimeProof>,
     own_votes: Table<VoteSeq, VoteBatch>,
+    /// Append-only: the transactions this node finalized, in order.
+    finality_log: Table<LogSeq, Txid>,
+    /// Approved transactions that can no longer reach the quorum (value:
+    /// unused, 0).
+    stuck: Table<Txid, u32>,
 }
 
 impl fmt::Debug for LmdbStore {
@@ -249,6 +259,10 @@ impl LmdbStore {
         let transactions = Table::create(&env, &mut wtxn, TABLE_TRANSACTIONS)?;
         let proofs = Table::create(&env, &mut wtxn, TABLE_PROOFS)?;
         let own_votes = Table::create(&env, &mut wtxn, TABLE_OWN_VOTES)?;
+        // Added after format version 1 shipped: created empty in older
+        // databases (catch-up then lists only what finalizes from now on).
+        let finality_log = Table::create(&env, &mut wtxn, TABLE_FINALITY_LOG)?;
+        let stuck = Table::create(&env, &mut wtxn, TABLE_STUCK)?;
         if version.is_none() {
             let fresh = meta.is_empty(&wtxn)?
                 && utxos.is_empty(&wtxn)?
@@ -276,6 +290,8 @@ impl LmdbStore {
             transactions,
             proofs,
             own_votes,
+            finality_log,
+            stuck,
         })
     }
 
@@ -337,11 +353,19 @@ impl Store for LmdbStore {
             if let UtxoState::Locked { txid } | UtxoState::SpentPending { txid, .. } = entry.state {
                 if seen.insert(txid) {
                     if let Some(tx) = self.get_transaction_in(&rtxn, &txid)? {
-                        snap.pending_transactions.push(tx);
+                        if self.stuck.get(&rtxn, &txid)?.is_some() {
+                            snap.stuck_transactions.push(tx);
+                        } else {
+                            snap.pending_transactions.push(tx);
+                        }
                     }
                 }
             }
         }
+        snap.finality_log_len = match self.finality_log.last_key(&rtxn)? {
+            Some(LogSeq(last)) => last + 1,
+            None => 0,
+        };
 
         snap.finalized = self.proofs.keys(&rtxn)?;
 
@@ -369,6 +393,7 @@ impl Store for LmdbStore {
         let mut wtxn = self.env.write_txn().map_err(backend)?;
         let mut buf = Vec::new();
         let mut next_vote: Option<u64> = None;
+        let mut next_log: Option<u64> = None;
         for w in writes {
             match w {
                 Write::PutUtxo(op, entry) => self.utxos.put(&mut wtxn, op, entry, &mut buf)?,
@@ -403,6 +428,24 @@ impl Store for LmdbStore {
                     )?;
                     next_vote = Some(seq + 1);
                 }
+                Write::AppendFinality(txid) => {
+                    let seq = match next_log {
+                        Some(s) => s,
+                        None => match self.finality_log.last_key(&wtxn)? {
+                            Some(LogSeq(last)) => last + 1,
+                            None => 0,
+                        },
+                    };
+                    self.finality_log.put_with(
+                        &mut wtxn,
+                        PutFlags::APPEND,
+                        &LogSeq(seq),
+                        txid,
+                        &mut buf,
+                    )?;
+                    next_log = Some(seq + 1);
+                }
+                Write::PutStuck(txid) => self.stuck.put(&mut wtxn, txid, &0, &mut buf)?,
             }
         }
         wtxn.commit().map_err(backend)
@@ -420,6 +463,31 @@ impl Store for LmdbStore {
     fn get_transaction(&self, txid: &Txid) -> Result<Option<Transaction>, StoreError> {
         let rtxn = self.env.read_txn().map_err(backend)?;
         self.get_transaction_in(&rtxn, txid)
+    }
+
+    fn finality_log(&self, from: u64, max: usize) -> Result<(Vec<Txid>, u64), StoreError> {
+        let rtxn = self.env.read_txn().map_err(backend)?;
+        let head = match self.finality_log.last_key(&rtxn)? {
+            Some(LogSeq(last)) => last + 1,
+            None => 0,
+        };
+        let mut out = Vec::new();
+        // Point reads: the log is dense from 0 (append-only), so position p
+        // is key p.
+        let mut p = from;
+        while p < head && out.len() < max {
+            match self.finality_log.get(&rtxn, &LogSeq(p))? {
+                Some(t) => out.push(t),
+                None => {
+                    return Err(StoreError::Corrupt {
+                        table: TABLE_FINALITY_LOG,
+                        detail: format!("finality log has no entry {p} below its head {head}"),
+                    })
+                }
+            }
+            p += 1;
+        }
+        Ok((out, head))
     }
 }
 

@@ -60,6 +60,10 @@ pub struct WalletClient {
     pub chain_id: ChainId,
 }
 
+/// How long [`WalletClient::submit`] waits before asking a catching-up
+/// masternode again.
+const CATCH_UP_RETRY: Duration = Duration::from_millis(200);
+
 impl WalletClient {
     pub async fn connect(addr: SocketAddr, chain_id: ChainId) -> Result<Self, ClientError> {
         let stream = tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(addr))
@@ -147,6 +151,16 @@ impl WalletClient {
             match self.recv_timeout(left).await? {
                 Message::TimeProof { tx, proof } if proof.txid == txid => {
                     return Ok(Outcome::Finalized { tx, proof })
+                }
+                Message::TransactionRejected {
+                    txid: t,
+                    reason: RejectCode::CatchingUp,
+                    ..
+                } if t == txid && deadline > tokio::time::Instant::now() + CATCH_UP_RETRY => {
+                    // The masternode is catching up with its peers: nothing
+                    // was locked; ask again shortly, within the caller's wait.
+                    tokio::time::sleep(CATCH_UP_RETRY).await;
+                    self.send(&Message::SubmitTransaction(tx.clone())).await?;
                 }
                 Message::TransactionRejected {
                     txid: t,

@@ -48,12 +48,18 @@ impl Cluster {
     /// A cluster whose node.toml files get `extra` appended (e.g. another
     /// peer transport). Ports are spaced by 2 so the TCP pool fits.
     pub fn start_with(n: usize, extra: &str) -> Cluster {
+        Self::start_funded(n, extra, 4, 200)
+    }
+
+    /// [`Cluster::start_with`] with `wallets` funded wallets of
+    /// `coins_per_wallet` genesis coins of 1000 TIME each.
+    pub fn start_funded(n: usize, extra: &str, wallets: usize, coins_per_wallet: u32) -> Cluster {
         let dir = tempfile::tempdir().unwrap();
         let spec = DevnetSpec {
             nodes: n,
             base_port: free_base_port(2 * n + 1),
-            wallets: 4,
-            coins_per_wallet: 200,
+            wallets,
+            coins_per_wallet,
             port_stride: 2,
             ..Default::default()
         };
@@ -165,7 +171,7 @@ impl Cluster {
                         .ok()?;
                     c.status().await.ok()
                 });
-                if st.is_some_and(|s| s.peers_connected as usize >= up - 1) {
+                if st.is_some_and(|s| s.peers_connected as usize >= up - 1 && !s.catching_up) {
                     break;
                 }
                 assert!(

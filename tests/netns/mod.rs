@@ -18,6 +18,8 @@ use std::sync::atomic::{AtomicU32, Ordering};
 pub const PREFIX: &str = "tcmh";
 /// The nftables table holding the loss rules, in each host namespace.
 pub const LOSS_TABLE: &str = "tcmh_loss";
+/// The nftables table guarding the multicast TTL, in each host namespace.
+pub const TTL_TABLE: &str = "tcmh_ttl";
 /// The fast path's datagram header and signature: a heartbeat (no items)
 /// is this long; a datagram carrying a lock broadcast or votes is longer.
 pub const EMPTY_DATAGRAM_LEN: u32 = 18 + 64;
@@ -261,6 +263,31 @@ impl Topology {
              \t}}\n\
              }}\n"
         );
+        self.nft_script(i, &rules)
+    }
+
+    /// Counts, in host `i`'s output hook, the multicast datagrams it sends
+    /// (counter `mcast_out` of [`TTL_TABLE`]) and drops any with a TTL
+    /// other than 1 (counter `ttl_not_1`): multicast never leaves the link.
+    pub fn guard_multicast_ttl(&self, i: usize) -> Result<(), String> {
+        let m = "ip daddr 224.0.0.0/4";
+        let rules = format!(
+            "table ip {TTL_TABLE}\n\
+             delete table ip {TTL_TABLE}\n\
+             table ip {TTL_TABLE} {{\n\
+             \tcounter mcast_out {{ }}\n\
+             \tcounter ttl_not_1 {{ }}\n\
+             \tchain output {{\n\
+             \t\ttype filter hook output priority filter; policy accept;\n\
+             \t\t{m} counter name \"mcast_out\"\n\
+             \t\t{m} ip ttl != 1 counter name \"ttl_not_1\" drop\n\
+             \t}}\n\
+             }}\n"
+        );
+        self.nft_script(i, &rules)
+    }
+
+    fn nft_script(&self, i: usize, rules: &str) -> Result<(), String> {
         let mut child = self
             .command(i, "nft")
             .args(["-f", "-"])
@@ -288,9 +315,14 @@ impl Topology {
 
     /// Packets counted by the named counter of [`LOSS_TABLE`] in host `i`.
     pub fn counter(&self, i: usize, name: &str) -> Result<u64, String> {
+        self.table_counter(i, LOSS_TABLE, name)
+    }
+
+    /// Packets counted by the named counter of nftables table `table` in host `i`.
+    pub fn table_counter(&self, i: usize, table: &str, name: &str) -> Result<u64, String> {
         let out = run(self
             .command(i, "nft")
-            .args(["list", "counter", "ip", LOSS_TABLE, name]))?;
+            .args(["list", "counter", "ip", table, name]))?;
         let words: Vec<&str> = out.split_whitespace().collect();
         words
             .windows(2)

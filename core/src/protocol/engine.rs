@@ -246,6 +246,9 @@ pub struct Engine {
     round: Round,
     conflicts: Vec<ConflictRecord>,
     metrics: Metrics,
+    /// While set, this node approves nothing: it may not know payments
+    /// finalized while it was away (see the masternode's catch-up).
+    catching_up: bool,
 }
 
 impl Engine {
@@ -275,6 +278,7 @@ impl Engine {
             round: Round::default(),
             conflicts: Vec::new(),
             metrics: Metrics::default(),
+            catching_up: false,
         };
         for (op, entry) in snap.utxos {
             if let UtxoState::Locked { txid } | UtxoState::SpentPending { txid, .. } = entry.state {
@@ -309,8 +313,78 @@ impl Engine {
                 e.own_batch_signed(0, batch);
             }
         }
+        for tx in snap.stuck_transactions {
+            // Locks stay (approved_spends above); the transaction neither
+            // counts against the mempool nor asks for its proof again.
+            let txid = tx.txid();
+            e.txs.insert(
+                txid,
+                TxRecord {
+                    tx: Arc::new(tx),
+                    status: Status::Rejected,
+                    rejection: Some((
+                        RejectCode::ApprovalImpossible,
+                        "votes split: approval can no longer reach the quorum".into(),
+                    )),
+                    proof_weight: 0,
+                    last_request_ms: 0,
+                    origin: Origin::Peer,
+                    since_ms: u64::MAX / 2,
+                },
+            );
+        }
         let _ = snap.finalized; // proofs stay in the store; answers come from there
         e
+    }
+
+    /// While `on`, every transaction that would be approved is refused with
+    /// [`RejectCode::CatchingUp`] instead (not voted, not remembered).
+    pub fn set_catching_up(&mut self, on: bool) {
+        self.catching_up = on;
+    }
+
+    pub fn is_catching_up(&self) -> bool {
+        self.catching_up
+    }
+
+    /// Whether `txid` is final here: its outputs exist (they are created
+    /// only by finality, and never removed). Also true for the genesis.
+    pub fn known_final(&self, txid: &Txid) -> bool {
+        self.utxos.contains_key(&OutPoint {
+            txid: *txid,
+            vout: 0,
+        })
+    }
+
+    /// Whether `txid` is pending here (known, undecided).
+    pub fn is_pending(&self, txid: &Txid) -> bool {
+        self.txs
+            .get(txid)
+            .is_some_and(|r| r.status == Status::Pending)
+    }
+
+    /// This node's transaction `txid`, if it holds it in memory.
+    pub fn transaction(&self, txid: &Txid) -> Option<Arc<Transaction>> {
+        self.txs
+            .get(txid)
+            .map(|r| r.tx.clone())
+            .or_else(|| self.orphans.get(txid).map(|o| o.tx.clone()))
+    }
+
+    /// Signs this node's decision on `txid` again (same decision: never a
+    /// conflicting vote), so peers that lost the first copy can count it.
+    /// Returns false when there is nothing to resend.
+    pub fn revote(&mut self, txid: &Txid) -> bool {
+        match self.my_votes.get(txid) {
+            Some(&decision) if self.is_pending(txid) => {
+                self.vote_queue.push(VoteItem {
+                    txid: *txid,
+                    decision,
+                });
+                true
+            }
+            _ => false,
+        }
     }
 
     fn quorum(&self) -> u64 {
@@ -471,6 +545,9 @@ impl Engine {
                 rejecters: vec![],
             });
         }
+        if self.catching_up {
+            return self.refuse(now, txid, tx, origin, TxError::CatchingUp);
+        }
         if self.pending_count >= self.cfg.mempool_limit {
             return self.refuse(
                 now,
@@ -584,7 +661,10 @@ impl Engine {
         self.reject_event(txid, &err);
         if matches!(
             err,
-            TxError::MempoolFull(_) | TxError::BadSignature(_) | TxError::UnknownInput(_)
+            TxError::MempoolFull(_)
+                | TxError::CatchingUp
+                | TxError::BadSignature(_)
+                | TxError::UnknownInput(_)
         ) {
             // Not a verdict on the txid: overload and a missing parent belong
             // to the moment, and signatures are outside the txid (a peer can
@@ -785,6 +865,11 @@ impl Engine {
                 r.rejection = Some((reason, detail));
                 self.set_status(txid, Status::Rejected);
                 self.metrics.tx_rejected += 1;
+                if self.my_votes.get(&txid).is_some_and(|d| d.is_approve()) {
+                    // Our locks stay (our approval is out); after a restart it
+                    // must not come back as pending.
+                    self.round.writes.push(Write::PutStuck(txid));
+                }
                 self.emit(event);
             }
             Some(_) => {}
@@ -827,6 +912,12 @@ impl Engine {
             return;
         };
         if rec.status == Status::Finalized {
+            return;
+        }
+        if self.known_final(&txid) {
+            // Final before (the record was trimmed, or this node restarted):
+            // its outputs exist. Nothing to apply, log or announce again.
+            self.set_status(txid, Status::Finalized);
             return;
         }
         let tx = rec.tx.clone();
@@ -1000,7 +1091,7 @@ impl Engine {
             self.metrics.proofs_invalid += 1;
             return;
         }
-        if self.is_finalized(&txid) {
+        if self.is_finalized(&txid) || self.known_final(&txid) {
             return;
         }
         let proof = Arc::new(proof);

@@ -22,6 +22,8 @@ pub const MAX_DETAIL_BYTES: usize = 1_024;
 pub const MAX_REJECTERS: usize = 4_096;
 /// Frame cap before the handshake completes.
 pub const HANDSHAKE_FRAME_CAP: usize = 1_024;
+/// Most txids in one finality log page.
+pub const MAX_LOG_PAGE: usize = 1_024;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Role {
@@ -118,6 +120,19 @@ pub enum Message {
     FastPathSeq {
         next: u64,
     },
+    /// Masternode -> masternode: "list the transactions you finalized, from
+    /// position `from` of your finality log" (catch-up / anti-entropy).
+    FinalityLogRequest {
+        from: u64,
+    },
+    /// The answer: the txids at positions `from..from + txids.len()` of the
+    /// sender's finality log, in the order it finalized them, and the log's
+    /// length `head`. The receiver asks for the proofs it lacks.
+    FinalityLogPage {
+        from: u64,
+        head: u64,
+        txids: Vec<Txid>,
+    },
     /// Operator or devnet asks how the node is doing.
     StatusQuery,
     Status(NodeStatus),
@@ -138,6 +153,9 @@ pub struct NodeStatus {
     pub pending: u32,
     pub finalized: u64,
     pub rejected: u64,
+    /// The node approves nothing yet: it is catching up with its peers (or
+    /// cannot reach a quorum of them). Encoded as one byte, 0 or 1.
+    pub catching_up: bool,
 }
 
 mod tag {
@@ -161,6 +179,8 @@ mod tag {
     pub const REPAIR_REQUEST: u8 = 0x17;
     pub const REPAIR: u8 = 0x18;
     pub const FAST_PATH_SEQ: u8 = 0x19;
+    pub const FINALITY_LOG_REQUEST: u8 = 0x1a;
+    pub const FINALITY_LOG_PAGE: u8 = 0x1b;
     pub const STATUS_QUERY: u8 = 0x30;
     pub const STATUS: u8 = 0x31;
     pub const ERROR: u8 = 0x7f;
@@ -199,6 +219,8 @@ impl Message {
             Message::RepairRequest { .. } => "repair-request",
             Message::Repair(_) => "repair",
             Message::FastPathSeq { .. } => "fast-path-seq",
+            Message::FinalityLogRequest { .. } => "finality-log-request",
+            Message::FinalityLogPage { .. } => "finality-log-page",
             Message::StatusQuery => "status-query",
             Message::Status(_) => "status",
             Message::Error { .. } => "error",
@@ -327,6 +349,20 @@ impl Message {
                 out.push(tag::FAST_PATH_SEQ);
                 out.extend_from_slice(&next.to_le_bytes());
             }
+            Message::FinalityLogRequest { from } => {
+                out.push(tag::FINALITY_LOG_REQUEST);
+                out.extend_from_slice(&from.to_le_bytes());
+            }
+            Message::FinalityLogPage { from, head, txids } => {
+                out.push(tag::FINALITY_LOG_PAGE);
+                out.extend_from_slice(&from.to_le_bytes());
+                out.extend_from_slice(&head.to_le_bytes());
+                let n = txids.len().min(MAX_LOG_PAGE);
+                out.extend_from_slice(&(n as u32).to_le_bytes());
+                for t in &txids[..n] {
+                    out.extend_from_slice(&t.0);
+                }
+            }
             Message::StatusQuery => out.push(tag::STATUS_QUERY),
             Message::Status(st) => {
                 out.push(tag::STATUS);
@@ -336,6 +372,7 @@ impl Message {
                 out.extend_from_slice(&st.pending.to_le_bytes());
                 out.extend_from_slice(&st.finalized.to_le_bytes());
                 out.extend_from_slice(&st.rejected.to_le_bytes());
+                out.push(st.catching_up as u8);
             }
             Message::Error { code, detail } => {
                 out.push(tag::ERROR);
@@ -452,6 +489,17 @@ impl Message {
                     .to_vec(),
             ),
             tag::FAST_PATH_SEQ => Message::FastPathSeq { next: r.u64()? },
+            tag::FINALITY_LOG_REQUEST => Message::FinalityLogRequest { from: r.u64()? },
+            tag::FINALITY_LOG_PAGE => {
+                let from = r.u64()?;
+                let head = r.u64()?;
+                let n = r.count("finality log txids", MAX_LOG_PAGE, 32)?;
+                let mut txids = Vec::with_capacity(n);
+                for _ in 0..n {
+                    txids.push(Txid(r.array()?));
+                }
+                Message::FinalityLogPage { from, head, txids }
+            }
             tag::STATUS_QUERY => Message::StatusQuery,
             tag::STATUS => Message::Status(NodeStatus {
                 public_key: PublicKey(r.array()?),
@@ -460,6 +508,16 @@ impl Message {
                 pending: r.u32()?,
                 finalized: r.u64()?,
                 rejected: r.u64()?,
+                catching_up: match r.u8()? {
+                    0 => false,
+                    1 => true,
+                    tag => {
+                        return Err(DecodeError::UnknownTag {
+                            what: "catching-up flag",
+                            tag,
+                        })
+                    }
+                },
             }),
             tag::ERROR => Message::Error {
                 code: r.u16()?,

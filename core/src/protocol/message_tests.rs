@@ -102,7 +102,14 @@ pub(crate) fn samples() -> Vec<Message> {
             pending: 1,
             finalized: 2,
             rejected: 3,
+            catching_up: true,
         }),
+        Message::FinalityLogRequest { from: 9 },
+        Message::FinalityLogPage {
+            from: 9,
+            head: 12,
+            txids: vec![Txid([0x44; 32]), Txid([0x45; 32])],
+        },
         Message::Error {
             code: 1,
             detail: "bye".into(),
@@ -145,7 +152,7 @@ fn golden_wire_bytes() {
     assert_eq!(hex::encode(&hello[..8]), "0109000000010001");
 }
 
-const GOLDEN: &str = "4ea1bf5206c72cc8319f035904e377f67b7138210fb40e759d3b5b5a07e4e772";
+const GOLDEN: &str = "0215c4674acb7f6bfac635ed877f66ae902521cfdf4561745df9496dc1f993ac";
 
 #[test]
 fn handshake_binds_nonce_and_key() {

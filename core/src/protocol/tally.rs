@@ -235,6 +235,24 @@ impl VoteAggregator {
         self.finished.insert(txid, now);
     }
 
+    /// Like [`VoteAggregator::expire`], but never forgets an open tally that
+    /// holds a vote of `voter` (this node): a transaction this node voted on
+    /// stays pending here until it is decided, and so does its tally. Tallies
+    /// for transactions it never voted on (unknown txids, floods) expire.
+    pub fn expire_unvoted(
+        &mut self,
+        now: u64,
+        max_age_ms: u64,
+        done_age_ms: u64,
+        voter: &PublicKey,
+    ) {
+        self.tallies.retain(|_, t| {
+            now.saturating_sub(t.first_vote_ms) < max_age_ms || t.voters.contains_key(voter)
+        });
+        self.finished
+            .retain(|_, at| now.saturating_sub(*at) < done_age_ms);
+    }
+
     /// Forgets open tallies older than `max_age_ms` for which `keep` is
     /// false, and finished records older than `done_age_ms`.
     pub fn expire(

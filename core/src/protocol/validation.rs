@@ -32,6 +32,9 @@ pub enum RejectCode {
     ConflictFinalized,
     ApprovalImpossible,
     Expired,
+    /// The masternode is catching up on payments finalized while it was
+    /// away; retry shortly or send to another masternode.
+    CatchingUp,
     /// A code this build does not know (sent by a newer peer).
     Other(u16),
 }
@@ -60,6 +63,7 @@ impl RejectCode {
             ConflictFinalized => 18,
             ApprovalImpossible => 19,
             Expired => 20,
+            CatchingUp => 21,
             Other(c) => c,
         }
     }
@@ -87,6 +91,7 @@ impl RejectCode {
             18 => ConflictFinalized,
             19 => ApprovalImpossible,
             20 => Expired,
+            21 => CatchingUp,
             c => Other(c),
         }
     }
@@ -114,6 +119,7 @@ impl RejectCode {
             ConflictFinalized => "a conflicting transaction is final",
             ApprovalImpossible => "masternodes rejected it: approval can no longer reach quorum",
             Expired => "no decision before the lock timeout",
+            CatchingUp => "masternode is catching up with the network; retry shortly",
             Other(_) => "unknown reason",
         }
     }
@@ -159,6 +165,8 @@ pub enum TxError {
     MempoolFull(usize),
     #[error("conflicting transaction {0} is final")]
     ConflictFinalized(Txid),
+    #[error("catching up on payments finalized while this masternode was away; retry shortly")]
+    CatchingUp,
 }
 
 impl TxError {
@@ -181,6 +189,7 @@ impl TxError {
             AmountOverflow => RejectCode::AmountOverflow,
             MempoolFull(_) => RejectCode::MempoolFull,
             ConflictFinalized(_) => RejectCode::ConflictFinalized,
+            CatchingUp => RejectCode::CatchingUp,
         }
     }
 }

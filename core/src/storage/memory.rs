@@ -16,6 +16,8 @@ pub struct MemoryStore {
     txs: HashMap<Txid, Transaction>,
     proofs: HashMap<Txid, TimeProof>,
     votes: Vec<VoteBatch>,
+    finality_log: Vec<Txid>,
+    stuck: std::collections::HashSet<Txid>,
 }
 
 impl MemoryStore {
@@ -42,11 +44,17 @@ impl Store for MemoryStore {
 
     fn load(&self) -> Result<Snapshot, StoreError> {
         let mut pending = Vec::new();
+        let mut stuck = Vec::new();
+        let mut seen = std::collections::HashSet::new();
         for e in self.utxos.values() {
             if let UtxoState::Locked { txid } | UtxoState::SpentPending { txid, .. } = e.state {
                 if let Some(tx) = self.txs.get(&txid) {
-                    if !pending.iter().any(|t: &Transaction| t.txid() == txid) {
-                        pending.push(tx.clone());
+                    if seen.insert(txid) {
+                        if self.stuck.contains(&txid) {
+                            stuck.push(tx.clone());
+                        } else {
+                            pending.push(tx.clone());
+                        }
                     }
                 }
             }
@@ -54,6 +62,8 @@ impl Store for MemoryStore {
         Ok(Snapshot {
             utxos: self.utxos.iter().map(|(k, v)| (*k, *v)).collect(),
             pending_transactions: pending,
+            stuck_transactions: stuck,
+            finality_log_len: self.finality_log.len() as u64,
             finalized: self.proofs.keys().copied().collect(),
             own_votes: self.votes.clone(),
         })
@@ -72,6 +82,10 @@ impl Store for MemoryStore {
                     self.proofs.insert(p.txid, p.clone());
                 }
                 Write::AppendOwnVotes(b) => self.votes.push(b.clone()),
+                Write::AppendFinality(t) => self.finality_log.push(*t),
+                Write::PutStuck(t) => {
+                    self.stuck.insert(*t);
+                }
             }
         }
         Ok(())
@@ -83,5 +97,12 @@ impl Store for MemoryStore {
 
     fn get_transaction(&self, txid: &Txid) -> Result<Option<Transaction>, StoreError> {
         Ok(self.txs.get(txid).cloned())
+    }
+
+    fn finality_log(&self, from: u64, max: usize) -> Result<(Vec<Txid>, u64), StoreError> {
+        let len = self.finality_log.len();
+        let start = usize::try_from(from).unwrap_or(usize::MAX).min(len);
+        let end = start.saturating_add(max).min(len);
+        Ok((self.finality_log[start..end].to_vec(), len as u64))
     }
 }

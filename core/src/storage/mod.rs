@@ -22,14 +22,26 @@ pub enum Write {
     PutProof(TimeProof),
     /// A batch of this node's own signed votes: the vote log.
     AppendOwnVotes(VoteBatch),
+    /// A transaction this node finalized (its proof is stored in the same
+    /// round): appended to the finality log peers catch up from.
+    AppendFinality(Txid),
+    /// A transaction this node approved that can no longer reach the quorum
+    /// (its votes split): its locks stay, but after a restart it is not
+    /// loaded as pending and does not count against the mempool limit.
+    PutStuck(Txid),
 }
 
 /// What a node needs in memory at start.
 #[derive(Clone, Debug, Default)]
 pub struct Snapshot {
     pub utxos: Vec<(OutPoint, UtxoEntry)>,
-    /// Transactions that are not yet final (their inputs are Locked/SpentPending).
+    /// Transactions that are not yet final (their inputs are Locked/SpentPending),
+    /// except the stuck ones.
     pub pending_transactions: Vec<Transaction>,
+    /// Transactions holding locks that can no longer reach the quorum.
+    pub stuck_transactions: Vec<Transaction>,
+    /// Length of the finality log.
+    pub finality_log_len: u64,
     /// Txids with a stored TimeProof.
     pub finalized: Vec<Txid>,
     /// Every vote batch this node signed, oldest first.
@@ -67,4 +79,7 @@ pub trait Store: Send {
     fn apply(&mut self, writes: &[Write]) -> Result<(), StoreError>;
     fn get_proof(&self, txid: &Txid) -> Result<Option<TimeProof>, StoreError>;
     fn get_transaction(&self, txid: &Txid) -> Result<Option<Transaction>, StoreError>;
+    /// Up to `max` txids of the finality log from position `from`, and the
+    /// log's length.
+    fn finality_log(&self, from: u64, max: usize) -> Result<(Vec<Txid>, u64), StoreError>;
 }

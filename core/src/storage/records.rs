@@ -205,6 +205,23 @@ impl TableKey for VoteSeq {
     }
 }
 
+/// Position in the finality log (big-endian, so LMDB keeps the log in order).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct LogSeq(pub u64);
+
+impl TableKey for LogSeq {
+    type Bytes = [u8; 8];
+    fn to_key(&self) -> [u8; 8] {
+        self.0.to_be_bytes()
+    }
+    fn from_key(bytes: &[u8]) -> Result<Self, RecordError> {
+        Ok(LogSeq(u64::from_be_bytes(fixed_key(
+            "finality log sequence",
+            bytes,
+        )?)))
+    }
+}
+
 // ---- values ----
 
 impl TableValue for u32 {
@@ -225,6 +242,16 @@ const STATE_CONFIRMED: u8 = 4;
 
 /// Largest `utxos` value (Confirmed / SpentPending).
 pub const UTXO_RECORD_MAX_LEN: usize = TxOutput::ENCODED_LEN + 1 + 32 + 8;
+
+impl TableValue for Txid {
+    fn encode_value(&self, out: &mut Vec<u8>) -> Result<(), RecordError> {
+        out.extend_from_slice(&self.0);
+        Ok(())
+    }
+    fn decode_value(bytes: &[u8]) -> Result<Self, RecordError> {
+        decode_all(bytes, |r| Ok(Txid(r.array()?)))
+    }
+}
 
 impl TableValue for UtxoEntry {
     fn encode_value(&self, out: &mut Vec<u8>) -> Result<(), RecordError> {
@@ -388,6 +415,8 @@ mod tests {
         assert_eq!(hex::encode(op.to_key()), format!("{TXID_11}00000102"));
         assert_eq!(hex::encode(Txid([0x11; 32]).to_key()), TXID_11);
         assert_eq!(hex::encode(VoteSeq(0x0102).to_key()), "0000000000000102");
+        assert_eq!(hex::encode(LogSeq(0x0102).to_key()), "0000000000000102");
+        assert_eq!(hex_of(&Txid([0x11; 32])), TXID_11);
         assert_eq!(MetaKey::FormatVersion.to_key(), b"format_version");
         assert_eq!(MetaKey::ChainId.to_key(), b"chain_id");
         assert_eq!(hex_of(&FORMAT_VERSION), "01000000");

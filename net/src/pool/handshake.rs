@@ -3,7 +3,7 @@
 //! Both sides send a `Hello` (key, fresh 32-byte nonce, pool epoch) at once,
 //! then a signature over
 //! `"TIMECOIN/pool-handshake/v1" || peer_nonce || own_pubkey`, checked with
-//! [`time_core::sig::verify`] (ZIP 215), and finally a one-byte confirmation. The dialer requires the key it dialed; the acceptor
+//! [`timecoin_core::sig::verify`] (ZIP 215), and finally a one-byte confirmation. The dialer requires the key it dialed; the acceptor
 //! requires a key in its peer table. Frames stay capped at the size of a hello
 //! until the peer is authenticated.
 //!
@@ -116,7 +116,7 @@ where
         }
         _ => {}
     }
-    if !time_core::sig::is_point(&theirs.key) {
+    if !timecoin_core::sig::is_point(&theirs.key) {
         return Err(HandshakeError::BadSignature);
     }
 
@@ -127,7 +127,7 @@ where
     let their_sig: [u8; 64] = their_sig.try_into().map_err(|_| DecodeError::Invalid {
         what: "handshake signature length",
     })?;
-    if !time_core::sig::verify(&theirs.key, &transcript(&nonce, &theirs.key), &their_sig) {
+    if !timecoin_core::sig::verify(&theirs.key, &transcript(&nonce, &theirs.key), &their_sig) {
         return Err(HandshakeError::BadSignature);
     }
 

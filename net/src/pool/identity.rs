@@ -48,9 +48,9 @@ pub fn peer_id_from_secret(secret: &[u8; 32]) -> PeerId {
 }
 
 /// Whether `id` can name a peer: a curve point not of small order (anyone can
-/// forge signatures for a small-order key, see [`time_core::sig`]).
+/// forge signatures for a small-order key, see [`timecoin_core::sig`]).
 pub(crate) fn is_usable_peer_key(id: &PeerId) -> bool {
-    time_core::sig::is_point(id) && !time_core::sig::is_small_order(id)
+    timecoin_core::sig::is_point(id) && !timecoin_core::sig::is_small_order(id)
 }
 
 /// This masternode's key.

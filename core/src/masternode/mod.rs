@@ -1,0 +1,478 @@
+//! The masternode state machine: everything a masternode decides, with no
+//! sockets, threads, clock or database inside. The node runtime, the
+//! simulator and the in-process tests all drive this one type.
+//!
+//! It owns the [`Engine`] (first-seen locking, voting, tallying, finality),
+//! the re-announcement schedule ([`reannounce`]), catch-up from the peers'
+//! finality logs ([`catchup`]), the answers to peers' proof and log requests,
+//! and the approval gate that keeps a stale node from locking coins.
+//!
+//! Driving it (the contract, as in quinn-proto's `Connection`):
+//! - feed inputs with `handle_*(now, ..)`: wallet transactions, peer
+//!   messages, tally outcomes from the vote threads, peers coming up and
+//!   going down, and [`Masternode::handle_timeout`] at
+//!   [`Masternode::poll_timeout`];
+//! - then call [`Masternode::end_round`]: apply its `writes` durably (one
+//!   transaction) *before* sending its `transmits`, then hand its `events`
+//!   to wallets. That order is what makes a vote durable before it leaves.
+//!
+//! Reads of durable state (proofs, transactions, the finality log) come
+//! through the [`Store`] trait passed to the calls that need them.
+
+pub mod catchup;
+pub mod reannounce;
+
+use std::sync::Arc;
+
+use ed25519_dalek::SigningKey;
+
+use crate::protocol::engine::{Engine, EngineConfig, Event, Metrics, Origin, Output};
+use crate::protocol::message::{Message, MAX_LOG_PAGE};
+use crate::protocol::registry::Registry;
+use crate::protocol::tally::{TallyEvent, VerifiedBatch};
+use crate::protocol::types::{PublicKey, Transaction, Txid};
+use crate::protocol::validation::RejectCode;
+use crate::storage::{Snapshot, Store, StoreError, Write};
+
+pub use catchup::{CatchUp, CatchUpConfig, CatchUpStats};
+pub use reannounce::{Reannounce, ReannounceConfig};
+
+#[derive(Clone, Debug)]
+pub struct MasternodeConfig {
+    pub engine: EngineConfig,
+    pub catchup: CatchUpConfig,
+    pub reannounce: ReannounceConfig,
+    /// Engine housekeeping interval.
+    pub tick_ms: u64,
+    /// Most proof requests broadcast to all peers per second (stalled
+    /// transactions, missing parents); more are dropped and counted.
+    pub max_proof_broadcasts_per_s: u32,
+}
+
+impl MasternodeConfig {
+    pub fn new(engine: EngineConfig) -> Self {
+        MasternodeConfig {
+            engine,
+            catchup: CatchUpConfig::default(),
+            reannounce: ReannounceConfig::default(),
+            tick_ms: 100,
+            max_proof_broadcasts_per_s: 1_000,
+        }
+    }
+}
+
+/// Where a message goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Dest {
+    AllPeers,
+    Peer(PublicKey),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Transmit {
+    pub dest: Dest,
+    pub msg: Message,
+}
+
+/// What a round produced. Apply `writes` durably, then send `transmits`,
+/// then deliver `events`.
+#[derive(Debug, Default)]
+pub struct Round {
+    pub writes: Vec<Write>,
+    pub transmits: Vec<Transmit>,
+    pub events: Vec<Event>,
+}
+
+impl Round {
+    pub fn is_empty(&self) -> bool {
+        self.writes.is_empty() && self.transmits.is_empty() && self.events.is_empty()
+    }
+}
+
+/// Counters of the layer around the engine.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MasternodeStats {
+    pub reannounced: u64,
+    pub proofs_served: u64,
+    pub log_pages_served: u64,
+    pub proof_broadcasts_dropped: u64,
+    pub wallet_resubmissions: u64,
+    pub catchup: CatchUpStats,
+}
+
+pub struct Masternode {
+    cfg: MasternodeConfig,
+    engine: Engine,
+    catchup: CatchUp,
+    reannounce: Reannounce,
+    transmits: Vec<Transmit>,
+    last_tick: Option<u64>,
+    /// Proof broadcasts in the current second: (second, count).
+    proof_budget: (u64, u32),
+    my_weight: u64,
+    stats: MasternodeStats,
+}
+
+impl Masternode {
+    /// Builds the masternode from durable state. Transactions still pending
+    /// are re-announced at once (their first broadcast may never have left).
+    pub fn new(
+        cfg: MasternodeConfig,
+        key: SigningKey,
+        registry: Registry,
+        snap: Snapshot,
+        now: u64,
+    ) -> Self {
+        let me = PublicKey::from_signing(&key);
+        let pending: Vec<Txid> = snap.pending_transactions.iter().map(|t| t.txid()).collect();
+        let peers: Vec<PublicKey> = registry
+            .masternodes()
+            .iter()
+            .map(|m| m.key)
+            .filter(|k| *k != me)
+            .collect();
+        let my_weight = registry.weight_of(&me).unwrap_or(0);
+        let engine = Engine::new(cfg.engine.clone(), key, registry, snap);
+        let mut reannounce = Reannounce::new(cfg.reannounce.clone());
+        for txid in pending {
+            if engine.my_vote(&txid).is_some_and(|d| d.is_approve()) {
+                reannounce.approved(now.saturating_sub(cfg.reannounce.first_ms), txid);
+            }
+        }
+        let catchup = CatchUp::new(cfg.catchup.clone(), peers);
+        let mut m = Masternode {
+            cfg,
+            engine,
+            catchup,
+            reannounce,
+            transmits: Vec::new(),
+            last_tick: None,
+            proof_budget: (0, 0),
+            my_weight,
+            stats: MasternodeStats::default(),
+        };
+        m.update_gate(now);
+        m
+    }
+
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    pub fn public_key(&self) -> PublicKey {
+        self.engine.public_key()
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        self.engine.metrics()
+    }
+
+    pub fn stats(&self) -> MasternodeStats {
+        let mut s = self.stats.clone();
+        s.reannounced = self.reannounce.reannounced;
+        s.catchup = self.catchup.stats().clone();
+        s
+    }
+
+    /// True while this node approves nothing (catching up, or too few
+    /// masternodes reachable to finalize anything).
+    pub fn is_catching_up(&self) -> bool {
+        self.engine.is_catching_up()
+    }
+
+    /// Transactions this node approved and still re-announces.
+    pub fn awaiting(&self) -> usize {
+        self.reannounce.len()
+    }
+
+    pub fn peers_connected(&self) -> usize {
+        self.catchup.connected().count()
+    }
+
+    /// A transaction from a wallet. When the transaction is already known
+    /// here, the answer comes back at once (its proof, its rejection, or
+    /// "accepted" for a pending one, which is also broadcast again); else the
+    /// outcome comes as an [`Event`].
+    pub fn handle_wallet_transaction(
+        &mut self,
+        now: u64,
+        tx: Transaction,
+        prechecked: bool,
+        store: &dyn Store,
+    ) -> Result<Option<Message>, StoreError> {
+        let txid = tx.txid();
+        if !self.engine.knows(&txid) && !self.engine.known_final(&txid) {
+            self.engine
+                .handle_transaction(now, tx, Origin::Wallet, prechecked);
+            return Ok(None);
+        }
+        if let (Some(tx), Some(proof)) = (store.get_transaction(&txid)?, store.get_proof(&txid)?) {
+            return Ok(Some(Message::TimeProof { tx, proof }));
+        }
+        if let Some((reason, detail)) = self.engine.rejection(&txid) {
+            return Ok(Some(Message::TransactionRejected {
+                txid,
+                reason,
+                detail,
+                rejecters: vec![],
+            }));
+        }
+        // Pending: the first broadcast may have been lost (or this node
+        // crashed before sending it). Send it again, with our vote.
+        self.stats.wallet_resubmissions += 1;
+        self.announce(&txid, Some(tx));
+        Ok(Some(Message::TransactionAccepted(txid)))
+    }
+
+    /// A lock broadcast from a peer whose signatures the caller may have
+    /// checked already (`prechecked`).
+    pub fn handle_peer_transaction(&mut self, now: u64, tx: Transaction, prechecked: bool) {
+        self.engine
+            .handle_transaction(now, tx, Origin::Peer, prechecked);
+    }
+
+    /// A message from an authenticated peer masternode. Messages that belong
+    /// to a transport (fast-path repair, pings) are ignored here.
+    pub fn handle_peer_message(
+        &mut self,
+        now: u64,
+        from: PublicKey,
+        msg: Message,
+        store: &dyn Store,
+    ) -> Result<(), StoreError> {
+        match msg {
+            Message::TransactionBroadcast(tx) => self.handle_peer_transaction(now, tx, false),
+            Message::VoteBatch(b) => self.engine.handle_votes(now, b),
+            Message::TimeProof { tx, proof } => self.handle_proof(now, tx, proof),
+            Message::ProofRequest(txid) => {
+                if let (Some(tx), Some(proof)) =
+                    (store.get_transaction(&txid)?, store.get_proof(&txid)?)
+                {
+                    self.stats.proofs_served += 1;
+                    self.transmits.push(Transmit {
+                        dest: Dest::Peer(from),
+                        msg: Message::TimeProof { tx, proof },
+                    });
+                }
+            }
+            Message::FinalityLogRequest { from: pos } => {
+                let (txids, head) = store.finality_log(pos, MAX_LOG_PAGE)?;
+                self.stats.log_pages_served += 1;
+                self.transmits.push(Transmit {
+                    dest: Dest::Peer(from),
+                    msg: Message::FinalityLogPage {
+                        from: pos,
+                        head,
+                        txids,
+                    },
+                });
+            }
+            Message::FinalityLogPage {
+                from: pos,
+                head,
+                txids,
+            } => {
+                let engine = &self.engine;
+                let mut out = Vec::new();
+                self.catchup.on_page(
+                    now,
+                    from,
+                    pos,
+                    head,
+                    &txids,
+                    |t| engine.known_final(t),
+                    &mut out,
+                );
+                self.push_to_peers(out);
+                self.update_gate(now);
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// A TimeProof with its transaction, from any peer.
+    pub fn handle_proof(
+        &mut self,
+        now: u64,
+        tx: Transaction,
+        proof: crate::protocol::timeproof::TimeProof,
+    ) {
+        let txid = tx.txid();
+        self.engine.handle_proof(now, tx, proof);
+        if self.engine.known_final(&txid) || self.engine.is_finalized(&txid) {
+            self.catchup.resolved(&txid);
+        }
+    }
+
+    /// A peer's vote batch whose signature the caller verified.
+    pub fn handle_verified_votes(&mut self, now: u64, vb: Arc<VerifiedBatch>) {
+        self.engine.handle_verified_votes(now, vb);
+    }
+
+    /// Outcomes of the vote threads' tallies.
+    pub fn handle_tally_events(&mut self, now: u64, events: Vec<TallyEvent>) {
+        self.engine.handle_tally_events(now, events);
+    }
+
+    /// A connection to `peer` came up: catch up from its finality log.
+    pub fn handle_peer_up(&mut self, now: u64, peer: PublicKey) {
+        self.catchup.connected_peer(now, peer);
+        self.update_gate(now);
+        self.poll_catchup(now);
+    }
+
+    pub fn handle_peer_down(&mut self, now: u64, peer: &PublicKey) {
+        self.catchup.disconnected_peer(peer);
+        self.update_gate(now);
+    }
+
+    /// When [`Masternode::handle_timeout`] wants to run next.
+    pub fn poll_timeout(&self) -> u64 {
+        self.last_tick.map_or(0, |t| t + self.cfg.tick_ms)
+    }
+
+    /// Timers: engine housekeeping, re-announcements, catch-up polls.
+    pub fn handle_timeout(&mut self, now: u64, store: &dyn Store) -> Result<(), StoreError> {
+        if self.last_tick.is_some_and(|t| now < t + self.cfg.tick_ms) {
+            return Ok(());
+        }
+        self.last_tick = Some(now);
+        self.engine.tick(now);
+        for txid in self.reannounce.due(now) {
+            if self.engine.known_final(&txid) {
+                self.reannounce.settled(&txid);
+                continue;
+            }
+            let tx = match self.engine.transaction(&txid) {
+                Some(tx) => Some((*tx).clone()),
+                None => store.get_transaction(&txid)?,
+            };
+            self.announce(&txid, tx);
+        }
+        self.poll_catchup(now);
+        self.update_gate(now);
+        Ok(())
+    }
+
+    fn poll_catchup(&mut self, now: u64) {
+        let engine = &self.engine;
+        let mut out = Vec::new();
+        self.catchup.poll(now, |t| engine.known_final(t), &mut out);
+        self.push_to_peers(out);
+    }
+
+    fn push_to_peers(&mut self, out: Vec<(PublicKey, Message)>) {
+        self.transmits
+            .extend(out.into_iter().map(|(p, msg)| Transmit {
+                dest: Dest::Peer(p),
+                msg,
+            }));
+    }
+
+    /// Lock broadcast, our vote again, and a proof request, for `txid`.
+    fn announce(&mut self, txid: &Txid, tx: Option<Transaction>) {
+        if let Some(tx) = tx {
+            self.transmits.push(Transmit {
+                dest: Dest::AllPeers,
+                msg: Message::TransactionBroadcast(tx),
+            });
+        }
+        self.engine.revote(txid);
+        self.transmits.push(Transmit {
+            dest: Dest::AllPeers,
+            msg: Message::ProofRequest(*txid),
+        });
+    }
+
+    fn update_gate(&mut self, now: u64) {
+        let registry = self.engine.registry();
+        let _ = now;
+        let caught_up = self
+            .catchup
+            .caught_up(self.my_weight, registry.quorum(), |k| {
+                registry.weight_of(k).unwrap_or(0)
+            });
+        self.engine.set_catching_up(!caught_up);
+    }
+
+    fn proof_broadcast_allowed(&mut self, now: u64) -> bool {
+        let second = now / 1_000;
+        if self.proof_budget.0 != second {
+            self.proof_budget = (second, 0);
+        }
+        if self.proof_budget.1 >= self.cfg.max_proof_broadcasts_per_s {
+            self.stats.proof_broadcasts_dropped += 1;
+            return false;
+        }
+        self.proof_budget.1 += 1;
+        true
+    }
+
+    /// Ends the round: apply `writes` durably, then send `transmits`.
+    pub fn end_round(&mut self, now: u64) -> Round {
+        let r = self.engine.end_round(now);
+        let mut round = Round {
+            writes: r.writes,
+            transmits: std::mem::take(&mut self.transmits),
+            events: Vec::new(),
+        };
+        for w in &round.writes {
+            if let Write::AppendOwnVotes(b) = w {
+                for i in b.items.iter().filter(|i| i.decision.is_approve()) {
+                    if self.engine.is_pending(&i.txid) {
+                        self.reannounce.approved(now, i.txid);
+                    }
+                }
+            }
+        }
+        let mut log = Vec::new();
+        for out in r.outputs {
+            match out {
+                Output::BroadcastTransaction(tx) => round.transmits.push(Transmit {
+                    dest: Dest::AllPeers,
+                    msg: Message::TransactionBroadcast((*tx).clone()),
+                }),
+                Output::BroadcastVotes(b) => round.transmits.push(Transmit {
+                    dest: Dest::AllPeers,
+                    msg: Message::VoteBatch((*b).clone()),
+                }),
+                Output::RequestProof(txid) => {
+                    if self.proof_broadcast_allowed(now) {
+                        round.transmits.push(Transmit {
+                            dest: Dest::AllPeers,
+                            msg: Message::ProofRequest(txid),
+                        });
+                    }
+                }
+                Output::Event(ev) => {
+                    match &ev {
+                        Event::Finalized { txid, .. } => {
+                            log.push(*txid);
+                            self.reannounce.settled(txid);
+                            self.catchup.resolved(txid);
+                        }
+                        Event::Rejected { txid, reason, .. } => {
+                            if *reason == RejectCode::ConflictFinalized {
+                                self.reannounce.settled(txid);
+                            } else if self.reannounce.contains(txid) {
+                                self.reannounce.stuck(now, txid);
+                            }
+                        }
+                        _ => {}
+                    }
+                    round.events.push(ev);
+                }
+            }
+        }
+        // In the same transaction as the proofs: the log never lists a
+        // transaction whose proof is not stored.
+        round
+            .writes
+            .extend(log.into_iter().map(Write::AppendFinality));
+        round
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,434 @@
+//! The masternode state machine with N in-process nodes over a lossy,
+//! controllable network: catch-up after being cut off, the approval gate,
+//! re-announcement after lost broadcasts and votes, and stuck transactions
+//! across a restart.
+
+use std::collections::VecDeque;
+
+use ed25519_dalek::SigningKey;
+
+use super::*;
+use crate::protocol::registry::Tier;
+use crate::protocol::types::{OutPoint, TxOutput, COIN};
+use crate::protocol::utxo::UtxoState;
+use crate::storage::{Genesis, MemoryStore, Store};
+use crate::testkit::{self, address_of, genesis_outpoint};
+
+struct Net {
+    genesis: Genesis,
+    keys: Vec<SigningKey>,
+    nodes: Vec<Option<Masternode>>,
+    stores: Vec<MemoryStore>,
+    /// `cut[i]`: node i hears nothing and nobody hears it.
+    cut: Vec<bool>,
+    /// Drop every message of this kind while set.
+    drop_broadcasts: bool,
+    inbox: VecDeque<(usize, usize, Message)>,
+    events: Vec<Vec<Event>>,
+    now: u64,
+}
+
+fn cfg() -> MasternodeConfig {
+    MasternodeConfig::new(EngineConfig::new(7))
+}
+
+impl Net {
+    fn new(n: usize) -> Self {
+        let keys: Vec<_> = (0..n as u64)
+            .map(|i| testkit::key_from_seed("mn", i))
+            .collect();
+        let genesis = testkit::genesis(7, &keys, Tier::Bronze, &[wallet()], 64, 10 * COIN);
+        let mut stores = vec![MemoryStore::new(); n];
+        for s in &mut stores {
+            s.init(&genesis).unwrap();
+        }
+        let mut net = Net {
+            nodes: (0..n).map(|_| None).collect(),
+            genesis,
+            keys,
+            stores,
+            cut: vec![false; n],
+            drop_broadcasts: false,
+            inbox: VecDeque::new(),
+            events: vec![Vec::new(); n],
+            now: 1_000,
+        };
+        for i in 0..n {
+            net.start(i);
+        }
+        net.links();
+        net
+    }
+
+    fn pk(&self, i: usize) -> PublicKey {
+        PublicKey::from_signing(&self.keys[i])
+    }
+
+    fn start(&mut self, i: usize) {
+        let snap = self.stores[i].load().unwrap();
+        self.nodes[i] = Some(Masternode::new(
+            cfg(),
+            self.keys[i].clone(),
+            self.genesis.registry.clone(),
+            snap,
+            self.now,
+        ));
+    }
+
+    /// Tells every node which links are up (both ends up and not cut).
+    fn links(&mut self) {
+        let n = self.nodes.len();
+        for i in 0..n {
+            for j in 0..n {
+                if i == j {
+                    continue;
+                }
+                let up = self.nodes[j].is_some() && !self.cut[i] && !self.cut[j];
+                let pk = self.pk(j);
+                let now = self.now;
+                if let Some(m) = self.nodes[i].as_mut() {
+                    match (up, m.catchup.is_connected(&pk)) {
+                        (true, false) => m.handle_peer_up(now, pk),
+                        (false, true) => m.handle_peer_down(now, &pk),
+                        _ => {}
+                    }
+                }
+            }
+        }
+    }
+
+    fn flush(&mut self, i: usize) {
+        let Some(m) = self.nodes[i].as_mut() else {
+            return;
+        };
+        let round = m.end_round(self.now);
+        self.stores[i].apply(&round.writes).unwrap();
+        for t in round.transmits {
+            if self.cut[i] {
+                continue;
+            }
+            if self.drop_broadcasts && matches!(t.msg, Message::TransactionBroadcast(_)) {
+                continue;
+            }
+            let dests: Vec<usize> = match t.dest {
+                Dest::AllPeers => (0..self.nodes.len()).filter(|j| *j != i).collect(),
+                Dest::Peer(p) => (0..self.nodes.len()).filter(|j| self.pk(*j) == p).collect(),
+            };
+            for j in dests {
+                if !self.cut[j] {
+                    self.inbox.push_back((i, j, t.msg.clone()));
+                }
+            }
+        }
+        self.events[i].extend(round.events);
+    }
+
+    fn deliver_all(&mut self) {
+        for i in 0..self.nodes.len() {
+            self.flush(i);
+        }
+        let mut steps = 0;
+        while let Some((from, to, msg)) = self.inbox.pop_front() {
+            steps += 1;
+            assert!(steps < 1_000_000, "message storm");
+            let from_pk = self.pk(from);
+            let now = self.now;
+            let Some(m) = self.nodes[to].as_mut() else {
+                continue;
+            };
+            m.handle_peer_message(now, from_pk, msg, &self.stores[to])
+                .unwrap();
+            self.flush(to);
+        }
+    }
+
+    /// Advances the clock by `ms` in ticks, delivering everything each tick.
+    fn run_for(&mut self, ms: u64) {
+        let end = self.now + ms;
+        while self.now < end {
+            self.now += 100;
+            for i in 0..self.nodes.len() {
+                let now = self.now;
+                if let Some(m) = self.nodes[i].as_mut() {
+                    m.handle_timeout(now, &self.stores[i]).unwrap();
+                }
+            }
+            self.deliver_all();
+        }
+    }
+
+    fn submit(&mut self, i: usize, tx: Transaction) -> Option<Message> {
+        let now = self.now;
+        let m = self.nodes[i].as_mut().unwrap();
+        let answer = m
+            .handle_wallet_transaction(now, tx, false, &self.stores[i])
+            .unwrap();
+        self.deliver_all();
+        answer
+    }
+
+    fn is_final(&self, i: usize, txid: &Txid) -> bool {
+        self.nodes[i]
+            .as_ref()
+            .is_some_and(|m| m.engine().known_final(txid))
+            && self.stores[i]
+                .get_proof(txid)
+                .unwrap()
+                .is_some_and(|p| p.verify(7, &self.genesis.registry).is_ok())
+    }
+
+    fn rejected(&self, i: usize, txid: &Txid) -> Option<RejectCode> {
+        self.events[i].iter().find_map(|e| match e {
+            Event::Rejected {
+                txid: t, reason, ..
+            } if t == txid => Some(*reason),
+            _ => None,
+        })
+    }
+}
+
+fn wallet() -> SigningKey {
+    testkit::key_from_seed("wallet", 0)
+}
+
+fn pay(coin: u32, amount: u64) -> Transaction {
+    let w = wallet();
+    Transaction::build_signed(
+        7,
+        &w,
+        &[genesis_outpoint(0, coin)],
+        vec![
+            TxOutput {
+                amount,
+                address: address_of(&testkit::key_from_seed("payee", 0)),
+            },
+            TxOutput {
+                amount: 10 * COIN - amount - COIN / 100,
+                address: address_of(&w),
+            },
+        ],
+    )
+}
+
+#[test]
+fn payments_finalize_everywhere() {
+    let mut net = Net::new(4);
+    net.run_for(300);
+    let tx = pay(0, COIN);
+    let txid = tx.txid();
+    net.submit(0, tx);
+    net.run_for(200);
+    for i in 0..4 {
+        assert!(net.is_final(i, &txid), "node {i}");
+    }
+}
+
+#[test]
+fn a_node_cut_off_learns_every_payment_final_meanwhile() {
+    let mut net = Net::new(4);
+    net.run_for(300);
+    net.cut[3] = true;
+    net.links();
+    let txids: Vec<Txid> = (0..20)
+        .map(|c| {
+            let tx = pay(c, COIN);
+            let id = tx.txid();
+            net.submit((c % 3) as usize, tx);
+            id
+        })
+        .collect();
+    net.run_for(500);
+    for t in &txids {
+        assert!(net.is_final(0, t));
+        assert!(!net.is_final(3, t), "node 3 heard nothing");
+    }
+    net.cut[3] = false;
+    net.links();
+    net.run_for(1_000);
+    for t in &txids {
+        assert!(net.is_final(3, t), "node 3 caught up on {t}");
+    }
+    assert!(!net.nodes[3].as_ref().unwrap().is_catching_up());
+}
+
+#[test]
+fn a_stale_node_does_not_approve_a_spend_of_a_coin_final_elsewhere() {
+    let mut net = Net::new(4);
+    net.run_for(300);
+    net.cut[3] = true;
+    net.links();
+    let first = pay(5, COIN);
+    net.submit(0, first.clone());
+    net.run_for(300);
+    assert!(net.is_final(0, &first.txid()));
+    // Node 3 is reachable again, but the double spend arrives at the very
+    // moment the links come up, before any page was answered.
+    net.cut[3] = false;
+    net.links();
+    let second = pay(5, 2 * COIN);
+    let now = net.now;
+    let m = net.nodes[3].as_mut().unwrap();
+    assert!(m.is_catching_up());
+    m.handle_wallet_transaction(now, second.clone(), false, &net.stores[3])
+        .unwrap();
+    net.deliver_all();
+    assert_eq!(
+        net.rejected(3, &second.txid()),
+        Some(RejectCode::CatchingUp)
+    );
+    // Once caught up, the same double spend is refused for what it is.
+    net.run_for(1_000);
+    let again = pay(5, 3 * COIN);
+    net.submit(3, again.clone());
+    assert_eq!(net.rejected(3, &again.txid()), Some(RejectCode::InputSpent));
+    let coin = genesis_outpoint(0, 5);
+    for i in 0..4 {
+        let e = net.nodes[i].as_ref().unwrap().engine().utxo(&coin).copied();
+        assert!(matches!(
+            e.map(|e| e.state),
+            Some(UtxoState::SpentFinalized { txid }) if txid == first.txid()
+        ));
+    }
+}
+
+#[test]
+fn lost_lock_broadcasts_are_reannounced_until_final() {
+    let mut net = Net::new(4);
+    net.run_for(300);
+    net.drop_broadcasts = true;
+    let tx = pay(1, COIN);
+    let txid = tx.txid();
+    net.submit(0, tx);
+    net.run_for(500);
+    assert!(!net.is_final(0, &txid), "only the origin knows it");
+    net.drop_broadcasts = false;
+    net.run_for(5_000);
+    for i in 0..4 {
+        assert!(net.is_final(i, &txid), "node {i}");
+    }
+    assert!(net.nodes[0].as_ref().unwrap().stats().reannounced > 0);
+}
+
+#[test]
+fn payment_made_while_a_third_is_down_is_refused_then_works() {
+    let mut net = Net::new(4);
+    net.run_for(300);
+    net.cut[2] = true;
+    net.cut[3] = true;
+    net.links();
+    let tx = pay(2, COIN);
+    net.submit(0, tx.clone());
+    assert_eq!(net.rejected(0, &tx.txid()), Some(RejectCode::CatchingUp));
+    let coin = genesis_outpoint(0, 2);
+    let state = net.nodes[0]
+        .as_ref()
+        .unwrap()
+        .engine()
+        .utxo(&coin)
+        .unwrap()
+        .state;
+    assert_eq!(
+        state,
+        UtxoState::Unspent,
+        "refused before anything is locked"
+    );
+    net.cut[2] = false;
+    net.cut[3] = false;
+    net.links();
+    net.run_for(1_000);
+    net.submit(0, tx.clone());
+    net.run_for(300);
+    for i in 0..4 {
+        assert!(net.is_final(i, &tx.txid()), "node {i}");
+    }
+}
+
+#[test]
+fn origin_crash_between_commit_and_send_still_finalizes() {
+    let mut net = Net::new(4);
+    net.run_for(300);
+    let tx = pay(3, COIN);
+    let txid = tx.txid();
+    let now = net.now;
+    let m = net.nodes[0].as_mut().unwrap();
+    m.handle_wallet_transaction(now, tx, false, &net.stores[0])
+        .unwrap();
+    let round = m.end_round(now);
+    net.stores[0].apply(&round.writes).unwrap();
+    // Crash: the round's sends never leave.
+    net.nodes[0] = None;
+    net.links();
+    net.run_for(500);
+    net.start(0);
+    net.links();
+    net.run_for(3_000);
+    for i in 0..4 {
+        assert!(net.is_final(i, &txid), "node {i}");
+    }
+}
+
+#[test]
+fn restart_with_a_mempool_of_stuck_double_spends_keeps_serving() {
+    let mut net = Net::new(4);
+    net.run_for(300);
+    // Split double spends: A to nodes 0 and 1, B to nodes 2 and 3, at once.
+    let mut stuck = Vec::new();
+    for c in 10..30u32 {
+        let a = pay(c, COIN);
+        let b = pay(c, 2 * COIN);
+        let now = net.now;
+        for (i, tx) in [(0, &a), (1, &a), (2, &b), (3, &b)] {
+            net.nodes[i]
+                .as_mut()
+                .unwrap()
+                .handle_wallet_transaction(now, tx.clone(), false, &net.stores[i])
+                .unwrap();
+        }
+        stuck.push((a.txid(), b.txid()));
+    }
+    net.deliver_all();
+    net.run_for(500);
+    for (a, b) in &stuck {
+        assert!(!net.is_final(0, a) && !net.is_final(0, b));
+    }
+    // A tiny mempool: if stuck ones counted, the node would refuse all.
+    net.nodes[0] = None;
+    let snap = net.stores[0].load().unwrap();
+    assert!(
+        snap.pending_transactions.is_empty(),
+        "stuck are not pending"
+    );
+    assert_eq!(snap.stuck_transactions.len(), 20);
+    let mut c = cfg();
+    c.engine.mempool_limit = 5;
+    net.nodes[0] = Some(Masternode::new(
+        c,
+        net.keys[0].clone(),
+        net.genesis.registry.clone(),
+        snap,
+        net.now,
+    ));
+    net.links();
+    net.run_for(1_000);
+    let tx = pay(40, COIN);
+    net.submit(0, tx.clone());
+    net.run_for(300);
+    assert!(net.is_final(0, &tx.txid()));
+    // The stuck coins stay locked (no rule can release them safely).
+    let coin = genesis_outpoint(0, 10);
+    let st = net.nodes[0]
+        .as_ref()
+        .unwrap()
+        .engine()
+        .utxo(&coin)
+        .unwrap()
+        .state;
+    assert!(matches!(
+        st,
+        UtxoState::Locked { .. } | UtxoState::SpentPending { .. }
+    ));
+    let _ = OutPoint {
+        txid: tx.txid(),
+        vout: 0,
+    };
+}
