@@ -89,6 +89,15 @@ pub enum Receipt {
     /// Below the window, or `u64::MAX` (never a valid sequence): cannot be
     /// classified. Treat as already handled.
     Stale,
+    /// New, but more than `window` past the next expected: the sender
+    /// restarted (its sequences start from its clock) or this receiver heard
+    /// nothing from it for longer than the window. The stream starts again
+    /// here; the `skipped` sequences are not tracked as holes (no repair
+    /// ring holds that many) and not counted as lost. What they carried is
+    /// recovered above the transport (the masternode's catch-up).
+    Resynced {
+        skipped: u64,
+    },
 }
 
 impl Receipt {
@@ -96,7 +105,7 @@ impl Receipt {
     pub fn is_new(&self) -> bool {
         matches!(
             self,
-            Receipt::New | Receipt::NewWithGap { .. } | Receipt::Filled
+            Receipt::New | Receipt::NewWithGap { .. } | Receipt::Filled | Receipt::Resynced { .. }
         )
     }
 }
@@ -144,6 +153,10 @@ pub struct SenderStats {
     pub lost_seqs: u64,
     /// Filled after having been reported lost.
     pub late_after_lost: u64,
+    /// Times the stream jumped past the window and started again.
+    pub resyncs: u64,
+    /// Sequences jumped over by those resyncs (not counted as lost).
+    pub skipped_seqs: u64,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -290,6 +303,32 @@ impl<S: Ord + Copy> GapTracker<S> {
             return Ok(Receipt::Filled);
         }
 
+        if seq - st.next > window {
+            // A jump past the window: a restarted sender, or a long silence.
+            // Holes still tracked are lost (reported); the jump itself is a
+            // resync, not millions of lost datagrams.
+            let skipped = seq - st.next;
+            let mut stats = std::mem::take(&mut st.stats);
+            let old = std::mem::replace(st, SenderState::new(seq + 1, window));
+            for g in old.gaps {
+                stats.lost_seqs += g.range.len();
+                if self.lost.len() < self.config.max_lost_reports {
+                    self.lost.push(LostRange {
+                        sender,
+                        range: g.range,
+                        reason: LostReason::OutOfWindow,
+                    });
+                } else {
+                    self.lost_reports_overflowed += 1;
+                }
+            }
+            stats.resyncs += 1;
+            stats.skipped_seqs += skipped;
+            stats.new += 1;
+            st.stats = stats;
+            st.set_seen(seq, window, true);
+            return Ok(Receipt::Resynced { skipped });
+        }
         // seq >= next: advance the window to end at seq.
         let new_next = seq + 1;
         let new_floor = new_next.saturating_sub(window);
@@ -553,28 +592,61 @@ mod tests {
         let mut t = tracker(); // window 64
         t.receive(1, 0, 0).unwrap();
         t.receive(1, 10, 0).unwrap(); // hole 1..=9
-                                      // Jump far ahead: the old hole and most of the new one leave the window.
+        t.receive(1, 50, 0).unwrap(); // hole 11..=49
+                                      // Ahead within the window: the old holes that leave it are lost.
         assert_eq!(
-            t.receive(1, 1000, 1),
+            t.receive(1, 100, 1),
             Ok(Receipt::NewWithGap {
-                missing: SeqRange::new(11, 999)
+                missing: SeqRange::new(51, 99)
             })
         );
         let lost = t.take_lost();
         assert_eq!(
             lost.iter().map(|l| l.range).collect::<Vec<_>>(),
-            [SeqRange::new(1, 9), SeqRange::new(11, 936)]
+            [SeqRange::new(1, 9), SeqRange::new(11, 36)]
         );
         assert!(lost.iter().all(|l| l.reason == LostReason::OutOfWindow));
-        // What is tracked is exactly the window below 1000.
+        // What is tracked is exactly the window below 100.
         let m = t.missing(50);
-        assert_eq!(m.len(), 1);
-        assert_eq!(m[0].range, SeqRange::new(937, 999));
-        assert_eq!(t.receive(1, 936, 50), Ok(Receipt::Stale));
-        assert_eq!(t.receive(1, 937, 50), Ok(Receipt::Filled));
+        assert_eq!(
+            m.iter().map(|m| m.range).collect::<Vec<_>>(),
+            [SeqRange::new(37, 49), SeqRange::new(51, 99)]
+        );
+        assert_eq!(t.receive(1, 36, 50), Ok(Receipt::Stale));
+        assert_eq!(t.receive(1, 37, 50), Ok(Receipt::Filled));
         let s = t.sender_stats(1).unwrap();
-        assert_eq!(s.gap_seqs, 9 + 989);
-        assert_eq!(s.lost_seqs, 9 + 926);
+        assert_eq!(s.gap_seqs, 9 + 39 + 49);
+        assert_eq!(s.lost_seqs, 9 + 26);
+    }
+
+    #[test]
+    fn a_jump_past_the_window_is_a_resync_not_a_loss() {
+        let mut t = tracker(); // window 64
+        t.receive(1, 0, 0).unwrap();
+        t.receive(1, 10, 0).unwrap(); // hole 1..=9
+                                      // A restarted sender: its sequences start from its clock.
+        assert_eq!(
+            t.receive(1, 5_000_000, 1),
+            Ok(Receipt::Resynced { skipped: 4_999_989 })
+        );
+        // The real hole is reported; the jump is not.
+        let lost = t.take_lost();
+        assert_eq!(lost.len(), 1);
+        assert_eq!(lost[0].range, SeqRange::new(1, 9));
+        assert!(t.missing(100).is_empty());
+        assert_eq!(t.receive(1, 5_000_001, 2), Ok(Receipt::New));
+        assert_eq!(t.receive(1, 5_000_000, 2), Ok(Receipt::Duplicate));
+        let s = t.sender_stats(1).unwrap();
+        assert_eq!(s.lost_seqs, 9);
+        assert_eq!(s.resyncs, 1);
+        assert_eq!(s.skipped_seqs, 4_999_989);
+        // Losses after the resync are tracked again.
+        assert_eq!(
+            t.receive(1, 5_000_004, 3),
+            Ok(Receipt::NewWithGap {
+                missing: SeqRange::new(5_000_002, 5_000_003)
+            })
+        );
     }
 
     #[test]
@@ -612,7 +684,9 @@ mod tests {
         });
         t.receive(1u32, 0, 0).unwrap();
         for i in 0..5u64 {
+            // A hole at 200i + 3, then the next jump pushes it out.
             t.receive(1, 2 + i * 200, 0).unwrap();
+            t.receive(1, 4 + i * 200, 0).unwrap();
         }
         assert_eq!(t.take_lost().len(), 2);
         assert!(t.stats().lost_reports_overflowed > 0);

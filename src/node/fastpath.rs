@@ -73,6 +73,8 @@ pub struct FastPathStats {
     pub repaired: AtomicU64,
     pub lost_seqs: AtomicU64,
     pub send_refused: AtomicU64,
+    /// Streams that jumped past the gap window (sender restart, long cut).
+    pub resyncs: AtomicU64,
 }
 
 /// Signed datagrams this node sent, by sequence, for repair.
@@ -263,13 +265,12 @@ impl FastPathReceiver {
                 return;
             }
         };
-        if let Receipt::NewWithGap { missing } = receipt {
-            // A jump beyond the window is a restarted sender (sequences start
-            // from the clock), not a hole worth repairing.
-            if missing.len() > self.gaps.config().window {
-                let _ = self.gaps.forget(sender);
-                let _ = self.gaps.receive(sender, d.sequence(), now);
-            }
+        if let Receipt::Resynced { skipped } = receipt {
+            // A restarted sender (sequences start from its clock) or a long
+            // silence: counted apart from losses. Payments it carried come
+            // back through the masternode's catch-up.
+            self.stats.resyncs.fetch_add(1, Ordering::Relaxed);
+            tracing::info!(sender, skipped, "fast-path stream resynced");
         }
         if !receipt.is_new() {
             self.stats.duplicates.fetch_add(1, Ordering::Relaxed);

@@ -22,7 +22,11 @@ impl Default for BackoffConfig {
     fn default() -> Self {
         BackoffConfig {
             initial: Duration::from_millis(50),
-            max: Duration::from_secs(5),
+            // Short: only the lower key dials, so a restarted peer with the
+            // higher key waits for this delay before it is linked again (and
+            // can catch up). A registry's handful of dials per second to a
+            // down peer costs nothing.
+            max: Duration::from_secs(1),
             stable_after: Duration::from_secs(1),
         }
     }
