@@ -2,6 +2,7 @@
 //! clock, no threads, no tokio: time is passed in as milliseconds, and every
 //! effect comes back as an output for a transport or a store to carry out.
 
+pub mod audience;
 pub mod engine;
 pub mod message;
 pub mod registry;
