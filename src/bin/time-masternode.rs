@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use clap::{Parser, Subcommand};
 use timecoin::devnet::{DevnetLayout, DevnetSpec};
 use timecoin::node::config::RunArgs;
-use timecoin::node::runtime::Node;
+use timecoin::node::Node;
 use timecoin::wallet::WalletClient;
 
 #[derive(Parser)]

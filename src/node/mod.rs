@@ -1,11 +1,38 @@
 //! The masternode process: configuration, genesis, key files and the tokio
-//! runtime that drives the protocol engine over TCP.
+//! runtime that drives the protocol state machine over TCP, QUIC and UDP.
+//!
+//! Who owns what:
+//! - [`startup`]: [`Node::start`] builds every component in order, each
+//!   handed its channels at construction; [`Node::shutdown`].
+//! - `core_input`: the core queue ([`CoreInput`](core_input) and its sender).
+//! - `core_thread`: the core loop driving the state machine (commit before
+//!   send).
+//! - `ingest`: verifier pool, vote threads, the fast path's sink.
+//! - `listener`, `handshake`: the P2P port and the signed handshake.
+//! - `peer_glue`: messages from authenticated peer masternodes.
+//! - `links`: the plain outbound peer links.
+//! - `wallet_server`: wallet sessions and the wallet-interest router.
+//! - `wire`: frame encoding, connection errors, [`NetStats`].
+//! - [`peer_net`], [`fastpath`], [`verifier`], [`vote_threads`]: the
+//!   transports and worker pools those parts use.
 
 pub mod config;
+mod core_input;
+mod core_thread;
 pub mod fastpath;
 pub mod genesis_file;
+mod handshake;
+mod ingest;
 pub mod keyfile;
+mod links;
+mod listener;
+mod peer_glue;
 pub mod peer_net;
-pub mod runtime;
+pub mod startup;
 pub mod verifier;
 pub mod vote_threads;
+mod wallet_server;
+mod wire;
+
+pub use startup::{Node, NodeError};
+pub use wire::NetStats;

@@ -1,6 +1,6 @@
 //! How this masternode reaches its peers: the persistent pool from `net/`
 //! (QUIC by default, TCP as fallback, one long-lived connection per peer with
-//! priority classes), or the plain TCP links of `runtime.rs` (one outbound
+//! priority classes), or the plain TCP links of `links.rs` (one outbound
 //! connection per peer, no priorities).
 
 use std::collections::HashMap;

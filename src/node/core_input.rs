@@ -1,0 +1,97 @@
+//! The one way into the core thread: [`CoreInput`], the work it accepts, and
+//! [`CoreTx`], the bounded crossbeam sender every producer (network tasks,
+//! verifier threads, vote threads, wallet sessions) is handed at
+//! construction.
+//!
+//! Owns the queue's size and its drop accounting. It must never block a
+//! network task: only tally outcomes and shutdown wait for room.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use crossbeam::channel as cb;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::node::wire::NetStats;
+use crate::protocol::message::Message;
+use crate::protocol::tally::TallyEvent;
+use crate::protocol::timeproof::TimeProof;
+use crate::protocol::types::{Address, OutPoint, PublicKey, Transaction, Txid};
+
+/// Inputs queued for the core thread.
+pub(super) const CORE_QUEUE: usize = 1 << 18;
+
+/// Work for the core thread.
+pub(super) enum CoreInput {
+    Tx {
+        tx: Transaction,
+        /// Stateless checks and signatures already passed.
+        prechecked: bool,
+    },
+    /// From a wallet session, which hears the outcome.
+    WalletTx {
+        tx: Transaction,
+        to: mpsc::Sender<Bytes>,
+    },
+    /// Outcomes from the vote threads.
+    Tally(Vec<TallyEvent>),
+    Proof {
+        tx: Transaction,
+        proof: TimeProof,
+    },
+    ProofRequest {
+        txid: Txid,
+        from: PublicKey,
+    },
+    /// Catch-up requests and pages from a peer masternode.
+    Peer {
+        from: PublicKey,
+        msg: Message,
+    },
+    UtxoQuery(Vec<OutPoint>, oneshot::Sender<Message>),
+    AddressQuery(Address, oneshot::Sender<Message>),
+    Status(oneshot::Sender<Message>),
+    Shutdown,
+}
+
+/// Sender side of the core queue; a refused input counts in
+/// [`NetStats::core_queue_drops`].
+#[derive(Clone)]
+pub(super) struct CoreTx {
+    tx: cb::Sender<CoreInput>,
+    stats: Arc<NetStats>,
+}
+
+impl CoreTx {
+    /// The core queue: give the receiver to the core thread, clones of the
+    /// sender to whatever produces inputs.
+    pub(super) fn channel(stats: Arc<NetStats>) -> (CoreTx, cb::Receiver<CoreInput>) {
+        let (tx, rx) = cb::bounded(CORE_QUEUE);
+        (CoreTx { tx, stats }, rx)
+    }
+
+    /// Queues without waiting; false (and counted) when the queue is full.
+    pub(super) fn offer(&self, input: CoreInput) -> bool {
+        match self.tx.try_send(input) {
+            Ok(()) => true,
+            Err(_) => {
+                self.stats.core_queue_drops.fetch_add(1, Ordering::Relaxed);
+                false
+            }
+        }
+    }
+
+    /// Waits for room: for vote-thread outcomes, which must reach the core
+    /// rather than be dropped. Counted only if the core is gone.
+    pub(super) fn send_blocking(&self, input: CoreInput) {
+        if self.tx.send(input).is_err() {
+            self.stats.core_queue_drops.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Asks the core to stop after its current round (not counted).
+    pub(super) fn shutdown(&self) {
+        let _ = self.tx.send(CoreInput::Shutdown);
+    }
+}

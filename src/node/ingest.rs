@@ -1,0 +1,152 @@
+//! Off-core intake of peer traffic: starting the verifier pool and the vote
+//! threads wired to the core queue, [`Ingest`] (the handles network tasks
+//! use to reach them), where a verified transaction goes next
+//! ([`after_verify`]), and the fast path's [`Sink`].
+//!
+//! Owns no state beyond those handles. It must never verify or tally on a
+//! network task or on the core thread, and never block a caller: full
+//! queues drop and count.
+
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use tokio::sync::mpsc;
+
+use crate::node::core_input::{CoreInput, CoreTx, CORE_QUEUE};
+use crate::node::fastpath::FastPathSink;
+use crate::node::peer_net::PeerNet;
+use crate::node::verifier::Verifier;
+use crate::node::vote_threads::{VoteThreadConfig, VoteThreads};
+use crate::node::wallet_server::{overloaded, Router};
+use crate::node::wire::{encode, NetStats};
+use crate::protocol::message::Message;
+use crate::protocol::registry::Registry;
+use crate::protocol::types::{ChainId, PublicKey, Transaction, Txid};
+use crate::protocol::validation::{Limits, TxError};
+use time_net::priority::Priority;
+
+/// Who sent a transaction that is being verified.
+pub(super) enum Source {
+    Peer,
+    Wallet(mpsc::Sender<Bytes>),
+}
+
+pub(super) type TxVerifier = Verifier<Source>;
+
+/// What the verifier's completion needs: where its verdicts go.
+pub(super) struct AfterVerify {
+    pub me: PublicKey,
+    pub core: CoreTx,
+    pub router: Arc<Mutex<Router>>,
+}
+
+/// Starts the verifier pool; its verdicts go to the core or the wallet.
+pub(super) fn start_verifier(threads: usize, chain_id: ChainId, after: AfterVerify) -> TxVerifier {
+    Verifier::start(
+        threads,
+        CORE_QUEUE,
+        chain_id,
+        Limits::default(),
+        move |tx, txid, verdict, src| after_verify(&after, tx, txid, verdict, src),
+    )
+}
+
+/// Starts the vote threads; their outcomes go to the core.
+pub(super) fn start_vote_threads(
+    cfg: VoteThreadConfig,
+    registry: Registry,
+    core: CoreTx,
+) -> VoteThreads {
+    VoteThreads::start(cfg, registry, move |events| {
+        // Outcomes must reach the core: block rather than drop.
+        core.send_blocking(CoreInput::Tally(events));
+    })
+}
+
+/// Where a verified transaction goes next (runs on a verifier thread).
+fn after_verify(
+    after: &AfterVerify,
+    tx: Transaction,
+    txid: Txid,
+    verdict: Result<(), TxError>,
+    src: Source,
+) {
+    match (src, verdict) {
+        (Source::Peer, v) => {
+            // An invalid relayed transaction still goes to the engine, which
+            // re-checks it and votes reject with the reason.
+            after.core.offer(CoreInput::Tx {
+                tx,
+                prechecked: v.is_ok(),
+            });
+        }
+        (Source::Wallet(to), Err(e)) => {
+            let _ = to.try_send(encode(&Message::TransactionRejected {
+                txid,
+                reason: e.code(),
+                detail: e.to_string(),
+                rejecters: vec![(after.me, e.code())],
+            }));
+        }
+        (Source::Wallet(to), Ok(())) => {
+            after
+                .router
+                .lock()
+                .expect("router lock")
+                .watch(txid, to.clone());
+            if !after.core.offer(CoreInput::WalletTx { tx, to: to.clone() }) {
+                let _ = to.try_send(overloaded(txid, after.me));
+            }
+        }
+    }
+}
+
+/// Handles to the verifier pool and the vote threads.
+#[derive(Clone)]
+pub(super) struct Ingest {
+    pub verifier: Arc<TxVerifier>,
+    pub votes: Arc<VoteThreads>,
+}
+
+impl Ingest {
+    /// A lock broadcast or vote batch from a peer, by TCP or fast path:
+    /// transactions to the verifier pool, votes to the vote threads, both
+    /// off the core thread. Returns the message if it is neither.
+    pub(super) fn ingest(&self, msg: Message) -> Option<Message> {
+        match msg {
+            Message::TransactionBroadcast(tx) => {
+                let _ = self.verifier.submit(tx, Source::Peer);
+                None
+            }
+            Message::VoteBatch(b) => {
+                self.votes.submit(b);
+                None
+            }
+            other => Some(other),
+        }
+    }
+}
+
+/// Delivers fast-path messages into the node and sends its repair requests
+/// over the reliable path.
+pub(super) struct Sink {
+    pub ingest: Ingest,
+    pub net: Arc<PeerNet>,
+    pub stats: Arc<NetStats>,
+}
+
+impl FastPathSink for Sink {
+    fn deliver(&self, _from: PublicKey, msg: Message) {
+        // Anything but transactions and votes is ignored on the fast path.
+        let _ = self.ingest.ingest(msg);
+    }
+
+    fn request_repair(&self, to: PublicKey, first: u64, last: u64) {
+        self.net.send(
+            &to,
+            Priority::High,
+            encode(&Message::RepairRequest { first, last }),
+            &self.stats.peer_queue_drops,
+        );
+    }
+}

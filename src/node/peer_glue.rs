@@ -1,0 +1,148 @@
+//! Messages from authenticated peer masternodes, whichever transport brought
+//! them: the inbound plain connection ([`serve_peer`]) and the pool's inbox
+//! ([`spawn_pool_inbox`]), both through [`handle_peer_message`], which also
+//! answers and applies fast-path repairs.
+//!
+//! Owns [`PeerCtx`], the handles it is given at construction. It must never
+//! run protocol logic or verify signatures here: transactions and votes go to
+//! [`Ingest`], everything the state machine decides goes to the core queue.
+
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use time_net::pool::Inbox;
+use time_net::priority::Priority;
+use time_net::FrameReader;
+use tokio::net::tcp::OwnedReadHalf;
+use tracing::warn;
+
+use crate::node::core_input::{CoreInput, CoreTx};
+use crate::node::fastpath::{FastPathReceiver, RepairRing};
+use crate::node::ingest::{Ingest, Sink};
+use crate::node::peer_net::PeerNet;
+use crate::node::wire::{encode, LinkError, NetStats};
+use crate::protocol::message::Message;
+use crate::protocol::types::PublicKey;
+
+/// Most datagrams answered for one repair request.
+const MAX_REPAIR: u64 = 1024;
+
+/// The fast-path pieces the reliable path serves: our sent datagrams (to
+/// answer repair requests) and the receiver (to apply repairs).
+pub(super) struct FastRepair {
+    pub ring: Arc<Mutex<RepairRing>>,
+    pub receiver: Arc<Mutex<FastPathReceiver>>,
+    pub sink: Arc<Sink>,
+}
+
+/// What handling a peer's message needs, handed over at startup.
+pub(super) struct PeerCtx {
+    pub ingest: Ingest,
+    pub core: CoreTx,
+    pub net: Arc<PeerNet>,
+    pub stats: Arc<NetStats>,
+    /// `None` when the fast path is off.
+    pub fast: Option<FastRepair>,
+}
+
+/// Reads an authenticated inbound peer connection until it closes.
+pub(super) async fn serve_peer(
+    ctx: &PeerCtx,
+    peer: PublicKey,
+    mut reader: FrameReader<OwnedReadHalf>,
+) -> Result<(), LinkError> {
+    loop {
+        let frame = reader.read_frame().await?;
+        ctx.stats.frames_in.fetch_add(1, Ordering::Relaxed);
+        handle_peer_message(ctx, peer, Message::decode(frame)?)?;
+    }
+}
+
+/// Drains the pool's inbox (pool transports only).
+pub(super) fn spawn_pool_inbox(ctx: Arc<PeerCtx>, mut inbox: Inbox) {
+    tokio::spawn(async move {
+        while let Some((peer, _prio, frame)) = inbox.recv().await {
+            ctx.stats.frames_in.fetch_add(1, Ordering::Relaxed);
+            let peer = PublicKey(peer);
+            let r = match Message::decode(&frame) {
+                Ok(m) => handle_peer_message(&ctx, peer, m),
+                Err(e) => Err(LinkError::Decode(e)),
+            };
+            if let Err(e) = r {
+                // The pool authenticated the peer; a bad message is
+                // counted and dropped, the connection stays.
+                ctx.stats.malformed_frames.fetch_add(1, Ordering::Relaxed);
+                warn!(%peer, "bad message from peer: {e}");
+            }
+        }
+    });
+}
+
+/// One message from an authenticated peer masternode, from whichever transport.
+pub(super) fn handle_peer_message(
+    ctx: &PeerCtx,
+    peer: PublicKey,
+    msg: Message,
+) -> Result<(), LinkError> {
+    let Some(msg) = ctx.ingest.ingest(msg) else {
+        return Ok(());
+    };
+    match msg {
+        Message::TimeProof { tx, proof } => {
+            ctx.core.offer(CoreInput::Proof { tx, proof });
+        }
+        Message::ProofRequest(txid) => {
+            ctx.core.offer(CoreInput::ProofRequest { txid, from: peer });
+        }
+        Message::RepairRequest { first, last } => answer_repair(ctx, peer, first, last),
+        Message::Repair(d) => {
+            if let Some(f) = &ctx.fast {
+                f.receiver
+                    .lock()
+                    .expect("fast path receiver")
+                    .handle(&d, true, &*f.sink);
+            }
+        }
+        Message::FastPathSeq { next } => {
+            if let Some(f) = &ctx.fast {
+                f.receiver
+                    .lock()
+                    .expect("fast path receiver")
+                    .announce(&peer, next);
+            }
+        }
+        m @ (Message::FinalityLogRequest { .. } | Message::FinalityLogPage { .. }) => {
+            ctx.core.offer(CoreInput::Peer { from: peer, msg: m });
+        }
+        Message::Ping(_) | Message::Pong(_) => {}
+        Message::Hello(_) => return Err(LinkError::Handshake("second hello")),
+        _ => {
+            return Err(LinkError::Handshake(
+                "message not allowed from a masternode",
+            ))
+        }
+    }
+    Ok(())
+}
+
+/// Resends the datagrams `first..=last` we still hold, over the reliable path.
+fn answer_repair(ctx: &PeerCtx, peer: PublicKey, first: u64, last: u64) {
+    let Some(f) = &ctx.fast else {
+        return;
+    };
+    // Bounded: at most MAX_REPAIR datagrams per request.
+    let last = last.min(first.saturating_add(MAX_REPAIR - 1));
+    let found: Vec<Bytes> = {
+        let ring = f.ring.lock().expect("repair ring");
+        (first..=last).filter_map(|s| ring.get(s)).collect()
+    };
+    for d in found {
+        ctx.net.send(
+            &peer,
+            Priority::High,
+            encode(&Message::Repair(d.to_vec())),
+            &ctx.stats.peer_queue_drops,
+        );
+    }
+}

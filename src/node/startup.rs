@@ -1,0 +1,466 @@
+//! Starting and stopping a masternode: [`Node::start`] reads the config,
+//! genesis and key, takes the data directory's lock, opens the store, builds
+//! the state machine, and then builds every component in dependency order,
+//! each handed at construction the channels and handles it needs (the core
+//! queue first, then the peer transport, the verifier pool and vote threads,
+//! the fast path, the core thread, the links, the pool inbox and the
+//! listener). [`Node::shutdown`] stops the core after its current round.
+//!
+//! Owns only the order of construction and the [`Node`] handle. It must
+//! never contain protocol or connection logic, and never start a producer
+//! before the queue it feeds exists.
+
+use std::collections::{HashMap, HashSet};
+use std::fs::File;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use bytes::Bytes;
+use ed25519_dalek::SigningKey;
+use time_net::pool::{Inbox, Pool, PoolConfig, Transport};
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tracing::{info, warn};
+
+use crate::node::config::NodeConfig;
+use crate::node::core_input::CoreTx;
+use crate::node::core_thread::{self, Core, CoreCtx};
+use crate::node::fastpath::{
+    FastPath, FastPathMode, FastPathSender, FastPathStats, VOTES_PER_DATAGRAM,
+};
+use crate::node::genesis_file::GenesisFile;
+use crate::node::handshake::Identity;
+use crate::node::ingest::{start_verifier, start_vote_threads, AfterVerify, Ingest, Sink};
+use crate::node::keyfile::KeyFile;
+use crate::node::links::{peer_link, LinkCtx, LinksUp, PEER_QUEUE};
+use crate::node::listener::{accept_loop, ListenCtx};
+use crate::node::peer_glue::{spawn_pool_inbox, FastRepair, PeerCtx};
+use crate::node::peer_net::PeerNet;
+use crate::node::vote_threads::VoteThreadConfig;
+use crate::node::wallet_server::{Router, WalletCtx};
+use crate::node::wire::NetStats;
+use crate::protocol::engine::EngineConfig;
+use crate::protocol::types::PublicKey;
+use crate::storage::{Genesis, LmdbStore, Store, StoreError};
+use timecoin_core::masternode::{Masternode, MasternodeConfig};
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum NodeError {
+    #[error(transparent)]
+    Genesis(#[from] crate::node::genesis_file::GenesisError),
+    #[error(transparent)]
+    Key(#[from] crate::node::keyfile::KeyFileError),
+    #[error("storage: {0}")]
+    Store(#[from] StoreError),
+    #[error("cannot create data directory {path}: {source}")]
+    DataDir {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("data directory {0} is in use by another masternode process")]
+    Locked(String),
+    #[error("genesis is for network {genesis:?} but the node is configured for {configured:?}")]
+    NetworkMismatch { genesis: String, configured: String },
+    #[error("peer pool: {0}")]
+    Pool(String),
+    #[error("fast path: {0}")]
+    FastPath(crate::node::fastpath::FastPathError),
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// A running masternode.
+pub struct Node {
+    pub local_addr: SocketAddr,
+    stats: Arc<NetStats>,
+    stopping: Arc<AtomicBool>,
+    core_tx: CoreTx,
+    core: Option<JoinHandle<Result<(), StoreError>>>,
+}
+
+/// The peer transport, before its tasks run.
+struct PeerTransportParts {
+    net: PeerNet,
+    /// Plain links: each peer's key, address and queue, for its link task.
+    links: Vec<(PublicKey, String, mpsc::Receiver<Bytes>)>,
+    /// Pool transports: what the pool received.
+    inbox: Option<Inbox>,
+}
+
+/// The pieces the components share, all created before any of them.
+struct Wiring {
+    id: Arc<Identity>,
+    stats: Arc<NetStats>,
+    stopping: Arc<AtomicBool>,
+    core: CoreTx,
+    router: Arc<Mutex<Router>>,
+    net: Arc<PeerNet>,
+    links_up: LinksUp,
+    ingest: Ingest,
+}
+
+impl Node {
+    /// Opens storage, binds the listener and starts every task. Call from
+    /// inside a tokio runtime.
+    pub async fn start(cfg: NodeConfig) -> Result<Node, NodeError> {
+        let (genesis, key) = load_chain(&cfg)?;
+        let lock = lock_data_dir(&cfg)?;
+        let (store, masternode) = open_state(&cfg, &genesis, &key)?;
+        let (listener, local_addr) = bind_listener(cfg.listen).await?;
+        let fast = FastPath::start(
+            &cfg.fast_path,
+            cfg.io_backend,
+            local_addr,
+            key.clone(),
+            &genesis.registry,
+        )
+        .map_err(NodeError::FastPath)?;
+        // The core queue first: every producer gets a sender at construction.
+        let stats = Arc::new(NetStats::default());
+        let (core_tx, core_rx) = CoreTx::channel(stats.clone());
+        let transport = start_peer_transport(&cfg, &genesis, &key, local_addr).await?;
+        let w = build_wiring(&cfg, &genesis, key, transport.net, stats, core_tx);
+        let fast = start_fast_receiver(fast, &w);
+        let core = Core {
+            mn: masternode,
+            store,
+            rx: core_rx,
+            fast: fast.sender,
+            round_window: Duration::from_micros(cfg.round_window_us),
+            ctx: core_ctx(&w, &genesis, fast.stats),
+        };
+        let core = core_thread::spawn(core, lock);
+        spawn_network(&w, transport.links, transport.inbox, fast.repair, listener);
+        info!(%local_addr, key = %w.id.me, chain = genesis.chain_id, "masternode listening");
+        Ok(Node {
+            local_addr,
+            stats: w.stats.clone(),
+            stopping: w.stopping.clone(),
+            core_tx: w.core.clone(),
+            core: Some(core),
+        })
+    }
+
+    pub fn stats(&self) -> &NetStats {
+        &self.stats
+    }
+
+    /// Stops the core after its current round (which commits) and waits.
+    pub fn shutdown(mut self) -> Result<(), StoreError> {
+        self.stopping.store(true, Ordering::SeqCst);
+        self.core_tx.shutdown();
+        match self.core.take() {
+            Some(h) => h.join().unwrap_or(Ok(())),
+            None => Ok(()),
+        }
+    }
+
+    /// True once the core thread ended (a storage failure stops it).
+    pub fn core_finished(&self) -> bool {
+        self.core.as_ref().is_none_or(|h| h.is_finished())
+    }
+}
+
+/// Genesis (checked against the configured network) and our signing key.
+fn load_chain(cfg: &NodeConfig) -> Result<(Genesis, SigningKey), NodeError> {
+    let gfile = GenesisFile::load(&cfg.genesis)?;
+    if !gfile.network.eq_ignore_ascii_case(cfg.network.name()) {
+        return Err(NodeError::NetworkMismatch {
+            genesis: gfile.network.clone(),
+            configured: cfg.network.name().into(),
+        });
+    }
+    let genesis = gfile.to_genesis()?;
+    let key = KeyFile::load(&cfg.key_file)?;
+    let me = PublicKey::from_signing(&key);
+    if genesis.registry.get(&me).is_none() {
+        warn!(key = %me, "this key is not a registered masternode: its votes will not count");
+    }
+    Ok((genesis, key))
+}
+
+/// One process per data directory: two processes sharing a vote log could
+/// sign conflicting votes. The returned file holds the lock.
+fn lock_data_dir(cfg: &NodeConfig) -> Result<File, NodeError> {
+    std::fs::create_dir_all(&cfg.data_dir).map_err(|source| NodeError::DataDir {
+        path: cfg.data_dir.display().to_string(),
+        source,
+    })?;
+    let lock_path = cfg.data_dir.join("masternode.lock");
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(|source| NodeError::DataDir {
+            path: lock_path.display().to_string(),
+            source,
+        })?;
+    if lock.try_lock().is_err() {
+        return Err(NodeError::Locked(cfg.data_dir.display().to_string()));
+    }
+    Ok(lock)
+}
+
+/// Opens the store (initialised from genesis on first run) and builds the
+/// state machine from what it holds.
+fn open_state(
+    cfg: &NodeConfig,
+    genesis: &Genesis,
+    key: &SigningKey,
+) -> Result<(LmdbStore, Masternode), NodeError> {
+    let mut store = LmdbStore::open(
+        &cfg.data_dir.join("db"),
+        crate::storage::lmdb::LmdbOptions {
+            no_sync: cfg.no_sync,
+            ..Default::default()
+        },
+    )?;
+    store.init(genesis)?;
+    let snap = store.load()?;
+    info!(
+        utxos = snap.utxos.len(),
+        pending = snap.pending_transactions.len(),
+        finalized = snap.finalized.len(),
+        own_vote_batches = snap.own_votes.len(),
+        "state loaded"
+    );
+    let mut ecfg = EngineConfig::new(genesis.chain_id);
+    ecfg.lock_timeout_ms = cfg.lock_timeout_ms;
+    ecfg.mempool_limit = cfg.mempool_limit;
+    // Votes are verified and tallied on the vote threads.
+    ecfg.external_tally = true;
+    if cfg.fast_path != FastPathMode::Off {
+        // One vote batch per datagram item.
+        ecfg.max_vote_batch_items = VOTES_PER_DATAGRAM;
+    }
+    let mn = Masternode::new(
+        MasternodeConfig::new(ecfg),
+        key.clone(),
+        genesis.registry.clone(),
+        snap,
+        0,
+    );
+    Ok((store, mn))
+}
+
+async fn bind_listener(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), NodeError> {
+    let listen_err = |source| NodeError::Listen { addr, source };
+    let listener = TcpListener::bind(addr).await.map_err(listen_err)?;
+    let local_addr = listener.local_addr().map_err(listen_err)?;
+    Ok((listener, local_addr))
+}
+
+/// The pool (QUIC or TCP) or the plain links, as configured.
+async fn start_peer_transport(
+    cfg: &NodeConfig,
+    genesis: &Genesis,
+    key: &SigningKey,
+    local_addr: SocketAddr,
+) -> Result<PeerTransportParts, NodeError> {
+    match cfg.peer_transport.pool_transport() {
+        Some(transport) => start_pool(cfg, genesis, key, local_addr, transport).await,
+        None => Ok(plain_links(genesis, PublicKey::from_signing(key))),
+    }
+}
+
+async fn start_pool(
+    cfg: &NodeConfig,
+    genesis: &Genesis,
+    key: &SigningKey,
+    local_addr: SocketAddr,
+    transport: Transport,
+) -> Result<PeerTransportParts, NodeError> {
+    let mut table = HashMap::new();
+    for m in genesis.registry.masternodes() {
+        match m.address.parse::<SocketAddr>() {
+            Ok(a) => {
+                table.insert(m.key.0, cfg.peer_transport.peer_addr(a));
+            }
+            Err(_) => {
+                warn!(peer = %m.key, address = %m.address, "unparsable masternode address; not dialed")
+            }
+        }
+    }
+    let pcfg = PoolConfig::new(
+        transport,
+        cfg.peer_transport.peer_addr(local_addr),
+        key.to_bytes(),
+        table,
+    );
+    let (pool, inbox) = Pool::start(pcfg)
+        .await
+        .map_err(|e| NodeError::Pool(e.to_string()))?;
+    info!(transport = ?transport, addr = %pool.local_addr(), "peer pool listening");
+    Ok(PeerTransportParts {
+        net: PeerNet::Pool(pool),
+        links: Vec::new(),
+        inbox: Some(inbox),
+    })
+}
+
+/// One queue per peer masternode; its link task starts later.
+fn plain_links(genesis: &Genesis, me: PublicKey) -> PeerTransportParts {
+    let mut senders = HashMap::new();
+    let mut links = Vec::new();
+    for m in genesis.registry.masternodes() {
+        if m.key == me {
+            continue;
+        }
+        let (tx, rx) = mpsc::channel(PEER_QUEUE);
+        senders.insert(m.key, tx);
+        links.push((m.key, m.address.clone(), rx));
+    }
+    PeerTransportParts {
+        net: PeerNet::Links(senders),
+        links,
+        inbox: None,
+    }
+}
+
+/// The shared pieces, and the verifier pool and vote threads wired to the
+/// core queue.
+fn build_wiring(
+    cfg: &NodeConfig,
+    genesis: &Genesis,
+    key: SigningKey,
+    net: PeerNet,
+    stats: Arc<NetStats>,
+    core: CoreTx,
+) -> Wiring {
+    let me = PublicKey::from_signing(&key);
+    let router = Arc::new(Mutex::new(Router::default()));
+    let votes = start_vote_threads(
+        VoteThreadConfig {
+            threads: cfg.vote_threads,
+            cores: cfg.vote_cores.clone(),
+            chain_id: genesis.chain_id,
+            me,
+            quorum: genesis.registry.quorum(),
+            max_age_ms: cfg.lock_timeout_ms.max(1_000) * 2,
+        },
+        genesis.registry.clone(),
+        core.clone(),
+    );
+    let after = AfterVerify {
+        me,
+        core: core.clone(),
+        router: router.clone(),
+    };
+    let verifier = start_verifier(cfg.verify_threads, genesis.chain_id, after);
+    Wiring {
+        id: Arc::new(Identity {
+            chain_id: genesis.chain_id,
+            key,
+            me,
+            registry: genesis.registry.clone(),
+        }),
+        stats,
+        stopping: Arc::new(AtomicBool::new(false)),
+        core,
+        router,
+        net: Arc::new(net),
+        links_up: Arc::new(Mutex::new(HashSet::new())),
+        ingest: Ingest {
+            verifier: Arc::new(verifier),
+            votes: Arc::new(votes),
+        },
+    }
+}
+
+/// The fast path once its receive thread runs: the sender and counters for
+/// the core thread, the repair pieces for the reliable path.
+#[derive(Default)]
+struct FastParts {
+    sender: Option<FastPathSender>,
+    stats: Option<Arc<FastPathStats>>,
+    repair: Option<FastRepair>,
+}
+
+fn start_fast_receiver(fast: Option<FastPath>, w: &Wiring) -> FastParts {
+    let Some(mut f) = fast else {
+        return FastParts::default();
+    };
+    let sink = Arc::new(Sink {
+        ingest: w.ingest.clone(),
+        net: w.net.clone(),
+        stats: w.stats.clone(),
+    });
+    f.spawn_receiver(sink.clone());
+    let repair = FastRepair {
+        ring: f.sender.ring.clone(),
+        receiver: f.receiver.clone(),
+        sink,
+    };
+    FastParts {
+        sender: Some(f.sender),
+        stats: Some(f.stats),
+        repair: Some(repair),
+    }
+}
+
+fn core_ctx(w: &Wiring, genesis: &Genesis, fast_stats: Option<Arc<FastPathStats>>) -> CoreCtx {
+    CoreCtx {
+        me: w.id.me,
+        net: w.net.clone(),
+        peer_count: genesis.registry.len().saturating_sub(1),
+        stats: w.stats.clone(),
+        stopping: w.stopping.clone(),
+        links_up: w.links_up.clone(),
+        router: w.router.clone(),
+        votes: w.ingest.votes.clone(),
+        fast_stats,
+    }
+}
+
+/// The network tasks: plain links, the pool inbox, the listener.
+fn spawn_network(
+    w: &Wiring,
+    links: Vec<(PublicKey, String, mpsc::Receiver<Bytes>)>,
+    inbox: Option<Inbox>,
+    fast: Option<FastRepair>,
+    listener: TcpListener,
+) {
+    let link_ctx = Arc::new(LinkCtx {
+        id: w.id.clone(),
+        stats: w.stats.clone(),
+        stopping: w.stopping.clone(),
+        up: w.links_up.clone(),
+    });
+    for (peer, address, rx) in links {
+        tokio::spawn(peer_link(link_ctx.clone(), peer, address, rx));
+    }
+    let peers = Arc::new(PeerCtx {
+        ingest: w.ingest.clone(),
+        core: w.core.clone(),
+        net: w.net.clone(),
+        stats: w.stats.clone(),
+        fast,
+    });
+    if let Some(inbox) = inbox {
+        spawn_pool_inbox(peers.clone(), inbox);
+    }
+    let wallets = Arc::new(WalletCtx {
+        me: w.id.me,
+        core: w.core.clone(),
+        verifier: w.ingest.verifier.clone(),
+        router: w.router.clone(),
+        stats: w.stats.clone(),
+        next_session: AtomicU64::new(1),
+    });
+    let listen = Arc::new(ListenCtx {
+        id: w.id.clone(),
+        stats: w.stats.clone(),
+        stopping: w.stopping.clone(),
+        peers,
+        wallets,
+    });
+    tokio::spawn(accept_loop(listen, listener));
+}

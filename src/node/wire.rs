@@ -1,0 +1,44 @@
+//! What every connection task of the node shares: the encoding of a message
+//! into a frame, the error that ends a connection, and the transport
+//! counters ([`NetStats`]).
+//!
+//! Owns no connection, task or state of its own; it must never grow
+//! behaviour beyond these shared definitions.
+
+use std::sync::atomic::{AtomicU32, AtomicU64};
+
+use bytes::Bytes;
+use time_net::FrameError;
+
+use crate::protocol::message::Message;
+
+/// Counters of the transport layer.
+#[derive(Default, Debug)]
+pub struct NetStats {
+    pub frames_in: AtomicU64,
+    pub frames_out: AtomicU64,
+    pub malformed_frames: AtomicU64,
+    pub handshake_failures: AtomicU64,
+    pub peer_queue_drops: AtomicU64,
+    pub core_queue_drops: AtomicU64,
+    pub peers_connected: AtomicU32,
+}
+
+/// Why a connection (inbound, outbound or pool message) was ended or refused.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum LinkError {
+    #[error("frame: {0}")]
+    Frame(#[from] FrameError),
+    #[error("i/o: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("handshake: {0}")]
+    Handshake(&'static str),
+    #[error("decode: {0}")]
+    Decode(#[from] time_net::DecodeError),
+    #[error("timed out")]
+    Timeout,
+}
+
+pub(super) fn encode(m: &Message) -> Bytes {
+    Bytes::from(m.to_bytes())
+}
