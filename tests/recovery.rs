@@ -10,7 +10,9 @@
 //! times the payment rate.
 //!
 //! `TIME_RECOVERY_SEED` replays the kill schedule (the seed is printed);
-//! `TIME_RECOVERY_CYCLES` changes the number of kill/restart cycles (10).
+//! `TIME_RECOVERY_CYCLES` changes the number of kill/restart cycles (10);
+//! `TIME_RECOVERY_RATE` the offered payments per second (150) and
+//! `TIME_RECOVERY_WORKERS` the concurrent wallet tasks (12).
 
 mod common;
 
@@ -117,6 +119,9 @@ struct Load {
     start: Instant,
     /// Payments seen final by the wallet side, in that order: (txid, input).
     finals: Mutex<Vec<(Txid, OutPoint)>>,
+    /// Offered payments per second.
+    rate: f64,
+    coins_per_wallet: u32,
 }
 
 impl Load {
@@ -136,7 +141,7 @@ impl Load {
 async fn worker(load: Arc<Load>) -> Vec<Paid> {
     let mut conns: Vec<Option<WalletClient>> = (0..NODES).map(|_| None).collect();
     let mut out = Vec::new();
-    let total = WALLETS * COINS_PER_WALLET as usize;
+    let total = WALLETS * load.coins_per_wallet as usize;
     loop {
         if load.stop.load(Ordering::SeqCst) || load.start.elapsed() > LOAD_LIMIT {
             break;
@@ -145,7 +150,7 @@ async fn worker(load: Arc<Load>) -> Vec<Paid> {
         if idx >= total {
             break;
         }
-        let slot = load.start + Duration::from_secs_f64(idx as f64 / RATE);
+        let slot = load.start + Duration::from_secs_f64(idx as f64 / load.rate);
         tokio::time::sleep_until(tokio::time::Instant::from_std(slot)).await;
         if load.stop.load(Ordering::SeqCst) {
             break;
@@ -409,7 +414,13 @@ fn kill9_restart_cycles_lose_no_final_payment() {
     let cycles: usize = env_or("TIME_RECOVERY_CYCLES", CYCLES).clamp(1, 50);
     eprintln!("recovery: seed={seed} (TIME_RECOVERY_SEED={seed} replays the kill schedule)");
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let mut c = Cluster::start_funded(NODES, "", WALLETS, COINS_PER_WALLET);
+    let rate: f64 = env_or("TIME_RECOVERY_RATE", RATE).clamp(1.0, 5_000.0);
+    let n_workers: usize = env_or("TIME_RECOVERY_WORKERS", WORKERS).clamp(1, 512);
+    // Enough coins for the whole load phase at this rate.
+    let coins_per_wallet =
+        COINS_PER_WALLET.max((rate * LOAD_LIMIT.as_secs_f64() / WALLETS as f64) as u32 + 1);
+    eprintln!("recovery: {rate}/s offered by {n_workers} wallet tasks");
+    let mut c = Cluster::start_funded(NODES, "", WALLETS, coins_per_wallet);
     let weights: Vec<u64> = (0..NODES)
         .map(|i| {
             c.registry
@@ -439,13 +450,15 @@ fn kill9_restart_cycles_lose_no_final_payment() {
         next: AtomicUsize::new(0),
         start: Instant::now(),
         finals: Mutex::new(Vec::new()),
+        rate,
+        coins_per_wallet,
     });
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .unwrap();
-    let workers: Vec<_> = (0..WORKERS)
+    let workers: Vec<_> = (0..n_workers)
         .map(|_| rt.spawn(worker(load.clone())))
         .collect();
 
@@ -491,7 +504,7 @@ fn kill9_restart_cycles_lose_no_final_payment() {
             "recovery: cycle {cycle}: mn{i} down {} ms, linked again {} ms after restart, {} payments submitted so far",
             down.as_millis(),
             mesh.as_millis(),
-            load.next.load(Ordering::SeqCst).min(WALLETS * COINS_PER_WALLET as usize)
+            load.next.load(Ordering::SeqCst).min(WALLETS * load.coins_per_wallet as usize)
         );
         std::thread::sleep(Duration::from_millis(rng.gen_range(200..=500)));
     }
@@ -631,7 +644,7 @@ fn kill9_restart_cycles_lose_no_final_payment() {
         );
     }
     eprintln!(
-        "recovery: load {load_secs:.1} s at {RATE}/s offered: {} payments, {seen_final} seen final, {quorum_up} submitted with the quorum up, {retried} resubmitted elsewhere, {} rejected or bad proof, {no_outcome} without outcome; \
+        "recovery: load {load_secs:.1} s at {rate}/s offered: {} payments, {seen_final} seen final, {quorum_up} submitted with the quorum up, {retried} resubmitted elsewhere, {} rejected or bad proof, {no_outcome} without outcome; \
          links restored in ms {mesh_ms:?}; converged {}; bad proofs per node {bad_proofs:?}; \
          load stop {:.1} s, convergence wait {converge_secs:.1} s, proof check {proofs_secs:.1} s; total {:.1} s",
         paid.len(),

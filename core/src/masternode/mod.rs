@@ -47,6 +47,11 @@ pub struct MasternodeConfig {
     /// Most proof requests broadcast to all peers per second (stalled
     /// transactions, missing parents); more are dropped and counted.
     pub max_proof_broadcasts_per_s: u32,
+    /// Planted bug for the simulator's control runs: no catch-up at all (no
+    /// finality-log requests, pages ignored) and the approval gate always
+    /// open. Compiled only with `planted-bugs`.
+    #[cfg(feature = "planted-bugs")]
+    pub planted_no_catchup: bool,
 }
 
 impl MasternodeConfig {
@@ -57,6 +62,8 @@ impl MasternodeConfig {
             reannounce: ReannounceConfig::default(),
             tick_ms: 100,
             max_proof_broadcasts_per_s: 1_000,
+            #[cfg(feature = "planted-bugs")]
+            planted_no_catchup: false,
         }
     }
 }
@@ -272,6 +279,10 @@ impl Masternode {
                 head,
                 txids,
             } => {
+                #[cfg(feature = "planted-bugs")]
+                if self.cfg.planted_no_catchup {
+                    return Ok(());
+                }
                 let engine = &self.engine;
                 let mut out = Vec::new();
                 self.catchup.on_page(
@@ -356,6 +367,10 @@ impl Masternode {
     }
 
     fn poll_catchup(&mut self, now: u64) {
+        #[cfg(feature = "planted-bugs")]
+        if self.cfg.planted_no_catchup {
+            return;
+        }
         let engine = &self.engine;
         let mut out = Vec::new();
         self.catchup.poll(now, |t| engine.known_final(t), &mut out);
@@ -386,6 +401,11 @@ impl Masternode {
     }
 
     fn update_gate(&mut self, now: u64) {
+        #[cfg(feature = "planted-bugs")]
+        if self.cfg.planted_no_catchup {
+            self.engine.set_catching_up(false);
+            return;
+        }
         let registry = self.engine.registry();
         let _ = now;
         let caught_up = self

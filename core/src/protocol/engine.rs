@@ -765,9 +765,36 @@ impl Engine {
             return;
         }
         self.metrics.votes_received += vb.batch.items.len() as u64;
+        // Votes that would open a tally for a transaction not pending here
+        // get at most `max_unknown_tallies` of the open tallies; the rest
+        // (`mempool_limit` of them) stay for pending transactions. Else one
+        // voter's flood of votes for made-up txids fills them all, and the
+        // votes on real payments (this node's own too) find no room.
+        let mut room = self
+            .cfg
+            .max_unknown_tallies
+            .saturating_sub(self.aggregator.open());
+        let mut refused = 0u64;
+        let mut admitted = Vec::new();
+        for (k, item) in vb.batch.items.iter().enumerate() {
+            let t = &item.txid;
+            if self.is_pending(t)
+                || self.aggregator.approve_weight(t) > 0
+                || self.aggregator.is_done(t)
+            {
+                admitted.push(k as u32);
+            } else if room > 0 {
+                room -= 1;
+                admitted.push(k as u32);
+            } else {
+                refused += 1;
+            }
+        }
+        self.metrics.votes_dropped_unknown_tx += refused;
         let mut events = Vec::new();
         let before = self.aggregator.stats();
-        self.aggregator.add(now, &vb, None, &mut events);
+        let indices = (refused > 0).then_some(admitted.as_slice());
+        self.aggregator.add(now, &vb, indices, &mut events);
         let after = self.aggregator.stats();
         self.metrics.votes_duplicate += after.duplicates - before.duplicates;
         self.metrics.votes_dropped_unknown_tx += after.dropped_full - before.dropped_full;
@@ -1084,14 +1111,16 @@ impl Engine {
     pub fn handle_proof(&mut self, now: u64, tx: Transaction, proof: TimeProof) {
         self.metrics.proofs_received += 1;
         let txid = tx.txid();
+        if self.is_finalized(&txid) || self.known_final(&txid) {
+            // Nothing to learn: do not pay for verifying it (peers answer
+            // every proof request, and anyone can replay a valid proof).
+            return;
+        }
         if proof.txid != txid
             || precheck(&tx, &txid, self.cfg.chain_id, &self.cfg.limits).is_err()
             || proof.verify(self.cfg.chain_id, &self.registry).is_err()
         {
             self.metrics.proofs_invalid += 1;
-            return;
-        }
-        if self.is_finalized(&txid) || self.known_final(&txid) {
             return;
         }
         let proof = Arc::new(proof);

@@ -82,7 +82,14 @@ impl QuicNet {
             .map_err(|_| PoolError::Config("TLS suite unusable for QUIC"))?;
         let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
         server.transport_config(transport.clone());
-        let endpoint = Endpoint::server(server, listen)?;
+        let endpoint_cfg = quinn::EndpointConfig::new(Arc::new(identity.stateless_reset_key()));
+        let socket = std::net::UdpSocket::bind(listen)?;
+        let endpoint = Endpoint::new(
+            endpoint_cfg,
+            Some(server),
+            socket,
+            Arc::new(quinn::TokioRuntime),
+        )?;
         Ok(QuicNet {
             endpoint,
             cert,

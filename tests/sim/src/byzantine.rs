@@ -3,8 +3,10 @@
 //! directly: approvals for both sides of a conflict, approve to some peers
 //! and reject to others, batches claiming another voter, votes from keys that
 //! are not registered, old batches and proofs replayed late, proofs that are
-//! too light, floods of votes for unknown transactions and malformed frames,
-//! or nothing at all.
+//! too light, floods of votes for unknown transactions (now and then, or at
+//! full rate in bursts) and malformed frames, transport messages the state
+//! machine must ignore (forged fast-path stream announcements), or nothing
+//! at all.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -12,15 +14,15 @@ use ed25519_dalek::SigningKey;
 use rand::seq::SliceRandom;
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
-use timecoin::protocol::message::Message;
-use timecoin::protocol::timeproof::TimeProof;
-use timecoin::protocol::types::{OutPoint, PublicKey, Transaction, Txid};
-use timecoin::protocol::validation::RejectCode;
-use timecoin::protocol::vote::{Decision, VoteBatch, VoteItem};
+use timecoin_core::protocol::message::Message;
+use timecoin_core::protocol::timeproof::TimeProof;
+use timecoin_core::protocol::types::{OutPoint, PublicKey, Transaction, Txid};
+use timecoin_core::protocol::validation::RejectCode;
+use timecoin_core::protocol::vote::{Decision, VoteBatch, VoteItem};
 
-use crate::config::{ByzBehaviour, CHAIN_ID};
-use crate::net::Frame;
-use crate::node::{frame, Dest};
+use crate::config::{ByzBehaviour, Micros, CHAIN_ID, SEC};
+use crate::net::{Dest, Frame};
+use crate::node::frame;
 
 const KEEP: usize = 256;
 
@@ -36,6 +38,11 @@ pub struct ByzStats {
     pub proofs_pushed: u64,
     pub relays: u64,
     pub malleated: u64,
+    /// Batches sent by full-rate floods, and their items.
+    pub flood_batches: u64,
+    pub junk_transport: u64,
+    /// Vote batches signed with a small-order component.
+    pub torsion: u64,
 }
 
 pub struct ByzNode {
@@ -55,6 +62,8 @@ pub struct ByzNode {
     captured_txs: Vec<Frame>,
     proofs_requested: BTreeSet<Txid>,
     proofs_pushed: BTreeSet<[u8; 32]>,
+    /// Full-rate flood: the current burst ends at `.0`, the next starts at `.1`.
+    burst: (Micros, Micros),
     pub stats: ByzStats,
 }
 
@@ -69,7 +78,7 @@ impl ByzNode {
         ByzNode {
             idx,
             key,
-            outsider: timecoin::testkit::key_from_seed("outsider", idx as u64),
+            outsider: timecoin_core::testkit::key_from_seed("outsider", idx as u64),
             behaviour,
             n: keys.len(),
             keys,
@@ -83,6 +92,7 @@ impl ByzNode {
             captured_txs: Vec::new(),
             proofs_requested: BTreeSet::new(),
             proofs_pushed: BTreeSet::new(),
+            burst: (0, 5 * SEC),
             stats: ByzStats::default(),
         }
     }
@@ -102,6 +112,21 @@ impl ByzNode {
         frame(&Message::VoteBatch(VoteBatch::sign(
             CHAIN_ID, self.epoch, &self.key, items,
         )))
+    }
+
+    /// Its votes on real transactions: signed with a small-order component
+    /// in `R` when it misbehaves that way (valid under ZIP 215, so the
+    /// batch counts, and proofs carry the odd signature to everyone).
+    fn sign_votes(&mut self, items: Vec<VoteItem>) -> Frame {
+        if !self.behaviour.torsion {
+            return self.sign(items);
+        }
+        self.stats.batches_signed += 1;
+        self.stats.torsion += 1;
+        let mut b = VoteBatch::sign(CHAIN_ID, self.epoch, &self.key, items);
+        let (_, msg) = b.levels_and_message();
+        b.signature = timecoin_core::testkit::torsion_signature(&self.key, &msg);
+        frame(&Message::VoteBatch(b))
     }
 
     /// A frame from a peer or wallet. Returns what to send at once.
@@ -171,8 +196,8 @@ impl ByzNode {
         out
     }
 
-    /// Periodic misbehaviour.
-    pub fn step(&mut self, rng: &mut ChaCha8Rng) -> Vec<(Dest, Frame)> {
+    /// Periodic misbehaviour, every 50 to 150 ms.
+    pub fn step(&mut self, rng: &mut ChaCha8Rng, now: Micros) -> Vec<(Dest, Frame)> {
         let b = self.behaviour.clone();
         let mut out = Vec::new();
         if b.silent {
@@ -192,8 +217,8 @@ impl ByzNode {
                 let mut peers = self.peers();
                 peers.shuffle(rng);
                 let half = peers.len() / 2;
-                let yes = self.sign(fresh.iter().map(approve).collect());
-                let no = self.sign(fresh.iter().map(reject).collect());
+                let yes = self.sign_votes(fresh.iter().map(approve).collect());
+                let no = self.sign_votes(fresh.iter().map(reject).collect());
                 for (k, p) in peers.into_iter().enumerate() {
                     out.push((
                         Dest::Peer(p),
@@ -201,10 +226,10 @@ impl ByzNode {
                     ));
                 }
             } else if b.approve_all {
-                let f = self.sign(fresh.iter().map(approve).collect());
+                let f = self.sign_votes(fresh.iter().map(approve).collect());
                 out.push((Dest::AllPeers, f));
             } else if b.reject_all {
-                let f = self.sign(fresh.iter().map(reject).collect());
+                let f = self.sign_votes(fresh.iter().map(reject).collect());
                 out.push((Dest::AllPeers, f));
             }
         }
@@ -277,6 +302,49 @@ impl ByzNode {
             for _ in 0..4 {
                 out.push((Dest::AllPeers, self.garbage(rng)));
             }
+        }
+        if b.vote_flood {
+            if now >= self.burst.1 {
+                self.burst = (
+                    now + rng.gen_range(2 * SEC..=4 * SEC),
+                    now + rng.gen_range(20 * SEC..=40 * SEC),
+                );
+            }
+            if now < self.burst.0 {
+                // Full rate: many signed batches for made-up txids, every
+                // step (far more than the tallies honest nodes keep open
+                // for transactions they have not seen).
+                for _ in 0..rng.gen_range(4..=8) {
+                    let k = rng.gen_range(32..=64);
+                    let items: Vec<VoteItem> = (0..k)
+                        .map(|_| VoteItem {
+                            txid: Txid(rng.gen()),
+                            decision: if rng.gen_bool(0.9) {
+                                Decision::Approve
+                            } else {
+                                Decision::Reject(RejectCode::InputLocked)
+                            },
+                        })
+                        .collect();
+                    self.stats.flood_items += k as u64;
+                    self.stats.flood_batches += 1;
+                    out.push((Dest::AllPeers, self.sign(items)));
+                }
+            }
+        }
+        if b.transport_junk && rng.gen_bool(0.1) {
+            // Transport messages: the state machine ignores them.
+            let k: u64 = rng.gen_range(0..4);
+            let m = match rng.gen_range(0..3) {
+                0 => Message::FastPathSeq { next: u64::MAX - k },
+                1 => Message::RepairRequest {
+                    first: rng.gen(),
+                    last: u64::MAX - k,
+                },
+                _ => Message::Repair((0..rng.gen_range(0..64)).map(|_| rng.gen()).collect()),
+            };
+            self.stats.junk_transport += 1;
+            out.push((Dest::AllPeers, frame(&m)));
         }
         if b.gossip_proofs {
             let want: Vec<Txid> = self

@@ -15,7 +15,15 @@
 //! - agreement: honest masternodes agree on the final state of every output;
 //! - liveness: an honest wallet's payment is final within a bound while the
 //!   network is calm, and once every partition has healed it is final and
-//!   every honest node that approved it has finalized it.
+//!   every honest node that approved it has finalized it;
+//! - catch-up: at the end (after the final heal and a settle period) every
+//!   honest node that is up holds every transaction any honest node
+//!   finalized, as final, with a stored proof that verifies; and a restarted
+//!   node, once connected to a quorum, knows within [`CATCH_UP_BOUND`] every
+//!   transaction that was final at an honest node before its restart (of
+//!   those its connected peers hold);
+//! - no honest node meets conflicting TimeProofs while the Byzantine weight
+//!   is below 1/3.
 //!
 //! A violation the checker can trace to an engine bug already reported (see
 //! [`KnownIssue`]) is marked with it, so a batch can tell new failures from
@@ -24,16 +32,21 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 
-use timecoin::protocol::engine::{ConflictRecord, Engine, Event, Output, Round};
-use timecoin::protocol::registry::Registry;
-use timecoin::protocol::timeproof::TimeProof;
-use timecoin::protocol::types::{OutPoint, PublicKey, Transaction, Txid};
-use timecoin::protocol::utxo::UtxoState;
-use timecoin::protocol::validation::RejectCode;
-use timecoin::protocol::vote::Decision;
-use timecoin::storage::Write;
+use timecoin_core::masternode::Round;
+use timecoin_core::protocol::engine::{ConflictRecord, Engine, Event};
+use timecoin_core::protocol::registry::Registry;
+use timecoin_core::protocol::timeproof::TimeProof;
+use timecoin_core::protocol::types::{OutPoint, PublicKey, Transaction, Txid};
+use timecoin_core::protocol::utxo::UtxoState;
+use timecoin_core::protocol::validation::RejectCode;
+use timecoin_core::protocol::vote::Decision;
+use timecoin_core::storage::{MemoryStore, Store, Write};
 
-use crate::config::{Micros, CHAIN_ID, MS};
+use crate::config::{Micros, CHAIN_ID, MS, SEC};
+
+/// How soon a restarted node, connected to a quorum, must know what was
+/// final before its restart.
+pub const CATCH_UP_BOUND: Micros = 10 * SEC;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum ViolationKind {
@@ -62,6 +75,15 @@ pub enum ViolationKind {
     LivenessBound,
     /// An honest payment did not resolve after healing.
     LivenessEnd,
+    /// An honest node met conflicting TimeProofs while the Byzantine weight
+    /// was below 1/3.
+    ConflictingProofs,
+    /// At the end, an honest node that is up does not hold a transaction
+    /// another honest node finalized (as final, with a proof that verifies).
+    NotLearned,
+    /// A restarted node connected to a quorum did not learn, within the
+    /// bound, what was final before its restart.
+    CatchUpBound,
 }
 
 impl ViolationKind {
@@ -79,12 +101,18 @@ impl ViolationKind {
             ViolationKind::Disagreement => "disagreement",
             ViolationKind::LivenessBound => "liveness-bound",
             ViolationKind::LivenessEnd => "liveness-end",
+            ViolationKind::ConflictingProofs => "conflicting-proofs",
+            ViolationKind::NotLearned => "not-learned",
+            ViolationKind::CatchUpBound => "catch-up-bound",
         }
     }
     pub fn is_safety(self) -> bool {
         !matches!(
             self,
-            ViolationKind::LivenessBound | ViolationKind::LivenessEnd
+            ViolationKind::LivenessBound
+                | ViolationKind::LivenessEnd
+                | ViolationKind::NotLearned
+                | ViolationKind::CatchUpBound
         )
     }
 }
@@ -186,8 +214,23 @@ struct NodeView {
     revoted: BTreeSet<Txid>,
 }
 
+/// A restarted node's catch-up, watched until checked once.
+struct Watch {
+    node: usize,
+    restart_at: Micros,
+    /// Final at some honest node before the restart.
+    wanted: Vec<Txid>,
+    /// Since when the node's links have been unchanged with a quorum
+    /// connected (None: not connected to a quorum).
+    since: Option<Micros>,
+}
+
 pub struct Checker {
     registry: Registry,
+    /// Byzantine weight below 1/3: conflicting proofs are a violation.
+    byz_safe: bool,
+    watches: BTreeMap<usize, Watch>,
+    next_watch: usize,
     honest: Vec<bool>,
     keys: Vec<PublicKey>,
     /// Every transaction any wallet ever built.
@@ -204,14 +247,26 @@ pub struct Checker {
     pub equivocations_seen: u64,
     pub finality_events: u64,
     pub unknown_tx_votes: u64,
+    /// Restart catch-up windows evaluated (and how many transactions they
+    /// required).
+    pub catch_up_windows: u64,
+    pub catch_up_required: u64,
     reported: BTreeSet<(ViolationKind, Option<usize>, String)>,
 }
 
 impl Checker {
-    pub fn new(registry: Registry, honest: Vec<bool>, keys: Vec<PublicKey>) -> Self {
+    pub fn new(
+        registry: Registry,
+        honest: Vec<bool>,
+        keys: Vec<PublicKey>,
+        byz_safe: bool,
+    ) -> Self {
         let n = honest.len();
         Checker {
             registry,
+            byz_safe,
+            watches: BTreeMap::new(),
+            next_watch: 0,
             honest,
             keys,
             txs: HashMap::new(),
@@ -225,6 +280,8 @@ impl Checker {
             equivocations_seen: 0,
             finality_events: 0,
             unknown_tx_votes: 0,
+            catch_up_windows: 0,
+            catch_up_required: 0,
             reported: BTreeSet::new(),
         }
     }
@@ -290,20 +347,38 @@ impl Checker {
                 _ => {}
             }
         }
-        for out in &round.outputs {
-            match out {
-                Output::Event(Event::Finalized {
+        for ev in &round.events {
+            match ev {
+                Event::Finalized {
                     txid, proof, tx, ..
-                }) => self.on_finalized(node, at, *txid, proof, tx),
-                Output::Event(Event::ConflictingProofs(rec)) => {
+                } => self.on_finalized(node, at, *txid, proof, tx),
+                Event::ConflictingProofs(rec) => {
                     self.conflicting_proofs.push((node, rec.clone()));
+                    if self.byz_safe {
+                        self.violate(
+                            ViolationKind::ConflictingProofs,
+                            at,
+                            Some(node),
+                            format!("{}", rec.outpoint),
+                            None,
+                            format!(
+                                "node {node} holds conflicting TimeProofs on {:?}:{} ({:?} weight {}, {:?} weight {}) with Byzantine weight below 1/3",
+                                rec.outpoint.txid,
+                                rec.outpoint.vout,
+                                rec.kept,
+                                rec.kept_weight,
+                                rec.competing,
+                                rec.competing_weight
+                            ),
+                        );
+                    }
                 }
-                Output::Event(Event::Rejected { txid, reason, .. }) => {
+                Event::Rejected { txid, reason, .. } => {
                     if matches!(reason, RejectCode::UnknownInput | RejectCode::BadSignature) {
                         self.transient_refusals.insert(*txid);
                     }
                 }
-                Output::Event(Event::Equivocation { voter, txid }) => {
+                Event::Equivocation { voter, txid } => {
                     self.equivocations_seen += 1;
                     if let Some(v) = self.keys.iter().position(|k| k == voter) {
                         if self.honest[v] {
@@ -322,7 +397,7 @@ impl Checker {
                         }
                     }
                 }
-                _ => {}
+                Event::Accepted { .. } => {}
             }
         }
     }
@@ -330,8 +405,8 @@ impl Checker {
     /// After the round is applied: every input of a transaction finalized in
     /// it is recorded as spent by it.
     pub fn after_round(&mut self, node: usize, at: Micros, round: &Round, engine: &Engine) {
-        for out in &round.outputs {
-            let Output::Event(Event::Finalized { txid, tx, .. }) = out else {
+        for ev in &round.events {
+            let Event::Finalized { txid, tx, .. } = ev else {
                 continue;
             };
             for i in &tx.inputs {
@@ -473,11 +548,32 @@ impl Checker {
             };
         }
         let total = self.registry.total_weight();
-        let r = match proof.verify(CHAIN_ID, &self.registry) {
+        let mut r = match proof.verify(CHAIN_ID, &self.registry) {
             Ok(w) if 3 * w > 2 * total => Ok(()),
             Ok(w) => Err(format!("carries weight {w} of {total}, not more than 2/3")),
             Err(e) => Err(e.to_string()),
         };
+        if r.is_ok() {
+            // The proof's batch verdict must be every certificate's own (a
+            // wallet checks them one by one). Byzantine voters are the ones
+            // that sign oddly (small-order components).
+            for (i, v) in proof.votes.iter().enumerate() {
+                let byz = self
+                    .keys
+                    .iter()
+                    .position(|k| *k == v.voter)
+                    .is_some_and(|j| !self.honest[j]);
+                if byz
+                    && !v
+                        .signed_message(CHAIN_ID, &proof.txid)
+                        .is_some_and(|m| timecoin_core::sig::verify(&v.voter.0, &m, &v.signature))
+                {
+                    r = Err(format!(
+                        "verifies as a whole, but its certificate {i} does not verify alone"
+                    ));
+                }
+            }
+        }
         self.proof_ok.insert(digest, r.is_ok());
         r
     }
@@ -756,6 +852,163 @@ impl Checker {
             matches!(e.utxo(&i.prev).map(|u| u.state),
                 Some(UtxoState::SpentFinalized { txid: t }) | Some(UtxoState::Confirmed { txid: t, .. }) if t == *txid)
         })
+    }
+
+    /// Every transaction some honest node finalized (and when it first did).
+    fn finalized_anywhere(&self) -> BTreeMap<Txid, Micros> {
+        let mut all: BTreeMap<Txid, Micros> = BTreeMap::new();
+        for (i, v) in self.views.iter().enumerate() {
+            if !self.honest[i] {
+                continue;
+            }
+            for (t, at) in &v.finalized {
+                let e = all.entry(*t).or_insert(*at);
+                *e = (*e).min(*at);
+            }
+        }
+        all
+    }
+
+    /// A node restarted: watch its catch-up. Call before its links come up.
+    pub fn watch_restart(&mut self, node: usize, at: Micros) {
+        let wanted = self
+            .finalized_anywhere()
+            .into_iter()
+            .filter(|(_, t)| *t < at)
+            .map(|(txid, _)| txid)
+            .collect();
+        self.watches.retain(|_, w| w.node != node);
+        let id = self.next_watch;
+        self.next_watch += 1;
+        self.watches.insert(
+            id,
+            Watch {
+                node,
+                restart_at: at,
+                wanted,
+                since: None,
+            },
+        );
+    }
+
+    /// The node a watch is about, while it is open.
+    pub fn watch_node(&self, id: usize) -> Option<usize> {
+        self.watches.get(&id).map(|w| w.node)
+    }
+
+    /// The node crashed: its watch (if any) ends unchecked.
+    pub fn on_crash(&mut self, node: usize) {
+        self.watches.retain(|_, w| w.node != node);
+    }
+
+    /// `node`'s links changed. Returns the watch and the time its window
+    /// starts, when it is connected to a quorum: the caller checks it
+    /// [`CATCH_UP_BOUND`] later (unless the links change again first).
+    pub fn links_changed(
+        &mut self,
+        node: usize,
+        at: Micros,
+        quorum_connected: bool,
+    ) -> Option<(usize, Micros)> {
+        let (id, w) = self.watches.iter_mut().find(|(_, w)| w.node == node)?;
+        w.since = quorum_connected.then_some(at);
+        w.since.map(|s| (*id, s))
+    }
+
+    /// The window of watch `id` that started at `since` is over: the node
+    /// knows every wanted transaction that a linked honest peer holds final.
+    /// `node` is the watched node's engine; `linked` the honest peers linked
+    /// to it (unchanged since `since`).
+    pub fn check_catch_up(
+        &mut self,
+        id: usize,
+        since: Micros,
+        at: Micros,
+        node: &Engine,
+        linked: &[(usize, &Engine)],
+    ) {
+        let Some(w) = self.watches.get(&id) else {
+            return;
+        };
+        if w.since != Some(since) {
+            return;
+        }
+        let w = self.watches.remove(&id).expect("present");
+        self.catch_up_windows += 1;
+        let mut missing = Vec::new();
+        for txid in &w.wanted {
+            if linked.iter().any(|(_, e)| e.known_final(txid)) {
+                self.catch_up_required += 1;
+            }
+            if node.known_final(txid) {
+                continue;
+            }
+            let holders: Vec<usize> = linked
+                .iter()
+                .filter(|(_, e)| e.known_final(txid))
+                .map(|(j, _)| *j)
+                .collect();
+            if !holders.is_empty() {
+                missing.push((*txid, holders));
+            }
+        }
+        if let Some((first, holders)) = missing.first() {
+            self.violate(
+                ViolationKind::CatchUpBound,
+                at,
+                Some(w.node),
+                format!("{} {}", w.node, w.restart_at),
+                None,
+                format!(
+                    "node {} restarted at {} ms, connected to a quorum since {} ms, still lacks {} of the {} transactions final before its restart that its peers hold, {} ms later (first {first:?}, held by nodes {holders:?})",
+                    w.node,
+                    w.restart_at / MS,
+                    since / MS,
+                    missing.len(),
+                    w.wanted.len(),
+                    (at - since) / MS
+                ),
+            );
+        }
+    }
+
+    /// At the end, after the final heal and the settle period: every honest
+    /// node that is up holds every transaction any honest node finalized, as
+    /// final, with a stored proof that verifies.
+    pub fn check_learned_end(&mut self, at: Micros, nodes: &[(usize, &Engine, &MemoryStore)]) {
+        let all: Vec<Txid> = self.finalized_anywhere().into_keys().collect();
+        for (i, e, store) in nodes {
+            let mut missing = Vec::new();
+            for txid in &all {
+                let ok = e.known_final(txid)
+                    && match store.get_proof(txid).expect("memory store") {
+                        Some(p) => p.txid == *txid && self.proof_verifies(&p).is_ok(),
+                        None => false,
+                    };
+                if !ok {
+                    missing.push(*txid);
+                }
+            }
+            if let Some(first) = missing.first() {
+                let origin: Vec<usize> = (0..self.views.len())
+                    .filter(|&j| self.honest[j] && self.views[j].finalized.contains_key(first))
+                    .collect();
+                let final_no_proof = e.known_final(first);
+                self.violate(
+                    ViolationKind::NotLearned,
+                    at,
+                    Some(*i),
+                    format!("{i}"),
+                    None,
+                    format!(
+                        "at the end node {i} lacks {} of the {} transactions honest nodes finalized (first {first:?}, finalized at nodes {origin:?}; {})",
+                        missing.len(),
+                        all.len(),
+                        if final_no_proof { "final here but no valid stored proof" } else { "not final here" }
+                    ),
+                );
+            }
+        }
     }
 
     pub fn payments(&self) -> usize {

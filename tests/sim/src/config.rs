@@ -12,7 +12,7 @@ use std::str::FromStr;
 use rand::seq::SliceRandom;
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
-use timecoin::protocol::registry::{quorum_threshold, Tier};
+use timecoin_core::protocol::registry::{quorum_threshold, Tier};
 
 use crate::rng_for;
 
@@ -106,6 +106,9 @@ pub enum Planted {
     Quorum,
     /// Voted locks released after the lock timeout.
     ReleaseLock,
+    /// No catch-up from the peers' finality logs (and the approval gate
+    /// always open).
+    NoCatchup,
 }
 
 impl Planted {
@@ -114,6 +117,7 @@ impl Planted {
             Planted::None => "none",
             Planted::Quorum => "quorum",
             Planted::ReleaseLock => "release-lock",
+            Planted::NoCatchup => "no-catchup",
         }
     }
 }
@@ -125,8 +129,9 @@ impl FromStr for Planted {
             "none" => Ok(Planted::None),
             "quorum" => Ok(Planted::Quorum),
             "release-lock" => Ok(Planted::ReleaseLock),
+            "no-catchup" => Ok(Planted::NoCatchup),
             _ => Err(format!(
-                "unknown planted bug {s:?}; one of: none, quorum, release-lock"
+                "unknown planted bug {s:?}; one of: none, quorum, release-lock, no-catchup"
             )),
         }
     }
@@ -244,8 +249,20 @@ pub struct ByzBehaviour {
     pub replay: bool,
     /// Votes signed by a key that is not registered.
     pub unregistered: bool,
-    /// Many large batches for unknown transactions, and malformed frames.
+    /// Now and then a large batch for unknown transactions, and malformed frames.
     pub flood: bool,
+    /// Full-rate floods: many signed batches of votes for made-up txids every
+    /// step, during bursts of several seconds.
+    pub vote_flood: bool,
+    /// Transport messages the state machine must ignore: forged fast-path
+    /// stream announcements (`FastPathSeq { next: u64::MAX - k }`), repair
+    /// requests for absurd ranges, repairs carrying junk.
+    pub transport_junk: bool,
+    /// Signs its votes on real transactions with a small-order component
+    /// in `R` (`testkit::torsion_signature`): valid under ZIP 215, so they
+    /// count, and every node and wallet must agree on the proofs carrying
+    /// them.
+    pub torsion: bool,
     /// Collects proofs for everything it sees and pushes them to everyone.
     pub gossip_proofs: bool,
     /// Proofs with too few, repeated or reject votes.
@@ -275,7 +292,7 @@ pub struct CrashWindow {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Skew {
-    /// Added to virtual time, in ms (may be negative; local time is clamped at 0).
+    /// Added to the node's clock, in ms (may be negative).
     pub offset_ms: i64,
     /// Rate error in parts per million.
     pub drift_ppm: i64,
@@ -289,8 +306,15 @@ pub struct NetParams {
     /// Per transmission attempt.
     pub loss: f64,
     pub dup: f64,
+    /// The transport's retransmission timeout (a lost packet on the
+    /// reliable path is resent after it, doubling).
     pub rto_min: Micros,
     pub rto_max: Micros,
+    /// Per-peer outbound queue capacity per priority class, for messages
+    /// waiting for a link to come up.
+    pub queue_cap: [usize; 4],
+    /// Lock broadcasts and vote batches to all peers go as datagrams.
+    pub fast_path: bool,
     /// Wallet <-> masternode.
     pub wallet_latency: Micros,
     pub wallet_loss: f64,
@@ -301,8 +325,12 @@ pub struct EngineParams {
     pub lock_timeout_ms: u64,
     pub orphan_timeout_ms: u64,
     pub decided_retention_ms: u64,
+    /// Scaled down with the simulator's load (the node's defaults are
+    /// 10,000 and 100,000), so a flood reaches them.
+    pub mempool_limit: usize,
+    pub max_unknown_tallies: usize,
+    /// How often the node's timer fires (`handle_timeout`).
     pub tick_every: Micros,
-    pub repair_every: Micros,
 }
 
 #[derive(Clone, Debug)]
@@ -398,7 +426,9 @@ impl SimConfig {
 
         let payments_until = rng.gen_range(40..=120) * SEC;
         let heal_at = payments_until + 5 * SEC;
-        let end_at = heal_at + 40 * SEC;
+        // Time after the last heal for every honest node to learn every
+        // finalized payment (checked at the end).
+        let end_at = heal_at + 30 * SEC;
 
         // Links.
         let lat_lo = if calm { 1 } else { 2 };
@@ -422,6 +452,11 @@ impl SimConfig {
             dup: if lossy { rng.gen_range(0.0..0.2) } else { 0.0 },
             rto_min: 200 * MS,
             rto_max: 2 * SEC,
+            queue_cap: {
+                let cap = *[16usize, 256, 8192].choose(&mut rng).expect("non-empty");
+                [cap, cap, cap.min(256), cap.min(256)]
+            },
+            fast_path: flavour == Scenario::Lossy || (!calm && rng.gen_bool(0.5)),
             wallet_latency: rng.gen_range(1..=30) * MS,
             wallet_loss: if lossy { rng.gen_range(0.0..0.1) } else { 0.0 },
         };
@@ -510,8 +545,9 @@ impl SimConfig {
             decided_retention_ms: *[10_000u64, 30_000, 120_000]
                 .choose(&mut rng)
                 .expect("non-empty"),
-            tick_every: rng.gen_range(200..=1_000) * MS,
-            repair_every: 2 * SEC,
+            mempool_limit: 1_000,
+            max_unknown_tallies: 2_000,
+            tick_every: rng.gen_range(100..=1_000) * MS,
         };
         SimConfig {
             seed,
@@ -657,6 +693,9 @@ fn draw_behaviour(flavour: Scenario, options: Options, rng: &mut ChaCha8Rng) -> 
         replay: rng.gen_bool(p),
         unregistered: rng.gen_bool(p),
         flood: rng.gen_bool(p * 0.5),
+        vote_flood: rng.gen_bool(p * 0.1),
+        transport_junk: rng.gen_bool(p * 0.5),
+        torsion: rng.gen_bool(p * 0.5),
         gossip_proofs: rng.gen_bool(p),
         bad_proofs: rng.gen_bool(p),
         malleate: rng.gen_bool(p * 0.5),

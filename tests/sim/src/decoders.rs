@@ -12,14 +12,16 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use rand::seq::SliceRandom;
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
-use time_net::Reader;
-use timecoin::protocol::message::{Hello, Message, Role};
-use timecoin::protocol::timeproof::TimeProof;
-use timecoin::protocol::types::{Address, OutPoint, PublicKey, Transaction, TxOutput, Txid, COIN};
-use timecoin::protocol::utxo::{UtxoEntry, UtxoState};
-use timecoin::protocol::validation::RejectCode;
-use timecoin::protocol::vote::{Decision, VoteBatch, VoteItem};
-use timecoin::testkit::key_from_seed;
+use timecoin_core::codec::Reader;
+use timecoin_core::protocol::message::{Hello, Message, Role};
+use timecoin_core::protocol::timeproof::TimeProof;
+use timecoin_core::protocol::types::{
+    Address, OutPoint, PublicKey, Transaction, TxOutput, Txid, COIN,
+};
+use timecoin_core::protocol::utxo::{UtxoEntry, UtxoState};
+use timecoin_core::protocol::validation::RejectCode;
+use timecoin_core::protocol::vote::{Decision, VoteBatch, VoteItem};
+use timecoin_core::testkit::key_from_seed;
 
 use crate::config::CHAIN_ID;
 use crate::rng_for;

@@ -1,20 +1,25 @@
 //! A deterministic simulator for TIME Coin masternodes.
 //!
-//! It runs N copies of the real protocol core ([`timecoin::protocol::engine::Engine`])
-//! with their durable state in [`timecoin::storage::MemoryStore`] (crash =
-//! drop the engine, restart = `Engine::new` from what the store holds), under
-//! a virtual clock and a seeded RNG. Messages travel as real wire frames
-//! ([`timecoin::protocol::message::Message`]) over a network model with
-//! latency, jitter, loss, duplication, reordering and partitions. Byzantine
-//! masternodes and wallets are simulator actors; an invariant checker watches
-//! every round every honest node produces.
+//! It runs N copies of the masternode state machine the node runs
+//! ([`timecoin_core::masternode::Masternode`]: engine, re-announcement,
+//! catch-up, approval gate) with their durable state in
+//! [`timecoin_core::storage::MemoryStore`] (crash = drop the state machine,
+//! restart = `Masternode::new` from what the store holds), under a virtual
+//! clock and a seeded RNG. The simulator only drives it: no protocol logic of
+//! its own. Messages travel as real wire frames
+//! ([`timecoin_core::protocol::message::Message`]) over a model of the
+//! node's transports (a reliable pool with bounded per-link queues, and a
+//! lossy fast path) with latency, jitter, loss, duplication, reordering,
+//! partitions and crashes. Byzantine masternodes and wallets are simulator
+//! actors; an invariant checker watches every round every honest node
+//! produces.
 //!
 //! The same seed always replays the same run: nothing here reads the wall
 //! clock, the OS RNG or iterates a hash map to decide what happens next.
 //!
 //! - [`config`]: a run drawn from its seed (topology, faults, actors).
 //! - [`net`]: the network model.
-//! - [`node`]: the honest masternode driver (the runtime around the engine).
+//! - [`node`]: the honest masternode driver (the runtime around the state machine).
 //! - [`byzantine`]: misbehaving masternodes.
 //! - [`wallet`]: honest and double-spending wallets.
 //! - [`checker`]: the invariants.

@@ -1,42 +1,32 @@
-//! An honest masternode: the real engine plus the small runtime a node puts
-//! around it. The runtime here does what the issue requires of a node and
-//! nothing the engine already does:
+//! An honest masternode: the real state machine ([`Masternode`]) over a
+//! [`MemoryStore`], driven the way the node's runtime drives it and doing
+//! nothing of its own: inputs go to `handle_*`, then each round's writes are
+//! applied to the store *before* its messages leave (the world may crash the
+//! node between the two). Re-announcement, proof answers and catch-up are
+//! the state machine's.
 //!
-//! - a round's writes are applied to the store *before* its messages leave
-//!   (the simulator may crash the node between the two);
-//! - a `ProofRequest` is answered from the store (so restarted and lagging
-//!   nodes catch up);
-//! - after a restart it resends the transactions it still holds locks for and
-//!   its own signed votes on them (both come from the store);
-//! - a transaction it approved that stays undecided is announced again and
-//!   its proof asked for, with backoff (a peer may have dropped it as an
-//!   orphan, or its tallies may have died in a crash).
+//! Crash = drop the `Masternode` (the store keeps exactly what was applied);
+//! restart = `Masternode::new` from what the store holds.
 //!
-//! The node's clock is virtual time with an offset and a drift, clamped so it
-//! never runs backwards.
+//! The node's clock is a wall clock read at virtual time, with an offset and
+//! a drift, clamped so it never runs backwards.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use ed25519_dalek::SigningKey;
-use timecoin::protocol::engine::{Engine, EngineConfig, Event, Metrics, Origin, Output, Round};
-use timecoin::protocol::message::Message;
-use timecoin::protocol::registry::Registry;
-use timecoin::protocol::types::Txid;
-use timecoin::storage::{Genesis, MemoryStore, Store, Write};
+use timecoin_core::masternode::{Masternode, MasternodeConfig, MasternodeStats, Round};
+use timecoin_core::protocol::engine::Metrics;
+use timecoin_core::protocol::message::Message;
+use timecoin_core::protocol::registry::Registry;
+use timecoin_core::protocol::types::{PublicKey, Transaction};
+use timecoin_core::storage::{Genesis, MemoryStore, Store};
 
-use crate::config::{Micros, Skew, SEC};
+use crate::config::{Micros, Skew};
 use crate::net::Frame;
 
-/// Where a frame goes.
-#[derive(Clone, Debug)]
-pub enum Dest {
-    AllPeers,
-    Peer(usize),
-}
-
-/// How long an approved transaction may stay undecided before the first repair.
-const REPAIR_AFTER: Micros = 3 * SEC;
+/// The wall clock at virtual time 0 (2023-11-14), so that node clocks look
+/// like real ones (the state machine may treat 0 as "never").
+pub const EPOCH_MS: u64 = 1_700_000_000_000;
 
 pub fn frame(m: &Message) -> Frame {
     Arc::from(m.to_bytes())
@@ -45,214 +35,147 @@ pub fn frame(m: &Message) -> Frame {
 pub struct HonestNode {
     pub idx: usize,
     key: SigningKey,
-    cfg: EngineConfig,
+    cfg: MasternodeConfig,
     registry: Registry,
     pub store: MemoryStore,
-    pub engine: Option<Engine>,
+    pub mn: Option<Masternode>,
     pub incarnation: u32,
     skew: Skew,
     last_ms: u64,
     /// Crash right after the next durable write, before the round's sends.
     pub crash_after_write: bool,
-    /// Own approvals still undecided here: when to repair next, and the
-    /// current backoff.
-    awaiting: BTreeMap<Txid, (Micros, Micros)>,
-    /// Metrics of incarnations that crashed.
-    pub dead_metrics: Vec<Metrics>,
+    /// Counters of incarnations that crashed.
+    dead_metrics: Vec<Metrics>,
+    dead_stats: Vec<MasternodeStats>,
     pub restarts: u32,
-    pub proof_answers: u64,
 }
 
 impl HonestNode {
     pub fn new(
         idx: usize,
         key: SigningKey,
-        cfg: EngineConfig,
+        cfg: MasternodeConfig,
         genesis: &Genesis,
         skew: Skew,
     ) -> Self {
         let mut store = MemoryStore::new();
         store.init(genesis).expect("memory store");
-        let snap = store.load().expect("memory store");
-        let engine = Engine::new(cfg.clone(), key.clone(), genesis.registry.clone(), snap);
-        HonestNode {
+        let mut h = HonestNode {
             idx,
             key,
             cfg,
             registry: genesis.registry.clone(),
             store,
-            engine: Some(engine),
+            mn: None,
             incarnation: 0,
             skew,
             last_ms: 0,
             crash_after_write: false,
-            awaiting: BTreeMap::new(),
             dead_metrics: Vec::new(),
+            dead_stats: Vec::new(),
             restarts: 0,
-            proof_answers: 0,
-        }
+        };
+        h.start(0);
+        h
+    }
+
+    fn start(&mut self, t: Micros) {
+        let now = self.local_ms(t);
+        let snap = self.store.load().expect("memory store");
+        self.mn = Some(Masternode::new(
+            self.cfg.clone(),
+            self.key.clone(),
+            self.registry.clone(),
+            snap,
+            now,
+        ));
     }
 
     pub fn is_up(&self) -> bool {
-        self.engine.is_some()
+        self.mn.is_some()
     }
 
-    /// This node's clock at virtual time `t`.
+    /// This node's clock at virtual time `t`: wall-clock milliseconds, as a
+    /// node reads them (virtual time 0 is [`EPOCH_MS`]).
     pub fn local_ms(&mut self, t: Micros) -> u64 {
         let scaled = t as i128 * (1_000_000 + self.skew.drift_ppm as i128) / 1_000_000;
-        let ms = (scaled / 1_000 + self.skew.offset_ms as i128).max(0) as u64;
+        let ms = (EPOCH_MS as i128 + scaled / 1_000 + self.skew.offset_ms as i128).max(0) as u64;
         self.last_ms = self.last_ms.max(ms);
         self.last_ms
     }
 
     pub fn crash(&mut self) {
-        if let Some(e) = self.engine.take() {
-            self.dead_metrics.push(e.metrics().clone());
+        if let Some(m) = self.mn.take() {
+            self.dead_metrics.push(m.metrics().clone());
+            self.dead_stats.push(m.stats());
         }
         self.incarnation += 1;
         self.crash_after_write = false;
-        self.awaiting.clear();
     }
 
-    /// `Engine::new` from what the store holds, then resend what the store
-    /// says is still undecided.
-    pub fn restart(&mut self, t: Micros) -> Vec<(Dest, Frame)> {
-        let snap = self.store.load().expect("memory store");
-        let pending: Vec<_> = snap.pending_transactions.clone();
-        let pending_ids: Vec<Txid> = pending.iter().map(|t| t.txid()).collect();
-        let mut sends = Vec::new();
-        for tx in &pending {
-            sends.push((
-                Dest::AllPeers,
-                frame(&Message::TransactionBroadcast(tx.clone())),
-            ));
-        }
-        for batch in &snap.own_votes {
-            if batch.items.iter().any(|i| pending_ids.contains(&i.txid)) {
-                sends.push((Dest::AllPeers, frame(&Message::VoteBatch(batch.clone()))));
-            }
-        }
-        for id in pending_ids {
-            self.awaiting.insert(id, (t + REPAIR_AFTER, REPAIR_AFTER));
-        }
-        self.engine = Some(Engine::new(
-            self.cfg.clone(),
-            self.key.clone(),
-            self.registry.clone(),
-            snap,
-        ));
+    /// `Masternode::new` from what the store holds.
+    pub fn restart(&mut self, t: Micros) {
+        self.start(t);
         self.restarts += 1;
-        sends
     }
 
-    /// Feeds one decoded message to the engine. Returns direct answers
-    /// (proof requests are served by the runtime, from the store).
-    pub fn input(&mut self, t: Micros, from: Option<usize>, msg: Message) -> Vec<(Dest, Frame)> {
+    /// A wallet's transaction; the immediate answer, if the node has one.
+    pub fn wallet_transaction(&mut self, t: Micros, tx: Transaction) -> Option<Message> {
         let now = self.local_ms(t);
-        let Some(engine) = self.engine.as_mut() else {
-            return vec![];
-        };
-        match msg {
-            Message::SubmitTransaction(tx) => {
-                engine.handle_transaction(now, tx, Origin::Wallet, false)
-            }
-            Message::TransactionBroadcast(tx) => {
-                engine.handle_transaction(now, tx, Origin::Peer, false)
-            }
-            Message::VoteBatch(b) => engine.handle_votes(now, b),
-            Message::TimeProof { tx, proof } => engine.handle_proof(now, tx, proof),
-            Message::ProofRequest(txid) => {
-                let Some(peer) = from else { return vec![] };
-                if let (Ok(Some(proof)), Ok(Some(tx))) = (
-                    self.store.get_proof(&txid),
-                    self.store.get_transaction(&txid),
-                ) {
-                    self.proof_answers += 1;
-                    return vec![(Dest::Peer(peer), frame(&Message::TimeProof { tx, proof }))];
-                }
-            }
-            _ => {}
-        }
-        vec![]
+        let mn = self.mn.as_mut()?;
+        mn.handle_wallet_transaction(now, tx, false, &self.store)
+            .expect("memory store")
     }
 
-    pub fn tick(&mut self, t: Micros) {
+    pub fn peer_message(&mut self, t: Micros, from: PublicKey, msg: Message) {
         let now = self.local_ms(t);
-        if let Some(e) = self.engine.as_mut() {
-            e.tick(now);
+        if let Some(mn) = self.mn.as_mut() {
+            mn.handle_peer_message(now, from, msg, &self.store)
+                .expect("memory store");
         }
     }
 
-    /// Ends the engine's round. The caller checks it, then calls [`commit`].
+    pub fn peer_up(&mut self, t: Micros, peer: PublicKey) {
+        let now = self.local_ms(t);
+        if let Some(mn) = self.mn.as_mut() {
+            mn.handle_peer_up(now, peer);
+        }
+    }
+
+    pub fn peer_down(&mut self, t: Micros, peer: &PublicKey) {
+        let now = self.local_ms(t);
+        if let Some(mn) = self.mn.as_mut() {
+            mn.handle_peer_down(now, peer);
+        }
+    }
+
+    /// The timer (the state machine ignores calls before `poll_timeout`).
+    pub fn timeout(&mut self, t: Micros) {
+        let now = self.local_ms(t);
+        if let Some(mn) = self.mn.as_mut() {
+            if now >= mn.poll_timeout() {
+                mn.handle_timeout(now, &self.store).expect("memory store");
+            }
+        }
+    }
+
+    /// Ends the state machine's round. The caller checks it, then [`commit`]s.
+    ///
+    /// [`commit`]: HonestNode::commit
     pub fn end_round(&mut self, t: Micros) -> Option<Round> {
         let now = self.local_ms(t);
-        self.engine.as_mut().map(|e| e.end_round(now))
+        self.mn.as_mut().map(|m| m.end_round(now))
     }
 
-    /// Applies the round's writes durably and notes what is now awaited.
-    pub fn commit(&mut self, t: Micros, round: &Round) {
+    /// Applies the round's writes durably (one transaction).
+    pub fn commit(&mut self, round: &Round) {
         self.store.apply(&round.writes).expect("memory store");
-        for w in &round.writes {
-            if let Write::AppendOwnVotes(b) = w {
-                for i in b.items.iter().filter(|i| i.decision.is_approve()) {
-                    self.awaiting
-                        .entry(i.txid)
-                        .or_insert((t + REPAIR_AFTER, REPAIR_AFTER));
-                }
-            }
-        }
-        for o in &round.outputs {
-            // Only finality ends the wait: a Rejected verdict can be wrong
-            // when Byzantine voters split their decisions, and a proof still
-            // settles it.
-            if let Output::Event(Event::Finalized { txid, .. }) = o {
-                self.awaiting.remove(txid);
-            }
-        }
-    }
-
-    /// The round's messages, as frames (events stay with the caller).
-    pub fn route(outputs: &[Output]) -> Vec<(Dest, Frame)> {
-        let mut sends = Vec::new();
-        for o in outputs {
-            let m = match o {
-                Output::BroadcastTransaction(tx) => Message::TransactionBroadcast((**tx).clone()),
-                Output::BroadcastVotes(b) => Message::VoteBatch((**b).clone()),
-                Output::RequestProof(t) => Message::ProofRequest(*t),
-                Output::Event(_) => continue,
-            };
-            sends.push((Dest::AllPeers, frame(&m)));
-        }
-        sends
-    }
-
-    /// Approved transactions that stay undecided: announce them again and ask
-    /// for their proofs, backing off to once every 30 s.
-    pub fn repair(&mut self, t: Micros) -> Vec<(Dest, Frame)> {
-        let due: Vec<Txid> = self
-            .awaiting
-            .iter()
-            .filter(|(_, (next, _))| *next <= t)
-            .map(|(id, _)| *id)
-            .take(32)
-            .collect();
-        let mut sends = Vec::new();
-        for id in due {
-            let entry = self.awaiting.get_mut(&id).expect("listed");
-            entry.1 = (entry.1 * 2).min(30 * SEC);
-            entry.0 = t + entry.1;
-            if let Ok(Some(tx)) = self.store.get_transaction(&id) {
-                sends.push((Dest::AllPeers, frame(&Message::TransactionBroadcast(tx))));
-            }
-            sends.push((Dest::AllPeers, frame(&Message::ProofRequest(id))));
-        }
-        sends
     }
 
     pub fn metrics_total(&self) -> Metrics {
         let mut all = self.dead_metrics.clone();
-        if let Some(e) = &self.engine {
-            all.push(e.metrics().clone());
+        if let Some(m) = &self.mn {
+            all.push(m.metrics().clone());
         }
         let mut m = Metrics::default();
         for x in all {
@@ -276,5 +199,27 @@ impl HonestNode {
             m.conflicting_proofs += x.conflicting_proofs;
         }
         m
+    }
+
+    pub fn stats_total(&self) -> MasternodeStats {
+        let mut all = self.dead_stats.clone();
+        if let Some(m) = &self.mn {
+            all.push(m.stats());
+        }
+        let mut s = MasternodeStats::default();
+        for x in all {
+            s.reannounced += x.reannounced;
+            s.proofs_served += x.proofs_served;
+            s.log_pages_served += x.log_pages_served;
+            s.proof_broadcasts_dropped += x.proof_broadcasts_dropped;
+            s.wallet_resubmissions += x.wallet_resubmissions;
+            s.catchup.pages_received += x.catchup.pages_received;
+            s.catchup.proofs_requested += x.catchup.proofs_requested;
+            s.catchup.proofs_given_up += x.catchup.proofs_given_up;
+            s.catchup.stale_pages += x.catchup.stale_pages;
+            s.catchup.peer_log_resets += x.catchup.peer_log_resets;
+            s.catchup.sync_timeouts += x.catchup.sync_timeouts;
+        }
+        s
     }
 }

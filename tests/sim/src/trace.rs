@@ -9,9 +9,10 @@
 
 use std::io::Write;
 
-use timecoin::protocol::engine::{Event, Output};
-use timecoin::protocol::message::Message;
-use timecoin::protocol::vote::Decision;
+use timecoin_core::masternode::{Dest, Transmit};
+use timecoin_core::protocol::engine::Event;
+use timecoin_core::protocol::message::Message;
+use timecoin_core::protocol::vote::Decision;
 
 use crate::config::{Micros, MS};
 
@@ -74,41 +75,48 @@ fn decision_code(d: &Decision) -> u16 {
     }
 }
 
-pub fn output_digest(o: &Output) -> Vec<u8> {
-    let mut d = Vec::with_capacity(64);
-    match o {
-        Output::BroadcastTransaction(tx) => {
-            return message_digest(&Message::TransactionBroadcast((**tx).clone()))
+/// A transmit: where it goes, then what it means.
+pub fn transmit_digest(t: &Transmit) -> Vec<u8> {
+    let mut d = Vec::with_capacity(96);
+    match t.dest {
+        Dest::AllPeers => d.push(0),
+        Dest::Peer(p) => {
+            d.push(1);
+            d.extend_from_slice(&p.0);
         }
-        Output::BroadcastVotes(b) => return message_digest(&Message::VoteBatch((**b).clone())),
-        Output::RequestProof(t) => return message_digest(&Message::ProofRequest(*t)),
-        Output::Event(e) => match e {
-            Event::Accepted { txid } => {
-                d.push(10);
-                d.extend_from_slice(&txid.0);
-            }
-            Event::Finalized { txid, .. } => {
-                d.push(11);
-                d.extend_from_slice(&txid.0);
-            }
-            Event::Rejected { txid, reason, .. } => {
-                d.push(12);
-                d.extend_from_slice(&txid.0);
-                d.extend_from_slice(&reason.code().to_le_bytes());
-            }
-            Event::Equivocation { voter, txid } => {
-                d.push(13);
-                d.extend_from_slice(&voter.0);
-                d.extend_from_slice(&txid.0);
-            }
-            Event::ConflictingProofs(c) => {
-                d.push(14);
-                d.extend_from_slice(&c.outpoint.txid.0);
-                d.extend_from_slice(&c.outpoint.vout.to_le_bytes());
-                d.extend_from_slice(&c.kept.0);
-                d.extend_from_slice(&c.competing.0);
-            }
-        },
+    }
+    d.extend(message_digest(&t.msg));
+    d
+}
+
+pub fn event_digest(e: &Event) -> Vec<u8> {
+    let mut d = Vec::with_capacity(64);
+    match e {
+        Event::Accepted { txid } => {
+            d.push(10);
+            d.extend_from_slice(&txid.0);
+        }
+        Event::Finalized { txid, .. } => {
+            d.push(11);
+            d.extend_from_slice(&txid.0);
+        }
+        Event::Rejected { txid, reason, .. } => {
+            d.push(12);
+            d.extend_from_slice(&txid.0);
+            d.extend_from_slice(&reason.code().to_le_bytes());
+        }
+        Event::Equivocation { voter, txid } => {
+            d.push(13);
+            d.extend_from_slice(&voter.0);
+            d.extend_from_slice(&txid.0);
+        }
+        Event::ConflictingProofs(c) => {
+            d.push(14);
+            d.extend_from_slice(&c.outpoint.txid.0);
+            d.extend_from_slice(&c.outpoint.vout.to_le_bytes());
+            d.extend_from_slice(&c.kept.0);
+            d.extend_from_slice(&c.competing.0);
+        }
     }
     d
 }

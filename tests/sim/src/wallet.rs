@@ -13,7 +13,7 @@ use ed25519_dalek::SigningKey;
 use rand::seq::SliceRandom;
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
-use timecoin::protocol::types::{Address, OutPoint, Transaction, TxOutput, Txid, COIN};
+use timecoin_core::protocol::types::{Address, OutPoint, Transaction, TxOutput, Txid, COIN};
 
 use crate::config::{Micros, CHAIN_ID, SEC};
 
@@ -62,7 +62,7 @@ pub struct HonestWallet {
 
 impl HonestWallet {
     pub fn new(id: usize, key: SigningKey, coins: Vec<(OutPoint, u64)>) -> Self {
-        let address = timecoin::testkit::address_of(&key);
+        let address = timecoin_core::testkit::address_of(&key);
         HonestWallet {
             id,
             key,
@@ -158,7 +158,7 @@ pub struct DoubleSpender {
 
 impl DoubleSpender {
     pub fn new(id: usize, key: SigningKey, coins: Vec<(OutPoint, u64)>) -> Self {
-        let address = timecoin::testkit::address_of(&key);
+        let address = timecoin_core::testkit::address_of(&key);
         DoubleSpender {
             id,
             key,

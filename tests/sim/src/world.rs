@@ -1,7 +1,10 @@
 //! The event loop: one virtual clock, one queue of timed events, every actor.
 //! Events at the same instant run in the order they were scheduled. Each
 //! honest round is checked before its writes are applied, and its writes are
-//! applied before its messages leave.
+//! applied before its messages leave. Whenever a link can change (a partition
+//! starts or ends, a node crashes or restarts) the links are recomputed and
+//! both ends of every link that came up or went down are told
+//! (`handle_peer_up` / `handle_peer_down`).
 
 use std::cmp::Ordering;
 use std::collections::{BTreeMap, BinaryHeap};
@@ -10,22 +13,25 @@ use std::io::Write;
 use rand::seq::SliceRandom;
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
-use timecoin::protocol::engine::{Engine, EngineConfig, Event, Output};
-use timecoin::protocol::message::Message;
-use timecoin::protocol::registry::{Masternode, Registry};
-use timecoin::protocol::types::TxOutput;
-use timecoin::protocol::types::{Address, PublicKey, Transaction, Txid, COIN};
-use timecoin::protocol::utxo::{UtxoEntry, UtxoState};
-use timecoin::storage::Genesis;
-use timecoin::testkit::{address_of, genesis_outpoint, key_from_seed};
+use timecoin_core::codec::MAX_DATAGRAM_LEN;
+use timecoin_core::masternode::{self, MasternodeConfig, Transmit};
+use timecoin_core::protocol::engine::{Engine, EngineConfig, Event};
+use timecoin_core::protocol::message::Message;
+use timecoin_core::protocol::registry::{Masternode, Registry};
+use timecoin_core::protocol::types::TxOutput;
+use timecoin_core::protocol::types::{Address, PublicKey, Transaction, Txid, COIN};
+use timecoin_core::protocol::utxo::{UtxoEntry, UtxoState};
+use timecoin_core::storage::Genesis;
+use timecoin_core::storage::MemoryStore;
+use timecoin_core::testkit::{address_of, genesis_outpoint, key_from_seed};
 
 use crate::byzantine::{ByzNode, ByzStats};
-use crate::checker::{Checker, Payment, Violation};
+use crate::checker::{Checker, Payment, Violation, CATCH_UP_BOUND};
 use crate::config::{Micros, Options, Planted, SimConfig, CHAIN_ID, MS, SEC};
-use crate::net::{Arrival, Frame, NetEvent, NetStats, Network};
-use crate::node::{Dest, HonestNode};
+use crate::net::{class_of, class_of_frame, Dest, Frame, NetEvent, NetStats, Network};
+use crate::node::HonestNode;
 use crate::rng_for;
-use crate::trace::{message_digest, output_digest, Trace};
+use crate::trace::{event_digest, message_digest, transmit_digest, Trace};
 use crate::wallet::{DoubleSpender, HonestWallet};
 
 const COIN_VALUE: u64 = 10 * COIN;
@@ -44,20 +50,33 @@ enum WalletRef {
 enum Ev {
     Net(NetEvent),
     Tick(usize),
-    Repair(usize),
     ByzStep(usize),
-    Crash { node: usize, after_write: bool },
+    Crash {
+        node: usize,
+        after_write: bool,
+    },
     CrashFallback(usize),
     Restart(usize),
     PartitionStart(usize),
     PartitionEnd(usize),
     HealAll,
-    Submit { node: usize, tx: Transaction },
-    Note { wallet: WalletRef, tx: Transaction },
+    Submit {
+        node: usize,
+        tx: Transaction,
+    },
+    Note {
+        wallet: WalletRef,
+        tx: Transaction,
+    },
     WalletStep(usize),
     WalletRetry(usize, Txid),
     SpenderStep(usize),
     CheckAgreement,
+    /// A restarted node's catch-up window (watch id, window start) is over.
+    CatchUpCheck {
+        watch: usize,
+        since: Micros,
+    },
 }
 
 struct Scheduled {
@@ -102,6 +121,15 @@ pub struct RunReport {
     pub equivocations_detected: u64,
     pub double_spend_txs: usize,
     pub restarts: u32,
+    /// What the honest masternodes' state machines did around their engines.
+    pub reannounced: u64,
+    pub proofs_served: u64,
+    pub log_pages_served: u64,
+    pub catchup_proofs_requested: u64,
+    /// Restart catch-up windows the checker evaluated, and the transactions
+    /// (final before the restart, held by a linked peer) they required.
+    pub catch_up_windows: u64,
+    pub catch_up_required: u64,
     pub net: NetStats,
     pub byz: ByzStats,
     pub decode_errors: u64,
@@ -136,6 +164,9 @@ struct World {
     seq: u64,
     net: Network,
     actors: Vec<Actor>,
+    pubkeys: Vec<PublicKey>,
+    /// `linked[i][j]`: the link between i and j is usable and both were told.
+    linked: Vec<Vec<bool>>,
     wallets: Vec<HonestWallet>,
     spenders: Vec<DoubleSpender>,
     addresses: Vec<Address>,
@@ -192,17 +223,29 @@ fn genesis(
     }
 }
 
-fn engine_config(cfg: &SimConfig) -> EngineConfig {
+/// Largest message the fast path carries (a datagram minus its header,
+/// signature and item length), as the node's `FastPathSender::fits`.
+const FAST_PATH_MAX_ITEM: usize = MAX_DATAGRAM_LEN - 18 - 64 - 2;
+
+fn masternode_config(cfg: &SimConfig) -> MasternodeConfig {
     let mut e = EngineConfig::new(CHAIN_ID);
     e.lock_timeout_ms = cfg.engine.lock_timeout_ms;
     e.orphan_timeout_ms = cfg.engine.orphan_timeout_ms;
     e.decided_retention_ms = cfg.engine.decided_retention_ms;
+    e.mempool_limit = cfg.engine.mempool_limit;
+    e.max_unknown_tallies = cfg.engine.max_unknown_tallies;
+    if cfg.net.fast_path {
+        // As the node does: own vote batches fit one datagram.
+        e.max_vote_batch_items = (FAST_PATH_MAX_ITEM - 113) / 35;
+    }
+    let mut m = MasternodeConfig::new(e);
     match cfg.options.planted {
         Planted::None => {}
-        Planted::Quorum => e.planted.quorum = Some(cfg.total_weight() * 67 / 100),
-        Planted::ReleaseLock => e.planted.release_voted_locks_on_timeout = true,
+        Planted::Quorum => m.engine.planted.quorum = Some(cfg.total_weight() * 67 / 100),
+        Planted::ReleaseLock => m.engine.planted.release_voted_locks_on_timeout = true,
+        Planted::NoCatchup => m.planted_no_catchup = true,
     }
-    e
+    m
 }
 
 impl World {
@@ -216,13 +259,13 @@ impl World {
             .collect();
         let genesis = genesis(&cfg, &mn_keys, &wallet_keys);
         let pubkeys: Vec<PublicKey> = mn_keys.iter().map(PublicKey::from_signing).collect();
-        let ecfg = engine_config(&cfg);
+        let mcfg = masternode_config(&cfg);
         let actors = (0..n)
             .map(|i| match &cfg.byzantine[i] {
                 None => Actor::Honest(Box::new(HonestNode::new(
                     i,
                     mn_keys[i].clone(),
-                    ecfg.clone(),
+                    mcfg.clone(),
                     &genesis,
                     cfg.skews[i],
                 ))),
@@ -251,13 +294,16 @@ impl World {
             .collect();
         let addresses = wallet_keys.iter().map(address_of).collect();
         let honest: Vec<bool> = (0..n).map(|i| cfg.is_honest(i)).collect();
-        let checker = Checker::new(genesis.registry.clone(), honest, pubkeys);
+        let byz_safe = 3 * cfg.byzantine_weight() < cfg.total_weight();
+        let checker = Checker::new(genesis.registry.clone(), honest, pubkeys.clone(), byz_safe);
         World {
-            net: Network::new(cfg.net.clone(), rng_for(seed, "net")),
+            net: Network::new(cfg.net.clone(), n, rng_for(seed, "net")),
             now: 0,
             queue: BinaryHeap::new(),
             seq: 0,
             actors,
+            pubkeys,
+            linked: vec![vec![false; n]; n],
             wallets,
             spenders,
             addresses,
@@ -289,13 +335,6 @@ impl World {
         }
     }
 
-    fn incarnation(&self, i: usize) -> Option<u32> {
-        match &self.actors[i] {
-            Actor::Honest(h) => h.is_up().then_some(h.incarnation),
-            Actor::Byz(_) => Some(0),
-        }
-    }
-
     fn schedule_start(&mut self) {
         let n = self.cfg.n();
         for i in 0..n {
@@ -303,8 +342,6 @@ impl World {
                 Actor::Honest(_) => {
                     let t = self.rng_misc.gen_range(0..self.cfg.engine.tick_every);
                     self.at(t, Ev::Tick(i));
-                    let t = self.rng_misc.gen_range(0..self.cfg.engine.repair_every);
-                    self.at(t, Ev::Repair(i));
                 }
                 Actor::Byz(_) => {
                     let t = self.rng_misc.gen_range(0..100 * MS);
@@ -345,6 +382,8 @@ impl World {
 
     fn run(&mut self) {
         self.schedule_start();
+        // Every connection comes up at the start.
+        self.links();
         while let Some(s) = self.queue.pop() {
             if s.t > self.cfg.end_at {
                 break;
@@ -359,33 +398,25 @@ impl World {
     fn handle(&mut self, ev: Ev) {
         let now = self.now;
         match ev {
-            Ev::Net(NetEvent::Arrive(id)) => {
-                let mut follow = Vec::new();
-                let up: Vec<bool> = (0..self.cfg.n()).map(|i| self.is_up(i)).collect();
-                let arrival = self.net.arrive(now, id, |i| up[i], &mut follow);
-                for (t, e) in follow {
-                    self.at(t, Ev::Net(e));
-                }
-                if let Arrival::Deliver { from, to, frame } = arrival {
+            Ev::Net(NetEvent::Arrive {
+                from,
+                to,
+                gen,
+                frame,
+            }) => {
+                if self.net.arrives(from, to, gen) {
                     self.deliver(from, to, frame);
                 }
             }
-            Ev::Net(NetEvent::Retry(id)) => {
-                let inc: Vec<Option<u32>> =
-                    (0..self.cfg.n()).map(|i| self.incarnation(i)).collect();
-                if let Some((t, e)) = self.net.retry(now, id, |i| inc[i]) {
-                    self.at(t, Ev::Net(e));
-                }
-            }
-            Ev::Net(NetEvent::Duplicate { from, to, frame }) => {
-                if self.net.duplicate_deliverable(from, to) && self.is_up(to) {
+            Ev::Net(NetEvent::Datagram { from, to, frame }) => {
+                if self.net.datagram_arrives(from, to) {
                     self.deliver(from, to, frame);
                 }
             }
             Ev::Tick(i) => {
                 if let Actor::Honest(h) = &mut self.actors[i] {
                     if h.is_up() {
-                        h.tick(now);
+                        h.timeout(now);
                         self.trace.record(now, 20, i, &[]);
                         self.flush(i);
                     }
@@ -393,20 +424,10 @@ impl World {
                 let every = self.cfg.engine.tick_every;
                 self.at(now + every, Ev::Tick(i));
             }
-            Ev::Repair(i) => {
-                if let Actor::Honest(h) = &mut self.actors[i] {
-                    if h.is_up() {
-                        let sends = h.repair(now);
-                        self.send_all(i, sends);
-                    }
-                }
-                let every = self.cfg.engine.repair_every;
-                self.at(now + every, Ev::Repair(i));
-            }
             Ev::ByzStep(i) => {
                 if let Actor::Byz(b) = &mut self.actors[i] {
-                    let sends = b.step(&mut self.rng_byz);
-                    self.send_all(i, sends);
+                    let sends = b.step(&mut self.rng_byz, now);
+                    self.send_frames(i, sends);
                 }
                 let dt = self.rng_misc.gen_range(50 * MS..=150 * MS);
                 self.at(now + dt, Ev::ByzStep(i));
@@ -435,17 +456,20 @@ impl World {
                 self.trace.record(now, 30, k, &side);
                 self.trace.line(now, || format!("partition {side:?}"));
                 self.net.set_partition(Some(side));
+                self.links();
             }
             Ev::PartitionEnd(k) => {
                 self.trace.record(now, 31, k, &[]);
                 self.trace.line(now, || "partition healed".into());
                 self.net.set_partition(None);
+                self.links();
             }
             Ev::HealAll => {
                 self.net.set_partition(None);
                 for i in 0..self.cfg.n() {
                     self.restart(i);
                 }
+                self.links();
             }
             Ev::Submit { node, tx } => {
                 let txid = tx.txid();
@@ -453,18 +477,21 @@ impl World {
                 if !self.is_up(node) {
                     return;
                 }
-                let msg = Message::SubmitTransaction(tx);
                 match &mut self.actors[node] {
                     Actor::Honest(h) => {
                         self.checker.on_submitted(&txid, now);
-                        let sends = h.input(now, None, msg);
+                        let answer = h.wallet_transaction(now, tx);
                         self.flush(node);
-                        self.send_all(node, sends);
+                        if let Some(Message::TimeProof { tx, .. }) = answer {
+                            // Already final there: the wallet hears at once.
+                            self.notify(node, txid, tx);
+                        }
                     }
                     Actor::Byz(b) => {
+                        let msg = Message::SubmitTransaction(tx);
                         let f: Frame = msg.to_bytes().into();
                         let sends = b.on_message(&mut self.rng_byz, &f, msg);
-                        self.send_all(node, sends);
+                        self.send_frames(node, sends);
                     }
                 }
             }
@@ -542,7 +569,42 @@ impl World {
                 self.check_agreement();
                 self.at(now + 10 * SEC, Ev::CheckAgreement);
             }
+            Ev::CatchUpCheck { watch, since } => {
+                let Some(node) = self.checker.watch_node(watch) else {
+                    return;
+                };
+                let engines: Vec<(usize, &Engine)> = self
+                    .actors
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(i, a)| match a {
+                        Actor::Honest(h) => h.mn.as_ref().map(|m| (i, m.engine())),
+                        Actor::Byz(_) => None,
+                    })
+                    .collect();
+                let Some(&(_, me)) = engines.iter().find(|(i, _)| *i == node) else {
+                    return;
+                };
+                let linked: Vec<(usize, &Engine)> = engines
+                    .iter()
+                    .filter(|(j, _)| self.linked[node][*j])
+                    .copied()
+                    .collect();
+                self.checker.check_catch_up(watch, since, now, me, &linked);
+            }
         }
+    }
+
+    /// The honest masternodes that are up, with their engines.
+    fn honest_engines(&self) -> Vec<(usize, &Engine)> {
+        self.actors
+            .iter()
+            .enumerate()
+            .filter_map(|(i, a)| match a {
+                Actor::Honest(h) => h.mn.as_ref().map(|m| (i, m.engine())),
+                Actor::Byz(_) => None,
+            })
+            .collect()
     }
 
     fn check_agreement(&mut self) {
@@ -551,11 +613,69 @@ impl World {
             .iter()
             .enumerate()
             .filter_map(|(i, a)| match a {
-                Actor::Honest(h) => h.engine.as_ref().map(|e| (i, e)),
+                Actor::Honest(h) => h.mn.as_ref().map(|m| (i, m.engine())),
                 Actor::Byz(_) => None,
             })
             .collect();
-        self.checker.check_agreement(self.now, &engines);
+        let now = self.now;
+        self.checker.check_agreement(now, &engines);
+    }
+
+    /// Recomputes which links are usable (both ends up, no partition between
+    /// them) and tells both ends of every link that changed.
+    fn links(&mut self) {
+        let n = self.cfg.n();
+        let now = self.now;
+        let mut changed = vec![false; n];
+        for i in 0..n {
+            for j in i + 1..n {
+                let usable = self.is_up(i) && self.is_up(j) && !self.net.partitioned(i, j);
+                if usable == self.linked[i][j] {
+                    continue;
+                }
+                self.linked[i][j] = usable;
+                self.linked[j][i] = usable;
+                changed[i] = true;
+                changed[j] = true;
+                self.trace.record(now, 32, i * 64 + j, &[usable as u8]);
+                if usable {
+                    for (t, e) in self.net.link_up(now, i, j) {
+                        self.at(t, Ev::Net(e));
+                    }
+                } else {
+                    self.net.link_down(i, j);
+                }
+                for (a, b) in [(i, j), (j, i)] {
+                    let pk = self.pubkeys[b];
+                    if let Actor::Honest(h) = &mut self.actors[a] {
+                        if usable {
+                            h.peer_up(now, pk);
+                        } else {
+                            h.peer_down(now, &pk);
+                        }
+                    }
+                }
+            }
+        }
+        let quorum = self.cfg_quorum();
+        let changed: Vec<usize> = (0..n).filter(|&i| changed[i]).collect();
+        for &i in &changed {
+            let w: u64 = self.cfg.tiers[i].weight()
+                + (0..n)
+                    .filter(|&j| self.linked[i][j])
+                    .map(|j| self.cfg.tiers[j].weight())
+                    .sum::<u64>();
+            if let Some((watch, since)) = self.checker.links_changed(i, now, w >= quorum) {
+                self.at(since + CATCH_UP_BOUND, Ev::CatchUpCheck { watch, since });
+            }
+        }
+        for i in changed {
+            self.flush(i);
+        }
+    }
+
+    fn cfg_quorum(&self) -> u64 {
+        timecoin_core::protocol::registry::quorum_threshold(self.cfg.total_weight())
     }
 
     /// A wallet's submission: its own short, lossy link.
@@ -570,9 +690,12 @@ impl World {
     fn crash(&mut self, node: usize, why: &str) {
         if let Actor::Honest(h) = &mut self.actors[node] {
             h.crash();
+            self.net.sender_crashed(node);
+            self.checker.on_crash(node);
             self.trace.record(self.now, 50, node, &[]);
             let why = why.to_string();
             self.trace.line(self.now, || format!("node {node} {why}"));
+            self.links();
         }
     }
 
@@ -584,13 +707,16 @@ impl World {
         if h.is_up() {
             return;
         }
-        let sends = h.restart(now);
-        self.checker
-            .on_restart(node, now, h.engine.as_ref().expect("just started"));
+        h.restart(now);
+        let engine = h.mn.as_ref().expect("just started").engine();
+        self.checker.on_restart(node, now, engine);
+        self.checker.watch_restart(node, now);
         self.trace.record(now, 51, node, &[]);
         self.trace
             .line(now, || format!("node {node} restarts from its store"));
-        self.send_all(node, sends);
+        self.links();
+        // What `Masternode::new` queued (its own pending votes again).
+        self.flush(node);
     }
 
     fn deliver(&mut self, from: usize, to: usize, frame: Frame) {
@@ -615,20 +741,21 @@ impl World {
                 )
             });
         }
+        let from_pk = self.pubkeys[from];
         match &mut self.actors[to] {
             Actor::Honest(h) => {
-                let sends = h.input(now, Some(from), msg);
+                h.peer_message(now, from_pk, msg);
                 self.flush(to);
-                self.send_all(to, sends);
             }
             Actor::Byz(b) => {
                 let sends = b.on_message(&mut self.rng_byz, &frame, msg);
-                self.send_all(to, sends);
+                self.send_frames(to, sends);
             }
         }
     }
 
-    /// Ends an honest node's round: check, write durably, maybe crash, send.
+    /// Ends an honest node's round: check, write durably, maybe crash, send,
+    /// then deliver its events.
     fn flush(&mut self, i: usize) {
         let now = self.now;
         let Actor::Honest(h) = &mut self.actors[i] else {
@@ -641,36 +768,44 @@ impl World {
             return;
         }
         self.checker.on_round(i, now, &round);
-        h.commit(now, &round);
-        if let Some(e) = h.engine.as_ref() {
-            self.checker.after_round(i, now, &round, e);
+        h.commit(&round);
+        if let Some(m) = h.mn.as_ref() {
+            self.checker.after_round(i, now, &round, m.engine());
         }
         let crash_now = h.crash_after_write && !round.writes.is_empty();
-        let mut keyed: Vec<(Vec<u8>, &Output)> = round
-            .outputs
-            .iter()
-            .map(|o| (output_digest(o), o))
+        // The state machine's output order may follow its hash maps; ours
+        // must not (a stable sort keeps its order among equal digests).
+        let mut transmits: Vec<(Vec<u8>, Transmit)> = round
+            .transmits
+            .into_iter()
+            .map(|t| (transmit_digest(&t), t))
             .collect();
-        // The engine's output order may follow its hash maps; ours must not.
-        keyed.sort_by(|a, b| a.0.cmp(&b.0));
-        for (d, o) in &keyed {
+        transmits.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut events: Vec<(Vec<u8>, Event)> = round
+            .events
+            .into_iter()
+            .map(|e| (event_digest(&e), e))
+            .collect();
+        events.sort_by(|a, b| a.0.cmp(&b.0));
+        for (d, _) in &transmits {
             self.trace.record(now, 70, i, d);
+        }
+        for (d, e) in &events {
+            self.trace.record(now, 71, i, d);
             if self.trace.logging() {
-                if let Output::Event(e) = o {
-                    let s = describe_event(e);
-                    self.trace.line(now, || format!("node {i}: {s}"));
-                }
+                let s = describe_event(e);
+                self.trace.line(now, || format!("node {i}: {s}"));
             }
         }
         if crash_now {
             self.crash(i, "crashes after its durable write, before sending");
             return;
         }
-        let outputs: Vec<Output> = keyed.into_iter().map(|(_, o)| o.clone()).collect();
-        let sends = HonestNode::route(&outputs);
-        self.send_all(i, sends);
-        for o in outputs {
-            if let Output::Event(Event::Finalized { txid, tx, .. }) = o {
+        for (_, t) in transmits {
+            self.send_transmit(i, t);
+        }
+        for (_, e) in events {
+            if let Event::Finalized { txid, tx, .. } = e {
                 self.notify(i, txid, (*tx).clone());
             }
         }
@@ -691,17 +826,59 @@ impl World {
         }
     }
 
-    fn send_all(&mut self, from: usize, sends: Vec<(Dest, Frame)>) {
+    /// One transmit of an honest node: lock broadcasts and vote batches to
+    /// all peers take the fast path when the run has one and they fit a
+    /// datagram; everything else goes over the reliable path in its class.
+    fn send_transmit(&mut self, from: usize, t: Transmit) {
         let n = self.cfg.n();
-        let inc = self.incarnation(from).unwrap_or(0);
+        let frame: Frame = t.msg.to_bytes().into();
+        let class = class_of(&t.msg);
+        match t.dest {
+            masternode::Dest::AllPeers => {
+                let fast = self.net.fast_path()
+                    && matches!(
+                        t.msg,
+                        Message::TransactionBroadcast(_) | Message::VoteBatch(_)
+                    )
+                    && frame.len() <= FAST_PATH_MAX_ITEM;
+                for to in (0..n).filter(|&j| j != from) {
+                    if fast {
+                        let mut out = Vec::new();
+                        self.net
+                            .datagram(self.now, from, to, frame.clone(), &mut out);
+                        for (at, e) in out {
+                            self.at(at, Ev::Net(e));
+                        }
+                    } else {
+                        self.send_reliable(from, to, frame.clone(), class);
+                    }
+                }
+            }
+            masternode::Dest::Peer(pk) => {
+                if let Some(to) = self.pubkeys.iter().position(|k| *k == pk) {
+                    self.send_reliable(from, to, frame, class);
+                }
+            }
+        }
+    }
+
+    fn send_reliable(&mut self, from: usize, to: usize, frame: Frame, class: usize) {
+        if let Some((t, e)) = self.net.send(self.now, from, to, frame, class) {
+            self.at(t, Ev::Net(e));
+        }
+    }
+
+    /// A Byzantine actor's frames, over the reliable path.
+    fn send_frames(&mut self, from: usize, sends: Vec<(Dest, Frame)>) {
+        let n = self.cfg.n();
         for (dest, frame) in sends {
+            let class = class_of_frame(&frame);
             let targets: Vec<usize> = match dest {
                 Dest::AllPeers => (0..n).filter(|&j| j != from).collect(),
                 Dest::Peer(j) => vec![j],
             };
             for to in targets {
-                let (t, e) = self.net.send(self.now, from, to, frame.clone(), inc);
-                self.at(t, Ev::Net(e));
+                self.send_reliable(from, to, frame.clone(), class);
             }
         }
     }
@@ -709,20 +886,20 @@ impl World {
     fn finish(&mut self) {
         let now = self.now;
         self.check_agreement();
-        let engines: Vec<(usize, &Engine)> = self
-            .actors
-            .iter()
-            .enumerate()
-            .filter_map(|(i, a)| match a {
-                Actor::Honest(h) => h.engine.as_ref().map(|e| (i, e)),
-                Actor::Byz(_) => None,
-            })
-            .collect();
         let cfg = &self.cfg;
         // Liveness is promised only while Byzantine weight is below 1/3.
         if 3 * cfg.byzantine_weight() >= cfg.total_weight() {
             return;
         }
+        let engines: Vec<(usize, &Engine)> = self
+            .actors
+            .iter()
+            .enumerate()
+            .filter_map(|(i, a)| match a {
+                Actor::Honest(h) => h.mn.as_ref().map(|m| (i, m.engine())),
+                Actor::Byz(_) => None,
+            })
+            .collect();
         self.checker.check_liveness_end(now, &engines);
         self.checker.check_liveness_bound(
             cfg.liveness_bound,
@@ -730,6 +907,16 @@ impl World {
             |a, b| cfg.calm_between(a, b),
             cfg.end_at,
         );
+        let nodes: Vec<(usize, &Engine, &MemoryStore)> = self
+            .actors
+            .iter()
+            .enumerate()
+            .filter_map(|(i, a)| match a {
+                Actor::Honest(h) => h.mn.as_ref().map(|m| (i, m.engine(), &h.store)),
+                Actor::Byz(_) => None,
+            })
+            .collect();
+        self.checker.check_learned_end(now, &nodes);
     }
 
     fn report(mut self) -> RunReport {
@@ -743,6 +930,8 @@ impl World {
         let mut byz = ByzStats::default();
         let mut restarts = 0;
         let mut metrics = Vec::new();
+        let (mut reannounced, mut proofs_served, mut log_pages_served) = (0, 0, 0);
+        let mut catchup_proofs_requested = 0;
         for a in &self.actors {
             match a {
                 Actor::Byz(b) => {
@@ -757,17 +946,26 @@ impl World {
                     byz.proofs_pushed += s.proofs_pushed;
                     byz.relays += s.relays;
                     byz.malleated += s.malleated;
+                    byz.flood_batches += s.flood_batches;
+                    byz.junk_transport += s.junk_transport;
+                    byz.torsion += s.torsion;
                 }
                 Actor::Honest(h) => {
                     restarts += h.restarts;
                     metrics.push(h.metrics_total());
+                    let st = h.stats_total();
+                    reannounced += st.reannounced;
+                    proofs_served += st.proofs_served;
+                    log_pages_served += st.log_pages_served;
+                    catchup_proofs_requested += st.catchup.proofs_requested;
                 }
             }
         }
-        let sum =
-            |f: fn(&timecoin::protocol::engine::Metrics) -> u64| metrics.iter().map(f).sum::<u64>();
+        let sum = |f: fn(&timecoin_core::protocol::engine::Metrics) -> u64| {
+            metrics.iter().map(f).sum::<u64>()
+        };
         let honest_metrics = format!(
-            "finalized {} rejected {} bad-signature batches {} unknown-voter batches {} wrong-chain/epoch batches {} equivocations {} invalid proofs {} conflicting proofs {} orphans parked {} expired {}",
+            "finalized {} rejected {} bad-signature batches {} unknown-voter batches {} wrong-chain/epoch batches {} equivocations {} invalid proofs {} conflicting proofs {} orphans parked {} expired {} votes dropped (tally table full) {}",
             sum(|m| m.tx_finalized),
             sum(|m| m.tx_rejected),
             sum(|m| m.vote_batches_bad_signature),
@@ -778,6 +976,7 @@ impl World {
             sum(|m| m.conflicting_proofs),
             sum(|m| m.orphans_parked),
             sum(|m| m.orphans_expired),
+            sum(|m| m.votes_dropped_unknown_tx),
         );
         RunReport {
             seed: self.cfg.seed,
@@ -788,15 +987,7 @@ impl World {
             events: self.trace.events,
             payments: self.checker.payments(),
             payments_final_everywhere: {
-                let engines: Vec<(usize, &Engine)> = self
-                    .actors
-                    .iter()
-                    .enumerate()
-                    .filter_map(|(i, a)| match a {
-                        Actor::Honest(h) => h.engine.as_ref().map(|e| (i, e)),
-                        Actor::Byz(_) => None,
-                    })
-                    .collect();
+                let engines = self.honest_engines();
                 self.checker.payments_final_everywhere(&honest, &engines)
             },
             finality_events: self.checker.finality_events,
@@ -804,6 +995,12 @@ impl World {
             equivocations_detected: self.checker.equivocations_seen,
             double_spend_txs: self.double_spend_txs,
             restarts,
+            reannounced,
+            proofs_served,
+            log_pages_served,
+            catchup_proofs_requested,
+            catch_up_windows: self.checker.catch_up_windows,
+            catch_up_required: self.checker.catch_up_required,
             net: self.net.stats.clone(),
             byz,
             decode_errors: self.decode_errors,

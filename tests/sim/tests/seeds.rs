@@ -1,6 +1,6 @@
 //! The simulator in CI: 1,000 seeds with the real rules must pass, and each
-//! control (a planted engine bug, or Byzantine weight at or above 1/3) must
-//! be caught within the same seed budget. Run in release:
+//! control (a planted bug in the core, or Byzantine weight at or above 1/3)
+//! must be caught within the same seed budget. Run in release:
 //!
 //! ```text
 //! cargo test --release -p time-sim
@@ -51,11 +51,13 @@ fn real_rules_1000_seeds() {
         .filter(|r| r.known().next().is_some())
         .map(|r| r.seed)
         .collect();
+    let windows: u64 = report.runs.iter().map(|r| r.catch_up_windows).sum();
     println!(
-        "{} seeds with the real rules in {:.1} s: {} honest payments, {} failed, {} with known engine issues {:?}",
+        "{} seeds with the real rules in {:.1} s: {} honest payments, {} restart catch-up windows checked, {} failed, {} with known engine issues {:?}",
         report.runs.len(),
         report.elapsed.as_secs_f64(),
         payments,
+        windows,
         report.failures().len(),
         known.len(),
         &known[..known.len().min(20)]
@@ -125,6 +127,26 @@ fn planted_lock_release_on_timeout_is_caught() {
         options,
         ViolationKind::ConflictingVotes,
         "planted release of voted locks on timeout",
+    );
+}
+
+#[test]
+fn planted_no_catchup_is_caught() {
+    let options = Options {
+        planted: Planted::NoCatchup,
+        ..Options::default()
+    };
+    // A node that missed payments (cut off, or down) never learns them ...
+    caught(
+        options,
+        ViolationKind::NotLearned,
+        "planted no catch-up from the finality logs",
+    );
+    // ... and a restarted node does not catch up within the bound.
+    caught(
+        options,
+        ViolationKind::CatchUpBound,
+        "planted no catch-up from the finality logs",
     );
 }
 

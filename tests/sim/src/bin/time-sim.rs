@@ -33,7 +33,7 @@ struct Args {
     /// Scenario family (see --list-scenarios).
     #[arg(long, default_value = "mixed")]
     scenario: Scenario,
-    /// Plant a bug in the engine: none, quorum, release-lock.
+    /// Plant a bug in the core: none, quorum, release-lock, no-catchup.
     #[arg(long, default_value = "none")]
     planted: Planted,
     /// Byzantine weight: random (up to just under 1/3), max-safe, 0, or a
@@ -93,20 +93,29 @@ fn print_report(r: &RunReport) {
         r.conflicting_proofs_detected, r.equivocations_detected, r.honest_metrics
     );
     println!(
-        "  network: {} frames, {} attempts, {} lost, {} cut by partitions, {} to down nodes, {} duplicated, {} voided by crashes; {} undecodable frames",
-        r.net.frames,
-        r.net.attempts,
-        r.net.lost,
-        r.net.dropped_partition,
-        r.net.dropped_down,
-        r.net.duplicated,
-        r.net.voided_by_crash,
+        "  honest state machines: {} re-announcements, {} proofs served, {} finality-log pages served, {} catch-up proof requests; {} restart catch-up windows checked ({} transactions required)",
+        r.reannounced, r.proofs_served, r.log_pages_served, r.catchup_proofs_requested, r.catch_up_windows, r.catch_up_required
+    );
+    let n = &r.net;
+    println!(
+        "  network: reliable {} messages, {} transport retransmits, {} queued while down, {} refused (queue full), {} lost in flight, {} voided by crashes, {} link downs; fast path {} datagrams, {} lost, {} dropped (no link), {} duplicated; {} undecodable frames",
+        n.frames,
+        n.retransmits,
+        n.queued,
+        n.refused_full,
+        n.lost_in_flight,
+        n.voided_by_crash,
+        n.link_downs,
+        n.datagrams,
+        n.datagrams_lost,
+        n.datagrams_dropped,
+        n.duplicated,
         r.decode_errors
     );
     let b = &r.byz;
     println!(
-        "  Byzantine: {} batches signed, {} forged, {} unregistered, {} replayed, {} flood items, {} garbage frames, {} bad proofs, {} proofs pushed, {} relays, {} malleated copies",
-        b.batches_signed, b.forged, b.unregistered, b.replayed, b.flood_items, b.garbage_frames, b.bad_proofs, b.proofs_pushed, b.relays, b.malleated
+        "  Byzantine: {} batches signed, {} forged, {} unregistered, {} replayed, {} flood items ({} full-rate batches), {} garbage frames, {} transport junk, {} torsion-signed batches, {} bad proofs, {} proofs pushed, {} relays, {} malleated copies",
+        b.batches_signed, b.forged, b.unregistered, b.replayed, b.flood_items, b.flood_batches, b.garbage_frames, b.junk_transport, b.torsion, b.bad_proofs, b.proofs_pushed, b.relays, b.malleated
     );
     if r.violations.is_empty() {
         println!("  OK: no invariant violated");
@@ -261,8 +270,9 @@ fn main() -> ExitCode {
                 }
             }
         }
+        let windows: u64 = report.runs.iter().map(|r| r.catch_up_windows).sum();
         println!(
-            "{} seeds ({:?}, scenario {}, planted {}, Byzantine weight {}) in {:.1} s on {} threads: {} failed; {} honest payments, {} events, {} conflicting-proof detections",
+            "{} seeds ({:?}, scenario {}, planted {}, Byzantine weight {}) in {:.1} s on {} threads: {} failed; {} honest payments, {} events, {} conflicting-proof detections, {} restart catch-up windows checked",
             report.runs.len(),
             range,
             options.scenario,
@@ -273,7 +283,8 @@ fn main() -> ExitCode {
             failures.len(),
             payments,
             events,
-            cp
+            cp,
+            windows
         );
         let mut kinds: std::collections::BTreeMap<&str, Vec<u64>> = Default::default();
         for r in &report.runs {
