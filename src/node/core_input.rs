@@ -14,6 +14,7 @@ use crossbeam::channel as cb;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::node::wire::NetStats;
+use crate::protocol::audience::PeerMessage;
 use crate::protocol::message::Message;
 use crate::protocol::tally::TallyEvent;
 use crate::protocol::timeproof::TimeProof;
@@ -47,7 +48,7 @@ pub(super) enum CoreInput {
     /// Catch-up requests and pages from a peer masternode.
     Peer {
         from: PublicKey,
-        msg: Message,
+        msg: PeerMessage,
     },
     UtxoQuery(Vec<OutPoint>, oneshot::Sender<Message>),
     AddressQuery(Address, oneshot::Sender<Message>),

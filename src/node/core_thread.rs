@@ -29,6 +29,7 @@ use crate::node::peer_net::{priority_of, PeerNet};
 use crate::node::vote_threads::VoteThreads;
 use crate::node::wallet_server::{route_event, Router};
 use crate::node::wire::{encode, NetStats};
+use crate::protocol::audience::PeerMessage;
 use crate::protocol::message::{Message, NodeStatus, MAX_QUERY_OUTPOINTS};
 use crate::protocol::types::{Address, PublicKey, Transaction};
 use crate::storage::{LmdbStore, Store, StoreError};
@@ -197,7 +198,7 @@ fn handle_input(
         CoreInput::Tally(events) => mn.handle_tally_events(now, events),
         CoreInput::Proof { tx, proof } => mn.handle_proof(now, tx, proof),
         CoreInput::ProofRequest { txid, from } => {
-            mn.handle_peer_message(now, from, Message::ProofRequest(txid), store)?
+            mn.handle_peer_message(now, from, PeerMessage::ProofRequest(txid), store)?
         }
         CoreInput::Peer { from, msg } => mn.handle_peer_message(now, from, msg, store)?,
         CoreInput::WalletTx { tx, to } => wallet_tx(mn, store, ctx, now, tx, to)?,

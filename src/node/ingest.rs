@@ -19,6 +19,7 @@ use crate::node::verifier::Verifier;
 use crate::node::vote_threads::{VoteThreadConfig, VoteThreads};
 use crate::node::wallet_server::{overloaded, Router};
 use crate::node::wire::{encode, NetStats};
+use crate::protocol::audience::PeerMessage;
 use crate::protocol::message::Message;
 use crate::protocol::registry::Registry;
 use crate::protocol::types::{ChainId, PublicKey, Transaction, Txid};
@@ -112,13 +113,13 @@ impl Ingest {
     /// A lock broadcast or vote batch from a peer, by TCP or fast path:
     /// transactions to the verifier pool, votes to the vote threads, both
     /// off the core thread. Returns the message if it is neither.
-    pub(super) fn ingest(&self, msg: Message) -> Option<Message> {
+    pub(super) fn ingest(&self, msg: PeerMessage) -> Option<PeerMessage> {
         match msg {
-            Message::TransactionBroadcast(tx) => {
+            PeerMessage::TransactionBroadcast(tx) => {
                 let _ = self.verifier.submit(tx, Source::Peer);
                 None
             }
-            Message::VoteBatch(b) => {
+            PeerMessage::VoteBatch(b) => {
                 self.votes.submit(b);
                 None
             }
@@ -138,7 +139,11 @@ pub(super) struct Sink {
 impl FastPathSink for Sink {
     fn deliver(&self, _from: PublicKey, msg: Message) {
         // Anything but transactions and votes is ignored on the fast path.
-        let _ = self.ingest.ingest(msg);
+        if let Ok(m @ (PeerMessage::TransactionBroadcast(_) | PeerMessage::VoteBatch(_))) =
+            PeerMessage::try_from(msg)
+        {
+            let _ = self.ingest.ingest(m);
+        }
     }
 
     fn request_repair(&self, to: PublicKey, first: u64, last: u64) {

@@ -22,6 +22,7 @@ use crate::node::fastpath::{FastPathReceiver, RepairRing};
 use crate::node::ingest::{Ingest, Sink};
 use crate::node::peer_net::PeerNet;
 use crate::node::wire::{encode, LinkError, NetStats};
+use crate::protocol::audience::PeerMessage;
 use crate::protocol::message::Message;
 use crate::protocol::types::PublicKey;
 
@@ -55,7 +56,8 @@ pub(super) async fn serve_peer(
     loop {
         let frame = reader.read_frame().await?;
         ctx.stats.frames_in.fetch_add(1, Ordering::Relaxed);
-        handle_peer_message(ctx, peer, Message::decode(frame)?)?;
+        let msg = PeerMessage::try_from(Message::decode(frame)?)?;
+        handle_peer_message(ctx, peer, msg)?;
     }
 }
 
@@ -66,7 +68,9 @@ pub(super) fn spawn_pool_inbox(ctx: Arc<PeerCtx>, mut inbox: Inbox) {
             ctx.stats.frames_in.fetch_add(1, Ordering::Relaxed);
             let peer = PublicKey(peer);
             let r = match Message::decode(&frame) {
-                Ok(m) => handle_peer_message(&ctx, peer, m),
+                Ok(m) => PeerMessage::try_from(m)
+                    .map_err(LinkError::from)
+                    .and_then(|m| handle_peer_message(&ctx, peer, m)),
                 Err(e) => Err(LinkError::Decode(e)),
             };
             if let Err(e) = r {
@@ -79,24 +83,26 @@ pub(super) fn spawn_pool_inbox(ctx: Arc<PeerCtx>, mut inbox: Inbox) {
     });
 }
 
-/// One message from an authenticated peer masternode, from whichever transport.
+/// One message from an authenticated peer masternode, from whichever
+/// transport. The type says what a masternode may send; the rest was refused
+/// when it was decoded.
 pub(super) fn handle_peer_message(
     ctx: &PeerCtx,
     peer: PublicKey,
-    msg: Message,
+    msg: PeerMessage,
 ) -> Result<(), LinkError> {
     let Some(msg) = ctx.ingest.ingest(msg) else {
         return Ok(());
     };
     match msg {
-        Message::TimeProof { tx, proof } => {
+        PeerMessage::TimeProof { tx, proof } => {
             ctx.core.offer(CoreInput::Proof { tx, proof });
         }
-        Message::ProofRequest(txid) => {
+        PeerMessage::ProofRequest(txid) => {
             ctx.core.offer(CoreInput::ProofRequest { txid, from: peer });
         }
-        Message::RepairRequest { first, last } => answer_repair(ctx, peer, first, last),
-        Message::Repair(d) => {
+        PeerMessage::RepairRequest { first, last } => answer_repair(ctx, peer, first, last),
+        PeerMessage::Repair(d) => {
             if let Some(f) = &ctx.fast {
                 f.receiver
                     .lock()
@@ -104,7 +110,7 @@ pub(super) fn handle_peer_message(
                     .handle(&d, true, &*f.sink);
             }
         }
-        Message::FastPathSeq { next } => {
+        PeerMessage::FastPathSeq { next } => {
             if let Some(f) = &ctx.fast {
                 f.receiver
                     .lock()
@@ -112,16 +118,12 @@ pub(super) fn handle_peer_message(
                     .announce(&peer, next);
             }
         }
-        m @ (Message::FinalityLogRequest { .. } | Message::FinalityLogPage { .. }) => {
+        m @ (PeerMessage::FinalityLogRequest { .. } | PeerMessage::FinalityLogPage { .. }) => {
             ctx.core.offer(CoreInput::Peer { from: peer, msg: m });
         }
-        Message::Ping(_) | Message::Pong(_) => {}
-        Message::Hello(_) => return Err(LinkError::Handshake("second hello")),
-        _ => {
-            return Err(LinkError::Handshake(
-                "message not allowed from a masternode",
-            ))
-        }
+        // Handled by ingest above.
+        PeerMessage::TransactionBroadcast(_) | PeerMessage::VoteBatch(_) => {}
+        PeerMessage::Ping(_) | PeerMessage::Pong(_) => {}
     }
     Ok(())
 }

@@ -20,6 +20,7 @@ use tracing::{error, warn};
 use crate::node::core_input::{CoreInput, CoreTx};
 use crate::node::ingest::{Source, TxVerifier};
 use crate::node::wire::{encode, LinkError, NetStats};
+use crate::protocol::audience::WalletRequest;
 use crate::protocol::engine::Event;
 use crate::protocol::message::Message;
 use crate::protocol::timeproof::TimeProof;
@@ -226,7 +227,8 @@ pub(super) async fn serve_wallet(
         loop {
             let frame = reader.read_frame().await?;
             ctx.stats.frames_in.fetch_add(1, Ordering::Relaxed);
-            handle_wallet_message(&ctx, session, &tx_out, Message::decode(frame)?).await?;
+            let request = WalletRequest::try_from(Message::decode(frame)?)?;
+            handle_wallet_request(&ctx, session, &tx_out, request).await;
         }
     }
     .await;
@@ -236,14 +238,15 @@ pub(super) async fn serve_wallet(
     result
 }
 
-async fn handle_wallet_message(
+/// One request of a wallet session: the typed wallet API of the node.
+async fn handle_wallet_request(
     ctx: &WalletCtx,
     session: u64,
     tx_out: &mpsc::Sender<Bytes>,
-    msg: Message,
-) -> Result<(), LinkError> {
-    match msg {
-        Message::SubmitTransaction(tx) => {
+    request: WalletRequest,
+) {
+    match request {
+        WalletRequest::SubmitTransaction(tx) => {
             let txid = tx.txid();
             let queued = ctx
                 .verifier
@@ -253,23 +256,23 @@ async fn handle_wallet_message(
                 let _ = tx_out.send(overloaded(txid, ctx.me)).await;
             }
         }
-        Message::UtxoStateQuery(ops) => {
+        WalletRequest::UtxoStateQuery(ops) => {
             ask_core(ctx, tx_out, |r| CoreInput::UtxoQuery(ops, r)).await
         }
-        Message::AddressQuery(a) => ask_core(ctx, tx_out, |r| CoreInput::AddressQuery(a, r)).await,
-        Message::StatusQuery => ask_core(ctx, tx_out, CoreInput::Status).await,
-        Message::WalletSubscribe(addrs) => {
+        WalletRequest::AddressQuery(a) => {
+            ask_core(ctx, tx_out, |r| CoreInput::AddressQuery(a, r)).await
+        }
+        WalletRequest::StatusQuery => ask_core(ctx, tx_out, CoreInput::Status).await,
+        WalletRequest::WalletSubscribe(addrs) => {
             ctx.router
                 .lock()
                 .expect("router lock")
                 .subscribe(session, addrs, tx_out);
         }
-        Message::Ping(n) => {
+        WalletRequest::Ping(n) => {
             let _ = tx_out.send(encode(&Message::Pong(n))).await;
         }
-        _ => return Err(LinkError::Handshake("message not allowed from a wallet")),
     }
-    Ok(())
 }
 
 /// A query the core answers; the answer goes back to the wallet.

@@ -37,6 +37,8 @@ pub(super) enum LinkError {
     Decode(#[from] time_net::DecodeError),
     #[error("timed out")]
     Timeout,
+    #[error("{0}")]
+    NotAllowed(#[from] crate::protocol::audience::NotAllowed),
 }
 
 pub(super) fn encode(m: &Message) -> Bytes {

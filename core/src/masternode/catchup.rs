@@ -92,6 +92,14 @@ impl PeerSync {
     }
 }
 
+/// A `FinalityLogPage` as received.
+#[derive(Clone, Copy, Debug)]
+pub struct LogPage<'a> {
+    pub from: u64,
+    pub head: u64,
+    pub txids: &'a [Txid],
+}
+
 pub struct CatchUp {
     cfg: CatchUpConfig,
     peers: HashMap<PublicKey, PeerSync>,
@@ -221,17 +229,16 @@ impl CatchUp {
         }
     }
 
-    /// A page of `peer`'s finality log. Returns the proofs to ask it for.
+    /// A page of `peer`'s finality log. Pushes the proofs to ask it for.
     pub fn on_page(
         &mut self,
         now: u64,
         peer: PublicKey,
-        from: u64,
-        head: u64,
-        txids: &[Txid],
+        page: LogPage<'_>,
         known_final: impl Fn(&Txid) -> bool,
         out: &mut Vec<(PublicKey, Message)>,
     ) {
+        let LogPage { from, head, txids } = page;
         let Some(p) = self.peers.get_mut(&peer) else {
             return;
         };

@@ -26,6 +26,7 @@ use std::sync::Arc;
 
 use ed25519_dalek::SigningKey;
 
+use crate::protocol::audience::PeerMessage;
 use crate::protocol::engine::{Engine, EngineConfig, Event, Metrics, Origin, Output};
 use crate::protocol::message::{Message, MAX_LOG_PAGE};
 use crate::protocol::registry::Registry;
@@ -34,7 +35,7 @@ use crate::protocol::types::{PublicKey, Transaction, Txid};
 use crate::protocol::validation::RejectCode;
 use crate::storage::{Snapshot, Store, StoreError, Write};
 
-pub use catchup::{CatchUp, CatchUpConfig, CatchUpStats};
+pub use catchup::{CatchUp, CatchUpConfig, CatchUpStats, LogPage};
 pub use reannounce::{Reannounce, ReannounceConfig};
 
 #[derive(Clone, Debug)]
@@ -239,19 +240,20 @@ impl Masternode {
     }
 
     /// A message from an authenticated peer masternode. Messages that belong
-    /// to a transport (fast-path repair, pings) are ignored here.
+    /// to a transport (fast-path repair and stream announcements, pings) are
+    /// ignored here.
     pub fn handle_peer_message(
         &mut self,
         now: u64,
         from: PublicKey,
-        msg: Message,
+        msg: PeerMessage,
         store: &dyn Store,
     ) -> Result<(), StoreError> {
         match msg {
-            Message::TransactionBroadcast(tx) => self.handle_peer_transaction(now, tx, false),
-            Message::VoteBatch(b) => self.engine.handle_votes(now, b),
-            Message::TimeProof { tx, proof } => self.handle_proof(now, tx, proof),
-            Message::ProofRequest(txid) => {
+            PeerMessage::TransactionBroadcast(tx) => self.handle_peer_transaction(now, tx, false),
+            PeerMessage::VoteBatch(b) => self.engine.handle_votes(now, b),
+            PeerMessage::TimeProof { tx, proof } => self.handle_proof(now, tx, proof),
+            PeerMessage::ProofRequest(txid) => {
                 if let (Some(tx), Some(proof)) =
                     (store.get_transaction(&txid)?, store.get_proof(&txid)?)
                 {
@@ -262,7 +264,7 @@ impl Masternode {
                     });
                 }
             }
-            Message::FinalityLogRequest { from: pos } => {
+            PeerMessage::FinalityLogRequest { from: pos } => {
                 let (txids, head) = store.finality_log(pos, MAX_LOG_PAGE)?;
                 self.stats.log_pages_served += 1;
                 self.transmits.push(Transmit {
@@ -274,7 +276,7 @@ impl Masternode {
                     },
                 });
             }
-            Message::FinalityLogPage {
+            PeerMessage::FinalityLogPage {
                 from: pos,
                 head,
                 txids,
@@ -285,19 +287,21 @@ impl Masternode {
                 }
                 let engine = &self.engine;
                 let mut out = Vec::new();
-                self.catchup.on_page(
-                    now,
-                    from,
-                    pos,
+                let page = LogPage {
+                    from: pos,
                     head,
-                    &txids,
-                    |t| engine.known_final(t),
-                    &mut out,
-                );
+                    txids: &txids,
+                };
+                self.catchup
+                    .on_page(now, from, page, |t| engine.known_final(t), &mut out);
                 self.push_to_peers(out);
                 self.update_gate(now);
             }
-            _ => {}
+            PeerMessage::RepairRequest { .. }
+            | PeerMessage::Repair(_)
+            | PeerMessage::FastPathSeq { .. }
+            | PeerMessage::Ping(_)
+            | PeerMessage::Pong(_) => {}
         }
         Ok(())
     }

@@ -8,6 +8,7 @@ use std::collections::VecDeque;
 use ed25519_dalek::SigningKey;
 
 use super::*;
+use crate::protocol::audience::PeerMessage;
 use crate::protocol::registry::Tier;
 use crate::protocol::types::{OutPoint, TxOutput, COIN};
 use crate::protocol::utxo::UtxoState;
@@ -136,6 +137,7 @@ impl Net {
             let Some(m) = self.nodes[to].as_mut() else {
                 continue;
             };
+            let msg = PeerMessage::try_from(msg).expect("peers send peer messages");
             m.handle_peer_message(now, from_pk, msg, &self.stores[to])
                 .unwrap();
             self.flush(to);

@@ -1240,9 +1240,36 @@ impl Engine {
         }
     }
 
+    /// The invariants every round ends with (debug builds: every unit test
+    /// and debug simulation run checks them on every round).
+    #[cfg(debug_assertions)]
+    fn check_invariants(&self) {
+        for (op, holder) in &self.approved_spends {
+            let state = self.utxos.get(op).map(|e| e.state);
+            debug_assert!(
+                !matches!(state, None | Some(UtxoState::Unspent)),
+                "approved spend of {op} by {holder} is {state:?}: a voted lock was released"
+            );
+            if let Some(UtxoState::Locked { txid } | UtxoState::SpentPending { txid, .. }) = state {
+                debug_assert_eq!(
+                    txid, *holder,
+                    "lock on {op} differs from the approved spend"
+                );
+            }
+        }
+        let pending = self
+            .txs
+            .values()
+            .filter(|r| r.status == Status::Pending)
+            .count();
+        debug_assert_eq!(pending, self.pending_count, "pending count drifted");
+    }
+
     /// Ends a round: signs the queued votes into one batch (durable via the
     /// vote log write, sent after), and hands back the round's effects.
     pub fn end_round(&mut self, now: u64) -> Round {
+        #[cfg(debug_assertions)]
+        self.check_invariants();
         while !self.vote_queue.is_empty() {
             let n = self
                 .vote_queue

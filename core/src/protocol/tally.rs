@@ -78,6 +78,8 @@ struct Tally {
     approvals: Vec<(Arc<VerifiedBatch>, u32)>,
     rejecters: Vec<(PublicKey, RejectCode)>,
     first_vote_ms: u64,
+    /// The voter whose vote opened this tally (counted in `opened_by`).
+    opener: PublicKey,
 }
 
 pub struct VoteAggregator {
@@ -89,6 +91,10 @@ pub struct VoteAggregator {
     /// tally for them.
     finished: HashMap<Txid, u64>,
     max_open: usize,
+    /// Open tallies per voter that opened them: no voter may open more than
+    /// its share (`max_open / voters`), so one Byzantine voter's flood of
+    /// votes for made-up txids cannot take the room real payments need.
+    opened_by: HashMap<PublicKey, usize>,
     stats: TallyStats,
 }
 
@@ -101,6 +107,7 @@ impl VoteAggregator {
             tallies: HashMap::new(),
             finished: HashMap::new(),
             max_open,
+            opened_by: HashMap::new(),
             stats: TallyStats::default(),
         }
     }
@@ -168,13 +175,19 @@ impl VoteAggregator {
             self.stats.duplicates += 1;
             return;
         }
-        if !self.tallies.contains_key(&txid) && self.tallies.len() >= self.max_open {
-            self.stats.dropped_full += 1;
-            return;
+        if !self.tallies.contains_key(&txid) {
+            let share = (self.max_open / self.registry.len().max(1)).max(1);
+            let opened = self.opened_by.get(&voter).copied().unwrap_or(0);
+            if self.tallies.len() >= self.max_open || opened >= share {
+                self.stats.dropped_full += 1;
+                return;
+            }
+            *self.opened_by.entry(voter).or_default() += 1;
         }
         let (quorum, total) = (self.quorum, self.registry.total_weight());
         let t = self.tallies.entry(txid).or_insert_with(|| Tally {
             first_vote_ms: now,
+            opener: voter,
             ..Tally::default()
         });
         match t.voters.get(&voter) {
@@ -231,8 +244,20 @@ impl VoteAggregator {
     /// An outcome was produced: drop the tally (and the batches it holds),
     /// remember only that it is done.
     fn finish(&mut self, now: u64, txid: Txid) {
-        self.tallies.remove(&txid);
+        if let Some(t) = self.tallies.remove(&txid) {
+            self.closed(&t.opener);
+        }
         self.finished.insert(txid, now);
+    }
+
+    /// A tally opened by `opener` closed (finished or expired).
+    fn closed(&mut self, opener: &PublicKey) {
+        if let Some(n) = self.opened_by.get_mut(opener) {
+            *n -= 1;
+            if *n == 0 {
+                self.opened_by.remove(opener);
+            }
+        }
     }
 
     /// Like [`VoteAggregator::expire`], but never forgets an open tally that
@@ -246,9 +271,18 @@ impl VoteAggregator {
         done_age_ms: u64,
         voter: &PublicKey,
     ) {
+        let mut gone = Vec::new();
         self.tallies.retain(|_, t| {
-            now.saturating_sub(t.first_vote_ms) < max_age_ms || t.voters.contains_key(voter)
+            let keep =
+                now.saturating_sub(t.first_vote_ms) < max_age_ms || t.voters.contains_key(voter);
+            if !keep {
+                gone.push(t.opener);
+            }
+            keep
         });
+        for o in gone {
+            self.closed(&o);
+        }
         self.finished
             .retain(|_, at| now.saturating_sub(*at) < done_age_ms);
     }
@@ -262,8 +296,17 @@ impl VoteAggregator {
         done_age_ms: u64,
         keep: impl Fn(&Txid) -> bool,
     ) {
-        self.tallies
-            .retain(|txid, t| now.saturating_sub(t.first_vote_ms) < max_age_ms || keep(txid));
+        let mut gone = Vec::new();
+        self.tallies.retain(|txid, t| {
+            let k = now.saturating_sub(t.first_vote_ms) < max_age_ms || keep(txid);
+            if !k {
+                gone.push(t.opener);
+            }
+            k
+        });
+        for o in gone {
+            self.closed(&o);
+        }
         self.finished
             .retain(|_, at| now.saturating_sub(*at) < done_age_ms);
     }
@@ -412,5 +455,41 @@ mod tests {
         assert_eq!(agg.stats().dropped_full, 1);
         agg.expire(100, 50, 50, |_| false);
         assert_eq!(agg.open(), 0);
+    }
+
+    #[test]
+    fn one_voter_cannot_take_every_open_tally() {
+        let (keys, reg) = setup(&[Tier::Bronze; 4]);
+        // Room for 8 open tallies: 2 per voter.
+        let mut agg = VoteAggregator::new(reg.clone(), reg.quorum(), 8);
+        let mut out = Vec::new();
+        for n in 0..100u8 {
+            agg.add(
+                0,
+                &vote(&keys[0], Txid([n; 32]), Decision::Approve),
+                None,
+                &mut out,
+            );
+        }
+        assert_eq!(agg.open(), 2, "the flooding voter got its share only");
+        assert_eq!(agg.stats().dropped_full, 98);
+        // A real payment's votes from the others still open and finish it.
+        let real = Txid([200; 32]);
+        for k in &keys[1..] {
+            agg.add(1, &vote(k, real, Decision::Approve), None, &mut out);
+        }
+        assert!(out
+            .iter()
+            .any(|e| matches!(e, TallyEvent::Quorum { txid, .. } if *txid == real)));
+        // Finished and expired tallies give their share back.
+        agg.expire(100_000, 1_000, 1_000, |_| false);
+        assert_eq!(agg.open(), 0);
+        agg.add(
+            100_001,
+            &vote(&keys[0], Txid([150; 32]), Decision::Approve),
+            None,
+            &mut out,
+        );
+        assert_eq!(agg.open(), 1);
     }
 }

@@ -15,6 +15,7 @@ use std::sync::Arc;
 
 use ed25519_dalek::SigningKey;
 use timecoin_core::masternode::{Masternode, MasternodeConfig, MasternodeStats, Round};
+use timecoin_core::protocol::audience::PeerMessage;
 use timecoin_core::protocol::engine::Metrics;
 use timecoin_core::protocol::message::Message;
 use timecoin_core::protocol::registry::Registry;
@@ -129,6 +130,11 @@ impl HonestNode {
 
     pub fn peer_message(&mut self, t: Micros, from: PublicKey, msg: Message) {
         let now = self.local_ms(t);
+        // What a masternode may not send is refused at decoding in the node
+        // (the connection's audience); the same here.
+        let Ok(msg) = PeerMessage::try_from(msg) else {
+            return;
+        };
         if let Some(mn) = self.mn.as_mut() {
             mn.handle_peer_message(now, from, msg, &self.store)
                 .expect("memory store");
