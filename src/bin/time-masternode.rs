@@ -37,6 +37,14 @@ enum Cmd {
         #[arg(long)]
         chain_id: u32,
     },
+    /// List the equivocation evidence a masternode kept (two contradicting
+    /// signed votes by one masternode), read from its data directory. Safe
+    /// while the masternode runs (LMDB readers do not block it).
+    Evidence {
+        /// The masternode's data directory (its `db` is inside).
+        #[arg(long)]
+        data_dir: PathBuf,
+    },
 }
 
 #[derive(clap::Args, Clone)]
@@ -88,6 +96,7 @@ fn main() -> ExitCode {
         Cmd::Run(args) => run(*args),
         Cmd::Devnet(args) => devnet(args),
         Cmd::Status { node, chain_id } => status(node, chain_id),
+        Cmd::Evidence { data_dir } => evidence(&data_dir),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -133,6 +142,27 @@ fn run(args: RunArgs) -> Result<(), AnyError> {
         node.shutdown()?;
         Ok::<(), AnyError>(())
     })?;
+    Ok(())
+}
+
+fn evidence(data_dir: &std::path::Path) -> Result<(), AnyError> {
+    use timecoin::storage::Store;
+    let db = data_dir.join("db");
+    if !db.exists() {
+        return Err(format!("no database at {}: pass the masternode's --data-dir", db.display()).into());
+    }
+    let store = timecoin::storage::LmdbStore::open(&db, Default::default())?;
+    let all = store.evidence()?;
+    println!("{} equivocation record(s)", all.len());
+    for e in all {
+        println!(
+            "voter {} on {}: {:?} then {:?}",
+            e.voter(),
+            e.txid,
+            e.first.decision,
+            e.second.decision
+        );
+    }
     Ok(())
 }
 

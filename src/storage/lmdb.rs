@@ -13,6 +13,7 @@
 //! | `own_votes`    | [`VoteSeq`] (u64 BE)       | [`VoteBatch`] |
 //! | `finality_log` | [`LogSeq`] (u64 BE)        | [`Txid`]     |
 //! | `stuck`        | [`Txid`]                   | `u32` (0)    |
+//! | `evidence`     | voter ‖ txid (64 bytes)    | [`Equivocation`] |
 //!
 //! `meta` carries the format version; a database written by a newer build is
 //! refused rather than misread. [`Store::apply`] is one LMDB write
@@ -33,9 +34,11 @@ use heed::types::Bytes;
 use heed::{Database, Env, EnvFlags, EnvOpenOptions, PutFlags, RoTxn, RwTxn, WithoutTls};
 
 use super::records::{
-    check_txid, LogSeq, MetaKey, RecordError, TableKey, TableValue, VoteSeq, FORMAT_VERSION,
+    check_txid, EvidenceKey, LogSeq, MetaKey, RecordError, TableKey, TableValue, VoteSeq,
+    FORMAT_VERSION,
 };
 use super::{Genesis, Snapshot, Store, StoreError, Write};
+use crate::protocol::evidence::Equivocation;
 use crate::protocol::timeproof::TimeProof;
 use crate::protocol::types::{ChainId, OutPoint, Transaction, Txid};
 use crate::protocol::utxo::{UtxoEntry, UtxoState};
@@ -52,7 +55,8 @@ const TABLE_PROOFS: &str = "proofs";
 const TABLE_OWN_VOTES: &str = "own_votes";
 const TABLE_FINALITY_LOG: &str = "finality_log";
 const TABLE_STUCK: &str = "stuck";
-const TABLE_COUNT: u32 = 7;
+const TABLE_EVIDENCE: &str = "evidence";
+const TABLE_COUNT: u32 = 8;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LmdbOptions {
@@ -201,6 +205,8 @@ pub struct LmdbStore {
     /// Approved transactions that can no longer reach the quorum (value:
     /// unused, 0).
     stuck: Table<Txid, u32>,
+    /// Equivocation evidence, by voter and transaction.
+    evidence: Table<EvidenceKey, Equivocation>,
 }
 
 impl fmt::Debug for LmdbStore {
@@ -263,6 +269,7 @@ impl LmdbStore {
         // databases (catch-up then lists only what finalizes from now on).
         let finality_log = Table::create(&env, &mut wtxn, TABLE_FINALITY_LOG)?;
         let stuck = Table::create(&env, &mut wtxn, TABLE_STUCK)?;
+        let evidence = Table::create(&env, &mut wtxn, TABLE_EVIDENCE)?;
         if version.is_none() {
             let fresh = meta.is_empty(&wtxn)?
                 && utxos.is_empty(&wtxn)?
@@ -292,6 +299,7 @@ impl LmdbStore {
             own_votes,
             finality_log,
             stuck,
+            evidence,
         })
     }
 
@@ -446,6 +454,10 @@ impl Store for LmdbStore {
                     next_log = Some(seq + 1);
                 }
                 Write::PutStuck(txid) => self.stuck.put(&mut wtxn, txid, &0, &mut buf)?,
+                Write::PutEvidence(e) => {
+                    self.evidence
+                        .put(&mut wtxn, &EvidenceKey(e.voter(), e.txid), e, &mut buf)?
+                }
             }
         }
         wtxn.commit().map_err(backend)
@@ -463,6 +475,16 @@ impl Store for LmdbStore {
     fn get_transaction(&self, txid: &Txid) -> Result<Option<Transaction>, StoreError> {
         let rtxn = self.env.read_txn().map_err(backend)?;
         self.get_transaction_in(&rtxn, txid)
+    }
+
+    fn evidence(&self) -> Result<Vec<Equivocation>, StoreError> {
+        let rtxn = self.env.read_txn().map_err(backend)?;
+        let mut out = Vec::new();
+        self.evidence.for_each(&rtxn, |_, e| {
+            out.push(e);
+            Ok(())
+        })?;
+        Ok(out)
     }
 
     fn finality_log(&self, from: u64, max: usize) -> Result<(Vec<Txid>, u64), StoreError> {

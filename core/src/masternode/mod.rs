@@ -320,6 +320,21 @@ impl Masternode {
         }
     }
 
+    /// A TimeProof the caller checked with
+    /// [`crate::protocol::engine::verify_proof`] off the core thread.
+    pub fn handle_verified_proof(
+        &mut self,
+        now: u64,
+        tx: Transaction,
+        proof: crate::protocol::timeproof::TimeProof,
+    ) {
+        let txid = tx.txid();
+        self.engine.handle_verified_proof(now, tx, proof);
+        if self.engine.known_final(&txid) || self.engine.is_finalized(&txid) {
+            self.catchup.resolved(&txid);
+        }
+    }
+
     /// A peer's vote batch whose signature the caller verified.
     pub fn handle_verified_votes(&mut self, now: u64, vb: Arc<VerifiedBatch>) {
         self.engine.handle_verified_votes(now, vb);

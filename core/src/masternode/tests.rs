@@ -434,3 +434,42 @@ fn restart_with_a_mempool_of_stuck_double_spends_keeps_serving() {
         vout: 0,
     };
 }
+
+#[test]
+fn equivocation_is_kept_as_durable_evidence() {
+    use crate::protocol::vote::{Decision, VoteBatch, VoteItem};
+    let mut net = Net::new(4);
+    net.run_for(300);
+    let tx = pay(6, COIN);
+    let txid = tx.txid();
+    // Node 0 holds the transaction but hears no votes yet.
+    net.cut[1] = true;
+    net.cut[2] = true;
+    net.cut[3] = true;
+    let now = net.now;
+    net.nodes[0]
+        .as_mut()
+        .unwrap()
+        .handle_peer_transaction(now, tx, false);
+    net.deliver_all();
+    // Masternode 3 signs an approval and then a rejection of the same txid.
+    let k3 = net.keys[3].clone();
+    let from = net.pk(3);
+    for decision in [Decision::Approve, Decision::Reject(RejectCode::InputLocked)] {
+        let b = VoteBatch::sign(7, 1, &k3, vec![VoteItem { txid, decision }]);
+        let now = net.now;
+        net.nodes[0]
+            .as_mut()
+            .unwrap()
+            .handle_peer_message(now, from, PeerMessage::VoteBatch(b), &net.stores[0])
+            .unwrap();
+        net.flush(0);
+    }
+    let evidence = net.stores[0].evidence().unwrap();
+    assert_eq!(evidence.len(), 1);
+    assert_eq!(evidence[0].voter(), from);
+    assert!(evidence[0].verify(7, &net.genesis.registry));
+    assert!(net.events[0]
+        .iter()
+        .any(|e| matches!(e, Event::Equivocation { voter, .. } if *voter == from)));
+}

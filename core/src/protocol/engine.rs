@@ -249,7 +249,13 @@ pub struct Engine {
     /// While set, this node approves nothing: it may not know payments
     /// finalized while it was away (see the masternode's catch-up).
     catching_up: bool,
+    /// Equivocations whose evidence was written this run.
+    evidence_kept: HashSet<(PublicKey, Txid)>,
 }
+
+/// Most equivocation records written per run (each about 500 bytes); more
+/// are counted in `Metrics::equivocations` only.
+pub const MAX_EVIDENCE: usize = 10_000;
 
 impl Engine {
     /// Builds the engine from durable state.
@@ -279,6 +285,7 @@ impl Engine {
             conflicts: Vec::new(),
             metrics: Metrics::default(),
             catching_up: false,
+            evidence_kept: HashSet::new(),
         };
         for (op, entry) in snap.utxos {
             if let UtxoState::Locked { txid } | UtxoState::SpentPending { txid, .. } = entry.state {
@@ -833,8 +840,18 @@ impl Engine {
                         }
                     }
                 }
-                TallyEvent::Equivocation { voter, txid } => {
+                TallyEvent::Equivocation {
+                    voter,
+                    txid,
+                    evidence,
+                } => {
                     self.metrics.equivocations += 1;
+                    // Kept durably once per (voter, transaction), up to a cap.
+                    if self.evidence_kept.len() < MAX_EVIDENCE
+                        && self.evidence_kept.insert((voter, txid))
+                    {
+                        self.round.writes.push(Write::PutEvidence(*evidence));
+                    }
                     self.emit(Event::Equivocation { voter, txid });
                 }
             }
@@ -1116,13 +1133,30 @@ impl Engine {
             // every proof request, and anyone can replay a valid proof).
             return;
         }
+        // Cheap before expensive: the proof's structure and weight, then its
+        // signatures, then the transaction's input signatures.
         if proof.txid != txid
-            || precheck(&tx, &txid, self.cfg.chain_id, &self.cfg.limits).is_err()
             || proof.verify(self.cfg.chain_id, &self.registry).is_err()
+            || precheck(&tx, &txid, self.cfg.chain_id, &self.cfg.limits).is_err()
         {
             self.metrics.proofs_invalid += 1;
             return;
         }
+        self.apply_verified_proof(now, txid, tx, proof);
+    }
+
+    /// A proof the caller checked with [`verify_proof`] (on a verifier
+    /// thread, off the core): applied without verifying it again.
+    pub fn handle_verified_proof(&mut self, now: u64, tx: Transaction, proof: TimeProof) {
+        self.metrics.proofs_received += 1;
+        let txid = tx.txid();
+        if self.is_finalized(&txid) || self.known_final(&txid) || proof.txid != txid {
+            return;
+        }
+        self.apply_verified_proof(now, txid, tx, proof);
+    }
+
+    fn apply_verified_proof(&mut self, now: u64, txid: Txid, tx: Transaction, proof: TimeProof) {
         let proof = Arc::new(proof);
         if let Some(o) = self.orphans.get_mut(&txid) {
             o.proof = Some(proof);
@@ -1293,6 +1327,37 @@ fn effective_quorum(cfg: &EngineConfig, registry: &Registry) -> u64 {
     }
     let _ = cfg;
     registry.quorum()
+}
+
+/// Everything [`Engine::handle_proof`] checks before applying a proof, for a
+/// verifier thread: the proof (structure first, then signatures), then the
+/// transaction's own checks and input signatures.
+pub fn verify_proof(
+    tx: &Transaction,
+    proof: &TimeProof,
+    chain_id: ChainId,
+    registry: &Registry,
+    limits: &Limits,
+) -> Result<(), ProofOrTxError> {
+    let txid = tx.txid();
+    if proof.txid != txid {
+        return Err(ProofOrTxError::Mismatch);
+    }
+    proof.verify(chain_id, registry)?;
+    precheck(tx, &txid, chain_id, limits)?;
+    Ok(())
+}
+
+/// Why a (transaction, proof) pair was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ProofOrTxError {
+    #[error("the proof is for another transaction")]
+    Mismatch,
+    #[error("proof: {0}")]
+    Proof(#[from] crate::protocol::timeproof::ProofError),
+    #[error("transaction: {0}")]
+    Tx(#[from] TxError),
 }
 
 /// Stateless checks and signature verification: safe to run on any thread

@@ -4,6 +4,7 @@
 
 pub mod audience;
 pub mod engine;
+pub mod evidence;
 pub mod message;
 pub mod registry;
 pub mod tally;

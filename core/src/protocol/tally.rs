@@ -12,6 +12,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use crate::protocol::evidence::Equivocation;
 use crate::protocol::registry::Registry;
 use crate::protocol::types::{PublicKey, Txid};
 use crate::protocol::validation::RejectCode;
@@ -58,7 +59,12 @@ pub enum TallyEvent {
     /// The first approval arrived (the inputs move to SpentPending).
     Approving { txid: Txid, weight: u64 },
     /// A voter signed two different decisions on one transaction.
-    Equivocation { voter: PublicKey, txid: Txid },
+    Equivocation {
+        voter: PublicKey,
+        txid: Txid,
+        /// The two signed certificates that contradict each other.
+        evidence: Box<Equivocation>,
+    },
 }
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -74,7 +80,8 @@ pub struct TallyStats {
 struct Tally {
     approve: u64,
     reject: u64,
-    voters: HashMap<PublicKey, Decision>,
+    /// Each voter's decision and where its certificate comes from.
+    voters: HashMap<PublicKey, (Decision, Arc<VerifiedBatch>, u32)>,
     approvals: Vec<(Arc<VerifiedBatch>, u32)>,
     rejecters: Vec<(PublicKey, RejectCode)>,
     first_vote_ms: u64,
@@ -191,19 +198,28 @@ impl VoteAggregator {
             ..Tally::default()
         });
         match t.voters.get(&voter) {
-            Some(d) if *d == decision => {
+            Some((d, _, _)) if *d == decision => {
                 self.stats.duplicates += 1;
                 return;
             }
-            Some(_) => {
+            Some((_, first_vb, first_i)) => {
                 self.stats.equivocations += 1;
-                out.push(TallyEvent::Equivocation { voter, txid });
+                let evidence = Box::new(Equivocation {
+                    txid,
+                    first: first_vb.batch.cert(&first_vb.levels, *first_i as usize),
+                    second: vb.batch.cert(&vb.levels, index as usize),
+                });
+                out.push(TallyEvent::Equivocation {
+                    voter,
+                    txid,
+                    evidence,
+                });
                 return;
             }
             None => {}
         }
         self.stats.votes += 1;
-        t.voters.insert(voter, decision);
+        t.voters.insert(voter, (decision, vb.clone(), index));
         match decision {
             Decision::Approve => {
                 t.approve += weight;
@@ -393,10 +409,23 @@ mod tests {
             None,
             &mut out,
         );
-        assert!(out.contains(&TallyEvent::Equivocation {
-            voter: PublicKey::from_signing(&keys[0]),
-            txid: t
-        }));
+        let ev = out
+            .iter()
+            .find_map(|e| match e {
+                TallyEvent::Equivocation {
+                    voter,
+                    txid,
+                    evidence,
+                } if *voter == PublicKey::from_signing(&keys[0]) && *txid == t => {
+                    Some(evidence.clone())
+                }
+                _ => None,
+            })
+            .expect("equivocation reported");
+        assert!(ev.verify(1, &reg), "the evidence verifies offline");
+        let mut forged = (*ev).clone();
+        forged.second.signature[0] ^= 1;
+        assert!(!forged.verify(1, &reg));
         out.clear();
         // W=4, q=3: two rejects make approval impossible.
         agg.add(

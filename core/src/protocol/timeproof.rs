@@ -43,7 +43,32 @@ pub enum ProofError {
 impl TimeProof {
     /// Checks every certificate and returns the approve weight, which is at
     /// least the quorum on success. Signatures follow [`crate::sig`] (ZIP 215).
+    /// Cheap before expensive: chain, voters, epochs, duplicates, decisions,
+    /// Merkle paths and weight are all checked before any signature.
     pub fn verify(&self, chain_id: ChainId, registry: &Registry) -> Result<u64, ProofError> {
+        let (weight, msgs) = self.check_structure(chain_id, registry)?;
+        // One ZIP 215 batch: the same verdict as checking each certificate
+        // alone, so a wallet and a node agree on every proof.
+        let items: Vec<crate::sig::Item> = self
+            .votes
+            .iter()
+            .zip(&msgs)
+            .map(|(v, m)| (&v.voter.0, &m[..], &v.signature))
+            .collect();
+        if !crate::sig::verify_all(&items) {
+            return Err(ProofError::BadSignature);
+        }
+        Ok(weight)
+    }
+
+    /// Everything but the signatures: returns the approve weight and the
+    /// message each certificate signs. No signature is checked, so a caller
+    /// can refuse a malformed or light proof for almost nothing.
+    pub fn check_structure(
+        &self,
+        chain_id: ChainId,
+        registry: &Registry,
+    ) -> Result<(u64, Vec<Vec<u8>>), ProofError> {
         if self.chain_id != chain_id {
             return Err(ProofError::WrongChain {
                 got: self.chain_id,
@@ -76,18 +101,7 @@ impl TimeProof {
         if weight < quorum {
             return Err(ProofError::BelowQuorum { weight, quorum });
         }
-        // One ZIP 215 batch: the same verdict as checking each certificate
-        // alone, so a wallet and a node agree on every proof.
-        let items: Vec<crate::sig::Item> = self
-            .votes
-            .iter()
-            .zip(&msgs)
-            .map(|(v, m)| (&v.voter.0, &m[..], &v.signature))
-            .collect();
-        if !crate::sig::verify_all(&items) {
-            return Err(ProofError::BadSignature);
-        }
-        Ok(weight)
+        Ok((weight, msgs))
     }
 
     pub fn encode(&self, out: &mut Vec<u8>) {

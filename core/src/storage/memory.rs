@@ -4,8 +4,9 @@
 use std::collections::{BTreeMap, HashMap};
 
 use super::{Genesis, Snapshot, Store, StoreError, Write};
+use crate::protocol::evidence::Equivocation;
 use crate::protocol::timeproof::TimeProof;
-use crate::protocol::types::{OutPoint, Transaction, Txid};
+use crate::protocol::types::{OutPoint, PublicKey, Transaction, Txid};
 use crate::protocol::utxo::{UtxoEntry, UtxoState};
 use crate::protocol::vote::VoteBatch;
 
@@ -18,6 +19,7 @@ pub struct MemoryStore {
     votes: Vec<VoteBatch>,
     finality_log: Vec<Txid>,
     stuck: std::collections::HashSet<Txid>,
+    evidence: BTreeMap<(PublicKey, Txid), Equivocation>,
 }
 
 impl MemoryStore {
@@ -86,6 +88,9 @@ impl Store for MemoryStore {
                 Write::PutStuck(t) => {
                     self.stuck.insert(*t);
                 }
+                Write::PutEvidence(e) => {
+                    self.evidence.insert((e.voter(), e.txid), e.clone());
+                }
             }
         }
         Ok(())
@@ -97,6 +102,10 @@ impl Store for MemoryStore {
 
     fn get_transaction(&self, txid: &Txid) -> Result<Option<Transaction>, StoreError> {
         Ok(self.txs.get(txid).cloned())
+    }
+
+    fn evidence(&self) -> Result<Vec<Equivocation>, StoreError> {
+        Ok(self.evidence.values().cloned().collect())
     }
 
     fn finality_log(&self, from: u64, max: usize) -> Result<(Vec<Txid>, u64), StoreError> {

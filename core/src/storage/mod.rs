@@ -6,6 +6,7 @@
 pub mod memory;
 pub mod records;
 
+use crate::protocol::evidence::Equivocation;
 use crate::protocol::registry::Registry;
 use crate::protocol::timeproof::TimeProof;
 use crate::protocol::types::{ChainId, OutPoint, Transaction, Txid};
@@ -29,6 +30,8 @@ pub enum Write {
     /// (its votes split): its locks stay, but after a restart it is not
     /// loaded as pending and does not count against the mempool limit.
     PutStuck(Txid),
+    /// Two contradicting certificates of one voter (kept as evidence).
+    PutEvidence(Equivocation),
 }
 
 /// What a node needs in memory at start.
@@ -82,4 +85,6 @@ pub trait Store: Send {
     /// Up to `max` txids of the finality log from position `from`, and the
     /// log's length.
     fn finality_log(&self, from: u64, max: usize) -> Result<(Vec<Txid>, u64), StoreError>;
+    /// Every equivocation kept as evidence, by voter then transaction.
+    fn evidence(&self) -> Result<Vec<Equivocation>, StoreError>;
 }

@@ -22,9 +22,10 @@
 
 use crate::codec::{DecodeError, Reader};
 
+use crate::protocol::evidence::Equivocation;
 use crate::protocol::timeproof::{TimeProof, MAX_PROOF_VOTES};
 use crate::protocol::types::{
-    OutPoint, Transaction, TxOutput, Txid, MAX_TX_INPUTS, MAX_TX_OUTPUTS,
+    OutPoint, PublicKey, Transaction, TxOutput, Txid, MAX_TX_INPUTS, MAX_TX_OUTPUTS,
 };
 use crate::protocol::utxo::{UtxoEntry, UtxoState};
 use crate::protocol::vote::{VoteBatch, MAX_MERKLE_DEPTH, MAX_VOTE_ITEMS};
@@ -250,6 +251,38 @@ impl TableValue for Txid {
     }
     fn decode_value(bytes: &[u8]) -> Result<Self, RecordError> {
         decode_all(bytes, |r| Ok(Txid(r.array()?)))
+    }
+}
+
+/// `evidence` key: voter ‖ txid.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EvidenceKey(pub PublicKey, pub Txid);
+
+impl TableKey for EvidenceKey {
+    type Bytes = [u8; 64];
+    fn to_key(&self) -> [u8; 64] {
+        let mut k = [0u8; 64];
+        k[..32].copy_from_slice(&self.0 .0);
+        k[32..].copy_from_slice(&self.1 .0);
+        k
+    }
+    fn from_key(bytes: &[u8]) -> Result<Self, RecordError> {
+        let k: [u8; 64] = fixed_key("evidence key", bytes)?;
+        let mut a = [0u8; 32];
+        let mut b = [0u8; 32];
+        a.copy_from_slice(&k[..32]);
+        b.copy_from_slice(&k[32..]);
+        Ok(EvidenceKey(PublicKey(a), Txid(b)))
+    }
+}
+
+impl TableValue for Equivocation {
+    fn encode_value(&self, out: &mut Vec<u8>) -> Result<(), RecordError> {
+        self.encode(out);
+        Ok(())
+    }
+    fn decode_value(bytes: &[u8]) -> Result<Self, RecordError> {
+        decode_all(bytes, Equivocation::decode)
     }
 }
 
