@@ -172,6 +172,11 @@ pub struct GapStats {
 struct PendingGap {
     range: SeqRange,
     detected_ms: u64,
+    /// Not listed by [`GapTracker::missing`] before this time: a hole is
+    /// asked for after `repair_delay_ms`, then again with doubling intervals
+    /// (so a peer that cannot answer is not asked 50 times a second).
+    next_ask_ms: u64,
+    asks: u32,
 }
 
 #[derive(Debug)]
@@ -367,6 +372,8 @@ impl<S: Ord + Copy> GapTracker<S> {
                 st.gaps.push_back(PendingGap {
                     range: SeqRange::new(tracked_first, missing.last),
                     detected_ms: now_ms,
+                    next_ask_ms: now_ms + self.config.repair_delay_ms,
+                    asks: 0,
                 });
             }
             Receipt::NewWithGap { missing }
@@ -397,21 +404,24 @@ impl<S: Ord + Copy> GapTracker<S> {
         }
     }
 
-    /// Holes at least `repair_delay_ms` old, to request on the reliable path
-    /// (again on every call until filled). Holes older than `give_up_ms` are
-    /// moved to the lost reports instead.
+    /// Holes due for a repair request: first `repair_delay_ms` after they
+    /// were detected, then again after 2x, 4x, ... that delay (capped at
+    /// 64x) until filled. Holes older than `give_up_ms` are moved to the
+    /// lost reports instead.
     pub fn missing(&mut self, now_ms: u64) -> Vec<MissingRange<S>> {
         let mut out = Vec::new();
         let mut expired: Vec<(S, SeqRange)> = Vec::new();
         let (delay, give_up) = (self.config.repair_delay_ms, self.config.give_up_ms);
         for (&sender, st) in self.senders.iter_mut() {
-            st.gaps.retain(|g| {
+            st.gaps.retain_mut(|g| {
                 let age = now_ms.saturating_sub(g.detected_ms);
                 if age >= give_up {
                     expired.push((sender, g.range));
                     false
                 } else {
-                    if age >= delay {
+                    if now_ms >= g.next_ask_ms {
+                        g.asks = g.asks.saturating_add(1);
+                        g.next_ask_ms = now_ms + delay.max(1) * (1u64 << g.asks.min(6));
                         out.push(MissingRange {
                             sender,
                             range: g.range,
@@ -489,12 +499,14 @@ fn remove_from_gaps(gaps: &mut VecDeque<PendingGap>, seq: u64) -> bool {
         (false, true) => g.range.last = seq - 1,
         (false, false) => {
             g.range.last = seq - 1;
-            let detected_ms = g.detected_ms;
+            let (detected_ms, next_ask_ms, asks) = (g.detected_ms, g.next_ask_ms, g.asks);
             gaps.insert(
                 i + 1,
                 PendingGap {
                     range: SeqRange::new(seq + 1, r.last),
                     detected_ms,
+                    next_ask_ms,
+                    asks,
                 },
             );
         }
@@ -556,12 +568,17 @@ mod tests {
         );
         assert_eq!(t.receive(7, 3, 14), Ok(Receipt::Filled));
         assert_eq!(t.receive(7, 3, 14), Ok(Receipt::Duplicate));
-        let ranges: Vec<_> = t.missing(15).into_iter().map(|m| m.range).collect();
+        // Asked at 13: asked again only after the backoff (2x the delay).
+        assert!(t.missing(15).is_empty());
+        let ranges: Vec<_> = t.missing(33).into_iter().map(|m| m.range).collect();
         assert_eq!(ranges, [SeqRange::new(1, 2), SeqRange::new(4, 4)]);
+        // Then after 4x.
+        assert!(t.missing(60).is_empty());
+        assert_eq!(t.missing(73).len(), 2);
         for s in [1, 2, 4] {
-            assert_eq!(t.receive(7, s, 16), Ok(Receipt::Filled));
+            assert_eq!(t.receive(7, s, 74), Ok(Receipt::Filled));
         }
-        assert!(t.missing(50).is_empty());
+        assert!(t.missing(200).is_empty());
         assert!(t.take_lost().is_empty());
         assert_eq!(t.stats().pending_ranges, 0);
     }

@@ -28,6 +28,36 @@ use crate::protocol::types::PublicKey;
 
 /// Most datagrams answered for one repair request.
 const MAX_REPAIR: u64 = 1024;
+/// Most repair bytes sent to one peer per second: a 17-byte request must not
+/// buy 1.2 MB over and over. Above it, requests are dropped (counted); the
+/// peer asks again with backoff, and what it still misses comes back through
+/// catch-up.
+pub(super) const MAX_REPAIR_BYTES_PER_S: u64 = 2 << 20;
+
+/// Repair bytes sent per peer in the current second.
+#[derive(Default)]
+pub(super) struct RepairBudget {
+    second: u64,
+    spent: std::collections::HashMap<PublicKey, u64>,
+    pub refused: u64,
+}
+
+impl RepairBudget {
+    /// Takes `bytes` from `peer`'s budget for second `now_s`, if it has them.
+    fn take(&mut self, now_s: u64, peer: PublicKey, bytes: u64) -> bool {
+        if now_s != self.second {
+            self.second = now_s;
+            self.spent.clear();
+        }
+        let spent = self.spent.entry(peer).or_default();
+        if *spent + bytes > MAX_REPAIR_BYTES_PER_S {
+            self.refused += 1;
+            return false;
+        }
+        *spent += bytes;
+        true
+    }
+}
 
 /// The fast-path pieces the reliable path serves: our sent datagrams (to
 /// answer repair requests) and the receiver (to apply repairs).
@@ -35,6 +65,7 @@ pub(super) struct FastRepair {
     pub ring: Arc<Mutex<RepairRing>>,
     pub receiver: Arc<Mutex<FastPathReceiver>>,
     pub sink: Arc<Sink>,
+    pub budget: Mutex<RepairBudget>,
 }
 
 /// What handling a peer's message needs, handed over at startup.
@@ -139,6 +170,18 @@ fn answer_repair(ctx: &PeerCtx, peer: PublicKey, first: u64, last: u64) {
         let ring = f.ring.lock().expect("repair ring");
         (first..=last).filter_map(|s| ring.get(s)).collect()
     };
+    let bytes: u64 = found.iter().map(|d| d.len() as u64).sum();
+    let now_s = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let mut budget = f.budget.lock().expect("repair budget");
+    if !budget.take(now_s, peer, bytes) {
+        if budget.refused.is_power_of_two() {
+            warn!(%peer, refused = budget.refused, "repair requests over {MAX_REPAIR_BYTES_PER_S} bytes/s refused");
+        }
+        return;
+    }
+    drop(budget);
     for d in found {
         ctx.net.send(
             &peer,

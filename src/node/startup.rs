@@ -398,6 +398,7 @@ fn start_fast_receiver(fast: Option<FastPath>, w: &Wiring) -> FastParts {
         ring: f.sender.ring.clone(),
         receiver: f.receiver.clone(),
         sink,
+        budget: Default::default(),
     };
     FastParts {
         sender: Some(f.sender),
