@@ -44,6 +44,11 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         self.cap = cap.min(MAX_FRAME_LEN);
     }
 
+    /// The stream read from (its peer's address, say).
+    pub fn get_ref(&self) -> &R {
+        &self.inner
+    }
+
     /// Reads one frame. The returned slice is valid until the next call.
     pub async fn read_frame(&mut self) -> Result<&[u8], FrameError> {
         let mut len = [0u8; 4];

@@ -222,7 +222,9 @@ fn run(cli: Cli) -> Result<ExitCode, AnyError> {
                     if left.is_zero() {
                         break;
                     }
-                    match c.recv_timeout(left).await {
+                    // A silent session is closed by the masternode after
+                    // its idle timeout (300 s): ping while nothing arrives.
+                    match c.recv_timeout(left.min(Duration::from_secs(60))).await {
                         Ok(Message::NewTransactionNotification { txid, tx }) => {
                             let received: u64 = tx
                                 .outputs
@@ -243,7 +245,9 @@ fn run(cli: Cli) -> Result<ExitCode, AnyError> {
                             );
                         }
                         Ok(_) => {}
-                        Err(timecoin::wallet::ClientError::Timeout(_)) => continue,
+                        Err(timecoin::wallet::ClientError::Timeout(_)) => {
+                            c.send(&Message::Ping(0)).await?;
+                        }
                         Err(e) => return Err(e.into()),
                     }
                 }

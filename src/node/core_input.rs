@@ -4,18 +4,19 @@
 //! construction.
 //!
 //! Owns the queue's size and its drop accounting. It must never block a
-//! network task: only tally outcomes and shutdown wait for room.
+//! network task: only tally outcomes, shutdown and a wallet session's close
+//! (from a blocking-pool thread) wait for room.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use bytes::Bytes;
 use crossbeam::channel as cb;
-use tokio::sync::{mpsc, oneshot};
+use timecoin_core::masternode::SessionId;
+use tokio::sync::{mpsc, OwnedSemaphorePermit};
 
 use crate::node::wire::NetStats;
 use crate::protocol::audience::PeerMessage;
-use crate::protocol::message::Message;
 use crate::protocol::tally::TallyEvent;
 use crate::protocol::timeproof::TimeProof;
 use crate::protocol::types::{Address, OutPoint, PublicKey, Transaction, Txid};
@@ -30,10 +31,30 @@ pub(super) enum CoreInput {
         /// Stateless checks and signatures already passed.
         prechecked: bool,
     },
-    /// From a wallet session, which hears the outcome.
-    WalletTx {
-        tx: Transaction,
+    /// A wallet session started: the core delivers its replies to `to`.
+    /// Sent before any other input of the session.
+    WalletOpen {
+        session: SessionId,
         to: mpsc::Sender<Bytes>,
+    },
+    /// A wallet session ended (must reach the core: it frees the session).
+    WalletClose(SessionId),
+    WalletSubscribe {
+        session: SessionId,
+        addrs: Vec<Address>,
+    },
+    /// A verified transaction from a wallet session, which hears the outcome.
+    WalletTx {
+        session: SessionId,
+        tx: Transaction,
+    },
+    /// A query from a wallet session; the answer goes to the session. The
+    /// permit is one of the session's outstanding queries, released once
+    /// answered.
+    WalletQuery {
+        session: SessionId,
+        query: WalletQuery,
+        permit: OwnedSemaphorePermit,
     },
     /// Outcomes from the vote threads.
     Tally(Vec<TallyEvent>),
@@ -50,10 +71,14 @@ pub(super) enum CoreInput {
         from: PublicKey,
         msg: PeerMessage,
     },
-    UtxoQuery(Vec<OutPoint>, oneshot::Sender<Message>),
-    AddressQuery(Address, oneshot::Sender<Message>),
-    Status(oneshot::Sender<Message>),
     Shutdown,
+}
+
+/// What a wallet may ask the core.
+pub(super) enum WalletQuery {
+    Utxo(Vec<OutPoint>),
+    Address(Address),
+    Status,
 }
 
 /// Sender side of the core queue; a refused input counts in
@@ -81,6 +106,13 @@ impl CoreTx {
                 false
             }
         }
+    }
+
+    /// Queues without waiting and without counting a refusal: `None` when
+    /// queued, else the input back (queue full, or the core gone), for a
+    /// caller that has another way to deliver it.
+    pub(super) fn try_offer(&self, input: CoreInput) -> Option<CoreInput> {
+        self.tx.try_send(input).err().map(|e| e.into_inner())
     }
 
     /// Waits for room: for vote-thread outcomes, which must reach the core

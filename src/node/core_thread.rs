@@ -2,39 +2,47 @@
 //! Each round it collects inputs from the core queue ([`collect_round`]),
 //! feeds them in ([`handle_input`], [`track_peers`]), ends the round, makes
 //! its writes durable in one LMDB transaction, and only then sends its
-//! transmits ([`dispatch`]) and hands its events to wallets. It also logs
-//! the periodic `status` and `fast path` lines.
+//! transmits ([`dispatch`]) and delivers its wallet replies ([`Wallets`]:
+//! each open session's outbound queue, by [`SessionId`]). It also logs the
+//! periodic `status` and `fast path` lines, and the router's limits when
+//! hit.
 //!
-//! Owns the state machine, the store and the fast-path sender. It must never
+//! Owns the state machine, the store, the fast-path sender and the wallet
+//! sessions' queues. It must never
 //! send anything of a round before that round's writes are committed (a vote
 //! must be durable before it leaves), never wait on the network, and it
 //! stops the node if a commit fails.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use crossbeam::channel as cb;
-use tokio::sync::{mpsc, oneshot};
-use tracing::{error, info};
+use tokio::sync::mpsc;
+use tokio::sync::mpsc::error::TrySendError;
+use tracing::{error, info, warn};
 
-use crate::node::core_input::CoreInput;
+use crate::node::core_input::{CoreInput, WalletQuery};
 use crate::node::fastpath::{FastPathSender, FastPathStats};
 use crate::node::links::LinksUp;
 use crate::node::peer_net::{priority_of, PeerNet};
 use crate::node::vote_threads::VoteThreads;
-use crate::node::wallet_server::{route_event, Router};
+use crate::node::wallet_server::{WalletStats, WarnEvery, SESSION_QUEUE};
 use crate::node::wire::{encode, NetStats};
-use crate::protocol::audience::PeerMessage;
+use crate::protocol::audience::{PeerMessage, WalletReply};
+use crate::protocol::engine::Event;
 use crate::protocol::message::{Message, NodeStatus, MAX_QUERY_OUTPOINTS};
-use crate::protocol::types::{Address, PublicKey, Transaction};
+use crate::protocol::types::{Address, PublicKey};
 use crate::storage::{LmdbStore, Store, StoreError};
 use time_net::priority::Priority;
-use timecoin_core::masternode::{Dest, Masternode, Transmit};
+use timecoin_core::masternode::router::{
+    MAX_SUBSCRIPTIONS_PER_SESSION, MAX_SUBSCRIPTIONS_TOTAL, MAX_WAITING_PER_SESSION,
+};
+use timecoin_core::masternode::{Dest, Masternode, RouterStats, SessionId, Transmit};
 
 /// Most inputs the core handles before it commits and sends a round.
 const MAX_ROUND_INPUTS: usize = 8_192;
@@ -53,7 +61,7 @@ pub(super) struct CoreCtx {
     /// Set when a commit fails, so the network tasks stop too.
     pub stopping: Arc<AtomicBool>,
     pub links_up: LinksUp,
-    pub router: Arc<Mutex<Router>>,
+    pub wallet_stats: Arc<WalletStats>,
     pub votes: Arc<VoteThreads>,
     pub fast_stats: Option<Arc<FastPathStats>>,
 }
@@ -86,19 +94,20 @@ fn core_loop(mut c: Core) -> Result<(), StoreError> {
     let mut last_announce = 0;
     let mut peers_up = HashSet::new();
     let mut inputs = Vec::with_capacity(MAX_ROUND_INPUTS);
+    let mut wallets = Wallets::new(c.ctx.wallet_stats.clone());
     loop {
         inputs.clear();
         collect_round(&c.rx, &mut inputs, c.round_window)?;
         let now = now_ms();
         let mut stop = false;
         for input in inputs.drain(..) {
-            stop |= handle_input(&mut c.mn, &c.store, &c.ctx, now, input)?;
+            stop |= handle_input(&mut c.mn, &c.store, &c.ctx, &mut wallets, now, input)?;
         }
         if now >= c.mn.poll_timeout() {
             track_peers(&mut c.mn, &c.ctx, now, &mut peers_up);
             c.mn.handle_timeout(now, &c.store)?;
         }
-        commit_and_send(&mut c, now)?;
+        commit_and_send(&mut c, &mut wallets, now)?;
         if let Some(f) = c.fast.as_mut() {
             fast_housekeeping(f, &c.ctx, now, &mut last_announce);
         }
@@ -114,8 +123,8 @@ fn core_loop(mut c: Core) -> Result<(), StoreError> {
 }
 
 /// Ends the round: its writes durable first, then its transmits, then its
-/// events to wallets.
-fn commit_and_send(c: &mut Core, now: u64) -> Result<(), StoreError> {
+/// replies to wallets.
+fn commit_and_send(c: &mut Core, wallets: &mut Wallets, now: u64) -> Result<(), StoreError> {
     let round = c.mn.end_round(now);
     if !round.writes.is_empty() {
         // Durable before anything of this round leaves the node. A
@@ -128,10 +137,128 @@ fn commit_and_send(c: &mut Core, now: u64) -> Result<(), StoreError> {
         }
     }
     dispatch(&c.ctx, round.transmits, c.fast.as_mut());
-    for ev in round.events {
-        route_event(&c.ctx.router, ev);
+    for ev in &round.events {
+        log_event(ev);
     }
+    for (session, reply) in round.wallet {
+        wallets.deliver(session, reply);
+    }
+    wallets.reap(&mut c.mn);
+    wallets.warn_limits(&c.mn);
     Ok(())
+}
+
+/// What the node logs of a round's events (wallets hear theirs through the
+/// router).
+fn log_event(ev: &Event) {
+    match ev {
+        Event::Equivocation { voter, txid } => {
+            warn!(%voter, %txid, "masternode equivocated (two decisions on one transaction)");
+        }
+        Event::ConflictingProofs(rec) => {
+            error!(
+                ?rec,
+                "conflicting TimeProofs: Byzantine weight at or above 1/3?"
+            );
+        }
+        Event::Accepted { .. } | Event::Finalized { .. } | Event::Rejected { .. } => {}
+    }
+}
+
+/// The open wallet sessions' outbound queues, and the warnings for the
+/// router's limits.
+struct Wallets {
+    sessions: HashMap<SessionId, mpsc::Sender<Bytes>>,
+    /// Sessions whose queue was found closed (their task ended): closed in
+    /// the state machine at the end of the round.
+    gone: Vec<SessionId>,
+    stats: Arc<WalletStats>,
+    /// The router's counters when last compared.
+    seen: RouterStats,
+    warn_session_subs: WarnEvery,
+    warn_total_subs: WarnEvery,
+    warn_waiting: WarnEvery,
+}
+
+impl Wallets {
+    fn new(stats: Arc<WalletStats>) -> Self {
+        Wallets {
+            sessions: HashMap::new(),
+            gone: Vec::new(),
+            stats,
+            seen: RouterStats::default(),
+            warn_session_subs: WarnEvery::default(),
+            warn_total_subs: WarnEvery::default(),
+            warn_waiting: WarnEvery::default(),
+        }
+    }
+
+    /// Queues a reply to `session` without waiting: a full queue drops it
+    /// (counted), a closed one ends the session.
+    fn deliver(&mut self, session: SessionId, reply: WalletReply) {
+        let Some(to) = self.sessions.get(&session) else {
+            return; // closed already
+        };
+        match to.try_send(encode(&Message::from(reply))) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) => {
+                let what = format!("session {session}: reply dropped, its queue is full");
+                self.stats
+                    .frames_dropped
+                    .hit("SESSION_QUEUE", SESSION_QUEUE, &what);
+            }
+            Err(TrySendError::Closed(_)) => {
+                self.sessions.remove(&session);
+                self.gone.push(session);
+            }
+        }
+    }
+
+    fn close(&mut self, mn: &mut Masternode, session: SessionId) {
+        self.sessions.remove(&session);
+        mn.handle_wallet_close(session);
+    }
+
+    fn reap(&mut self, mn: &mut Masternode) {
+        for s in self.gone.drain(..) {
+            mn.handle_wallet_close(s);
+        }
+    }
+
+    /// Warns (rate-limited) when the router refused something since the
+    /// last round.
+    fn warn_limits(&mut self, mn: &Masternode) {
+        let st = mn.wallet_stats();
+        if st.subscriptions_refused_session > self.seen.subscriptions_refused_session
+            && self.warn_session_subs.due()
+        {
+            warn!(
+                limit = "MAX_SUBSCRIPTIONS_PER_SESSION",
+                value = MAX_SUBSCRIPTIONS_PER_SESSION,
+                refused = st.subscriptions_refused_session,
+                "wallet limit hit: subscriptions refused, session at its cap"
+            );
+        }
+        if st.subscriptions_refused_total > self.seen.subscriptions_refused_total
+            && self.warn_total_subs.due()
+        {
+            warn!(
+                limit = "MAX_SUBSCRIPTIONS_TOTAL",
+                value = MAX_SUBSCRIPTIONS_TOTAL,
+                refused = st.subscriptions_refused_total,
+                "wallet limit hit: subscriptions refused, node at its cap"
+            );
+        }
+        if st.submissions_refused > self.seen.submissions_refused && self.warn_waiting.due() {
+            warn!(
+                limit = "MAX_WAITING_PER_SESSION",
+                value = MAX_WAITING_PER_SESSION,
+                refused = st.submissions_refused,
+                "wallet limit hit: submission refused, session waits on too many"
+            );
+        }
+        self.seen = st;
+    }
 }
 
 /// Flushes the datagrams of the round and keeps the stream announced.
@@ -190,6 +317,7 @@ fn handle_input(
     mn: &mut Masternode,
     store: &LmdbStore,
     ctx: &CoreCtx,
+    wallets: &mut Wallets,
     now: u64,
     input: CoreInput,
 ) -> Result<bool, StoreError> {
@@ -201,45 +329,51 @@ fn handle_input(
             mn.handle_peer_message(now, from, PeerMessage::ProofRequest(txid), store)?
         }
         CoreInput::Peer { from, msg } => mn.handle_peer_message(now, from, msg, store)?,
-        CoreInput::WalletTx { tx, to } => wallet_tx(mn, store, ctx, now, tx, to)?,
-        CoreInput::UtxoQuery(ops, reply) => {
-            let v = ops
-                .into_iter()
-                .map(|op| (op, mn.engine().utxo(&op).copied()))
-                .collect();
-            let _ = reply.send(Message::UtxoStateResponse(v));
+        CoreInput::WalletOpen { session, to } => {
+            wallets.sessions.insert(session, to);
+            mn.handle_wallet_open(session);
         }
-        CoreInput::AddressQuery(addr, reply) => answer_address(mn, addr, reply),
-        CoreInput::Status(reply) => {
-            let _ = reply.send(Message::Status(status(mn, ctx)));
+        CoreInput::WalletClose(session) => wallets.close(mn, session),
+        CoreInput::WalletSubscribe { session, addrs } => {
+            if let Some(reply) = mn.handle_wallet_subscribe(session, addrs) {
+                wallets.deliver(session, reply);
+            }
+        }
+        CoreInput::WalletTx { session, tx } => {
+            // The immediate answer (known transaction, or the session's
+            // cap); else the outcome comes in the round's wallet replies.
+            if let Some(reply) = mn.handle_wallet_transaction(now, session, tx, true, store)? {
+                wallets.deliver(session, reply);
+            }
+        }
+        CoreInput::WalletQuery {
+            session,
+            query,
+            permit,
+        } => {
+            let reply = answer_query(mn, ctx, query);
+            wallets.deliver(session, reply);
+            drop(permit);
         }
         CoreInput::Shutdown => return Ok(true),
     }
     Ok(false)
 }
 
-/// A verified wallet transaction; the session hears the immediate answer.
-fn wallet_tx(
-    mn: &mut Masternode,
-    store: &LmdbStore,
-    ctx: &CoreCtx,
-    now: u64,
-    tx: Transaction,
-    to: mpsc::Sender<Bytes>,
-) -> Result<(), StoreError> {
-    let txid = tx.txid();
-    if let Some(answer) = mn.handle_wallet_transaction(now, tx, true, store)? {
-        if !matches!(answer, Message::TransactionAccepted(_)) {
-            // Settled: no event will come for it, so the session's
-            // registration would never be removed.
-            ctx.router.lock().expect("router lock").forget(&txid);
-        }
-        let _ = to.try_send(encode(&answer));
+/// A wallet's query, answered from the state machine.
+fn answer_query(mn: &Masternode, ctx: &CoreCtx, query: WalletQuery) -> WalletReply {
+    match query {
+        WalletQuery::Utxo(ops) => WalletReply::UtxoStateResponse(
+            ops.into_iter()
+                .map(|op| (op, mn.engine().utxo(&op).copied()))
+                .collect(),
+        ),
+        WalletQuery::Address(addr) => answer_address(mn, addr),
+        WalletQuery::Status => WalletReply::Status(status(mn, ctx)),
     }
-    Ok(())
 }
 
-fn answer_address(mn: &Masternode, addr: Address, reply: oneshot::Sender<Message>) {
+fn answer_address(mn: &Masternode, addr: Address) -> WalletReply {
     let v = mn
         .engine()
         .utxos_of(&addr)
@@ -247,7 +381,7 @@ fn answer_address(mn: &Masternode, addr: Address, reply: oneshot::Sender<Message
         .take(MAX_QUERY_OUTPOINTS)
         .map(|(op, e)| (op, Some(e)))
         .collect();
-    let _ = reply.send(Message::UtxoStateResponse(v));
+    WalletReply::UtxoStateResponse(v)
 }
 
 fn status(mn: &Masternode, ctx: &CoreCtx) -> NodeStatus {

@@ -7,17 +7,19 @@
 //! network task or on the core thread, and never block a caller: full
 //! queues drop and count.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use bytes::Bytes;
+use timecoin_core::masternode::SessionId;
 use tokio::sync::mpsc;
+use tokio::sync::mpsc::error::TrySendError;
 
 use crate::node::core_input::{CoreInput, CoreTx, CORE_QUEUE};
 use crate::node::fastpath::FastPathSink;
 use crate::node::peer_net::PeerNet;
 use crate::node::verifier::Verifier;
 use crate::node::vote_threads::{VoteThreadConfig, VoteThreads};
-use crate::node::wallet_server::{overloaded, Router};
+use crate::node::wallet_server::{overloaded, WalletStats, SESSION_QUEUE};
 use crate::node::wire::{encode, NetStats};
 use crate::protocol::audience::PeerMessage;
 use crate::protocol::message::Message;
@@ -29,7 +31,12 @@ use time_net::priority::Priority;
 /// Who sent a transaction that is being verified.
 pub(super) enum Source {
     Peer,
-    Wallet(mpsc::Sender<Bytes>),
+    /// A wallet session: `to` hears a verdict of the stateless checks; the
+    /// core routes everything after those to `session`.
+    Wallet {
+        session: SessionId,
+        to: mpsc::Sender<Bytes>,
+    },
 }
 
 pub(super) type TxVerifier = Verifier<Source>;
@@ -38,7 +45,7 @@ pub(super) type TxVerifier = Verifier<Source>;
 pub(super) struct AfterVerify {
     pub me: PublicKey,
     pub core: CoreTx,
-    pub router: Arc<Mutex<Router>>,
+    pub wallet_stats: Arc<WalletStats>,
 }
 
 /// Starts the verifier pool; its verdicts go to the core or the wallet.
@@ -81,24 +88,34 @@ fn after_verify(
                 prechecked: v.is_ok(),
             });
         }
-        (Source::Wallet(to), Err(e)) => {
-            let _ = to.try_send(encode(&Message::TransactionRejected {
+        (Source::Wallet { session, to }, Err(e)) => {
+            let m = encode(&Message::TransactionRejected {
                 txid,
                 reason: e.code(),
                 detail: e.to_string(),
                 rejecters: vec![(after.me, e.code())],
-            }));
+            });
+            tell_wallet(after, session, &to, m);
         }
-        (Source::Wallet(to), Ok(())) => {
-            after
-                .router
-                .lock()
-                .expect("router lock")
-                .watch(txid, to.clone());
-            if !after.core.offer(CoreInput::WalletTx { tx, to: to.clone() }) {
-                let _ = to.try_send(overloaded(txid, after.me));
+        (Source::Wallet { session, to }, Ok(())) => {
+            // The core registers the session's interest when it takes the
+            // transaction: nothing to undo if the queue is full.
+            if !after.core.offer(CoreInput::WalletTx { session, tx }) {
+                tell_wallet(after, session, &to, overloaded(txid, after.me));
             }
         }
+    }
+}
+
+/// A verifier thread's answer to a wallet session, without waiting: a full
+/// session queue drops it (counted).
+fn tell_wallet(after: &AfterVerify, session: SessionId, to: &mpsc::Sender<Bytes>, m: Bytes) {
+    if let Err(TrySendError::Full(_)) = to.try_send(m) {
+        let what = format!("session {session}: verdict dropped, its queue is full");
+        after
+            .wallet_stats
+            .frames_dropped
+            .hit("SESSION_QUEUE", SESSION_QUEUE, &what);
     }
 }
 

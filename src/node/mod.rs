@@ -11,7 +11,8 @@
 //! - `listener`, `handshake`: the P2P port and the signed handshake.
 //! - `peer_glue`: messages from authenticated peer masternodes.
 //! - `links`: the plain outbound peer links.
-//! - `wallet_server`: wallet sessions and the wallet-interest router.
+//! - [`wallet_server`]: wallet sessions, their limits and their counters
+//!   (which session hears what is the state machine's router).
 //! - `wire`: frame encoding, connection errors, [`NetStats`].
 //! - [`peer_net`], [`fastpath`], [`verifier`], [`vote_threads`]: the
 //!   transports and worker pools those parts use.
@@ -31,7 +32,7 @@ pub mod peer_net;
 pub mod startup;
 pub mod verifier;
 pub mod vote_threads;
-mod wallet_server;
+pub mod wallet_server;
 mod wire;
 
 pub use startup::{Node, NodeError};

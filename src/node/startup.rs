@@ -13,7 +13,7 @@
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -40,7 +40,7 @@ use crate::node::listener::{accept_loop, ListenCtx};
 use crate::node::peer_glue::{spawn_pool_inbox, FastRepair, PeerCtx};
 use crate::node::peer_net::PeerNet;
 use crate::node::vote_threads::VoteThreadConfig;
-use crate::node::wallet_server::{Router, WalletCtx};
+use crate::node::wallet_server::{WalletCtx, WalletStats};
 use crate::node::wire::NetStats;
 use crate::protocol::engine::EngineConfig;
 use crate::protocol::types::PublicKey;
@@ -80,6 +80,7 @@ pub enum NodeError {
 pub struct Node {
     pub local_addr: SocketAddr,
     stats: Arc<NetStats>,
+    wallet_stats: Arc<WalletStats>,
     stopping: Arc<AtomicBool>,
     core_tx: CoreTx,
     core: Option<JoinHandle<Result<(), StoreError>>>,
@@ -100,7 +101,7 @@ struct Wiring {
     stats: Arc<NetStats>,
     stopping: Arc<AtomicBool>,
     core: CoreTx,
-    router: Arc<Mutex<Router>>,
+    wallet_stats: Arc<WalletStats>,
     net: Arc<PeerNet>,
     links_up: LinksUp,
     ingest: Ingest,
@@ -142,6 +143,7 @@ impl Node {
         Ok(Node {
             local_addr,
             stats: w.stats.clone(),
+            wallet_stats: w.wallet_stats.clone(),
             stopping: w.stopping.clone(),
             core_tx: w.core.clone(),
             core: Some(core),
@@ -150,6 +152,11 @@ impl Node {
 
     pub fn stats(&self) -> &NetStats {
         &self.stats
+    }
+
+    /// Wallet sessions: connections served and the limits hit.
+    pub fn wallet_stats(&self) -> &WalletStats {
+        &self.wallet_stats
     }
 
     /// Stops the core after its current round (which commits) and waits.
@@ -336,7 +343,7 @@ fn build_wiring(
     core: CoreTx,
 ) -> Wiring {
     let me = PublicKey::from_signing(&key);
-    let router = Arc::new(Mutex::new(Router::default()));
+    let wallet_stats = Arc::new(WalletStats::default());
     let votes = start_vote_threads(
         VoteThreadConfig {
             threads: cfg.vote_threads,
@@ -352,7 +359,7 @@ fn build_wiring(
     let after = AfterVerify {
         me,
         core: core.clone(),
-        router: router.clone(),
+        wallet_stats: wallet_stats.clone(),
     };
     let verifier = start_verifier(cfg.verify_threads, genesis.chain_id, after);
     Wiring {
@@ -365,7 +372,7 @@ fn build_wiring(
         stats,
         stopping: Arc::new(AtomicBool::new(false)),
         core,
-        router,
+        wallet_stats,
         net: Arc::new(net),
         links_up: Arc::new(Mutex::new(HashSet::new())),
         ingest: Ingest {
@@ -415,7 +422,7 @@ fn core_ctx(w: &Wiring, genesis: &Genesis, fast_stats: Option<Arc<FastPathStats>
         stats: w.stats.clone(),
         stopping: w.stopping.clone(),
         links_up: w.links_up.clone(),
-        router: w.router.clone(),
+        wallet_stats: w.wallet_stats.clone(),
         votes: w.ingest.votes.clone(),
         fast_stats,
     }
@@ -448,14 +455,13 @@ fn spawn_network(
     if let Some(inbox) = inbox {
         spawn_pool_inbox(peers.clone(), inbox);
     }
-    let wallets = Arc::new(WalletCtx {
-        me: w.id.me,
-        core: w.core.clone(),
-        verifier: w.ingest.verifier.clone(),
-        router: w.router.clone(),
-        stats: w.stats.clone(),
-        next_session: AtomicU64::new(1),
-    });
+    let wallets = Arc::new(WalletCtx::new(
+        w.id.me,
+        w.core.clone(),
+        w.ingest.verifier.clone(),
+        w.stats.clone(),
+        w.wallet_stats.clone(),
+    ));
     let listen = Arc::new(ListenCtx {
         id: w.id.clone(),
         stats: w.stats.clone(),

@@ -1,193 +1,228 @@
-//! Wallet sessions: reading a wallet's requests ([`serve_wallet`]), and the
-//! wallet-interest [`Router`] that carries the core's events back to the
-//! sessions that asked ([`route_event`]).
+//! Wallet sessions: reading a wallet's requests ([`serve_wallet`]) and
+//! passing them on, within the limits of what one wallet may hold
+//! ([`MAX_WALLET_CONNECTIONS`], [`MAX_WALLET_CONNECTIONS_PER_IP`],
+//! [`WALLET_IDLE_TIMEOUT`], [`MAX_OUTSTANDING_QUERIES`], [`SESSION_QUEUE`]),
+//! each counted in [`WalletStats`] and logged (rate-limited) when hit.
 //!
-//! Owns the router and each session's outbound queue. It must never touch
-//! the state machine or storage directly: transactions go to the verifier
-//! pool, queries to the core queue, and a full queue is answered with
-//! `MempoolFull` rather than waited on.
+//! Owns each session's outbound queue and its admission. Which session hears
+//! what (outcomes, notifications, subscription caps) is decided in the state
+//! machine's router (`timecoin_core::masternode::router`); the core thread
+//! delivers those replies into the session's queue. A session must never
+//! touch the state machine or storage directly: transactions go to the
+//! verifier pool, everything else to the core queue, and a full queue is
+//! answered (`MempoolFull`, or `Error {OVERLOADED}`) rather than waited on.
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use time_net::{FrameReader, FrameWriter};
+use timecoin_core::masternode::router::error_code;
+use timecoin_core::masternode::SessionId;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::sync::{mpsc, oneshot};
-use tracing::{error, warn};
+use tokio::sync::{mpsc, Semaphore};
+use tracing::warn;
 
-use crate::node::core_input::{CoreInput, CoreTx};
+use crate::node::core_input::{CoreInput, CoreTx, WalletQuery};
 use crate::node::ingest::{Source, TxVerifier};
 use crate::node::wire::{encode, LinkError, NetStats};
 use crate::protocol::audience::WalletRequest;
-use crate::protocol::engine::Event;
 use crate::protocol::message::Message;
-use crate::protocol::timeproof::TimeProof;
-use crate::protocol::types::{Address, OutPoint, PublicKey, Transaction, Txid};
-use crate::protocol::utxo::{UtxoEntry, UtxoState};
+use crate::protocol::types::{PublicKey, Txid};
 use crate::protocol::validation::RejectCode;
 
-/// Where wallet notifications go.
+/// Wallet connections served at once, from all addresses. One more is
+/// refused right after its handshake with `Error {CONNECTION_LIMIT}` and
+/// closed; counted in [`WalletStats::refused_total`].
+pub const MAX_WALLET_CONNECTIONS: usize = 1_024;
+
+/// Wallet connections served at once from one source IP. One more is
+/// refused like one over [`MAX_WALLET_CONNECTIONS`]; counted in
+/// [`WalletStats::refused_per_ip`].
+pub const MAX_WALLET_CONNECTIONS_PER_IP: usize = 64;
+
+/// A session that sends no frame for this long after its handshake is sent
+/// `Error {IDLE_TIMEOUT}` and closed; counted in [`WalletStats::idle_closed`].
+/// A wallet that only listens sends a `Ping` now and then.
+pub const WALLET_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// Queries (`UtxoStateQuery`, `AddressQuery`, `StatusQuery`) of one session
+/// waiting on the core at once. One more is answered `Error {QUERY_LIMIT}`
+/// and not asked; counted in [`WalletStats::queries_refused`].
+pub const MAX_OUTSTANDING_QUERIES: usize = 16;
+
+/// Frames queued towards one wallet. When full, the core drops further
+/// replies and notifications for it (the session's own answers, `Pong`,
+/// wait for room instead); counted in [`WalletStats::frames_dropped`].
+pub const SESSION_QUEUE: usize = 4_096;
+
+/// How often one limit's warning is logged at most.
+const LIMIT_WARN_EVERY: Duration = Duration::from_secs(10);
+
+/// How long a closing session waits for its queued frames to be written.
+const CLOSE_LINGER: Duration = Duration::from_secs(2);
+
+/// Milliseconds on a process-wide monotonic clock.
+fn mono_ms() -> u64 {
+    static START: OnceLock<Instant> = OnceLock::new();
+    START.get_or_init(Instant::now).elapsed().as_millis() as u64
+}
+
+/// Lets a warning through at most once per [`LIMIT_WARN_EVERY`].
+#[derive(Debug, Default)]
+pub struct WarnEvery {
+    next_ms: AtomicU64,
+}
+
+impl WarnEvery {
+    pub fn due(&self) -> bool {
+        let now = mono_ms();
+        let next = self.next_ms.load(Ordering::Relaxed);
+        now >= next
+            && self
+                .next_ms
+                .compare_exchange(
+                    next,
+                    now + LIMIT_WARN_EVERY.as_millis() as u64,
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                )
+                .is_ok()
+    }
+}
+
+/// How often a limit was hit, with a rate-limited warning.
+#[derive(Debug, Default)]
+pub struct LimitHits {
+    hits: AtomicU64,
+    warn: WarnEvery,
+}
+
+impl LimitHits {
+    pub fn get(&self) -> u64 {
+        self.hits.load(Ordering::Relaxed)
+    }
+
+    /// Counts a hit of `limit` (= `value`); warns unless it did recently.
+    pub fn hit(&self, limit: &'static str, value: impl std::fmt::Display, what: &str) {
+        let hits = self.hits.fetch_add(1, Ordering::Relaxed) + 1;
+        if self.warn.due() {
+            warn!(limit, %value, hits, "wallet limit hit: {what}");
+        }
+    }
+}
+
+/// Counters of the wallet sessions (the router's are in the state
+/// machine's `MasternodeStats::wallet`).
+#[derive(Debug, Default)]
+pub struct WalletStats {
+    /// Wallet connections served now.
+    pub connections: AtomicU64,
+    /// Refused over [`MAX_WALLET_CONNECTIONS`].
+    pub refused_total: LimitHits,
+    /// Refused over [`MAX_WALLET_CONNECTIONS_PER_IP`].
+    pub refused_per_ip: LimitHits,
+    /// Closed after [`WALLET_IDLE_TIMEOUT`] without a frame.
+    pub idle_closed: LimitHits,
+    /// Queries refused over [`MAX_OUTSTANDING_QUERIES`].
+    pub queries_refused: LimitHits,
+    /// Replies dropped because a session's [`SESSION_QUEUE`] was full.
+    pub frames_dropped: LimitHits,
+}
+
+/// Wallet connections served now, in total and per source IP.
 #[derive(Default)]
-pub(super) struct Router {
-    by_txid: HashMap<Txid, Vec<mpsc::Sender<Bytes>>>,
-    by_address: HashMap<Address, Vec<(u64, mpsc::Sender<Bytes>)>>,
+struct Admission {
+    total: usize,
+    per_ip: HashMap<IpAddr, usize>,
 }
 
-impl Router {
-    /// `to` hears the outcome of `txid`.
-    pub(super) fn watch(&mut self, txid: Txid, to: mpsc::Sender<Bytes>) {
-        self.by_txid.entry(txid).or_default().push(to);
-    }
+/// What a wallet session needs, handed over when the listener is built.
+pub(super) struct WalletCtx {
+    me: PublicKey,
+    core: CoreTx,
+    verifier: Arc<TxVerifier>,
+    net: Arc<NetStats>,
+    stats: Arc<WalletStats>,
+    next_session: AtomicU64,
+    admission: Mutex<Admission>,
+}
 
-    /// Drops the registrations for a transaction no event will come for.
-    pub(super) fn forget(&mut self, txid: &Txid) {
-        self.by_txid.remove(txid);
-    }
+/// A served wallet connection's place under the connection caps; freed
+/// when dropped.
+pub(super) struct ConnectionGuard {
+    ctx: Arc<WalletCtx>,
+    ip: IpAddr,
+}
 
-    fn subscribe(&mut self, session: u64, addrs: Vec<Address>, to: &mpsc::Sender<Bytes>) {
-        for a in addrs {
-            self.by_address
-                .entry(a)
-                .or_default()
-                .push((session, to.clone()));
-        }
-    }
-
-    fn end_session(&mut self, session: u64) {
-        for subs in self.by_address.values_mut() {
-            subs.retain(|(s, _)| *s != session);
-        }
-        self.by_address.retain(|_, v| !v.is_empty());
-    }
-
-    fn accepted(&self, txid: Txid) {
-        if let Some(subs) = self.by_txid.get(&txid) {
-            let f = encode(&Message::TransactionAccepted(txid));
-            for s in subs {
-                let _ = s.try_send(f.clone());
+impl Drop for ConnectionGuard {
+    fn drop(&mut self) {
+        let mut a = self.ctx.admission.lock().expect("admission lock");
+        a.total -= 1;
+        if let Some(n) = a.per_ip.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                a.per_ip.remove(&self.ip);
             }
         }
-    }
-
-    fn finalized(
-        &mut self,
-        txid: Txid,
-        proof: &TimeProof,
-        tx: &Transaction,
-        addresses: &[Address],
-        spent: Vec<(OutPoint, UtxoEntry)>,
-    ) {
-        let f = encode(&Message::TimeProof {
-            tx: tx.clone(),
-            proof: proof.clone(),
-        });
-        if let Some(subs) = self.by_txid.remove(&txid) {
-            for s in subs {
-                let _ = s.try_send(f.clone());
-            }
-        }
-        if self.by_address.is_empty() {
-            return;
-        }
-        self.notify_addresses(txid, tx, addresses, spent);
-    }
-
-    /// Subscribers of an address hear the transaction, then the state of
-    /// each of their outputs it spent or created.
-    fn notify_addresses(
-        &mut self,
-        txid: Txid,
-        tx: &Transaction,
-        addresses: &[Address],
-        spent: Vec<(OutPoint, UtxoEntry)>,
-    ) {
-        let note = encode(&Message::NewTransactionNotification {
-            txid,
-            tx: tx.clone(),
-        });
-        let created = tx.outputs.iter().enumerate().map(|(v, o)| {
-            (
-                OutPoint {
-                    txid,
-                    vout: v as u32,
-                },
-                UtxoEntry {
-                    output: *o,
-                    state: UtxoState::Unspent,
-                },
-            )
-        });
-        let changes: Vec<(OutPoint, UtxoEntry)> = spent.into_iter().chain(created).collect();
-        for a in addresses {
-            if let Some(subs) = self.by_address.get_mut(a) {
-                subs.retain(|(_, s)| !s.is_closed());
-                let mine: Vec<Bytes> = changes
-                    .iter()
-                    .filter(|(_, e)| e.output.address == *a)
-                    .map(|(op, e)| {
-                        encode(&Message::UtxoStateNotification {
-                            outpoint: *op,
-                            entry: *e,
-                        })
-                    })
-                    .collect();
-                for (_, s) in subs.iter() {
-                    let _ = s.try_send(note.clone());
-                    for m in &mine {
-                        let _ = s.try_send(m.clone());
-                    }
-                }
-            }
-        }
-    }
-
-    fn rejected(&mut self, rejection: Message, txid: &Txid) {
-        if let Some(subs) = self.by_txid.remove(txid) {
-            let f = encode(&rejection);
-            for s in subs {
-                let _ = s.try_send(f.clone());
-            }
-        }
+        self.ctx.stats.connections.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
-/// Hands one event of a round to the wallets that wait for it (core thread).
-pub(super) fn route_event(router: &Mutex<Router>, ev: Event) {
-    let mut router = router.lock().expect("router lock");
-    match ev {
-        Event::Accepted { txid } => router.accepted(txid),
-        Event::Finalized {
-            txid,
-            proof,
-            tx,
-            addresses,
-            spent,
-        } => router.finalized(txid, &proof, &tx, &addresses, spent),
-        Event::Rejected {
-            txid,
-            reason,
-            detail,
-            rejecters,
-        } => {
-            let m = Message::TransactionRejected {
-                txid,
-                reason,
-                detail,
-                rejecters,
-            };
-            router.rejected(m, &txid)
+impl WalletCtx {
+    pub(super) fn new(
+        me: PublicKey,
+        core: CoreTx,
+        verifier: Arc<TxVerifier>,
+        net: Arc<NetStats>,
+        stats: Arc<WalletStats>,
+    ) -> Self {
+        WalletCtx {
+            me,
+            core,
+            verifier,
+            net,
+            stats,
+            next_session: AtomicU64::new(1),
+            admission: Mutex::new(Admission::default()),
         }
-        Event::Equivocation { voter, txid } => {
-            warn!(%voter, %txid, "masternode equivocated (two decisions on one transaction)");
-        }
-        Event::ConflictingProofs(rec) => {
-            error!(
-                ?rec,
-                "conflicting TimeProofs: Byzantine weight at or above 1/3?"
+    }
+
+    /// Admits one more wallet connection from `ip`, or says which cap it
+    /// is over (counted and logged).
+    pub(super) fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<ConnectionGuard, String> {
+        let mut a = self.admission.lock().expect("admission lock");
+        if a.total >= MAX_WALLET_CONNECTIONS {
+            let what = format!(
+                "wallet connection from {ip} refused: {MAX_WALLET_CONNECTIONS} served already"
             );
+            self.stats
+                .refused_total
+                .hit("MAX_WALLET_CONNECTIONS", MAX_WALLET_CONNECTIONS, &what);
+            return Err(what);
         }
+        let n = a.per_ip.entry(ip).or_default();
+        if *n >= MAX_WALLET_CONNECTIONS_PER_IP {
+            let what = format!(
+                "wallet connection from {ip} refused: {MAX_WALLET_CONNECTIONS_PER_IP} served from this address already"
+            );
+            self.stats.refused_per_ip.hit(
+                "MAX_WALLET_CONNECTIONS_PER_IP",
+                MAX_WALLET_CONNECTIONS_PER_IP,
+                &what,
+            );
+            return Err(what);
+        }
+        *n += 1;
+        a.total += 1;
+        self.stats.connections.fetch_add(1, Ordering::Relaxed);
+        Ok(ConnectionGuard {
+            ctx: self.clone(),
+            ip,
+        })
     }
 }
 
@@ -201,73 +236,144 @@ pub(super) fn overloaded(txid: Txid, me: PublicKey) -> Bytes {
     })
 }
 
-/// What a wallet session needs, handed over when the listener is built.
-pub(super) struct WalletCtx {
-    pub me: PublicKey,
-    pub core: CoreTx,
-    pub verifier: Arc<TxVerifier>,
-    pub router: Arc<Mutex<Router>>,
-    pub stats: Arc<NetStats>,
-    pub next_session: AtomicU64,
+fn secs(d: Duration) -> String {
+    format!("{} s", d.as_secs())
 }
 
-/// Serves one authenticated wallet connection until it closes or misbehaves.
+fn error_frame(code: u16, detail: impl Into<String>) -> Bytes {
+    encode(&Message::Error {
+        code,
+        detail: detail.into(),
+    })
+}
+
+/// Serves one authenticated wallet connection until it closes, misbehaves
+/// or idles; refuses it at once if it is over a connection cap.
 pub(super) async fn serve_wallet(
     ctx: Arc<WalletCtx>,
-    mut reader: FrameReader<OwnedReadHalf>,
+    reader: FrameReader<OwnedReadHalf>,
     mut writer: FrameWriter<OwnedWriteHalf>,
 ) -> Result<(), LinkError> {
-    let (tx_out, mut rx_out) = mpsc::channel::<Bytes>(4096);
-    let session = ctx.next_session.fetch_add(1, Ordering::Relaxed);
-    let stats = ctx.stats.clone();
-    let writer_task = tokio::spawn(async move {
+    let Ok(peer) = reader.get_ref().peer_addr() else {
+        return Ok(()); // already gone
+    };
+    let guard = match ctx.admit(peer.ip()) {
+        Ok(g) => g,
+        Err(why) => {
+            let _ = writer
+                .send(&error_frame(error_code::CONNECTION_LIMIT, why))
+                .await;
+            return Ok(());
+        }
+    };
+    let session = SessionId(ctx.next_session.fetch_add(1, Ordering::Relaxed));
+    let (tx_out, mut rx_out) = mpsc::channel::<Bytes>(SESSION_QUEUE);
+    let open = CoreInput::WalletOpen {
+        session,
+        to: tx_out.clone(),
+    };
+    if !ctx.core.offer(open) {
+        let detail = "masternode is overloaded; retry";
+        let _ = writer
+            .send(&error_frame(error_code::OVERLOADED, detail))
+            .await;
+        return Ok(());
+    }
+    let stats = ctx.net.clone();
+    let mut writer_task = tokio::spawn(async move {
         let _ = write_frames(&mut writer, &mut rx_out, &stats).await;
     });
-    let result = async {
-        loop {
-            let frame = reader.read_frame().await?;
-            ctx.stats.frames_in.fetch_add(1, Ordering::Relaxed);
-            let request = WalletRequest::try_from(Message::decode(frame)?)?;
-            handle_wallet_request(&ctx, session, &tx_out, request).await;
-        }
-    }
-    .await;
-    ctx.router.lock().expect("router lock").end_session(session);
+    let result = read_requests(&ctx, session, reader, &tx_out).await;
+    close_session(&ctx.core, session);
+    // Let what is queued (an idle-timeout Error, say) go out; the queue
+    // ends once the core dropped the session.
     drop(tx_out);
-    writer_task.abort();
+    if tokio::time::timeout(CLOSE_LINGER, &mut writer_task)
+        .await
+        .is_err()
+    {
+        writer_task.abort();
+    }
+    drop(guard);
     result
+}
+
+/// The session's read loop.
+async fn read_requests(
+    ctx: &WalletCtx,
+    session: SessionId,
+    mut reader: FrameReader<OwnedReadHalf>,
+    tx_out: &mpsc::Sender<Bytes>,
+) -> Result<(), LinkError> {
+    let queries = Arc::new(Semaphore::new(MAX_OUTSTANDING_QUERIES));
+    loop {
+        let frame = match tokio::time::timeout(WALLET_IDLE_TIMEOUT, reader.read_frame()).await {
+            Ok(frame) => frame?,
+            Err(_) => {
+                let what = format!("session {session} sent nothing for {WALLET_IDLE_TIMEOUT:?}");
+                ctx.stats
+                    .idle_closed
+                    .hit("WALLET_IDLE_TIMEOUT", secs(WALLET_IDLE_TIMEOUT), &what);
+                let _ = tx_out.try_send(error_frame(error_code::IDLE_TIMEOUT, what));
+                return Ok(());
+            }
+        };
+        ctx.net.frames_in.fetch_add(1, Ordering::Relaxed);
+        let request = WalletRequest::try_from(Message::decode(frame)?)?;
+        handle_wallet_request(ctx, session, tx_out, &queries, request).await;
+    }
+}
+
+/// Tells the core a session ended. It must get there (the router would
+/// keep the session's subscriptions otherwise): when the queue is full, a
+/// blocking-pool thread waits for room.
+fn close_session(core: &CoreTx, session: SessionId) {
+    if let Some(input) = core.try_offer(CoreInput::WalletClose(session)) {
+        let core = core.clone();
+        tokio::task::spawn_blocking(move || core.send_blocking(input));
+    }
 }
 
 /// One request of a wallet session: the typed wallet API of the node.
 async fn handle_wallet_request(
     ctx: &WalletCtx,
-    session: u64,
+    session: SessionId,
     tx_out: &mpsc::Sender<Bytes>,
+    queries: &Arc<Semaphore>,
     request: WalletRequest,
 ) {
     match request {
         WalletRequest::SubmitTransaction(tx) => {
             let txid = tx.txid();
-            let queued = ctx
-                .verifier
-                .submit(tx, Source::Wallet(tx_out.clone()))
-                .is_ok();
-            if !queued {
+            let src = Source::Wallet {
+                session,
+                to: tx_out.clone(),
+            };
+            if ctx.verifier.submit(tx, src).is_err() {
                 let _ = tx_out.send(overloaded(txid, ctx.me)).await;
             }
         }
         WalletRequest::UtxoStateQuery(ops) => {
-            ask_core(ctx, tx_out, |r| CoreInput::UtxoQuery(ops, r)).await
+            ask_core(ctx, session, tx_out, queries, WalletQuery::Utxo(ops)).await
         }
         WalletRequest::AddressQuery(a) => {
-            ask_core(ctx, tx_out, |r| CoreInput::AddressQuery(a, r)).await
+            ask_core(ctx, session, tx_out, queries, WalletQuery::Address(a)).await
         }
-        WalletRequest::StatusQuery => ask_core(ctx, tx_out, CoreInput::Status).await,
+        WalletRequest::StatusQuery => {
+            ask_core(ctx, session, tx_out, queries, WalletQuery::Status).await
+        }
         WalletRequest::WalletSubscribe(addrs) => {
-            ctx.router
-                .lock()
-                .expect("router lock")
-                .subscribe(session, addrs, tx_out);
+            // The router de-duplicates and caps; an over-cap answer comes
+            // back from the core.
+            if !ctx
+                .core
+                .offer(CoreInput::WalletSubscribe { session, addrs })
+            {
+                let detail = "masternode is overloaded; subscription not taken; retry";
+                let _ = tx_out
+                    .send(error_frame(error_code::OVERLOADED, detail))
+                    .await;
+            }
         }
         WalletRequest::Ping(n) => {
             let _ = tx_out.send(encode(&Message::Pong(n))).await;
@@ -275,16 +381,38 @@ async fn handle_wallet_request(
     }
 }
 
-/// A query the core answers; the answer goes back to the wallet.
+/// A query the core answers into the session's queue, within the session's
+/// [`MAX_OUTSTANDING_QUERIES`].
 async fn ask_core(
     ctx: &WalletCtx,
+    session: SessionId,
     tx_out: &mpsc::Sender<Bytes>,
-    input: impl FnOnce(oneshot::Sender<Message>) -> CoreInput,
+    queries: &Arc<Semaphore>,
+    query: WalletQuery,
 ) {
-    let (r, w) = oneshot::channel();
-    ctx.core.offer(input(r));
-    if let Ok(m) = w.await {
-        let _ = tx_out.send(encode(&m)).await;
+    let Ok(permit) = queries.clone().try_acquire_owned() else {
+        let what = format!(
+            "session {session} has {MAX_OUTSTANDING_QUERIES} queries waiting on the masternode; \
+             wait for their answers"
+        );
+        ctx.stats
+            .queries_refused
+            .hit("MAX_OUTSTANDING_QUERIES", MAX_OUTSTANDING_QUERIES, &what);
+        let _ = tx_out
+            .send(error_frame(error_code::QUERY_LIMIT, what))
+            .await;
+        return;
+    };
+    let input = CoreInput::WalletQuery {
+        session,
+        query,
+        permit,
+    };
+    if !ctx.core.offer(input) {
+        let detail = "masternode is overloaded; query not answered; retry";
+        let _ = tx_out
+            .send(error_frame(error_code::OVERLOADED, detail))
+            .await;
     }
 }
 

@@ -15,28 +15,33 @@
 //! - then call [`Masternode::end_round`]: apply its `writes` durably (one
 //!   transaction) *before* sending its `transmits`, then hand its `events`
 //!   to wallets. That order is what makes a vote durable before it leaves.
+//!   Its `wallet` replies go to the wallet sessions they name (the
+//!   [`router`]: sessions open and close with
+//!   [`Masternode::handle_wallet_open`] / [`Masternode::handle_wallet_close`]).
 //!
 //! Reads of durable state (proofs, transactions, the finality log) come
 //! through the [`Store`] trait passed to the calls that need them.
 
 pub mod catchup;
 pub mod reannounce;
+pub mod router;
 
 use std::sync::Arc;
 
 use ed25519_dalek::SigningKey;
 
-use crate::protocol::audience::PeerMessage;
+use crate::protocol::audience::{PeerMessage, WalletReply};
 use crate::protocol::engine::{Engine, EngineConfig, Event, Metrics, Origin, Output};
 use crate::protocol::message::{Message, MAX_LOG_PAGE};
 use crate::protocol::registry::Registry;
 use crate::protocol::tally::{TallyEvent, VerifiedBatch};
-use crate::protocol::types::{PublicKey, Transaction, Txid};
+use crate::protocol::types::{Address, PublicKey, Transaction, Txid};
 use crate::protocol::validation::RejectCode;
 use crate::storage::{Snapshot, Store, StoreError, Write};
 
 pub use catchup::{CatchUp, CatchUpConfig, CatchUpStats, LogPage};
 pub use reannounce::{Reannounce, ReannounceConfig};
+pub use router::{Router, RouterStats, SessionId, Watch};
 
 #[derive(Clone, Debug)]
 pub struct MasternodeConfig {
@@ -83,17 +88,24 @@ pub struct Transmit {
 }
 
 /// What a round produced. Apply `writes` durably, then send `transmits`,
-/// then deliver `events`.
+/// then deliver `events` and `wallet`.
 #[derive(Debug, Default)]
 pub struct Round {
     pub writes: Vec<Write>,
     pub transmits: Vec<Transmit>,
     pub events: Vec<Event>,
+    /// Replies for wallet sessions, in the order each session must hear them
+    /// (outcomes of the transactions it waits on, notifications for the
+    /// addresses it subscribed).
+    pub wallet: Vec<(SessionId, WalletReply)>,
 }
 
 impl Round {
     pub fn is_empty(&self) -> bool {
-        self.writes.is_empty() && self.transmits.is_empty() && self.events.is_empty()
+        self.writes.is_empty()
+            && self.transmits.is_empty()
+            && self.events.is_empty()
+            && self.wallet.is_empty()
     }
 }
 
@@ -106,6 +118,8 @@ pub struct MasternodeStats {
     pub proof_broadcasts_dropped: u64,
     pub wallet_resubmissions: u64,
     pub catchup: CatchUpStats,
+    /// Wallet sessions: what the router holds and refused.
+    pub wallet: RouterStats,
 }
 
 pub struct Masternode {
@@ -119,6 +133,8 @@ pub struct Masternode {
     proof_budget: (u64, u32),
     my_weight: u64,
     stats: MasternodeStats,
+    /// Which wallet session hears what.
+    router: Router,
 }
 
 impl Masternode {
@@ -158,6 +174,7 @@ impl Masternode {
             proof_budget: (0, 0),
             my_weight,
             stats: MasternodeStats::default(),
+            router: Router::new(),
         };
         m.update_gate(now);
         m
@@ -179,7 +196,13 @@ impl Masternode {
         let mut s = self.stats.clone();
         s.reannounced = self.reannounce.reannounced;
         s.catchup = self.catchup.stats().clone();
+        s.wallet = self.router.stats();
         s
+    }
+
+    /// The wallet router's gauges and refusal counters (cheap).
+    pub fn wallet_stats(&self) -> RouterStats {
+        self.router.stats()
     }
 
     /// True while this node approves nothing (catching up, or too few
@@ -197,39 +220,82 @@ impl Masternode {
         self.catchup.connected().count()
     }
 
-    /// A transaction from a wallet. When the transaction is already known
-    /// here, the answer comes back at once (its proof, its rejection, or
-    /// "accepted" for a pending one, which is also broadcast again); else the
-    /// outcome comes as an [`Event`].
+    /// A wallet session opened; `session` must be new (never reused).
+    pub fn handle_wallet_open(&mut self, session: SessionId) {
+        self.router.open(session);
+    }
+
+    /// A wallet session closed: everything it subscribed or waited on is
+    /// dropped.
+    pub fn handle_wallet_close(&mut self, session: SessionId) {
+        self.router.close(session);
+    }
+
+    /// A session's `WalletSubscribe`. Returns the `Error` reply when some
+    /// addresses were refused over a cap (see [`router`]).
+    pub fn handle_wallet_subscribe(
+        &mut self,
+        session: SessionId,
+        addrs: Vec<Address>,
+    ) -> Option<WalletReply> {
+        self.router.subscribe(session, addrs)
+    }
+
+    /// A transaction from wallet `session`. When the transaction is already
+    /// known here, the answer comes back at once (its proof, its rejection,
+    /// or "accepted" for a pending one, which is also broadcast again); else
+    /// its outcome comes in [`Round::wallet`] (and as an [`Event`]). A
+    /// session already waiting on [`router::MAX_WAITING_PER_SESSION`]
+    /// transactions is refused at once (`MempoolFull`) and the transaction
+    /// is not handled. An unknown session hears nothing beyond the returned
+    /// answer; the transaction is handled all the same.
     pub fn handle_wallet_transaction(
         &mut self,
         now: u64,
+        session: SessionId,
         tx: Transaction,
         prechecked: bool,
         store: &dyn Store,
-    ) -> Result<Option<Message>, StoreError> {
+    ) -> Result<Option<WalletReply>, StoreError> {
         let txid = tx.txid();
-        if !self.engine.knows(&txid) && !self.engine.known_final(&txid) {
+        let known = self.engine.knows(&txid) || self.engine.known_final(&txid);
+        if known {
+            if let (Some(tx), Some(proof)) =
+                (store.get_transaction(&txid)?, store.get_proof(&txid)?)
+            {
+                return Ok(Some(WalletReply::TimeProof { tx, proof }));
+            }
+            if let Some((reason, detail)) = self.engine.rejection(&txid) {
+                return Ok(Some(WalletReply::TransactionRejected {
+                    txid,
+                    reason,
+                    detail,
+                    rejecters: vec![],
+                }));
+            }
+        }
+        // New or pending: the session waits on its outcome.
+        if self.router.watch(session, txid) == Watch::Full {
+            return Ok(Some(WalletReply::TransactionRejected {
+                txid,
+                reason: RejectCode::MempoolFull,
+                detail: format!(
+                    "this session waits on {} transactions already; wait for their outcomes",
+                    router::MAX_WAITING_PER_SESSION
+                ),
+                rejecters: vec![(self.public_key(), RejectCode::MempoolFull)],
+            }));
+        }
+        if !known {
             self.engine
                 .handle_transaction(now, tx, Origin::Wallet, prechecked);
             return Ok(None);
-        }
-        if let (Some(tx), Some(proof)) = (store.get_transaction(&txid)?, store.get_proof(&txid)?) {
-            return Ok(Some(Message::TimeProof { tx, proof }));
-        }
-        if let Some((reason, detail)) = self.engine.rejection(&txid) {
-            return Ok(Some(Message::TransactionRejected {
-                txid,
-                reason,
-                detail,
-                rejecters: vec![],
-            }));
         }
         // Pending: the first broadcast may have been lost (or this node
         // crashed before sending it). Send it again, with our vote.
         self.stats.wallet_resubmissions += 1;
         self.announce(&txid, Some(tx));
-        Ok(Some(Message::TransactionAccepted(txid)))
+        Ok(Some(WalletReply::TransactionAccepted(txid)))
     }
 
     /// A lock broadcast from a peer whose signatures the caller may have
@@ -455,6 +521,7 @@ impl Masternode {
             writes: r.writes,
             transmits: std::mem::take(&mut self.transmits),
             events: Vec::new(),
+            wallet: Vec::new(),
         };
         for w in &round.writes {
             if let Write::AppendOwnVotes(b) = w {
@@ -500,6 +567,7 @@ impl Masternode {
                         }
                         _ => {}
                     }
+                    self.router.on_event(&ev);
                     round.events.push(ev);
                 }
             }
@@ -509,6 +577,7 @@ impl Masternode {
         round
             .writes
             .extend(log.into_iter().map(Write::AppendFinality));
+        round.wallet = self.router.take_output();
         round
     }
 }

@@ -26,6 +26,8 @@ struct Net {
     drop_broadcasts: bool,
     inbox: VecDeque<(usize, usize, Message)>,
     events: Vec<Vec<Event>>,
+    /// Wallet replies of each node's rounds.
+    wallet: Vec<Vec<(SessionId, WalletReply)>>,
     now: u64,
 }
 
@@ -52,6 +54,7 @@ impl Net {
             drop_broadcasts: false,
             inbox: VecDeque::new(),
             events: vec![Vec::new(); n],
+            wallet: vec![Vec::new(); n],
             now: 1_000,
         };
         for i in 0..n {
@@ -122,6 +125,7 @@ impl Net {
             }
         }
         self.events[i].extend(round.events);
+        self.wallet[i].extend(round.wallet);
     }
 
     fn deliver_all(&mut self) {
@@ -159,11 +163,11 @@ impl Net {
         }
     }
 
-    fn submit(&mut self, i: usize, tx: Transaction) -> Option<Message> {
+    fn submit(&mut self, i: usize, tx: Transaction) -> Option<WalletReply> {
         let now = self.now;
         let m = self.nodes[i].as_mut().unwrap();
         let answer = m
-            .handle_wallet_transaction(now, tx, false, &self.stores[i])
+            .handle_wallet_transaction(now, SessionId(0), tx, false, &self.stores[i])
             .unwrap();
         self.deliver_all();
         answer
@@ -271,7 +275,7 @@ fn a_stale_node_does_not_approve_a_spend_of_a_coin_final_elsewhere() {
     let now = net.now;
     let m = net.nodes[3].as_mut().unwrap();
     assert!(m.is_catching_up());
-    m.handle_wallet_transaction(now, second.clone(), false, &net.stores[3])
+    m.handle_wallet_transaction(now, SessionId(0), second.clone(), false, &net.stores[3])
         .unwrap();
     net.deliver_all();
     assert_eq!(
@@ -353,7 +357,7 @@ fn origin_crash_between_commit_and_send_still_finalizes() {
     let txid = tx.txid();
     let now = net.now;
     let m = net.nodes[0].as_mut().unwrap();
-    m.handle_wallet_transaction(now, tx, false, &net.stores[0])
+    m.handle_wallet_transaction(now, SessionId(0), tx, false, &net.stores[0])
         .unwrap();
     let round = m.end_round(now);
     net.stores[0].apply(&round.writes).unwrap();
@@ -383,7 +387,7 @@ fn restart_with_a_mempool_of_stuck_double_spends_keeps_serving() {
             net.nodes[i]
                 .as_mut()
                 .unwrap()
-                .handle_wallet_transaction(now, tx.clone(), false, &net.stores[i])
+                .handle_wallet_transaction(now, SessionId(0), tx.clone(), false, &net.stores[i])
                 .unwrap();
         }
         stuck.push((a.txid(), b.txid()));
@@ -472,4 +476,56 @@ fn equivocation_is_kept_as_durable_evidence() {
     assert!(net.events[0]
         .iter()
         .any(|e| matches!(e, Event::Equivocation { voter, .. } if *voter == from)));
+}
+
+#[test]
+fn a_wallet_session_hears_its_outcome_and_then_holds_nothing() {
+    let mut net = Net::new(4);
+    net.run_for(300);
+    let s = SessionId(1);
+    let payer = address_of(&wallet());
+    let m = net.nodes[0].as_mut().unwrap();
+    m.handle_wallet_open(s);
+    assert_eq!(m.handle_wallet_subscribe(s, vec![payer, payer]), None);
+    let tx = pay(4, COIN);
+    let txid = tx.txid();
+    let now = net.now;
+    let answer = m
+        .handle_wallet_transaction(now, s, tx.clone(), false, &net.stores[0])
+        .unwrap();
+    assert_eq!(answer, None);
+    assert_eq!(m.stats().wallet.waiting, 1);
+    net.deliver_all();
+    net.run_for(300);
+    assert!(net.is_final(0, &txid));
+    let heard: Vec<&str> = net.wallet[0]
+        .iter()
+        .map(|(to, r)| {
+            assert_eq!(*to, s);
+            match r {
+                WalletReply::TransactionAccepted(t) if *t == txid => "accepted",
+                WalletReply::TimeProof { proof, .. } if proof.txid == txid => "proof",
+                WalletReply::NewTransactionNotification { txid: t, .. } if *t == txid => "new-tx",
+                WalletReply::UtxoStateNotification { entry, .. }
+                    if entry.output.address == payer =>
+                {
+                    "utxo"
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+        })
+        .collect();
+    // The payer's spent coin and its change.
+    assert_eq!(heard, ["accepted", "proof", "new-tx", "utxo", "utxo"]);
+    let m = net.nodes[0].as_mut().unwrap();
+    assert_eq!(m.stats().wallet.waiting, 0);
+    // Known now: the answer is immediate and nothing is held for it.
+    let answer = m
+        .handle_wallet_transaction(now, s, tx, false, &net.stores[0])
+        .unwrap();
+    assert!(matches!(answer, Some(WalletReply::TimeProof { .. })));
+    assert_eq!(m.stats().wallet.waiting, 0);
+    m.handle_wallet_close(s);
+    let st = m.stats().wallet;
+    assert_eq!((st.sessions, st.subscriptions, st.waiting), (0, 0, 0));
 }

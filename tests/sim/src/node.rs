@@ -14,7 +14,7 @@
 use std::sync::Arc;
 
 use ed25519_dalek::SigningKey;
-use timecoin_core::masternode::{Masternode, MasternodeConfig, MasternodeStats, Round};
+use timecoin_core::masternode::{Masternode, MasternodeConfig, MasternodeStats, Round, SessionId};
 use timecoin_core::protocol::audience::PeerMessage;
 use timecoin_core::protocol::engine::Metrics;
 use timecoin_core::protocol::message::Message;
@@ -124,8 +124,11 @@ impl HonestNode {
     pub fn wallet_transaction(&mut self, t: Micros, tx: Transaction) -> Option<Message> {
         let now = self.local_ms(t);
         let mn = self.mn.as_mut()?;
-        mn.handle_wallet_transaction(now, tx, false, &self.store)
+        // The simulated wallets hear outcomes from the checker, not through
+        // a session: the router is not used here.
+        mn.handle_wallet_transaction(now, SessionId(0), tx, false, &self.store)
             .expect("memory store")
+            .map(Message::from)
     }
 
     pub fn peer_message(&mut self, t: Micros, from: PublicKey, msg: Message) {
