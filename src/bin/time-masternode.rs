@@ -149,7 +149,11 @@ fn evidence(data_dir: &std::path::Path) -> Result<(), AnyError> {
     use timecoin::storage::Store;
     let db = data_dir.join("db");
     if !db.exists() {
-        return Err(format!("no database at {}: pass the masternode's --data-dir", db.display()).into());
+        return Err(format!(
+            "no database at {}: pass the masternode's --data-dir",
+            db.display()
+        )
+        .into());
     }
     let store = timecoin::storage::LmdbStore::open(&db, Default::default())?;
     let all = store.evidence()?;

@@ -23,6 +23,7 @@
 //! through the [`Store`] trait passed to the calls that need them.
 
 pub mod catchup;
+pub mod peers;
 pub mod reannounce;
 pub mod router;
 
