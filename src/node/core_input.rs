@@ -58,6 +58,8 @@ pub(super) enum CoreInput {
     },
     /// Outcomes from the vote threads.
     Tally(Vec<TallyEvent>),
+    /// A proof and its transaction, already verified off the core thread
+    /// (`engine::verify_proof` on the network task that received it).
     Proof {
         tx: Transaction,
         proof: TimeProof,
@@ -65,6 +67,11 @@ pub(super) enum CoreInput {
     ProofRequest {
         txid: Txid,
         from: PublicKey,
+    },
+    /// A transport or verifier caught a peer misbehaving.
+    Misbehaved {
+        peer: PublicKey,
+        why: crate::masternode::Misbehaviour,
     },
     /// Catch-up requests and pages from a peer masternode.
     Peer {

@@ -324,7 +324,8 @@ fn handle_input(
     match input {
         CoreInput::Tx { tx, prechecked, .. } => mn.handle_peer_transaction(now, tx, prechecked),
         CoreInput::Tally(events) => mn.handle_tally_events(now, events),
-        CoreInput::Proof { tx, proof } => mn.handle_proof(now, tx, proof),
+        CoreInput::Proof { tx, proof } => mn.handle_verified_proof(now, tx, proof),
+        CoreInput::Misbehaved { peer, why } => mn.handle_peer_misbehaved(now, &peer, why),
         CoreInput::ProofRequest { txid, from } => {
             mn.handle_peer_message(now, from, PeerMessage::ProofRequest(txid), store)?
         }

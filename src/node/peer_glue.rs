@@ -15,14 +15,17 @@ use time_net::pool::Inbox;
 use time_net::priority::Priority;
 use time_net::FrameReader;
 use tokio::net::tcp::OwnedReadHalf;
-use tracing::warn;
+use tracing::{debug, warn};
 
+use crate::masternode::Misbehaviour;
 use crate::node::core_input::{CoreInput, CoreTx};
 use crate::node::fastpath::{FastPathReceiver, RepairRing};
+use crate::node::handshake::Identity;
 use crate::node::ingest::{Ingest, Sink};
 use crate::node::peer_net::PeerNet;
 use crate::node::wire::{encode, LinkError, NetStats};
 use crate::protocol::audience::PeerMessage;
+use crate::protocol::engine::verify_proof;
 use crate::protocol::message::Message;
 use crate::protocol::types::PublicKey;
 
@@ -76,6 +79,8 @@ pub(super) struct PeerCtx {
     pub stats: Arc<NetStats>,
     /// `None` when the fast path is off.
     pub fast: Option<FastRepair>,
+    /// To verify proofs here, off the core thread.
+    pub id: Arc<Identity>,
 }
 
 /// Reads an authenticated inbound peer connection until it closes.
@@ -106,8 +111,13 @@ pub(super) fn spawn_pool_inbox(ctx: Arc<PeerCtx>, mut inbox: Inbox) {
             };
             if let Err(e) = r {
                 // The pool authenticated the peer; a bad message is
-                // counted and dropped, the connection stays.
+                // counted, costs it reputation, and is dropped; the
+                // connection stays.
                 ctx.stats.malformed_frames.fetch_add(1, Ordering::Relaxed);
+                ctx.core.offer(CoreInput::Misbehaved {
+                    peer,
+                    why: Misbehaviour::MalformedFrame,
+                });
                 warn!(%peer, "bad message from peer: {e}");
             }
         }
@@ -127,7 +137,23 @@ pub(super) fn handle_peer_message(
     };
     match msg {
         PeerMessage::TimeProof { tx, proof } => {
-            ctx.core.offer(CoreInput::Proof { tx, proof });
+            // Verified here, on the network task (structure, then the vote
+            // signatures, then the transaction's): the core thread never
+            // checks a signature of untrusted input.
+            let limits = crate::protocol::validation::Limits::default();
+            match verify_proof(&tx, &proof, ctx.id.chain_id, &ctx.id.registry, &limits) {
+                Ok(()) => {
+                    ctx.core.offer(CoreInput::Proof { tx, proof });
+                }
+                Err(e) => {
+                    ctx.stats.malformed_frames.fetch_add(1, Ordering::Relaxed);
+                    debug!(%peer, "invalid proof from peer: {e}");
+                    ctx.core.offer(CoreInput::Misbehaved {
+                        peer,
+                        why: Misbehaviour::InvalidProof,
+                    });
+                }
+            }
         }
         PeerMessage::ProofRequest(txid) => {
             ctx.core.offer(CoreInput::ProofRequest { txid, from: peer });

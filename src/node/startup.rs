@@ -451,6 +451,7 @@ fn spawn_network(
         net: w.net.clone(),
         stats: w.stats.clone(),
         fast,
+        id: w.id.clone(),
     });
     if let Some(inbox) = inbox {
         spawn_pool_inbox(peers.clone(), inbox);

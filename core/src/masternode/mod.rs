@@ -41,6 +41,7 @@ use crate::protocol::validation::RejectCode;
 use crate::storage::{Snapshot, Store, StoreError, Write};
 
 pub use catchup::{CatchUp, CatchUpConfig, CatchUpStats, LogPage};
+pub use peers::{Admission, Ban, Class, Misbehaviour, PeerBook, PeerBookStats, PeerLimits};
 pub use reannounce::{Reannounce, ReannounceConfig};
 pub use router::{Router, RouterStats, SessionId, Watch};
 
@@ -49,6 +50,8 @@ pub struct MasternodeConfig {
     pub engine: EngineConfig,
     pub catchup: CatchUpConfig,
     pub reannounce: ReannounceConfig,
+    /// Per-peer rate limits, reputation and bans.
+    pub peer_limits: PeerLimits,
     /// Engine housekeeping interval.
     pub tick_ms: u64,
     /// Most proof requests broadcast to all peers per second (stalled
@@ -67,6 +70,7 @@ impl MasternodeConfig {
             engine,
             catchup: CatchUpConfig::default(),
             reannounce: ReannounceConfig::default(),
+            peer_limits: PeerLimits::default(),
             tick_ms: 100,
             max_proof_broadcasts_per_s: 1_000,
             #[cfg(feature = "planted-bugs")]
@@ -121,12 +125,15 @@ pub struct MasternodeStats {
     pub catchup: CatchUpStats,
     /// Wallet sessions: what the router holds and refused.
     pub wallet: RouterStats,
+    /// Peers: rate-limit refusals, penalties, bans.
+    pub peers: PeerBookStats,
 }
 
 pub struct Masternode {
     cfg: MasternodeConfig,
     engine: Engine,
     catchup: CatchUp,
+    peer_book: PeerBook,
     reannounce: Reannounce,
     transmits: Vec<Transmit>,
     last_tick: Option<u64>,
@@ -164,11 +171,13 @@ impl Masternode {
                 reannounce.approved(now.saturating_sub(cfg.reannounce.first_ms), txid);
             }
         }
+        let peer_book = PeerBook::new(cfg.peer_limits.clone(), peers.iter().copied());
         let catchup = CatchUp::new(cfg.catchup.clone(), peers);
         let mut m = Masternode {
             cfg,
             engine,
             catchup,
+            peer_book,
             reannounce,
             transmits: Vec::new(),
             last_tick: None,
@@ -198,7 +207,24 @@ impl Masternode {
         s.reannounced = self.reannounce.reannounced;
         s.catchup = self.catchup.stats().clone();
         s.wallet = self.router.stats();
+        s.peers = self.peer_book.stats().clone();
         s
+    }
+
+    /// Peers banned now, for the operator.
+    pub fn bans(&self, now: u64) -> Vec<Ban> {
+        self.peer_book.bans(now)
+    }
+
+    /// Lifts a ban (operator).
+    pub fn unban(&mut self, peer: &PublicKey) -> bool {
+        self.peer_book.unban(peer)
+    }
+
+    /// A peer did something wrong that a transport or a verifier noticed
+    /// (malformed frame, bad signature, invalid proof).
+    pub fn handle_peer_misbehaved(&mut self, now: u64, peer: &PublicKey, why: Misbehaviour) {
+        self.peer_book.penalize(now, peer, why);
     }
 
     /// The wallet router's gauges and refusal counters (cheap).
@@ -316,6 +342,22 @@ impl Masternode {
         msg: PeerMessage,
         store: &dyn Store,
     ) -> Result<(), StoreError> {
+        let class = match &msg {
+            PeerMessage::TransactionBroadcast(_) => Some(Class::Transactions),
+            PeerMessage::VoteBatch(_) => Some(Class::Votes),
+            PeerMessage::TimeProof { .. } | PeerMessage::ProofRequest(_) => Some(Class::Proofs),
+            PeerMessage::FinalityLogRequest { .. } | PeerMessage::FinalityLogPage { .. } => {
+                Some(Class::CatchUp)
+            }
+            _ => None,
+        };
+        if let Some(class) = class {
+            if self.peer_book.admit(now, &from, class) != Admission::Accept {
+                // Refused and counted (PeerBookStats); the sender's
+                // re-announcement and catch-up recover what mattered.
+                return Ok(());
+            }
+        }
         match msg {
             PeerMessage::TransactionBroadcast(tx) => self.handle_peer_transaction(now, tx, false),
             PeerMessage::VoteBatch(b) => self.engine.handle_votes(now, b),
@@ -558,6 +600,10 @@ impl Masternode {
                             log.push(*txid);
                             self.reannounce.settled(txid);
                             self.catchup.resolved(txid);
+                        }
+                        Event::Equivocation { voter, .. } => {
+                            self.peer_book
+                                .penalize(now, voter, Misbehaviour::Equivocation);
                         }
                         Event::Rejected { txid, reason, .. } => {
                             if *reason == RejectCode::ConflictFinalized {

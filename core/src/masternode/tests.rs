@@ -529,3 +529,43 @@ fn a_wallet_session_hears_its_outcome_and_then_holds_nothing() {
     let st = m.stats().wallet;
     assert_eq!((st.sessions, st.subscriptions, st.waiting), (0, 0, 0));
 }
+
+#[test]
+fn a_flooding_peer_is_rate_limited_and_banned_while_payments_go_on() {
+    let mut net = Net::new(4);
+    net.run_for(300);
+    let from = net.pk(3);
+    // Node 3 floods node 0 with proof requests far past its bucket.
+    for i in 0..300_000u32 {
+        let mut t = [0u8; 32];
+        t[..4].copy_from_slice(&i.to_le_bytes());
+        let now = net.now;
+        net.nodes[0]
+            .as_mut()
+            .unwrap()
+            .handle_peer_message(
+                now,
+                from,
+                PeerMessage::ProofRequest(Txid(t)),
+                &net.stores[0],
+            )
+            .unwrap();
+    }
+    let st = net.nodes[0].as_ref().unwrap().stats().peers;
+    assert!(st.refused_rate_limited > 0);
+    assert!(net.nodes[0]
+        .as_ref()
+        .unwrap()
+        .bans(net.now)
+        .iter()
+        .any(|b| b.peer == from));
+    // The three others still make a quorum through node 0.
+    net.deliver_all();
+    let tx = pay(7, COIN);
+    let txid = tx.txid();
+    net.submit(0, tx);
+    net.run_for(300);
+    for i in 0..3 {
+        assert!(net.is_final(i, &txid), "node {i}");
+    }
+}
