@@ -313,25 +313,16 @@ impl<S: Ord + Copy> GapTracker<S> {
             // Holes still tracked are lost (reported); the jump itself is a
             // resync, not millions of lost datagrams.
             let skipped = seq - st.next;
-            let mut stats = std::mem::take(&mut st.stats);
+            let stats = std::mem::take(&mut st.stats);
             let old = std::mem::replace(st, SenderState::new(seq + 1, window));
-            for g in old.gaps {
-                stats.lost_seqs += g.range.len();
-                if self.lost.len() < self.config.max_lost_reports {
-                    self.lost.push(LostRange {
-                        sender,
-                        range: g.range,
-                        reason: LostReason::OutOfWindow,
-                    });
-                } else {
-                    self.lost_reports_overflowed += 1;
-                }
-            }
-            stats.resyncs += 1;
-            stats.skipped_seqs += skipped;
-            stats.new += 1;
             st.stats = stats;
+            st.stats.resyncs += 1;
+            st.stats.skipped_seqs += skipped;
+            st.stats.new += 1;
             st.set_seen(seq, window, true);
+            for g in old.gaps {
+                self.report_lost(sender, g.range, LostReason::OutOfWindow);
+            }
             return Ok(Receipt::Resynced { skipped });
         }
         // seq >= next: advance the window to end at seq.

@@ -36,6 +36,7 @@ use crate::protocol::engine::{Engine, EngineConfig, Event, Metrics, Origin, Outp
 use crate::protocol::message::{Message, MAX_LOG_PAGE};
 use crate::protocol::registry::Registry;
 use crate::protocol::tally::{TallyEvent, VerifiedBatch};
+use crate::protocol::timeproof::TimeProof;
 use crate::protocol::types::{Address, PublicKey, Transaction, Txid};
 use crate::protocol::validation::RejectCode;
 use crate::storage::{Snapshot, Store, StoreError, Write};
@@ -415,30 +416,24 @@ impl Masternode {
         Ok(())
     }
 
-    /// A TimeProof with its transaction, from any peer.
-    pub fn handle_proof(
-        &mut self,
-        now: u64,
-        tx: Transaction,
-        proof: crate::protocol::timeproof::TimeProof,
-    ) {
-        let txid = tx.txid();
-        self.engine.handle_proof(now, tx, proof);
-        if self.engine.known_final(&txid) || self.engine.is_finalized(&txid) {
-            self.catchup.resolved(&txid);
-        }
+    /// A TimeProof with its transaction, from any peer (verified here).
+    pub fn handle_proof(&mut self, now: u64, tx: Transaction, proof: TimeProof) {
+        self.apply_proof(now, tx, proof, false);
     }
 
     /// A TimeProof the caller checked with
     /// [`crate::protocol::engine::verify_proof`] off the core thread.
-    pub fn handle_verified_proof(
-        &mut self,
-        now: u64,
-        tx: Transaction,
-        proof: crate::protocol::timeproof::TimeProof,
-    ) {
+    pub fn handle_verified_proof(&mut self, now: u64, tx: Transaction, proof: TimeProof) {
+        self.apply_proof(now, tx, proof, true);
+    }
+
+    fn apply_proof(&mut self, now: u64, tx: Transaction, proof: TimeProof, verified: bool) {
         let txid = tx.txid();
-        self.engine.handle_verified_proof(now, tx, proof);
+        if verified {
+            self.engine.handle_verified_proof(now, tx, proof);
+        } else {
+            self.engine.handle_proof(now, tx, proof);
+        }
         if self.engine.known_final(&txid) || self.engine.is_finalized(&txid) {
             self.catchup.resolved(&txid);
         }

@@ -212,6 +212,26 @@ struct TxRecord {
     since_ms: u64,
 }
 
+impl TxRecord {
+    /// A record rebuilt from the store at start.
+    fn loaded(
+        tx: Transaction,
+        status: Status,
+        rejection: Option<(RejectCode, String)>,
+        since_ms: u64,
+    ) -> Self {
+        TxRecord {
+            tx: Arc::new(tx),
+            status,
+            rejection,
+            proof_weight: 0,
+            last_request_ms: 0,
+            origin: Origin::Peer,
+            since_ms,
+        }
+    }
+}
+
 #[derive(Debug)]
 struct Orphan {
     tx: Arc<Transaction>,
@@ -296,18 +316,8 @@ impl Engine {
         let pending: HashSet<Txid> = snap.pending_transactions.iter().map(|t| t.txid()).collect();
         for tx in snap.pending_transactions {
             let txid = tx.txid();
-            e.txs.insert(
-                txid,
-                TxRecord {
-                    tx: Arc::new(tx),
-                    status: Status::Pending,
-                    rejection: None,
-                    proof_weight: 0,
-                    last_request_ms: 0,
-                    origin: Origin::Peer,
-                    since_ms: 0,
-                },
-            );
+            e.txs
+                .insert(txid, TxRecord::loaded(tx, Status::Pending, None, 0));
             e.pending_count += 1;
         }
         for batch in snap.own_votes {
@@ -324,21 +334,13 @@ impl Engine {
             // Locks stay (approved_spends above); the transaction neither
             // counts against the mempool nor asks for its proof again.
             let txid = tx.txid();
-            e.txs.insert(
-                txid,
-                TxRecord {
-                    tx: Arc::new(tx),
-                    status: Status::Rejected,
-                    rejection: Some((
-                        RejectCode::ApprovalImpossible,
-                        "votes split: approval can no longer reach the quorum".into(),
-                    )),
-                    proof_weight: 0,
-                    last_request_ms: 0,
-                    origin: Origin::Peer,
-                    since_ms: u64::MAX / 2,
-                },
+            let why = (
+                RejectCode::ApprovalImpossible,
+                "votes split: approval can no longer reach the quorum".into(),
             );
+            // Remembered for good (never trimmed by the retention).
+            let rec = TxRecord::loaded(tx, Status::Rejected, Some(why), u64::MAX / 2);
+            e.txs.insert(txid, rec);
         }
         let _ = snap.finalized; // proofs stay in the store; answers come from there
         e
