@@ -20,8 +20,10 @@ pub struct DevnetSpec {
     pub tier: String,
     /// UDP fast path: "multicast" (on lo), "unicast" or "off".
     pub fast_path: String,
-    /// Distance between consecutive masternodes' P2P ports (2 leaves room
-    /// for the TCP peer pool at port + 1).
+    /// Distance between consecutive masternodes' P2P ports. The default 2
+    /// leaves room for what listens at P2P port + 1 (the TCP peer pool,
+    /// `--peer-transport tcp`, and the unicast fast path): with 1, that port
+    /// is the next masternode's P2P port and the TCP pool cannot bind.
     pub port_stride: u16,
 }
 
@@ -35,7 +37,7 @@ impl Default for DevnetSpec {
             coin_amount: 1_000 * COIN,
             tier: "bronze".into(),
             fast_path: "multicast".into(),
-            port_stride: 1,
+            port_stride: 2,
         }
     }
 }
@@ -206,6 +208,10 @@ mod tests {
         };
         let a = DevnetLayout::generate(d.path(), &spec).unwrap();
         assert_eq!(a.endpoints.len(), 3);
+        // Every P2P port + 1 (TCP pool) is free of the other P2P ports.
+        let ports: Vec<u16> = a.endpoints.iter().map(|e| e.port()).collect();
+        assert_eq!(ports, [31000, 31002, 31004]);
+        assert!(ports.iter().all(|p| !ports.contains(&(p + 1))));
         let g = GenesisFile::load(&a.genesis).unwrap().to_genesis().unwrap();
         assert_eq!(g.utxos.len(), 10);
         assert_eq!(g.registry.len(), 3);

@@ -56,7 +56,8 @@ struct DevnetArgs {
     /// devnet there is restarted with its state.
     #[arg(long, default_value = "devnet-data")]
     data_dir: PathBuf,
-    /// First P2P port; masternode i listens on base+i.
+    /// First P2P port; masternode i listens on base+2i (base+2i+1 is left
+    /// for its TCP peer pool, `--node-arg --peer-transport=tcp`).
     #[arg(long, default_value_t = 24200)]
     base_port: u16,
     /// Funded wallets to create.

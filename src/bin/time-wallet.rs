@@ -133,8 +133,10 @@ fn run(cli: Cli) -> Result<ExitCode, AnyError> {
         Cmd::Balance { key, address, net } => {
             let addr = address_arg(key, address)?;
             let g = GenesisFile::load(&net.genesis)?;
+            let registry = g.to_genesis()?.registry;
             rt.block_on(async {
-                let mut c = WalletClient::connect(net.node, g.chain_id).await?;
+                let mut c =
+                    WalletClient::connect_registered(net.node, g.chain_id, &registry).await?;
                 let coins = c.utxos(addr).await?;
                 let (mut spendable, mut locked) = (0u64, 0u64);
                 for (_, e) in &coins {
@@ -173,7 +175,9 @@ fn run(cli: Cli) -> Result<ExitCode, AnyError> {
             let g = GenesisFile::load(&net.genesis)?;
             let genesis = g.to_genesis()?;
             return rt.block_on(async {
-                let mut c = WalletClient::connect(net.node, g.chain_id).await?;
+                let mut c =
+                    WalletClient::connect_registered(net.node, g.chain_id, &genesis.registry)
+                        .await?;
                 let tx = c.build_payment(&key, to, amount, fee).await?;
                 let txid = tx.txid();
                 println!("txid {txid}");
@@ -210,8 +214,10 @@ fn run(cli: Cli) -> Result<ExitCode, AnyError> {
         } => {
             let addr = address_arg(key, address)?;
             let g = GenesisFile::load(&net.genesis)?;
+            let registry = g.to_genesis()?.registry;
             rt.block_on(async {
-                let mut c = WalletClient::connect(net.node, g.chain_id).await?;
+                let mut c =
+                    WalletClient::connect_registered(net.node, g.chain_id, &registry).await?;
                 c.send(&Message::WalletSubscribe(vec![addr])).await?;
                 println!("watching {addr} (Ctrl-C to stop)");
                 let until = seconds.map(|s| Instant::now() + Duration::from_secs(s));

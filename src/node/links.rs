@@ -1,7 +1,8 @@
 //! The plain outbound peer links (`peer_transport = links`): one task per
 //! peer masternode that dials it for ever with backoff ([`peer_link`]),
-//! proves our key in the signed handshake ([`dial`]) and writes that peer's
-//! queue in batches ([`write_queue`]).
+//! proves our key in the signed handshake ([`dial`], over the transcript of
+//! both `Hello`s, after checking the peer's) and writes that peer's queue in
+//! batches ([`write_queue`]).
 //!
 //! Owns the outbound sockets and [`LinksUp`], the set of peers whose link is
 //! up (read by the core thread). It must never read protocol messages: a
@@ -14,16 +15,14 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use time_net::{FrameReader, FrameWriter};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tracing::{debug, info};
 
-use crate::node::handshake::{check_hello, hello, Identity};
+use crate::node::handshake::{dial_side, refuse, Identity};
 use crate::node::wire::{encode, LinkError, NetStats};
-use crate::protocol::message::{
-    sign_handshake, verify_handshake, Message, Role, HANDSHAKE_FRAME_CAP,
-};
+use crate::protocol::message::{Message, HANDSHAKE_FRAME_CAP};
 use crate::protocol::types::PublicKey;
 
 /// Frames queued per peer link before new ones are dropped (and counted).
@@ -74,7 +73,8 @@ pub(super) async fn peer_link(
     }
 }
 
-/// Connects to `peer` and runs our side of the signed handshake.
+/// Connects to `peer` and runs our side of the signed handshake
+/// ([`dial_side`]); a refusal of the peer's answer is told to it.
 async fn dial(
     id: &Identity,
     peer: &PublicKey,
@@ -87,52 +87,30 @@ async fn dial(
     let (r, w) = stream.into_split();
     let mut reader = FrameReader::new(r, HANDSHAKE_FRAME_CAP);
     let mut writer = FrameWriter::new(w);
-    let nonce: [u8; 32] = rand::random();
-    writer
-        .send(&Message::Hello(hello(id, Role::Masternode, nonce)).to_bytes())
-        .await?;
-    let their_nonce = tokio::time::timeout(
+    let hs = tokio::time::timeout(
         Duration::from_secs(5),
-        peer_proof(id, peer, &nonce, &mut reader),
+        dial_side(id, peer, &mut reader, &mut writer),
     )
     .await
-    .map_err(|_| LinkError::Timeout)??;
-    writer
-        .send(&Message::HelloAuth(sign_handshake(&id.key, id.chain_id, &their_nonce)).to_bytes())
-        .await?;
-    // The peer never writes on this connection after the handshake; keep
-    // the read half alive so the socket stays open, and notice a close.
+    .unwrap_or(Err(LinkError::Timeout));
+    if let Err(e) = hs {
+        refuse(&mut reader, &mut writer, &e).await;
+        return Err(e);
+    }
+    // The peer never writes on this connection after the handshake, except
+    // an `Error` frame if it refused our proof; keep the read half alive so
+    // the socket stays open, and notice a close.
+    let peer = *peer;
     tokio::spawn(async move {
         let mut r = reader;
-        let _ = r.read_frame().await;
+        if let Ok(f) = r.read_frame().await {
+            if let Ok(Message::Error { code, detail }) = Message::decode(f) {
+                let e = LinkError::RefusedBy { code, detail };
+                info!(%peer, "peer refused our link: {e}");
+            }
+        }
     });
     Ok(writer)
-}
-
-/// Reads the peer's hello and its proof of `peer`'s key over our `nonce`;
-/// returns the peer's nonce for us to sign.
-async fn peer_proof(
-    id: &Identity,
-    peer: &PublicKey,
-    nonce: &[u8; 32],
-    reader: &mut FrameReader<OwnedReadHalf>,
-) -> Result<[u8; 32], LinkError> {
-    let their = match Message::decode(reader.read_frame().await?)? {
-        Message::Hello(h) => h,
-        _ => return Err(LinkError::Handshake("expected hello")),
-    };
-    check_hello(id, &their)?;
-    if their.public_key != *peer {
-        return Err(LinkError::Handshake("peer answered with another key"));
-    }
-    let sig = match Message::decode(reader.read_frame().await?)? {
-        Message::HelloAuth(s) => s,
-        _ => return Err(LinkError::Handshake("expected hello-auth")),
-    };
-    if !verify_handshake(id.chain_id, nonce, peer, &sig) {
-        return Err(LinkError::Handshake("peer's key proof does not verify"));
-    }
-    Ok(their.nonce)
 }
 
 /// Writes queued frames, batching what is queued into one write; a ping

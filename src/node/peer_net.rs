@@ -21,7 +21,8 @@ pub enum PeerTransport {
     /// Pool over QUIC on UDP at the P2P port; mutual TLS bound to the
     /// masternode keys; one stream per priority class.
     Quic,
-    /// Pool over TCP at the P2P port + 1; signed handshake; priority queue.
+    /// Pool over TCP at the P2P port + 1; TLS 1.3 with the same key-bound
+    /// certificates as QUIC; priority queue.
     Tcp,
     /// Plain authenticated TCP links on the P2P port (no priorities).
     Links,

@@ -31,8 +31,13 @@ pub(super) enum LinkError {
     Frame(#[from] FrameError),
     #[error("i/o: {0}")]
     Io(#[from] std::io::Error),
-    #[error("handshake: {0}")]
-    Handshake(&'static str),
+    /// We refuse the other side's handshake; it is told with an `Error`
+    /// frame (`code` from [`crate::protocol::message::refusal`]).
+    #[error("refusing: {} (code {code}): {detail}", crate::protocol::message::refusal::describe(*.code))]
+    Refusing { code: u16, detail: String },
+    /// The other side refused our handshake with an `Error` frame.
+    #[error("refused by the peer: {} (code {code}): {detail}", crate::protocol::message::refusal::describe(*.code))]
+    RefusedBy { code: u16, detail: String },
     #[error("decode: {0}")]
     Decode(#[from] time_net::DecodeError),
     #[error("timed out")]

@@ -1,4 +1,11 @@
 //! An async client for one masternode's wallet port.
+//!
+//! The handshake (`docs/PROTOCOL.md`, Handshake): the wallet sends a `Hello`
+//! with a fresh nonce and no key; the masternode answers with its `Hello` and
+//! a proof of its key over both `Hello`s, which the client verifies (and,
+//! with [`WalletClient::connect_registered`], checks the key against the
+//! genesis registry). A refusal comes back as [`ClientError::Refused`] with
+//! the masternode's reason.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -9,7 +16,7 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 
 use crate::protocol::message::{
-    verify_handshake, Hello, Message, NodeStatus, Role, PROTOCOL_VERSION,
+    refusal, verify_handshake, Hello, Message, NodeStatus, Role, Side, PROTOCOL_VERSION,
 };
 use crate::protocol::registry::Registry;
 use crate::protocol::timeproof::TimeProof;
@@ -31,6 +38,16 @@ pub enum ClientError {
     Decode(#[from] time_net::DecodeError),
     #[error("handshake: {0}")]
     Handshake(&'static str),
+    /// The masternode refused the handshake with an `Error` frame (`code`
+    /// from [`refusal`]).
+    #[error("refused by {addr}: {} (code {code}): {detail}", refusal::describe(*.code))]
+    Refused {
+        addr: SocketAddr,
+        code: u16,
+        detail: String,
+    },
+    #[error("{addr} proved the key {key}, which is not a masternode in the genesis registry")]
+    NotRegistered { addr: SocketAddr, key: PublicKey },
     #[error("unexpected {0} message")]
     Unexpected(&'static str),
     #[error("no answer within {0:?}")]
@@ -65,7 +82,28 @@ pub struct WalletClient {
 const CATCH_UP_RETRY: Duration = Duration::from_millis(200);
 
 impl WalletClient {
+    /// Connects and runs the wallet side of the handshake: the masternode
+    /// must prove its key over the transcript of this connection. Which key
+    /// it is is not checked (see [`connect_registered`](Self::connect_registered)).
     pub async fn connect(addr: SocketAddr, chain_id: ChainId) -> Result<Self, ClientError> {
+        Self::connect_with(addr, chain_id, None).await
+    }
+
+    /// [`connect`](Self::connect), and the proven key must be a masternode
+    /// of `registry` (the genesis the wallet holds).
+    pub async fn connect_registered(
+        addr: SocketAddr,
+        chain_id: ChainId,
+        registry: &Registry,
+    ) -> Result<Self, ClientError> {
+        Self::connect_with(addr, chain_id, Some(registry)).await
+    }
+
+    async fn connect_with(
+        addr: SocketAddr,
+        chain_id: ChainId,
+        registry: Option<&Registry>,
+    ) -> Result<Self, ClientError> {
         let stream = tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(addr))
             .await
             .map_err(|_| ClientError::Timeout(Duration::from_secs(5)))?
@@ -80,30 +118,46 @@ impl WalletClient {
             node_key: PublicKey::default(),
             chain_id,
         };
-        let nonce: [u8; 32] = rand::random();
-        c.send(&Message::Hello(Hello {
+        let ours = Hello {
             chain_id,
             protocol_version: PROTOCOL_VERSION,
             role: Role::Wallet,
             public_key: PublicKey::default(),
-            nonce,
-        }))
-        .await?;
-        let their = match c.recv_timeout(Duration::from_secs(5)).await? {
+            nonce: rand::random(),
+        };
+        c.send(&Message::Hello(ours.clone())).await?;
+        let refused = |code, detail| ClientError::Refused { addr, code, detail };
+        let theirs = match c.recv_timeout(Duration::from_secs(5)).await? {
             Message::Hello(h) => h,
-            Message::Error { .. } => return Err(ClientError::Handshake("refused")),
+            Message::Error { code, detail } => return Err(refused(code, detail)),
             m => return Err(ClientError::Unexpected(m.name())),
         };
+        if theirs.chain_id != chain_id {
+            return Err(ClientError::Handshake(
+                "the masternode answered for another chain",
+            ));
+        }
+        if theirs.protocol_version != PROTOCOL_VERSION || theirs.role != Role::Masternode {
+            return Err(ClientError::Handshake(
+                "the masternode answered with another protocol version or role",
+            ));
+        }
+        if registry.is_some_and(|r| r.get(&theirs.public_key).is_none()) {
+            return Err(ClientError::NotRegistered {
+                addr,
+                key: theirs.public_key,
+            });
+        }
         match c.recv_timeout(Duration::from_secs(5)).await? {
-            Message::HelloAuth(sig)
-                if verify_handshake(chain_id, &nonce, &their.public_key, &sig) => {}
+            Message::HelloAuth(sig) if verify_handshake(Side::Acceptor, &ours, &theirs, &sig) => {}
+            Message::Error { code, detail } => return Err(refused(code, detail)),
             _ => {
                 return Err(ClientError::Handshake(
                     "masternode key proof does not verify",
                 ))
             }
         }
-        c.node_key = their.public_key;
+        c.node_key = theirs.public_key;
         Ok(c)
     }
 

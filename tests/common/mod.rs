@@ -12,7 +12,7 @@ use time_net::{FrameReader, FrameWriter};
 use timecoin::devnet::{DevnetLayout, DevnetSpec};
 use timecoin::node::genesis_file::{genesis_outpoint, GenesisFile};
 use timecoin::node::keyfile::KeyFile;
-use timecoin::protocol::message::{sign_handshake, Hello, Message, Role, PROTOCOL_VERSION};
+use timecoin::protocol::message::{sign_handshake, Hello, Message, Role, Side, PROTOCOL_VERSION};
 use timecoin::protocol::registry::Registry;
 use timecoin::protocol::types::{Address, OutPoint, PublicKey, Transaction, TxOutput, COIN};
 use timecoin::protocol::utxo::UtxoEntry;
@@ -261,15 +261,15 @@ impl RawPeer {
             reader: FrameReader::new(r, 1 << 20),
             writer: FrameWriter::new(w),
         };
-        let hello = Message::Hello(Hello {
+        let ours = Hello {
             chain_id: chain,
             protocol_version: PROTOCOL_VERSION,
             role: Role::Masternode,
             public_key: PublicKey::from_signing(key),
-            nonce: [9; 32],
-        });
+            nonce: rand::random(),
+        };
         p.writer
-            .send(&hello.to_bytes())
+            .send(&Message::Hello(ours.clone()).to_bytes())
             .await
             .map_err(std::io::Error::other)?;
         let their =
@@ -279,7 +279,7 @@ impl RawPeer {
             };
         let _auth = p.reader.read_frame().await.map_err(std::io::Error::other)?;
         p.writer
-            .send(&Message::HelloAuth(sign_handshake(key, chain, &their.nonce)).to_bytes())
+            .send(&Message::HelloAuth(sign_handshake(key, Side::Dialer, &ours, &their)).to_bytes())
             .await
             .map_err(std::io::Error::other)?;
         Ok(p)

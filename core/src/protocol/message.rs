@@ -12,8 +12,10 @@ use crate::protocol::utxo::UtxoEntry;
 use crate::protocol::validation::RejectCode;
 use crate::protocol::vote::VoteBatch;
 
-pub const PROTOCOL_VERSION: u16 = 1;
-const DOMAIN_HANDSHAKE: &[u8] = b"TIMECOIN/handshake/v1";
+/// Version 2: the node handshake signs a transcript of both `Hello`s
+/// ([`handshake_message`]) instead of the peer's nonce alone.
+pub const PROTOCOL_VERSION: u16 = 2;
+const DOMAIN_HANDSHAKE: &[u8] = b"TIMECOIN/handshake/v2";
 
 /// Caps on counts a peer may send.
 pub const MAX_QUERY_OUTPOINTS: usize = 4_096;
@@ -31,6 +33,16 @@ pub enum Role {
     Wallet,
 }
 
+impl Role {
+    /// The role byte of a `Hello`.
+    pub fn code(self) -> u8 {
+        match self {
+            Role::Masternode => 1,
+            Role::Wallet => 2,
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Hello {
     pub chain_id: ChainId,
@@ -41,30 +53,98 @@ pub struct Hello {
     pub nonce: [u8; 32],
 }
 
-/// The message a masternode signs to prove its key on a connection: binds
-/// the chain, the *peer's* fresh nonce (no replay) and its own key.
-pub fn handshake_message(chain_id: ChainId, peer_nonce: &[u8; 32], me: &PublicKey) -> Vec<u8> {
-    let mut m = Vec::with_capacity(DOMAIN_HANDSHAKE.len() + 4 + 64);
+impl Hello {
+    /// Encoded length, tag byte included.
+    pub const LEN: usize = 72;
+}
+
+/// Which end of a connection a handshake signature speaks for: the side
+/// that opened the TCP connection, or the listener that accepted it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Side {
+    Dialer,
+    Acceptor,
+}
+
+impl Side {
+    fn code(self) -> u8 {
+        match self {
+            Side::Dialer => 1,
+            Side::Acceptor => 2,
+        }
+    }
+}
+
+/// The transcript a masternode signs to prove its key on one connection:
+///
+/// ```text
+/// "TIMECOIN/handshake/v2" ‖ side:u8 ‖ dialer Hello[72] ‖ acceptor Hello[72]
+/// ```
+///
+/// (166 bytes). Each `Hello` is its frame exactly as sent (tag 0x01, chain
+/// id, protocol version, role, key, nonce), the dialer's first. `side` is 1
+/// when the dialer signs, 2 when the acceptor signs, so neither proof can be
+/// reflected as the other. Both nonces are fresh per connection and both
+/// keys and roles are bound, so a signature made on one connection verifies
+/// on no other: a relay that splices two connections presents different
+/// `Hello`s to each end.
+pub fn handshake_message(side: Side, dialer: &Hello, acceptor: &Hello) -> Vec<u8> {
+    let mut m = Vec::with_capacity(DOMAIN_HANDSHAKE.len() + 1 + 2 * Hello::LEN);
     m.extend_from_slice(DOMAIN_HANDSHAKE);
-    m.extend_from_slice(&chain_id.to_le_bytes());
-    m.extend_from_slice(peer_nonce);
-    m.extend_from_slice(&me.0);
+    m.push(side.code());
+    Message::Hello(dialer.clone()).encode(&mut m);
+    Message::Hello(acceptor.clone()).encode(&mut m);
     m
 }
 
-pub fn sign_handshake(key: &SigningKey, chain_id: ChainId, peer_nonce: &[u8; 32]) -> [u8; 64] {
-    let me = PublicKey::from_signing(key);
-    key.sign(&handshake_message(chain_id, peer_nonce, &me))
+/// Signs `side`'s proof on the connection whose `Hello`s were `dialer` and
+/// `acceptor`. Call only after both were sent and received.
+pub fn sign_handshake(key: &SigningKey, side: Side, dialer: &Hello, acceptor: &Hello) -> [u8; 64] {
+    key.sign(&handshake_message(side, dialer, acceptor))
         .to_bytes()
 }
 
-pub fn verify_handshake(
-    chain_id: ChainId,
-    my_nonce: &[u8; 32],
-    peer: &PublicKey,
-    sig: &[u8; 64],
-) -> bool {
-    crate::sig::verify(&peer.0, &handshake_message(chain_id, my_nonce, peer), sig)
+/// Whether `sig` is `side`'s proof on this connection, under the key in
+/// `side`'s own `Hello`.
+pub fn verify_handshake(side: Side, dialer: &Hello, acceptor: &Hello, sig: &[u8; 64]) -> bool {
+    let signer = match side {
+        Side::Dialer => &dialer.public_key,
+        Side::Acceptor => &acceptor.public_key,
+    };
+    crate::sig::verify(&signer.0, &handshake_message(side, dialer, acceptor), sig)
+}
+
+/// Codes of the `Error` message that refuses a connection during the
+/// handshake. The refusing side sends `Error {code, detail}` and closes; the
+/// detail is human-readable text (e.g. which chain this node serves).
+pub mod refusal {
+    /// Not a handshake: the frame was not the expected `Hello` or
+    /// `HelloAuth`, did not decode, or did not arrive in time.
+    pub const PROTOCOL: u16 = 1;
+    /// The `Hello`'s chain id is not this node's (wrong genesis).
+    pub const WRONG_CHAIN: u16 = 2;
+    /// The `Hello`'s protocol version is not [`super::PROTOCOL_VERSION`].
+    pub const UNSUPPORTED_VERSION: u16 = 3;
+    /// The masternode role was claimed with a key that is not in the
+    /// registry (or is the refusing node's own key).
+    pub const NOT_REGISTERED: u16 = 4;
+    /// The `HelloAuth` does not verify over this connection's transcript.
+    pub const BAD_SIGNATURE: u16 = 5;
+    /// A registered masternode answered, but not the one that was dialed.
+    pub const WRONG_KEY: u16 = 6;
+
+    /// A short description of a refusal code.
+    pub fn describe(code: u16) -> &'static str {
+        match code {
+            PROTOCOL => "handshake protocol violation",
+            WRONG_CHAIN => "wrong chain id",
+            UNSUPPORTED_VERSION => "unsupported protocol version",
+            NOT_REGISTERED => "not a registered masternode",
+            BAD_SIGNATURE => "handshake signature invalid",
+            WRONG_KEY => "not the masternode that was dialed",
+            _ => "refused",
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -233,10 +313,7 @@ impl Message {
                 out.push(tag::HELLO);
                 out.extend_from_slice(&h.chain_id.to_le_bytes());
                 out.extend_from_slice(&h.protocol_version.to_le_bytes());
-                out.push(match h.role {
-                    Role::Masternode => 1,
-                    Role::Wallet => 2,
-                });
+                out.push(h.role.code());
                 out.extend_from_slice(&h.public_key.0);
                 out.extend_from_slice(&h.nonce);
             }

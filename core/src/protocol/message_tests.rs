@@ -61,7 +61,12 @@ pub(crate) fn samples() -> Vec<Message> {
             public_key: pk,
             nonce: [7; 32],
         }),
-        Message::HelloAuth(sign_handshake(&k, 9, &[7; 32])),
+        Message::HelloAuth(sign_handshake(
+            &k,
+            Side::Acceptor,
+            &wallet_hello(9, [8; 32]),
+            &mn_hello(9, pk, [7; 32]),
+        )),
         Message::Ping(42),
         Message::Pong(43),
         Message::SubmitTransaction(tx.clone()),
@@ -149,21 +154,103 @@ fn golden_wire_bytes() {
     assert_eq!(h.finalize().to_hex().as_str(), GOLDEN);
     // And the first bytes of a hello, spelled out.
     let hello = samples()[0].to_bytes();
-    assert_eq!(hex::encode(&hello[..8]), "0109000000010001");
+    assert_eq!(hex::encode(&hello[..8]), "0109000000020001");
 }
 
-const GOLDEN: &str = "0215c4674acb7f6bfac635ed877f66ae902521cfdf4561745df9496dc1f993ac";
+/// Protocol version 2 (handshake v2): changed from
+/// `0215c467…93ac` only by the `Hello` sample's version (1 → 2) and the
+/// `HelloAuth` sample, now a proof over the v2 transcript; every other sample
+/// encodes to the same bytes as before.
+const GOLDEN: &str = "86aca7072de941bf559ab2d82246a0dbd5e9edc9ec0eb42d519c622998644112";
 
+fn mn_hello(chain_id: ChainId, public_key: PublicKey, nonce: [u8; 32]) -> Hello {
+    Hello {
+        chain_id,
+        protocol_version: PROTOCOL_VERSION,
+        role: Role::Masternode,
+        public_key,
+        nonce,
+    }
+}
+
+fn wallet_hello(chain_id: ChainId, nonce: [u8; 32]) -> Hello {
+    Hello {
+        chain_id,
+        protocol_version: PROTOCOL_VERSION,
+        role: Role::Wallet,
+        public_key: PublicKey::default(),
+        nonce,
+    }
+}
+
+/// The transcript, spelled out byte by byte (docs/PROTOCOL.md, Handshake).
 #[test]
-fn handshake_binds_nonce_and_key() {
+fn golden_handshake_transcript() {
+    let d = mn_hello(9, PublicKey([0xd1; 32]), [0xd2; 32]);
+    let a = mn_hello(9, PublicKey([0xa1; 32]), [0xa2; 32]);
+    let t = handshake_message(Side::Dialer, &d, &a);
+    assert_eq!(t.len(), 166);
+    assert_eq!(&t[..21], b"TIMECOIN/handshake/v2");
+    assert_eq!(t[21], 1);
+    let hello = |key: u8, nonce: u8| {
+        let mut h = hex::decode("0109000000020001").unwrap();
+        h.extend_from_slice(&[key; 32]);
+        h.extend_from_slice(&[nonce; 32]);
+        h
+    };
+    assert_eq!(&t[22..94], &hello(0xd1, 0xd2)[..]);
+    assert_eq!(&t[94..], &hello(0xa1, 0xa2)[..]);
+    assert_eq!(handshake_message(Side::Acceptor, &d, &a)[21], 2);
+}
+
+/// A proof verifies only on the connection (both hellos, this side) it was
+/// made on: any other nonce, key, role, chain, version or side refuses it.
+#[test]
+fn handshake_proof_binds_the_whole_connection() {
     let k = SigningKey::from_bytes(&[3; 32]);
     let pk = PublicKey::from_signing(&k);
-    let sig = sign_handshake(&k, 9, &[1; 32]);
-    assert!(verify_handshake(9, &[1; 32], &pk, &sig));
-    assert!(!verify_handshake(9, &[2; 32], &pk, &sig));
-    assert!(!verify_handshake(8, &[1; 32], &pk, &sig));
     let other = PublicKey::from_signing(&SigningKey::from_bytes(&[4; 32]));
-    assert!(!verify_handshake(9, &[1; 32], &other, &sig));
+    let d = mn_hello(9, other, [1; 32]);
+    let a = mn_hello(9, pk, [2; 32]);
+    let sig = sign_handshake(&k, Side::Acceptor, &d, &a);
+    assert!(verify_handshake(Side::Acceptor, &d, &a, &sig));
+    // Reflected as the other side's proof, or with the hellos swapped.
+    assert!(!verify_handshake(Side::Dialer, &d, &a, &sig));
+    assert!(!verify_handshake(Side::Dialer, &a, &d, &sig));
+    let variants: Vec<(Hello, Hello)> = vec![
+        (mn_hello(9, other, [9; 32]), a.clone()),
+        (d.clone(), mn_hello(9, pk, [9; 32])),
+        (mn_hello(9, PublicKey([5; 32]), [1; 32]), a.clone()),
+        (wallet_hello(9, [1; 32]), a.clone()),
+        (mn_hello(8, other, [1; 32]), mn_hello(8, pk, [2; 32])),
+        (
+            Hello {
+                protocol_version: 1,
+                ..d.clone()
+            },
+            Hello {
+                protocol_version: 1,
+                ..a.clone()
+            },
+        ),
+    ];
+    for (vd, va) in variants {
+        assert!(
+            !verify_handshake(Side::Acceptor, &vd, &va, &sig),
+            "{vd:?} {va:?}"
+        );
+    }
+    // The v1 relay: the listener's proof to a wallet that carried the
+    // victim's nonce is no dialer proof on the victim's connection.
+    let victim = PublicKey::from_signing(&SigningKey::from_bytes(&[6; 32]));
+    let b_hello = mn_hello(9, victim, [7; 32]);
+    let to_wallet = sign_handshake(&k, Side::Acceptor, &wallet_hello(9, [7; 32]), &a);
+    assert!(!verify_handshake(
+        Side::Dialer,
+        &mn_hello(9, pk, [1; 32]),
+        &b_hello,
+        &to_wallet
+    ));
 }
 
 proptest! {

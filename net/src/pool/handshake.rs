@@ -1,183 +1,264 @@
-//! The signed handshake that authenticates a TCP pool connection.
+//! How a TCP pool connection is authenticated and protected: TLS 1.3
+//! (tokio-rustls, *ring*) with mutual certificates bound to the masternode
+//! keys, exactly as on QUIC ([`super::tls`], [`super::identity`]), then a
+//! short exchange inside TLS.
 //!
-//! Both sides send a `Hello` (key, fresh 32-byte nonce, pool epoch) at once,
-//! then a signature over
-//! `"TIMECOIN/pool-handshake/v1" || peer_nonce || own_pubkey`, checked with
-//! [`timecoin_core::sig::verify`] (ZIP 215), and finally a one-byte confirmation. The dialer requires the key it dialed; the acceptor
-//! requires a key in its peer table. Frames stay capped at the size of a hello
-//! until the peer is authenticated.
+//! - The dialer accepts only a certificate for the key of the peer it dials
+//!   ([`tls::ExpectedPeerVerifier`]); the acceptor only one for a key in its
+//!   peer table ([`tls::PeerTableVerifier`]); both check the TLS 1.3
+//!   CertificateVerify signature under that key. ALPN [`ALPN_TCP`]; no
+//!   session resumption, no early data.
+//! - The TLS 1.3 handshake is the transcript: each side's CertificateVerify
+//!   signs the hash of every handshake message before it (both randoms, both
+//!   key shares, the certificates), so a signature made on one connection
+//!   verifies on no other and cannot be relayed; and each side signs only
+//!   after it has the other's ClientHello/ServerHello.
+//! - After it, every byte is in TLS records (AEAD): a changed, dropped,
+//!   reordered or injected byte ends the connection instead of being read.
+//! - Inside TLS, both sides send a [`Hello`] (the pool epoch) at once, then a
+//!   one-byte confirmation, so neither counts a connection as established
+//!   that the other refused (e.g. for the dial direction).
 //!
-//! What this does not give: confidentiality or integrity after the handshake,
-//! nor protection from an on-path relay. QUIC (TLS 1.3) gives both; TCP is the
-//! fallback.
+//! Frames stay capped at the size of a hello until the exchange is done.
 
-use std::collections::HashSet;
+use std::sync::Arc;
 
-use rand::RngCore;
 use thiserror::Error;
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+use tokio_rustls::{TlsAcceptor, TlsConnector, TlsStream};
 
 use crate::frame::{FrameError, FrameReader, FrameWriter};
 use crate::reader::DecodeError;
 
-use super::identity::{Identity, PeerId};
+use super::identity::{Identity, PeerId, ShortId};
+use super::tls;
 use super::wire::Hello;
+use super::PoolError;
 
-pub const HANDSHAKE_CONTEXT: &[u8] = b"TIMECOIN/pool-handshake/v1";
+/// ALPN of the TCP pool (the QUIC pool's is [`tls::ALPN`]).
+pub const ALPN_TCP: &[u8] = b"timecoin-tcp/2";
 
 /// Last handshake frame: "I accept you".
 const ACCEPTED: u8 = 1;
 
-/// Frame cap while unauthenticated: the largest handshake frame.
+/// Frame cap until the exchange inside TLS is done: the largest handshake
+/// frame.
 pub(crate) const HANDSHAKE_FRAME_CAP: usize = Hello::LEN;
+
+/// A TCP pool connection: TLS over the socket.
+pub type PoolStream = TlsStream<TcpStream>;
 
 #[derive(Debug, Error)]
 #[non_exhaustive]
 pub enum HandshakeError {
+    /// TLS refused: a certificate that is not the expected registered key,
+    /// a bad CertificateVerify signature, no TLS 1.3, wrong ALPN, or the
+    /// peer refused ours.
+    #[error("tls: {0}")]
+    Tls(std::io::Error),
     #[error("handshake i/o: {0}")]
     Frame(#[from] FrameError),
     #[error("malformed handshake: {0}")]
     Decode(#[from] DecodeError),
-    #[error("peer key is not in the peer table")]
+    #[error("peer key {} is not in the peer table", ShortId(.presented))]
     UnknownPeer { presented: PeerId },
-    #[error("peer key is not the key of the peer being dialed")]
+    #[error("peer key {} is not the key of the peer being dialed", ShortId(.presented))]
     WrongPeer { presented: PeerId, expected: PeerId },
-    #[error("peer presented our own key")]
-    OwnKey,
-    #[error("peer's handshake signature does not verify")]
-    BadSignature,
     #[error("handshake timed out")]
     Timeout,
 }
 
-/// Whom a handshake may authenticate.
-pub(crate) enum Expect<'a> {
-    /// Dialer: exactly this key.
-    Peer(PeerId),
-    /// Acceptor: any key in the table.
-    AnyOf(&'a HashSet<PeerId>),
-}
-
-/// The peer proved it holds `key`.
+/// The peer proved it holds `peer`'s key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Authenticated {
+pub struct Authenticated {
     pub peer: PeerId,
     pub peer_epoch: u64,
 }
 
-/// The bytes a side signs: it proves the holder of `own_key` answered the
-/// challenge `peer_nonce`.
-pub fn transcript(peer_nonce: &[u8; 32], own_key: &PeerId) -> Vec<u8> {
-    let mut m = Vec::with_capacity(HANDSHAKE_CONTEXT.len() + 64);
-    m.extend_from_slice(HANDSHAKE_CONTEXT);
-    m.extend_from_slice(peer_nonce);
-    m.extend_from_slice(own_key);
-    m
+/// This pool's TLS credentials and acceptor, built once at start.
+pub(crate) struct TcpTls {
+    acceptor: TlsAcceptor,
+    cert: rustls::pki_types::CertificateDer<'static>,
+    key: rustls::pki_types::PrivateKeyDer<'static>,
 }
 
-/// Runs the handshake on fresh framed halves. The reader's cap is left at
-/// [`HANDSHAKE_FRAME_CAP`]; the caller raises it once this returns `Ok`.
-pub(crate) async fn run<R, W>(
-    reader: &mut FrameReader<R>,
-    writer: &mut FrameWriter<W>,
-    me: &Identity,
-    my_epoch: u64,
-    expect: Expect<'_>,
-) -> Result<Authenticated, HandshakeError>
-where
-    R: AsyncRead + Unpin,
-    W: AsyncWrite + Unpin,
-{
-    reader.set_cap(HANDSHAKE_FRAME_CAP);
-    let mut nonce = [0u8; 32];
-    rand::rngs::OsRng.fill_bytes(&mut nonce);
-    let hello = Hello {
-        key: me.peer_id(),
-        nonce,
-        epoch: my_epoch,
+impl TcpTls {
+    pub(crate) fn new(
+        identity: &Identity,
+        peers: Arc<std::collections::HashSet<PeerId>>,
+    ) -> Result<Self, PoolError> {
+        let (cert, key) = identity.tls_credentials()?;
+        let server = tls::tcp_server_config(cert.clone(), key.clone_key(), peers)?;
+        Ok(TcpTls {
+            acceptor: TlsAcceptor::from(Arc::new(server)),
+            cert,
+            key,
+        })
+    }
+
+    fn connector(&self, expected: PeerId) -> Result<TlsConnector, HandshakeError> {
+        let cfg = tls::tcp_client_config(self.cert.clone(), self.key.clone_key(), expected)
+            .map_err(|e| HandshakeError::Tls(std::io::Error::other(e)))?;
+        Ok(TlsConnector::from(Arc::new(cfg)))
+    }
+}
+
+/// The dialer's side on a fresh TCP stream: TLS with `expected`'s key, then
+/// the exchange.
+pub(crate) async fn dial(
+    setup: &TcpTls,
+    stream: TcpStream,
+    epoch: u64,
+    expected: PeerId,
+) -> Result<(Authenticated, PoolStream), HandshakeError> {
+    let name = rustls::pki_types::ServerName::try_from(tls::SERVER_NAME)
+        .expect("a valid DNS name")
+        .to_owned();
+    let tls = setup
+        .connector(expected)?
+        .connect(name, stream)
+        .await
+        .map_err(HandshakeError::Tls)?;
+    let mut stream = TlsStream::Client(tls);
+    let presented = stream_peer(&stream)?;
+    if presented != expected {
+        // The verifier already required this key; checked again so a
+        // mistake there cannot attach the connection to the wrong link.
+        return Err(HandshakeError::WrongPeer {
+            presented,
+            expected,
+        });
+    }
+    let peer_epoch = exchange(&mut stream, epoch).await?;
+    Ok((
+        Authenticated {
+            peer: presented,
+            peer_epoch,
+        },
+        stream,
+    ))
+}
+
+/// The acceptor's TLS handshake: returns the peer's key (in the table, its
+/// CertificateVerify checked). The caller decides whether to go on with
+/// [`exchange`].
+pub(crate) async fn accept_tls(
+    setup: &TcpTls,
+    stream: TcpStream,
+    table: &std::collections::HashSet<PeerId>,
+) -> Result<(PeerId, PoolStream), HandshakeError> {
+    let tls = setup
+        .acceptor
+        .accept(stream)
+        .await
+        .map_err(HandshakeError::Tls)?;
+    let stream = TlsStream::Server(tls);
+    let presented = stream_peer(&stream)?;
+    if !table.contains(&presented) {
+        return Err(HandshakeError::UnknownPeer { presented });
+    }
+    Ok((presented, stream))
+}
+
+/// The key of the single certificate the peer presented (and the pool's
+/// ALPN was agreed).
+fn stream_peer(stream: &PoolStream) -> Result<PeerId, HandshakeError> {
+    let session = stream.get_ref().1;
+    if session.alpn_protocol() != Some(ALPN_TCP) {
+        return Err(HandshakeError::Tls(std::io::Error::other(
+            "the TCP pool protocol (ALPN) was not agreed",
+        )));
+    }
+    let certs = session.peer_certificates();
+    match certs {
+        Some([cert]) => tls::cert_peer_id(cert)
+            .map_err(|e| HandshakeError::Tls(std::io::Error::other(rustls::Error::from(e)))),
+        _ => Err(HandshakeError::Tls(std::io::Error::other(
+            "peer presented no single certificate",
+        ))),
+    }
+}
+
+/// Inside TLS: both send a [`Hello`] at once, then both confirm. Returns the
+/// peer's epoch.
+pub(crate) async fn exchange(stream: &mut PoolStream, epoch: u64) -> Result<u64, HandshakeError> {
+    FrameWriter::new(&mut *stream)
+        .send(&Hello { epoch }.encode())
+        .await?;
+    let theirs = {
+        let mut r = FrameReader::new(&mut *stream, HANDSHAKE_FRAME_CAP);
+        Hello::decode(r.read_frame().await?)?
     };
-    writer.send(&hello.encode()).await?;
-
-    let theirs = Hello::decode(reader.read_frame().await?)?;
-    if theirs.key == me.peer_id() {
-        return Err(HandshakeError::OwnKey);
-    }
-    match expect {
-        Expect::Peer(expected) if theirs.key != expected => {
-            return Err(HandshakeError::WrongPeer {
-                presented: theirs.key,
-                expected,
-            })
-        }
-        Expect::AnyOf(table) if !table.contains(&theirs.key) => {
-            return Err(HandshakeError::UnknownPeer {
-                presented: theirs.key,
-            })
-        }
-        _ => {}
-    }
-    if !timecoin_core::sig::is_point(&theirs.key) {
-        return Err(HandshakeError::BadSignature);
-    }
-
-    let sig = me.sign(&transcript(&theirs.nonce, &me.peer_id()));
-    writer.send(&sig.to_bytes()).await?;
-
-    let their_sig = reader.read_frame().await?;
-    let their_sig: [u8; 64] = their_sig.try_into().map_err(|_| DecodeError::Invalid {
-        what: "handshake signature length",
-    })?;
-    if !timecoin_core::sig::verify(&theirs.key, &transcript(&nonce, &theirs.key), &their_sig) {
-        return Err(HandshakeError::BadSignature);
-    }
-
-    // Each side confirms it accepted the other, so neither counts a
-    // connection as established that the other refused.
-    writer.send(&[ACCEPTED]).await?;
-    if reader.read_frame().await? != [ACCEPTED] {
+    FrameWriter::new(&mut *stream).send(&[ACCEPTED]).await?;
+    let mut r = FrameReader::new(&mut *stream, HANDSHAKE_FRAME_CAP);
+    if r.read_frame().await? != [ACCEPTED] {
         return Err(DecodeError::Invalid {
             what: "handshake confirmation",
         }
         .into());
     }
-    Ok(Authenticated {
-        peer: theirs.key,
-        peer_epoch: theirs.epoch,
-    })
+    Ok(theirs.epoch)
+}
+
+/// A hand-made TCP pool peer for tests and diagnostics: dials `stream` as
+/// the masternode whose secret seed is `secret`, requiring `expected`'s key,
+/// and completes the exchange with pool epoch `epoch`. The same checks as
+/// the pool's own dialer.
+pub async fn dial_as(
+    secret: &[u8; 32],
+    stream: TcpStream,
+    epoch: u64,
+    expected: PeerId,
+) -> Result<(Authenticated, PoolStream), HandshakeError> {
+    let identity = Identity::from_secret(secret);
+    let setup = TcpTls::new(&identity, Arc::new(std::collections::HashSet::new()))
+        .map_err(|e| HandshakeError::Tls(std::io::Error::other(e.to_string())))?;
+    dial(&setup, stream, epoch, expected).await
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::frame::MAX_FRAME_LEN;
+    use std::collections::HashSet;
 
     fn ident(seed: u8) -> Identity {
         Identity::from_secret(&[seed; 32])
     }
 
+    /// `dialer` dials `acceptor` (whose table is `table`) over loopback TCP,
+    /// expecting `expected`. Returns both sides' results.
     async fn pair(
-        a: Identity,
-        a_expect: PeerId,
-        b: Identity,
-        b_table: HashSet<PeerId>,
+        dialer: Identity,
+        expected: PeerId,
+        acceptor: Identity,
+        table: HashSet<PeerId>,
     ) -> (
         Result<Authenticated, HandshakeError>,
         Result<Authenticated, HandshakeError>,
     ) {
-        let (x, y) = tokio::io::duplex(4096);
-        let (xr, xw) = tokio::io::split(x);
-        let (yr, yw) = tokio::io::split(y);
-        let dial = async move {
-            let mut r = FrameReader::new(xr, MAX_FRAME_LEN);
-            let mut w = FrameWriter::new(xw);
-            run(&mut r, &mut w, &a, 1, Expect::Peer(a_expect)).await
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let table = Arc::new(table);
+        let dial_tls = TcpTls::new(&dialer, Arc::new(HashSet::from([expected]))).unwrap();
+        let accept_tls_cfg = TcpTls::new(&acceptor, table.clone()).unwrap();
+        let dialing = async {
+            let s = TcpStream::connect(addr).await.unwrap();
+            let (auth, stream) = dial(&dial_tls, s, 1, expected).await?;
+            // Keep it open until the acceptor has judged us.
+            Ok::<_, HandshakeError>((auth, stream))
         };
-        let accept = async move {
-            let mut r = FrameReader::new(yr, MAX_FRAME_LEN);
-            let mut w = FrameWriter::new(yw);
-            run(&mut r, &mut w, &b, 2, Expect::AnyOf(&b_table)).await
+        let accepting = async {
+            let (s, _) = listener.accept().await.unwrap();
+            let (peer, mut stream) = accept_tls(&accept_tls_cfg, s, &table).await?;
+            let peer_epoch = exchange(&mut stream, 2).await?;
+            Ok::<_, HandshakeError>((Authenticated { peer, peer_epoch }, stream))
         };
-        tokio::join!(dial, accept)
+        let (d, a) = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+            tokio::join!(dialing, accepting)
+        })
+        .await
+        .expect("handshake finished");
+        (d.map(|x| x.0), a.map(|x| x.0))
     }
 
     #[tokio::test]
@@ -203,56 +284,45 @@ mod tests {
 
     #[tokio::test]
     async fn unknown_and_wrong_keys_are_refused() {
+        // b's table does not hold a: b refuses a's certificate, a never
+        // gets b's hello.
         let (a, b) = (ident(1), ident(2));
         let b_id = b.peer_id();
-        // b's table does not hold a.
-        let (_, rb) = pair(a, b_id, b, HashSet::from([[9u8; 32]])).await;
-        assert!(matches!(rb, Err(HandshakeError::UnknownPeer { .. })));
+        let (ra, rb) = pair(a, b_id, b, HashSet::from([[9u8; 32]])).await;
+        assert!(matches!(rb, Err(HandshakeError::Tls(_))), "{rb:?}");
+        assert!(ra.is_err());
         // a dials expecting c, reaches b.
         let (a, b, c) = (ident(1), ident(2), ident(3));
         let a_id = a.peer_id();
-        let (ra, _) = pair(a, c.peer_id(), b, HashSet::from([a_id])).await;
-        assert!(matches!(ra, Err(HandshakeError::WrongPeer { .. })));
+        let (ra, rb) = pair(a, c.peer_id(), b, HashSet::from([a_id])).await;
+        assert!(matches!(ra, Err(HandshakeError::Tls(_))), "{ra:?}");
+        assert!(rb.is_err());
     }
 
     #[tokio::test]
-    async fn a_claimed_key_without_its_secret_is_refused() {
-        // The impostor claims b's key but signs with its own.
-        let (x, y) = tokio::io::duplex(4096);
-        let (xr, xw) = tokio::io::split(x);
-        let (yr, yw) = tokio::io::split(y);
-        let a = ident(1);
-        let b_id = ident(2).peer_id();
-        let impostor = ident(7);
-        let dial = async move {
-            let mut r = FrameReader::new(xr, MAX_FRAME_LEN);
-            let mut w = FrameWriter::new(xw);
-            run(&mut r, &mut w, &a, 1, Expect::Peer(b_id)).await
+    async fn a_plaintext_v1_handshake_is_refused() {
+        // The v1 signed-nonce handshake's first frame is no TLS ClientHello.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let b = ident(2);
+        let table = Arc::new(HashSet::from([ident(1).peer_id()]));
+        let setup = TcpTls::new(&b, table.clone()).unwrap();
+        let old = async {
+            let s = TcpStream::connect(addr).await.unwrap();
+            let (_, w) = s.into_split();
+            let mut w = FrameWriter::new(w);
+            let mut hello = vec![1u8];
+            hello.extend_from_slice(&ident(1).peer_id());
+            hello.extend_from_slice(&[5; 32]);
+            hello.extend_from_slice(&[0; 8]);
+            let _ = w.send(&hello).await;
+            w
         };
-        let fake = async move {
-            let mut r = FrameReader::new(yr, MAX_FRAME_LEN);
-            let mut w = FrameWriter::new(yw);
-            let theirs = Hello::decode(r.read_frame().await.unwrap()).unwrap();
-            let hello = Hello {
-                key: b_id,
-                nonce: [5; 32],
-                epoch: 0,
-            };
-            w.send(&hello.encode()).await.unwrap();
-            let sig = impostor.sign(&transcript(&theirs.nonce, &b_id));
-            w.send(&sig.to_bytes()).await.unwrap();
-            // Stay connected until the dialer has judged the signature.
-            (r, w)
+        let accept = async {
+            let (s, _) = listener.accept().await.unwrap();
+            accept_tls(&setup, s, &table).await.map(|x| x.0)
         };
-        let (ra, _halves) = tokio::join!(dial, fake);
-        assert!(matches!(ra, Err(HandshakeError::BadSignature)), "{ra:?}");
-    }
-
-    #[test]
-    fn golden_transcript() {
-        let t = transcript(&[1; 32], &[2; 32]);
-        assert_eq!(&t[..26], b"TIMECOIN/pool-handshake/v1");
-        assert_eq!(&t[26..58], &[1; 32]);
-        assert_eq!(&t[58..], &[2; 32]);
+        let (_w, r) = tokio::join!(old, accept);
+        assert!(matches!(r, Err(HandshakeError::Tls(_))), "{r:?}");
     }
 }

@@ -6,7 +6,7 @@
 //! handshake signature verifies under it (see [`super::tls`]).
 
 use ed25519_dalek::pkcs8::EncodePrivateKey;
-use ed25519_dalek::{Signature, Signer, SigningKey};
+use ed25519_dalek::SigningKey;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 
 use super::PoolError;
@@ -68,10 +68,6 @@ impl Identity {
 
     pub(crate) fn peer_id(&self) -> PeerId {
         self.id
-    }
-
-    pub(crate) fn sign(&self, msg: &[u8]) -> Signature {
-        self.signing.sign(msg)
     }
 
     /// The QUIC stateless-reset key: derived from the masternode secret, so

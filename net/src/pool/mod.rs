@@ -14,10 +14,12 @@
 //!   and the handshake signature verifies under it ([`tls`]). ALPN
 //!   `timecoin/1`. Each class has its own long-lived unidirectional stream with
 //!   a matching QUIC priority (module `quic`).
-//! - [`Transport::Tcp`]: the fallback, same API. A signed nonce handshake
-//!   authenticates the peer ([`handshake`]); the four classes share the stream
-//!   and the sender schedules them with strict priority and starvation
-//!   protection (module `tcp`). No encryption or integrity after the handshake.
+//! - [`Transport::Tcp`]: the fallback, same API. TLS 1.3 over TCP
+//!   (tokio-rustls) with the same certificates and verifiers as QUIC
+//!   authenticates the peer and protects every byte after it ([`handshake`],
+//!   ALPN `timecoin-tcp/2`); the four classes share the stream and the sender
+//!   schedules them with strict priority and starvation protection (module
+//!   `tcp`).
 //!
 //! # One connection per peer
 //!
@@ -276,7 +278,7 @@ pub(crate) struct Tunables {
 
 enum Net {
     Quic(quic::QuicNet),
-    Tcp,
+    Tcp(Arc<handshake::TcpTls>),
 }
 
 /// State shared by the pool handle and its tasks.
@@ -452,9 +454,10 @@ impl Pool {
                 (Net::Quic(q), addr, None)
             }
             Transport::Tcp => {
+                let tls = handshake::TcpTls::new(&identity, peer_set.clone())?;
                 let l = TcpListener::bind(cfg.listen).await?;
                 let addr = l.local_addr()?;
-                (Net::Tcp, addr, Some(l))
+                (Net::Tcp(Arc::new(tls)), addr, Some(l))
             }
         };
         let inbound = PeerQueue::new(cfg.inbox_limits.clone());
@@ -480,8 +483,12 @@ impl Pool {
                 shared.clone(),
                 q.endpoint.clone(),
             ))),
-            (Net::Tcp, Some(l)) => tasks.push(tokio::spawn(tcp::accept_loop(shared.clone(), l))),
-            (Net::Tcp, None) => unreachable!("TCP pools always bind a listener"),
+            (Net::Tcp(tls), Some(l)) => tasks.push(tokio::spawn(tcp::accept_loop(
+                shared.clone(),
+                tls.clone(),
+                l,
+            ))),
+            (Net::Tcp(_), None) => unreachable!("TCP pools always bind a listener"),
         }
         for link in shared.links.values() {
             if link.id > me {
@@ -672,7 +679,7 @@ async fn dial_loop(shared: Arc<Shared>, link: Arc<PeerLink>) {
         }
         let attempt: Result<Finished, DialError> = match &shared.net {
             Net::Quic(q) => quic::dial(&shared, q, &link).await,
-            Net::Tcp => tcp::dial(&shared, &link).await,
+            Net::Tcp(tls) => tcp::dial(&shared, tls, &link).await,
         };
         match attempt {
             Ok(finished) => {

@@ -1,5 +1,7 @@
 //! The TCP fallback of the pool: one persistent TCP connection per peer,
-//! authenticated by the signed handshake in [`super::handshake`].
+//! carried in TLS 1.3 with mutual certificates bound to the masternode keys
+//! ([`super::handshake`]): authenticated, confidential and integrity-checked
+//! end to end.
 //!
 //! All four classes share the one byte stream, so head-of-line blocking is
 //! unavoidable once a frame is on the wire; what the sender controls is what
@@ -9,8 +11,7 @@
 
 use std::sync::Arc;
 
-use tokio::io::AsyncWriteExt;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::io::{AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, Notify, Semaphore};
 use tokio::task::JoinSet;
@@ -18,7 +19,7 @@ use tokio::task::JoinSet;
 use crate::frame::{FrameReader, FrameWriter};
 use crate::priority::Priority;
 
-use super::handshake::{self, Expect, HANDSHAKE_FRAME_CAP};
+use super::handshake::{self, HandshakeError, PoolStream, TcpTls};
 use super::link::{self, BatchWriter, ConnError, Finished, PeerLink, Probe};
 use super::stats::LinkStats;
 use super::wire::{self, Frame};
@@ -29,9 +30,20 @@ const MAX_PENDING_HANDSHAKES: usize = 64;
 
 /// An authenticated TCP connection, ready to run.
 pub(crate) struct Established {
-    reader: FrameReader<OwnedReadHalf>,
-    writer: OwnedWriteHalf,
+    reader: FrameReader<ReadHalf<PoolStream>>,
+    writer: WriteHalf<PoolStream>,
     peer_epoch: u64,
+}
+
+impl Established {
+    fn new(shared: &Shared, stream: PoolStream, peer_epoch: u64) -> Self {
+        let (rh, wh) = tokio::io::split(stream);
+        Established {
+            reader: FrameReader::new(rh, shared.frame_cap()),
+            writer: wh,
+            peer_epoch,
+        }
+    }
 }
 
 /// Unsent bytes the kernel may hold for one connection. Above it the writer
@@ -61,50 +73,53 @@ fn prepare(stream: &TcpStream) -> std::io::Result<()> {
     stream.set_zero_linger()
 }
 
-/// Handshake on a fresh stream, bounded by the connect timeout.
-async fn authenticate(
+/// Bounds a handshake step by the connect timeout.
+async fn bounded<T>(
     shared: &Shared,
-    stream: TcpStream,
-    expect: Expect<'_>,
-) -> Result<(super::handshake::Authenticated, Established), DialError> {
-    prepare(&stream).map_err(DialError::Io)?;
-    let (rh, mut wh) = stream.into_split();
-    let mut reader = FrameReader::new(rh, HANDSHAKE_FRAME_CAP);
-    let auth = {
-        let mut writer = FrameWriter::new(&mut wh);
-        let hs = handshake::run(
-            &mut reader,
-            &mut writer,
-            &shared.identity,
-            shared.epoch,
-            expect,
-        );
-        tokio::time::timeout(shared.tun.connect_timeout, hs)
-            .await
-            .map_err(|_| DialError::Handshake(handshake::HandshakeError::Timeout))?
-            .map_err(DialError::Handshake)?
-    };
-    reader.set_cap(shared.frame_cap());
-    Ok((
-        auth,
-        Established {
-            reader,
-            writer: wh,
-            peer_epoch: auth.peer_epoch,
-        },
-    ))
+    step: impl std::future::Future<Output = Result<T, HandshakeError>>,
+) -> Result<T, DialError> {
+    tokio::time::timeout(shared.tun.connect_timeout, step)
+        .await
+        .map_err(|_| DialError::Handshake(HandshakeError::Timeout))?
+        .map_err(DialError::Handshake)
 }
 
 pub(crate) async fn dial(
     shared: &Arc<Shared>,
+    tls: &TcpTls,
     link: &Arc<PeerLink>,
 ) -> Result<Finished, DialError> {
     let stream = tokio::time::timeout(shared.tun.connect_timeout, TcpStream::connect(link.addr))
         .await
         .map_err(|_| DialError::Timeout)?
         .map_err(DialError::Io)?;
-    let (_, est) = authenticate(shared, stream, Expect::Peer(link.id)).await?;
+    prepare(&stream).map_err(DialError::Io)?;
+    let (auth, stream) =
+        bounded(shared, handshake::dial(tls, stream, shared.epoch, link.id)).await?;
+    let est = Established::new(shared, stream, auth.peer_epoch);
     Ok(install(shared, link, est).await)
+}
+
+/// The acceptor's side: TLS (a key in the table), the dial direction, then
+/// the exchange inside TLS.
+async fn accept_one(
+    shared: &Arc<Shared>,
+    tls: &TcpTls,
+    stream: TcpStream,
+) -> Result<Option<(Arc<PeerLink>, Established)>, DialError> {
+    prepare(&stream).map_err(DialError::Io)?;
+    let deadline = tokio::time::Instant::now() + shared.tun.connect_timeout;
+    let (peer, mut stream) =
+        bounded(shared, handshake::accept_tls(tls, stream, &shared.peer_set)).await?;
+    let Some(link) = shared.inbound_link(&peer) else {
+        return Ok(None);
+    };
+    let peer_epoch =
+        tokio::time::timeout_at(deadline, handshake::exchange(&mut stream, shared.epoch))
+            .await
+            .map_err(|_| DialError::Handshake(HandshakeError::Timeout))?
+            .map_err(DialError::Handshake)?;
+    Ok(Some((link, Established::new(shared, stream, peer_epoch))))
 }
 
 async fn install(shared: &Arc<Shared>, link: &Arc<PeerLink>, est: Established) -> Finished {
@@ -112,7 +127,7 @@ async fn install(shared: &Arc<Shared>, link: &Arc<PeerLink>, est: Established) -
     link.install(move |kill| run(s, l, est, kill)).await
 }
 
-pub(crate) async fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
+pub(crate) async fn accept_loop(shared: Arc<Shared>, tls: Arc<TcpTls>, listener: TcpListener) {
     let pending = Arc::new(Semaphore::new(MAX_PENDING_HANDSHAKES));
     loop {
         let stream = match listener.accept().await {
@@ -131,24 +146,24 @@ pub(crate) async fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
             LinkStats::add(&shared.counters.handshake_failures, 1);
             continue;
         };
-        let shared = shared.clone();
+        let (shared, tls) = (shared.clone(), tls.clone());
         tokio::spawn(async move {
-            let (auth, est) =
-                match authenticate(&shared, stream, Expect::AnyOf(&shared.peer_set)).await {
-                    Ok(x) => x,
-                    Err(e) => {
-                        tracing::debug!("inbound TCP handshake failed: {e}");
-                        LinkStats::add(&shared.counters.handshake_failures, 1);
-                        return;
-                    }
-                };
-            let Some(link) = shared.inbound_link(&auth.peer) else {
-                return;
+            let (link, est) = match accept_one(&shared, &tls, stream).await {
+                Ok(Some(x)) => x,
+                // Dial direction refused (counted).
+                Ok(None) => return,
+                Err(e) => {
+                    tracing::debug!("inbound TCP handshake failed: {e}");
+                    LinkStats::add(&shared.counters.handshake_failures, 1);
+                    return;
+                }
             };
             if shared.is_closing() {
                 return;
             }
             drop(permit);
+            // Only a connection that completed the whole handshake replaces
+            // the link's current one.
             drop(install(&shared, &link, est).await);
         });
     }
@@ -206,7 +221,7 @@ async fn run(
 }
 
 async fn writer(
-    mut wh: OwnedWriteHalf,
+    mut wh: WriteHalf<PoolStream>,
     mut control: mpsc::Receiver<[u8; 9]>,
     link: Arc<PeerLink>,
     shared: Arc<Shared>,
@@ -242,7 +257,7 @@ async fn writer(
 }
 
 async fn reader(
-    mut r: FrameReader<OwnedReadHalf>,
+    mut r: FrameReader<ReadHalf<PoolStream>>,
     peer_epoch: u64,
     link: Arc<PeerLink>,
     shared: Arc<Shared>,

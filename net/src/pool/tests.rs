@@ -10,7 +10,7 @@ use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::sign::{CertifiedKey, SingleCertAndKey};
 
-use super::handshake::{self, Expect};
+use super::handshake::{self, PoolStream};
 use super::identity::{ed25519_spki, Identity};
 use super::tls::{self, cert_peer_id, cert_spki};
 use super::*;
@@ -230,16 +230,14 @@ async fn tcp_peer_sending_a_zstd_bomb_is_disconnected() {
     cfg.max_message_len = 1 << 20;
     let (pool, mut rx) = Pool::start(cfg).await.unwrap();
 
-    let stream = tokio::net::TcpStream::connect(pool.local_addr())
-        .await
-        .unwrap();
-    let (rh, mut wh) = stream.into_split();
-    let mut r = FrameReader::new(rh, 1 << 20);
+    let attacker_secret = if victim_secret == [1; 32] {
+        [2; 32]
+    } else {
+        [1; 32]
+    };
+    let (mut r, mut wh) = raw_peer(pool.local_addr(), &attacker_secret, victim.peer_id(), 7).await;
     {
         let mut w = FrameWriter::new(&mut wh);
-        handshake::run(&mut r, &mut w, &attacker, 7, Expect::Peer(victim.peer_id()))
-            .await
-            .unwrap();
         let mut frame = Vec::new();
         wire::encode_data(&mut frame, Priority::High, 0, false, b"honest");
         w.send(&frame).await.unwrap();
@@ -273,32 +271,26 @@ async fn tcp_peer_sending_a_zstd_bomb_is_disconnected() {
     pool.shutdown().await;
 }
 
-/// A hand-made TCP peer: connects and authenticates as `me` with `epoch`.
+/// A hand-made TCP peer: connects and authenticates (TLS, then the
+/// exchange) as the holder of `secret` with `epoch`.
 async fn raw_peer(
     addr: SocketAddr,
-    me: &Identity,
+    secret: &[u8; 32],
     them: PeerId,
     epoch: u64,
 ) -> (
-    FrameReader<tokio::net::tcp::OwnedReadHalf>,
-    tokio::net::tcp::OwnedWriteHalf,
+    FrameReader<tokio::io::ReadHalf<PoolStream>>,
+    tokio::io::WriteHalf<PoolStream>,
 ) {
     let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let (rh, mut wh) = stream.into_split();
-    let mut r = FrameReader::new(rh, 1 << 20);
-    handshake::run(
-        &mut r,
-        &mut FrameWriter::new(&mut wh),
-        me,
-        epoch,
-        Expect::Peer(them),
-    )
-    .await
-    .unwrap();
-    (r, wh)
+    let (_, tls) = handshake::dial_as(secret, stream, epoch, them)
+        .await
+        .unwrap();
+    let (rh, wh) = tokio::io::split(tls);
+    (FrameReader::new(rh, 1 << 20), wh)
 }
 
-async fn send_seqs(wh: &mut tokio::net::tcp::OwnedWriteHalf, seqs: &[u64]) {
+async fn send_seqs(wh: &mut tokio::io::WriteHalf<PoolStream>, seqs: &[u64]) {
     let mut w = FrameWriter::new(wh);
     let mut frame = Vec::new();
     for &seq in seqs {
@@ -354,19 +346,19 @@ async fn sequence_gaps_are_counted_per_epoch() {
     };
 
     // Epoch 7: 0, 1, 2, then 5 (3 and 4 lost).
-    let (_r, mut wh) = raw_peer(pool.local_addr(), &peer, me, 7).await;
+    let (_r, mut wh) = raw_peer(pool.local_addr(), &peer_secret, me, 7).await;
     send_seqs(&mut wh, &[0, 1, 2, 5]).await;
     wait_frames(4).await;
     assert_eq!(stats().lost_in_flight, [2, 0, 0, 0]);
     // Reconnect, same epoch: 9 means 6, 7, 8 were lost in between.
     drop((_r, wh));
-    let (_r, mut wh) = raw_peer(pool.local_addr(), &peer, me, 7).await;
+    let (_r, mut wh) = raw_peer(pool.local_addr(), &peer_secret, me, 7).await;
     send_seqs(&mut wh, &[9]).await;
     wait_frames(5).await;
     assert_eq!(stats().lost_in_flight, [5, 0, 0, 0]);
     // A restarted sender (new epoch) starts again from 0: no loss.
     drop((_r, wh));
-    let (_r, mut wh) = raw_peer(pool.local_addr(), &peer, me, 8).await;
+    let (_r, mut wh) = raw_peer(pool.local_addr(), &peer_secret, me, 8).await;
     send_seqs(&mut wh, &[0, 1]).await;
     wait_frames(7).await;
     assert_eq!(stats().lost_in_flight, [5, 0, 0, 0]);
@@ -383,4 +375,133 @@ async fn sequence_gaps_are_counted_per_epoch() {
     assert!(!stats().connected);
     assert!(inbox.try_recv().is_none());
     pool.shutdown().await;
+}
+
+async fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
+    for _ in 0..2000 {
+        if f() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    panic!("timed out waiting for {what}");
+}
+
+/// Forwards connections from `listener` to `to`; in the first connection,
+/// flips one bit of the dialer-to-acceptor bytes at `offset` (an on-path
+/// attacker changing the stream after the handshake).
+async fn bit_flipping_proxy(listener: tokio::net::TcpListener, to: SocketAddr, offset: usize) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut first = true;
+    while let Ok((inbound, _)) = listener.accept().await {
+        let Ok(outbound) = tokio::net::TcpStream::connect(to).await else {
+            continue;
+        };
+        let flip = std::mem::take(&mut first).then_some(offset);
+        let (mut ir, mut iw) = inbound.into_split();
+        let (mut or, mut ow) = outbound.into_split();
+        tokio::spawn(async move {
+            let mut seen = 0usize;
+            let mut buf = vec![0u8; 4096];
+            while let Ok(n) = ir.read(&mut buf).await {
+                if n == 0 {
+                    break;
+                }
+                if let Some(at) = flip.filter(|&at| (seen..seen + n).contains(&at)) {
+                    buf[at - seen] ^= 0x04;
+                }
+                seen += n;
+                if ow.write_all(&buf[..n]).await.is_err() {
+                    break;
+                }
+            }
+        });
+        tokio::spawn(async move {
+            let _ = tokio::io::copy(&mut or, &mut iw).await;
+        });
+    }
+}
+
+/// Every byte after the TCP pool handshake is in TLS records: one flipped
+/// bit on the wire delivers no altered message; the connection ends instead
+/// and the dialer connects again. (Over the v1 plaintext handshake the
+/// acceptor would have delivered the altered message.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcp_pool_refuses_a_flipped_bit_after_the_handshake() {
+    let (x, y) = ([1u8; 32], [2u8; 32]);
+    let (dialer_secret, acceptor_secret) = if peer_id_from_secret(&x) < peer_id_from_secret(&y) {
+        (x, y)
+    } else {
+        (y, x)
+    };
+    let (dialer_id, acceptor_id) = (
+        peer_id_from_secret(&dialer_secret),
+        peer_id_from_secret(&acceptor_secret),
+    );
+    let mut acfg = PoolConfig::new(
+        Transport::Tcp,
+        localhost(),
+        acceptor_secret,
+        HashMap::from([(dialer_id, "127.0.0.1:9".parse().unwrap())]),
+    );
+    acfg.ping_interval = Duration::from_millis(100);
+    let (acceptor, mut inbox) = Pool::start(acfg).await.unwrap();
+    let proxy = tokio::net::TcpListener::bind(localhost()).await.unwrap();
+    let proxy_addr = proxy.local_addr().unwrap();
+    // Past the TLS handshake and the exchange (about 1.5 KB), inside data.
+    tokio::spawn(bit_flipping_proxy(proxy, acceptor.local_addr(), 6_000));
+    let mut dcfg = PoolConfig::new(
+        Transport::Tcp,
+        localhost(),
+        dialer_secret,
+        HashMap::from([(acceptor_id, proxy_addr)]),
+    );
+    dcfg.ping_interval = Duration::from_millis(100);
+    dcfg.backoff.initial = Duration::from_millis(20);
+    let (dialer, _rx) = Pool::start(dcfg).await.unwrap();
+    let sent: Vec<Vec<u8>> = (0..400u32)
+        .map(|i| format!("message {i:04} ").repeat(6).into_bytes())
+        .collect();
+    for m in &sent {
+        dialer
+            .send_wait(&acceptor_id, Priority::Normal, Bytes::from(m.clone()))
+            .await
+            .unwrap();
+    }
+    wait_for("a new connection after the flipped bit", || {
+        dialer.stats(&acceptor_id).unwrap().connects >= 2
+    })
+    .await;
+    // The new connection carries messages intact.
+    let after: Vec<Vec<u8>> = (0..50u32)
+        .map(|i| format!("after {i}").into_bytes())
+        .collect();
+    for m in &after {
+        dialer
+            .send_wait(&acceptor_id, Priority::Normal, Bytes::from(m.clone()))
+            .await
+            .unwrap();
+    }
+    let mut got_after = 0;
+    while got_after < after.len() {
+        let (peer, _, m) = tokio::time::timeout(Duration::from_secs(10), inbox.recv())
+            .await
+            .expect("messages on the new connection")
+            .unwrap();
+        assert_eq!(peer, dialer_id);
+        if after.iter().any(|s| s[..] == m[..]) {
+            got_after += 1;
+        } else {
+            assert!(
+                sent.iter().any(|s| s[..] == m[..]),
+                "an altered message was delivered: {:?}",
+                String::from_utf8_lossy(&m)
+            );
+        }
+    }
+    // The acceptor dropped the connection whose record failed to verify.
+    let st = acceptor.stats(&dialer_id).unwrap();
+    assert!(st.disconnects >= 1 && st.connects >= 2, "{st:?}");
+    dialer.shutdown().await;
+    acceptor.shutdown().await;
 }

@@ -1,4 +1,5 @@
-//! TLS 1.3 for the QUIC pool, bound to masternode keys.
+//! TLS 1.3 for the pool (QUIC, and TCP through tokio-rustls), bound to
+//! masternode keys.
 //!
 //! Owns the certificate verifiers and the rustls/quinn configurations. A
 //! certificate is accepted only if its SubjectPublicKeyInfo is exactly the
@@ -287,6 +288,34 @@ impl ClientCertVerifier for PeerTableVerifier {
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         vec![SignatureScheme::ED25519]
     }
+}
+
+/// rustls server configuration for the TCP pool: [`server_config`] with ALPN
+/// [`super::handshake::ALPN_TCP`], no session tickets or resumption, so
+/// every connection runs the full handshake with both certificates.
+pub(crate) fn tcp_server_config(
+    cert: CertificateDer<'static>,
+    key: PrivateKeyDer<'static>,
+    peers: Arc<HashSet<PeerId>>,
+) -> Result<rustls::ServerConfig, rustls::Error> {
+    let mut cfg = server_config(cert, key, peers)?;
+    cfg.alpn_protocols = vec![super::handshake::ALPN_TCP.to_vec()];
+    cfg.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+    cfg.send_tls13_tickets = 0;
+    Ok(cfg)
+}
+
+/// rustls client configuration for the TCP pool: [`client_config`] with
+/// ALPN [`super::handshake::ALPN_TCP`] and no resumption.
+pub(crate) fn tcp_client_config(
+    cert: CertificateDer<'static>,
+    key: PrivateKeyDer<'static>,
+    expected: PeerId,
+) -> Result<rustls::ClientConfig, rustls::Error> {
+    let mut cfg = client_config(cert, key, expected)?;
+    cfg.alpn_protocols = vec![super::handshake::ALPN_TCP.to_vec()];
+    cfg.resumption = rustls::client::Resumption::disabled();
+    Ok(cfg)
 }
 
 /// rustls server configuration: TLS 1.3 only, mandatory client certificates

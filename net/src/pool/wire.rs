@@ -18,8 +18,9 @@
 //! the difference as lost in flight (never silently).
 //!
 //! The first frame of each QUIC unidirectional stream is a `StreamHello`;
-//! the TCP handshake is three frames per side: `Hello`, a 64-byte signature,
-//! a one-byte confirmation (see [`super::handshake`]).
+//! a TCP pool connection runs TLS 1.3, then two frames per side inside it: a
+//! `Hello` (pool epoch) and a one-byte confirmation (see
+//! [`super::handshake`]).
 //!
 //! Formats are frozen by the golden-bytes tests at the end of this file.
 
@@ -27,8 +28,6 @@ use thiserror::Error;
 
 use crate::priority::Priority;
 use crate::reader::{DecodeError, Reader};
-
-use super::identity::PeerId;
 
 pub(crate) const WIRE_VERSION: u8 = 1;
 
@@ -203,42 +202,41 @@ impl StreamHello {
     }
 }
 
-/// First handshake frame on a TCP connection, sent by both sides at once.
+/// Version byte of the TCP pool's [`Hello`]: 2 since the TCP pool runs over
+/// TLS (version 1 carried a key and a nonce for the signed handshake).
+pub(crate) const TCP_HELLO_VERSION: u8 = 2;
+
+/// First frame inside TLS on a TCP pool connection, sent by both sides at
+/// once. The key is the TLS certificate's; TLS gives the freshness.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Hello {
-    pub key: PeerId,
-    pub nonce: [u8; 32],
     /// Random id of the sending pool instance: a receiver counts sequence
     /// gaps only within one epoch (a restarted sender starts again at 0).
     pub epoch: u64,
 }
 
 impl Hello {
-    pub(crate) const LEN: usize = 1 + 32 + 32 + 8;
+    pub(crate) const LEN: usize = 1 + 8;
 
     pub(crate) fn encode(&self) -> [u8; Self::LEN] {
         let mut out = [0u8; Self::LEN];
-        out[0] = WIRE_VERSION;
-        out[1..33].copy_from_slice(&self.key);
-        out[33..65].copy_from_slice(&self.nonce);
-        out[65..].copy_from_slice(&self.epoch.to_le_bytes());
+        out[0] = TCP_HELLO_VERSION;
+        out[1..].copy_from_slice(&self.epoch.to_le_bytes());
         out
     }
 
     pub(crate) fn decode(buf: &[u8]) -> Result<Self, DecodeError> {
         let mut r = Reader::new(buf);
         let version = r.u8()?;
-        if version != WIRE_VERSION {
+        if version != TCP_HELLO_VERSION {
             return Err(DecodeError::UnknownTag {
                 what: "handshake version",
                 tag: version,
             });
         }
-        let key = r.array()?;
-        let nonce = r.array()?;
         let epoch = r.u64()?;
         r.finish()?;
-        Ok(Hello { key, nonce, epoch })
+        Ok(Hello { epoch })
     }
 }
 
@@ -348,19 +346,15 @@ mod tests {
         assert!(StreamHello::decode(&[1, 5, 0, 0, 0, 0, 0, 0, 0, 0]).is_err());
         assert!(StreamHello::decode(&[2, 0, 0, 0, 0, 0, 0, 0, 0, 0]).is_err());
 
-        let hello = Hello {
-            key: [3; 32],
-            nonce: [4; 32],
-            epoch: 0x0506,
-        };
+        let hello = Hello { epoch: 0x0506 };
         let bytes = hello.encode();
-        assert_eq!(bytes.len(), 73);
-        assert_eq!(bytes[0], 1);
-        assert_eq!(&bytes[1..33], &[3; 32]);
-        assert_eq!(&bytes[33..65], &[4; 32]);
-        assert_eq!(&bytes[65..], &[6, 5, 0, 0, 0, 0, 0, 0]);
+        assert_eq!(bytes, [2, 6, 5, 0, 0, 0, 0, 0, 0]);
         assert_eq!(Hello::decode(&bytes).unwrap(), hello);
-        assert!(Hello::decode(&bytes[..72]).is_err());
+        assert!(Hello::decode(&bytes[..8]).is_err());
+        // A version-1 hello (key, nonce, epoch) is refused.
+        let mut v1 = vec![1u8];
+        v1.extend_from_slice(&[0; 72]);
+        assert!(Hello::decode(&v1).is_err());
     }
 
     #[test]
