@@ -41,7 +41,12 @@ pub struct LocalDevnet {
 pub fn free_port_range(n: usize) -> Result<u16, AnyError> {
     for _ in 0..64 {
         let base = 20_000 + (rand::random::<u16>() % 40_000);
-        let ok = (0..n).all(|i| TcpListener::bind(("127.0.0.1", base + i as u16)).is_ok());
+        // TCP and UDP: the devnet's nodes use both (QUIC, fast path, pool).
+        let ok = (0..n).all(|i| {
+            let port = base + i as u16;
+            TcpListener::bind(("127.0.0.1", port)).is_ok()
+                && std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok()
+        });
         if ok {
             return Ok(base);
         }
@@ -89,7 +94,9 @@ impl LocalDevnet {
         }
         let base_port = match opts.base_port {
             Some(p) => p,
-            None => free_port_range(opts.nodes)?,
+            // Node i listens on base + 2i and base + 2i + 1 (the devnet's
+            // port stride is 2).
+            None => free_port_range(2 * opts.nodes + 1)?,
         };
         let spec = DevnetSpec {
             nodes: opts.nodes,
