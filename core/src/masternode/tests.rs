@@ -569,3 +569,26 @@ fn a_flooding_peer_is_rate_limited_and_banned_while_payments_go_on() {
         assert!(net.is_final(i, &txid), "node {i}");
     }
 }
+
+#[test]
+fn address_queries_come_from_the_index() {
+    let mut net = Net::new(4);
+    net.run_for(300);
+    let payee = address_of(&testkit::key_from_seed("payee", 0));
+    let e = net.nodes[1].as_ref().unwrap().engine();
+    assert!(e.utxos_of(&payee).is_empty());
+    assert_eq!(e.utxos_of(&address_of(&wallet())).len(), 64);
+    let tx = pay(9, COIN);
+    let txid = tx.txid();
+    net.submit(0, tx);
+    net.run_for(300);
+    let e = net.nodes[1].as_ref().unwrap().engine();
+    let got = e.utxos_of(&payee);
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].0, OutPoint { txid, vout: 0 });
+    // The spent coin is gone from the wallet's list; its change is there.
+    let mine = e.utxos_of(&address_of(&wallet()));
+    assert_eq!(mine.len(), 64);
+    assert!(mine.iter().all(|(op, _)| *op != genesis_outpoint(0, 9)));
+    assert!(mine.iter().any(|(op, _)| *op == OutPoint { txid, vout: 1 }));
+}

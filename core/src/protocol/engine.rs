@@ -271,6 +271,9 @@ pub struct Engine {
     catching_up: bool,
     /// Equivocations whose evidence was written this run.
     evidence_kept: HashSet<(PublicKey, Txid)>,
+    /// Every known output by the address it pays (outputs are never removed
+    /// and never change address, so the index only grows with `utxos`).
+    by_address: HashMap<Address, Vec<OutPoint>>,
 }
 
 /// Most equivocation records written per run (each about 500 bytes); more
@@ -306,11 +309,16 @@ impl Engine {
             metrics: Metrics::default(),
             catching_up: false,
             evidence_kept: HashSet::new(),
+            by_address: HashMap::new(),
         };
         for (op, entry) in snap.utxos {
             if let UtxoState::Locked { txid } | UtxoState::SpentPending { txid, .. } = entry.state {
                 e.approved_spends.insert(op, txid);
             }
+            e.by_address
+                .entry(entry.output.address)
+                .or_default()
+                .push(op);
             e.utxos.insert(op, entry);
         }
         let pending: HashSet<Txid> = snap.pending_transactions.iter().map(|t| t.txid()).collect();
@@ -441,20 +449,22 @@ impl Engine {
             .is_some_and(|r| r.status == Status::Finalized)
     }
 
-    /// Unspent outputs paying `address`, and their states. Linear scan: for
-    /// wallet queries, not for the hot path.
+    /// Outputs paying `address` that are not spent for good, and their
+    /// states, from the address index: the cost is the address's own
+    /// outputs, not the UTXO set (a wallet's query must not stall the core).
     pub fn utxos_of(&self, address: &Address) -> Vec<(OutPoint, UtxoEntry)> {
-        let mut v: Vec<_> = self
-            .utxos
+        let Some(ops) = self.by_address.get(address) else {
+            return Vec::new();
+        };
+        let mut v: Vec<_> = ops
             .iter()
-            .filter(|(_, e)| e.output.address == *address)
+            .filter_map(|op| self.utxos.get(op).map(|e| (*op, *e)))
             .filter(|(_, e)| {
                 !matches!(
                     e.state,
                     UtxoState::SpentFinalized { .. } | UtxoState::Confirmed { .. }
                 )
             })
-            .map(|(k, v)| (*k, *v))
             .collect();
         v.sort_by_key(|(k, _)| *k);
         v
@@ -1055,6 +1065,7 @@ impl Engine {
             // them back as Unspent, in memory or on disk.
             if let std::collections::hash_map::Entry::Vacant(v) = self.utxos.entry(op) {
                 v.insert(entry);
+                self.by_address.entry(out.address).or_default().push(op);
                 self.round.writes.push(Write::PutUtxo(op, entry));
             }
             addresses.push(out.address);
