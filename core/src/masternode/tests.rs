@@ -433,10 +433,6 @@ fn restart_with_a_mempool_of_stuck_double_spends_keeps_serving() {
         st,
         UtxoState::Locked { .. } | UtxoState::SpentPending { .. }
     ));
-    let _ = OutPoint {
-        txid: tx.txid(),
-        vout: 0,
-    };
 }
 
 #[test]
