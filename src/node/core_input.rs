@@ -21,6 +21,23 @@ use crate::protocol::tally::TallyEvent;
 use crate::protocol::timeproof::TimeProof;
 use crate::protocol::types::{Address, OutPoint, PublicKey, Transaction, Txid};
 
+/// The clock the core thread runs the state machine on (milliseconds since
+/// the node started), shared with the network tasks that act for the state
+/// machine before it sees a message (peer admission): bans and token
+/// buckets must read the same time on both sides.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Clock(std::time::Instant);
+
+impl Clock {
+    pub(super) fn start() -> Self {
+        Clock(std::time::Instant::now())
+    }
+
+    pub(super) fn now_ms(&self) -> u64 {
+        self.0.elapsed().as_millis() as u64
+    }
+}
+
 /// Inputs queued for the core thread.
 pub(super) const CORE_QUEUE: usize = 1 << 18;
 

@@ -26,7 +26,7 @@ use tokio::sync::mpsc;
 use tokio::sync::mpsc::error::TrySendError;
 use tracing::{error, info, warn};
 
-use crate::node::core_input::{CoreInput, WalletQuery};
+use crate::node::core_input::{Clock, CoreInput, WalletQuery};
 use crate::node::fastpath::{FastPathSender, FastPathStats};
 use crate::node::links::LinksUp;
 use crate::node::peer_net::{priority_of, PeerNet};
@@ -55,6 +55,8 @@ const ANNOUNCE_EVERY_MS: u64 = 250;
 /// The handles the core thread uses to reach the rest of the node.
 pub(super) struct CoreCtx {
     pub me: PublicKey,
+    /// The state machine's clock, shared with peer admission.
+    pub clock: Clock,
     pub net: Arc<PeerNet>,
     pub peer_count: usize,
     pub stats: Arc<NetStats>,
@@ -88,8 +90,8 @@ pub(super) fn spawn(core: Core, lock: File) -> JoinHandle<Result<(), StoreError>
 }
 
 fn core_loop(mut c: Core) -> Result<(), StoreError> {
-    let start = Instant::now();
-    let now_ms = || start.elapsed().as_millis() as u64;
+    let clock = c.ctx.clock;
+    let now_ms = || clock.now_ms();
     let mut last_log = 0;
     let mut last_announce = 0;
     let mut peers_up = HashSet::new();
@@ -326,10 +328,11 @@ fn handle_input(
         CoreInput::Tally(events) => mn.handle_tally_events(now, events),
         CoreInput::Proof { tx, proof } => mn.handle_verified_proof(now, tx, proof),
         CoreInput::Misbehaved { peer, why } => mn.handle_peer_misbehaved(now, &peer, why),
+        // Admitted by the peer book on the network task that read them.
         CoreInput::ProofRequest { txid, from } => {
-            mn.handle_peer_message(now, from, PeerMessage::ProofRequest(txid), store)?
+            mn.handle_admitted_peer_message(now, from, PeerMessage::ProofRequest(txid), store)?
         }
-        CoreInput::Peer { from, msg } => mn.handle_peer_message(now, from, msg, store)?,
+        CoreInput::Peer { from, msg } => mn.handle_admitted_peer_message(now, from, msg, store)?,
         CoreInput::WalletOpen { session, to } => {
             wallets.sessions.insert(session, to);
             mn.handle_wallet_open(session);

@@ -10,14 +10,15 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use timecoin_core::masternode::SessionId;
+use timecoin_core::masternode::{Admission, PeerGate, SessionId};
 use tokio::sync::mpsc;
 use tokio::sync::mpsc::error::TrySendError;
 
-use crate::node::core_input::{CoreInput, CoreTx, CORE_QUEUE};
+use crate::node::core_input::{Clock, CoreInput, CoreTx};
 use crate::node::fastpath::FastPathSink;
 use crate::node::peer_net::PeerNet;
-use crate::node::verifier::Verifier;
+use crate::node::proof_check::ProofCheck;
+use crate::node::verifier::{Lane, Verifier};
 use crate::node::vote_threads::{VoteThreadConfig, VoteThreads};
 use crate::node::wallet_server::{overloaded, WalletStats, SESSION_QUEUE};
 use crate::node::wire::{encode, NetStats};
@@ -52,7 +53,6 @@ pub(super) struct AfterVerify {
 pub(super) fn start_verifier(threads: usize, chain_id: ChainId, after: AfterVerify) -> TxVerifier {
     Verifier::start(
         threads,
-        CORE_QUEUE,
         chain_id,
         Limits::default(),
         move |tx, txid, verdict, src| after_verify(&after, tx, txid, verdict, src),
@@ -119,21 +119,37 @@ fn tell_wallet(after: &AfterVerify, session: SessionId, to: &mpsc::Sender<Bytes>
     }
 }
 
-/// Handles to the verifier pool and the vote threads.
+/// Handles to the verifier pool and the vote threads, and the state
+/// machine's peer book, which admits every peer message first.
 #[derive(Clone)]
 pub(super) struct Ingest {
     pub verifier: Arc<TxVerifier>,
     pub votes: Arc<VoteThreads>,
+    pub proofs: Arc<ProofCheck>,
+    pub gate: PeerGate,
+    pub clock: Clock,
 }
 
 impl Ingest {
+    /// Whether `from`'s message is taken: its class's token bucket and the
+    /// ban list, on the core's clock, before any signature is looked at or
+    /// any queue joined. A refusal is counted in the book (and logged by
+    /// the core), and what mattered comes back through the sender's
+    /// re-announcement and catch-up.
+    pub(super) fn admit(&self, from: &PublicKey, msg: &PeerMessage) -> bool {
+        self.gate.admit(self.clock.now_ms(), from, msg) == Admission::Accept
+    }
+
     /// A lock broadcast or vote batch from a peer, by TCP or fast path:
     /// transactions to the verifier pool, votes to the vote threads, both
     /// off the core thread. Returns the message if it is neither.
     pub(super) fn ingest(&self, msg: PeerMessage) -> Option<PeerMessage> {
         match msg {
             PeerMessage::TransactionBroadcast(tx) => {
-                let _ = self.verifier.submit(tx, Source::Peer);
+                // A full peer queue drops it (counted in the verifier's
+                // stats); its origin re-announces it and catch-up fetches
+                // its proof.
+                let _ = self.verifier.submit(tx, Source::Peer, Lane::Peer);
                 None
             }
             PeerMessage::VoteBatch(b) => {
@@ -154,12 +170,14 @@ pub(super) struct Sink {
 }
 
 impl FastPathSink for Sink {
-    fn deliver(&self, _from: PublicKey, msg: Message) {
+    fn deliver(&self, from: PublicKey, msg: Message) {
         // Anything but transactions and votes is ignored on the fast path.
         if let Ok(m @ (PeerMessage::TransactionBroadcast(_) | PeerMessage::VoteBatch(_))) =
             PeerMessage::try_from(msg)
         {
-            let _ = self.ingest.ingest(m);
+            if self.ingest.admit(&from, &m) {
+                let _ = self.ingest.ingest(m);
+            }
         }
     }
 

@@ -7,7 +7,11 @@
 //! - `core_input`: the core queue ([`CoreInput`](core_input) and its sender).
 //! - `core_thread`: the core loop driving the state machine (commit before
 //!   send).
-//! - `ingest`: verifier pool, vote threads, the fast path's sink.
+//! - `ingest`: verifier pool, vote threads, the fast path's sink, and peer
+//!   admission (the state machine's peer book, checked on the network task
+//!   before any signature).
+//! - `proof_check`: peers' TimeProofs verified on a thread of their own,
+//!   bounded per peer and in bytes.
 //! - `listener`, `handshake`: the P2P port and the signed handshake.
 //! - `peer_glue`: messages from authenticated peer masternodes.
 //! - `links`: the plain outbound peer links.
@@ -29,6 +33,7 @@ mod links;
 mod listener;
 mod peer_glue;
 pub mod peer_net;
+mod proof_check;
 pub mod startup;
 pub mod verifier;
 pub mod vote_threads;

@@ -15,17 +15,15 @@ use time_net::pool::Inbox;
 use time_net::priority::Priority;
 use time_net::FrameReader;
 use tokio::net::tcp::OwnedReadHalf;
-use tracing::{debug, warn};
+use tracing::warn;
 
 use crate::masternode::Misbehaviour;
 use crate::node::core_input::{CoreInput, CoreTx};
 use crate::node::fastpath::{FastPathReceiver, RepairRing};
-use crate::node::handshake::Identity;
 use crate::node::ingest::{Ingest, Sink};
 use crate::node::peer_net::PeerNet;
 use crate::node::wire::{encode, LinkError, NetStats};
 use crate::protocol::audience::PeerMessage;
-use crate::protocol::engine::verify_proof;
 use crate::protocol::message::Message;
 use crate::protocol::types::PublicKey;
 
@@ -79,8 +77,6 @@ pub(super) struct PeerCtx {
     pub stats: Arc<NetStats>,
     /// `None` when the fast path is off.
     pub fast: Option<FastRepair>,
-    /// To verify proofs here, off the core thread.
-    pub id: Arc<Identity>,
 }
 
 /// Reads an authenticated inbound peer connection until it closes.
@@ -132,28 +128,20 @@ pub(super) fn handle_peer_message(
     peer: PublicKey,
     msg: PeerMessage,
 ) -> Result<(), LinkError> {
+    // Cheap before expensive: the peer's rate and ban first, then any
+    // signature.
+    if !ctx.ingest.admit(&peer, &msg) {
+        return Ok(());
+    }
     let Some(msg) = ctx.ingest.ingest(msg) else {
         return Ok(());
     };
     match msg {
         PeerMessage::TimeProof { tx, proof } => {
-            // Verified here, on the network task (structure, then the vote
-            // signatures, then the transaction's): the core thread never
-            // checks a signature of untrusted input.
-            let limits = crate::protocol::validation::Limits::default();
-            match verify_proof(&tx, &proof, ctx.id.chain_id, &ctx.id.registry, &limits) {
-                Ok(()) => {
-                    ctx.core.offer(CoreInput::Proof { tx, proof });
-                }
-                Err(e) => {
-                    ctx.stats.malformed_frames.fetch_add(1, Ordering::Relaxed);
-                    debug!(%peer, "invalid proof from peer: {e}");
-                    ctx.core.offer(CoreInput::Misbehaved {
-                        peer,
-                        why: Misbehaviour::InvalidProof,
-                    });
-                }
-            }
+            // Checked on the proof-check thread (structure, then the vote
+            // signatures, then the transaction's), not on this task and
+            // not on the core thread; over its bounds dropped and counted.
+            ctx.ingest.proofs.submit(peer, tx, proof);
         }
         PeerMessage::ProofRequest(txid) => {
             ctx.core.offer(CoreInput::ProofRequest { txid, from: peer });

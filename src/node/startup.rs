@@ -26,7 +26,7 @@ use tokio::sync::mpsc;
 use tracing::{info, warn};
 
 use crate::node::config::NodeConfig;
-use crate::node::core_input::CoreTx;
+use crate::node::core_input::{Clock, CoreTx};
 use crate::node::core_thread::{self, Core, CoreCtx};
 use crate::node::fastpath::{
     FastPath, FastPathMode, FastPathSender, FastPathStats, VOTES_PER_DATAGRAM,
@@ -39,13 +39,14 @@ use crate::node::links::{peer_link, LinkCtx, LinksUp, PEER_QUEUE};
 use crate::node::listener::{accept_loop, ListenCtx};
 use crate::node::peer_glue::{spawn_pool_inbox, FastRepair, PeerCtx};
 use crate::node::peer_net::PeerNet;
+use crate::node::proof_check::ProofCheck;
 use crate::node::vote_threads::VoteThreadConfig;
 use crate::node::wallet_server::{WalletCtx, WalletStats};
 use crate::node::wire::NetStats;
 use crate::protocol::engine::EngineConfig;
 use crate::protocol::types::PublicKey;
 use crate::storage::{Genesis, LmdbStore, Store, StoreError};
-use timecoin_core::masternode::{Masternode, MasternodeConfig};
+use timecoin_core::masternode::{Masternode, MasternodeConfig, PeerGate};
 
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -127,7 +128,16 @@ impl Node {
         let stats = Arc::new(NetStats::default());
         let (core_tx, core_rx) = CoreTx::channel(stats.clone());
         let transport = start_peer_transport(&cfg, &genesis, &key, local_addr).await?;
-        let w = build_wiring(&cfg, &genesis, key, transport.net, stats, core_tx);
+        let admission = (masternode.peer_gate(), Clock::start());
+        let w = build_wiring(
+            &cfg,
+            &genesis,
+            key,
+            transport.net,
+            stats,
+            core_tx,
+            admission,
+        );
         let fast = start_fast_receiver(fast, &w);
         let core = Core {
             mn: masternode,
@@ -341,6 +351,7 @@ fn build_wiring(
     net: PeerNet,
     stats: Arc<NetStats>,
     core: CoreTx,
+    (gate, clock): (PeerGate, Clock),
 ) -> Wiring {
     let me = PublicKey::from_signing(&key);
     let wallet_stats = Arc::new(WalletStats::default());
@@ -362,6 +373,7 @@ fn build_wiring(
         wallet_stats: wallet_stats.clone(),
     };
     let verifier = start_verifier(cfg.verify_threads, genesis.chain_id, after);
+    let proofs = ProofCheck::start(genesis.chain_id, genesis.registry.clone(), core.clone());
     Wiring {
         id: Arc::new(Identity {
             chain_id: genesis.chain_id,
@@ -378,6 +390,9 @@ fn build_wiring(
         ingest: Ingest {
             verifier: Arc::new(verifier),
             votes: Arc::new(votes),
+            proofs: Arc::new(proofs),
+            gate,
+            clock,
         },
     }
 }
@@ -417,6 +432,7 @@ fn start_fast_receiver(fast: Option<FastPath>, w: &Wiring) -> FastParts {
 fn core_ctx(w: &Wiring, genesis: &Genesis, fast_stats: Option<Arc<FastPathStats>>) -> CoreCtx {
     CoreCtx {
         me: w.id.me,
+        clock: w.ingest.clock,
         net: w.net.clone(),
         peer_count: genesis.registry.len().saturating_sub(1),
         stats: w.stats.clone(),
@@ -451,7 +467,6 @@ fn spawn_network(
         net: w.net.clone(),
         stats: w.stats.clone(),
         fast,
-        id: w.id.clone(),
     });
     if let Some(inbox) = inbox {
         spawn_pool_inbox(peers.clone(), inbox);

@@ -5,7 +5,7 @@
 //! batch verification, about 2-3x cheaper per signature. The core thread then
 //! only does stateful work.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
@@ -16,9 +16,27 @@ use crate::protocol::validation::{self, Limits, TxError};
 
 const BATCH: usize = 64;
 
+/// Which queue a transaction waits in. Peers' lock broadcasts and wallets'
+/// submissions wait apart and are taken in turn (half of each batch for
+/// each, the rest for whichever has more), so no amount of wallet traffic
+/// can delay or crowd out a peer's broadcast, and the reverse.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Lane {
+    Peer = 0,
+    Wallet = 1,
+}
+
+/// Most transactions waiting in one lane.
+pub const LANE_JOBS: usize = 1 << 16;
+/// Most encoded bytes waiting in one lane: with transactions of up to 1 MB,
+/// a count alone would let one lane hold gigabytes.
+pub const LANE_BYTES: usize = 16 << 20;
+
 pub struct Job<T> {
     pub tx: Transaction,
     pub tag: T,
+    bytes: usize,
+    lane: usize,
 }
 
 /// Counters for operators.
@@ -27,11 +45,14 @@ pub struct VerifierStats {
     pub verified: AtomicU64,
     pub failed: AtomicU64,
     pub batches: AtomicU64,
-    pub dropped: AtomicU64,
+    /// Refused because the lane was full, per [`Lane`].
+    pub dropped: [AtomicU64; 2],
+    /// Bytes waiting per lane.
+    pub queued_bytes: [AtomicUsize; 2],
 }
 
 pub struct Verifier<T: Send + 'static> {
-    tx: Option<cb::Sender<Job<T>>>,
+    lanes: Option<[cb::Sender<Job<T>>; 2]>,
     threads: Vec<JoinHandle<()>>,
     pub stats: Arc<VerifierStats>,
 }
@@ -39,22 +60,17 @@ pub struct Verifier<T: Send + 'static> {
 impl<T: Send + 'static> Verifier<T> {
     /// `done` receives every transaction with its txid and verdict (stateless
     /// checks and signatures), from a pool thread.
-    pub fn start<F>(
-        threads: usize,
-        queue: usize,
-        chain_id: ChainId,
-        limits: Limits,
-        done: F,
-    ) -> Self
+    pub fn start<F>(threads: usize, chain_id: ChainId, limits: Limits, done: F) -> Self
     where
         F: Fn(Transaction, Txid, Result<(), TxError>, T) + Send + Sync + 'static,
     {
-        let (tx, rx) = cb::bounded::<Job<T>>(queue);
+        let (peer_tx, peer_rx) = cb::bounded::<Job<T>>(LANE_JOBS);
+        let (wallet_tx, wallet_rx) = cb::bounded::<Job<T>>(LANE_JOBS);
         let done = Arc::new(done);
         let stats = Arc::new(VerifierStats::default());
         let threads = (0..threads.max(1))
             .map(|i| {
-                let rx = rx.clone();
+                let rx = [peer_rx.clone(), wallet_rx.clone()];
                 let done = done.clone();
                 let stats = stats.clone();
                 let limits = limits.clone();
@@ -65,33 +81,96 @@ impl<T: Send + 'static> Verifier<T> {
             })
             .collect();
         Verifier {
-            tx: Some(tx),
+            lanes: Some([peer_tx, wallet_tx]),
             threads,
             stats,
         }
     }
 
-    /// Queues a transaction; `Err` gives it back when the queue is full.
-    pub fn submit(&self, tx: Transaction, tag: T) -> Result<(), Job<T>> {
-        let s = self.tx.as_ref().expect("running");
-        s.try_send(Job { tx, tag }).map_err(|e| {
-            self.stats.dropped.fetch_add(1, Ordering::Relaxed);
-            e.into_inner()
+    /// Queues a transaction in `lane`; `Err` gives it back when that lane
+    /// holds [`LANE_JOBS`] transactions or [`LANE_BYTES`] bytes (counted).
+    pub fn submit(&self, tx: Transaction, tag: T, lane: Lane) -> Result<(), (Transaction, T)> {
+        let l = lane as usize;
+        let bytes = tx.encoded_len();
+        let queued = &self.stats.queued_bytes[l];
+        if queued.fetch_add(bytes, Ordering::Relaxed) + bytes > LANE_BYTES {
+            queued.fetch_sub(bytes, Ordering::Relaxed);
+            self.stats.dropped[l].fetch_add(1, Ordering::Relaxed);
+            return Err((tx, tag));
+        }
+        let s = &self.lanes.as_ref().expect("running")[l];
+        s.try_send(Job {
+            tx,
+            tag,
+            bytes,
+            lane: l,
+        })
+        .map_err(|e| {
+            queued.fetch_sub(bytes, Ordering::Relaxed);
+            self.stats.dropped[l].fetch_add(1, Ordering::Relaxed);
+            let j = e.into_inner();
+            (j.tx, j.tag)
         })
     }
 }
 
 impl<T: Send + 'static> Drop for Verifier<T> {
     fn drop(&mut self) {
-        self.tx.take();
+        self.lanes.take();
         for t in self.threads.drain(..) {
             let _ = t.join();
         }
     }
 }
 
+/// Fills `jobs` with up to [`BATCH`] jobs, half from each lane first and
+/// the rest from whichever still has some; waits for the first job.
+/// False when both lanes are closed.
+fn take_batch<T>(rx: &[cb::Receiver<Job<T>>; 2], jobs: &mut Vec<Job<T>>) -> bool {
+    let first = {
+        let mut sel = cb::Select::new();
+        for r in rx {
+            sel.recv(r);
+        }
+        let mut open = rx.len();
+        loop {
+            let op = sel.select();
+            let i = op.index();
+            match op.recv(&rx[i]) {
+                Ok(j) => break j,
+                Err(_) => {
+                    // Closed and drained (a closed channel still hands out
+                    // what it holds first).
+                    sel.remove(i);
+                    open -= 1;
+                    if open == 0 {
+                        return false;
+                    }
+                }
+            }
+        }
+    };
+    jobs.push(first);
+    for (i, r) in rx.iter().enumerate() {
+        let share = if i == 0 { BATCH / 2 } else { BATCH };
+        while jobs.len() < share {
+            match r.try_recv() {
+                Ok(j) => jobs.push(j),
+                Err(_) => break,
+            }
+        }
+    }
+    while jobs.len() < BATCH {
+        match rx[0].try_recv() {
+            Ok(j) => jobs.push(j),
+            Err(_) => break,
+        }
+    }
+    true
+}
+
 fn worker<T, F>(
-    rx: cb::Receiver<Job<T>>,
+    rx: [cb::Receiver<Job<T>>; 2],
     chain_id: ChainId,
     limits: Limits,
     done: &F,
@@ -100,13 +179,9 @@ fn worker<T, F>(
     F: Fn(Transaction, Txid, Result<(), TxError>, T),
 {
     let mut jobs: Vec<Job<T>> = Vec::with_capacity(BATCH);
-    while let Ok(first) = rx.recv() {
-        jobs.push(first);
-        while jobs.len() < BATCH {
-            match rx.try_recv() {
-                Ok(j) => jobs.push(j),
-                Err(_) => break,
-            }
+    while take_batch(&rx, &mut jobs) {
+        for j in &jobs {
+            stats.queued_bytes[j.lane].fetch_sub(j.bytes, Ordering::Relaxed);
         }
         let txids: Vec<Txid> = jobs.iter().map(|j| j.tx.txid()).collect();
         let stateless: Vec<Result<(), TxError>> = jobs
@@ -130,5 +205,105 @@ fn worker<T, F>(
             }
             done(job.tx, txid, verdict, job.tag);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+    use std::time::Duration;
+
+    use super::*;
+    use crate::protocol::types::{TxOutput, COIN};
+    use timecoin_core::testkit::{address_of, genesis_outpoint, key_from_seed};
+
+    fn tx(i: u32) -> Transaction {
+        let k = key_from_seed("verifier", 0);
+        Transaction::build_signed(
+            1,
+            &k,
+            &[genesis_outpoint(0, i)],
+            vec![TxOutput {
+                amount: COIN,
+                address: address_of(&k),
+            }],
+        )
+    }
+
+    #[test]
+    fn a_wallet_flood_neither_delays_nor_crowds_out_peer_broadcasts() {
+        // A gate holds the only worker until both lanes are filled.
+        let gate = Arc::new(Mutex::new(()));
+        let held = gate.lock().unwrap();
+        let order = Arc::new(Mutex::new(Vec::<Lane>::new()));
+        let (g, o) = (gate.clone(), order.clone());
+        let v = Verifier::start(1, 1, Limits::default(), move |_, _, _, lane: Lane| {
+            drop(g.lock().unwrap());
+            o.lock().unwrap().push(lane);
+        });
+        // The worker takes the first job and waits at the gate.
+        v.submit(tx(0), Lane::Wallet, Lane::Wallet).unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+        // A wallet flood until its lane refuses, then 10 peer broadcasts.
+        let mut wallet = 0;
+        while v.submit(tx(wallet + 1), Lane::Wallet, Lane::Wallet).is_ok() {
+            wallet += 1;
+        }
+        assert_eq!(wallet as usize, LANE_JOBS, "the wallet lane is bounded");
+        for i in 0..10 {
+            v.submit(tx(1_000_000 + i), Lane::Peer, Lane::Peer)
+                .expect("the peer lane has room whatever the wallets do");
+        }
+        assert_eq!(
+            v.stats.dropped[Lane::Wallet as usize].load(Ordering::Relaxed),
+            1
+        );
+        drop(held);
+        // Every peer broadcast is verified in the first batch after the
+        // one in progress.
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let o = order.lock().unwrap();
+            if o.iter().filter(|l| **l == Lane::Peer).count() == 10 {
+                let last_peer = o.iter().rposition(|l| *l == Lane::Peer).unwrap();
+                assert!(last_peer < 1 + BATCH, "peer jobs at {last_peer}");
+                break;
+            }
+            drop(o);
+            assert!(std::time::Instant::now() < deadline, "peer jobs verified");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    #[test]
+    fn a_lane_is_bounded_by_bytes_too() {
+        let gate = Arc::new(Mutex::new(()));
+        let held = gate.lock().unwrap();
+        let g = gate.clone();
+        let v = Verifier::start(1, 1, Limits::default(), move |_, _, _, _: ()| {
+            drop(g.lock().unwrap());
+        });
+        // One big transaction: 40,000 inputs (about 1.5 MB encoded).
+        let k = key_from_seed("verifier", 1);
+        let ins: Vec<_> = (0..40_000).map(|i| genesis_outpoint(1, i)).collect();
+        let big = Transaction::build_signed(
+            1,
+            &k,
+            &ins,
+            vec![TxOutput {
+                amount: COIN,
+                address: address_of(&k),
+            }],
+        );
+        let per = big.encoded_len();
+        v.submit(big.clone(), (), Lane::Peer).unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+        let mut n = 0;
+        while v.submit(big.clone(), (), Lane::Peer).is_ok() {
+            n += 1;
+        }
+        assert_eq!(n, LANE_BYTES / per, "{per} bytes each");
+        assert!(v.stats.queued_bytes[0].load(Ordering::Relaxed) <= LANE_BYTES);
+        drop(held);
     }
 }

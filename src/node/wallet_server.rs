@@ -28,6 +28,7 @@ use tracing::warn;
 
 use crate::node::core_input::{CoreInput, CoreTx, WalletQuery};
 use crate::node::ingest::{Source, TxVerifier};
+use crate::node::verifier::Lane;
 use crate::node::wire::{encode, LinkError, NetStats};
 use crate::protocol::audience::WalletRequest;
 use crate::protocol::message::Message;
@@ -349,7 +350,7 @@ async fn handle_wallet_request(
                 session,
                 to: tx_out.clone(),
             };
-            if ctx.verifier.submit(tx, src).is_err() {
+            if ctx.verifier.submit(tx, src, Lane::Wallet).is_err() {
                 let _ = tx_out.send(overloaded(txid, ctx.me)).await;
             }
         }

@@ -42,7 +42,9 @@ use crate::protocol::validation::RejectCode;
 use crate::storage::{Snapshot, Store, StoreError, Write};
 
 pub use catchup::{CatchUp, CatchUpConfig, CatchUpStats, LogPage};
-pub use peers::{Admission, Ban, Class, Misbehaviour, PeerBook, PeerBookStats, PeerLimits};
+pub use peers::{
+    Admission, Ban, Class, Misbehaviour, PeerBook, PeerBookStats, PeerGate, PeerLimits,
+};
 pub use reannounce::{Reannounce, ReannounceConfig};
 pub use router::{Router, RouterStats, SessionId, Watch};
 
@@ -134,7 +136,7 @@ pub struct Masternode {
     cfg: MasternodeConfig,
     engine: Engine,
     catchup: CatchUp,
-    peer_book: PeerBook,
+    peer_book: PeerGate,
     reannounce: Reannounce,
     transmits: Vec<Transmit>,
     last_tick: Option<u64>,
@@ -172,7 +174,10 @@ impl Masternode {
                 reannounce.approved(now.saturating_sub(cfg.reannounce.first_ms), txid);
             }
         }
-        let peer_book = PeerBook::new(cfg.peer_limits.clone(), peers.iter().copied());
+        let peer_book = PeerGate::new(PeerBook::new(
+            cfg.peer_limits.clone(),
+            peers.iter().copied(),
+        ));
         let catchup = CatchUp::new(cfg.catchup.clone(), peers);
         let mut m = Masternode {
             cfg,
@@ -208,18 +213,26 @@ impl Masternode {
         s.reannounced = self.reannounce.reannounced;
         s.catchup = self.catchup.stats().clone();
         s.wallet = self.router.stats();
-        s.peers = self.peer_book.stats().clone();
+        s.peers = self.peer_book.book().stats().clone();
         s
     }
 
     /// Peers banned now, for the operator.
     pub fn bans(&self, now: u64) -> Vec<Ban> {
-        self.peer_book.bans(now)
+        self.peer_book.book().bans(now)
+    }
+
+    /// The peer book, for a runtime that admits peer messages before they
+    /// reach this state machine (then handed in through
+    /// [`Masternode::handle_admitted_peer_message`] and the `handle_verified_*`
+    /// calls).
+    pub fn peer_gate(&self) -> PeerGate {
+        self.peer_book.clone()
     }
 
     /// Lifts a ban (operator).
     pub fn unban(&mut self, peer: &PublicKey) -> bool {
-        self.peer_book.unban(peer)
+        self.peer_book.book().unban(peer)
     }
 
     /// A peer did something wrong that a transport or a verifier noticed
@@ -343,22 +356,23 @@ impl Masternode {
         msg: PeerMessage,
         store: &dyn Store,
     ) -> Result<(), StoreError> {
-        let class = match &msg {
-            PeerMessage::TransactionBroadcast(_) => Some(Class::Transactions),
-            PeerMessage::VoteBatch(_) => Some(Class::Votes),
-            PeerMessage::TimeProof { .. } | PeerMessage::ProofRequest(_) => Some(Class::Proofs),
-            PeerMessage::FinalityLogRequest { .. } | PeerMessage::FinalityLogPage { .. } => {
-                Some(Class::CatchUp)
-            }
-            _ => None,
-        };
-        if let Some(class) = class {
-            if self.peer_book.admit(now, &from, class) != Admission::Accept {
-                // Refused and counted (PeerBookStats); the sender's
-                // re-announcement and catch-up recover what mattered.
-                return Ok(());
-            }
+        if self.peer_book.admit(now, &from, &msg) != Admission::Accept {
+            // Refused and counted (PeerBookStats); the sender's
+            // re-announcement and catch-up recover what mattered.
+            return Ok(());
         }
+        self.handle_admitted_peer_message(now, from, msg, store)
+    }
+
+    /// A peer message the runtime already admitted through
+    /// [`Masternode::peer_gate`].
+    pub fn handle_admitted_peer_message(
+        &mut self,
+        now: u64,
+        from: PublicKey,
+        msg: PeerMessage,
+        store: &dyn Store,
+    ) -> Result<(), StoreError> {
         match msg {
             PeerMessage::TransactionBroadcast(tx) => self.handle_peer_transaction(now, tx, false),
             PeerMessage::VoteBatch(b) => self.engine.handle_votes(now, b),

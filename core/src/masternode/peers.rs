@@ -15,7 +15,9 @@
 //! Pure: time is passed in.
 
 use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
 
+use crate::protocol::audience::PeerMessage;
 use crate::protocol::types::PublicKey;
 
 /// What a peer did wrong.
@@ -60,6 +62,25 @@ pub enum Class {
 }
 
 impl Class {
+    /// The bucket a peer's message draws from; `None` for transport
+    /// housekeeping (pings, fast-path repair and stream announcements),
+    /// which the transports bound themselves.
+    pub fn of(msg: &PeerMessage) -> Option<Class> {
+        match msg {
+            PeerMessage::TransactionBroadcast(_) => Some(Class::Transactions),
+            PeerMessage::VoteBatch(_) => Some(Class::Votes),
+            PeerMessage::TimeProof { .. } | PeerMessage::ProofRequest(_) => Some(Class::Proofs),
+            PeerMessage::FinalityLogRequest { .. } | PeerMessage::FinalityLogPage { .. } => {
+                Some(Class::CatchUp)
+            }
+            PeerMessage::RepairRequest { .. }
+            | PeerMessage::Repair(_)
+            | PeerMessage::FastPathSeq { .. }
+            | PeerMessage::Ping(_)
+            | PeerMessage::Pong(_) => None,
+        }
+    }
+
     pub const ALL: [Class; 4] = [
         Class::Transactions,
         Class::Votes,
@@ -250,6 +271,16 @@ impl PeerBook {
         v
     }
 
+    /// Takes `msg` from `peer` if its class has a token (messages without a
+    /// class are always taken, unless the peer is banned).
+    pub fn admit_message(&mut self, now: u64, peer: &PublicKey, msg: &PeerMessage) -> Admission {
+        match Class::of(msg) {
+            Some(class) => self.admit(now, peer, class),
+            None if self.is_banned(now, peer) => Admission::Banned,
+            None => Admission::Accept,
+        }
+    }
+
     /// Lifts a ban (operator). The peer starts again at reputation 0.
     pub fn unban(&mut self, peer: &PublicKey) -> bool {
         match self.peers.get_mut(peer) {
@@ -260,6 +291,35 @@ impl PeerBook {
             }
             _ => false,
         }
+    }
+}
+
+/// The one [`PeerBook`] of a masternode, shared between the state machine
+/// and whatever admits peer messages before they reach it: a node checks
+/// every peer message here on the network task that read it, before any
+/// signature is verified or any queue is joined, so a flood costs a lock
+/// and a token-bucket update, not a verification. Pure like the book (the
+/// caller passes the time, on the state machine's clock).
+#[derive(Clone)]
+pub struct PeerGate(Arc<Mutex<PeerBook>>);
+
+impl PeerGate {
+    pub fn new(book: PeerBook) -> Self {
+        PeerGate(Arc::new(Mutex::new(book)))
+    }
+
+    /// The book (a poisoned lock is taken over: the book has no invariant a
+    /// panic elsewhere could break half-way).
+    pub fn book(&self) -> MutexGuard<'_, PeerBook> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn admit(&self, now: u64, peer: &PublicKey, msg: &PeerMessage) -> Admission {
+        self.book().admit_message(now, peer, msg)
+    }
+
+    pub fn penalize(&self, now: u64, peer: &PublicKey, why: Misbehaviour) {
+        self.book().penalize(now, peer, why)
     }
 }
 
