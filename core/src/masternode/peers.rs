@@ -81,6 +81,18 @@ impl Class {
         }
     }
 
+    /// What a message costs in its class's bucket: a lock broadcast one
+    /// token per input, a vote batch one per vote in it (a batch carries
+    /// up to 16,384 votes under one signature, and every vote is tallied),
+    /// anything else one.
+    pub fn cost(msg: &PeerMessage) -> u32 {
+        match msg {
+            PeerMessage::TransactionBroadcast(tx) => tx.inputs.len().max(1) as u32,
+            PeerMessage::VoteBatch(b) => b.items.len().max(1) as u32,
+            _ => 1,
+        }
+    }
+
     pub const ALL: [Class; 4] = [
         Class::Transactions,
         Class::Votes,
@@ -91,8 +103,8 @@ impl Class {
 
 #[derive(Clone, Debug)]
 pub struct PeerLimits {
-    /// Messages per second per class (the bucket's refill rate); the bucket
-    /// holds `burst_s` seconds of it.
+    /// Tokens per second per class (the bucket's refill rate; see
+    /// [`Class::cost`]); the bucket holds `burst_s` seconds of it.
     pub per_second: [u32; 4],
     pub burst_s: u32,
     pub ban_at: i32,
@@ -104,10 +116,11 @@ pub struct PeerLimits {
 impl Default for PeerLimits {
     fn default() -> Self {
         PeerLimits {
-            // Target load 1,000 payments/s: ten times that for lock
-            // broadcasts and proofs (a catch-up after a long outage asks for
-            // thousands of proofs a second); vote batches carry many votes.
-            per_second: [10_000, 20_000, 20_000, 2_000],
+            // Target load 1,000 payments/s. Ten times that: 10,000 lock
+            // broadcasts of up to 3 inputs, 10,000 votes (one per payment
+            // per peer) with room to spare, and proofs (a catch-up after a
+            // long outage asks for thousands of proofs a second).
+            per_second: [30_000, 20_000, 20_000, 2_000],
             burst_s: 5,
             ban_at: -50,
             ban_ms: 600_000,
@@ -192,6 +205,13 @@ impl PeerBook {
 
     /// Takes one message of `class` from `peer`, or refuses it.
     pub fn admit(&mut self, now: u64, peer: &PublicKey, class: Class) -> Admission {
+        self.admit_cost(now, peer, class, 1)
+    }
+
+    /// Takes a message costing `cost` tokens of `class` from `peer`, or
+    /// refuses it (a message costing more than the whole bucket is always
+    /// refused).
+    pub fn admit_cost(&mut self, now: u64, peer: &PublicKey, class: Class, cost: u32) -> Admission {
         let limits = &self.limits;
         let Some(p) = self.peers.get_mut(peer) else {
             return Admission::Banned;
@@ -211,8 +231,9 @@ impl PeerBook {
         let elapsed = now.saturating_sub(b.last_ms) as f64 / 1_000.0;
         b.tokens = (b.tokens + elapsed * rate).min(cap);
         b.last_ms = now;
-        if b.tokens >= 1.0 {
-            b.tokens -= 1.0;
+        let cost = cost as f64;
+        if b.tokens >= cost {
+            b.tokens -= cost;
             b.refused_in_a_row = 0;
             return Admission::Accept;
         }
@@ -275,7 +296,7 @@ impl PeerBook {
     /// class are always taken, unless the peer is banned).
     pub fn admit_message(&mut self, now: u64, peer: &PublicKey, msg: &PeerMessage) -> Admission {
         match Class::of(msg) {
-            Some(class) => self.admit(now, peer, class),
+            Some(class) => self.admit_cost(now, peer, class, Class::cost(msg)),
             None if self.is_banned(now, peer) => Admission::Banned,
             None => Admission::Accept,
         }
@@ -329,6 +350,43 @@ mod tests {
 
     fn pk(n: u8) -> PublicKey {
         PublicKey([n; 32])
+    }
+
+    fn votes(n: usize) -> PeerMessage {
+        use crate::protocol::types::Txid;
+        use crate::protocol::vote::{Decision, VoteBatch, VoteItem};
+        let k = crate::testkit::key_from_seed("peers", 0);
+        let items = (0..n)
+            .map(|i| VoteItem {
+                txid: Txid(blake3::hash(&i.to_le_bytes()).into()),
+                decision: Decision::Approve,
+            })
+            .collect();
+        PeerMessage::VoteBatch(VoteBatch::sign(1, 1, &k, items))
+    }
+
+    #[test]
+    fn vote_batches_pay_per_vote_so_full_batches_cannot_flood() {
+        let mut book = PeerBook::new(PeerLimits::default(), [pk(1), pk(2)]);
+        // Honest at ten times the target: 10 votes a millisecond, in
+        // batches of 10, for 10 s.
+        let small = votes(10);
+        for ms in 0..10_000u64 {
+            assert_eq!(book.admit_message(ms, &pk(1), &small), Admission::Accept);
+        }
+        // A flood of full batches (16,384 votes each) for 10 s, 1,000 a
+        // second: the bucket (100,000 votes) plus 20,000 votes a second.
+        let full = votes(crate::protocol::vote::MAX_VOTE_ITEMS);
+        let mut taken = 0u64;
+        for ms in 0..10_000u64 {
+            if book.admit_message(ms, &pk(2), &full) == Admission::Accept {
+                taken += 1;
+            }
+        }
+        let votes_taken = taken * crate::protocol::vote::MAX_VOTE_ITEMS as u64;
+        assert!(votes_taken <= 100_000 + 20_000 * 10, "{votes_taken} votes");
+        assert!(taken >= 6, "the bucket's worth was taken: {taken}");
+        assert_eq!(book.reputation(&pk(1)), Some(0));
     }
 
     #[test]
