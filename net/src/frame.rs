@@ -11,6 +11,10 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 /// Hard cap on any frame: a transaction is at most 1 MB, a block 2 MB.
 pub const MAX_FRAME_LEN: usize = 4 * 1024 * 1024;
 
+/// Most buffer capacity a reader or writer keeps between frames; a larger
+/// one, grown for a large frame or batch, is given back.
+pub const RETAINED_BUFFER: usize = 16 * 1024;
+
 #[derive(Debug, Error)]
 #[non_exhaustive]
 pub enum FrameError {
@@ -66,6 +70,12 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         if len > self.cap {
             return Err(FrameError::Oversized { len, cap: self.cap });
         }
+        if self.buf.capacity() > RETAINED_BUFFER {
+            // One large frame must not pin its buffer for the life of the
+            // connection (a thousand idle wallet connections that each sent
+            // one 2 MiB frame would hold 2 GB).
+            self.buf = BytesMut::new();
+        }
         self.buf.clear();
         self.buf.resize(len, 0);
         self.inner.read_exact(&mut self.buf[..]).await?;
@@ -82,7 +92,7 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
     pub fn new(inner: W) -> Self {
         FrameWriter {
             inner,
-            buf: Vec::with_capacity(64 * 1024),
+            buf: Vec::new(),
         }
     }
 
@@ -113,6 +123,9 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
         if !self.buf.is_empty() {
             self.inner.write_all(&self.buf).await?;
             self.buf.clear();
+            if self.buf.capacity() > RETAINED_BUFFER {
+                self.buf = Vec::new();
+            }
         }
         self.inner.flush().await?;
         Ok(())

@@ -10,10 +10,9 @@
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use bytes::Bytes;
 use crossbeam::channel as cb;
 use timecoin_core::masternode::SessionId;
-use tokio::sync::{mpsc, OwnedSemaphorePermit};
+use tokio::sync::OwnedSemaphorePermit;
 
 use crate::node::wire::NetStats;
 use crate::protocol::audience::PeerMessage;
@@ -52,7 +51,7 @@ pub(super) enum CoreInput {
     /// Sent before any other input of the session.
     WalletOpen {
         session: SessionId,
-        to: mpsc::Sender<Bytes>,
+        to: crate::node::wallet_server::SessionTx,
     },
     /// A wallet session ended (must reach the core: it frees the session).
     WalletClose(SessionId),

@@ -22,8 +22,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use crossbeam::channel as cb;
-use tokio::sync::mpsc;
 use tokio::sync::mpsc::error::TrySendError;
+use tokio::sync::OwnedSemaphorePermit;
 use tracing::{error, info, warn};
 
 use crate::node::core_input::{Clock, CoreInput, WalletQuery};
@@ -31,7 +31,7 @@ use crate::node::fastpath::{FastPathSender, FastPathStats};
 use crate::node::links::LinksUp;
 use crate::node::peer_net::{priority_of, PeerNet};
 use crate::node::vote_threads::VoteThreads;
-use crate::node::wallet_server::{WalletStats, WarnEvery, SESSION_QUEUE};
+use crate::node::wallet_server::{Outbound, SessionTx, WalletStats, WarnEvery, SESSION_QUEUE};
 use crate::node::wire::{encode, NetStats};
 use crate::protocol::audience::{PeerMessage, WalletReply};
 use crate::protocol::engine::Event;
@@ -94,6 +94,7 @@ fn core_loop(mut c: Core) -> Result<(), StoreError> {
     let now_ms = || clock.now_ms();
     let mut last_log = 0;
     let mut last_announce = 0;
+    let mut refusals_logged = 0;
     let mut peers_up = HashSet::new();
     let mut inputs = Vec::with_capacity(MAX_ROUND_INPUTS);
     let mut wallets = Wallets::new(c.ctx.wallet_stats.clone());
@@ -115,7 +116,7 @@ fn core_loop(mut c: Core) -> Result<(), StoreError> {
         }
         if now.saturating_sub(last_log) >= STATUS_EVERY_MS {
             last_log = now;
-            log_status(&c.mn, &c.ctx);
+            log_status(&c.mn, &c.ctx, &mut refusals_logged);
         }
         if stop {
             info!("core stopped");
@@ -170,7 +171,7 @@ fn log_event(ev: &Event) {
 /// The open wallet sessions' outbound queues, and the warnings for the
 /// router's limits.
 struct Wallets {
-    sessions: HashMap<SessionId, mpsc::Sender<Bytes>>,
+    sessions: HashMap<SessionId, SessionTx>,
     /// Sessions whose queue was found closed (their task ended): closed in
     /// the state machine at the end of the round.
     gone: Vec<SessionId>,
@@ -198,10 +199,22 @@ impl Wallets {
     /// Queues a reply to `session` without waiting: a full queue drops it
     /// (counted), a closed one ends the session.
     fn deliver(&mut self, session: SessionId, reply: WalletReply) {
+        self.deliver_answer(session, reply, None)
+    }
+
+    /// [`Wallets::deliver`] of the answer to a query holding `permit`,
+    /// which the session's writer releases once the answer is written.
+    fn deliver_answer(
+        &mut self,
+        session: SessionId,
+        reply: WalletReply,
+        permit: Option<OwnedSemaphorePermit>,
+    ) {
         let Some(to) = self.sessions.get(&session) else {
             return; // closed already
         };
-        match to.try_send(encode(&Message::from(reply))) {
+        let frame = encode(&Message::from(reply));
+        match to.try_send(Outbound { frame, permit }) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) => {
                 let what = format!("session {session}: reply dropped, its queue is full");
@@ -356,8 +369,7 @@ fn handle_input(
             permit,
         } => {
             let reply = answer_query(mn, ctx, query);
-            wallets.deliver(session, reply);
-            drop(permit);
+            wallets.deliver_answer(session, reply, Some(permit));
         }
         CoreInput::Shutdown => return Ok(true),
     }
@@ -422,9 +434,21 @@ fn track_peers(mn: &mut Masternode, ctx: &CoreCtx, now: u64, up: &mut HashSet<Pu
 }
 
 /// The periodic `status` line (and `fast path` line); tests parse both.
-fn log_status(mn: &Masternode, ctx: &CoreCtx) {
+fn log_status(mn: &Masternode, ctx: &CoreCtx, refusals_logged: &mut u64) {
     let m = mn.metrics();
     let st = mn.stats();
+    let p = &st.peers;
+    let refused = p.refused_rate_limited + p.refused_banned;
+    if refused != *refusals_logged {
+        *refusals_logged = refused;
+        warn!(
+            rate_limited = p.refused_rate_limited,
+            banned = p.refused_banned,
+            penalties = p.penalties,
+            bans = p.bans,
+            "peer messages refused (rate-limited or banned; see PeerLimits)"
+        );
+    }
     info!(
         finalized = m.tx_finalized,
         rejected = m.tx_rejected,

@@ -11,7 +11,6 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use timecoin_core::masternode::{Admission, PeerGate, SessionId};
-use tokio::sync::mpsc;
 use tokio::sync::mpsc::error::TrySendError;
 
 use crate::node::core_input::{Clock, CoreInput, CoreTx};
@@ -20,7 +19,7 @@ use crate::node::peer_net::PeerNet;
 use crate::node::proof_check::ProofCheck;
 use crate::node::verifier::{Lane, Verifier};
 use crate::node::vote_threads::{VoteThreadConfig, VoteThreads};
-use crate::node::wallet_server::{overloaded, WalletStats, SESSION_QUEUE};
+use crate::node::wallet_server::{overloaded, SessionTx, WalletStats, SESSION_QUEUE};
 use crate::node::wire::{encode, NetStats};
 use crate::protocol::audience::PeerMessage;
 use crate::protocol::message::Message;
@@ -36,7 +35,7 @@ pub(super) enum Source {
     /// core routes everything after those to `session`.
     Wallet {
         session: SessionId,
-        to: mpsc::Sender<Bytes>,
+        to: SessionTx,
     },
 }
 
@@ -109,8 +108,8 @@ fn after_verify(
 
 /// A verifier thread's answer to a wallet session, without waiting: a full
 /// session queue drops it (counted).
-fn tell_wallet(after: &AfterVerify, session: SessionId, to: &mpsc::Sender<Bytes>, m: Bytes) {
-    if let Err(TrySendError::Full(_)) = to.try_send(m) {
+fn tell_wallet(after: &AfterVerify, session: SessionId, to: &SessionTx, m: Bytes) {
+    if let Err(TrySendError::Full(_)) = to.try_send(m.into()) {
         let what = format!("session {session}: verdict dropped, its queue is full");
         after
             .wallet_stats

@@ -23,6 +23,14 @@ use crate::protocol::vote::VoteBatch;
 /// Most batches verified together.
 const VERIFY_BATCH: usize = 64;
 
+/// Most open tallies one peer's votes may open here (all shards together):
+/// tallies of transactions this node has not voted on. An honest peer at
+/// ten times the target load has about 10,000 votes a second in flight for
+/// well under a second each; a Byzantine one flooding votes for made-up
+/// txids holds at most this many tallies (about 400 bytes each), and the
+/// other voters' tallies are untouched.
+pub const MAX_UNKNOWN_TALLIES_PER_VOTER: usize = 32_768;
+
 enum ShardMsg {
     /// A peer's batch, not yet verified.
     Verify(VoteBatch),
@@ -105,7 +113,8 @@ impl VoteThreads {
                     }
                     Shard {
                         index: i,
-                        agg: VoteAggregator::new(registry.clone(), cfg.quorum, 1 << 20),
+                        agg: VoteAggregator::new(registry.clone(), cfg.quorum, 1 << 20)
+                            .with_voter_share(MAX_UNKNOWN_TALLIES_PER_VOTER / n, cfg.me),
                         registry,
                         cfg,
                         peers,

@@ -23,7 +23,7 @@ use time_net::{FrameReader, FrameWriter};
 use timecoin_core::masternode::router::error_code;
 use timecoin_core::masternode::SessionId;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tracing::warn;
 
 use crate::node::core_input::{CoreInput, CoreTx, WalletQuery};
@@ -59,6 +59,31 @@ pub const MAX_OUTSTANDING_QUERIES: usize = 16;
 /// replies and notifications for it (the session's own answers, `Pong`,
 /// wait for room instead); counted in [`WalletStats::frames_dropped`].
 pub const SESSION_QUEUE: usize = 4_096;
+
+/// Bytes of frames a session's writer batches into one write (its buffer
+/// keeps about this much between writes).
+const WRITE_BATCH: usize = 16 * 1024;
+
+/// A frame queued for a wallet session, with the query permit it answers:
+/// the permit is released once the frame is written, so a session that does
+/// not read has at most [`MAX_OUTSTANDING_QUERIES`] answers (each up to
+/// 4,096 outputs) waiting here, not [`SESSION_QUEUE`] of them.
+pub(super) struct Outbound {
+    pub frame: Bytes,
+    pub permit: Option<OwnedSemaphorePermit>,
+}
+
+impl From<Bytes> for Outbound {
+    fn from(frame: Bytes) -> Self {
+        Outbound {
+            frame,
+            permit: None,
+        }
+    }
+}
+
+/// Where a session's frames are queued.
+pub(super) type SessionTx = mpsc::Sender<Outbound>;
 
 /// How often one limit's warning is logged at most.
 const LIMIT_WARN_EVERY: Duration = Duration::from_secs(10);
@@ -268,7 +293,7 @@ pub(super) async fn serve_wallet(
         }
     };
     let session = SessionId(ctx.next_session.fetch_add(1, Ordering::Relaxed));
-    let (tx_out, mut rx_out) = mpsc::channel::<Bytes>(SESSION_QUEUE);
+    let (tx_out, mut rx_out) = mpsc::channel::<Outbound>(SESSION_QUEUE);
     let open = CoreInput::WalletOpen {
         session,
         to: tx_out.clone(),
@@ -304,7 +329,7 @@ async fn read_requests(
     ctx: &WalletCtx,
     session: SessionId,
     mut reader: FrameReader<OwnedReadHalf>,
-    tx_out: &mpsc::Sender<Bytes>,
+    tx_out: &SessionTx,
 ) -> Result<(), LinkError> {
     let queries = Arc::new(Semaphore::new(MAX_OUTSTANDING_QUERIES));
     loop {
@@ -315,7 +340,7 @@ async fn read_requests(
                 ctx.stats
                     .idle_closed
                     .hit("WALLET_IDLE_TIMEOUT", secs(WALLET_IDLE_TIMEOUT), &what);
-                let _ = tx_out.try_send(error_frame(error_code::IDLE_TIMEOUT, what));
+                let _ = tx_out.try_send(error_frame(error_code::IDLE_TIMEOUT, what).into());
                 return Ok(());
             }
         };
@@ -339,7 +364,7 @@ fn close_session(core: &CoreTx, session: SessionId) {
 async fn handle_wallet_request(
     ctx: &WalletCtx,
     session: SessionId,
-    tx_out: &mpsc::Sender<Bytes>,
+    tx_out: &SessionTx,
     queries: &Arc<Semaphore>,
     request: WalletRequest,
 ) {
@@ -351,7 +376,7 @@ async fn handle_wallet_request(
                 to: tx_out.clone(),
             };
             if ctx.verifier.submit(tx, src, Lane::Wallet).is_err() {
-                let _ = tx_out.send(overloaded(txid, ctx.me)).await;
+                let _ = tx_out.send(overloaded(txid, ctx.me).into()).await;
             }
         }
         WalletRequest::UtxoStateQuery(ops) => {
@@ -372,12 +397,12 @@ async fn handle_wallet_request(
             {
                 let detail = "masternode is overloaded; subscription not taken; retry";
                 let _ = tx_out
-                    .send(error_frame(error_code::OVERLOADED, detail))
+                    .send(error_frame(error_code::OVERLOADED, detail).into())
                     .await;
             }
         }
         WalletRequest::Ping(n) => {
-            let _ = tx_out.send(encode(&Message::Pong(n))).await;
+            let _ = tx_out.send(encode(&Message::Pong(n)).into()).await;
         }
     }
 }
@@ -387,7 +412,7 @@ async fn handle_wallet_request(
 async fn ask_core(
     ctx: &WalletCtx,
     session: SessionId,
-    tx_out: &mpsc::Sender<Bytes>,
+    tx_out: &SessionTx,
     queries: &Arc<Semaphore>,
     query: WalletQuery,
 ) {
@@ -400,7 +425,7 @@ async fn ask_core(
             .queries_refused
             .hit("MAX_OUTSTANDING_QUERIES", MAX_OUTSTANDING_QUERIES, &what);
         let _ = tx_out
-            .send(error_frame(error_code::QUERY_LIMIT, what))
+            .send(error_frame(error_code::QUERY_LIMIT, what).into())
             .await;
         return;
     };
@@ -412,25 +437,33 @@ async fn ask_core(
     if !ctx.core.offer(input) {
         let detail = "masternode is overloaded; query not answered; retry";
         let _ = tx_out
-            .send(error_frame(error_code::OVERLOADED, detail))
+            .send(error_frame(error_code::OVERLOADED, detail).into())
             .await;
     }
 }
 
 async fn write_frames<W: tokio::io::AsyncWrite + Unpin>(
     w: &mut FrameWriter<W>,
-    rx: &mut mpsc::Receiver<Bytes>,
+    rx: &mut mpsc::Receiver<Outbound>,
     stats: &NetStats,
 ) -> Result<(), LinkError> {
+    // Frames are batched into one write up to WRITE_BATCH bytes; the
+    // permits of the answers in it are released once it is written.
+    let mut written = Vec::new();
     while let Some(f) = rx.recv().await {
-        w.push(&f)?;
-        while w.buffered() < 256 * 1024 {
+        w.push(&f.frame)?;
+        written.push(f.permit);
+        while w.buffered() < WRITE_BATCH {
             match rx.try_recv() {
-                Ok(f) => w.push(&f)?,
+                Ok(f) => {
+                    w.push(&f.frame)?;
+                    written.push(f.permit);
+                }
                 Err(_) => break,
             }
         }
         w.flush().await?;
+        written.clear();
         stats.frames_out.fetch_add(1, Ordering::Relaxed);
     }
     Ok(())

@@ -86,7 +86,17 @@ impl WalletClient {
     /// must prove its key over the transcript of this connection. Which key
     /// it is is not checked (see [`connect_registered`](Self::connect_registered)).
     pub async fn connect(addr: SocketAddr, chain_id: ChainId) -> Result<Self, ClientError> {
-        Self::connect_with(addr, chain_id, None).await
+        Self::connect_with(addr, chain_id, None, None).await
+    }
+
+    /// [`connect`](Self::connect) from the local address `local` (a load
+    /// generator spreading its connections over 127.0.0.0/8 sources).
+    pub async fn connect_from(
+        local: std::net::IpAddr,
+        addr: SocketAddr,
+        chain_id: ChainId,
+    ) -> Result<Self, ClientError> {
+        Self::connect_with(addr, chain_id, None, Some(local)).await
     }
 
     /// [`connect`](Self::connect), and the proven key must be a masternode
@@ -96,15 +106,27 @@ impl WalletClient {
         chain_id: ChainId,
         registry: &Registry,
     ) -> Result<Self, ClientError> {
-        Self::connect_with(addr, chain_id, Some(registry)).await
+        Self::connect_with(addr, chain_id, Some(registry), None).await
     }
 
     async fn connect_with(
         addr: SocketAddr,
         chain_id: ChainId,
         registry: Option<&Registry>,
+        local: Option<std::net::IpAddr>,
     ) -> Result<Self, ClientError> {
-        let stream = tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(addr))
+        let dial = async {
+            let Some(ip) = local else {
+                return TcpStream::connect(addr).await;
+            };
+            let socket = match ip {
+                std::net::IpAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+                std::net::IpAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+            };
+            socket.bind(SocketAddr::new(ip, 0))?;
+            socket.connect(addr).await
+        };
+        let stream = tokio::time::timeout(Duration::from_secs(5), dial)
             .await
             .map_err(|_| ClientError::Timeout(Duration::from_secs(5)))?
             .map_err(|source| ClientError::Connect { addr, source })?;

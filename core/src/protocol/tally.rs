@@ -102,12 +102,18 @@ pub struct VoteAggregator {
     /// its share (`max_open / voters`), so one Byzantine voter's flood of
     /// votes for made-up txids cannot take the room real payments need.
     opened_by: HashMap<PublicKey, usize>,
+    /// Most tallies one voter may open (default `max_open / voters`).
+    voter_share: usize,
+    /// A voter without that limit: this node, whose own votes open the
+    /// tallies of the transactions it knows (bounded by its mempool).
+    unlimited: Option<PublicKey>,
     stats: TallyStats,
 }
 
 impl VoteAggregator {
     /// `quorum` is the registry's, except in the simulator's planted-bug runs.
     pub fn new(registry: Registry, quorum: u64, max_open: usize) -> Self {
+        let voter_share = (max_open / registry.len().max(1)).max(1);
         VoteAggregator {
             registry,
             quorum,
@@ -115,8 +121,20 @@ impl VoteAggregator {
             finished: HashMap::new(),
             max_open,
             opened_by: HashMap::new(),
+            voter_share,
+            unlimited: None,
             stats: TallyStats::default(),
         }
+    }
+
+    /// Caps the tallies any voter but `me` may open at `share`: those are
+    /// tallies of transactions this node does not know (yet), and `share`
+    /// bounds what one Byzantine voter's flood of votes for made-up txids
+    /// holds here (memory), whatever the total cap.
+    pub fn with_voter_share(mut self, share: usize, me: PublicKey) -> Self {
+        self.voter_share = share.max(1);
+        self.unlimited = Some(me);
+        self
     }
 
     pub fn stats(&self) -> TallyStats {
@@ -183,9 +201,9 @@ impl VoteAggregator {
             return;
         }
         if !self.tallies.contains_key(&txid) {
-            let share = (self.max_open / self.registry.len().max(1)).max(1);
             let opened = self.opened_by.get(&voter).copied().unwrap_or(0);
-            if self.tallies.len() >= self.max_open || opened >= share {
+            let limited = self.unlimited != Some(voter);
+            if self.tallies.len() >= self.max_open || (limited && opened >= self.voter_share) {
                 self.stats.dropped_full += 1;
                 return;
             }
