@@ -270,7 +270,17 @@ fn devnet(args: DevnetArgs) -> Result<(), AnyError> {
             "  masternode {i}: {e}   log: {}",
             layout.node_configs[i].with_file_name("node.log").display()
         );
+        match layout.metrics.get(i).copied().flatten() {
+            Some(m) => println!("    metrics: http://{m}/metrics"),
+            None => {
+                println!("    metrics: off (devnet made before metrics; --fresh turns them on)")
+            }
+        }
     }
+    println!(
+        "endpoints of every masternode: {}",
+        layout.dir.join("endpoints.json").display()
+    );
     println!("genesis: {}", layout.genesis.display());
     println!("funded wallets:");
     for w in &layout.wallet_keys {

@@ -86,6 +86,10 @@ pub struct RunArgs {
     /// Log filter (tracing syntax) [default: info].
     #[arg(long, env = "RUST_LOG")]
     pub log: Option<String>,
+    /// Serve Prometheus metrics at http://ADDR/metrics: host:port, or a
+    /// port alone for 127.0.0.1 [default: off].
+    #[arg(long)]
+    pub metrics_listen: Option<String>,
 }
 
 #[derive(Deserialize, Debug, Default)]
@@ -110,6 +114,7 @@ struct FileConfig {
     peer_transport: Option<String>,
     round_window_us: Option<u64>,
     verify_threads: Option<usize>,
+    metrics_listen: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -201,6 +206,21 @@ pub struct NodeConfig {
     pub peer_transport: crate::node::peer_net::PeerTransport,
     pub round_window_us: u64,
     pub verify_threads: usize,
+    /// `/metrics` address; `None`: metrics off.
+    pub metrics_listen: Option<SocketAddr>,
+}
+
+/// `host:port`, `[v6]:port`, or a port alone (127.0.0.1).
+fn listen_addr(what: &'static str, value: &str) -> Result<SocketAddr, ConfigError> {
+    let bad = || ConfigError::Address {
+        what,
+        value: value.to_string(),
+        expected: "host:port, or a port for 127.0.0.1",
+    };
+    if let Ok(port) = value.trim().parse::<u16>() {
+        return Ok(SocketAddr::from(([127, 0, 0, 1], port)));
+    }
+    value.trim().parse().map_err(|_| bad())
 }
 
 fn rel(base: &Path, p: PathBuf) -> PathBuf {
@@ -327,7 +347,12 @@ impl RunArgs {
         let cores = std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(1);
+        let metrics_listen = match self.metrics_listen.or(file.metrics_listen) {
+            Some(v) => Some(listen_addr("metrics_listen", &v)?),
+            None => None,
+        };
         Ok(NodeConfig {
+            metrics_listen,
             verify_threads: self
                 .verify_threads
                 .or(file.verify_threads)

@@ -13,6 +13,7 @@
 //! - `links`: the plain outbound peer links.
 //! - [`wallet_server`]: wallet sessions, their limits and their counters
 //!   (which session hears what is the state machine's router).
+//! - [`metrics`]: the Prometheus metrics and the `/metrics` endpoint.
 //! - `wire`: frame encoding, connection errors, [`NetStats`].
 //! - [`peer_net`], [`fastpath`], [`verifier`], [`vote_threads`]: the
 //!   transports and worker pools those parts use.
@@ -27,6 +28,7 @@ mod ingest;
 pub mod keyfile;
 mod links;
 mod listener;
+pub mod metrics;
 mod peer_glue;
 pub mod peer_net;
 pub mod startup;

@@ -37,6 +37,7 @@ use crate::node::ingest::{start_verifier, start_vote_threads, AfterVerify, Inges
 use crate::node::keyfile::KeyFile;
 use crate::node::links::{peer_link, LinkCtx, LinksUp, PEER_QUEUE};
 use crate::node::listener::{accept_loop, ListenCtx};
+use crate::node::metrics::{bind_metrics, serve_metrics, NodeMetrics, Sources};
 use crate::node::peer_glue::{spawn_pool_inbox, FastRepair, PeerCtx};
 use crate::node::peer_net::PeerNet;
 use crate::node::vote_threads::VoteThreadConfig;
@@ -69,6 +70,11 @@ pub enum NodeError {
     Pool(String),
     #[error("fast path: {0}")]
     FastPath(crate::node::fastpath::FastPathError),
+    #[error("cannot listen for metrics on {addr}: {source} (set metrics_listen to a free port, or leave it out to turn metrics off)")]
+    MetricsListen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
     #[error("cannot listen on {addr}: {source}")]
     Listen {
         addr: SocketAddr,
@@ -79,6 +85,8 @@ pub enum NodeError {
 /// A running masternode.
 pub struct Node {
     pub local_addr: SocketAddr,
+    /// Where `/metrics` is served, when `metrics_listen` is set.
+    pub metrics_addr: Option<SocketAddr>,
     stats: Arc<NetStats>,
     wallet_stats: Arc<WalletStats>,
     stopping: Arc<AtomicBool>,
@@ -115,6 +123,14 @@ impl Node {
         let lock = lock_data_dir(&cfg)?;
         let (store, masternode) = open_state(&cfg, &genesis, &key)?;
         let (listener, local_addr) = bind_listener(cfg.listen).await?;
+        let metrics_listener = match cfg.metrics_listen {
+            Some(addr) => Some(
+                bind_metrics(addr)
+                    .await
+                    .map_err(|source| NodeError::MetricsListen { addr, source })?,
+            ),
+            None => None,
+        };
         let fast = FastPath::start(
             &cfg.fast_path,
             cfg.io_backend,
@@ -129,19 +145,31 @@ impl Node {
         let transport = start_peer_transport(&cfg, &genesis, &key, local_addr).await?;
         let w = build_wiring(&cfg, &genesis, key, transport.net, stats, core_tx);
         let fast = start_fast_receiver(fast, &w);
+        let metrics = Arc::new(NodeMetrics::new(Sources {
+            net: w.stats.clone(),
+            wallet: w.wallet_stats.clone(),
+            votes: w.ingest.votes.stats.clone(),
+            verifier: w.ingest.verifier.stats.clone(),
+            fast: fast.stats.clone(),
+        }));
+        let metrics_addr = metrics_listener.as_ref().and_then(|l| l.local_addr().ok());
+        if let Some(l) = metrics_listener {
+            tokio::spawn(serve_metrics(l, metrics.clone()));
+        }
         let core = Core {
             mn: masternode,
             store,
             rx: core_rx,
             fast: fast.sender,
             round_window: Duration::from_micros(cfg.round_window_us),
-            ctx: core_ctx(&w, &genesis, fast.stats),
+            ctx: core_ctx(&w, &genesis, fast.stats, metrics),
         };
         let core = core_thread::spawn(core, lock);
         spawn_network(&w, transport.links, transport.inbox, fast.repair, listener);
         info!(%local_addr, key = %w.id.me, chain = genesis.chain_id, "masternode listening");
         Ok(Node {
             local_addr,
+            metrics_addr,
             stats: w.stats.clone(),
             wallet_stats: w.wallet_stats.clone(),
             stopping: w.stopping.clone(),
@@ -414,7 +442,12 @@ fn start_fast_receiver(fast: Option<FastPath>, w: &Wiring) -> FastParts {
     }
 }
 
-fn core_ctx(w: &Wiring, genesis: &Genesis, fast_stats: Option<Arc<FastPathStats>>) -> CoreCtx {
+fn core_ctx(
+    w: &Wiring,
+    genesis: &Genesis,
+    fast_stats: Option<Arc<FastPathStats>>,
+    metrics: Arc<NodeMetrics>,
+) -> CoreCtx {
     CoreCtx {
         me: w.id.me,
         net: w.net.clone(),
@@ -425,6 +458,7 @@ fn core_ctx(w: &Wiring, genesis: &Genesis, fast_stats: Option<Arc<FastPathStats>
         wallet_stats: w.wallet_stats.clone(),
         votes: w.ingest.votes.clone(),
         fast_stats,
+        metrics,
     }
 }
 

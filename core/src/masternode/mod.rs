@@ -217,6 +217,11 @@ impl Masternode {
         self.peer_book.bans(now)
     }
 
+    /// A peer's reputation in the peer book (operator, metrics).
+    pub fn peer_reputation(&self, peer: &PublicKey) -> Option<i32> {
+        self.peer_book.reputation(peer)
+    }
+
     /// Lifts a ban (operator).
     pub fn unban(&mut self, peer: &PublicKey) -> bool {
         self.peer_book.unban(peer)
