@@ -43,6 +43,11 @@ impl DevnetSpec {
     pub fn metrics_port(&self, i: usize) -> u16 {
         (self.base_port as usize + self.nodes * self.port_stride.max(1) as usize + 1 + i) as u16
     }
+
+    /// Masternode `i`'s JSON-RPC port: after the metrics ports.
+    pub fn rpc_port(&self, i: usize) -> u16 {
+        self.metrics_port(i) + self.nodes as u16
+    }
 }
 
 impl Default for DevnetSpec {
@@ -70,6 +75,10 @@ pub struct DevnetLayout {
     pub endpoints: Vec<SocketAddr>,
     /// Each masternode's `/metrics` address (from its node.toml), if on.
     pub metrics: Vec<Option<SocketAddr>>,
+    /// Each masternode's JSON-RPC address (from its node.toml), if on, and
+    /// the cookie file its RPC clients read.
+    pub rpc: Vec<Option<SocketAddr>>,
+    pub cookies: Vec<PathBuf>,
     pub wallet_keys: Vec<PathBuf>,
 }
 
@@ -109,13 +118,26 @@ impl DevnetLayout {
         let node_configs: Vec<PathBuf> = (0..nodes)
             .map(|i| dir.join(format!("mn{i}")).join("node.toml"))
             .collect();
-        let metrics = node_configs.iter().map(|p| metrics_listen_of(p)).collect();
+        let metrics = node_configs
+            .iter()
+            .map(|p| listen_of(p, "metrics_listen"))
+            .collect();
+        let rpc = node_configs
+            .iter()
+            .map(|p| listen_of(p, "rpc_listen"))
+            .collect();
+        let cookies = node_configs
+            .iter()
+            .map(|p| p.with_file_name("data").join(".cookie"))
+            .collect();
         DevnetLayout {
             dir: dir.to_path_buf(),
             genesis: dir.join("genesis.json"),
             chain_id: genesis.chain_id,
             node_configs,
             metrics,
+            rpc,
+            cookies,
             endpoints: genesis
                 .masternodes
                 .iter()
@@ -165,6 +187,9 @@ impl DevnetLayout {
                     "p2p": p2p.to_string(),
                     "metrics_url": self.metrics.get(i).copied().flatten()
                         .map(|a| format!("http://{a}/metrics")),
+                    "rpc_url": self.rpc.get(i).copied().flatten()
+                        .map(|a| format!("http://{a}/")),
+                    "cookie": self.cookies[i].display().to_string(),
                     "config": cfg.display().to_string(),
                     "data_dir": cfg.with_file_name("data").display().to_string(),
                     "log": cfg.with_file_name("node.log").display().to_string(),
@@ -206,6 +231,7 @@ impl DevnetLayout {
             KeyFile::save(&key, &nd.join("key.json"))?;
             let port = spec.base_port + i as u16 * spec.port_stride.max(1);
             let metrics = spec.metrics_port(i);
+            let rpc = spec.rpc_port(i);
             masternodes.push(MasternodeEntry {
                 public_key: PublicKey::from_signing(&key).to_string(),
                 address: format!("127.0.0.1:{port}"),
@@ -217,7 +243,8 @@ impl DevnetLayout {
                  network = \"devnet\"\nlisten_host = \"127.0.0.1\"\np2p_port = {port}\n{fast}\
                  # all masternodes share this machine: one verifier thread each\n\
                  verify_threads = 1\n\
-                 metrics_listen = \"127.0.0.1:{metrics}\"\n"
+                 metrics_listen = \"127.0.0.1:{metrics}\"\n\
+                 rpc_listen = \"127.0.0.1:{rpc}\"\n"
             );
             let p = nd.join("node.toml");
             std::fs::write(&p, cfg).map_err(io(&p))?;
@@ -249,12 +276,12 @@ impl DevnetLayout {
     }
 }
 
-/// The `metrics_listen` of a node.toml, if it sets one (a devnet made
-/// before metrics existed has none).
-fn metrics_listen_of(cfg: &Path) -> Option<SocketAddr> {
+/// An address key (`metrics_listen`, `rpc_listen`) of a node.toml, if it
+/// sets one (a devnet made before they existed has none).
+fn listen_of(cfg: &Path, key: &str) -> Option<SocketAddr> {
     let text = std::fs::read_to_string(cfg).ok()?;
     let v: toml::Value = toml::from_str(&text).ok()?;
-    v.get("metrics_listen")?.as_str()?.parse().ok()
+    v.get(key)?.as_str()?.parse().ok()
 }
 
 #[cfg(test)]
@@ -280,7 +307,6 @@ mod tests {
         // Metrics ports come after the multicast port, inside the span.
         let m: Vec<u16> = a.metrics.iter().map(|m| m.unwrap().port()).collect();
         assert_eq!(m, [31007, 31008, 31009]);
-        assert!(31000 + spec.port_span() > 31009 + 3);
         let ep: serde_json::Value = serde_json::from_str(
             &std::fs::read_to_string(d.path().join("endpoints.json")).unwrap(),
         )
@@ -290,6 +316,10 @@ mod tests {
             "http://127.0.0.1:31008/metrics"
         );
         assert_eq!(ep["masternodes"][2]["p2p"], "127.0.0.1:31004");
+        let r: Vec<u16> = a.rpc.iter().map(|m| m.unwrap().port()).collect();
+        assert_eq!(r, [31010, 31011, 31012]);
+        assert!(31000 + spec.port_span() > 31012);
+        assert_eq!(ep["masternodes"][0]["rpc_url"], "http://127.0.0.1:31010/");
         let g = GenesisFile::load(&a.genesis).unwrap().to_genesis().unwrap();
         assert_eq!(g.utxos.len(), 10);
         assert_eq!(g.registry.len(), 3);

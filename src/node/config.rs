@@ -90,6 +90,13 @@ pub struct RunArgs {
     /// port alone for 127.0.0.1 [default: off].
     #[arg(long)]
     pub metrics_listen: Option<String>,
+    /// Serve JSON-RPC at http://ADDR/ (Basic auth with the data directory's
+    /// `.cookie`): host:port, or a port alone for 127.0.0.1 [default: off].
+    #[arg(long)]
+    pub rpc_listen: Option<String>,
+    /// RPC read calls allowed per second (writes: a quarter) [default: 1000].
+    #[arg(long)]
+    pub rpc_rate_limit: Option<u32>,
 }
 
 #[derive(Deserialize, Debug, Default)]
@@ -115,6 +122,8 @@ struct FileConfig {
     round_window_us: Option<u64>,
     verify_threads: Option<usize>,
     metrics_listen: Option<String>,
+    rpc_listen: Option<String>,
+    rpc_rate_limit: Option<u32>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -208,6 +217,9 @@ pub struct NodeConfig {
     pub verify_threads: usize,
     /// `/metrics` address; `None`: metrics off.
     pub metrics_listen: Option<SocketAddr>,
+    /// JSON-RPC address; `None`: RPC off.
+    pub rpc_listen: Option<SocketAddr>,
+    pub rpc_rate_limit: u32,
 }
 
 /// `host:port`, `[v6]:port`, or a port alone (127.0.0.1).
@@ -351,8 +363,18 @@ impl RunArgs {
             Some(v) => Some(listen_addr("metrics_listen", &v)?),
             None => None,
         };
+        let rpc_listen = match self.rpc_listen.or(file.rpc_listen) {
+            Some(v) => Some(listen_addr("rpc_listen", &v)?),
+            None => None,
+        };
         Ok(NodeConfig {
             metrics_listen,
+            rpc_listen,
+            rpc_rate_limit: self
+                .rpc_rate_limit
+                .or(file.rpc_rate_limit)
+                .unwrap_or(1_000)
+                .max(1),
             verify_threads: self
                 .verify_threads
                 .or(file.verify_threads)

@@ -14,6 +14,7 @@
 //! - [`wallet_server`]: wallet sessions, their limits and their counters
 //!   (which session hears what is the state machine's router).
 //! - [`metrics`]: the Prometheus metrics and the `/metrics` endpoint.
+//! - [`rpc`]: JSON-RPC over HTTP, through the wallet sessions' typed API.
 //! - `wire`: frame encoding, connection errors, [`NetStats`].
 //! - [`peer_net`], [`fastpath`], [`verifier`], [`vote_threads`]: the
 //!   transports and worker pools those parts use.
@@ -31,6 +32,7 @@ mod listener;
 pub mod metrics;
 mod peer_glue;
 pub mod peer_net;
+pub mod rpc;
 pub mod startup;
 pub mod verifier;
 pub mod vote_threads;

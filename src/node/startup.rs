@@ -40,6 +40,7 @@ use crate::node::listener::{accept_loop, ListenCtx};
 use crate::node::metrics::{bind_metrics, serve_metrics, NodeMetrics, Sources};
 use crate::node::peer_glue::{spawn_pool_inbox, FastRepair, PeerCtx};
 use crate::node::peer_net::PeerNet;
+use crate::node::rpc::{serve_rpc, write_cookie, RpcCtx};
 use crate::node::vote_threads::VoteThreadConfig;
 use crate::node::wallet_server::{WalletCtx, WalletStats};
 use crate::node::wire::NetStats;
@@ -75,6 +76,16 @@ pub enum NodeError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error("cannot listen for JSON-RPC on {addr}: {source} (set rpc_listen to a free port, or leave it out to turn RPC off)")]
+    RpcListen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("cannot write the RPC cookie in {path}: {source}")]
+    Cookie {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("cannot listen on {addr}: {source}")]
     Listen {
         addr: SocketAddr,
@@ -87,6 +98,9 @@ pub struct Node {
     pub local_addr: SocketAddr,
     /// Where `/metrics` is served, when `metrics_listen` is set.
     pub metrics_addr: Option<SocketAddr>,
+    /// Where JSON-RPC is served, when `rpc_listen` is set, and its cookie.
+    pub rpc_addr: Option<SocketAddr>,
+    pub cookie_path: Option<std::path::PathBuf>,
     stats: Arc<NetStats>,
     wallet_stats: Arc<WalletStats>,
     stopping: Arc<AtomicBool>,
@@ -123,6 +137,14 @@ impl Node {
         let lock = lock_data_dir(&cfg)?;
         let (store, masternode) = open_state(&cfg, &genesis, &key)?;
         let (listener, local_addr) = bind_listener(cfg.listen).await?;
+        let rpc_listener = match cfg.rpc_listen {
+            Some(addr) => Some(
+                TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| NodeError::RpcListen { addr, source })?,
+            ),
+            None => None,
+        };
         let metrics_listener = match cfg.metrics_listen {
             Some(addr) => Some(
                 bind_metrics(addr)
@@ -165,11 +187,32 @@ impl Node {
             ctx: core_ctx(&w, &genesis, fast.stats, metrics),
         };
         let core = core_thread::spawn(core, lock);
-        spawn_network(&w, transport.links, transport.inbox, fast.repair, listener);
+        let wallets = spawn_network(&w, transport.links, transport.inbox, fast.repair, listener);
+        let rpc_addr = rpc_listener.as_ref().and_then(|l| l.local_addr().ok());
+        let mut cookie_path = None;
+        if let Some(l) = rpc_listener {
+            let (path, cookie) =
+                write_cookie(&cfg.data_dir).map_err(|source| NodeError::Cookie {
+                    path: cfg.data_dir.display().to_string(),
+                    source,
+                })?;
+            let ctx = RpcCtx::new(
+                wallets,
+                cfg.network.name(),
+                genesis.chain_id,
+                local_addr,
+                &cookie,
+                cfg.rpc_rate_limit,
+            );
+            tokio::spawn(serve_rpc(l, Arc::new(ctx)));
+            cookie_path = Some(path);
+        }
         info!(%local_addr, key = %w.id.me, chain = genesis.chain_id, "masternode listening");
         Ok(Node {
             local_addr,
             metrics_addr,
+            rpc_addr,
+            cookie_path,
             stats: w.stats.clone(),
             wallet_stats: w.wallet_stats.clone(),
             stopping: w.stopping.clone(),
@@ -469,7 +512,7 @@ fn spawn_network(
     inbox: Option<Inbox>,
     fast: Option<FastRepair>,
     listener: TcpListener,
-) {
+) -> Arc<WalletCtx> {
     let link_ctx = Arc::new(LinkCtx {
         id: w.id.clone(),
         stats: w.stats.clone(),
@@ -502,7 +545,8 @@ fn spawn_network(
         stats: w.stats.clone(),
         stopping: w.stopping.clone(),
         peers,
-        wallets,
+        wallets: wallets.clone(),
     });
     tokio::spawn(accept_loop(listen, listener));
+    wallets
 }
