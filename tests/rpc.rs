@@ -336,3 +336,119 @@ fn time_cli_round_trips_with_exit_codes() {
     assert_eq!(out.status.code(), Some(3));
     assert!(String::from_utf8_lossy(&out.stderr).contains("refused the credentials"));
 }
+
+fn percentile(v: &mut [Duration], p: f64) -> Duration {
+    v.sort();
+    v[((v.len() as f64 - 1.0) * p).round() as usize]
+}
+
+/// Latency and throughput of a cheap call and of `sendrawtransaction`, one
+/// client on one keep-alive connection, then 4 clients. Not run by default
+/// (a measurement, not a check):
+/// `cargo test --release --test rpc -- --ignored --nocapture measure`
+#[test]
+#[ignore]
+fn measure_rpc_latency_and_throughput() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let c = Cluster::start_with(3, "rpc_rate_limit = 1000000\n");
+    let report = |what: &str, mut lat: Vec<Duration>, wall: Duration| {
+        let n = lat.len();
+        println!(
+            "{what}: {n} calls in {:.2} s = {:.0}/s; p50 {:?} p99 {:?} max {:?}",
+            wall.as_secs_f64(),
+            n as f64 / wall.as_secs_f64(),
+            percentile(&mut lat, 0.5),
+            percentile(&mut lat, 0.99),
+            percentile(&mut lat, 1.0)
+        );
+    };
+    const CHEAP: usize = 2_000;
+    let rpc = Rpc::new(&c, 0);
+    let t = std::time::Instant::now();
+    let lat: Vec<Duration> = (0..CHEAP)
+        .map(|_| {
+            let s = std::time::Instant::now();
+            rpc.call("getconnectioncount", json!([])).unwrap();
+            s.elapsed()
+        })
+        .collect();
+    report("getconnectioncount, 1 client", lat, t.elapsed());
+    let t = std::time::Instant::now();
+    let lat: Vec<Duration> = std::thread::scope(|s| {
+        let hs: Vec<_> = (0..4)
+            .map(|_| {
+                s.spawn(|| {
+                    let rpc = Rpc::new(&c, 0);
+                    (0..CHEAP / 4)
+                        .map(|_| {
+                            let s = std::time::Instant::now();
+                            rpc.call("getconnectioncount", json!([])).unwrap();
+                            s.elapsed()
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        hs.into_iter().flat_map(|h| h.join().unwrap()).collect()
+    });
+    report("getconnectioncount, 4 clients", lat, t.elapsed());
+
+    // Payments: wallet w's coin k, 200 coins per wallet.
+    let txs: Vec<Vec<String>> = (0..4)
+        .map(|w| {
+            let k = c.wallet_key(w);
+            let to = address(&c.wallet_key((w + 1) % 4));
+            (0..200)
+                .map(|coin| hex::encode(pay(c.chain_id(), &k, w as u32, coin, to, COIN).to_bytes()))
+                .collect()
+        })
+        .collect();
+    let t = std::time::Instant::now();
+    let lat: Vec<Duration> = txs[0]
+        .iter()
+        .map(|h| {
+            let s = std::time::Instant::now();
+            rpc.call("sendrawtransaction", json!([h])).unwrap();
+            s.elapsed()
+        })
+        .collect();
+    report(
+        "sendrawtransaction (until locked here), 1 client",
+        lat,
+        t.elapsed(),
+    );
+    let t = std::time::Instant::now();
+    let lat: Vec<Duration> = std::thread::scope(|s| {
+        let hs: Vec<_> = txs[1..]
+            .iter()
+            .map(|batch| {
+                s.spawn(|| {
+                    let rpc = Rpc::new(&c, 0);
+                    batch
+                        .iter()
+                        .map(|h| {
+                            let s = std::time::Instant::now();
+                            rpc.call("sendrawtransaction", json!([h])).unwrap();
+                            s.elapsed()
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        hs.into_iter().flat_map(|h| h.join().unwrap()).collect()
+    });
+    report(
+        "sendrawtransaction (until locked here), 3 clients",
+        lat,
+        t.elapsed(),
+    );
+    // Every one of them reaches its proof.
+    for batch in &txs {
+        for h in batch.iter().step_by(50) {
+            let v = rpc
+                .call("waittransactionfinality", json!([h, 20_000]))
+                .unwrap();
+            assert_eq!(v["final"], true);
+        }
+    }
+}
