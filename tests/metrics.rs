@@ -183,6 +183,7 @@ fn metrics_follow_a_payment_pass_promtool_and_state_survives_a_restart() {
             >= value(&after, "timecoin_database_size_bytes")
     );
     promtool_check_metrics(&after);
+    every_shipped_metric_exists(&after);
 
     // Other nodes finalized it too (their store says so).
     for i in 1..3 {
@@ -219,6 +220,55 @@ fn metrics_follow_a_payment_pass_promtool_and_state_survives_a_restart() {
         .send("x")
         .unwrap_err();
     assert!(matches!(err, ureq::Error::StatusCode(405)), "{err:?}");
+}
+
+/// Metric names a scrape declares (`# TYPE`, histograms with their series).
+fn declared(text: &str) -> std::collections::HashSet<String> {
+    let mut names = std::collections::HashSet::new();
+    for l in text.lines() {
+        let mut w = l.split_whitespace();
+        if let (Some("#"), Some("TYPE"), Some(name), Some(kind)) =
+            (w.next(), w.next(), w.next(), w.next())
+        {
+            names.insert(name.to_string());
+            if kind == "histogram" {
+                for suffix in ["_bucket", "_sum", "_count"] {
+                    names.insert(format!("{name}{suffix}"));
+                }
+            }
+        }
+    }
+    names
+}
+
+/// Every `timecoin_*` name the alert rules and the Grafana dashboard use is
+/// one the node serves (a renamed metric cannot silently blind them).
+fn every_shipped_metric_exists(scrape: &str) {
+    let names = declared(scrape);
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    for file in [
+        "deploy/prometheus/alerts.yml",
+        "deploy/grafana/timecoin-dashboard.json",
+    ] {
+        let text = std::fs::read_to_string(root.join(file)).unwrap();
+        let mut used = 0;
+        for (i, _) in text.match_indices("timecoin_") {
+            let name: String = text[i..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            // Alert names and uids ("TimecoinX", "timecoin-masternodes") are not metrics.
+            if name.len() <= "timecoin_".len() {
+                continue;
+            }
+            used += 1;
+            assert!(
+                names.contains(&name),
+                "{file} uses {name}, which the node does not serve"
+            );
+        }
+        assert!(used > 5, "{file}: only {used} metric names found");
+    }
 }
 
 fn deploy(file: &str) -> PathBuf {

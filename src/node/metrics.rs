@@ -84,11 +84,39 @@ pub struct ReasonLabel {
 
 /// Peer messages and bytes per priority class and direction, and the
 /// messages refused by a full peer queue per class.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Traffic {
     pub messages: Family<TrafficLabels, Counter>,
     pub bytes: Family<TrafficLabels, Counter>,
     pub queue_drops: Family<ClassLabel, Counter>,
+}
+
+const CLASSES: [Priority; 4] = [
+    Priority::Critical,
+    Priority::High,
+    Priority::Normal,
+    Priority::Low,
+];
+
+impl Default for Traffic {
+    /// Every class's series exists from the start (at 0), so dashboards and
+    /// alerts see them before the first message.
+    fn default() -> Self {
+        let t = Traffic {
+            messages: Family::default(),
+            bytes: Family::default(),
+            queue_drops: Family::default(),
+        };
+        for p in CLASSES {
+            for direction in ["in", "out"] {
+                t.count(p, direction, 0, 0);
+            }
+            t.queue_drops.get_or_create(&ClassLabel {
+                class: class_name(p),
+            });
+        }
+        t
+    }
 }
 
 impl Traffic {
