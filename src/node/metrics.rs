@@ -111,7 +111,7 @@ impl Default for Traffic {
             for direction in ["in", "out"] {
                 t.count(p, direction, 0, 0);
             }
-            t.queue_drops.get_or_create(&ClassLabel {
+            let _created = t.queue_drops.get_or_create(&ClassLabel {
                 class: class_name(p),
             });
         }
