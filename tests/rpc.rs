@@ -238,9 +238,24 @@ fn every_method_answers_valid_and_invalid_params_and_a_payment_reaches_its_proof
 #[test]
 fn unauthenticated_and_wrong_password_get_401_and_floods_get_429() {
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let c = Cluster::start_with(3, "rpc_rate_limit = 8\n");
+    // An rpcauth credential made by `time-cli rpcauth`.
+    let out = Command::new(env!("CARGO_BIN_EXE_time-cli"))
+        .args(["rpcauth", "alice", "wonderland"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let made: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let line = made["config_line"].as_str().unwrap();
+    assert!(line.starts_with("rpcauth = [\"alice:"), "{line}");
+    let c = Cluster::start_with(3, &format!("rpc_rate_limit = 8\n{line}\n"));
     let rpc = Rpc::new(&c, 1);
     let body = r#"{"jsonrpc":"2.0","id":1,"method":"uptime"}"#;
+    let (s, v) = rpc.raw(Some(&basic_auth("alice:wonderland")), body);
+    assert_eq!(s, 200, "{v}");
+    let (s, _) = rpc.raw(Some(&basic_auth("alice:wonderlan")), body);
+    assert_eq!(s, 401);
+    let (s, _) = rpc.raw(Some(&basic_auth("bob:wonderland")), body);
+    assert_eq!(s, 401);
     let (s, _) = rpc.raw(None, body);
     assert_eq!(s, 401);
     let (s, _) = rpc.raw(Some(&basic_auth("__cookie__:wrong")), body);

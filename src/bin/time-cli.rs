@@ -40,6 +40,13 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
+    /// Make an `rpcauth` credential for the node's config (no node needed):
+    /// prints the config line and the password.
+    Rpcauth {
+        user: String,
+        /// The password [default: 32 random bytes in hex].
+        password: Option<String>,
+    },
     /// List the node's methods.
     Help,
     /// Seconds since the node's RPC server started.
@@ -73,6 +80,7 @@ enum Cmd {
 impl Cmd {
     fn call(&self) -> (&'static str, Vec<Value>) {
         match self {
+            Cmd::Rpcauth { .. } => unreachable!("answered locally"),
             Cmd::Help => ("help", vec![]),
             Cmd::Uptime => ("uptime", vec![]),
             Cmd::Getblockchaininfo => ("getblockchaininfo", vec![]),
@@ -120,6 +128,25 @@ fn endpoints(dir: &std::path::Path, node: usize) -> Result<(String, PathBuf), St
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Cmd::Rpcauth { user, password } = &cli.cmd {
+        if user.is_empty() || user.contains(':') {
+            return fail(2, "the user name must be non-empty and without ':'");
+        }
+        let password = password
+            .clone()
+            .unwrap_or_else(|| hex::encode(rand::random::<[u8; 32]>()));
+        let (_, line) = timecoin::node::rpc::RpcAuth::generate(user, &password);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&json!({
+                "rpcauth": line,
+                "config_line": format!("rpcauth = [\"{line}\"]"),
+                "password": password,
+            }))
+            .unwrap_or_default()
+        );
+        return ExitCode::SUCCESS;
+    }
     let (url, cookie) = match &cli.devnet {
         Some(d) => match endpoints(d, cli.node) {
             Ok((u, c)) => (u, Some(c)),

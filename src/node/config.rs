@@ -97,6 +97,14 @@ pub struct RunArgs {
     /// RPC read calls allowed per second (writes: a quarter) [default: 1000].
     #[arg(long)]
     pub rpc_rate_limit: Option<u32>,
+    /// RPC credentials besides the cookie, `user:salt$hmac` from
+    /// `time-cli rpcauth USER` (repeatable; a list in the file).
+    #[arg(long)]
+    pub rpcauth: Vec<String>,
+    /// Source addresses allowed to connect to RPC besides loopback: an IP
+    /// or IP/prefix (repeatable; a list in the file).
+    #[arg(long)]
+    pub rpcallowip: Vec<String>,
 }
 
 #[derive(Deserialize, Debug, Default)]
@@ -124,6 +132,10 @@ struct FileConfig {
     metrics_listen: Option<String>,
     rpc_listen: Option<String>,
     rpc_rate_limit: Option<u32>,
+    #[serde(default)]
+    rpcauth: Vec<String>,
+    #[serde(default)]
+    rpcallowip: Vec<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -159,6 +171,8 @@ pub enum ConfigError {
     },
     #[error("multicast group {0} is not a multicast address")]
     NotMulticast(String),
+    #[error("{0}")]
+    Rpc(String),
     #[error("masternode wallet: {0}")]
     Wallet(crate::protocol::types::AddressError),
 }
@@ -220,6 +234,8 @@ pub struct NodeConfig {
     /// JSON-RPC address; `None`: RPC off.
     pub rpc_listen: Option<SocketAddr>,
     pub rpc_rate_limit: u32,
+    pub rpcauth: Vec<crate::node::rpc::RpcAuth>,
+    pub rpcallowip: Vec<crate::node::rpc::AllowIp>,
 }
 
 /// `host:port`, `[v6]:port`, or a port alone (127.0.0.1).
@@ -367,9 +383,21 @@ impl RunArgs {
             Some(v) => Some(listen_addr("rpc_listen", &v)?),
             None => None,
         };
+        let pick =
+            |flags: Vec<String>, file: Vec<String>| if flags.is_empty() { file } else { flags };
+        let rpcauth = pick(self.rpcauth, file.rpcauth)
+            .iter()
+            .map(|s| s.parse().map_err(ConfigError::Rpc))
+            .collect::<Result<_, _>>()?;
+        let rpcallowip = pick(self.rpcallowip, file.rpcallowip)
+            .iter()
+            .map(|s| s.parse().map_err(ConfigError::Rpc))
+            .collect::<Result<_, _>>()?;
         Ok(NodeConfig {
             metrics_listen,
             rpc_listen,
+            rpcauth,
+            rpcallowip,
             rpc_rate_limit: self
                 .rpc_rate_limit
                 .or(file.rpc_rate_limit)

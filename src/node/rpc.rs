@@ -193,6 +193,8 @@ pub(super) struct RpcCtx {
     started: Instant,
     /// The `Authorization` header value that the cookie gives.
     expected_auth: String,
+    rpcauth: Vec<RpcAuth>,
+    allow: Vec<AllowIp>,
     buckets: Mutex<Buckets>,
 }
 
@@ -222,29 +224,184 @@ pub fn basic_auth(user_pass: &str) -> String {
     )
 }
 
+/// One `rpcauth` credential: `user:salt$hmac`, where hmac is
+/// HMAC-SHA256 keyed by the salt over the password, in hex (bitcoind's
+/// format; `time-cli rpcauth USER` makes one).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RpcAuth {
+    pub user: String,
+    pub salt: String,
+    pub hmac: Vec<u8>,
+}
+
+impl std::str::FromStr for RpcAuth {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = || {
+            format!(
+                "rpcauth {s:?}: expected user:salt$hmac (make one with `time-cli rpcauth USER`)"
+            )
+        };
+        let (user, rest) = s.split_once(':').ok_or_else(bad)?;
+        let (salt, mac) = rest.split_once('$').ok_or_else(bad)?;
+        let hmac = hex::decode(mac).map_err(|_| bad())?;
+        if user.is_empty() || salt.is_empty() || hmac.len() != 32 {
+            return Err(bad());
+        }
+        Ok(RpcAuth {
+            user: user.into(),
+            salt: salt.into(),
+            hmac,
+        })
+    }
+}
+
+fn hmac_of(salt: &str, password: &str) -> hmac::Hmac<sha2::Sha256> {
+    use hmac::Mac;
+    let mut m = <hmac::Hmac<sha2::Sha256> as Mac>::new_from_slice(salt.as_bytes())
+        .expect("HMAC takes any key length");
+    m.update(password.as_bytes());
+    m
+}
+
+impl RpcAuth {
+    /// A new credential for `user` with `password`, and its config line.
+    pub fn generate(user: &str, password: &str) -> (RpcAuth, String) {
+        use hmac::Mac;
+        let salt = hex::encode(rand::random::<[u8; 16]>());
+        let hmac = hmac_of(&salt, password).finalize().into_bytes().to_vec();
+        let line = format!("{user}:{salt}${}", hex::encode(&hmac));
+        (
+            RpcAuth {
+                user: user.into(),
+                salt,
+                hmac,
+            },
+            line,
+        )
+    }
+
+    fn accepts(&self, user: &str, password: &str) -> bool {
+        use hmac::Mac;
+        same(user.as_bytes(), self.user.as_bytes())
+            && hmac_of(&self.salt, password)
+                .verify_slice(&self.hmac)
+                .is_ok()
+    }
+}
+
+/// Which source addresses may call: loopback always, plus `rpcallowip`
+/// entries (an address, or address/prefix).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AllowIp {
+    net: std::net::IpAddr,
+    prefix: u8,
+}
+
+impl std::str::FromStr for AllowIp {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = || {
+            format!("rpcallowip {s:?}: expected an IP address or address/prefix, e.g. 10.0.0.0/8")
+        };
+        let (a, p) = match s.split_once('/') {
+            Some((a, p)) => (a, Some(p)),
+            None => (s, None),
+        };
+        let net: std::net::IpAddr = a.trim().parse().map_err(|_| bad())?;
+        let max = if net.is_ipv4() { 32 } else { 128 };
+        let prefix = match p {
+            Some(p) => p
+                .trim()
+                .parse::<u8>()
+                .ok()
+                .filter(|p| *p <= max)
+                .ok_or_else(bad)?,
+            None => max,
+        };
+        Ok(AllowIp { net, prefix })
+    }
+}
+
+impl AllowIp {
+    fn contains(&self, ip: std::net::IpAddr) -> bool {
+        let bits = |ip: std::net::IpAddr| -> (u128, u8) {
+            match ip {
+                std::net::IpAddr::V4(v) => (u32::from(v) as u128, 32),
+                std::net::IpAddr::V6(v) => match v.to_ipv4_mapped() {
+                    Some(v4) => (u32::from(v4) as u128, 32),
+                    None => (u128::from(v), 128),
+                },
+            }
+        };
+        let ((n, nw), (a, aw)) = (bits(self.net), bits(ip));
+        if nw != aw {
+            return false;
+        }
+        let shift = (nw - self.prefix) as u32;
+        shift >= 128 || (n >> shift) == (a >> shift)
+    }
+}
+
+/// May `ip` call at all?
+fn allowed_ip(allow: &[AllowIp], ip: std::net::IpAddr) -> bool {
+    let loopback = match ip {
+        std::net::IpAddr::V6(v) => {
+            v.is_loopback() || v.to_ipv4_mapped().is_some_and(|v| v.is_loopback())
+        }
+        v4 => v4.is_loopback(),
+    };
+    loopback || allow.iter().any(|a| a.contains(ip))
+}
+
 /// Equal without an early exit (the comparison time does not leak the prefix).
 fn same(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 impl RpcCtx {
+    /// `cfg` gives the network, the rate limit, `rpcauth` and `rpcallowip`.
     pub(super) fn new(
         wallets: Arc<WalletCtx>,
-        network: &'static str,
+        cfg: &crate::node::config::NodeConfig,
         chain_id: u32,
         p2p: SocketAddr,
         cookie: &str,
-        reads_per_s: u32,
     ) -> Self {
         RpcCtx {
             wallets,
-            network,
+            network: cfg.network.name(),
             chain_id,
             p2p,
             started: Instant::now(),
             expected_auth: basic_auth(cookie),
-            buckets: Mutex::new(Buckets::new(reads_per_s)),
+            rpcauth: cfg.rpcauth.clone(),
+            allow: cfg.rpcallowip.clone(),
+            buckets: Mutex::new(Buckets::new(cfg.rpc_rate_limit)),
         }
+    }
+}
+
+impl RpcCtx {
+    /// The cookie, or an `rpcauth` user with the right password.
+    fn authorized(&self, header: &[u8]) -> bool {
+        use base64::Engine;
+        if same(header, self.expected_auth.as_bytes()) {
+            return true;
+        }
+        let Some(b64) = header.strip_prefix(b"Basic ") else {
+            return false;
+        };
+        let Ok(raw) = base64::engine::general_purpose::STANDARD.decode(b64) else {
+            return false;
+        };
+        let Ok(text) = std::str::from_utf8(&raw) else {
+            return false;
+        };
+        let Some((user, password)) = text.split_once(':') else {
+            return false;
+        };
+        self.rpcauth.iter().any(|a| a.accepts(user, password))
     }
 }
 
@@ -258,7 +415,7 @@ pub(super) async fn serve_rpc(listener: TcpListener, ctx: Arc<RpcCtx>) {
         let Ok(permit) = slots.clone().acquire_owned().await else {
             return;
         };
-        let (stream, _) = match listener.accept().await {
+        let (stream, from) = match listener.accept().await {
             Ok(s) => s,
             Err(e) => {
                 warn!("rpc accept: {e}");
@@ -266,6 +423,11 @@ pub(super) async fn serve_rpc(listener: TcpListener, ctx: Arc<RpcCtx>) {
                 continue;
             }
         };
+        if !allowed_ip(&ctx.allow, from.ip()) {
+            // Closed before a byte is read: not in rpcallowip.
+            warn!(%from, "rpc connection refused: not loopback and not in rpcallowip");
+            continue;
+        }
         let _ = stream.set_nodelay(true);
         let ctx = ctx.clone();
         tokio::spawn(async move {
@@ -305,7 +467,7 @@ async fn handle_http(ctx: &RpcCtx, req: Request<Incoming>) -> Response<Full<Byte
     let authorized = req
         .headers()
         .get(hyper::header::AUTHORIZATION)
-        .is_some_and(|v| same(v.as_bytes(), ctx.expected_auth.as_bytes()));
+        .is_some_and(|v| ctx.authorized(v.as_bytes()));
     if !authorized {
         let mut r = http(
             StatusCode::UNAUTHORIZED,
@@ -727,5 +889,50 @@ async fn call(ctx: &RpcCtx, method: &str, p: &[Value]) -> Result<Value, RpcError
             code::METHOD_NOT_FOUND,
             format!("method not found: {method}"),
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rpcauth_lines_round_trip_and_check_the_password() {
+        let (a, line) = RpcAuth::generate("alice", "s3cret");
+        let parsed: RpcAuth = line.parse().unwrap();
+        assert_eq!(parsed, a);
+        assert!(a.accepts("alice", "s3cret"));
+        assert!(!a.accepts("alice", "s3cret2"));
+        assert!(!a.accepts("bob", "s3cret"));
+        for bad in [
+            "alice",
+            "alice:salt",
+            "alice:salt$zz",
+            ":s$00",
+            "alice:s$0011",
+        ] {
+            assert!(bad.parse::<RpcAuth>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn allowip_matches_addresses_and_prefixes() {
+        let ip = |s: &str| s.parse::<std::net::IpAddr>().unwrap();
+        let net: AllowIp = "10.1.0.0/16".parse().unwrap();
+        assert!(net.contains(ip("10.1.200.3")));
+        assert!(!net.contains(ip("10.2.0.1")));
+        assert!(net.contains(ip("::ffff:10.1.0.9")));
+        let one: AllowIp = "192.0.2.7".parse().unwrap();
+        assert!(one.contains(ip("192.0.2.7")) && !one.contains(ip("192.0.2.8")));
+        let all: AllowIp = "0.0.0.0/0".parse().unwrap();
+        assert!(all.contains(ip("198.51.100.1")));
+        assert!(!all.contains(ip("2001:db8::1")));
+        for bad in ["10.0.0.0/33", "nope", "10.0.0.0/x"] {
+            assert!(bad.parse::<AllowIp>().is_err(), "{bad}");
+        }
+        assert!(allowed_ip(&[], ip("127.0.0.2")));
+        assert!(allowed_ip(&[], ip("::1")));
+        assert!(!allowed_ip(&[], ip("192.0.2.7")));
+        assert!(allowed_ip(&[one], ip("192.0.2.7")));
     }
 }

@@ -196,14 +196,7 @@ impl Node {
                     path: cfg.data_dir.display().to_string(),
                     source,
                 })?;
-            let ctx = RpcCtx::new(
-                wallets,
-                cfg.network.name(),
-                genesis.chain_id,
-                local_addr,
-                &cookie,
-                cfg.rpc_rate_limit,
-            );
+            let ctx = RpcCtx::new(wallets, &cfg, genesis.chain_id, local_addr, &cookie);
             tokio::spawn(serve_rpc(l, Arc::new(ctx)));
             cookie_path = Some(path);
         }
