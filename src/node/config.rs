@@ -502,4 +502,49 @@ mod tests {
         let r = RunArgs::default().resolve();
         assert!(matches!(r, Err(ConfigError::Missing(..))));
     }
+
+    /// deploy/node.toml parses, and names every option `run` takes (set or
+    /// commented out), so operators see every key.
+    #[test]
+    fn example_node_toml_parses_and_documents_every_key() {
+        use clap::{Args, Command};
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/node.toml");
+        let cfg = RunArgs {
+            config: Some(path.clone()),
+            ..Default::default()
+        }
+        .resolve()
+        .unwrap();
+        assert_eq!(cfg.network, Network::Testnet);
+        assert_eq!(cfg.metrics_listen, Some("127.0.0.1:24102".parse().unwrap()));
+        assert_eq!(cfg.rpc_listen, Some("127.0.0.1:24101".parse().unwrap()));
+        let text = std::fs::read_to_string(&path).unwrap();
+        let cmd = RunArgs::augment_args(Command::new("run"));
+        for arg in cmd.get_arguments() {
+            let key = arg.get_id().as_str();
+            if key == "config" || key == "unsafe_no_sync" {
+                continue; // the file itself; a benchmark-only flag
+            }
+            assert!(
+                text.lines().any(|l| {
+                    let l = l.trim_start_matches('#').trim_start();
+                    l.starts_with(&format!("{key} ="))
+                }),
+                "deploy/node.toml does not document `{key}`"
+            );
+        }
+    }
+
+    #[test]
+    fn listen_addresses_take_a_port_or_an_address() {
+        assert_eq!(
+            listen_addr("metrics_listen", "9100").unwrap(),
+            "127.0.0.1:9100".parse().unwrap()
+        );
+        assert_eq!(
+            listen_addr("rpc_listen", "[::1]:8332").unwrap(),
+            "[::1]:8332".parse().unwrap()
+        );
+        assert!(listen_addr("rpc_listen", "localhost:x").is_err());
+    }
 }
