@@ -306,7 +306,19 @@ fn cli(c: &Cluster, node: usize, args: &[&str]) -> (i32, String, String) {
 #[test]
 fn time_cli_round_trips_with_exit_codes() {
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let c = Cluster::start(3);
+    // This cluster also logs JSON: one object per line.
+    let c = Cluster::start_with(3, "log_format = \"json\"\n");
+    let log = c.log(0);
+    let lines: Vec<Value> = log
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    assert!(
+        lines
+            .iter()
+            .any(|v| v["fields"]["message"] == "masternode listening" && v["level"] == "INFO"),
+        "{log}"
+    );
     let (code0, out, err) = cli(&c, 1, &["masternodestatus"]);
     assert_eq!(code0, 0, "{err}");
     let v: Value = serde_json::from_str(&out).unwrap();

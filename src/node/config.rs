@@ -86,6 +86,10 @@ pub struct RunArgs {
     /// Log filter (tracing syntax) [default: info].
     #[arg(long, env = "RUST_LOG")]
     pub log: Option<String>,
+    /// Log output: text, or json (one object per line, for log shippers)
+    /// [default: text].
+    #[arg(long)]
+    pub log_format: Option<String>,
     /// Serve Prometheus metrics at http://ADDR/metrics: host:port, or a
     /// port alone for 127.0.0.1 [default: off].
     #[arg(long)]
@@ -120,6 +124,7 @@ struct FileConfig {
     lock_timeout_ms: Option<u64>,
     mempool_limit: Option<usize>,
     log: Option<String>,
+    log_format: Option<String>,
     fast_path: Option<String>,
     multicast_group: Option<String>,
     multicast_interface: Option<String>,
@@ -172,7 +177,7 @@ pub enum ConfigError {
     #[error("multicast group {0} is not a multicast address")]
     NotMulticast(String),
     #[error("{0}")]
-    Rpc(String),
+    Invalid(String),
     #[error("masternode wallet: {0}")]
     Wallet(crate::protocol::types::AddressError),
 }
@@ -222,6 +227,8 @@ pub struct NodeConfig {
     pub mempool_limit: usize,
     pub no_sync: bool,
     pub log: String,
+    /// JSON log lines instead of text.
+    pub log_json: bool,
     pub fast_path: crate::node::fastpath::FastPathMode,
     pub io_backend: time_net::udp::IoBackend,
     pub vote_threads: usize,
@@ -387,13 +394,28 @@ impl RunArgs {
             |flags: Vec<String>, file: Vec<String>| if flags.is_empty() { file } else { flags };
         let rpcauth = pick(self.rpcauth, file.rpcauth)
             .iter()
-            .map(|s| s.parse().map_err(ConfigError::Rpc))
+            .map(|s| s.parse().map_err(ConfigError::Invalid))
             .collect::<Result<_, _>>()?;
         let rpcallowip = pick(self.rpcallowip, file.rpcallowip)
             .iter()
-            .map(|s| s.parse().map_err(ConfigError::Rpc))
+            .map(|s| s.parse().map_err(ConfigError::Invalid))
             .collect::<Result<_, _>>()?;
+        let log_json = match self
+            .log_format
+            .or(file.log_format)
+            .unwrap_or_else(|| "text".into())
+            .as_str()
+        {
+            "text" => false,
+            "json" => true,
+            other => {
+                return Err(ConfigError::Invalid(format!(
+                    "log_format {other:?}: use text or json"
+                )))
+            }
+        };
         Ok(NodeConfig {
+            log_json,
             metrics_listen,
             rpc_listen,
             rpcauth,
