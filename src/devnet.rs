@@ -27,6 +27,29 @@ pub struct DevnetSpec {
     pub port_stride: u16,
 }
 
+impl DevnetSpec {
+    /// Ports a devnet of `nodes` uses from its base port: P2P (and P2P + 1)
+    /// per node at `stride`, the multicast group port, then one metrics port
+    /// per node, then one RPC port per node (reserved).
+    pub fn span_for(nodes: usize, stride: u16) -> usize {
+        nodes * stride.max(1) as usize + 1 + 2 * nodes
+    }
+
+    pub fn port_span(&self) -> usize {
+        Self::span_for(self.nodes, self.port_stride)
+    }
+
+    /// Masternode `i`'s `/metrics` port: after the multicast group port.
+    pub fn metrics_port(&self, i: usize) -> u16 {
+        (self.base_port as usize + self.nodes * self.port_stride.max(1) as usize + 1 + i) as u16
+    }
+
+    /// Masternode `i`'s JSON-RPC port: after the metrics ports.
+    pub fn rpc_port(&self, i: usize) -> u16 {
+        self.metrics_port(i) + self.nodes as u16
+    }
+}
+
 impl Default for DevnetSpec {
     fn default() -> Self {
         DevnetSpec {
@@ -50,6 +73,12 @@ pub struct DevnetLayout {
     pub chain_id: u32,
     pub node_configs: Vec<PathBuf>,
     pub endpoints: Vec<SocketAddr>,
+    /// Each masternode's `/metrics` address (from its node.toml), if on.
+    pub metrics: Vec<Option<SocketAddr>>,
+    /// Each masternode's JSON-RPC address (from its node.toml), if on, and
+    /// the cookie file its RPC clients read.
+    pub rpc: Vec<Option<SocketAddr>>,
+    pub cookies: Vec<PathBuf>,
     pub wallet_keys: Vec<PathBuf>,
 }
 
@@ -86,13 +115,29 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> DevnetError + '_ {
 
 impl DevnetLayout {
     fn paths(dir: &Path, nodes: usize, wallets: usize, genesis: &GenesisFile) -> DevnetLayout {
+        let node_configs: Vec<PathBuf> = (0..nodes)
+            .map(|i| dir.join(format!("mn{i}")).join("node.toml"))
+            .collect();
+        let metrics = node_configs
+            .iter()
+            .map(|p| listen_of(p, "metrics_listen"))
+            .collect();
+        let rpc = node_configs
+            .iter()
+            .map(|p| listen_of(p, "rpc_listen"))
+            .collect();
+        let cookies = node_configs
+            .iter()
+            .map(|p| p.with_file_name("data").join(".cookie"))
+            .collect();
         DevnetLayout {
             dir: dir.to_path_buf(),
             genesis: dir.join("genesis.json"),
             chain_id: genesis.chain_id,
-            node_configs: (0..nodes)
-                .map(|i| dir.join(format!("mn{i}")).join("node.toml"))
-                .collect(),
+            node_configs,
+            metrics,
+            rpc,
+            cookies,
             endpoints: genesis
                 .masternodes
                 .iter()
@@ -121,15 +166,48 @@ impl DevnetLayout {
             let wallets = std::fs::read_dir(dir.join("wallets"))
                 .map(|d| d.count())
                 .unwrap_or(0);
-            return Ok(Self::paths(dir, spec.nodes, wallets, &genesis));
+            let layout = Self::paths(dir, spec.nodes, wallets, &genesis);
+            layout.write_endpoints()?;
+            return Ok(layout);
         }
         Self::generate(dir, spec)
     }
 
+    /// Writes `endpoints.json`: per masternode its P2P address, metrics
+    /// URL, config, data directory and log, for tools and tests.
+    pub fn write_endpoints(&self) -> Result<(), DevnetError> {
+        let nodes: Vec<serde_json::Value> = self
+            .endpoints
+            .iter()
+            .enumerate()
+            .map(|(i, p2p)| {
+                let cfg = &self.node_configs[i];
+                serde_json::json!({
+                    "masternode": i,
+                    "p2p": p2p.to_string(),
+                    "metrics_url": self.metrics.get(i).copied().flatten()
+                        .map(|a| format!("http://{a}/metrics")),
+                    "rpc_url": self.rpc.get(i).copied().flatten()
+                        .map(|a| format!("http://{a}/")),
+                    "cookie": self.cookies[i].display().to_string(),
+                    "config": cfg.display().to_string(),
+                    "data_dir": cfg.with_file_name("data").display().to_string(),
+                    "log": cfg.with_file_name("node.log").display().to_string(),
+                })
+            })
+            .collect();
+        let doc = serde_json::json!({
+            "chain_id": self.chain_id,
+            "genesis": self.genesis.display().to_string(),
+            "masternodes": nodes,
+        });
+        let p = self.dir.join("endpoints.json");
+        let text = serde_json::to_string_pretty(&doc).expect("json of plain values");
+        std::fs::write(&p, text + "\n").map_err(io(&p))
+    }
+
     pub fn generate(dir: &Path, spec: &DevnetSpec) -> Result<DevnetLayout, DevnetError> {
-        if spec.base_port as usize + (spec.nodes + 1) * spec.port_stride.max(1) as usize
-            > u16::MAX as usize
-        {
+        if spec.base_port as usize + spec.port_span() > u16::MAX as usize {
             return Err(DevnetError::Ports(spec.base_port, spec.nodes));
         }
         std::fs::create_dir_all(dir.join("wallets")).map_err(io(dir))?;
@@ -152,6 +230,8 @@ impl DevnetLayout {
             let key = KeyFile::generate();
             KeyFile::save(&key, &nd.join("key.json"))?;
             let port = spec.base_port + i as u16 * spec.port_stride.max(1);
+            let metrics = spec.metrics_port(i);
+            let rpc = spec.rpc_port(i);
             masternodes.push(MasternodeEntry {
                 public_key: PublicKey::from_signing(&key).to_string(),
                 address: format!("127.0.0.1:{port}"),
@@ -162,7 +242,9 @@ impl DevnetLayout {
                  data_dir = \"data\"\nkey_file = \"key.json\"\ngenesis = \"../genesis.json\"\n\
                  network = \"devnet\"\nlisten_host = \"127.0.0.1\"\np2p_port = {port}\n{fast}\
                  # all masternodes share this machine: one verifier thread each\n\
-                 verify_threads = 1\n"
+                 verify_threads = 1\n\
+                 metrics_listen = \"127.0.0.1:{metrics}\"\n\
+                 rpc_listen = \"127.0.0.1:{rpc}\"\n"
             );
             let p = nd.join("node.toml");
             std::fs::write(&p, cfg).map_err(io(&p))?;
@@ -188,8 +270,18 @@ impl DevnetLayout {
         genesis.to_genesis()?;
         let g = dir.join("genesis.json");
         genesis.save(&g).map_err(io(&g))?;
-        Ok(Self::paths(dir, spec.nodes, spec.wallets, &genesis))
+        let layout = Self::paths(dir, spec.nodes, spec.wallets, &genesis);
+        layout.write_endpoints()?;
+        Ok(layout)
     }
+}
+
+/// An address key (`metrics_listen`, `rpc_listen`) of a node.toml, if it
+/// sets one (a devnet made before they existed has none).
+fn listen_of(cfg: &Path, key: &str) -> Option<SocketAddr> {
+    let text = std::fs::read_to_string(cfg).ok()?;
+    let v: toml::Value = toml::from_str(&text).ok()?;
+    v.get(key)?.as_str()?.parse().ok()
 }
 
 #[cfg(test)]
@@ -212,6 +304,22 @@ mod tests {
         let ports: Vec<u16> = a.endpoints.iter().map(|e| e.port()).collect();
         assert_eq!(ports, [31000, 31002, 31004]);
         assert!(ports.iter().all(|p| !ports.contains(&(p + 1))));
+        // Metrics ports come after the multicast port, inside the span.
+        let m: Vec<u16> = a.metrics.iter().map(|m| m.unwrap().port()).collect();
+        assert_eq!(m, [31007, 31008, 31009]);
+        let ep: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(d.path().join("endpoints.json")).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(
+            ep["masternodes"][1]["metrics_url"],
+            "http://127.0.0.1:31008/metrics"
+        );
+        assert_eq!(ep["masternodes"][2]["p2p"], "127.0.0.1:31004");
+        let r: Vec<u16> = a.rpc.iter().map(|m| m.unwrap().port()).collect();
+        assert_eq!(r, [31010, 31011, 31012]);
+        assert!(31000 + spec.port_span() > 31012);
+        assert_eq!(ep["masternodes"][0]["rpc_url"], "http://127.0.0.1:31010/");
         let g = GenesisFile::load(&a.genesis).unwrap().to_genesis().unwrap();
         assert_eq!(g.utxos.len(), 10);
         assert_eq!(g.registry.len(), 3);

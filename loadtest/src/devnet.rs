@@ -95,8 +95,9 @@ impl LocalDevnet {
         let base_port = match opts.base_port {
             Some(p) => p,
             // Node i listens on base + 2i and base + 2i + 1 (the devnet's
-            // port stride is 2).
-            None => free_port_range(2 * opts.nodes + 1)?,
+            // port stride is 2), then the multicast port, then the metrics
+            // and RPC ports (`DevnetSpec::span_for`).
+            None => free_port_range(DevnetSpec::span_for(opts.nodes, 2))?,
         };
         let spec = DevnetSpec {
             nodes: opts.nodes,

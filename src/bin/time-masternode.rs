@@ -119,14 +119,21 @@ fn runtime() -> Result<tokio::runtime::Runtime, AnyError> {
 
 fn run(args: RunArgs) -> Result<(), AnyError> {
     let cfg = args.resolve()?;
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_new(&cfg.log)
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_target(false)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    let filter = tracing_subscriber::EnvFilter::try_new(&cfg.log)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    if cfg.log_json {
+        tracing_subscriber::fmt()
+            .json()
+            .with_env_filter(filter)
+            .with_current_span(false)
+            .init();
+    } else {
+        tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_target(false)
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init();
+    }
     let rt = runtime()?;
     rt.block_on(async move {
         let node = Node::start(cfg).await?;
@@ -270,7 +277,17 @@ fn devnet(args: DevnetArgs) -> Result<(), AnyError> {
             "  masternode {i}: {e}   log: {}",
             layout.node_configs[i].with_file_name("node.log").display()
         );
+        match layout.metrics.get(i).copied().flatten() {
+            Some(m) => println!("    metrics: http://{m}/metrics"),
+            None => {
+                println!("    metrics: off (devnet made before metrics; --fresh turns them on)")
+            }
+        }
     }
+    println!(
+        "endpoints of every masternode: {}",
+        layout.dir.join("endpoints.json").display()
+    );
     println!("genesis: {}", layout.genesis.display());
     println!("funded wallets:");
     for w in &layout.wallet_keys {

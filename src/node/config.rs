@@ -86,6 +86,29 @@ pub struct RunArgs {
     /// Log filter (tracing syntax) [default: info].
     #[arg(long, env = "RUST_LOG")]
     pub log: Option<String>,
+    /// Log output: text, or json (one object per line, for log shippers)
+    /// [default: text].
+    #[arg(long)]
+    pub log_format: Option<String>,
+    /// Serve Prometheus metrics at http://ADDR/metrics: host:port, or a
+    /// port alone for 127.0.0.1 [default: off].
+    #[arg(long)]
+    pub metrics_listen: Option<String>,
+    /// Serve JSON-RPC at http://ADDR/ (Basic auth with the data directory's
+    /// `.cookie`): host:port, or a port alone for 127.0.0.1 [default: off].
+    #[arg(long)]
+    pub rpc_listen: Option<String>,
+    /// RPC read calls allowed per second (writes: a quarter) [default: 1000].
+    #[arg(long)]
+    pub rpc_rate_limit: Option<u32>,
+    /// RPC credentials besides the cookie, `user:salt$hmac` from
+    /// `time-cli rpcauth USER` (repeatable; a list in the file).
+    #[arg(long)]
+    pub rpcauth: Vec<String>,
+    /// Source addresses allowed to connect to RPC besides loopback: an IP
+    /// or IP/prefix (repeatable; a list in the file).
+    #[arg(long)]
+    pub rpcallowip: Vec<String>,
 }
 
 #[derive(Deserialize, Debug, Default)]
@@ -101,6 +124,7 @@ struct FileConfig {
     lock_timeout_ms: Option<u64>,
     mempool_limit: Option<usize>,
     log: Option<String>,
+    log_format: Option<String>,
     fast_path: Option<String>,
     multicast_group: Option<String>,
     multicast_interface: Option<String>,
@@ -110,6 +134,13 @@ struct FileConfig {
     peer_transport: Option<String>,
     round_window_us: Option<u64>,
     verify_threads: Option<usize>,
+    metrics_listen: Option<String>,
+    rpc_listen: Option<String>,
+    rpc_rate_limit: Option<u32>,
+    #[serde(default)]
+    rpcauth: Vec<String>,
+    #[serde(default)]
+    rpcallowip: Vec<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -145,6 +176,8 @@ pub enum ConfigError {
     },
     #[error("multicast group {0} is not a multicast address")]
     NotMulticast(String),
+    #[error("{0}")]
+    Invalid(String),
     #[error("masternode wallet: {0}")]
     Wallet(crate::protocol::types::AddressError),
 }
@@ -194,6 +227,8 @@ pub struct NodeConfig {
     pub mempool_limit: usize,
     pub no_sync: bool,
     pub log: String,
+    /// JSON log lines instead of text.
+    pub log_json: bool,
     pub fast_path: crate::node::fastpath::FastPathMode,
     pub io_backend: time_net::udp::IoBackend,
     pub vote_threads: usize,
@@ -201,6 +236,26 @@ pub struct NodeConfig {
     pub peer_transport: crate::node::peer_net::PeerTransport,
     pub round_window_us: u64,
     pub verify_threads: usize,
+    /// `/metrics` address; `None`: metrics off.
+    pub metrics_listen: Option<SocketAddr>,
+    /// JSON-RPC address; `None`: RPC off.
+    pub rpc_listen: Option<SocketAddr>,
+    pub rpc_rate_limit: u32,
+    pub rpcauth: Vec<crate::node::rpc::RpcAuth>,
+    pub rpcallowip: Vec<crate::node::rpc::AllowIp>,
+}
+
+/// `host:port`, `[v6]:port`, or a port alone (127.0.0.1).
+fn listen_addr(what: &'static str, value: &str) -> Result<SocketAddr, ConfigError> {
+    let bad = || ConfigError::Address {
+        what,
+        value: value.to_string(),
+        expected: "host:port, or a port for 127.0.0.1",
+    };
+    if let Ok(port) = value.trim().parse::<u16>() {
+        return Ok(SocketAddr::from(([127, 0, 0, 1], port)));
+    }
+    value.trim().parse().map_err(|_| bad())
 }
 
 fn rel(base: &Path, p: PathBuf) -> PathBuf {
@@ -327,7 +382,49 @@ impl RunArgs {
         let cores = std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(1);
+        let metrics_listen = match self.metrics_listen.or(file.metrics_listen) {
+            Some(v) => Some(listen_addr("metrics_listen", &v)?),
+            None => None,
+        };
+        let rpc_listen = match self.rpc_listen.or(file.rpc_listen) {
+            Some(v) => Some(listen_addr("rpc_listen", &v)?),
+            None => None,
+        };
+        let pick =
+            |flags: Vec<String>, file: Vec<String>| if flags.is_empty() { file } else { flags };
+        let rpcauth = pick(self.rpcauth, file.rpcauth)
+            .iter()
+            .map(|s| s.parse().map_err(ConfigError::Invalid))
+            .collect::<Result<_, _>>()?;
+        let rpcallowip = pick(self.rpcallowip, file.rpcallowip)
+            .iter()
+            .map(|s| s.parse().map_err(ConfigError::Invalid))
+            .collect::<Result<_, _>>()?;
+        let log_json = match self
+            .log_format
+            .or(file.log_format)
+            .unwrap_or_else(|| "text".into())
+            .as_str()
+        {
+            "text" => false,
+            "json" => true,
+            other => {
+                return Err(ConfigError::Invalid(format!(
+                    "log_format {other:?}: use text or json"
+                )))
+            }
+        };
         Ok(NodeConfig {
+            log_json,
+            metrics_listen,
+            rpc_listen,
+            rpcauth,
+            rpcallowip,
+            rpc_rate_limit: self
+                .rpc_rate_limit
+                .or(file.rpc_rate_limit)
+                .unwrap_or(1_000)
+                .max(1),
             verify_threads: self
                 .verify_threads
                 .or(file.verify_threads)
@@ -426,5 +523,50 @@ mod tests {
         assert!(matches!(r, Err(ConfigError::Network(_))));
         let r = RunArgs::default().resolve();
         assert!(matches!(r, Err(ConfigError::Missing(..))));
+    }
+
+    /// deploy/node.toml parses, and names every option `run` takes (set or
+    /// commented out), so operators see every key.
+    #[test]
+    fn example_node_toml_parses_and_documents_every_key() {
+        use clap::{Args, Command};
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/node.toml");
+        let cfg = RunArgs {
+            config: Some(path.clone()),
+            ..Default::default()
+        }
+        .resolve()
+        .unwrap();
+        assert_eq!(cfg.network, Network::Testnet);
+        assert_eq!(cfg.metrics_listen, Some("127.0.0.1:24102".parse().unwrap()));
+        assert_eq!(cfg.rpc_listen, Some("127.0.0.1:24101".parse().unwrap()));
+        let text = std::fs::read_to_string(&path).unwrap();
+        let cmd = RunArgs::augment_args(Command::new("run"));
+        for arg in cmd.get_arguments() {
+            let key = arg.get_id().as_str();
+            if key == "config" || key == "unsafe_no_sync" {
+                continue; // the file itself; a benchmark-only flag
+            }
+            assert!(
+                text.lines().any(|l| {
+                    let l = l.trim_start_matches('#').trim_start();
+                    l.starts_with(&format!("{key} ="))
+                }),
+                "deploy/node.toml does not document `{key}`"
+            );
+        }
+    }
+
+    #[test]
+    fn listen_addresses_take_a_port_or_an_address() {
+        assert_eq!(
+            listen_addr("metrics_listen", "9100").unwrap(),
+            "127.0.0.1:9100".parse().unwrap()
+        );
+        assert_eq!(
+            listen_addr("rpc_listen", "[::1]:8332").unwrap(),
+            "[::1]:8332".parse().unwrap()
+        );
+        assert!(listen_addr("rpc_listen", "localhost:x").is_err());
     }
 }

@@ -29,6 +29,7 @@ use tracing::{error, info, warn};
 use crate::node::core_input::{Clock, CoreInput, WalletQuery};
 use crate::node::fastpath::{FastPathSender, FastPathStats};
 use crate::node::links::LinksUp;
+use crate::node::metrics::NodeMetrics;
 use crate::node::peer_net::{priority_of, PeerNet};
 use crate::node::vote_threads::VoteThreads;
 use crate::node::wallet_server::{Outbound, SessionTx, WalletStats, WarnEvery, SESSION_QUEUE};
@@ -49,6 +50,8 @@ const MAX_ROUND_INPUTS: usize = 8_192;
 const TICK: Duration = Duration::from_millis(10);
 /// How often the `status` (and `fast path`) lines are logged.
 const STATUS_EVERY_MS: u64 = 10_000;
+/// How often the metrics' state gauges are refreshed.
+const METRICS_EVERY_MS: u64 = 1_000;
 /// How often our fast-path stream position is announced to peers.
 const ANNOUNCE_EVERY_MS: u64 = 250;
 
@@ -66,6 +69,7 @@ pub(super) struct CoreCtx {
     pub wallet_stats: Arc<WalletStats>,
     pub votes: Arc<VoteThreads>,
     pub fast_stats: Option<Arc<FastPathStats>>,
+    pub metrics: Arc<NodeMetrics>,
 }
 
 /// Everything the core thread owns.
@@ -93,6 +97,7 @@ fn core_loop(mut c: Core) -> Result<(), StoreError> {
     let clock = c.ctx.clock;
     let now_ms = || clock.now_ms();
     let mut last_log = 0;
+    let mut last_metrics = 0;
     let mut last_announce = 0;
     let mut refusals_logged = 0;
     let mut peers_up = HashSet::new();
@@ -113,6 +118,12 @@ fn core_loop(mut c: Core) -> Result<(), StoreError> {
         commit_and_send(&mut c, &mut wallets, now)?;
         if let Some(f) = c.fast.as_mut() {
             fast_housekeeping(f, &c.ctx, now, &mut last_announce);
+        }
+        if now.saturating_sub(last_metrics) >= METRICS_EVERY_MS {
+            last_metrics = now;
+            c.ctx
+                .metrics
+                .publish(&c.mn, &c.store, peers_connected(&c.ctx), now);
         }
         if now.saturating_sub(last_log) >= STATUS_EVERY_MS {
             last_log = now;
@@ -141,6 +152,7 @@ fn commit_and_send(c: &mut Core, wallets: &mut Wallets, now: u64) -> Result<(), 
     }
     dispatch(&c.ctx, round.transmits, c.fast.as_mut());
     for ev in &round.events {
+        c.ctx.metrics.core.event(ev);
         log_event(ev);
     }
     for (session, reply) in round.wallet {
@@ -479,7 +491,7 @@ fn log_status(mn: &Masternode, ctx: &CoreCtx, refusals_logged: &mut u64) {
 }
 
 fn broadcast(ctx: &CoreCtx, prio: Priority, frame: Bytes) {
-    ctx.net.broadcast(prio, frame, &ctx.stats.peer_queue_drops);
+    ctx.net.broadcast(prio, frame, &ctx.stats);
 }
 
 /// Sends a round's messages. Lock broadcasts and votes to all peers take the
@@ -490,12 +502,13 @@ fn dispatch(ctx: &CoreCtx, transmits: Vec<Transmit>, mut fast: Option<&mut FastP
     for Transmit { dest, msg } in transmits {
         let prio = priority_of(&msg);
         if let (Dest::AllPeers, Message::VoteBatch(b)) = (&dest, &msg) {
+            ctx.metrics.core.votes_out(b);
             ctx.votes.own(b.clone());
         }
         let frame = encode(&msg);
         match dest {
             Dest::Peer(p) => {
-                ctx.net.send(&p, prio, frame, &ctx.stats.peer_queue_drops);
+                ctx.net.send(&p, prio, frame, &ctx.stats);
             }
             Dest::AllPeers => match (&mut fast, &msg) {
                 (Some(f), Message::TransactionBroadcast(_) | Message::VoteBatch(_))

@@ -185,7 +185,7 @@ impl FastPathSink for Sink {
             &to,
             Priority::High,
             encode(&Message::RepairRequest { first, last }),
-            &self.stats.peer_queue_drops,
+            &self.stats,
         );
     }
 }

@@ -17,6 +17,8 @@
 //! - `links`: the plain outbound peer links.
 //! - [`wallet_server`]: wallet sessions, their limits and their counters
 //!   (which session hears what is the state machine's router).
+//! - [`metrics`]: the Prometheus metrics and the `/metrics` endpoint.
+//! - [`rpc`]: JSON-RPC over HTTP, through the wallet sessions' typed API.
 //! - `wire`: frame encoding, connection errors, [`NetStats`].
 //! - [`peer_net`], [`fastpath`], [`verifier`], [`vote_threads`]: the
 //!   transports and worker pools those parts use.
@@ -31,9 +33,11 @@ mod ingest;
 pub mod keyfile;
 mod links;
 mod listener;
+pub mod metrics;
 mod peer_glue;
 pub mod peer_net;
 mod proof_check;
+pub mod rpc;
 pub mod startup;
 pub mod verifier;
 pub mod vote_threads;

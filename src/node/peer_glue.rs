@@ -21,7 +21,7 @@ use crate::masternode::Misbehaviour;
 use crate::node::core_input::{CoreInput, CoreTx};
 use crate::node::fastpath::{FastPathReceiver, RepairRing};
 use crate::node::ingest::{Ingest, Sink};
-use crate::node::peer_net::PeerNet;
+use crate::node::peer_net::{priority_of, PeerNet};
 use crate::node::wire::{encode, LinkError, NetStats};
 use crate::protocol::audience::PeerMessage;
 use crate::protocol::message::Message;
@@ -88,7 +88,10 @@ pub(super) async fn serve_peer(
     loop {
         let frame = reader.read_frame().await?;
         ctx.stats.frames_in.fetch_add(1, Ordering::Relaxed);
-        let msg = PeerMessage::try_from(Message::decode(frame)?)?;
+        let len = frame.len();
+        let msg = Message::decode(frame)?;
+        ctx.stats.traffic.received(priority_of(&msg), len);
+        let msg = PeerMessage::try_from(msg)?;
         handle_peer_message(ctx, peer, msg)?;
     }
 }
@@ -96,8 +99,9 @@ pub(super) async fn serve_peer(
 /// Drains the pool's inbox (pool transports only).
 pub(super) fn spawn_pool_inbox(ctx: Arc<PeerCtx>, mut inbox: Inbox) {
     tokio::spawn(async move {
-        while let Some((peer, _prio, frame)) = inbox.recv().await {
+        while let Some((peer, prio, frame)) = inbox.recv().await {
             ctx.stats.frames_in.fetch_add(1, Ordering::Relaxed);
+            ctx.stats.traffic.received(prio, frame.len());
             let peer = PublicKey(peer);
             let r = match Message::decode(&frame) {
                 Ok(m) => PeerMessage::try_from(m)
@@ -201,7 +205,7 @@ fn answer_repair(ctx: &PeerCtx, peer: PublicKey, first: u64, last: u64) {
             &peer,
             Priority::High,
             encode(&Message::Repair(d.to_vec())),
-            &ctx.stats.peer_queue_drops,
+            &ctx.stats,
         );
     }
 }

@@ -5,13 +5,14 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 
 use bytes::Bytes;
 use time_net::pool::{Pool, Transport};
 use time_net::priority::Priority;
 use tokio::sync::mpsc;
 
+use crate::node::wire::NetStats;
 use crate::protocol::message::Message;
 use crate::protocol::types::PublicKey;
 
@@ -76,32 +77,45 @@ pub enum PeerNet {
 }
 
 impl PeerNet {
-    /// Queues `frame` (an encoded `msg`) for one peer; false if refused (counted).
-    pub fn send(&self, peer: &PublicKey, prio: Priority, frame: Bytes, drops: &AtomicU64) -> bool {
+    /// Queues `frame` (an encoded `msg`) for one peer; false if refused
+    /// (counted). Counts what it queues per class in `stats.traffic`.
+    pub fn send(&self, peer: &PublicKey, prio: Priority, frame: Bytes, stats: &NetStats) -> bool {
+        let len = frame.len();
         let ok = match self {
             PeerNet::Pool(p) => p.send(&peer.0, prio, frame).is_ok(),
             PeerNet::Links(l) => l.get(peer).is_some_and(|s| s.try_send(frame).is_ok()),
         };
-        if !ok {
-            drops.fetch_add(1, Ordering::Relaxed);
+        if ok {
+            stats.traffic.sent(prio, len, 1);
+        } else {
+            stats.peer_queue_drops.fetch_add(1, Ordering::Relaxed);
+            stats.traffic.dropped(prio, 1);
         }
         ok
     }
 
-    pub fn broadcast(&self, prio: Priority, frame: Bytes, drops: &AtomicU64) {
-        match self {
+    pub fn broadcast(&self, prio: Priority, frame: Bytes, stats: &NetStats) {
+        let len = frame.len();
+        let (queued, refused) = match self {
             PeerNet::Pool(p) => {
                 let r = p.broadcast(prio, frame);
-                drops.fetch_add(r.refused.len() as u64, Ordering::Relaxed);
+                (r.queued, r.refused.len())
             }
             PeerNet::Links(l) => {
+                let mut refused = 0;
                 for s in l.values() {
                     if s.try_send(frame.clone()).is_err() {
-                        drops.fetch_add(1, Ordering::Relaxed);
+                        refused += 1;
                     }
                 }
+                (l.len() - refused, refused)
             }
-        }
+        };
+        stats.traffic.sent(prio, len, queued);
+        stats
+            .peer_queue_drops
+            .fetch_add(refused as u64, Ordering::Relaxed);
+        stats.traffic.dropped(prio, refused);
     }
 
     /// Peers with a live authenticated connection (pool), or `links_up` for

@@ -37,9 +37,11 @@ use crate::node::ingest::{start_verifier, start_vote_threads, AfterVerify, Inges
 use crate::node::keyfile::KeyFile;
 use crate::node::links::{peer_link, LinkCtx, LinksUp, PEER_QUEUE};
 use crate::node::listener::{accept_loop, ListenCtx};
+use crate::node::metrics::{bind_metrics, serve_metrics, NodeMetrics, Sources};
 use crate::node::peer_glue::{spawn_pool_inbox, FastRepair, PeerCtx};
 use crate::node::peer_net::PeerNet;
 use crate::node::proof_check::ProofCheck;
+use crate::node::rpc::{serve_rpc, write_cookie, RpcCtx};
 use crate::node::vote_threads::VoteThreadConfig;
 use crate::node::wallet_server::{WalletCtx, WalletStats};
 use crate::node::wire::NetStats;
@@ -70,6 +72,21 @@ pub enum NodeError {
     Pool(String),
     #[error("fast path: {0}")]
     FastPath(crate::node::fastpath::FastPathError),
+    #[error("cannot listen for metrics on {addr}: {source} (set metrics_listen to a free port, or leave it out to turn metrics off)")]
+    MetricsListen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("cannot listen for JSON-RPC on {addr}: {source} (set rpc_listen to a free port, or leave it out to turn RPC off)")]
+    RpcListen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("cannot write the RPC cookie in {path}: {source}")]
+    Cookie {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("cannot listen on {addr}: {source}")]
     Listen {
         addr: SocketAddr,
@@ -80,6 +97,11 @@ pub enum NodeError {
 /// A running masternode.
 pub struct Node {
     pub local_addr: SocketAddr,
+    /// Where `/metrics` is served, when `metrics_listen` is set.
+    pub metrics_addr: Option<SocketAddr>,
+    /// Where JSON-RPC is served, when `rpc_listen` is set, and its cookie.
+    pub rpc_addr: Option<SocketAddr>,
+    pub cookie_path: Option<std::path::PathBuf>,
     stats: Arc<NetStats>,
     wallet_stats: Arc<WalletStats>,
     stopping: Arc<AtomicBool>,
@@ -116,6 +138,22 @@ impl Node {
         let lock = lock_data_dir(&cfg)?;
         let (store, masternode) = open_state(&cfg, &genesis, &key)?;
         let (listener, local_addr) = bind_listener(cfg.listen).await?;
+        let rpc_listener = match cfg.rpc_listen {
+            Some(addr) => Some(
+                TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| NodeError::RpcListen { addr, source })?,
+            ),
+            None => None,
+        };
+        let metrics_listener = match cfg.metrics_listen {
+            Some(addr) => Some(
+                bind_metrics(addr)
+                    .await
+                    .map_err(|source| NodeError::MetricsListen { addr, source })?,
+            ),
+            None => None,
+        };
         let fast = FastPath::start(
             &cfg.fast_path,
             cfg.io_backend,
@@ -139,19 +177,45 @@ impl Node {
             admission,
         );
         let fast = start_fast_receiver(fast, &w);
+        let metrics = Arc::new(NodeMetrics::new(Sources {
+            net: w.stats.clone(),
+            wallet: w.wallet_stats.clone(),
+            votes: w.ingest.votes.stats.clone(),
+            verifier: w.ingest.verifier.stats.clone(),
+            fast: fast.stats.clone(),
+        }));
+        let metrics_addr = metrics_listener.as_ref().and_then(|l| l.local_addr().ok());
+        if let Some(l) = metrics_listener {
+            tokio::spawn(serve_metrics(l, metrics.clone()));
+        }
         let core = Core {
             mn: masternode,
             store,
             rx: core_rx,
             fast: fast.sender,
             round_window: Duration::from_micros(cfg.round_window_us),
-            ctx: core_ctx(&w, &genesis, fast.stats),
+            ctx: core_ctx(&w, &genesis, fast.stats, metrics),
         };
         let core = core_thread::spawn(core, lock);
-        spawn_network(&w, transport.links, transport.inbox, fast.repair, listener);
+        let wallets = spawn_network(&w, transport.links, transport.inbox, fast.repair, listener);
+        let rpc_addr = rpc_listener.as_ref().and_then(|l| l.local_addr().ok());
+        let mut cookie_path = None;
+        if let Some(l) = rpc_listener {
+            let (path, cookie) =
+                write_cookie(&cfg.data_dir).map_err(|source| NodeError::Cookie {
+                    path: cfg.data_dir.display().to_string(),
+                    source,
+                })?;
+            let ctx = RpcCtx::new(wallets, &cfg, genesis.chain_id, local_addr, &cookie);
+            tokio::spawn(serve_rpc(l, Arc::new(ctx)));
+            cookie_path = Some(path);
+        }
         info!(%local_addr, key = %w.id.me, chain = genesis.chain_id, "masternode listening");
         Ok(Node {
             local_addr,
+            metrics_addr,
+            rpc_addr,
+            cookie_path,
             stats: w.stats.clone(),
             wallet_stats: w.wallet_stats.clone(),
             stopping: w.stopping.clone(),
@@ -429,7 +493,12 @@ fn start_fast_receiver(fast: Option<FastPath>, w: &Wiring) -> FastParts {
     }
 }
 
-fn core_ctx(w: &Wiring, genesis: &Genesis, fast_stats: Option<Arc<FastPathStats>>) -> CoreCtx {
+fn core_ctx(
+    w: &Wiring,
+    genesis: &Genesis,
+    fast_stats: Option<Arc<FastPathStats>>,
+    metrics: Arc<NodeMetrics>,
+) -> CoreCtx {
     CoreCtx {
         me: w.id.me,
         clock: w.ingest.clock,
@@ -441,6 +510,7 @@ fn core_ctx(w: &Wiring, genesis: &Genesis, fast_stats: Option<Arc<FastPathStats>
         wallet_stats: w.wallet_stats.clone(),
         votes: w.ingest.votes.clone(),
         fast_stats,
+        metrics,
     }
 }
 
@@ -451,7 +521,7 @@ fn spawn_network(
     inbox: Option<Inbox>,
     fast: Option<FastRepair>,
     listener: TcpListener,
-) {
+) -> Arc<WalletCtx> {
     let link_ctx = Arc::new(LinkCtx {
         id: w.id.clone(),
         stats: w.stats.clone(),
@@ -483,7 +553,8 @@ fn spawn_network(
         stats: w.stats.clone(),
         stopping: w.stopping.clone(),
         peers,
-        wallets,
+        wallets: wallets.clone(),
     });
     tokio::spawn(accept_loop(listen, listener));
+    wallets
 }

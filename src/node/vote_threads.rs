@@ -43,6 +43,8 @@ enum ShardMsg {
 #[derive(Default, Debug)]
 pub struct VoteThreadStats {
     pub batches_verified: AtomicU64,
+    /// Vote items in the peer batches that verified.
+    pub votes_verified: AtomicU64,
     pub bad_signatures: AtomicU64,
     pub refused: AtomicU64,
     pub batch_fallbacks: AtomicU64,
@@ -249,6 +251,9 @@ impl Shard {
                 continue;
             }
             self.stats.batches_verified.fetch_add(1, Ordering::Relaxed);
+            self.stats
+                .votes_verified
+                .fetch_add(b.items.len() as u64, Ordering::Relaxed);
             self.route(now, Arc::new(VerifiedBatch { batch: b, levels }), events);
         }
     }

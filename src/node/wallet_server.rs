@@ -468,3 +468,68 @@ async fn write_frames<W: tokio::io::AsyncWrite + Unpin>(
     }
     Ok(())
 }
+
+/// An in-process wallet session (the RPC server's): the same typed
+/// requests, routed to the core the same way and under the same limits as
+/// a TCP wallet's, without the socket. Closed in the core when dropped.
+pub(super) struct LocalSession {
+    ctx: Arc<WalletCtx>,
+    pub session: SessionId,
+    tx_out: SessionTx,
+    rx: mpsc::Receiver<Outbound>,
+    queries: Arc<Semaphore>,
+}
+
+impl LocalSession {
+    /// None when the core queue is full (the caller answers "overloaded").
+    pub(super) fn open(ctx: &Arc<WalletCtx>) -> Option<LocalSession> {
+        let session = SessionId(ctx.next_session.fetch_add(1, Ordering::Relaxed));
+        let (tx_out, rx) = mpsc::channel::<Outbound>(SESSION_QUEUE);
+        let open = CoreInput::WalletOpen {
+            session,
+            to: tx_out.clone(),
+        };
+        if !ctx.core.offer(open) {
+            return None;
+        }
+        Some(LocalSession {
+            ctx: ctx.clone(),
+            session,
+            tx_out,
+            rx,
+            queries: Arc::new(Semaphore::new(MAX_OUTSTANDING_QUERIES)),
+        })
+    }
+
+    pub(super) async fn request(&self, request: WalletRequest) {
+        handle_wallet_request(
+            &self.ctx,
+            self.session,
+            &self.tx_out,
+            &self.queries,
+            request,
+        )
+        .await
+    }
+
+    /// The next reply or notification; None once the core dropped the
+    /// session.
+    pub(super) async fn reply(&mut self) -> Option<crate::protocol::audience::WalletReply> {
+        loop {
+            // The answer's query permit is released here, once read.
+            let Outbound { frame, .. } = self.rx.recv().await?;
+            if let Ok(r) = Message::decode(&frame)
+                .map_err(|_| ())
+                .and_then(|m| crate::protocol::audience::WalletReply::try_from(m).map_err(|_| ()))
+            {
+                return Some(r);
+            }
+        }
+    }
+}
+
+impl Drop for LocalSession {
+    fn drop(&mut self) {
+        close_session(&self.ctx.core, self.session);
+    }
+}

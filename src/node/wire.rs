@@ -22,6 +22,8 @@ pub struct NetStats {
     pub peer_queue_drops: AtomicU64,
     pub core_queue_drops: AtomicU64,
     pub peers_connected: AtomicU32,
+    /// Peer messages and bytes per class and direction, drops per class.
+    pub traffic: crate::node::metrics::Traffic,
 }
 
 /// Why a connection (inbound, outbound or pool message) was ended or refused.

@@ -192,6 +192,20 @@ impl<K: TableKey, V: TableValue> Table<K, V> {
     }
 }
 
+/// What [`LmdbStore::sizes`] reads.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StoreSizes {
+    /// Entries in the UTXO table (every state: unspent, locked, spent).
+    pub utxos: u64,
+    /// Length of the finality log: transactions this node finalized.
+    pub finalized: u64,
+    /// Size of `data.mdb`.
+    pub file_bytes: u64,
+    /// The map size: the database cannot grow past it (writes then fail
+    /// and the core stops).
+    pub map_bytes: u64,
+}
+
 /// The durable store of one node, in one LMDB environment directory.
 pub struct LmdbStore {
     env: Env<WithoutTls>,
@@ -306,6 +320,18 @@ impl LmdbStore {
     /// The environment directory.
     pub fn path(&self) -> &Path {
         self.env.path()
+    }
+
+    /// Sizes an operator watches, read from the database (one read
+    /// transaction, table statistics only: no scan).
+    pub fn sizes(&self) -> Result<StoreSizes, StoreError> {
+        let rtxn = self.env.read_txn().map_err(backend)?;
+        Ok(StoreSizes {
+            utxos: self.utxos.db.len(&rtxn).map_err(backend)?,
+            finalized: self.finality_log.db.len(&rtxn).map_err(backend)?,
+            file_bytes: self.env.real_disk_size().map_err(backend)?,
+            map_bytes: self.env.info().map_size as u64,
+        })
     }
 
     /// The chain this database was initialised for, if [`Store::init`] ran.

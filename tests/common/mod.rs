@@ -57,7 +57,7 @@ impl Cluster {
         let dir = tempfile::tempdir().unwrap();
         let spec = DevnetSpec {
             nodes: n,
-            base_port: free_base_port(2 * n + 1),
+            base_port: free_base_port(DevnetSpec::span_for(n, 2)),
             wallets,
             coins_per_wallet,
             port_stride: 2,

@@ -230,6 +230,11 @@ impl Masternode {
         self.peer_book.clone()
     }
 
+    /// A peer's reputation in the peer book (operator, metrics).
+    pub fn peer_reputation(&self, peer: &PublicKey) -> Option<i32> {
+        self.peer_book.book().reputation(peer)
+    }
+
     /// Lifts a ban (operator).
     pub fn unban(&mut self, peer: &PublicKey) -> bool {
         self.peer_book.book().unban(peer)

@@ -232,6 +232,7 @@ impl Router {
                 tx,
                 addresses,
                 spent,
+                ..
             } => {
                 for s in self.settle(txid) {
                     self.out.push((
@@ -414,6 +415,7 @@ mod tests {
                 votes: vec![],
             }),
             tx: Arc::new(tx.clone()),
+            age_ms: 0,
             addresses,
             spent,
         }

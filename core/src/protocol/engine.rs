@@ -104,6 +104,8 @@ pub enum Event {
         txid: Txid,
         proof: Arc<TimeProof>,
         tx: Arc<Transaction>,
+        /// Milliseconds from this engine's first sight of it to its proof.
+        age_ms: u64,
         /// Addresses whose balance changed (input owners and recipients).
         addresses: Vec<Address>,
         /// The outputs it spent, now SpentFinalized.
@@ -1080,14 +1082,17 @@ impl Engine {
         }
         self.round.writes.push(Write::PutProof((*proof).clone()));
         self.set_status(txid, Status::Finalized);
+        let mut age_ms = 0;
         if let Some(r) = self.txs.get_mut(&txid) {
             r.proof_weight = weight;
+            age_ms = now.saturating_sub(r.since_ms);
         }
         self.metrics.tx_finalized += 1;
         self.emit(Event::Finalized {
             txid,
             proof,
             tx: tx.clone(),
+            age_ms,
             addresses,
             spent,
         });

@@ -1,0 +1,213 @@
+//! `time-cli`: call a masternode's JSON-RPC from the shell, like `dash-cli`.
+//! Reads the cookie from the data directory (or a devnet's endpoints.json),
+//! prints the result as JSON on stdout.
+//!
+//! Exit codes: 0 result printed; 1 the node answered with a JSON-RPC error
+//! (printed as JSON on stderr); 2 bad usage; 3 cannot reach or authenticate
+//! to the node.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use serde_json::{json, Value};
+
+#[derive(Parser)]
+#[command(
+    name = "time-cli",
+    version,
+    about = "Call a TIME Coin masternode's JSON-RPC",
+    long_about = "Call a TIME Coin masternode's JSON-RPC. Point it at a node with --rpc and --cookie, \
+                  or at a devnet with --devnet DIR --node N (read from DIR/endpoints.json).\n\
+                  Exit codes: 0 ok, 1 JSON-RPC error, 2 usage, 3 node unreachable or authentication refused."
+)]
+struct Cli {
+    /// The node's RPC URL.
+    #[arg(long, default_value = "http://127.0.0.1:24001/")]
+    rpc: String,
+    /// The node's cookie file (`.cookie` in its data directory).
+    #[arg(long)]
+    cookie: Option<PathBuf>,
+    /// A devnet directory: take the RPC URL and cookie from its endpoints.json.
+    #[arg(long)]
+    devnet: Option<PathBuf>,
+    /// Which devnet masternode (with --devnet).
+    #[arg(long, default_value_t = 0)]
+    node: usize,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Make an `rpcauth` credential for the node's config (no node needed):
+    /// prints the config line and the password.
+    Rpcauth {
+        user: String,
+        /// The password [default: 32 random bytes in hex].
+        password: Option<String>,
+    },
+    /// List the node's methods.
+    Help,
+    /// Seconds since the node's RPC server started.
+    Uptime,
+    /// Network, finalized payments, catching up (no block fields yet).
+    Getblockchaininfo,
+    /// Version and peer connections.
+    Getnetworkinfo,
+    /// Peer masternodes connected.
+    Getconnectioncount,
+    /// Undecided transactions held.
+    Getmempoolinfo,
+    /// This masternode's key, peers and counts.
+    Masternodestatus,
+    /// An output and its state (null if unknown).
+    Gettxout { txid: String, vout: u32 },
+    /// An address's outputs and their states.
+    Listunspent { address: String },
+    /// An address's spendable and locked base units.
+    Getbalance { address: String },
+    /// Submit a signed transaction (hex); prints its txid once locked.
+    Sendrawtransaction { hex: String },
+    /// Submit (idempotent) and wait for the TimeProof.
+    Waittransactionfinality {
+        hex: String,
+        /// Longest wait in milliseconds.
+        timeout_ms: Option<u64>,
+    },
+}
+
+impl Cmd {
+    fn call(&self) -> (&'static str, Vec<Value>) {
+        match self {
+            Cmd::Rpcauth { .. } => unreachable!("answered locally"),
+            Cmd::Help => ("help", vec![]),
+            Cmd::Uptime => ("uptime", vec![]),
+            Cmd::Getblockchaininfo => ("getblockchaininfo", vec![]),
+            Cmd::Getnetworkinfo => ("getnetworkinfo", vec![]),
+            Cmd::Getconnectioncount => ("getconnectioncount", vec![]),
+            Cmd::Getmempoolinfo => ("getmempoolinfo", vec![]),
+            Cmd::Masternodestatus => ("masternodestatus", vec![]),
+            Cmd::Gettxout { txid, vout } => ("gettxout", vec![json!(txid), json!(vout)]),
+            Cmd::Listunspent { address } => ("listunspent", vec![json!(address)]),
+            Cmd::Getbalance { address } => ("getbalance", vec![json!(address)]),
+            Cmd::Sendrawtransaction { hex } => ("sendrawtransaction", vec![json!(hex)]),
+            Cmd::Waittransactionfinality { hex, timeout_ms } => {
+                let mut p = vec![json!(hex)];
+                if let Some(t) = timeout_ms {
+                    p.push(json!(t));
+                }
+                ("waittransactionfinality", p)
+            }
+        }
+    }
+}
+
+fn fail(code: u8, msg: impl std::fmt::Display) -> ExitCode {
+    eprintln!("error: {msg}");
+    ExitCode::from(code)
+}
+
+fn endpoints(dir: &std::path::Path, node: usize) -> Result<(String, PathBuf), String> {
+    let p = dir.join("endpoints.json");
+    let text = std::fs::read_to_string(&p)
+        .map_err(|e| format!("cannot read {}: {e} (start the devnet first)", p.display()))?;
+    let v: Value = serde_json::from_str(&text).map_err(|e| format!("{}: {e}", p.display()))?;
+    let n = &v["masternodes"][node];
+    let url = n["rpc_url"].as_str().ok_or_else(|| {
+        format!(
+            "{}: masternode {node} has no rpc_url (devnet made before RPC: restart it with --fresh)",
+            p.display()
+        )
+    })?;
+    let cookie = n["cookie"]
+        .as_str()
+        .ok_or("endpoints.json lacks a cookie path")?;
+    Ok((url.to_string(), PathBuf::from(cookie)))
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Cmd::Rpcauth { user, password } = &cli.cmd {
+        if user.is_empty() || user.contains(':') {
+            return fail(2, "the user name must be non-empty and without ':'");
+        }
+        let password = password
+            .clone()
+            .unwrap_or_else(|| hex::encode(rand::random::<[u8; 32]>()));
+        let (_, line) = timecoin::node::rpc::RpcAuth::generate(user, &password);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&json!({
+                "rpcauth": line,
+                "config_line": format!("rpcauth = [\"{line}\"]"),
+                "password": password,
+            }))
+            .unwrap_or_default()
+        );
+        return ExitCode::SUCCESS;
+    }
+    let (url, cookie) = match &cli.devnet {
+        Some(d) => match endpoints(d, cli.node) {
+            Ok((u, c)) => (u, Some(c)),
+            Err(e) => return fail(2, e),
+        },
+        None => (cli.rpc.clone(), cli.cookie.clone()),
+    };
+    let Some(cookie) = cookie else {
+        return fail(
+            2,
+            "no credentials: pass --cookie DATA_DIR/.cookie (or --devnet DIR)",
+        );
+    };
+    let secret = match std::fs::read_to_string(&cookie) {
+        Ok(s) => s.trim().to_string(),
+        Err(e) => {
+            return fail(
+                3,
+                format!(
+                    "cannot read the cookie {}: {e} (is the node running with rpc_listen set?)",
+                    cookie.display()
+                ),
+            )
+        }
+    };
+    let (method, params) = cli.cmd.call();
+    let req = json!({"jsonrpc": "2.0", "id": 1, "method": method, "params": params});
+    let auth = timecoin::node::rpc::basic_auth(&secret);
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(std::time::Duration::from_secs(75)))
+        .build()
+        .into();
+    let mut resp = match agent
+        .post(&url)
+        .header("Authorization", &auth)
+        .header("Content-Type", "application/json")
+        .send(req.to_string())
+    {
+        Ok(r) => r,
+        Err(e) => return fail(3, format!("cannot reach {url}: {e}")),
+    };
+    let status = resp.status().as_u16();
+    if status == 401 {
+        return fail(
+            3,
+            format!("{url} refused the credentials in {}", cookie.display()),
+        );
+    }
+    let body = resp.body_mut().read_to_string().unwrap_or_default();
+    let v: Value = match serde_json::from_str(&body) {
+        Ok(v) => v,
+        Err(_) => return fail(3, format!("{url} answered HTTP {status}: {body}")),
+    };
+    if let Some(e) = v.get("error") {
+        eprintln!("{}", serde_json::to_string_pretty(e).unwrap_or_default());
+        return ExitCode::from(1);
+    }
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&v["result"]).unwrap_or_default()
+    );
+    ExitCode::SUCCESS
+}

@@ -1,0 +1,900 @@
+//! Prometheus metrics of one masternode and the `/metrics` endpoint that
+//! serves them ([`serve_metrics`], text format 0.0.4, `metrics_listen`).
+//!
+//! Counters live where the work happens: the transport's per-class traffic
+//! and queue drops in [`Traffic`] (counted by `peer_net` and `peer_glue`),
+//! the core's outcomes in [`CoreMetrics`] (counted by the core thread as it
+//! dispatches a round's events), the existing per-component atomics
+//! (`NetStats`, `FastPathStats`, `VoteThreadStats`, `VerifierStats`,
+//! `WalletStats`) read at scrape time by [`NodeCollector`]. State values
+//! (finalized payments, UTXO set size, database size) are read from the
+//! store, so they survive restarts; the state machine's own counters are
+//! published by the core thread once a second ([`CoreSnapshot`]).
+//!
+//! Owns no protocol logic and never blocks the core: a scrape reads atomics
+//! and one snapshot behind a mutex the core holds only to copy into it.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::{Registry, Unit};
+use time_net::priority::Priority;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tracing::{info, warn};
+
+use crate::masternode::{Masternode, MasternodeStats};
+use crate::node::fastpath::FastPathStats;
+use crate::node::verifier::VerifierStats;
+use crate::node::vote_threads::VoteThreadStats;
+use crate::node::wallet_server::WalletStats;
+use crate::node::wire::NetStats;
+use crate::protocol::engine::{Event, Metrics as EngineMetrics};
+use crate::protocol::types::PublicKey;
+use crate::protocol::validation::RejectCode;
+use crate::protocol::vote::VoteBatch;
+use crate::storage::LmdbStore;
+
+/// Scrapes served at once; one more waits for a slot (Prometheus scrapes
+/// once per interval; anything else is local tooling).
+pub const MAX_METRICS_CONNECTIONS: usize = 16;
+/// A scrape connection that sends no complete request in this long is closed.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The priority class a message travels in, as a label value.
+pub fn class_name(p: Priority) -> &'static str {
+    match p {
+        Priority::Critical => "critical",
+        Priority::High => "high",
+        Priority::Normal => "normal",
+        Priority::Low => "low",
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TrafficLabels {
+    pub class: &'static str,
+    pub direction: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ClassLabel {
+    pub class: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    pub reason: &'static str,
+}
+
+/// Peer messages and bytes per priority class and direction, and the
+/// messages refused by a full peer queue per class.
+#[derive(Debug)]
+pub struct Traffic {
+    pub messages: Family<TrafficLabels, Counter>,
+    pub bytes: Family<TrafficLabels, Counter>,
+    pub queue_drops: Family<ClassLabel, Counter>,
+}
+
+const CLASSES: [Priority; 4] = [
+    Priority::Critical,
+    Priority::High,
+    Priority::Normal,
+    Priority::Low,
+];
+
+impl Default for Traffic {
+    /// Every class's series exists from the start (at 0), so dashboards and
+    /// alerts see them before the first message.
+    fn default() -> Self {
+        let t = Traffic {
+            messages: Family::default(),
+            bytes: Family::default(),
+            queue_drops: Family::default(),
+        };
+        for p in CLASSES {
+            for direction in ["in", "out"] {
+                t.count(p, direction, 0, 0);
+            }
+            let _created = t.queue_drops.get_or_create(&ClassLabel {
+                class: class_name(p),
+            });
+        }
+        t
+    }
+}
+
+impl Traffic {
+    fn count(&self, prio: Priority, direction: &'static str, messages: u64, bytes: u64) {
+        let l = TrafficLabels {
+            class: class_name(prio),
+            direction,
+        };
+        self.messages.get_or_create(&l).inc_by(messages);
+        self.bytes.get_or_create(&l).inc_by(bytes);
+    }
+
+    /// `n` copies of a `len`-byte frame queued towards peers.
+    pub fn sent(&self, prio: Priority, len: usize, n: usize) {
+        self.count(prio, "out", n as u64, (len * n) as u64);
+    }
+
+    /// A `len`-byte frame received from a peer.
+    pub fn received(&self, prio: Priority, len: usize) {
+        self.count(prio, "in", 1, len as u64);
+    }
+
+    /// `n` frames refused by full peer queues.
+    pub fn dropped(&self, prio: Priority, n: usize) {
+        if n > 0 {
+            self.queue_drops
+                .get_or_create(&ClassLabel {
+                    class: class_name(prio),
+                })
+                .inc_by(n as u64);
+        }
+    }
+}
+
+/// A reject code as a label value (stable, snake case).
+pub fn reason_name(r: RejectCode) -> &'static str {
+    use RejectCode::*;
+    match r {
+        Oversized => "oversized",
+        NoInputs => "no_inputs",
+        NoOutputs => "no_outputs",
+        TooManyItems => "too_many_items",
+        DuplicateInput => "duplicate_input",
+        UnknownInput => "unknown_input",
+        InputLocked => "input_locked",
+        InputSpent => "input_spent",
+        BadSignature => "bad_signature",
+        WrongOwner => "wrong_owner",
+        InsufficientFunds => "insufficient_funds",
+        FeeTooLow => "fee_too_low",
+        DustOutput => "dust_output",
+        WrongChain => "wrong_chain",
+        UnsupportedVersion => "unsupported_version",
+        AmountOverflow => "amount_overflow",
+        MempoolFull => "mempool_full",
+        ConflictFinalized => "conflict_finalized",
+        ApprovalImpossible => "approval_impossible",
+        Expired => "expired",
+        CatchingUp => "catching_up",
+        Other(_) => "other",
+    }
+}
+
+/// What the core thread counts as it dispatches a round's events, and the
+/// state gauges it sets once a second.
+#[derive(Debug)]
+pub struct CoreMetrics {
+    /// From first sight at this node to its TimeProof.
+    pub finality: Histogram,
+    pub finalized: Counter,
+    pub rejected: Family<ReasonLabel, Counter>,
+    /// Rejections because an input was locked or spent by another
+    /// transaction, or a conflicting one is final.
+    pub double_spends_prevented: Counter,
+    pub equivocations: Counter,
+    pub conflicting_proofs: Counter,
+    /// Vote items in the vote batches this node signed and sent.
+    pub votes_sent: Counter,
+    pub mempool: Gauge,
+    pub awaiting_finality: Gauge,
+    pub catching_up: Gauge,
+    pub peers_connected: Gauge,
+    pub peers_known: Gauge,
+    pub peers_banned: Gauge,
+    /// Payments final in the store (its finality log): survives restarts.
+    pub finalized_stored: Gauge,
+    pub utxo_set: Gauge,
+    pub database_bytes: Gauge,
+    pub database_limit_bytes: Gauge,
+    /// Lowest reputation among the known peers (0 when none was penalized).
+    pub min_peer_reputation: Gauge,
+}
+
+/// Finality buckets, seconds: the protocol finalizes in milliseconds; a
+/// tail past a second means trouble.
+const FINALITY_BUCKETS: [f64; 14] = [
+    0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0,
+];
+
+impl Default for CoreMetrics {
+    fn default() -> Self {
+        CoreMetrics {
+            finality: Histogram::new(FINALITY_BUCKETS),
+            finalized: Counter::default(),
+            rejected: Family::default(),
+            double_spends_prevented: Counter::default(),
+            equivocations: Counter::default(),
+            conflicting_proofs: Counter::default(),
+            votes_sent: Counter::default(),
+            mempool: Gauge::default(),
+            awaiting_finality: Gauge::default(),
+            catching_up: Gauge::default(),
+            peers_connected: Gauge::default(),
+            peers_known: Gauge::default(),
+            peers_banned: Gauge::default(),
+            finalized_stored: Gauge::default(),
+            utxo_set: Gauge::default(),
+            database_bytes: Gauge::default(),
+            database_limit_bytes: Gauge::default(),
+            min_peer_reputation: Gauge::default(),
+        }
+    }
+}
+
+impl CoreMetrics {
+    /// A transaction rejected for `reason`.
+    pub fn rejected(&self, reason: RejectCode) {
+        self.rejected
+            .get_or_create(&ReasonLabel {
+                reason: reason_name(reason),
+            })
+            .inc();
+        if matches!(
+            reason,
+            RejectCode::InputLocked | RejectCode::InputSpent | RejectCode::ConflictFinalized
+        ) {
+            self.double_spends_prevented.inc();
+        }
+    }
+}
+
+impl CoreMetrics {
+    /// Counts one of a round's events (the core thread, as it dispatches).
+    pub fn event(&self, ev: &Event) {
+        match ev {
+            Event::Finalized { age_ms, .. } => {
+                self.finalized.inc();
+                self.finality.observe(*age_ms as f64 / 1000.0);
+            }
+            Event::Rejected { reason, .. } => self.rejected(*reason),
+            Event::Equivocation { .. } => {
+                self.equivocations.inc();
+            }
+            Event::ConflictingProofs(_) => {
+                self.conflicting_proofs.inc();
+            }
+            Event::Accepted { .. } => {}
+        }
+    }
+
+    /// Vote items of a batch this node signed, on their way out.
+    pub fn votes_out(&self, b: &VoteBatch) {
+        self.votes_sent.inc_by(b.items.len() as u64);
+    }
+}
+
+impl NodeMetrics {
+    /// Sets the state gauges and copies the state machine's counters (the
+    /// core thread, once a second). A store read error leaves the store
+    /// gauges as they were (logged).
+    pub fn publish(&self, mn: &Masternode, store: &LmdbStore, peers_connected: u32, now: u64) {
+        let c = &self.core;
+        c.mempool.set(mn.engine().pending_count() as i64);
+        c.awaiting_finality.set(mn.awaiting() as i64);
+        c.catching_up.set(mn.is_catching_up() as i64);
+        c.peers_connected.set(peers_connected as i64);
+        let me = mn.public_key();
+        let peers: Vec<PublicKey> = mn
+            .engine()
+            .registry()
+            .masternodes()
+            .iter()
+            .map(|m| m.key)
+            .filter(|k| *k != me)
+            .collect();
+        c.peers_known.set(peers.len() as i64);
+        c.peers_banned.set(mn.bans(now).len() as i64);
+        let min_rep = peers
+            .iter()
+            .filter_map(|p| mn.peer_reputation(p))
+            .min()
+            .unwrap_or(0);
+        c.min_peer_reputation.set(min_rep as i64);
+        match store.sizes() {
+            Ok(z) => {
+                c.finalized_stored.set(z.finalized as i64);
+                c.utxo_set.set(z.utxos as i64);
+                c.database_bytes.set(z.file_bytes as i64);
+                c.database_limit_bytes.set(z.map_bytes as i64);
+            }
+            Err(e) => warn!("metrics: cannot read store sizes: {e}"),
+        }
+        let mut snap = match self.snapshot.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        snap.engine = mn.metrics().clone();
+        snap.masternode = mn.stats();
+    }
+}
+
+/// The state machine's counters, copied by the core thread once a second.
+#[derive(Debug, Default)]
+pub struct CoreSnapshot {
+    pub engine: EngineMetrics,
+    pub masternode: MasternodeStats,
+}
+
+/// Everything of one node that `/metrics` shows.
+#[derive(Debug)]
+pub struct NodeMetrics {
+    pub core: Arc<CoreMetrics>,
+    pub snapshot: Arc<Mutex<CoreSnapshot>>,
+    registry: Registry,
+}
+
+/// The per-component stats the collector reads at scrape time.
+#[derive(Debug, Clone)]
+pub struct Sources {
+    pub net: Arc<NetStats>,
+    pub wallet: Arc<WalletStats>,
+    pub votes: Arc<VoteThreadStats>,
+    pub verifier: Arc<VerifierStats>,
+    pub fast: Option<Arc<FastPathStats>>,
+}
+
+impl NodeMetrics {
+    pub fn new(sources: Sources) -> NodeMetrics {
+        let core = Arc::new(CoreMetrics::default());
+        let snapshot = Arc::new(Mutex::new(CoreSnapshot::default()));
+        let mut r = Registry::with_prefix("timecoin");
+        let c = &core;
+        r.register_with_unit(
+            "finality",
+            "Time from a transaction's first sight at this node to its TimeProof",
+            Unit::Seconds,
+            c.finality.clone(),
+        );
+        r.register(
+            "transactions_finalized",
+            "Transactions finalized (TimeProof) since start",
+            c.finalized.clone(),
+        );
+        r.register(
+            "transactions_rejected",
+            "Transactions rejected since start, by reason",
+            c.rejected.clone(),
+        );
+        r.register(
+            "double_spends_prevented",
+            "Rejections because an input was locked or spent by another transaction",
+            c.double_spends_prevented.clone(),
+        );
+        r.register(
+            "equivocations",
+            "Masternodes seen signing two decisions on one transaction",
+            c.equivocations.clone(),
+        );
+        r.register(
+            "conflicting_proofs",
+            "Conflicting transactions that both carry TimeProofs (Byzantine weight >= 1/3)",
+            c.conflicting_proofs.clone(),
+        );
+        r.register(
+            "votes_sent",
+            "Vote items in the vote batches this node signed",
+            c.votes_sent.clone(),
+        );
+        let gauges: [(&str, &str, &Gauge); 11] = [
+            (
+                "mempool_transactions",
+                "Undecided transactions held",
+                &c.mempool,
+            ),
+            (
+                "awaiting_finality_transactions",
+                "Transactions this node approved and re-announces until final",
+                &c.awaiting_finality,
+            ),
+            (
+                "catching_up",
+                "1 while this node approves nothing (catching up, or no quorum reachable)",
+                &c.catching_up,
+            ),
+            (
+                "peers_connected",
+                "Peer masternodes with a live authenticated connection",
+                &c.peers_connected,
+            ),
+            (
+                "peers_known",
+                "Peer masternodes in the registry",
+                &c.peers_known,
+            ),
+            (
+                "peers_banned",
+                "Peer masternodes banned now",
+                &c.peers_banned,
+            ),
+            (
+                "finalized_transactions_stored",
+                "Transactions final in the store (finality log length); survives restarts",
+                &c.finalized_stored,
+            ),
+            (
+                "utxo_set_size",
+                "Entries in the stored UTXO table (unspent, locked and spent outputs)",
+                &c.utxo_set,
+            ),
+            (
+                "database_size_bytes",
+                "Size of the LMDB database file",
+                &c.database_bytes,
+            ),
+            (
+                "database_limit_bytes",
+                "LMDB map size: the database cannot grow past it",
+                &c.database_limit_bytes,
+            ),
+            (
+                "peer_reputation_min",
+                "Lowest reputation among peer masternodes",
+                &c.min_peer_reputation,
+            ),
+        ];
+        for (name, help, g) in gauges {
+            r.register(name, help, g.clone());
+        }
+        let t = &sources.net.traffic;
+        r.register(
+            "peer_messages",
+            "Peer messages by priority class and direction",
+            t.messages.clone(),
+        );
+        r.register_with_unit(
+            "peer_traffic",
+            "Peer message bytes by priority class and direction",
+            Unit::Bytes,
+            t.bytes.clone(),
+        );
+        r.register(
+            "peer_queue_drops",
+            "Messages refused by a full peer queue, by priority class",
+            t.queue_drops.clone(),
+        );
+        r.register_collector(Box::new(NodeCollector {
+            sources,
+            snapshot: snapshot.clone(),
+        }));
+        NodeMetrics {
+            core,
+            snapshot,
+            registry: r,
+        }
+    }
+
+    /// The text exposition (format 0.0.4).
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        if let Err(e) =
+            prometheus_client::encoding::prometheus_text::encode(&mut out, &self.registry)
+        {
+            warn!("metrics encoding failed: {e}");
+        }
+        out
+    }
+}
+
+/// Reads the components' atomics and the core's snapshot at scrape time.
+#[derive(Debug)]
+struct NodeCollector {
+    sources: Sources,
+    snapshot: Arc<Mutex<CoreSnapshot>>,
+}
+
+fn load(a: &AtomicU64) -> u64 {
+    a.load(Ordering::Relaxed)
+}
+
+fn load32(a: &AtomicU32) -> i64 {
+    a.load(Ordering::Relaxed) as i64
+}
+
+/// Writes one counter (`name` gets `_total`).
+fn counter(e: &mut DescriptorEncoder, name: &str, help: &str, v: u64) -> std::fmt::Result {
+    let c = ConstCounter::new(v);
+    let m = e.encode_descriptor(name, help, None, c.metric_type())?;
+    c.encode(m)
+}
+
+fn gauge(e: &mut DescriptorEncoder, name: &str, help: &str, v: i64) -> std::fmt::Result {
+    let g = ConstGauge::new(v);
+    let m = e.encode_descriptor(name, help, None, MetricType::Gauge)?;
+    g.encode(m)
+}
+
+/// One counter family with a `reason` label.
+fn by_reason(
+    e: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    values: &[(&'static str, u64)],
+) -> std::fmt::Result {
+    let mut m = e.encode_descriptor(name, help, None, MetricType::Counter)?;
+    for (reason, v) in values {
+        let l = ReasonLabel { reason };
+        ConstCounter::new(*v).encode(m.encode_family(&l)?)?;
+    }
+    Ok(())
+}
+
+impl Collector for NodeCollector {
+    fn encode(&self, mut e: DescriptorEncoder) -> std::fmt::Result {
+        let s = &self.sources;
+        let n = &s.net;
+        counter(
+            &mut e,
+            "frames_received",
+            "Frames received from peers and wallets",
+            load(&n.frames_in),
+        )?;
+        counter(
+            &mut e,
+            "frames_sent",
+            "Frame batches written to peers and wallets",
+            load(&n.frames_out),
+        )?;
+        counter(
+            &mut e,
+            "malformed_frames",
+            "Frames from peers that did not decode",
+            load(&n.malformed_frames),
+        )?;
+        counter(
+            &mut e,
+            "handshake_failures",
+            "Connections whose handshake failed",
+            load(&n.handshake_failures),
+        )?;
+        counter(
+            &mut e,
+            "core_queue_drops",
+            "Inputs refused because the core queue was full",
+            load(&n.core_queue_drops),
+        )?;
+        gauge(
+            &mut e,
+            "peer_links_up",
+            "Plain peer links up (links transport)",
+            load32(&n.peers_connected),
+        )?;
+
+        let w = &s.wallet;
+        gauge(
+            &mut e,
+            "wallet_connections",
+            "Wallet connections served now",
+            load(&w.connections) as i64,
+        )?;
+        by_reason(
+            &mut e,
+            "wallet_limit_hits",
+            "Wallet requests or connections refused by a limit",
+            &[
+                ("connections_total", w.refused_total.get()),
+                ("connections_per_ip", w.refused_per_ip.get()),
+                ("idle_timeout", w.idle_closed.get()),
+                ("outstanding_queries", w.queries_refused.get()),
+                ("session_queue_full", w.frames_dropped.get()),
+            ],
+        )?;
+
+        let v = &s.votes;
+        counter(
+            &mut e,
+            "votes_received",
+            "Vote items in peers' batches that verified",
+            load(&v.votes_verified),
+        )?;
+        counter(
+            &mut e,
+            "vote_batches_verified",
+            "Peer vote batches whose signature verified",
+            load(&v.batches_verified),
+        )?;
+        by_reason(
+            &mut e,
+            "invalid_vote_batches",
+            "Peer vote batches refused",
+            &[
+                ("bad_signature", load(&v.bad_signatures)),
+                ("not_admissible", load(&v.refused)),
+            ],
+        )?;
+        counter(
+            &mut e,
+            "vote_queue_drops",
+            "Vote batches refused by a full vote-thread queue",
+            load(&v.queue_full),
+        )?;
+
+        let vf = &s.verifier;
+        counter(
+            &mut e,
+            "transactions_verified",
+            "Transactions whose signatures verified",
+            load(&vf.verified),
+        )?;
+        counter(
+            &mut e,
+            "transactions_verify_failed",
+            "Transactions that failed stateless checks or signatures",
+            load(&vf.failed),
+        )?;
+        counter(
+            &mut e,
+            "verifier_queue_drops",
+            "Transactions refused by a full verifier queue (peer and wallet lanes)",
+            load(&vf.dropped[0]) + load(&vf.dropped[1]),
+        )?;
+
+        if let Some(f) = &s.fast {
+            counter(
+                &mut e,
+                "fastpath_datagrams_sent",
+                "Fast-path datagrams sent",
+                load(&f.datagrams_sent),
+            )?;
+            counter(
+                &mut e,
+                "fastpath_datagrams_received",
+                "Fast-path datagrams received and verified",
+                load(&f.datagrams_received),
+            )?;
+            counter(
+                &mut e,
+                "fastpath_bad_datagrams",
+                "Fast-path datagrams refused (signature, sender, shape)",
+                load(&f.bad_datagrams),
+            )?;
+            counter(
+                &mut e,
+                "fastpath_duplicates",
+                "Fast-path datagrams received twice",
+                load(&f.duplicates),
+            )?;
+            counter(
+                &mut e,
+                "fastpath_repair_requests",
+                "Repair requests sent for missing datagrams",
+                load(&f.repair_requests_sent),
+            )?;
+            counter(
+                &mut e,
+                "fastpath_repaired",
+                "Missing datagrams recovered by repair",
+                load(&f.repaired),
+            )?;
+            counter(
+                &mut e,
+                "fastpath_lost",
+                "Datagram sequence numbers given up on (recovered by catch-up)",
+                load(&f.lost_seqs),
+            )?;
+            counter(
+                &mut e,
+                "fastpath_send_refused",
+                "Datagrams the socket refused",
+                load(&f.send_refused),
+            )?;
+        }
+
+        let snap = match self.snapshot.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        let m = &snap.engine;
+        counter(
+            &mut e,
+            "transactions_received",
+            "Transactions handed to the state machine",
+            m.tx_received,
+        )?;
+        counter(
+            &mut e,
+            "transactions_accepted",
+            "Transactions this node locked and approved",
+            m.tx_accepted,
+        )?;
+        counter(
+            &mut e,
+            "transactions_duplicate",
+            "Transactions received again",
+            m.tx_duplicate,
+        )?;
+        counter(
+            &mut e,
+            "orphans_parked",
+            "Transactions parked until their inputs exist",
+            m.orphans_parked,
+        )?;
+        counter(
+            &mut e,
+            "orphans_expired",
+            "Parked transactions dropped after their timeout",
+            m.orphans_expired,
+        )?;
+        counter(
+            &mut e,
+            "vote_batches_signed",
+            "Vote batches this node signed",
+            m.vote_batches_signed,
+        )?;
+        counter(
+            &mut e,
+            "votes_duplicate",
+            "Votes received twice from one voter",
+            m.votes_duplicate,
+        )?;
+        counter(
+            &mut e,
+            "votes_dropped_unknown_tx",
+            "Votes for transactions never seen, dropped",
+            m.votes_dropped_unknown_tx,
+        )?;
+        counter(
+            &mut e,
+            "proofs_received",
+            "TimeProofs received from peers",
+            m.proofs_received,
+        )?;
+        counter(
+            &mut e,
+            "proofs_invalid",
+            "TimeProofs received that did not verify",
+            m.proofs_invalid,
+        )?;
+
+        let st = &snap.masternode;
+        counter(
+            &mut e,
+            "reannounced",
+            "Approved transactions re-announced while not final",
+            st.reannounced,
+        )?;
+        counter(
+            &mut e,
+            "proofs_served",
+            "TimeProofs served to peers",
+            st.proofs_served,
+        )?;
+        counter(
+            &mut e,
+            "catchup_pages_received",
+            "Finality log pages received while catching up",
+            st.catchup.pages_received,
+        )?;
+        counter(
+            &mut e,
+            "catchup_proofs_requested",
+            "Proofs requested while catching up",
+            st.catchup.proofs_requested,
+        )?;
+        counter(
+            &mut e,
+            "catchup_proofs_given_up",
+            "Proofs no peer delivered",
+            st.catchup.proofs_given_up,
+        )?;
+        counter(
+            &mut e,
+            "catchup_sync_timeouts",
+            "Peers whose log walk timed out",
+            st.catchup.sync_timeouts,
+        )?;
+        by_reason(
+            &mut e,
+            "peer_messages_refused",
+            "Peer messages refused by the peer book",
+            &[
+                ("rate_limited", st.peers.refused_rate_limited),
+                ("banned", st.peers.refused_banned),
+            ],
+        )?;
+        counter(
+            &mut e,
+            "peer_penalties",
+            "Reputation penalties given to peers",
+            st.peers.penalties,
+        )?;
+        counter(&mut e, "peer_bans", "Peers banned", st.peers.bans)?;
+        gauge(
+            &mut e,
+            "wallet_subscriptions",
+            "Address subscriptions held for wallet sessions",
+            st.wallet.subscriptions as i64,
+        )?;
+        Ok(())
+    }
+}
+
+/// Binds `addr` for `/metrics`.
+pub async fn bind_metrics(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    TcpListener::bind(addr).await
+}
+
+/// Serves `GET /metrics` on `listener` until the runtime stops; anything
+/// else is 404 (405 for another method on `/metrics`).
+pub async fn serve_metrics(listener: TcpListener, metrics: Arc<NodeMetrics>) {
+    if let Ok(a) = listener.local_addr() {
+        info!(addr = %a, "metrics on http://{a}/metrics");
+    }
+    let slots = Arc::new(Semaphore::new(MAX_METRICS_CONNECTIONS));
+    loop {
+        let Ok(permit) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        let (stream, _) = match listener.accept().await {
+            Ok(s) => s,
+            Err(e) => {
+                warn!("metrics accept: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let m = metrics.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |req| {
+                let m = m.clone();
+                async move { Ok::<_, Infallible>(answer(&m, req)) }
+            });
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
+                .serve_connection(TokioIo::new(stream), service);
+            // A scrape is one request; a connection kept open longer than
+            // this is closed so it cannot hold a slot for ever.
+            let _ = tokio::time::timeout(Duration::from_secs(60), conn).await;
+            drop(permit);
+        });
+    }
+}
+
+fn answer(m: &NodeMetrics, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    let reply = |code: StatusCode, ctype: &'static str, body: String| {
+        let mut r = Response::new(Full::new(Bytes::from(body)));
+        *r.status_mut() = code;
+        r.headers_mut().insert(
+            hyper::header::CONTENT_TYPE,
+            hyper::header::HeaderValue::from_static(ctype),
+        );
+        r
+    };
+    match (req.method(), req.uri().path()) {
+        (&Method::GET, "/metrics") => reply(
+            StatusCode::OK,
+            prometheus_client::encoding::prometheus_text::CONTENT_TYPE,
+            m.render(),
+        ),
+        (_, "/metrics") => reply(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "text/plain",
+            "use GET\n".into(),
+        ),
+        _ => reply(
+            StatusCode::NOT_FOUND,
+            "text/plain",
+            "not found: metrics are at /metrics\n".into(),
+        ),
+    }
+}

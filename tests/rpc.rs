@@ -1,0 +1,481 @@
+//! JSON-RPC over HTTP against a running 3-masternode cluster: every method
+//! with valid and invalid parameters, authentication (401), the rate limit
+//! (429), a payment by `sendrawtransaction` followed to its TimeProof by
+//! `waittransactionfinality` (the proof verifies against the registry), and
+//! `time-cli` round trips with their exit codes.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::process::Command;
+use std::time::Duration;
+
+use common::{address, pay, Cluster, SERIAL};
+use serde_json::{json, Value};
+use timecoin::node::genesis_file::genesis_outpoint;
+use timecoin::node::rpc::{basic_auth, code};
+use timecoin::protocol::timeproof::TimeProof;
+use timecoin::protocol::types::COIN;
+
+fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(70)))
+        .build()
+        .into()
+}
+
+struct Rpc {
+    url: String,
+    auth: String,
+    agent: ureq::Agent,
+}
+
+impl Rpc {
+    fn new(c: &Cluster, i: usize) -> Rpc {
+        let addr: SocketAddr = c.layout.rpc[i].expect("devnet nodes serve RPC");
+        let cookie = std::fs::read_to_string(&c.layout.cookies[i]).expect("cookie written");
+        Rpc {
+            url: format!("http://{addr}/"),
+            auth: basic_auth(cookie.trim()),
+            agent: agent(),
+        }
+    }
+
+    /// (HTTP status, JSON body) of a raw body.
+    fn raw(&self, auth: Option<&str>, body: &str) -> (u16, Value) {
+        let mut req = self.agent.post(&self.url);
+        if let Some(a) = auth {
+            req = req.header("Authorization", a);
+        }
+        let mut r = req.send(body.to_string()).expect("http");
+        let status = r.status().as_u16();
+        let text = r.body_mut().read_to_string().unwrap();
+        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+    }
+
+    fn call(&self, method: &str, params: Value) -> Result<Value, Value> {
+        let body = json!({"jsonrpc": "2.0", "id": 7, "method": method, "params": params});
+        let (status, v) = self.raw(Some(&self.auth), &body.to_string());
+        assert_eq!(status, 200, "{method}: HTTP {status} {v}");
+        assert_eq!(v["jsonrpc"], "2.0");
+        assert_eq!(v["id"], 7);
+        match v.get("error") {
+            Some(e) => Err(e.clone()),
+            None => Ok(v["result"].clone()),
+        }
+    }
+
+    fn error_code(&self, method: &str, params: Value) -> i64 {
+        match self.call(method, params.clone()) {
+            Err(e) => e["code"].as_i64().unwrap(),
+            Ok(v) => panic!("{method} {params} succeeded: {v}"),
+        }
+    }
+}
+
+#[test]
+fn every_method_answers_valid_and_invalid_params_and_a_payment_reaches_its_proof() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let c = Cluster::start(3);
+    let rpc = Rpc::new(&c, 0);
+
+    // Reads.
+    let help = rpc.call("help", json!([])).unwrap();
+    for m in [
+        "sendrawtransaction",
+        "gettxout",
+        "getbalance",
+        "masternodestatus",
+    ] {
+        assert!(help.get(m).is_some(), "help lacks {m}: {help}");
+    }
+    assert!(rpc.call("uptime", json!([])).unwrap().as_u64().is_some());
+    assert_eq!(rpc.call("getconnectioncount", json!([])).unwrap(), 2);
+    let info = rpc.call("getblockchaininfo", json!([])).unwrap();
+    assert_eq!(info["chain"], "devnet");
+    assert_eq!(info["chain_id"], c.chain_id());
+    assert_eq!(info["blocks"], Value::Null, "no blocks yet, said honestly");
+    let net = rpc.call("getnetworkinfo", json!([])).unwrap();
+    assert_eq!(net["connections"], 2);
+    assert_eq!(net["p2p"], c.addr(0).to_string());
+    assert_eq!(rpc.call("getmempoolinfo", json!([])).unwrap()["size"], 0);
+    let st = rpc.call("masternodestatus", json!([])).unwrap();
+    assert_eq!(st["peers_total"], 2);
+    assert_eq!(st["catching_up"], false);
+
+    let (a, b) = (c.wallet_key(0), c.wallet_key(1));
+    let (addr_a, addr_b) = (address(&a).to_string(), address(&b).to_string());
+    let bal = rpc.call("getbalance", json!([addr_a])).unwrap();
+    assert_eq!(bal["spendable"], 200 * 1_000 * COIN);
+    let coins = rpc.call("listunspent", json!([addr_a])).unwrap();
+    assert_eq!(coins.as_array().unwrap().len(), 200);
+    let g = genesis_outpoint(0, 0);
+    let out = rpc
+        .call("gettxout", json!([g.txid.to_string(), g.vout]))
+        .unwrap();
+    assert_eq!(out["state"], "unspent");
+    assert_eq!(out["amount"], 1_000 * COIN);
+    assert_eq!(
+        rpc.call("gettxout", json!([g.txid.to_string(), 9999]))
+            .unwrap(),
+        Value::Null
+    );
+
+    // Invalid parameters: JSON-RPC errors with codes.
+    assert_eq!(rpc.error_code("uptime", json!([1])), code::INVALID_PARAMS);
+    assert_eq!(
+        rpc.error_code("gettxout", json!(["zz", 0])),
+        code::INVALID_PARAMS
+    );
+    assert_eq!(
+        rpc.error_code("gettxout", json!([g.txid.to_string(), -1])),
+        code::INVALID_PARAMS
+    );
+    assert_eq!(rpc.error_code("gettxout", json!([])), code::INVALID_PARAMS);
+    assert_eq!(
+        rpc.error_code("getbalance", json!(["nope"])),
+        code::INVALID_ADDRESS_OR_KEY
+    );
+    assert_eq!(
+        rpc.error_code("listunspent", json!([5])),
+        code::INVALID_PARAMS
+    );
+    assert_eq!(
+        rpc.error_code("sendrawtransaction", json!(["not hex"])),
+        code::DESERIALIZATION
+    );
+    assert_eq!(
+        rpc.error_code("sendrawtransaction", json!(["00ff"])),
+        code::DESERIALIZATION
+    );
+    assert_eq!(
+        rpc.error_code("waittransactionfinality", json!(["00", 0])),
+        code::DESERIALIZATION
+    );
+    assert_eq!(
+        rpc.error_code("getblock", json!([])),
+        code::METHOD_NOT_FOUND
+    );
+    // Malformed requests.
+    let (s, v) = rpc.raw(Some(&rpc.auth), "{not json");
+    assert_eq!(
+        (s, v["error"]["code"].as_i64()),
+        (200, Some(code::PARSE_ERROR))
+    );
+    let (_, v) = rpc.raw(Some(&rpc.auth), "[1,2]");
+    assert_eq!(v["error"]["code"].as_i64(), Some(code::INVALID_REQUEST));
+    let (_, v) = rpc.raw(
+        Some(&rpc.auth),
+        r#"{"id":1,"method":"uptime","params":{"a":1}}"#,
+    );
+    assert_eq!(v["error"]["code"].as_i64(), Some(code::INVALID_PARAMS));
+    // An oversized body is refused: 413, or the connection closed under
+    // the sender's feet; the server keeps answering.
+    let big = format!("\"{}\"", "a".repeat(5 << 20));
+    match rpc
+        .agent
+        .post(&rpc.url)
+        .header("Authorization", &rpc.auth)
+        .send(big)
+    {
+        Ok(r) => assert_eq!(r.status().as_u16(), 413),
+        Err(ureq::Error::Io(_)) => {}
+        Err(e) => panic!("oversized body: {e:?}"),
+    }
+    assert_eq!(rpc.call("getconnectioncount", json!([])).unwrap(), 2);
+
+    // A payment: sendrawtransaction, then its proof.
+    let tx = pay(c.chain_id(), &a, 0, 0, address(&b), 5 * COIN);
+    let hex_tx = hex::encode(tx.to_bytes());
+    let txid = rpc.call("sendrawtransaction", json!([hex_tx])).unwrap();
+    assert_eq!(txid, tx.txid().to_string());
+    let fin = rpc
+        .call("waittransactionfinality", json!([hex_tx, 20_000]))
+        .unwrap();
+    assert_eq!(fin["txid"], tx.txid().to_string());
+    assert_eq!(fin["final"], true);
+    let proof =
+        TimeProof::from_bytes(&hex::decode(fin["timeproof"].as_str().unwrap()).unwrap()).unwrap();
+    assert_eq!(proof.txid, tx.txid());
+    let weight = proof.verify(c.chain_id(), &c.registry).unwrap();
+    assert!(weight >= c.registry.quorum());
+    // The recipient's balance at another node, and the spent coin's state.
+    let rpc2 = Rpc::new(&c, 2);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let bal = rpc2.call("getbalance", json!([addr_b])).unwrap();
+        if bal["spendable"] == 200 * 1_000 * COIN + 5 * COIN {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "balance never arrived: {bal}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let spent = rpc2
+        .call("gettxout", json!([g.txid.to_string(), g.vout]))
+        .unwrap();
+    assert_eq!(spent["state"], "spent_final");
+    assert_eq!(spent["by"], tx.txid().to_string());
+    // A double spend is refused with bitcoind's "rejected" code.
+    let double = pay(c.chain_id(), &a, 0, 0, address(&a), 3 * COIN);
+    let e = rpc
+        .call(
+            "sendrawtransaction",
+            json!([hex::encode(double.to_bytes())]),
+        )
+        .unwrap_err();
+    assert_eq!(e["code"], code::REJECTED, "{e}");
+    assert!(e["data"]["reason_code"].as_u64().is_some(), "{e}");
+    assert_eq!(
+        rpc.call("getblockchaininfo", json!([])).unwrap()["finalized_transactions"],
+        1
+    );
+}
+
+#[test]
+fn unauthenticated_and_wrong_password_get_401_and_floods_get_429() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    // An rpcauth credential made by `time-cli rpcauth`.
+    let out = Command::new(env!("CARGO_BIN_EXE_time-cli"))
+        .args(["rpcauth", "alice", "wonderland"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let made: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let line = made["config_line"].as_str().unwrap();
+    assert!(line.starts_with("rpcauth = [\"alice:"), "{line}");
+    let c = Cluster::start_with(3, &format!("rpc_rate_limit = 8\n{line}\n"));
+    let rpc = Rpc::new(&c, 1);
+    let body = r#"{"jsonrpc":"2.0","id":1,"method":"uptime"}"#;
+    let (s, v) = rpc.raw(Some(&basic_auth("alice:wonderland")), body);
+    assert_eq!(s, 200, "{v}");
+    let (s, _) = rpc.raw(Some(&basic_auth("alice:wonderlan")), body);
+    assert_eq!(s, 401);
+    let (s, _) = rpc.raw(Some(&basic_auth("bob:wonderland")), body);
+    assert_eq!(s, 401);
+    let (s, _) = rpc.raw(None, body);
+    assert_eq!(s, 401);
+    let (s, _) = rpc.raw(Some(&basic_auth("__cookie__:wrong")), body);
+    assert_eq!(s, 401);
+    let (s, _) = rpc.raw(Some("Bearer x"), body);
+    assert_eq!(s, 401);
+    // A GET is refused too (after auth).
+    let r = rpc
+        .agent
+        .get(&rpc.url)
+        .header("Authorization", &rpc.auth)
+        .call()
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 405);
+
+    // 8 reads per second with a burst of 8: the 9th at once is refused.
+    let mut refused = 0;
+    for _ in 0..20 {
+        let (s, v) = rpc.raw(Some(&rpc.auth), body);
+        if s == 429 {
+            assert_eq!(v["error"]["code"], code::RATE_LIMITED);
+            refused += 1;
+        }
+    }
+    assert!(refused >= 10, "only {refused} of 20 refused");
+    // The bucket refills.
+    std::thread::sleep(Duration::from_millis(500));
+    let (s, _) = rpc.raw(Some(&rpc.auth), body);
+    assert_eq!(s, 200);
+}
+
+fn cli(c: &Cluster, node: usize, args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_time-cli"))
+        .arg("--devnet")
+        .arg(&c.layout.dir)
+        .arg("--node")
+        .arg(node.to_string())
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into(),
+        String::from_utf8_lossy(&out.stderr).into(),
+    )
+}
+
+#[test]
+fn time_cli_round_trips_with_exit_codes() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    // This cluster also logs JSON: one object per line.
+    let c = Cluster::start_with(3, "log_format = \"json\"\n");
+    let log = c.log(0);
+    let lines: Vec<Value> = log
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    assert!(
+        lines
+            .iter()
+            .any(|v| v["fields"]["message"] == "masternode listening" && v["level"] == "INFO"),
+        "{log}"
+    );
+    let (code0, out, err) = cli(&c, 1, &["masternodestatus"]);
+    assert_eq!(code0, 0, "{err}");
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["peers_connected"], 2);
+    let (code0, out, _) = cli(&c, 0, &["getconnectioncount"]);
+    assert_eq!((code0, out.trim()), (0, "2"));
+    // A payment through the CLI, then its proof.
+    let (a, b) = (c.wallet_key(0), c.wallet_key(1));
+    let tx = pay(c.chain_id(), &a, 0, 1, address(&b), COIN);
+    let h = hex::encode(tx.to_bytes());
+    let (code0, out, err) = cli(&c, 2, &["sendrawtransaction", &h]);
+    assert_eq!(code0, 0, "{err}");
+    assert_eq!(
+        serde_json::from_str::<Value>(&out).unwrap(),
+        tx.txid().to_string()
+    );
+    let (code0, out, err) = cli(&c, 2, &["waittransactionfinality", &h, "20000"]);
+    assert_eq!(code0, 0, "{err}");
+    assert_eq!(serde_json::from_str::<Value>(&out).unwrap()["final"], true);
+    // A JSON-RPC error: exit 1, the error as JSON on stderr.
+    let (code1, _, err) = cli(&c, 0, &["getbalance", "nope"]);
+    assert_eq!(code1, 1);
+    let e: Value = serde_json::from_str(&err).unwrap();
+    assert_eq!(e["code"], code::INVALID_ADDRESS_OR_KEY);
+    // Bad usage: exit 2 (clap), with help available for each method.
+    let (code2, _, _) = cli(&c, 0, &["gettxout", "abc", "notanumber"]);
+    assert_eq!(code2, 2);
+    let (code0, out, _) = cli(&c, 0, &["gettxout", "--help"]);
+    assert_eq!(code0, 0);
+    assert!(out.contains("state"), "{out}");
+    // A wrong cookie: exit 3.
+    let bad = c.layout.dir.join("bad.cookie");
+    std::fs::write(&bad, "__cookie__:nope").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_time-cli"))
+        .arg("--rpc")
+        .arg(format!("http://{}/", c.layout.rpc[0].unwrap()))
+        .arg("--cookie")
+        .arg(&bad)
+        .arg("uptime")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("refused the credentials"));
+}
+
+fn percentile(v: &mut [Duration], p: f64) -> Duration {
+    v.sort();
+    v[((v.len() as f64 - 1.0) * p).round() as usize]
+}
+
+/// Latency and throughput of a cheap call and of `sendrawtransaction`, one
+/// client on one keep-alive connection, then 4 clients. Not run by default
+/// (a measurement, not a check):
+/// `cargo test --release --test rpc -- --ignored --nocapture measure`
+#[test]
+#[ignore]
+fn measure_rpc_latency_and_throughput() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let c = Cluster::start_with(3, "rpc_rate_limit = 1000000\n");
+    let report = |what: &str, mut lat: Vec<Duration>, wall: Duration| {
+        let n = lat.len();
+        println!(
+            "{what}: {n} calls in {:.2} s = {:.0}/s; p50 {:?} p99 {:?} max {:?}",
+            wall.as_secs_f64(),
+            n as f64 / wall.as_secs_f64(),
+            percentile(&mut lat, 0.5),
+            percentile(&mut lat, 0.99),
+            percentile(&mut lat, 1.0)
+        );
+    };
+    const CHEAP: usize = 2_000;
+    let rpc = Rpc::new(&c, 0);
+    let t = std::time::Instant::now();
+    let lat: Vec<Duration> = (0..CHEAP)
+        .map(|_| {
+            let s = std::time::Instant::now();
+            rpc.call("getconnectioncount", json!([])).unwrap();
+            s.elapsed()
+        })
+        .collect();
+    report("getconnectioncount, 1 client", lat, t.elapsed());
+    let t = std::time::Instant::now();
+    let lat: Vec<Duration> = std::thread::scope(|s| {
+        let hs: Vec<_> = (0..4)
+            .map(|_| {
+                s.spawn(|| {
+                    let rpc = Rpc::new(&c, 0);
+                    (0..CHEAP / 4)
+                        .map(|_| {
+                            let s = std::time::Instant::now();
+                            rpc.call("getconnectioncount", json!([])).unwrap();
+                            s.elapsed()
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        hs.into_iter().flat_map(|h| h.join().unwrap()).collect()
+    });
+    report("getconnectioncount, 4 clients", lat, t.elapsed());
+
+    // Payments: wallet w's coin k, 200 coins per wallet.
+    let txs: Vec<Vec<String>> = (0..4)
+        .map(|w| {
+            let k = c.wallet_key(w);
+            let to = address(&c.wallet_key((w + 1) % 4));
+            (0..200)
+                .map(|coin| hex::encode(pay(c.chain_id(), &k, w as u32, coin, to, COIN).to_bytes()))
+                .collect()
+        })
+        .collect();
+    let t = std::time::Instant::now();
+    let lat: Vec<Duration> = txs[0]
+        .iter()
+        .map(|h| {
+            let s = std::time::Instant::now();
+            rpc.call("sendrawtransaction", json!([h])).unwrap();
+            s.elapsed()
+        })
+        .collect();
+    report(
+        "sendrawtransaction (until locked here), 1 client",
+        lat,
+        t.elapsed(),
+    );
+    let t = std::time::Instant::now();
+    let lat: Vec<Duration> = std::thread::scope(|s| {
+        let hs: Vec<_> = txs[1..]
+            .iter()
+            .map(|batch| {
+                s.spawn(|| {
+                    let rpc = Rpc::new(&c, 0);
+                    batch
+                        .iter()
+                        .map(|h| {
+                            let s = std::time::Instant::now();
+                            rpc.call("sendrawtransaction", json!([h])).unwrap();
+                            s.elapsed()
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        hs.into_iter().flat_map(|h| h.join().unwrap()).collect()
+    });
+    report(
+        "sendrawtransaction (until locked here), 3 clients",
+        lat,
+        t.elapsed(),
+    );
+    // Every one of them reaches its proof.
+    for batch in &txs {
+        for h in batch.iter().step_by(50) {
+            let v = rpc
+                .call("waittransactionfinality", json!([h, 20_000]))
+                .unwrap();
+            assert_eq!(v["final"], true);
+        }
+    }
+}
