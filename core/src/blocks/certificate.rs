@@ -135,6 +135,13 @@ impl CommitCertificate {
     }
 }
 
+/// A committed block with its certificate.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CommittedBlock {
+    pub block: crate::blocks::block::Block,
+    pub cert: CommitCertificate,
+}
+
 /// Two valid commit certificates for different blocks at one height: only
 /// possible if Byzantine weight reached a third. Kept, logged as critical;
 /// the node stops processing blocks rather than pick one.

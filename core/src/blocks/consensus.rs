@@ -19,7 +19,9 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use ed25519_dalek::SigningKey;
 
 use crate::blocks::block::{Block, BlockFormatError, BlockHash, MAX_BLOCK_BYTES};
-use crate::blocks::certificate::{CertificateError, CommitCertificate, ForkEvidence};
+use crate::blocks::certificate::{
+    CertificateError, CommitCertificate, CommittedBlock, ForkEvidence,
+};
 use crate::blocks::leader::leader;
 use crate::blocks::vote::{BlockVote, Proposal, Slot, VoteKind};
 use crate::protocol::registry::Registry;
@@ -206,7 +208,7 @@ pub enum ConsensusWrite {
     /// A block this node proposed or precommitted, kept until its height is
     /// decided so a restarted node can still re-propose what it is locked on.
     Candidate(Box<Candidate>),
-    Committed(Box<(Block, CommitCertificate)>),
+    Committed(Box<CommittedBlock>),
     Fork(Box<ForkEvidence>),
 }
 
@@ -1036,7 +1038,10 @@ impl BlockConsensus {
         self.tip_cert = Some(cert.clone());
         self.out
             .writes
-            .push(ConsensusWrite::Committed(Box::new((block, cert))));
+            .push(ConsensusWrite::Committed(Box::new(CommittedBlock {
+                block,
+                cert,
+            })));
         self.height = self.tip.height + 1;
         self.round = 0;
         self.step = Step::Propose;

@@ -19,7 +19,7 @@ pub mod vote;
 mod tests;
 
 pub use block::{Block, BlockHash, BlockHeader};
-pub use certificate::{CommitCertificate, ForkEvidence};
+pub use certificate::{CommitCertificate, CommittedBlock, ForkEvidence};
 pub use consensus::{
     BlockConsensus, BlockLedger, BodyRejection, Candidate, ChainTip, ConsensusConfig,
     ConsensusMessage, ConsensusRound, ConsensusWrite, OwnBlockVote, SignedStep,

@@ -9,7 +9,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use super::block::{Block, BlockHash, MAX_BLOCK_BYTES};
-use super::certificate::{CertificateError, CommitCertificate, ForkEvidence};
+use super::certificate::{CertificateError, CommitCertificate, CommittedBlock, ForkEvidence};
 use super::consensus::*;
 use super::leader::leader;
 use super::vote::{BlockVote, Proposal, Slot, VoteKind};
@@ -263,7 +263,7 @@ struct Net {
     nodes: Vec<Option<BlockConsensus>>,
     durable_votes: Vec<Vec<OwnBlockVote>>,
     durable_candidates: Vec<Vec<Candidate>>,
-    chains: Vec<Vec<(Block, CommitCertificate)>>,
+    chains: Vec<Vec<CommittedBlock>>,
     queue: Vec<(usize, ConsensusMessage)>,
     ledgers: Vec<TestLedger>,
     now: u64,
@@ -355,10 +355,10 @@ impl Net {
             let p = self.reg.position(&peer).unwrap();
             let blocks: Vec<_> = self.chains[p]
                 .iter()
-                .filter(|(b, _)| b.height() >= height)
+                .filter(|c| c.block.height() >= height)
                 .cloned()
                 .collect();
-            for (b, c) in blocks {
+            for CommittedBlock { block: b, cert: c } in blocks {
                 let node = self.nodes[i].as_mut().unwrap();
                 let _ = node.handle_commit(self.now, b, c, &self.ledgers[i]);
             }
@@ -422,7 +422,7 @@ impl Net {
 
     fn restart(&mut self, i: usize) {
         let (tip, cert) = match self.chains[i].last() {
-            Some((b, c)) => (
+            Some(CommittedBlock { block: b, cert: c }) => (
                 ChainTip {
                     height: b.height(),
                     hash: b.hash(),
@@ -456,11 +456,11 @@ impl Net {
     fn check_agreement(&self) {
         let longest = self.chains.iter().max_by_key(|c| c.len()).unwrap();
         for (i, c) in self.chains.iter().enumerate() {
-            for (k, (b, cert)) in c.iter().enumerate() {
+            for (k, CommittedBlock { block: b, cert }) in c.iter().enumerate() {
                 assert_eq!(b.height(), k as u64 + 1, "node {i} skipped a height");
                 assert_eq!(
                     b.hash(),
-                    longest[k].0.hash(),
+                    longest[k].block.hash(),
                     "node {i} diverges at {}",
                     k + 1
                 );
@@ -483,8 +483,8 @@ fn four_nodes_commit_blocks() {
     assert!(net.min_height() >= 5, "only {} blocks", net.min_height());
     for c in &net.chains {
         for w in c.windows(2) {
-            assert_eq!(w[1].0.header.prev, w[0].0.hash());
-            assert!(w[1].0.header.time_ms > w[0].0.header.time_ms);
+            assert_eq!(w[1].block.header.prev, w[0].block.hash());
+            assert!(w[1].block.header.time_ms > w[0].block.header.time_ms);
         }
     }
 }
@@ -551,7 +551,7 @@ fn a_second_certificate_at_the_tip_is_a_fork() {
     let mut net = Net::new(4, 5);
     net.run(1_000);
     assert!(net.min_height() >= 1);
-    let (b, cert) = net.chains[0][0].clone();
+    let CommittedBlock { block: b, cert } = net.chains[0][0].clone();
     // Forge another block at height 1 with a full certificate (all keys:
     // the Byzantine weight reached a third).
     let other = Block::new(

@@ -65,7 +65,7 @@ impl Slot {
 }
 
 /// `0` for none (nil), `1 ‖ hash` for a block.
-pub(crate) fn encode_opt_hash(out: &mut Vec<u8>, h: &Option<BlockHash>) {
+pub fn encode_opt_hash(out: &mut Vec<u8>, h: &Option<BlockHash>) {
     match h {
         None => out.push(0),
         Some(h) => {
@@ -75,7 +75,7 @@ pub(crate) fn encode_opt_hash(out: &mut Vec<u8>, h: &Option<BlockHash>) {
     }
 }
 
-pub(crate) fn decode_opt_hash(r: &mut Reader<'_>) -> Result<Option<BlockHash>, DecodeError> {
+pub fn decode_opt_hash(r: &mut Reader<'_>) -> Result<Option<BlockHash>, DecodeError> {
     match r.u8()? {
         0 => Ok(None),
         1 => Ok(Some(BlockHash(r.array()?))),
