@@ -273,6 +273,9 @@ struct Net {
     silent: HashSet<usize>,
     /// Every vote signed, for the no-conflicting-vote check.
     signed: HashMap<(usize, u64, u32, VoteKind), Option<BlockHash>>,
+    /// Votes a node signed that differ from its earlier one for the same
+    /// (height, round, step): must stay 0.
+    conflicting_votes: u64,
 }
 
 impl Net {
@@ -320,6 +323,7 @@ impl Net {
             loss_pct: 0,
             silent: HashSet::new(),
             signed: HashMap::new(),
+            conflicting_votes: 0,
         }
     }
 
@@ -543,7 +547,33 @@ fn restart_never_signs_a_conflicting_vote() {
     }
     net.run(3_000);
     net.check_agreement();
+    assert_eq!(net.conflicting_votes, 0);
     assert!(net.min_height() >= 3);
+}
+
+/// The control: with the durable vote record ignored at start (planted
+/// bug), the same crash/restart cycles make some node sign a second,
+/// different vote for a (height, round, step), and the check above sees it.
+#[cfg(feature = "planted-bugs")]
+#[test]
+fn planted_forgotten_votes_are_caught() {
+    let mut caught = 0;
+    for seed in 0..8 {
+        let mut net = Net::new(4, seed);
+        net.cfg.planted.forget_votes = true;
+        net.run(500);
+        for round in 0..20 {
+            let i = round % 4;
+            net.crash(i);
+            net.run(150);
+            net.restart(i);
+            net.run(350);
+        }
+        if net.conflicting_votes > 0 {
+            caught += 1;
+        }
+    }
+    assert!(caught > 0, "no seed of 8 caught the forgotten votes");
 }
 
 #[test]
@@ -627,6 +657,7 @@ proptest! {
         // at least a half, so 60 s leaves the test a failure rate near 2^-20.
         net.run(60_000);
         net.check_agreement();
+        prop_assert_eq!(net.conflicting_votes, 0);
         prop_assert!(net.min_height() > before, "no progress once calm");
     }
 }
