@@ -3,6 +3,8 @@
 //! milliseconds from the driver, and every effect goes out as a value for a
 //! transport or a store to carry out.
 //!
+//! - [`blocks`]: blocks, commit certificates, leader selection and the BFT
+//!   block consensus state machine.
 //! - [`codec`]: bounded decoding primitives for untrusted bytes.
 //! - [`protocol`]: types, validation, UTXO states, votes, quorum, TimeProofs,
 //!   the engine.
@@ -11,6 +13,7 @@
 //!   on-disk record encodings.
 //! - [`testkit`]: keys, registries and genesis for tests and simulations.
 
+pub mod blocks;
 pub mod codec;
 pub mod masternode;
 pub mod protocol;

@@ -167,7 +167,12 @@ pub(super) fn handle_peer_message(
                     .announce(&peer, next);
             }
         }
-        m @ (PeerMessage::FinalityLogRequest { .. } | PeerMessage::FinalityLogPage { .. }) => {
+        m @ (PeerMessage::FinalityLogRequest { .. }
+        | PeerMessage::FinalityLogPage { .. }
+        | PeerMessage::BlockProposal(_)
+        | PeerMessage::BlockVote(_)
+        | PeerMessage::BlockRequest { .. }
+        | PeerMessage::CommittedBlock(_)) => {
             ctx.core.offer(CoreInput::Peer { from: peer, msg: m });
         }
         // Handled by ingest above.

@@ -14,6 +14,12 @@
 //! | `finality_log` | [`LogSeq`] (u64 BE)        | [`Txid`]     |
 //! | `stuck`        | [`Txid`]                   | `u32` (0)    |
 //! | `evidence`     | voter ‖ txid (64 bytes)    | [`Equivocation`] |
+//! | `blocks`       | [`BlockHeight`] (u64 BE)   | [`CommittedBlock`] (block ‖ certificate) |
+//! | `own_block_votes` | height ‖ round (BE) ‖ step | [`VotedBlock`] |
+//! | `block_candidates` | height (BE) ‖ block hash | [`Candidate`] |
+//! | `fork_evidence` | [`BlockHeight`]           | [`ForkEvidence`] |
+//!
+//! Block layouts are in [`timecoin_core::storage::block_records`].
 //!
 //! `meta` carries the format version; a database written by a newer build is
 //! refused rather than misread. [`Store::apply`] is one LMDB write
@@ -37,12 +43,16 @@ use super::records::{
     check_txid, EvidenceKey, LogSeq, MetaKey, RecordError, TableKey, TableValue, VoteSeq,
     FORMAT_VERSION,
 };
-use super::{Genesis, Snapshot, Store, StoreError, Write};
+use super::{BlockSnapshot, CommittedBlock, Genesis, Snapshot, Store, StoreError, Write};
 use crate::protocol::evidence::Equivocation;
 use crate::protocol::timeproof::TimeProof;
 use crate::protocol::types::{ChainId, OutPoint, Transaction, Txid};
 use crate::protocol::utxo::{UtxoEntry, UtxoState};
 use crate::protocol::vote::VoteBatch;
+use timecoin_core::blocks::{Candidate, ForkEvidence};
+use timecoin_core::storage::block_records::{
+    BlockHeight, CandidateKey, OwnBlockVoteKey, VotedBlock,
+};
 
 /// Default size of the memory map: 64 GiB of address space. The data file is
 /// sparse and only grows with what is written.
@@ -56,7 +66,11 @@ const TABLE_OWN_VOTES: &str = "own_votes";
 const TABLE_FINALITY_LOG: &str = "finality_log";
 const TABLE_STUCK: &str = "stuck";
 const TABLE_EVIDENCE: &str = "evidence";
-const TABLE_COUNT: u32 = 8;
+const TABLE_BLOCKS: &str = "blocks";
+const TABLE_OWN_BLOCK_VOTES: &str = "own_block_votes";
+const TABLE_BLOCK_CANDIDATES: &str = "block_candidates";
+const TABLE_FORK_EVIDENCE: &str = "fork_evidence";
+const TABLE_COUNT: u32 = 12;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LmdbOptions {
@@ -166,6 +180,32 @@ impl<K: TableKey, V: TableValue> Table<K, V> {
         }
     }
 
+    /// Calls `f` on every record from `start` on, in key order.
+    fn for_each_from(
+        &self,
+        txn: &RoTxn,
+        start: &K,
+        mut f: impl FnMut(K, V) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        use std::ops::Bound;
+        let key = start.to_key();
+        let range = (Bound::Included(key.as_ref()), Bound::Unbounded);
+        for item in self.db.range(txn, &range).map_err(backend)? {
+            let (k, v) = item.map_err(backend)?;
+            let k = K::from_key(k).map_err(|e| self.corrupt(e))?;
+            let v = V::decode_value(v).map_err(|e| self.corrupt(e))?;
+            f(k, v)?;
+        }
+        Ok(())
+    }
+
+    fn last(&self, txn: &RoTxn) -> Result<Option<V>, StoreError> {
+        match self.db.last(txn).map_err(backend)? {
+            Some((_, v)) => V::decode_value(v).map(Some).map_err(|e| self.corrupt(e)),
+            None => Ok(None),
+        }
+    }
+
     /// Calls `f` on every record in key order.
     fn for_each(
         &self,
@@ -221,6 +261,10 @@ pub struct LmdbStore {
     stuck: Table<Txid, u32>,
     /// Equivocation evidence, by voter and transaction.
     evidence: Table<EvidenceKey, Equivocation>,
+    blocks: Table<BlockHeight, CommittedBlock>,
+    own_block_votes: Table<OwnBlockVoteKey, VotedBlock>,
+    block_candidates: Table<CandidateKey, Candidate>,
+    fork_evidence: Table<BlockHeight, ForkEvidence>,
 }
 
 impl fmt::Debug for LmdbStore {
@@ -284,6 +328,11 @@ impl LmdbStore {
         let finality_log = Table::create(&env, &mut wtxn, TABLE_FINALITY_LOG)?;
         let stuck = Table::create(&env, &mut wtxn, TABLE_STUCK)?;
         let evidence = Table::create(&env, &mut wtxn, TABLE_EVIDENCE)?;
+        // The block layer's tables, created empty in older databases.
+        let blocks = Table::create(&env, &mut wtxn, TABLE_BLOCKS)?;
+        let own_block_votes = Table::create(&env, &mut wtxn, TABLE_OWN_BLOCK_VOTES)?;
+        let block_candidates = Table::create(&env, &mut wtxn, TABLE_BLOCK_CANDIDATES)?;
+        let fork_evidence = Table::create(&env, &mut wtxn, TABLE_FORK_EVIDENCE)?;
         if version.is_none() {
             let fresh = meta.is_empty(&wtxn)?
                 && utxos.is_empty(&wtxn)?
@@ -314,7 +363,36 @@ impl LmdbStore {
             finality_log,
             stuck,
             evidence,
+            blocks,
+            own_block_votes,
+            block_candidates,
+            fork_evidence,
         })
+    }
+
+    fn block_snapshot(&self, rtxn: &RoTxn) -> Result<BlockSnapshot, StoreError> {
+        let tip = self.blocks.last(rtxn)?;
+        let above = tip.as_ref().map_or(0, |t| t.block.height()) + 1;
+        let mut snap = BlockSnapshot {
+            tip,
+            ..BlockSnapshot::default()
+        };
+        let from = OwnBlockVoteKey {
+            height: above,
+            round: 0,
+            step: timecoin_core::blocks::SignedStep::Proposal,
+        };
+        self.own_block_votes.for_each_from(rtxn, &from, |k, v| {
+            snap.own_votes.push(k.with(v.0));
+            Ok(())
+        })?;
+        let from = CandidateKey(above, timecoin_core::blocks::BlockHash([0; 32]));
+        self.block_candidates.for_each_from(rtxn, &from, |_, c| {
+            snap.candidates.push(c);
+            Ok(())
+        })?;
+        snap.fork = self.fork_evidence.last(rtxn)?;
+        Ok(snap)
     }
 
     /// The environment directory.
@@ -416,6 +494,7 @@ impl Store for LmdbStore {
             snap.own_votes.push(batch);
             Ok(())
         })?;
+        snap.blocks = self.block_snapshot(&rtxn)?;
         Ok(snap)
     }
 
@@ -484,6 +563,26 @@ impl Store for LmdbStore {
                     self.evidence
                         .put(&mut wtxn, &EvidenceKey(e.voter(), e.txid), e, &mut buf)?
                 }
+                Write::PutBlock(b) => {
+                    self.blocks
+                        .put(&mut wtxn, &BlockHeight(b.block.height()), b, &mut buf)?
+                }
+                Write::AppendOwnBlockVote(v) => self.own_block_votes.put(
+                    &mut wtxn,
+                    &OwnBlockVoteKey::of(v),
+                    &VotedBlock(v.block),
+                    &mut buf,
+                )?,
+                Write::PutCandidate(c) => self.block_candidates.put(
+                    &mut wtxn,
+                    &CandidateKey(c.block.height(), c.block.hash()),
+                    c,
+                    &mut buf,
+                )?,
+                Write::PutForkEvidence(f) => {
+                    self.fork_evidence
+                        .put(&mut wtxn, &BlockHeight(f.height()), f, &mut buf)?
+                }
             }
         }
         wtxn.commit().map_err(backend)
@@ -501,6 +600,11 @@ impl Store for LmdbStore {
     fn get_transaction(&self, txid: &Txid) -> Result<Option<Transaction>, StoreError> {
         let rtxn = self.env.read_txn().map_err(backend)?;
         self.get_transaction_in(&rtxn, txid)
+    }
+
+    fn block(&self, height: u64) -> Result<Option<CommittedBlock>, StoreError> {
+        let rtxn = self.env.read_txn().map_err(backend)?;
+        self.blocks.get(&rtxn, &BlockHeight(height))
     }
 
     fn evidence(&self) -> Result<Vec<Equivocation>, StoreError> {
@@ -701,6 +805,88 @@ mod tests {
         assert_eq!(a.pending_transactions, b.pending_transactions);
         assert_eq!(a.finalized, b.finalized);
         assert_eq!(a.own_votes, b.own_votes);
+    }
+
+    /// Block records survive a reopen; the snapshot holds the tip, the own
+    /// consensus records and candidates above it, like the memory store.
+    #[test]
+    fn block_records_survive_reopen_and_match_memory_store() {
+        use timecoin_core::blocks::{
+            Block, BlockHash, CommitCertificate, OwnBlockVote, SignedStep, Slot,
+        };
+        use timecoin_core::protocol::types::PublicKey;
+        let block = |h: u64| {
+            Block::new(
+                CHAIN,
+                1,
+                h,
+                BlockHash([h as u8; 32]),
+                h,
+                PublicKey([1; 32]),
+                vec![],
+            )
+        };
+        let committed = |h: u64| CommittedBlock {
+            block: block(h),
+            cert: CommitCertificate {
+                slot: Slot {
+                    chain_id: CHAIN,
+                    epoch: 1,
+                    height: h,
+                    round: 0,
+                },
+                block: block(h).hash(),
+                precommits: vec![(PublicKey([2; 32]), [3; 64])],
+            },
+        };
+        let vote = |height: u64, round: u32, step, block| OwnBlockVote {
+            height,
+            round,
+            step,
+            block,
+        };
+        let writes = vec![
+            Write::AppendOwnBlockVote(vote(1, 0, SignedStep::Prevote, Some(block(1).hash()))),
+            Write::PutBlock(Box::new(committed(1))),
+            Write::PutBlock(Box::new(committed(2))),
+            Write::AppendOwnBlockVote(vote(3, 1, SignedStep::Precommit, None)),
+            Write::AppendOwnBlockVote(vote(3, 0, SignedStep::Prevote, Some(block(3).hash()))),
+            Write::PutCandidate(Box::new(Candidate {
+                block: block(3),
+                polka: vec![],
+            })),
+            Write::PutCandidate(Box::new(Candidate {
+                block: block(2),
+                polka: vec![],
+            })),
+        ];
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let mut s = open(dir.path());
+            s.init(&genesis(CHAIN)).unwrap();
+            s.apply(&writes).unwrap();
+        }
+        let s = open(dir.path());
+        let mut reference = MemoryStore::new();
+        reference.init(&genesis(CHAIN)).unwrap();
+        reference.apply(&writes).unwrap();
+        let (a, b) = (s.load().unwrap().blocks, reference.load().unwrap().blocks);
+        assert_eq!(a.tip, Some(committed(2)));
+        assert_eq!(
+            a.own_votes,
+            vec![
+                vote(3, 0, SignedStep::Prevote, Some(block(3).hash())),
+                vote(3, 1, SignedStep::Precommit, None)
+            ]
+        );
+        assert_eq!(a.candidates.len(), 1);
+        assert_eq!(
+            (&a.tip, &a.own_votes, &a.candidates),
+            (&b.tip, &b.own_votes, &b.candidates)
+        );
+        assert_eq!(s.block(1).unwrap(), Some(committed(1)));
+        assert_eq!(s.block(9).unwrap(), None);
+        assert!(a.fork.is_none());
     }
 
     #[test]

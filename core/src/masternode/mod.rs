@@ -22,6 +22,7 @@
 //! Reads of durable state (proofs, transactions, the finality log) come
 //! through the [`Store`] trait passed to the calls that need them.
 
+pub mod blocks;
 pub mod catchup;
 pub mod peers;
 pub mod reannounce;
@@ -31,6 +32,7 @@ use std::sync::Arc;
 
 use ed25519_dalek::SigningKey;
 
+use crate::blocks::{BlockConsensus, ChainTip, ConsensusConfig, ConsensusMessage};
 use crate::protocol::audience::{PeerMessage, WalletReply};
 use crate::protocol::engine::{Engine, EngineConfig, Event, Metrics, Origin, Output};
 use crate::protocol::message::{Message, MAX_LOG_PAGE};
@@ -65,6 +67,8 @@ pub struct MasternodeConfig {
     /// open. Compiled only with `planted-bugs`.
     #[cfg(feature = "planted-bugs")]
     pub planted_no_catchup: bool,
+    /// The block layer, or none (instant finality only, no blocks).
+    pub blocks: Option<ConsensusConfig>,
 }
 
 impl MasternodeConfig {
@@ -78,6 +82,7 @@ impl MasternodeConfig {
             max_proof_broadcasts_per_s: 1_000,
             #[cfg(feature = "planted-bugs")]
             planted_no_catchup: false,
+            blocks: None,
         }
     }
 }
@@ -146,6 +151,8 @@ pub struct Masternode {
     stats: MasternodeStats,
     /// Which wallet session hears what.
     router: Router,
+    /// The block layer, when configured.
+    blocks: Option<blocks::BlockLayer>,
 }
 
 impl Masternode {
@@ -167,6 +174,38 @@ impl Masternode {
             .filter(|k| *k != me)
             .collect();
         let my_weight = registry.weight_of(&me).unwrap_or(0);
+        let blocks = cfg.blocks.clone().map(|bc| {
+            let chain_id = cfg.engine.chain_id;
+            let b = &snap.blocks;
+            let tip = match &b.tip {
+                Some(t) => ChainTip {
+                    height: t.block.height(),
+                    hash: t.block.hash(),
+                    time_ms: t.block.header.time_ms,
+                },
+                None => ChainTip {
+                    height: 0,
+                    hash: crate::blocks::BlockHash::genesis(chain_id, registry.epoch()),
+                    time_ms: 0,
+                },
+            };
+            let mut c = BlockConsensus::new(
+                bc,
+                chain_id,
+                key.clone(),
+                registry.clone(),
+                tip,
+                b.tip.as_ref().map(|t| t.cert.clone()),
+                &b.own_votes,
+                b.candidates.clone(),
+                now,
+            );
+            if let Some(f) = &b.fork {
+                c.fork(f.clone());
+                let _ = c.take_round();
+            }
+            blocks::BlockLayer::new(c)
+        });
         let engine = Engine::new(cfg.engine.clone(), key, registry, snap);
         let mut reannounce = Reannounce::new(cfg.reannounce.clone());
         for txid in pending {
@@ -191,6 +230,7 @@ impl Masternode {
             my_weight,
             stats: MasternodeStats::default(),
             router: Router::new(),
+            blocks,
         };
         m.update_gate(now);
         m
@@ -198,6 +238,16 @@ impl Masternode {
 
     pub fn engine(&self) -> &Engine {
         &self.engine
+    }
+
+    /// The block layer's tip, if the layer runs.
+    pub fn block_tip(&self) -> Option<ChainTip> {
+        self.blocks.as_ref().map(|b| b.tip())
+    }
+
+    /// The block layer (consensus state, counters), if it runs.
+    pub fn block_layer(&self) -> Option<&blocks::BlockLayer> {
+        self.blocks.as_ref()
     }
 
     pub fn public_key(&self) -> PublicKey {
@@ -426,11 +476,77 @@ impl Masternode {
                 self.push_to_peers(out);
                 self.update_gate(now);
             }
+            PeerMessage::BlockProposal(_)
+            | PeerMessage::BlockVote(_)
+            | PeerMessage::CommittedBlock(_)
+            | PeerMessage::BlockRequest { .. } => {
+                self.handle_block_message(now, from, msg, store)?
+            }
             PeerMessage::RepairRequest { .. }
             | PeerMessage::Repair(_)
             | PeerMessage::FastPathSeq { .. }
             | PeerMessage::Ping(_)
             | PeerMessage::Pong(_) => {}
+        }
+        Ok(())
+    }
+
+    /// Block consensus messages, block requests and committed blocks. A
+    /// message that fails its checks costs the sender reputation; none of it
+    /// touches instant finality.
+    fn handle_block_message(
+        &mut self,
+        now: u64,
+        from: PublicKey,
+        msg: PeerMessage,
+        store: &dyn Store,
+    ) -> Result<(), StoreError> {
+        let Some(layer) = self.blocks.as_mut() else {
+            return Ok(());
+        };
+        let view = blocks::LedgerView {
+            engine: &self.engine,
+            unconfirmed: &layer.unconfirmed,
+        };
+        let result = match msg {
+            PeerMessage::BlockProposal(p) => layer.consensus.handle_proposal(now, *p, &view),
+            PeerMessage::BlockVote(v) => layer.consensus.handle_vote(now, v, &view),
+            PeerMessage::CommittedBlock(c) => {
+                let c = *c;
+                layer
+                    .consensus
+                    .handle_commit(now, c.block, c.cert, &view)
+                    .map(|_| ())
+            }
+            PeerMessage::BlockRequest { from: height } => {
+                let tip = layer.consensus.tip().height;
+                let end = tip.min(height.saturating_add(blocks::MAX_BLOCKS_PER_REQUEST - 1));
+                let mut h = height.max(1);
+                while h <= end {
+                    if let Some(c) = store.block(h)? {
+                        layer.stats.blocks_served += 1;
+                        self.transmits.push(Transmit {
+                            dest: Dest::Peer(from),
+                            msg: Message::CommittedBlock(Box::new(c)),
+                        });
+                    }
+                    h += 1;
+                }
+                Ok(())
+            }
+            _ => Ok(()),
+        };
+        if let Err(e) = result {
+            layer.stats.refused_messages += 1;
+            let why = match e {
+                crate::blocks::consensus::ConsensusError::BadSignature
+                | crate::blocks::consensus::ConsensusError::Certificate(_) => {
+                    Misbehaviour::InvalidSignature
+                }
+                crate::blocks::consensus::ConsensusError::Halted(_) => return Ok(()),
+                _ => Misbehaviour::MalformedFrame,
+            };
+            self.peer_book.penalize(now, &from, why);
         }
         Ok(())
     }
@@ -482,11 +598,28 @@ impl Masternode {
 
     /// When [`Masternode::handle_timeout`] wants to run next.
     pub fn poll_timeout(&self) -> u64 {
-        self.last_tick.map_or(0, |t| t + self.cfg.tick_ms)
+        let tick = self.last_tick.map_or(0, |t| t + self.cfg.tick_ms);
+        match self
+            .blocks
+            .as_ref()
+            .and_then(|b| b.consensus.poll_timeout())
+        {
+            Some(t) => tick.min(t),
+            None => tick,
+        }
     }
 
     /// Timers: engine housekeeping, re-announcements, catch-up polls.
     pub fn handle_timeout(&mut self, now: u64, store: &dyn Store) -> Result<(), StoreError> {
+        if let Some(layer) = self.blocks.as_mut() {
+            if layer.consensus.poll_timeout().is_some_and(|t| t <= now) {
+                let view = blocks::LedgerView {
+                    engine: &self.engine,
+                    unconfirmed: &layer.unconfirmed,
+                };
+                layer.consensus.handle_timeout(now, &view);
+            }
+        }
         if self.last_tick.is_some_and(|t| now < t + self.cfg.tick_ms) {
             return Ok(());
         }
@@ -573,6 +706,12 @@ impl Masternode {
 
     /// Ends the round: apply `writes` durably, then send `transmits`.
     pub fn end_round(&mut self, now: u64) -> Round {
+        // Block effects first: confirmations go into the engine's round, so
+        // they commit in the same transaction as the block.
+        let fx = match self.blocks.as_mut() {
+            Some(layer) => layer.drain(now, &mut self.engine),
+            None => blocks::BlockEffects::default(),
+        };
         let r = self.engine.end_round(now);
         let mut round = Round {
             writes: r.writes,
@@ -580,6 +719,22 @@ impl Masternode {
             events: Vec::new(),
             wallet: Vec::new(),
         };
+        round.writes.extend(fx.writes);
+        round
+            .transmits
+            .extend(fx.broadcasts.into_iter().map(|m| Transmit {
+                dest: Dest::AllPeers,
+                msg: match m {
+                    ConsensusMessage::Proposal(p) => Message::BlockProposal(p),
+                    ConsensusMessage::Vote(v) => Message::BlockVote(v),
+                },
+            }));
+        round
+            .transmits
+            .extend(fx.requests.into_iter().map(|(peer, from)| Transmit {
+                dest: Dest::Peer(peer),
+                msg: Message::BlockRequest { from },
+            }));
         for w in &round.writes {
             if let Write::AppendOwnVotes(b) = w {
                 for i in b.items.iter().filter(|i| i.decision.is_approve()) {
@@ -610,7 +765,10 @@ impl Masternode {
                 }
                 Output::Event(ev) => {
                     match &ev {
-                        Event::Finalized { txid, .. } => {
+                        Event::Finalized { txid, tx, .. } => {
+                            if let Some(layer) = self.blocks.as_mut() {
+                                layer.unconfirmed.push(tx.clone());
+                            }
                             log.push(*txid);
                             self.reannounce.settled(txid);
                             self.catchup.resolved(txid);

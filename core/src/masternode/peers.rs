@@ -70,9 +70,11 @@ impl Class {
             PeerMessage::TransactionBroadcast(_) => Some(Class::Transactions),
             PeerMessage::VoteBatch(_) => Some(Class::Votes),
             PeerMessage::TimeProof { .. } | PeerMessage::ProofRequest(_) => Some(Class::Proofs),
-            PeerMessage::FinalityLogRequest { .. } | PeerMessage::FinalityLogPage { .. } => {
-                Some(Class::CatchUp)
-            }
+            PeerMessage::FinalityLogRequest { .. }
+            | PeerMessage::FinalityLogPage { .. }
+            | PeerMessage::BlockRequest { .. }
+            | PeerMessage::CommittedBlock(_) => Some(Class::CatchUp),
+            PeerMessage::BlockProposal(_) | PeerMessage::BlockVote(_) => Some(Class::Votes),
             PeerMessage::RepairRequest { .. }
             | PeerMessage::Repair(_)
             | PeerMessage::FastPathSeq { .. }

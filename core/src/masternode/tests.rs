@@ -24,6 +24,9 @@ struct Net {
     cut: Vec<bool>,
     /// Drop every message of this kind while set.
     drop_broadcasts: bool,
+    /// Drop every block proposal and vote while set (a stalled block layer).
+    drop_block_consensus: bool,
+    cfg: MasternodeConfig,
     inbox: VecDeque<(usize, usize, Message)>,
     events: Vec<Vec<Event>>,
     /// Wallet replies of each node's rounds.
@@ -37,6 +40,10 @@ fn cfg() -> MasternodeConfig {
 
 impl Net {
     fn new(n: usize) -> Self {
+        Self::with_config(n, cfg())
+    }
+
+    fn with_config(n: usize, cfg: MasternodeConfig) -> Self {
         let keys: Vec<_> = (0..n as u64)
             .map(|i| testkit::key_from_seed("mn", i))
             .collect();
@@ -52,6 +59,8 @@ impl Net {
             stores,
             cut: vec![false; n],
             drop_broadcasts: false,
+            drop_block_consensus: false,
+            cfg,
             inbox: VecDeque::new(),
             events: vec![Vec::new(); n],
             wallet: vec![Vec::new(); n],
@@ -71,7 +80,7 @@ impl Net {
     fn start(&mut self, i: usize) {
         let snap = self.stores[i].load().unwrap();
         self.nodes[i] = Some(Masternode::new(
-            cfg(),
+            self.cfg.clone(),
             self.keys[i].clone(),
             self.genesis.registry.clone(),
             snap,
@@ -112,6 +121,11 @@ impl Net {
                 continue;
             }
             if self.drop_broadcasts && matches!(t.msg, Message::TransactionBroadcast(_)) {
+                continue;
+            }
+            if self.drop_block_consensus
+                && matches!(t.msg, Message::BlockProposal(_) | Message::BlockVote(_))
+            {
                 continue;
             }
             let dests: Vec<usize> = match t.dest {
@@ -587,4 +601,150 @@ fn address_queries_come_from_the_index() {
     assert_eq!(mine.len(), 64);
     assert!(mine.iter().all(|(op, _)| *op != genesis_outpoint(0, 9)));
     assert!(mine.iter().any(|(op, _)| *op == OutPoint { txid, vout: 1 }));
+}
+
+fn blocks_cfg() -> MasternodeConfig {
+    let mut c = cfg();
+    let mut b = crate::blocks::ConsensusConfig::devnet();
+    b.block_interval_ms = 200;
+    b.propose_timeout_ms = 300;
+    b.vote_timeout_ms = 200;
+    c.blocks = Some(b);
+    c
+}
+
+impl Net {
+    fn height(&self, i: usize) -> u64 {
+        self.nodes[i].as_ref().unwrap().block_tip().unwrap().height
+    }
+
+    /// The payment's inputs are Confirmed at some height, in memory and on
+    /// disk, and the block at that height holds it.
+    fn confirmed_at(&self, i: usize, tx: &Transaction) -> Option<u64> {
+        let txid = tx.txid();
+        let op = tx.inputs[0].prev;
+        let m = self.nodes[i].as_ref()?;
+        let UtxoState::Confirmed { txid: t, height } = m.engine().utxo(&op)?.state else {
+            return None;
+        };
+        assert_eq!(t, txid);
+        let snap = self.stores[i].load().unwrap();
+        let stored = snap.utxos.iter().find(|(o, _)| *o == op).unwrap().1.state;
+        assert_eq!(stored, UtxoState::Confirmed { txid, height });
+        let block = self.stores[i].block(height).unwrap().expect("block stored");
+        assert!(block.block.txids().contains(&txid));
+        Some(height)
+    }
+
+    /// Every pair of nodes stores the same block at every height both have.
+    fn same_chain(&self) {
+        let top = (0..self.nodes.len()).map(|i| self.height(i)).max().unwrap();
+        for h in 1..=top {
+            let hashes: std::collections::HashSet<_> = self
+                .stores
+                .iter()
+                .filter_map(|s| s.block(h).unwrap())
+                .map(|c| {
+                    assert!(c.cert.verify(7, &self.genesis.registry).is_ok());
+                    c.block.hash()
+                })
+                .collect();
+            assert!(hashes.len() <= 1, "two blocks at height {h}");
+        }
+    }
+}
+
+#[test]
+fn blocks_confirm_every_final_payment_on_every_node() {
+    let mut net = Net::with_config(4, blocks_cfg());
+    net.run_for(1_000);
+    assert!(net.height(0) >= 1, "blocks are committed");
+    let txs: Vec<Transaction> = (0..10).map(|c| pay(c, COIN)).collect();
+    for (k, tx) in txs.iter().enumerate() {
+        net.submit(k % 4, tx.clone());
+    }
+    net.run_for(3_000);
+    for i in 0..4 {
+        for tx in &txs {
+            assert!(net.is_final(i, &tx.txid()));
+            assert!(
+                net.confirmed_at(i, tx).is_some(),
+                "node {i} confirmed {}",
+                tx.txid()
+            );
+        }
+    }
+    net.same_chain();
+    // Heights agree within one block interval.
+    let hs: Vec<u64> = (0..4).map(|i| net.height(i)).collect();
+    assert!(
+        hs.iter().max().unwrap() - hs.iter().min().unwrap() <= 1,
+        "{hs:?}"
+    );
+}
+
+#[test]
+fn payments_finalize_while_the_block_layer_is_stalled() {
+    let mut net = Net::with_config(4, blocks_cfg());
+    net.run_for(600);
+    net.drop_block_consensus = true;
+    let before: Vec<u64> = (0..4).map(|i| net.height(i)).collect();
+    let tx = pay(0, COIN);
+    net.submit(1, tx.clone());
+    net.run_for(2_000);
+    for i in 0..4 {
+        assert!(net.is_final(i, &tx.txid()), "final without blocks");
+        assert_eq!(net.confirmed_at(i, &tx), None);
+    }
+    let stalled: Vec<u64> = (0..4).map(|i| net.height(i)).collect();
+    assert!(stalled.iter().zip(&before).all(|(s, b)| s <= &(b + 1)));
+    net.drop_block_consensus = false;
+    net.run_for(8_000);
+    for i in 0..4 {
+        assert!(
+            net.confirmed_at(i, &tx).is_some(),
+            "node {i} confirms after the stall"
+        );
+    }
+    net.same_chain();
+}
+
+#[test]
+fn a_node_cut_off_syncs_the_blocks_it_missed_and_restarts_keep_one_chain() {
+    let mut net = Net::with_config(4, blocks_cfg());
+    net.run_for(600);
+    net.cut[3] = true;
+    net.links();
+    let tx = pay(2, COIN);
+    net.submit(0, tx.clone());
+    net.run_for(2_000);
+    let h3 = net.height(3);
+    assert!(net.height(0) >= h3 + 3, "the others went on");
+    net.cut[3] = false;
+    net.links();
+    net.run_for(2_000);
+    assert!(net.height(3) + 1 >= net.height(0), "node 3 synced");
+    assert!(net.confirmed_at(3, &tx).is_some());
+    // Crash and restart every node in turn from its store.
+    for i in 0..4 {
+        net.nodes[i] = None;
+        net.links();
+        net.run_for(300);
+        net.start(i);
+        net.links();
+        net.run_for(700);
+    }
+    let h = net.height(0);
+    net.run_for(2_000);
+    assert!(net.height(0) > h, "blocks go on after restarts");
+    net.same_chain();
+    for i in 0..4 {
+        let c = &net.nodes[i]
+            .as_ref()
+            .unwrap()
+            .block_layer()
+            .unwrap()
+            .consensus;
+        assert_eq!(c.stats().refused_conflicting, 0);
+    }
 }

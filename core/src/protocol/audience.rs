@@ -63,6 +63,12 @@ pub enum PeerMessage {
     FastPathSeq {
         next: u64,
     },
+    BlockProposal(Box<crate::blocks::Proposal>),
+    BlockVote(crate::blocks::BlockVote),
+    BlockRequest {
+        from: u64,
+    },
+    CommittedBlock(Box<crate::blocks::CommittedBlock>),
     Ping(u64),
     Pong(u64),
 }
@@ -154,6 +160,10 @@ impl TryFrom<Message> for PeerMessage {
             Message::RepairRequest { first, last } => PeerMessage::RepairRequest { first, last },
             Message::Repair(d) => PeerMessage::Repair(d),
             Message::FastPathSeq { next } => PeerMessage::FastPathSeq { next },
+            Message::BlockProposal(p) => PeerMessage::BlockProposal(p),
+            Message::BlockVote(v) => PeerMessage::BlockVote(v),
+            Message::BlockRequest { from } => PeerMessage::BlockRequest { from },
+            Message::CommittedBlock(c) => PeerMessage::CommittedBlock(c),
             Message::Ping(n) => PeerMessage::Ping(n),
             Message::Pong(n) => PeerMessage::Pong(n),
             m => return Err(not_allowed(&m, "masternode")),
@@ -175,6 +185,10 @@ impl From<PeerMessage> for Message {
             PeerMessage::RepairRequest { first, last } => Message::RepairRequest { first, last },
             PeerMessage::Repair(d) => Message::Repair(d),
             PeerMessage::FastPathSeq { next } => Message::FastPathSeq { next },
+            PeerMessage::BlockProposal(p) => Message::BlockProposal(p),
+            PeerMessage::BlockVote(v) => Message::BlockVote(v),
+            PeerMessage::BlockRequest { from } => Message::BlockRequest { from },
+            PeerMessage::CommittedBlock(c) => Message::CommittedBlock(c),
             PeerMessage::Ping(n) => Message::Ping(n),
             PeerMessage::Pong(n) => Message::Pong(n),
         }

@@ -440,6 +440,28 @@ impl Engine {
         self.txs.get(txid).and_then(|r| r.rejection.clone())
     }
 
+    /// A committed block at `height` includes `tx`: its inputs move from
+    /// `SpentFinalized{txid}` to `Confirmed{txid, height}` (written with the
+    /// round). Inputs in any other state are left alone; returns how many
+    /// moved (0 for a transaction this node does not hold as final).
+    pub fn confirm(&mut self, tx: &Transaction, height: u64) -> usize {
+        let txid = tx.txid();
+        let mut moved = 0;
+        for input in &tx.inputs {
+            if let Some(entry) = self.utxos.get_mut(&input.prev) {
+                let next = UtxoState::Confirmed { txid, height };
+                if entry.state == (UtxoState::SpentFinalized { txid }) {
+                    if let Ok(state) = entry.state.transition(next) {
+                        entry.state = state;
+                        self.round.writes.push(Write::PutUtxo(input.prev, *entry));
+                        moved += 1;
+                    }
+                }
+            }
+        }
+        moved
+    }
+
     /// Whether this node has seen `txid` (pending, decided, or parked).
     pub fn knows(&self, txid: &Txid) -> bool {
         self.txs.contains_key(txid) || self.orphans.contains_key(txid)

@@ -6,6 +6,7 @@ use crate::codec::put_var_bytes;
 use crate::codec::{DecodeError, Reader};
 use ed25519_dalek::{Signer, SigningKey};
 
+use crate::blocks::{Block, BlockVote, CommitCertificate, CommittedBlock, Proposal};
 use crate::protocol::timeproof::TimeProof;
 use crate::protocol::types::{Address, ChainId, OutPoint, PublicKey, Transaction, Txid};
 use crate::protocol::utxo::UtxoEntry;
@@ -213,6 +214,17 @@ pub enum Message {
         head: u64,
         txids: Vec<Txid>,
     },
+    /// Block consensus: a round leader's proposal.
+    BlockProposal(Box<Proposal>),
+    /// Block consensus: a prevote or precommit.
+    BlockVote(BlockVote),
+    /// Masternode -> masternode: "send me your committed blocks from
+    /// height `from` on" (a node that fell behind, or syncs).
+    BlockRequest {
+        from: u64,
+    },
+    /// A committed block and its commit certificate.
+    CommittedBlock(Box<CommittedBlock>),
     /// Operator or devnet asks how the node is doing.
     StatusQuery,
     Status(NodeStatus),
@@ -261,6 +273,10 @@ mod tag {
     pub const FAST_PATH_SEQ: u8 = 0x19;
     pub const FINALITY_LOG_REQUEST: u8 = 0x1a;
     pub const FINALITY_LOG_PAGE: u8 = 0x1b;
+    pub const BLOCK_PROPOSAL: u8 = 0x1c;
+    pub const BLOCK_VOTE: u8 = 0x1d;
+    pub const BLOCK_REQUEST: u8 = 0x1e;
+    pub const COMMITTED_BLOCK: u8 = 0x1f;
     pub const STATUS_QUERY: u8 = 0x30;
     pub const STATUS: u8 = 0x31;
     pub const ERROR: u8 = 0x7f;
@@ -301,6 +317,10 @@ impl Message {
             Message::FastPathSeq { .. } => "fast-path-seq",
             Message::FinalityLogRequest { .. } => "finality-log-request",
             Message::FinalityLogPage { .. } => "finality-log-page",
+            Message::BlockProposal(_) => "block-proposal",
+            Message::BlockVote(_) => "block-vote",
+            Message::BlockRequest { .. } => "block-request",
+            Message::CommittedBlock(_) => "committed-block",
             Message::StatusQuery => "status-query",
             Message::Status(_) => "status",
             Message::Error { .. } => "error",
@@ -440,6 +460,23 @@ impl Message {
                     out.extend_from_slice(&t.0);
                 }
             }
+            Message::BlockProposal(p) => {
+                out.push(tag::BLOCK_PROPOSAL);
+                p.encode(out);
+            }
+            Message::BlockVote(v) => {
+                out.push(tag::BLOCK_VOTE);
+                v.encode(out);
+            }
+            Message::BlockRequest { from } => {
+                out.push(tag::BLOCK_REQUEST);
+                out.extend_from_slice(&from.to_le_bytes());
+            }
+            Message::CommittedBlock(c) => {
+                out.push(tag::COMMITTED_BLOCK);
+                c.block.encode(out);
+                c.cert.encode(out);
+            }
             Message::StatusQuery => out.push(tag::STATUS_QUERY),
             Message::Status(st) => {
                 out.push(tag::STATUS);
@@ -577,6 +614,13 @@ impl Message {
                 }
                 Message::FinalityLogPage { from, head, txids }
             }
+            tag::BLOCK_PROPOSAL => Message::BlockProposal(Box::new(Proposal::decode(&mut r)?)),
+            tag::BLOCK_VOTE => Message::BlockVote(BlockVote::decode(&mut r)?),
+            tag::BLOCK_REQUEST => Message::BlockRequest { from: r.u64()? },
+            tag::COMMITTED_BLOCK => Message::CommittedBlock(Box::new(CommittedBlock {
+                block: Block::decode(&mut r)?,
+                cert: CommitCertificate::decode(&mut r)?,
+            })),
             tag::STATUS_QUERY => Message::StatusQuery,
             tag::STATUS => Message::Status(NodeStatus {
                 public_key: PublicKey(r.array()?),

@@ -3,7 +3,10 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use super::{Genesis, Snapshot, Store, StoreError, Write};
+use super::{BlockSnapshot, CommittedBlock, Genesis, Snapshot, Store, StoreError, Write};
+use crate::blocks::block::BlockHash;
+use crate::blocks::certificate::ForkEvidence;
+use crate::blocks::consensus::{Candidate, OwnBlockVote, SignedStep};
 use crate::protocol::evidence::Equivocation;
 use crate::protocol::timeproof::TimeProof;
 use crate::protocol::types::{OutPoint, PublicKey, Transaction, Txid};
@@ -20,11 +23,41 @@ pub struct MemoryStore {
     finality_log: Vec<Txid>,
     stuck: std::collections::HashSet<Txid>,
     evidence: BTreeMap<(PublicKey, Txid), Equivocation>,
+    blocks: BTreeMap<u64, CommittedBlock>,
+    own_block_votes: BTreeMap<(u64, u32, SignedStep), Option<BlockHash>>,
+    candidates: BTreeMap<(u64, BlockHash), Candidate>,
+    fork: Option<ForkEvidence>,
 }
 
 impl MemoryStore {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    fn block_snapshot(&self) -> BlockSnapshot {
+        let tip = self.blocks.values().next_back().cloned();
+        let above = tip.as_ref().map_or(0, |t| t.block.height());
+        BlockSnapshot {
+            own_votes: self
+                .own_block_votes
+                .iter()
+                .filter(|((h, _, _), _)| *h > above)
+                .map(|(&(height, round, step), &block)| OwnBlockVote {
+                    height,
+                    round,
+                    step,
+                    block,
+                })
+                .collect(),
+            candidates: self
+                .candidates
+                .iter()
+                .filter(|((h, _), _)| *h > above)
+                .map(|(_, c)| c.clone())
+                .collect(),
+            tip,
+            fork: self.fork.clone(),
+        }
     }
 }
 
@@ -68,6 +101,7 @@ impl Store for MemoryStore {
             finality_log_len: self.finality_log.len() as u64,
             finalized: self.proofs.keys().copied().collect(),
             own_votes: self.votes.clone(),
+            blocks: self.block_snapshot(),
         })
     }
 
@@ -91,6 +125,20 @@ impl Store for MemoryStore {
                 Write::PutEvidence(e) => {
                     self.evidence.insert((e.voter(), e.txid), e.clone());
                 }
+                Write::PutBlock(b) => {
+                    self.blocks.insert(b.block.height(), (**b).clone());
+                }
+                Write::AppendOwnBlockVote(v) => {
+                    self.own_block_votes
+                        .insert((v.height, v.round, v.step), v.block);
+                }
+                Write::PutCandidate(c) => {
+                    self.candidates
+                        .insert((c.block.height(), c.block.hash()), (**c).clone());
+                }
+                Write::PutForkEvidence(f) => {
+                    self.fork.get_or_insert_with(|| (**f).clone());
+                }
             }
         }
         Ok(())
@@ -102,6 +150,10 @@ impl Store for MemoryStore {
 
     fn get_transaction(&self, txid: &Txid) -> Result<Option<Transaction>, StoreError> {
         Ok(self.txs.get(txid).cloned())
+    }
+
+    fn block(&self, height: u64) -> Result<Option<CommittedBlock>, StoreError> {
+        Ok(self.blocks.get(&height).cloned())
     }
 
     fn evidence(&self) -> Result<Vec<Equivocation>, StoreError> {

@@ -3,9 +3,13 @@
 //! transaction (group commit) *before* releasing that round's messages, so a
 //! vote is durable before it leaves the node.
 
+pub mod block_records;
 pub mod memory;
 pub mod records;
 
+pub use crate::blocks::certificate::CommittedBlock;
+use crate::blocks::certificate::ForkEvidence;
+use crate::blocks::consensus::{Candidate, OwnBlockVote};
 use crate::protocol::evidence::Equivocation;
 use crate::protocol::registry::Registry;
 use crate::protocol::timeproof::TimeProof;
@@ -32,6 +36,14 @@ pub enum Write {
     PutStuck(Txid),
     /// Two contradicting certificates of one voter (kept as evidence).
     PutEvidence(Equivocation),
+    /// A committed block and its certificate: the new tip.
+    PutBlock(Box<CommittedBlock>),
+    /// What this node signed in the block consensus (before it is sent).
+    AppendOwnBlockVote(OwnBlockVote),
+    /// A block this node proposed or locked on, until its height is decided.
+    PutCandidate(Box<Candidate>),
+    /// Two commit certificates at one height: block processing stops.
+    PutForkEvidence(Box<ForkEvidence>),
 }
 
 /// What a node needs in memory at start.
@@ -49,6 +61,21 @@ pub struct Snapshot {
     pub finalized: Vec<Txid>,
     /// Every vote batch this node signed, oldest first.
     pub own_votes: Vec<VoteBatch>,
+    /// The block layer's durable state.
+    pub blocks: BlockSnapshot,
+}
+
+/// The block layer's state at start.
+#[derive(Clone, Debug, Default)]
+pub struct BlockSnapshot {
+    /// The highest committed block.
+    pub tip: Option<CommittedBlock>,
+    /// Own consensus records above the tip, in key order.
+    pub own_votes: Vec<OwnBlockVote>,
+    /// Candidate blocks above the tip.
+    pub candidates: Vec<Candidate>,
+    /// Fork evidence, if block processing was stopped.
+    pub fork: Option<ForkEvidence>,
 }
 
 /// Chain identity and registry, written once from the genesis.
@@ -87,4 +114,6 @@ pub trait Store: Send {
     fn finality_log(&self, from: u64, max: usize) -> Result<(Vec<Txid>, u64), StoreError>;
     /// Every equivocation kept as evidence, by voter then transaction.
     fn evidence(&self) -> Result<Vec<Equivocation>, StoreError>;
+    /// The committed block at `height` with its certificate.
+    fn block(&self, height: u64) -> Result<Option<CommittedBlock>, StoreError>;
 }

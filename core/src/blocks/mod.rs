@@ -1,0 +1,27 @@
+//! The block layer: a ledger that confirms every final payment, committed
+//! by BFT consensus. Instant finality (TimeProofs) stays the only way a
+//! payment becomes final; blocks order final payments and move their inputs
+//! to `Confirmed{height}`. Pure like the rest of the core.
+//!
+//! - [`block`]: header, body, hash, bounded encoding.
+//! - [`vote`]: signed proposals and prevote/precommit votes.
+//! - [`certificate`]: commit certificates and fork evidence.
+//! - [`leader`]: stake-weighted leader per height and round.
+//! - [`consensus`]: the Tendermint-style state machine.
+
+pub mod block;
+pub mod certificate;
+pub mod consensus;
+pub mod leader;
+pub mod vote;
+
+#[cfg(test)]
+mod tests;
+
+pub use block::{Block, BlockHash, BlockHeader};
+pub use certificate::{CommitCertificate, CommittedBlock, ForkEvidence};
+pub use consensus::{
+    BlockConsensus, BlockLedger, BodyRejection, Candidate, ChainTip, ConsensusConfig,
+    ConsensusMessage, ConsensusRound, ConsensusWrite, OwnBlockVote, SignedStep,
+};
+pub use vote::{BlockVote, Proposal, Slot, VoteKind};

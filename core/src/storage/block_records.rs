@@ -1,0 +1,300 @@
+//! On-disk records of the block layer's tables (see [`super::records`] for
+//! the conventions: keys sort as the table is walked, values decode with
+//! bounds, golden bytes freeze the layouts).
+//!
+//! Layouts (integers little-endian unless marked BE):
+//! - `blocks` key: height(u64 BE); value: [`Block::encode`] ‖
+//!   [`CommitCertificate::encode`].
+//! - `own_block_votes` key: height(u64 BE) ‖ round(u32 BE) ‖ step(u8: 0
+//!   proposal, 1 prevote, 2 precommit); value: `0` (nil) or `1 ‖ hash(32)`.
+//! - `block_candidates` key: height(u64 BE) ‖ hash(32); value:
+//!   [`Block::encode`] ‖ count(u32) ‖ prevotes ([`BlockVote::encode`]).
+//! - `fork_evidence` key: height(u64 BE); value: [`ForkEvidence::encode`].
+
+use crate::blocks::block::{Block, BlockHash};
+use crate::blocks::certificate::{CommitCertificate, CommittedBlock, ForkEvidence};
+use crate::blocks::consensus::{Candidate, OwnBlockVote, SignedStep};
+use crate::blocks::vote::{decode_opt_hash, encode_opt_hash, BlockVote, MAX_POLKA_VOTES};
+use crate::codec::{DecodeError, Reader};
+use crate::storage::records::{RecordError, TableKey, TableValue};
+
+fn decode_all<'a, T>(
+    bytes: &'a [u8],
+    f: impl FnOnce(&mut Reader<'a>) -> Result<T, DecodeError>,
+) -> Result<T, RecordError> {
+    let mut r = Reader::new(bytes);
+    let v = f(&mut r)?;
+    r.finish()?;
+    Ok(v)
+}
+
+fn key_len(what: &'static str, bytes: &[u8], expected: usize) -> Result<(), RecordError> {
+    if bytes.len() == expected {
+        Ok(())
+    } else {
+        Err(RecordError::KeyLength {
+            what,
+            expected,
+            found: bytes.len(),
+        })
+    }
+}
+
+/// A block height (big-endian, so LMDB keeps the chain in order).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct BlockHeight(pub u64);
+
+impl TableKey for BlockHeight {
+    type Bytes = [u8; 8];
+    fn to_key(&self) -> [u8; 8] {
+        self.0.to_be_bytes()
+    }
+    fn from_key(bytes: &[u8]) -> Result<Self, RecordError> {
+        key_len("block height", bytes, 8)?;
+        Ok(BlockHeight(u64::from_be_bytes(
+            bytes.try_into().expect("8 bytes"),
+        )))
+    }
+}
+
+/// `own_block_votes` key: what this node signed at (height, round, step).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OwnBlockVoteKey {
+    pub height: u64,
+    pub round: u32,
+    pub step: SignedStep,
+}
+
+impl TableKey for OwnBlockVoteKey {
+    type Bytes = [u8; 13];
+    fn to_key(&self) -> [u8; 13] {
+        let mut k = [0u8; 13];
+        k[..8].copy_from_slice(&self.height.to_be_bytes());
+        k[8..12].copy_from_slice(&self.round.to_be_bytes());
+        k[12] = self.step.code();
+        k
+    }
+    fn from_key(bytes: &[u8]) -> Result<Self, RecordError> {
+        key_len("own block vote key", bytes, 13)?;
+        let step = SignedStep::from_code(bytes[12]).ok_or(DecodeError::UnknownTag {
+            what: "signed step",
+            tag: bytes[12],
+        })?;
+        Ok(OwnBlockVoteKey {
+            height: u64::from_be_bytes(bytes[..8].try_into().expect("8 bytes")),
+            round: u32::from_be_bytes(bytes[8..12].try_into().expect("4 bytes")),
+            step,
+        })
+    }
+}
+
+impl OwnBlockVoteKey {
+    pub fn of(v: &OwnBlockVote) -> Self {
+        OwnBlockVoteKey {
+            height: v.height,
+            round: v.round,
+            step: v.step,
+        }
+    }
+    pub fn with(self, block: Option<BlockHash>) -> OwnBlockVote {
+        OwnBlockVote {
+            height: self.height,
+            round: self.round,
+            step: self.step,
+            block,
+        }
+    }
+}
+
+/// The block (or nil) an own-vote record names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct VotedBlock(pub Option<BlockHash>);
+
+impl TableValue for VotedBlock {
+    fn encode_value(&self, out: &mut Vec<u8>) -> Result<(), RecordError> {
+        encode_opt_hash(out, &self.0);
+        Ok(())
+    }
+    fn decode_value(bytes: &[u8]) -> Result<Self, RecordError> {
+        decode_all(bytes, |r| decode_opt_hash(r).map(VotedBlock))
+    }
+}
+
+/// `block_candidates` key: height ‖ block hash.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CandidateKey(pub u64, pub BlockHash);
+
+impl TableKey for CandidateKey {
+    type Bytes = [u8; 40];
+    fn to_key(&self) -> [u8; 40] {
+        let mut k = [0u8; 40];
+        k[..8].copy_from_slice(&self.0.to_be_bytes());
+        k[8..].copy_from_slice(&self.1 .0);
+        k
+    }
+    fn from_key(bytes: &[u8]) -> Result<Self, RecordError> {
+        key_len("candidate key", bytes, 40)?;
+        Ok(CandidateKey(
+            u64::from_be_bytes(bytes[..8].try_into().expect("8 bytes")),
+            BlockHash(bytes[8..].try_into().expect("32 bytes")),
+        ))
+    }
+}
+
+impl TableValue for CommittedBlock {
+    fn encode_value(&self, out: &mut Vec<u8>) -> Result<(), RecordError> {
+        self.block.encode(out);
+        self.cert.encode(out);
+        Ok(())
+    }
+    fn decode_value(bytes: &[u8]) -> Result<Self, RecordError> {
+        decode_all(bytes, |r| {
+            Ok(CommittedBlock {
+                block: Block::decode(r)?,
+                cert: CommitCertificate::decode(r)?,
+            })
+        })
+    }
+}
+
+impl TableValue for Candidate {
+    fn encode_value(&self, out: &mut Vec<u8>) -> Result<(), RecordError> {
+        if self.polka.len() > MAX_POLKA_VOTES {
+            return Err(RecordError::OutOfBounds {
+                what: "candidate prevotes",
+                count: self.polka.len(),
+                min: 0,
+                max: MAX_POLKA_VOTES,
+            });
+        }
+        self.block.encode(out);
+        out.extend_from_slice(&(self.polka.len() as u32).to_le_bytes());
+        for v in &self.polka {
+            v.encode(out);
+        }
+        Ok(())
+    }
+    fn decode_value(bytes: &[u8]) -> Result<Self, RecordError> {
+        decode_all(bytes, |r| {
+            let block = Block::decode(r)?;
+            let n = r.count(
+                "candidate prevotes",
+                MAX_POLKA_VOTES,
+                BlockVote::MIN_ENCODED_LEN,
+            )?;
+            let mut polka = Vec::with_capacity(n);
+            for _ in 0..n {
+                polka.push(BlockVote::decode(r)?);
+            }
+            Ok(Candidate { block, polka })
+        })
+    }
+}
+
+impl TableValue for ForkEvidence {
+    fn encode_value(&self, out: &mut Vec<u8>) -> Result<(), RecordError> {
+        self.encode(out);
+        Ok(())
+    }
+    fn decode_value(bytes: &[u8]) -> Result<Self, RecordError> {
+        decode_all(bytes, ForkEvidence::decode)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::blocks::vote::{Slot, VoteKind};
+    use crate::protocol::types::PublicKey;
+
+    #[test]
+    fn golden_block_keys() {
+        assert_eq!(hex::encode(BlockHeight(258).to_key()), "0000000000000102");
+        let k = OwnBlockVoteKey {
+            height: 1,
+            round: 2,
+            step: SignedStep::Precommit,
+        };
+        assert_eq!(hex::encode(k.to_key()), "00000000000000010000000202");
+        assert_eq!(OwnBlockVoteKey::from_key(&k.to_key()).unwrap(), k);
+        assert!(OwnBlockVoteKey::from_key(&[0; 13][..12]).is_err());
+        let mut bad = k.to_key();
+        bad[12] = 9;
+        assert!(OwnBlockVoteKey::from_key(&bad).is_err());
+        let c = CandidateKey(3, BlockHash([0xab; 32]));
+        assert_eq!(
+            hex::encode(c.to_key()),
+            format!("0000000000000003{}", "ab".repeat(32))
+        );
+    }
+
+    #[test]
+    fn golden_voted_block() {
+        assert_eq!(hex::encode(VotedBlock(None).to_value().unwrap()), "00");
+        assert_eq!(
+            hex::encode(VotedBlock(Some(BlockHash([0x11; 32]))).to_value().unwrap()),
+            format!("01{}", "11".repeat(32))
+        );
+        assert!(VotedBlock::decode_value(&[2]).is_err());
+        assert!(VotedBlock::decode_value(&[0, 0]).is_err());
+    }
+
+    #[test]
+    fn golden_committed_block() {
+        let block = Block::new(
+            7,
+            1,
+            1,
+            BlockHash([0x22; 32]),
+            1_000,
+            PublicKey([0x33; 32]),
+            vec![],
+        );
+        let cert = CommitCertificate {
+            slot: Slot {
+                chain_id: 7,
+                epoch: 1,
+                height: 1,
+                round: 0,
+            },
+            block: block.hash(),
+            precommits: vec![(PublicKey([0x44; 32]), [0x55; 64])],
+        };
+        let rec = CommittedBlock { block, cert };
+        let bytes = rec.to_value().unwrap();
+        let expect = concat!(
+            "0100",             // version
+            "07000000",         // chain
+            "0100000000000000", // epoch
+            "0100000000000000", // height
+        );
+        assert!(hex::encode(&bytes).starts_with(expect));
+        // header 130 + count 4 + slot 24 + hash 32 + count 4 + one signer 96
+        assert_eq!(bytes.len(), 130 + 4 + 24 + 32 + 4 + 96);
+        assert_eq!(&bytes[130..134], &[0, 0, 0, 0]);
+        assert_eq!(CommittedBlock::decode_value(&bytes).unwrap(), rec);
+        for n in 0..bytes.len() {
+            assert!(CommittedBlock::decode_value(&bytes[..n]).is_err());
+        }
+    }
+
+    #[test]
+    fn candidate_roundtrip() {
+        let key = crate::testkit::key_from_seed("cand", 0);
+        let block = Block::new(7, 1, 2, BlockHash([1; 32]), 5, PublicKey([2; 32]), vec![]);
+        let slot = Slot {
+            chain_id: 7,
+            epoch: 1,
+            height: 2,
+            round: 0,
+        };
+        let v = BlockVote::sign(slot, VoteKind::Prevote, Some(block.hash()), &key);
+        let c = Candidate {
+            block,
+            polka: vec![v],
+        };
+        let bytes = c.to_value().unwrap();
+        assert_eq!(bytes.len(), 130 + 4 + 4 + 24 + 1 + 33 + 32 + 64);
+        assert_eq!(Candidate::decode_value(&bytes).unwrap(), c);
+    }
+}
