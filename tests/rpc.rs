@@ -122,6 +122,37 @@ fn every_method_answers_valid_and_invalid_params_and_a_payment_reaches_its_proof
         Value::Null
     );
 
+    // Bans: listed, set and lifted by the operator in the node's peer book.
+    assert_eq!(rpc.call("getbanlist", json!([])).unwrap(), json!([]));
+    let peer = timecoin::protocol::types::PublicKey::from_signing(&c.masternode_key(1));
+    let set = rpc
+        .call("setban", json!([peer.to_string(), "add", 60]))
+        .unwrap();
+    assert_eq!(set["seconds"], 60);
+    let bans = rpc.call("getbanlist", json!([])).unwrap();
+    assert_eq!(bans[0]["key"], peer.to_string(), "{bans}");
+    assert!(bans[0]["banned_for_s"].as_u64().unwrap() <= 60);
+    rpc.call("setban", json!([peer.to_string(), "remove"]))
+        .unwrap();
+    assert_eq!(rpc.call("getbanlist", json!([])).unwrap(), json!([]));
+    let stranger = timecoin::protocol::types::PublicKey([7; 32]).to_string();
+    assert_eq!(
+        rpc.error_code("setban", json!([stranger, "add"])),
+        code::INVALID_ADDRESS_OR_KEY
+    );
+    assert_eq!(
+        rpc.error_code("setban", json!([peer.to_string(), "remove"])),
+        code::INVALID_ADDRESS_OR_KEY
+    );
+    assert_eq!(
+        rpc.error_code("setban", json!([peer.to_string(), "maybe"])),
+        code::INVALID_PARAMS
+    );
+    assert_eq!(
+        rpc.error_code("setban", json!([peer.to_string(), "add", 0])),
+        code::INVALID_PARAMS
+    );
+
     // Invalid parameters: JSON-RPC errors with codes.
     assert_eq!(rpc.error_code("uptime", json!([1])), code::INVALID_PARAMS);
     assert_eq!(

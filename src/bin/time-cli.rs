@@ -51,6 +51,15 @@ enum Cmd {
     Help,
     /// Seconds since the node's RPC server started.
     Uptime,
+    /// Banned peer masternodes: key, seconds left, reputation.
+    Getbanlist,
+    /// Ban a peer masternode ("add", default 600 s) or lift its ban ("remove").
+    Setban {
+        key: String,
+        /// "add" or "remove".
+        command: String,
+        seconds: Option<u64>,
+    },
     /// Network, finalized payments, catching up (no block fields yet).
     Getblockchaininfo,
     /// Version and peer connections.
@@ -83,6 +92,18 @@ impl Cmd {
             Cmd::Rpcauth { .. } => unreachable!("answered locally"),
             Cmd::Help => ("help", vec![]),
             Cmd::Uptime => ("uptime", vec![]),
+            Cmd::Getbanlist => ("getbanlist", vec![]),
+            Cmd::Setban {
+                key,
+                command,
+                seconds,
+            } => {
+                let mut p = vec![json!(key), json!(command)];
+                if let Some(s) = seconds {
+                    p.push(json!(s));
+                }
+                ("setban", p)
+            }
             Cmd::Getblockchaininfo => ("getblockchaininfo", vec![]),
             Cmd::Getnetworkinfo => ("getnetworkinfo", vec![]),
             Cmd::Getconnectioncount => ("getconnectioncount", vec![]),

@@ -30,10 +30,12 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tracing::{info, warn};
 
+use crate::node::core_input::Clock;
 use crate::node::wallet_server::{LocalSession, WalletCtx};
 use crate::protocol::audience::{WalletReply, WalletRequest};
-use crate::protocol::types::{Address, OutPoint, Transaction, Txid};
+use crate::protocol::types::{Address, OutPoint, PublicKey, Transaction, Txid};
 use crate::protocol::utxo::{UtxoEntry, UtxoState};
+use timecoin_core::masternode::PeerGate;
 
 /// RPC connections served at once; more wait in the accept backlog.
 pub const MAX_RPC_CONNECTIONS: usize = 64;
@@ -89,6 +91,16 @@ fn bad_params(message: impl Into<String>) -> RpcError {
 /// The methods and their classes, for `help` and rate limits.
 pub const METHODS: &[(&str, Class, &str)] = &[
     ("help", Class::Read, "List the methods"),
+    (
+        "getbanlist",
+        Class::Read,
+        "Banned peer masternodes: key, seconds left, reputation",
+    ),
+    (
+        "setban",
+        Class::Write,
+        "[key, \"add\"|\"remove\", seconds?]: ban a peer masternode (default 600 s) or lift its ban",
+    ),
     (
         "uptime",
         Class::Read,
@@ -196,6 +208,8 @@ pub(super) struct RpcCtx {
     rpcauth: Vec<RpcAuth>,
     allow: Vec<AllowIp>,
     buckets: Mutex<Buckets>,
+    /// The state machine's peer book (bans), on its clock.
+    peers: (PeerGate, Clock),
 }
 
 /// Writes a fresh cookie (`__cookie__:<64 hex>`, mode 0600) into `dir`.
@@ -367,8 +381,10 @@ impl RpcCtx {
         chain_id: u32,
         p2p: SocketAddr,
         cookie: &str,
+        peers: (PeerGate, Clock),
     ) -> Self {
         RpcCtx {
+            peers,
             wallets,
             network: cfg.network.name(),
             chain_id,
@@ -745,6 +761,48 @@ async fn submit(
     }
 }
 
+/// `setban [key, "add"|"remove", seconds?]`: the operator's ban and unban
+/// of a registered peer masternode, in the state machine's peer book.
+fn setban(ctx: &RpcCtx, p: &[Value]) -> Result<Value, RpcError> {
+    let key: PublicKey = param_str(p, 0, "key")?
+        .parse()
+        .map_err(|_| bad_params("parameter 1 (key) must be a masternode key, 64 hex digits"))?;
+    let secs = match p.get(2) {
+        None => 600,
+        Some(v) => v
+            .as_u64()
+            .filter(|s| (1..=365 * 86_400).contains(s))
+            .ok_or_else(|| bad_params("parameter 3 (seconds) must be 1..31536000"))?,
+    };
+    if p.len() > 3 {
+        return Err(bad_params(
+            "setban takes [key, \"add\"|\"remove\", seconds?]",
+        ));
+    }
+    let (gate, clock) = &ctx.peers;
+    let mut book = gate.book();
+    match param_str(p, 1, "command")? {
+        "add" => {
+            if !book.ban(clock.now_ms(), &key, secs * 1_000) {
+                return Err(err(
+                    code::INVALID_ADDRESS_OR_KEY,
+                    "not a registered peer masternode",
+                ));
+            }
+            Ok(json!({"banned": key.to_string(), "seconds": secs}))
+        }
+        "remove" => {
+            if !book.unban(&key) {
+                return Err(err(code::INVALID_ADDRESS_OR_KEY, "that peer is not banned"));
+            }
+            Ok(json!({"unbanned": key.to_string()}))
+        }
+        _ => Err(bad_params(
+            "parameter 2 (command) must be \"add\" or \"remove\"",
+        )),
+    }
+}
+
 async fn call(ctx: &RpcCtx, method: &str, p: &[Value]) -> Result<Value, RpcError> {
     let no_params = |p: &[Value]| {
         if p.is_empty() {
@@ -763,6 +821,24 @@ async fn call(ctx: &RpcCtx, method: &str, p: &[Value]) -> Result<Value, RpcError
                     .collect(),
             ))
         }
+        "getbanlist" => {
+            no_params(p)?;
+            let (gate, clock) = &ctx.peers;
+            let now = clock.now_ms();
+            let bans = gate.book().bans(now);
+            Ok(Value::Array(
+                bans.into_iter()
+                    .map(|b| {
+                        json!({
+                            "key": b.peer.to_string(),
+                            "banned_for_s": b.until_ms.saturating_sub(now).div_ceil(1_000),
+                            "reputation": b.reputation,
+                        })
+                    })
+                    .collect(),
+            ))
+        }
+        "setban" => setban(ctx, p),
         "uptime" => {
             no_params(p)?;
             Ok(json!(ctx.started.elapsed().as_secs()))

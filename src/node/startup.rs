@@ -206,7 +206,8 @@ impl Node {
                     path: cfg.data_dir.display().to_string(),
                     source,
                 })?;
-            let ctx = RpcCtx::new(wallets, &cfg, genesis.chain_id, local_addr, &cookie);
+            let peers = (w.ingest.gate.clone(), w.ingest.clock);
+            let ctx = RpcCtx::new(wallets, &cfg, genesis.chain_id, local_addr, &cookie, peers);
             tokio::spawn(serve_rpc(l, Arc::new(ctx)));
             cookie_path = Some(path);
         }

@@ -304,6 +304,19 @@ impl PeerBook {
         }
     }
 
+    /// Bans `peer` until `now + ms` (operator). False if it is not a
+    /// registered peer.
+    pub fn ban(&mut self, now: u64, peer: &PublicKey, ms: u64) -> bool {
+        let Some(p) = self.peers.get_mut(peer) else {
+            return false;
+        };
+        if p.banned_until.is_none_or(|u| u <= now) {
+            self.stats.bans += 1;
+        }
+        p.banned_until = Some(now + ms);
+        true
+    }
+
     /// Lifts a ban (operator). The peer starts again at reputation 0.
     pub fn unban(&mut self, peer: &PublicKey) -> bool {
         match self.peers.get_mut(peer) {
@@ -438,6 +451,21 @@ mod tests {
         let later = 600_001;
         assert_eq!(book.admit(later, &pk(1), Class::Votes), Admission::Accept);
         assert_eq!(book.reputation(&pk(1)), Some(-25));
+    }
+
+    #[test]
+    fn operators_ban_and_unban_registered_peers_only() {
+        let mut book = PeerBook::new(PeerLimits::default(), [pk(1)]);
+        assert!(!book.ban(0, &pk(9), 1_000), "not a registered peer");
+        assert!(book.ban(0, &pk(1), 1_000));
+        assert_eq!(book.admit(10, &pk(1), Class::Votes), Admission::Banned);
+        assert_eq!(book.bans(10).len(), 1);
+        assert_eq!(book.stats().bans, 1);
+        assert!(book.unban(&pk(1)));
+        assert_eq!(book.admit(11, &pk(1), Class::Votes), Admission::Accept);
+        // A ban expires by itself too.
+        assert!(book.ban(20, &pk(1), 5));
+        assert_eq!(book.admit(26, &pk(1), Class::Votes), Admission::Accept);
     }
 
     #[test]
