@@ -3,9 +3,10 @@
 //! megabyte (a transaction with thousands of signed inputs) costs tens of
 //! milliseconds, and votes read behind it on the same task would wait.
 //!
-//! Owns the queue and its bounds: at most [`PER_PEER`] proofs of one peer
-//! waiting (so one peer's flood delays another's proof by at most that many
-//! checks), at most [`MAX_QUEUED_BYTES`] in all. Over a bound a proof is
+//! Owns the queue and its bounds: at most [`PER_PEER`] proofs and
+//! [`PER_PEER_BYTES`] of one peer waiting (room for a catch-up's answers:
+//! up to 2,048 proofs of about a kilobyte asked from each peer at once),
+//! at most [`MAX_QUEUED_BYTES`] in all. Over a bound a proof is
 //! dropped and counted; a proof that mattered comes back through catch-up,
 //! which asks for it again. Verified proofs go to the core, invalid ones
 //! cost their sender reputation.
@@ -26,17 +27,20 @@ use crate::protocol::timeproof::TimeProof;
 use crate::protocol::types::{ChainId, PublicKey, Transaction};
 use crate::protocol::validation::Limits;
 
-/// Most proofs of one peer waiting to be checked.
-pub const PER_PEER: usize = 16;
-/// Most bytes of proofs (with their transactions) waiting, all peers.
-pub const MAX_QUEUED_BYTES: u64 = 16 << 20;
+/// Most proofs of one peer waiting to be checked (catch-up asks a peer for
+/// up to 2,048 at once).
+pub const PER_PEER: usize = 4_096;
+/// Most bytes of one peer's proofs (with their transactions) waiting.
+pub const PER_PEER_BYTES: u64 = 4 << 20;
+/// Most bytes of proofs waiting, all peers.
+pub const MAX_QUEUED_BYTES: u64 = 32 << 20;
 
 /// Counters for operators.
 #[derive(Default, Debug)]
 pub struct ProofCheckStats {
     pub verified: AtomicU64,
     pub invalid: AtomicU64,
-    /// Dropped over [`PER_PEER`] or [`MAX_QUEUED_BYTES`].
+    /// Dropped over [`PER_PEER`], [`PER_PEER_BYTES`] or [`MAX_QUEUED_BYTES`].
     pub dropped: AtomicU64,
 }
 
@@ -49,7 +53,8 @@ struct Job {
 
 #[derive(Default)]
 struct Waiting {
-    per_peer: HashMap<PublicKey, usize>,
+    /// Proofs and bytes waiting per peer.
+    per_peer: HashMap<PublicKey, (usize, u64)>,
     bytes: u64,
 }
 
@@ -75,8 +80,9 @@ impl ProofCheck {
                     {
                         let mut w = w.lock().unwrap_or_else(|e| e.into_inner());
                         w.bytes -= job.bytes;
-                        if let Some(n) = w.per_peer.get_mut(&job.from) {
+                        if let Some((n, b)) = w.per_peer.get_mut(&job.from) {
                             *n -= 1;
+                            *b -= job.bytes;
                             if *n == 0 {
                                 w.per_peer.remove(&job.from);
                             }
@@ -115,13 +121,15 @@ impl ProofCheck {
         let bytes = (tx.encoded_len() + proof.votes.len() * 128) as u64;
         {
             let mut w = self.waiting.lock().unwrap_or_else(|e| e.into_inner());
-            let mine = w.per_peer.get(&from).copied().unwrap_or(0);
-            if mine >= PER_PEER || w.bytes + bytes > MAX_QUEUED_BYTES {
+            let (n, b) = w.per_peer.get(&from).copied().unwrap_or((0, 0));
+            if n >= PER_PEER || b + bytes > PER_PEER_BYTES || w.bytes + bytes > MAX_QUEUED_BYTES {
                 self.stats.dropped.fetch_add(1, Ordering::Relaxed);
                 return false;
             }
             w.bytes += bytes;
-            *w.per_peer.entry(from).or_default() += 1;
+            let e = w.per_peer.entry(from).or_default();
+            e.0 += 1;
+            e.1 += bytes;
         }
         let job = Job {
             from,
