@@ -262,7 +262,12 @@ fn full_receive_queue_is_counted(backend: IoBackend) {
     for i in 0..50u8 {
         raw.send_to(&[i; 20], b.local_addr()).unwrap();
     }
-    eventually(|| b.stats().received >= 50);
+    // The two counters are bumped one after the other by the I/O thread:
+    // wait for both before reading them.
+    eventually(|| {
+        let s = b.stats();
+        s.received >= 50 && s.recv_queue_full >= 46
+    });
     let s = b.stats();
     assert_eq!((s.received, s.recv_queue_full), (50, 46), "{s:?}");
     assert_eq!(b_rx.len(), 4);
