@@ -98,6 +98,10 @@ struct Cli {
     /// submission counts as lost.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     timeout: Duration,
+    /// After a step's last outcome, keep watching this long for blocks to
+    /// confirm its payments (`confirmed` in the report; 0s: do not watch).
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    confirm_wait: Duration,
     /// Step the rate up (x --step-factor from --tps, up to --max-tps) until
     /// p99 finality exceeds --p99-bound-ms, payments are lost or the rate is
     /// not sustained; report the highest sustained rate.
@@ -430,6 +434,7 @@ fn run(cli: Cli) -> Result<ExitCode, AnyError> {
         stop: stop.clone(),
         progress: bar.clone(),
         label: String::new(),
+        confirm_wait: cli.confirm_wait,
     };
 
     let mut steps: Vec<(StepResult, Option<String>)> = Vec::new();

@@ -12,7 +12,7 @@
 use std::path::PathBuf;
 use std::process::Command;
 
-const KEYS: [&str; 8] = [
+const KEYS: [&str; 10] = [
     "sent",
     "finalized",
     "rejected",
@@ -21,6 +21,8 @@ const KEYS: [&str; 8] = [
     "double_spend_both_finalized",
     "tps",
     "finality_ms",
+    "confirmed",
+    "confirmation_ms",
 ];
 const PERCENTILES: [&str; 5] = ["p50", "p90", "p99", "p999", "max"];
 
@@ -60,6 +62,8 @@ fn short_load_with_double_spends_loses_nothing() {
             "10",
             "--timeout",
             timeout,
+            "--confirm-wait",
+            "20s",
             "--json",
         ])
         .arg(&json)
@@ -99,6 +103,11 @@ fn short_load_with_double_spends_loses_nothing() {
     assert!(
         v["double_spend_pairs"].as_u64().unwrap() > 0,
         "no pair sent:\n{log}"
+    );
+    // The devnet runs blocks (1 s): every final payment gets confirmed.
+    assert_eq!(
+        v["confirmed"], v["finalized"],
+        "final payments not confirmed by a block:\n{text}\n{log}"
     );
     let sent = v["sent"].as_u64().unwrap();
     let settled = v["finalized"].as_u64().unwrap() + v["rejected"].as_u64().unwrap();
