@@ -272,3 +272,86 @@ fn payments_finalize_while_the_block_layer_has_no_quorum() {
         }
     });
 }
+
+/// The sync figure of docs/BENCHMARKS.md (not part of the suite: it takes a
+/// minute). A chain of blocks 100 ms apart carrying `PAYMENTS` payments,
+/// then masternode 3 from an empty data directory; prints blocks/s and
+/// transactions/s of its sync. Run:
+/// `cargo test --release --test blocks -- --ignored --nocapture sync_speed`
+#[test]
+#[ignore]
+fn sync_speed() {
+    const WALLETS: usize = 4;
+    const COINS: u32 = 5_000;
+    const IDLE_S: u64 = 60;
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let mut c = Cluster::start_funded(4, "block_interval_ms = 100\n", WALLETS, COINS);
+    let rt = rt();
+    let payments = rt.block_on(async {
+        // Pipelined: every wallet's payments in flight at once, from one
+        // connection per wallet to masternodes 0..2.
+        let mut tasks = Vec::new();
+        for w in 0..WALLETS {
+            let key = c.wallet_key(w);
+            let to = address(&c.wallet_key((w + 1) % WALLETS));
+            let chain = c.chain_id();
+            let addr = c.addr(w % 3);
+            tasks.push(tokio::spawn(async move {
+                let mut cl = timecoin::wallet::WalletClient::connect(addr, chain)
+                    .await
+                    .unwrap();
+                let mut sent = 0u64;
+                for coin in 0..COINS {
+                    let tx = pay(chain, &key, w as u32, coin, to, COIN);
+                    cl.send(&timecoin::protocol::message::Message::SubmitTransaction(tx))
+                        .await
+                        .unwrap();
+                    sent += 1;
+                    if coin % 200 == 199 {
+                        cl.flush().await.unwrap();
+                        // About 1,000 payments/s per wallet.
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    }
+                }
+                cl.flush().await.unwrap();
+                // Keep the session open while the outcomes arrive.
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                sent
+            }));
+        }
+        let mut n = 0;
+        for t in tasks {
+            n += t.await.unwrap();
+        }
+        n
+    });
+    // Idle blocks on top, so the chain is long as well as full.
+    std::thread::sleep(Duration::from_secs(IDLE_S));
+    let (target, unconfirmed) = rt.block_on(async {
+        let b = blocks(&c, 0).await.unwrap();
+        (b.height, b.unconfirmed)
+    });
+    c.kill9(3);
+    std::fs::remove_dir_all(common::data_dir(&c, 3)).unwrap();
+    let finalized = rt.block_on(async { status(&c, 0).await.unwrap().finalized });
+    let t = Instant::now();
+    c.spawn(3);
+    let (first, took) = rt.block_on(async {
+        // From the first block applied (the process is up and connected).
+        let first = wait_height(&c, 3, 1, Duration::from_secs(60)).await;
+        let h1 = blocks(&c, 3).await.unwrap().height;
+        let took = wait_height(&c, 3, target, Duration::from_secs(300)).await;
+        (first, (took, h1))
+    });
+    let (rest, h1) = took;
+    let synced = target.saturating_sub(h1);
+    println!(
+        "sync: {target} blocks, {finalized} payments final at masternode 0 ({unconfirmed} not \
+         in a block), {payments} sent; masternode 3 from an empty data directory: first block \
+         after {first:?} (start, connect), then {synced} more blocks in {rest:?}: {:.0} blocks/s, \
+         {:.0} payments/s; whole sync from process start {:?}",
+        synced as f64 / rest.as_secs_f64(),
+        finalized as f64 * (synced as f64 / target as f64) / rest.as_secs_f64(),
+        t.elapsed()
+    );
+}
