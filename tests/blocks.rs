@@ -345,13 +345,14 @@ fn sync_speed() {
     });
     let (rest, h1) = took;
     let synced = target.saturating_sub(h1);
+    let whole = t.elapsed();
     println!(
         "sync: {target} blocks, {finalized} payments final at masternode 0 ({unconfirmed} not \
          in a block), {payments} sent; masternode 3 from an empty data directory: first block \
-         after {first:?} (start, connect), then {synced} more blocks in {rest:?}: {:.0} blocks/s, \
-         {:.0} payments/s; whole sync from process start {:?}",
+         after {first:?} (start, connect), then {synced} more blocks in {rest:?} ({:.0} blocks/s); \
+         whole sync from process start {whole:?}: {:.0} blocks/s, {:.0} payments/s",
         synced as f64 / rest.as_secs_f64(),
-        finalized as f64 * (synced as f64 / target as f64) / rest.as_secs_f64(),
-        t.elapsed()
+        target as f64 / whole.as_secs_f64(),
+        finalized as f64 / whole.as_secs_f64(),
     );
 }
