@@ -97,6 +97,8 @@ pub struct StepResult {
     /// Transactions submitted per second in the full-rate window.
     pub offered_tps: f64,
     pub finality: Histogram<u64>,
+    /// The devnet's crypto bound measured before the run (payments/s).
+    pub crypto_bound_tps: Option<f64>,
     /// Finalized payments a committed block confirmed by the end of the
     /// confirmation wait (seen by the watcher at one masternode).
     pub confirmed: u64,
@@ -181,6 +183,7 @@ pub fn analyze(
         tps: 0.0,
         offered_tps: 0.0,
         finality: new_hist(),
+        crypto_bound_tps: None,
         confirmed: 0,
         confirmation: new_hist(),
         rejection: new_hist(),
@@ -340,6 +343,10 @@ pub struct JsonSummary {
     pub confirmed: u64,
     /// TimeProof to confirmation, measured to one watcher poll (100 ms).
     pub confirmation_ms: Percentiles,
+    /// Payments/s the machine's cores could verify (see the run's first line).
+    pub crypto_bound_tps: f64,
+    /// `tps` / `crypto_bound_tps`.
+    pub fraction_of_bound: f64,
 }
 
 impl JsonSummary {
@@ -355,6 +362,11 @@ impl JsonSummary {
             finality_ms: round_p(Percentiles::of(&r.finality)),
             confirmed: r.confirmed,
             confirmation_ms: round_p(Percentiles::of(&r.confirmation)),
+            crypto_bound_tps: r.crypto_bound_tps.map_or(0.0, |b| b.round()),
+            fraction_of_bound: r
+                .crypto_bound_tps
+                .filter(|b| *b > 0.0)
+                .map_or(0.0, |b| (r.tps / b * 1e4).round() / 1e4),
         }
     }
 }
@@ -467,6 +479,15 @@ pub fn text(r: &StepResult, title: &str, watched: &[Watched]) -> String {
         let _ = writeln!(s, "  not sent      {}", r.planned as u64 - r.sent);
     }
     let _ = writeln!(s, "  finalized     {}", r.finalized);
+    if let Some(b) = r.crypto_bound_tps.filter(|b| *b > 0.0) {
+        let _ = writeln!(
+            s,
+            "  of the bound  {:.1}% ({:.0} finalized/s of a {:.0}/s crypto bound)",
+            100.0 * r.tps / b,
+            r.tps,
+            b
+        );
+    }
     if r.confirmed > 0 {
         let c = Percentiles::of(&r.confirmation);
         let _ = writeln!(

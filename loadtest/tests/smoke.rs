@@ -12,7 +12,7 @@
 use std::path::PathBuf;
 use std::process::Command;
 
-const KEYS: [&str; 10] = [
+const KEYS: [&str; 12] = [
     "sent",
     "finalized",
     "rejected",
@@ -23,6 +23,8 @@ const KEYS: [&str; 10] = [
     "finality_ms",
     "confirmed",
     "confirmation_ms",
+    "crypto_bound_tps",
+    "fraction_of_bound",
 ];
 const PERCENTILES: [&str; 5] = ["p50", "p90", "p99", "p999", "max"];
 
@@ -108,6 +110,10 @@ fn short_load_with_double_spends_loses_nothing() {
     assert_eq!(
         v["confirmed"], v["finalized"],
         "final payments not confirmed by a block:\n{text}\n{log}"
+    );
+    assert!(
+        v["crypto_bound_tps"].as_f64().unwrap() > 0.0,
+        "the bound is measured:\n{text}"
     );
     let sent = v["sent"].as_u64().unwrap();
     let settled = v["finalized"].as_u64().unwrap() + v["rejected"].as_u64().unwrap();
