@@ -570,9 +570,10 @@ pub fn text(r: &StepResult, title: &str, watched: &[Watched]) -> String {
                 .collect();
             let _ = writeln!(
                 s,
-                "  node audit    {name} {}: final on all masternodes {}, not converged {}{}, locked for good {}, free {}, CONFLICTING FINALITY {}",
+                "  node audit    {name} {}: final on all masternodes {} (confirmed on all {}), not converged {}{}, locked for good {}, free {}, CONFLICTING FINALITY {}",
                 c.coins,
                 c.final_everywhere,
+                c.confirmed_everywhere,
                 c.not_converged,
                 if behind.is_empty() {
                     String::new()
