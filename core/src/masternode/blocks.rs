@@ -225,6 +225,15 @@ impl BlockLayer {
         &self.stats
     }
 
+    /// Block processing stopped: a committed block contradicted a payment
+    /// final here (like two certificates at one height, only possible with
+    /// Byzantine weight of 1/3 or more). Instant finality goes on; the
+    /// operator investigates (logged as critical). Not durable: a restart
+    /// resumes block processing.
+    pub fn stopped(&self) -> bool {
+        self.stats.contradictions > 0
+    }
+
     pub fn consensus(&self) -> &BlockConsensus {
         &self.consensus
     }

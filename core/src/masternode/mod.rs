@@ -510,6 +510,9 @@ impl Masternode {
         let Some(layer) = self.blocks.as_mut() else {
             return Ok(());
         };
+        if layer.stopped() {
+            return Ok(());
+        }
         let view = blocks::LedgerView {
             engine: &self.engine,
             unconfirmed: &layer.unconfirmed,
@@ -629,6 +632,7 @@ impl Masternode {
         match self
             .blocks
             .as_ref()
+            .filter(|b| !b.stopped())
             .and_then(|b| b.consensus.poll_timeout())
         {
             Some(t) => tick.min(t),
@@ -638,7 +642,7 @@ impl Masternode {
 
     /// Timers: engine housekeeping, re-announcements, catch-up polls.
     pub fn handle_timeout(&mut self, now: u64, store: &dyn Store) -> Result<(), StoreError> {
-        if let Some(layer) = self.blocks.as_mut() {
+        if let Some(layer) = self.blocks.as_mut().filter(|l| !l.stopped()) {
             if layer.consensus.poll_timeout().is_some_and(|t| t <= now) {
                 let view = blocks::LedgerView {
                     engine: &self.engine,

@@ -904,3 +904,76 @@ fn payments_final_before_a_restart_are_confirmed_after_it() {
     }
     net.same_chain();
 }
+
+/// A TimeProof for `tx` signed by the masternodes `signers` (a test stands
+/// in for a Byzantine supermajority).
+fn forged_proof(
+    net: &Net,
+    tx: &Transaction,
+    signers: &[usize],
+) -> crate::protocol::timeproof::TimeProof {
+    use crate::protocol::vote::{Decision, VoteBatch, VoteItem};
+    let txid = tx.txid();
+    let votes = signers
+        .iter()
+        .map(|&i| {
+            let b = VoteBatch::sign(
+                7,
+                net.genesis.registry.epoch(),
+                &net.keys[i],
+                vec![VoteItem {
+                    txid,
+                    decision: Decision::Approve,
+                }],
+            );
+            let levels = b.verify().unwrap();
+            b.cert(&levels, 0)
+        })
+        .collect();
+    crate::protocol::timeproof::TimeProof {
+        chain_id: 7,
+        txid,
+        votes,
+    }
+}
+
+#[test]
+fn a_committed_block_contradicting_a_final_payment_stops_block_processing() {
+    let mut net = Net::with_config(4, blocks_cfg());
+    net.run_for(600);
+    net.cut[3] = true;
+    net.links();
+    // The others finalize and confirm A; node 3, cut off, is handed a proof
+    // for B spending the same coin (only a supermajority of liars can sign
+    // both).
+    let a = pay(7, COIN);
+    let b = pay(7, 2 * COIN);
+    net.submit(0, a.clone());
+    net.run_for(1_000);
+    assert!(net.confirmed_at(0, &a).is_some());
+    let proof = forged_proof(&net, &b, &[0, 1, 2]);
+    let now = net.now;
+    net.nodes[3]
+        .as_mut()
+        .unwrap()
+        .handle_proof(now, b.clone(), proof);
+    net.flush(3);
+    assert!(net.is_final(3, &b.txid()));
+    net.cut[3] = false;
+    net.links();
+    net.run_for(2_000);
+    let m = net.nodes[3].as_ref().unwrap();
+    let layer = m.block_layer().unwrap();
+    assert_eq!(layer.stats().contradictions, 1, "A's block contradicts B");
+    assert!(layer.stopped(), "block processing stopped");
+    assert_eq!(
+        m.engine().utxo(&b.inputs[0].prev).map(|e| e.state),
+        Some(UtxoState::SpentFinalized { txid: b.txid() }),
+        "node 3 keeps what is final here"
+    );
+    // Payments still finalize at node 3.
+    let c = pay(8, COIN);
+    net.submit(1, c.clone());
+    net.run_for(500);
+    assert!(net.is_final(3, &c.txid()));
+}
