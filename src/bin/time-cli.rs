@@ -84,6 +84,31 @@ enum Cmd {
         /// Longest wait in milliseconds.
         timeout_ms: Option<u64>,
     },
+    /// A transaction's hex by txid (--verbose: its inputs and outputs too).
+    Getrawtransaction {
+        txid: String,
+        #[arg(long)]
+        verbose: bool,
+    },
+    /// A transaction, its state here (final, pending, rejected with the
+    /// reason) and its TimeProof's summary (voters, weight, quorum).
+    Gettransaction { txid: String },
+    /// A final transaction's TimeProof: hex and voters, verifiable offline
+    /// against the genesis registry.
+    Gettimeproof { txid: String },
+    /// Txids pending here (--verbose: with the count).
+    Getrawmempool {
+        #[arg(long)]
+        verbose: bool,
+    },
+    /// Peer masternodes: address, tier, connected, reputation, ban.
+    Getpeerinfo,
+    /// Every registered masternode, with the registry's epoch and quorum.
+    Masternodelist,
+    /// Lift a peer masternode's ban.
+    Unban { key: String },
+    /// Stop the masternode cleanly (as SIGTERM does).
+    Stop,
 }
 
 impl Cmd {
@@ -120,6 +145,16 @@ impl Cmd {
                 }
                 ("waittransactionfinality", p)
             }
+            Cmd::Getrawtransaction { txid, verbose } => {
+                ("getrawtransaction", vec![json!(txid), json!(verbose)])
+            }
+            Cmd::Gettransaction { txid } => ("gettransaction", vec![json!(txid)]),
+            Cmd::Gettimeproof { txid } => ("gettimeproof", vec![json!(txid)]),
+            Cmd::Getrawmempool { verbose } => ("getrawmempool", vec![json!(verbose)]),
+            Cmd::Getpeerinfo => ("getpeerinfo", vec![]),
+            Cmd::Masternodelist => ("masternodelist", vec![]),
+            Cmd::Unban { key } => ("unban", vec![json!(key)]),
+            Cmd::Stop => ("stop", vec![]),
         }
     }
 }

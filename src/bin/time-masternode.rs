@@ -143,6 +143,7 @@ fn run(args: RunArgs) -> Result<(), AnyError> {
             tokio::select! {
                 _ = tokio::signal::ctrl_c() => break,
                 _ = term.recv() => break,
+                _ = node.stop_requested() => break,
                 _ = check.tick() => if node.core_finished() { break },
             }
         }

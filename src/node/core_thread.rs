@@ -383,9 +383,28 @@ fn handle_input(
             let reply = answer_query(mn, ctx, query);
             wallets.deliver_answer(session, reply, Some(permit));
         }
+        CoreInput::WalletWatch { session, txid } => {
+            if let Some(reply) = mn.handle_wallet_watch(session, txid, store)? {
+                wallets.deliver(session, reply);
+            }
+        }
+        CoreInput::NodeQuery { query, reply } => {
+            let connected = connected_set(ctx);
+            let _ = reply.send(crate::node::node_api::answer(
+                mn, store, &connected, now, query,
+            ));
+        }
         CoreInput::Shutdown => return Ok(true),
     }
     Ok(false)
+}
+
+/// The peers whose connection is up now (as [`track_peers`] sees them).
+fn connected_set(ctx: &CoreCtx) -> HashSet<PublicKey> {
+    match &*ctx.net {
+        PeerNet::Pool(p) => p.connected_peers().into_iter().map(PublicKey).collect(),
+        PeerNet::Links(_) => ctx.links_up.lock().expect("links lock").clone(),
+    }
 }
 
 /// A wallet's query, answered from the state machine.

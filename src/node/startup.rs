@@ -107,6 +107,8 @@ pub struct Node {
     stopping: Arc<AtomicBool>,
     core_tx: CoreTx,
     core: Option<JoinHandle<Result<(), StoreError>>>,
+    /// Told by the RPC's `stop`.
+    stop_requested: Arc<tokio::sync::Notify>,
 }
 
 /// The peer transport, before its tasks run.
@@ -200,6 +202,7 @@ impl Node {
         let wallets = spawn_network(&w, transport.links, transport.inbox, fast.repair, listener);
         let rpc_addr = rpc_listener.as_ref().and_then(|l| l.local_addr().ok());
         let mut cookie_path = None;
+        let stop_requested = Arc::new(tokio::sync::Notify::new());
         if let Some(l) = rpc_listener {
             let (path, cookie) =
                 write_cookie(&cfg.data_dir).map_err(|source| NodeError::Cookie {
@@ -207,7 +210,16 @@ impl Node {
                     source,
                 })?;
             let peers = (w.ingest.gate.clone(), w.ingest.clock);
-            let ctx = RpcCtx::new(wallets, &cfg, genesis.chain_id, local_addr, &cookie, peers);
+            let ctx = RpcCtx::new(
+                wallets,
+                &cfg,
+                genesis.chain_id,
+                local_addr,
+                &cookie,
+                peers,
+                genesis.registry.clone(),
+                stop_requested.clone(),
+            );
             tokio::spawn(serve_rpc(l, Arc::new(ctx)));
             cookie_path = Some(path);
         }
@@ -222,6 +234,7 @@ impl Node {
             stopping: w.stopping.clone(),
             core_tx: w.core.clone(),
             core: Some(core),
+            stop_requested,
         })
     }
 
@@ -242,6 +255,12 @@ impl Node {
             Some(h) => h.join().unwrap_or(Ok(())),
             None => Ok(()),
         }
+    }
+
+    /// Resolves when an operator asked the node to stop (RPC `stop`): the
+    /// caller then stops it as on SIGTERM, with [`Node::shutdown`].
+    pub async fn stop_requested(&self) {
+        self.stop_requested.notified().await
     }
 
     /// True once the core thread ended (a storage failure stops it).

@@ -528,6 +528,39 @@ impl LocalSession {
     }
 }
 
+impl LocalSession {
+    /// Waits on `txid`'s outcome without submitting it (push events); the
+    /// answer comes as a reply. False when the core queue is full.
+    pub(super) fn watch(&self, txid: Txid) -> bool {
+        self.ctx.core.offer(CoreInput::WalletWatch {
+            session: self.session,
+            txid,
+        })
+    }
+
+    /// Replies queued for this session and not read yet.
+    pub(super) fn backlog(&self) -> usize {
+        self.rx.len()
+    }
+}
+
+impl WalletCtx {
+    /// Asks the core an operator query; None when its queue is full.
+    pub(super) fn node_query(
+        &self,
+        query: crate::node::node_api::NodeQuery,
+    ) -> Option<
+        tokio::sync::oneshot::Receiver<
+            Result<crate::node::node_api::NodeAnswer, crate::storage::StoreError>,
+        >,
+    > {
+        let (reply, rx) = tokio::sync::oneshot::channel();
+        self.core
+            .offer(CoreInput::NodeQuery { query, reply })
+            .then_some(rx)
+    }
+}
+
 impl Drop for LocalSession {
     fn drop(&mut self) {
         close_session(&self.ctx.core, self.session);

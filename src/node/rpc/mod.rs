@@ -9,6 +9,10 @@
 //! requests: no second copy of the logic. Methods that need block data are
 //! absent until the block layer exists.
 //!
+//! Push events (finality with its TimeProof, rejection, UTXO changes) are
+//! served over a WebSocket at [`ws::WS_PATH`] on the same port, with the
+//! same credentials; see [`ws`].
+//!
 //! Limits: [`MAX_RPC_CONNECTIONS`] connections, [`MAX_BODY`] bytes per
 //! request, a token bucket per method class (writes at a quarter of the
 //! reads' rate), [`MAX_WAIT`] for a finality wait. Bad input gets a JSON-RPC
@@ -36,6 +40,9 @@ use crate::protocol::audience::{WalletReply, WalletRequest};
 use crate::protocol::types::{Address, OutPoint, PublicKey, Transaction, Txid};
 use crate::protocol::utxo::{UtxoEntry, UtxoState};
 use timecoin_core::masternode::PeerGate;
+
+mod node_methods;
+pub mod ws;
 
 /// RPC connections served at once; more wait in the accept backlog.
 pub const MAX_RPC_CONNECTIONS: usize = 64;
@@ -152,6 +159,46 @@ pub const METHODS: &[(&str, Class, &str)] = &[
         Class::Write,
         "[hex, timeout_ms?]: submit (idempotent) and wait for its TimeProof",
     ),
+    (
+        "getrawtransaction",
+        Class::Read,
+        "[txid, verbose?]: the transaction's hex (verbose: its fields too)",
+    ),
+    (
+        "gettransaction",
+        Class::Read,
+        "[txid]: the transaction, its state here (final, pending, rejected) and its TimeProof's summary",
+    ),
+    (
+        "gettimeproof",
+        Class::Read,
+        "[txid]: the TimeProof (hex) and its voters, to verify against the genesis registry",
+    ),
+    (
+        "getrawmempool",
+        Class::Write,
+        "[verbose?]: txids pending here (at most 10000 listed)",
+    ),
+    (
+        "getpeerinfo",
+        Class::Read,
+        "Peer masternodes: address, tier, connected, reputation, ban",
+    ),
+    (
+        "masternodelist",
+        Class::Read,
+        "Every registered masternode, with the registry's epoch and quorum",
+    ),
+    (
+        "unban",
+        Class::Write,
+        "[key]: lift a peer masternode's ban",
+    ),
+    (
+        "stop",
+        Class::Write,
+        "Stop the masternode cleanly (as SIGTERM does)",
+    ),
 ];
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -210,6 +257,12 @@ pub(super) struct RpcCtx {
     buckets: Mutex<Buckets>,
     /// The state machine's peer book (bans), on its clock.
     peers: (PeerGate, Clock),
+    /// The registry TimeProofs are checked against.
+    registry: crate::protocol::registry::Registry,
+    /// Told when `stop` is called; the node's run loop shuts down.
+    stop: Arc<tokio::sync::Notify>,
+    /// WebSocket connections open now (at most [`ws::MAX_WS_CONNECTIONS`]).
+    ws_slots: Arc<Semaphore>,
 }
 
 /// Writes a fresh cookie (`__cookie__:<64 hex>`, mode 0600) into `dir`.
@@ -382,9 +435,14 @@ impl RpcCtx {
         p2p: SocketAddr,
         cookie: &str,
         peers: (PeerGate, Clock),
+        registry: crate::protocol::registry::Registry,
+        stop: Arc<tokio::sync::Notify>,
     ) -> Self {
         RpcCtx {
             peers,
+            registry,
+            stop,
+            ws_slots: Arc::new(Semaphore::new(ws::MAX_WS_CONNECTIONS)),
             wallets,
             network: cfg.network.name(),
             chain_id,
@@ -455,6 +513,7 @@ pub(super) async fn serve_rpc(listener: TcpListener, ctx: Arc<RpcCtx>) {
                 .timer(hyper_util::rt::TokioTimer::new())
                 .header_read_timeout(HEADER_TIMEOUT)
                 .serve_connection(TokioIo::new(stream), service)
+                .with_upgrades()
                 .await;
             drop(permit);
         });
@@ -479,7 +538,7 @@ fn error_body(id: Value, e: RpcError) -> Value {
     json!({"jsonrpc": "2.0", "id": id, "error": o})
 }
 
-async fn handle_http(ctx: &RpcCtx, req: Request<Incoming>) -> Response<Full<Bytes>> {
+async fn handle_http(ctx: &Arc<RpcCtx>, req: Request<Incoming>) -> Response<Full<Bytes>> {
     let authorized = req
         .headers()
         .get(hyper::header::AUTHORIZATION)
@@ -494,6 +553,9 @@ async fn handle_http(ctx: &RpcCtx, req: Request<Incoming>) -> Response<Full<Byte
             hyper::header::HeaderValue::from_static("Basic realm=\"jsonrpc\""),
         );
         return r;
+    }
+    if req.uri().path() == ws::WS_PATH {
+        return ws::upgrade(ctx, req);
     }
     if req.method() != Method::POST {
         return http(
@@ -961,10 +1023,13 @@ async fn call(ctx: &RpcCtx, method: &str, p: &[Value]) -> Result<Value, RpcError
             };
             submit(ctx, tx, true, wait).await
         }
-        _ => Err(err(
-            code::METHOD_NOT_FOUND,
-            format!("method not found: {method}"),
-        )),
+        _ => match node_methods::call(ctx, method, p).await {
+            Some(r) => r,
+            None => Err(err(
+                code::METHOD_NOT_FOUND,
+                format!("method not found: {method}"),
+            )),
+        },
     }
 }
 
