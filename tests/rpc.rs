@@ -338,7 +338,11 @@ fn cli(c: &Cluster, node: usize, args: &[&str]) -> (i32, String, String) {
 fn time_cli_round_trips_with_exit_codes() {
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     // This cluster also logs JSON: one object per line.
-    let c = Cluster::start_with(3, "log_format = \"json\"\n");
+    // The payment path at debug for one module: its lines carry the txid.
+    let c = Cluster::start_with(
+        3,
+        "log_format = \"json\"\nlog = \"info,timecoin::node::core_thread=debug\"\n",
+    );
     let log = c.log(0);
     let lines: Vec<Value> = log
         .lines()
@@ -369,6 +373,21 @@ fn time_cli_round_trips_with_exit_codes() {
     let (code0, out, err) = cli(&c, 2, &["waittransactionfinality", &h, "20000"]);
     assert_eq!(code0, 0, "{err}");
     assert_eq!(serde_json::from_str::<Value>(&out).unwrap()["final"], true);
+    let txid = tx.txid().to_string();
+    let steps: Vec<String> = c
+        .log(2)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| v["fields"]["txid"] == txid.as_str())
+        .map(|v| v["fields"]["message"].as_str().unwrap_or("").to_string())
+        .collect();
+    assert!(
+        steps
+            .iter()
+            .any(|m| m == "payment locked and approved here")
+            && steps.iter().any(|m| m == "payment final (TimeProof)"),
+        "payment path lines with txid {txid}: {steps:?}"
+    );
     // A JSON-RPC error: exit 1, the error as JSON on stderr.
     let (code1, _, err) = cli(&c, 0, &["getbalance", "nope"]);
     assert_eq!(code1, 1);
@@ -891,7 +910,7 @@ fn a_payment_is_followed_to_finality_over_websocket_events() {
         }
     }
     // Nothing more: subscribed twice, told once.
-    while let Some(v) = ws_next(&mut ws, Duration::from_millis(500)) {
+    if let Some(v) = ws_next(&mut ws, Duration::from_millis(500)) {
         panic!("a second event: {v}");
     }
     assert_eq!(fin.len(), 1, "{fin:?}");

@@ -183,6 +183,14 @@ fn endpoints(dir: &std::path::Path, node: usize) -> Result<(String, PathBuf), St
 }
 
 fn main() -> ExitCode {
+    // Like any Unix tool, end quietly when the reader of stdout goes away
+    // (`... | head`) instead of panicking in println!. Safe here: this
+    // program's sockets are Rust std/mio ones, which write with
+    // MSG_NOSIGNAL, so only stdout/stderr can raise SIGPIPE.
+    // SAFETY: signal(2) with SIG_DFL at start, before any thread exists.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = Cli::parse();
     if let Cmd::Rpcauth { user, password } = &cli.cmd {
         if user.is_empty() || user.contains(':') {

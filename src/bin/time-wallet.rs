@@ -25,8 +25,9 @@ struct Cli {
 
 #[derive(clap::Args, Clone)]
 struct Net {
-    /// Masternode to talk to (its P2P port).
-    #[arg(long, default_value = "127.0.0.1:24200")]
+    /// Masternode to talk to (its P2P port): host:port, e.g.
+    /// 127.0.0.1:24200 or localhost:24200.
+    #[arg(long, default_value = "127.0.0.1:24200", value_parser = parse_node)]
     node: SocketAddr,
     /// Genesis file of the network (gives the chain id and the registry
     /// used to verify TimeProofs).
@@ -66,10 +67,10 @@ enum Cmd {
         #[arg(long)]
         to: String,
         /// Amount in TIME, e.g. 1.5 (8 decimals at most).
-        #[arg(long)]
+        #[arg(long, allow_hyphen_values = true)]
         amount: String,
         /// Fee in TIME [default: the 0.01 TIME minimum].
-        #[arg(long, default_value = "0.01")]
+        #[arg(long, default_value = "0.01", allow_hyphen_values = true)]
         fee: String,
         /// How long to wait for an outcome, in seconds.
         #[arg(long, default_value_t = 30)]
@@ -93,7 +94,31 @@ enum Cmd {
 
 type AnyError = Box<dyn std::error::Error + Send + Sync>;
 
+/// `host:port`, resolved (a name like `localhost` too); IPv4 first, as
+/// masternodes listen on IPv4 by default.
+fn parse_node(s: &str) -> Result<SocketAddr, String> {
+    use std::net::ToSocketAddrs;
+    let addrs: Vec<SocketAddr> = s
+        .to_socket_addrs()
+        .map_err(|e| format!("{s:?} is not host:port ({e}); e.g. 127.0.0.1:24200"))?
+        .collect();
+    addrs
+        .iter()
+        .find(|a| a.is_ipv4())
+        .or(addrs.first())
+        .copied()
+        .ok_or_else(|| format!("{s:?} resolves to no address"))
+}
+
 fn main() -> ExitCode {
+    // Like any Unix tool, end quietly when the reader of stdout goes away
+    // (`... | head`) instead of panicking in println!. Safe here: this
+    // program's sockets are Rust std/mio ones, which write with
+    // MSG_NOSIGNAL, so only stdout/stderr can raise SIGPIPE.
+    // SAFETY: signal(2) with SIG_DFL at start, before any thread exists.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     match run(Cli::parse()) {
         Ok(code) => code,
         Err(e) => {
@@ -171,7 +196,19 @@ fn run(cli: Cli) -> Result<ExitCode, AnyError> {
             let key = KeyFile::load(&key)?;
             let to: Address = to.parse()?;
             let amount = parse_amount(&amount)?;
-            let fee = parse_amount(&fee)?;
+            if amount == 0 {
+                return Err("--amount 0: give a positive amount in TIME, e.g. 1.5".into());
+            }
+            let fee = parse_amount(&fee).map_err(|e| format!("--fee: {e}"))?;
+            let min_fee = timecoin::protocol::validation::Limits::default().min_fee;
+            if fee < min_fee {
+                return Err(format!(
+                    "fee {} TIME is below the network's minimum {} TIME: raise --fee (or leave it out to pay the minimum)",
+                    format_amount(fee),
+                    format_amount(min_fee)
+                )
+                .into());
+            }
             let g = GenesisFile::load(&net.genesis)?;
             let genesis = g.to_genesis()?;
             return rt.block_on(async {

@@ -143,6 +143,25 @@ struct FileConfig {
     rpcallowip: Vec<String>,
 }
 
+/// `value` if it is within `min..=max`, else the error naming the range
+/// (a config value is refused, never silently clamped).
+fn in_range<T: PartialOrd + std::fmt::Display + Copy>(
+    key: &'static str,
+    value: T,
+    min: T,
+    max: T,
+) -> Result<T, ConfigError> {
+    if value < min || value > max {
+        return Err(ConfigError::OutOfRange {
+            key,
+            value: value.to_string(),
+            min: min.to_string(),
+            max: max.to_string(),
+        });
+    }
+    Ok(value)
+}
+
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ConfigError {
@@ -158,6 +177,13 @@ pub enum ConfigError {
     },
     #[error("missing setting {0} (flag --{1}, or `{2}` in the config file)")]
     Missing(&'static str, &'static str, &'static str),
+    #[error("{key} = {value} is out of range: use {min} to {max}")]
+    OutOfRange {
+        key: &'static str,
+        value: String,
+        min: String,
+        max: String,
+    },
     #[error("unknown network {0:?}: use mainnet, testnet or devnet")]
     Network(String),
     #[error("listen address {0}:{1} is not a valid socket address")]
@@ -423,24 +449,20 @@ impl RunArgs {
             rpc_rate_limit: self
                 .rpc_rate_limit
                 .or(file.rpc_rate_limit)
-                .unwrap_or(1_000)
-                .max(1),
+                .map_or(Ok(1_000), |v| in_range("rpc_rate_limit", v, 1, u32::MAX))?,
             verify_threads: self
                 .verify_threads
                 .or(file.verify_threads)
-                .unwrap_or(cores.min(8))
-                .clamp(1, 64),
+                .map_or(Ok(cores.min(8)), |v| in_range("verify_threads", v, 1, 64))?,
             round_window_us: self
                 .round_window_us
                 .or(file.round_window_us)
-                .unwrap_or(500)
-                .min(5_000),
+                .map_or(Ok(500), |v| in_range("round_window_us", v, 0, 5_000))?,
             peer_transport,
             vote_threads: self
                 .vote_threads
                 .or(file.vote_threads)
-                .unwrap_or(1)
-                .clamp(1, 256),
+                .map_or(Ok(1), |v| in_range("vote_threads", v, 1, 256))?,
             vote_cores,
             fast_path,
             io_backend,

@@ -24,7 +24,7 @@ use bytes::Bytes;
 use crossbeam::channel as cb;
 use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::OwnedSemaphorePermit;
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::node::core_input::{Clock, CoreInput, WalletQuery};
 use crate::node::fastpath::{FastPathSender, FastPathStats};
@@ -176,7 +176,23 @@ fn log_event(ev: &Event) {
                 "conflicting TimeProofs: Byzantine weight at or above 1/3?"
             );
         }
-        Event::Accepted { .. } | Event::Finalized { .. } | Event::Rejected { .. } => {}
+        // The payment path, one line per step with its `txid` field (debug:
+        // `log = "info,timecoin::node::core_thread=debug"` shows them).
+        Event::Accepted { txid } => debug!(%txid, "payment locked and approved here"),
+        Event::Finalized {
+            txid,
+            age_ms,
+            proof,
+            ..
+        } => {
+            debug!(%txid, age_ms, votes = proof.votes.len(), "payment final (TimeProof)")
+        }
+        Event::Rejected {
+            txid,
+            reason,
+            detail,
+            ..
+        } => debug!(%txid, reason = reason.describe(), detail, "payment rejected"),
     }
 }
 

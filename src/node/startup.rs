@@ -41,7 +41,7 @@ use crate::node::metrics::{bind_metrics, serve_metrics, NodeMetrics, Sources};
 use crate::node::peer_glue::{spawn_pool_inbox, FastRepair, PeerCtx};
 use crate::node::peer_net::PeerNet;
 use crate::node::proof_check::ProofCheck;
-use crate::node::rpc::{serve_rpc, write_cookie, RpcCtx};
+use crate::node::rpc::{serve_rpc, write_cookie, RpcCtx, RpcNode};
 use crate::node::vote_threads::VoteThreadConfig;
 use crate::node::wallet_server::{WalletCtx, WalletStats};
 use crate::node::wire::NetStats;
@@ -66,8 +66,18 @@ pub enum NodeError {
     },
     #[error("data directory {0} is in use by another masternode process")]
     Locked(String),
-    #[error("genesis is for network {genesis:?} but the node is configured for {configured:?}")]
-    NetworkMismatch { genesis: String, configured: String },
+    #[error("genesis {path} is for network {genesis:?} but the node is configured for {configured:?}: set `network = \"{genesis}\"` in the config (or --network {genesis}), or point `genesis` at a {configured} genesis file")]
+    NetworkMismatch {
+        path: String,
+        genesis: String,
+        configured: String,
+    },
+    #[error("key {key} (key file {key_file}) is not a registered masternode in the genesis {genesis}: its votes would not count and it would serve balances it cannot vouch for. Use the key file of a masternode listed in that genesis, or register this key (add it to the genesis registry)")]
+    NotRegistered {
+        key: String,
+        key_file: String,
+        genesis: String,
+    },
     #[error("peer pool: {0}")]
     Pool(String),
     #[error("fast path: {0}")]
@@ -210,16 +220,13 @@ impl Node {
                     source,
                 })?;
             let peers = (w.ingest.gate.clone(), w.ingest.clock);
-            let ctx = RpcCtx::new(
-                wallets,
-                &cfg,
-                genesis.chain_id,
-                local_addr,
-                &cookie,
-                peers,
-                genesis.registry.clone(),
-                stop_requested.clone(),
-            );
+            let node = RpcNode {
+                chain_id: genesis.chain_id,
+                registry: genesis.registry.clone(),
+                p2p: local_addr,
+                stop: stop_requested.clone(),
+            };
+            let ctx = RpcCtx::new(wallets, &cfg, node, &cookie, peers);
             tokio::spawn(serve_rpc(l, Arc::new(ctx)));
             cookie_path = Some(path);
         }
@@ -270,19 +277,26 @@ impl Node {
 }
 
 /// Genesis (checked against the configured network) and our signing key.
+/// Files first, each error naming its own file (a missing key file is
+/// reported as such, not as a network mismatch), then how they fit.
 fn load_chain(cfg: &NodeConfig) -> Result<(Genesis, SigningKey), NodeError> {
+    let key = KeyFile::load(&cfg.key_file)?;
     let gfile = GenesisFile::load(&cfg.genesis)?;
     if !gfile.network.eq_ignore_ascii_case(cfg.network.name()) {
         return Err(NodeError::NetworkMismatch {
+            path: cfg.genesis.display().to_string(),
             genesis: gfile.network.clone(),
             configured: cfg.network.name().into(),
         });
     }
     let genesis = gfile.to_genesis()?;
-    let key = KeyFile::load(&cfg.key_file)?;
     let me = PublicKey::from_signing(&key);
     if genesis.registry.get(&me).is_none() {
-        warn!(key = %me, "this key is not a registered masternode: its votes will not count");
+        return Err(NodeError::NotRegistered {
+            key: me.to_string(),
+            key_file: cfg.key_file.display().to_string(),
+            genesis: cfg.genesis.display().to_string(),
+        });
     }
     Ok((genesis, key))
 }

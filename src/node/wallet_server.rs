@@ -375,7 +375,9 @@ async fn handle_wallet_request(
                 session,
                 to: tx_out.clone(),
             };
+            tracing::debug!(%txid, %session, "payment submitted by a wallet");
             if ctx.verifier.submit(tx, src, Lane::Wallet).is_err() {
+                tracing::debug!(%txid, %session, "payment refused: the verifier queue is full");
                 let _ = tx_out.send(overloaded(txid, ctx.me).into()).await;
             }
         }

@@ -40,6 +40,9 @@ pub enum ClientError {
     Handshake(&'static str),
     /// The masternode refused the handshake with an `Error` frame (`code`
     /// from [`refusal`]).
+    /// The masternode serves another chain than the wallet's genesis.
+    #[error("refused by {addr}: wrong chain id: {detail}. The masternode serves another network than the genesis file given: use that network's genesis (--genesis), or another masternode")]
+    WrongChain { addr: SocketAddr, detail: String },
     #[error("refused by {addr}: {} (code {code}): {detail}", refusal::describe(*.code))]
     Refused {
         addr: SocketAddr,
@@ -52,7 +55,11 @@ pub enum ClientError {
     Unexpected(&'static str),
     #[error("no answer within {0:?}")]
     Timeout(Duration),
-    #[error("not enough funds: have {have} spendable units, need {need}")]
+    #[error(
+        "not enough funds: {} TIME spendable, {} TIME needed (amount + fee); wait for pending payments or send less",
+        crate::wallet::format_amount(*.have),
+        crate::wallet::format_amount(*.need)
+    )]
     InsufficientFunds { have: u64, need: u64 },
 }
 
@@ -148,16 +155,23 @@ impl WalletClient {
             nonce: rand::random(),
         };
         c.send(&Message::Hello(ours.clone())).await?;
-        let refused = |code, detail| ClientError::Refused { addr, code, detail };
+        let refused = |code, detail| match code {
+            refusal::WRONG_CHAIN => ClientError::WrongChain { addr, detail },
+            _ => ClientError::Refused { addr, code, detail },
+        };
         let theirs = match c.recv_timeout(Duration::from_secs(5)).await? {
             Message::Hello(h) => h,
             Message::Error { code, detail } => return Err(refused(code, detail)),
             m => return Err(ClientError::Unexpected(m.name())),
         };
         if theirs.chain_id != chain_id {
-            return Err(ClientError::Handshake(
-                "the masternode answered for another chain",
-            ));
+            return Err(ClientError::WrongChain {
+                addr,
+                detail: format!(
+                    "it answered for chain {}, the genesis is chain {chain_id}",
+                    theirs.chain_id
+                ),
+            });
         }
         if theirs.protocol_version != PROTOCOL_VERSION || theirs.role != Role::Masternode {
             return Err(ClientError::Handshake(

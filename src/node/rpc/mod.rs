@@ -426,18 +426,32 @@ fn same(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+/// What the RPC server is told about the node it serves.
+pub(super) struct RpcNode {
+    pub chain_id: u32,
+    /// The genesis registry (TimeProofs are checked against it).
+    pub registry: crate::protocol::registry::Registry,
+    /// The P2P address.
+    pub p2p: SocketAddr,
+    /// Told by `stop`; the node's run loop then shuts down.
+    pub stop: Arc<tokio::sync::Notify>,
+}
+
 impl RpcCtx {
     /// `cfg` gives the network, the rate limit, `rpcauth` and `rpcallowip`.
     pub(super) fn new(
         wallets: Arc<WalletCtx>,
         cfg: &crate::node::config::NodeConfig,
-        chain_id: u32,
-        p2p: SocketAddr,
+        node: RpcNode,
         cookie: &str,
         peers: (PeerGate, Clock),
-        registry: crate::protocol::registry::Registry,
-        stop: Arc<tokio::sync::Notify>,
     ) -> Self {
+        let RpcNode {
+            chain_id,
+            registry,
+            p2p,
+            stop,
+        } = node;
         RpcCtx {
             peers,
             registry,
@@ -783,6 +797,7 @@ async fn submit(
     wait: Duration,
 ) -> Result<Value, RpcError> {
     let txid: Txid = tx.txid();
+    tracing::debug!(%txid, final_only, "payment submitted over RPC");
     let mut s = LocalSession::open(&ctx.wallets).ok_or_else(overloaded)?;
     s.request(WalletRequest::SubmitTransaction(tx)).await;
     let deadline = tokio::time::Instant::now() + wait;
