@@ -317,6 +317,33 @@ fn wallet_mistakes_are_named_with_what_to_do() {
     assert!(e.contains("wrong chain id"), "{e}");
     assert!(e.contains("--genesis"), "{e}");
 
+    // `watch` of the payer: its own payment is "sent", the change is not
+    // shown as a payment received.
+    let payer = address(&c.wallet_key(0)).to_string();
+    let mut watch = Command::new(env!("CARGO_BIN_EXE_time-wallet"))
+        .args(["watch", "--address", &payer, "--seconds", "8"])
+        .args(["--genesis", &genesis, "--node", &node])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut so = watch.stdout.take().unwrap();
+    let lines = std::thread::spawn(move || {
+        let mut all = String::new();
+        let _ = so.read_to_string(&mut all);
+        all
+    });
+    std::thread::sleep(Duration::from_millis(1_500)); // subscribed by then
+    let o = send(&["--amount", "1"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let _ = watch.wait();
+    let seen = lines.join().unwrap();
+    assert!(
+        seen.contains("sent 1.00000000 TIME from this address"),
+        "{seen}"
+    );
+    assert!(!seen.contains("received by this address"), "{seen}");
+
     // A fee below the minimum at the node: reason "fee below the minimum"
     // (code 12), not "outputs exceed inputs".
     let k = c.wallet_key(0);
@@ -345,4 +372,27 @@ fn wallet_mistakes_are_named_with_what_to_do() {
         "{e}"
     );
     assert_eq!(e["data"]["reason_code"], 12, "{e}");
+}
+
+#[test]
+fn run_help_shows_config_keys_the_config_takes() {
+    let out = Command::new(env!("CARGO_BIN_EXE_time-masternode"))
+        .args(["run", "--help"])
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&out.stdout);
+    assert!(!help.contains("listen = \"0.0.0.0:24000\""), "{help}");
+    assert!(help.contains("listen_host = \"0.0.0.0\""), "{help}");
+    // The example keys are real ones.
+    let (_d, l) = layout(1);
+    let cfg = &l.node_configs[0];
+    let text = std::fs::read_to_string(cfg).unwrap();
+    let text = replace_line(&text, "listen_host", Some("listen_host = \"0.0.0.0\""));
+    std::fs::write(cfg, text).unwrap();
+    let r = timecoin::node::config::RunArgs {
+        config: Some(cfg.clone()),
+        ..Default::default()
+    }
+    .resolve();
+    assert!(r.is_ok(), "{:?}", r.err());
 }

@@ -94,6 +94,22 @@ enum Cmd {
 
 type AnyError = Box<dyn std::error::Error + Send + Sync>;
 
+/// Whether `addr` spent in `tx` (then its outputs to `addr` are change),
+/// and what `tx` pays `addr`.
+fn watch_line_amounts(tx: &timecoin::protocol::types::Transaction, addr: &Address) -> (bool, u64) {
+    let sent = tx
+        .inputs
+        .iter()
+        .any(|i| Address::from_public_key(&i.public_key) == *addr);
+    let to_addr = tx
+        .outputs
+        .iter()
+        .filter(|o| o.address == *addr)
+        .map(|o| o.amount)
+        .sum();
+    (sent, to_addr)
+}
+
 /// `host:port`, resolved (a name like `localhost` too); IPv4 first, as
 /// masternodes listen on IPv4 by default.
 fn parse_node(s: &str) -> Result<SocketAddr, String> {
@@ -269,16 +285,26 @@ fn run(cli: Cli) -> Result<ExitCode, AnyError> {
                     // its idle timeout (300 s): ping while nothing arrives.
                     match c.recv_timeout(left.min(Duration::from_secs(60))).await {
                         Ok(Message::NewTransactionNotification { txid, tx }) => {
-                            let received: u64 = tx
-                                .outputs
-                                .iter()
-                                .filter(|o| o.address == addr)
-                                .map(|o| o.amount)
-                                .sum();
-                            println!(
-                                "final: {txid}  {} TIME to this address",
-                                format_amount(received)
-                            );
+                            let (sent, received) = watch_line_amounts(&tx, &addr);
+                            if sent {
+                                // Our own payment: what is back is change.
+                                let paid: u64 = tx
+                                    .outputs
+                                    .iter()
+                                    .filter(|o| o.address != addr)
+                                    .map(|o| o.amount)
+                                    .sum();
+                                println!(
+                                    "final: {txid}  sent {} TIME from this address ({} TIME change back)",
+                                    format_amount(paid),
+                                    format_amount(received)
+                                );
+                            } else {
+                                println!(
+                                    "final: {txid}  {} TIME received by this address",
+                                    format_amount(received)
+                                );
+                            }
                         }
                         Ok(Message::UtxoStateNotification { outpoint, entry }) => {
                             println!(

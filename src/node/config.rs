@@ -13,7 +13,8 @@ use serde::Deserialize;
 #[derive(Args, Debug, Clone, Default)]
 pub struct RunArgs {
     /// TOML configuration file; its keys are the long option names below with
-    /// '_' for '-', e.g. `listen = "0.0.0.0:24000"`. Relative paths in it are
+    /// '_' for '-', e.g. `listen_host = "0.0.0.0"` and `p2p_port = 24000`
+    /// (deploy/node.toml lists every key). Relative paths in it are
     /// relative to the file's directory.
     #[arg(long, short = 'c')]
     pub config: Option<PathBuf>,
