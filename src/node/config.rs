@@ -99,6 +99,13 @@ pub struct RunArgs {
     /// `.cookie`): host:port, or a port alone for 127.0.0.1 [default: off].
     #[arg(long)]
     pub rpc_listen: Option<String>,
+    /// Serve RPC (and its WebSocket) over TLS with this certificate chain
+    /// (PEM); needs --rpc-tls-key [default: plain HTTP].
+    #[arg(long)]
+    pub rpc_tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of --rpc-tls-cert.
+    #[arg(long)]
+    pub rpc_tls_key: Option<PathBuf>,
     /// RPC read calls allowed per second (writes: a quarter) [default: 1000].
     #[arg(long)]
     pub rpc_rate_limit: Option<u32>,
@@ -137,6 +144,8 @@ struct FileConfig {
     verify_threads: Option<usize>,
     metrics_listen: Option<String>,
     rpc_listen: Option<String>,
+    rpc_tls_cert: Option<PathBuf>,
+    rpc_tls_key: Option<PathBuf>,
     rpc_rate_limit: Option<u32>,
     #[serde(default)]
     rpcauth: Vec<String>,
@@ -267,6 +276,8 @@ pub struct NodeConfig {
     pub metrics_listen: Option<SocketAddr>,
     /// JSON-RPC address; `None`: RPC off.
     pub rpc_listen: Option<SocketAddr>,
+    /// RPC over TLS: (certificate chain, private key), PEM files.
+    pub rpc_tls: Option<(PathBuf, PathBuf)>,
     pub rpc_rate_limit: u32,
     pub rpcauth: Vec<crate::node::rpc::RpcAuth>,
     pub rpcallowip: Vec<crate::node::rpc::AllowIp>,
@@ -417,6 +428,20 @@ impl RunArgs {
             Some(v) => Some(listen_addr("rpc_listen", &v)?),
             None => None,
         };
+        let rpc_tls = match (
+            self.rpc_tls_cert
+                .or(file.rpc_tls_cert.map(|p| rel(&base, p))),
+            self.rpc_tls_key.or(file.rpc_tls_key.map(|p| rel(&base, p))),
+        ) {
+            (Some(c), Some(k)) => Some((c, k)),
+            (None, None) => None,
+            _ => {
+                return Err(ConfigError::Invalid(
+                    "rpc_tls_cert and rpc_tls_key go together: set both (PEM files) or neither"
+                        .into(),
+                ))
+            }
+        };
         let pick =
             |flags: Vec<String>, file: Vec<String>| if flags.is_empty() { file } else { flags };
         let rpcauth = pick(self.rpcauth, file.rpcauth)
@@ -445,6 +470,7 @@ impl RunArgs {
             log_json,
             metrics_listen,
             rpc_listen,
+            rpc_tls,
             rpcauth,
             rpcallowip,
             rpc_rate_limit: self

@@ -92,6 +92,8 @@ pub enum NodeError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error(transparent)]
+    RpcTls(#[from] crate::node::rpc::TlsSetupError),
     #[error("cannot write the RPC cookie in {path}: {source}")]
     Cookie {
         path: String,
@@ -157,6 +159,13 @@ impl Node {
                     .map_err(|source| NodeError::RpcListen { addr, source })?,
             ),
             None => None,
+        };
+        // Before anything starts: a bad certificate or key is refused here.
+        let rpc_tls = match &cfg.rpc_tls {
+            Some((cert, key)) if rpc_listener.is_some() => {
+                Some(crate::node::rpc::tls_acceptor(cert, key)?)
+            }
+            _ => None,
         };
         let metrics_listener = match cfg.metrics_listen {
             Some(addr) => Some(
@@ -227,7 +236,7 @@ impl Node {
                 stop: stop_requested.clone(),
             };
             let ctx = RpcCtx::new(wallets, &cfg, node, &cookie, peers);
-            tokio::spawn(serve_rpc(l, Arc::new(ctx)));
+            tokio::spawn(serve_rpc(l, Arc::new(ctx), rpc_tls));
             cookie_path = Some(path);
         }
         info!(%local_addr, key = %w.id.me, chain = genesis.chain_id, "masternode listening");

@@ -493,10 +493,58 @@ impl RpcCtx {
     }
 }
 
-/// Serves JSON-RPC on `listener` until the runtime stops.
-pub(super) async fn serve_rpc(listener: TcpListener, ctx: Arc<RpcCtx>) {
+/// Why the RPC's TLS certificate or key could not be used.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TlsSetupError {
+    #[error("rpc_tls_cert {path}: {why} (a PEM certificate chain, leaf first)")]
+    Cert { path: String, why: String },
+    #[error("rpc_tls_key {path}: {why} (a PEM private key: PKCS#8, PKCS#1 or SEC1)")]
+    Key { path: String, why: String },
+    #[error("rpc_tls_cert and rpc_tls_key do not fit together: {0}")]
+    Config(String),
+}
+
+/// The TLS acceptor of `rpc_tls_cert`/`rpc_tls_key` (rustls, ring, TLS 1.2
+/// and 1.3, no client certificates).
+pub fn tls_acceptor(cert: &Path, key: &Path) -> Result<tokio_rustls::TlsAcceptor, TlsSetupError> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let cert_err = |why: String| TlsSetupError::Cert {
+        path: cert.display().to_string(),
+        why,
+    };
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+        .map_err(|e| cert_err(e.to_string()))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| cert_err(e.to_string()))?;
+    if certs.is_empty() {
+        return Err(cert_err("no certificate in it".into()));
+    }
+    let key = PrivateKeyDer::from_pem_file(key).map_err(|e| TlsSetupError::Key {
+        path: key.display().to_string(),
+        why: e.to_string(),
+    })?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let cfg = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TlsSetupError::Config(e.to_string()))?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| TlsSetupError::Config(e.to_string()))?;
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(cfg)))
+}
+
+/// Serves JSON-RPC on `listener` until the runtime stops; over TLS when
+/// `tls` is given.
+pub(super) async fn serve_rpc(
+    listener: TcpListener,
+    ctx: Arc<RpcCtx>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+) {
     if let Ok(a) = listener.local_addr() {
-        info!(addr = %a, "JSON-RPC on http://{a}/");
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        info!(addr = %a, "JSON-RPC on {scheme}://{a}/");
     }
     let slots = Arc::new(Semaphore::new(MAX_RPC_CONNECTIONS));
     loop {
@@ -518,20 +566,39 @@ pub(super) async fn serve_rpc(listener: TcpListener, ctx: Arc<RpcCtx>) {
         }
         let _ = stream.set_nodelay(true);
         let ctx = ctx.clone();
+        let tls = tls.clone();
         tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |req| {
-                let ctx = ctx.clone();
-                async move { Ok::<_, Infallible>(handle_http(&ctx, req).await) }
-            });
-            let _ = hyper::server::conn::http1::Builder::new()
-                .timer(hyper_util::rt::TokioTimer::new())
-                .header_read_timeout(HEADER_TIMEOUT)
-                .serve_connection(TokioIo::new(stream), service)
-                .with_upgrades()
-                .await;
+            match tls {
+                None => serve_http(ctx, stream).await,
+                Some(acceptor) => {
+                    // The TLS handshake within the header timeout.
+                    match tokio::time::timeout(HEADER_TIMEOUT, acceptor.accept(stream)).await {
+                        Ok(Ok(s)) => serve_http(ctx, s).await,
+                        Ok(Err(e)) => tracing::debug!(%from, "rpc TLS handshake failed: {e}"),
+                        Err(_) => tracing::debug!(%from, "rpc TLS handshake timed out"),
+                    }
+                }
+            }
             drop(permit);
         });
     }
+}
+
+/// One HTTP/1.1 connection (upgradable to a WebSocket).
+async fn serve_http<S>(ctx: Arc<RpcCtx>, stream: S)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let service = hyper::service::service_fn(move |req| {
+        let ctx = ctx.clone();
+        async move { Ok::<_, Infallible>(handle_http(&ctx, req).await) }
+    });
+    let _ = hyper::server::conn::http1::Builder::new()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(HEADER_TIMEOUT)
+        .serve_connection(TokioIo::new(stream), service)
+        .with_upgrades()
+        .await;
 }
 
 fn http(code: StatusCode, body: Value) -> Response<Full<Bytes>> {
