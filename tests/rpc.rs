@@ -1020,3 +1020,83 @@ fn a_payment_is_followed_to_finality_over_websocket_events() {
     }
     assert_eq!(rpc.call("getconnectioncount", json!([])).unwrap(), 2);
 }
+
+/// A WebSocket client that hardly reads: a tiny receive buffer, then no
+/// reads while payments to its address finalize. The node closes it as a
+/// slow consumer (a write stuck for WS_SEND_TIMEOUT) and keeps serving.
+#[test]
+fn a_websocket_client_that_does_not_read_is_closed_as_a_slow_consumer() {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let c = Cluster::start_with(3, "rpc_rate_limit = 100000\n");
+    let rpc = Rpc::new(&c, 0);
+    let addr: SocketAddr = c.layout.rpc[0].unwrap();
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    sock.set_recv_buffer_size(2048).unwrap();
+    sock.connect(&addr.into()).unwrap();
+    let stream: std::net::TcpStream = sock.into();
+    stream
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let mut req = format!("ws://{addr}/ws").into_client_request().unwrap();
+    req.headers_mut()
+        .insert("Authorization", rpc.auth.parse().unwrap());
+    let (mut ws, _) = tokio_tungstenite::tungstenite::client(req, stream).unwrap();
+    let payee = address(&c.wallet_key(1));
+    let mut events = Vec::new();
+    for w in 0..4 {
+        let a = address(&c.wallet_key(w)).to_string();
+        ws_send(
+            &mut ws,
+            json!({"id": w + 1, "method": "subscribe_address", "params": [a]}),
+        );
+        assert!(ws_answer(&mut ws, w as u64 + 1, &mut events)["result"]["subscribed"].is_string());
+    }
+    // 800 payments touching them (about 2 KB of events each); the client
+    // reads nothing meanwhile.
+    for w in 0..4 {
+        let k = c.wallet_key(w);
+        for coin in 0..200 {
+            let tx = pay(c.chain_id(), &k, w as u32, coin, payee, COIN);
+            rpc.call("sendrawtransaction", json!([hex::encode(tx.to_bytes())]))
+                .unwrap();
+        }
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while !c.log(0).contains("slow consumer") {
+        if std::time::Instant::now() > deadline {
+            let mut n = 0;
+            let mut bytes = 0;
+            while let Some(v) = ws_next(&mut ws, Duration::from_secs(2)) {
+                n += 1;
+                bytes += v.to_string().len();
+            }
+            panic!("never closed as a slow consumer; {n} events ({bytes} bytes) read after");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // What was written before reads out, then the connection ends.
+    let mut read = 0;
+    let ended = loop {
+        match ws.read() {
+            Ok(tokio_tungstenite::tungstenite::Message::Close(_)) => break true,
+            Ok(_) => read += 1,
+            Err(tokio_tungstenite::tungstenite::Error::Io(e))
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "still open after {read}"
+                );
+            }
+            Err(_) => break true,
+        }
+    };
+    assert!(ended);
+    assert!(read < 3_200, "{read} events: all of them got through");
+    // The node goes on serving.
+    assert_eq!(rpc.call("getconnectioncount", json!([])).unwrap(), 2);
+}

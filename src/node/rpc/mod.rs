@@ -48,6 +48,9 @@ pub mod ws;
 pub const MAX_RPC_CONNECTIONS: usize = 64;
 /// Largest request body (a raw transaction is at most 1 MB of hex x2).
 pub const MAX_BODY: usize = 2 << 20 | 4096;
+/// Kernel send buffer of an RPC connection (Linux doubles it for its own
+/// bookkeeping): what a stalled reader can leave queued in the kernel.
+pub const RPC_SEND_BUFFER: usize = 256 * 1024;
 /// Longest `waittransactionfinality` wait.
 pub const MAX_WAIT: Duration = Duration::from_secs(60);
 /// How long a query waits on the core before it is answered "overloaded".
@@ -565,6 +568,9 @@ pub(super) async fn serve_rpc(
             continue;
         }
         let _ = stream.set_nodelay(true);
+        // Not autotuned up to 4 MB: a WebSocket reader that stalls shows up
+        // as a write stuck for ws::WS_SEND_TIMEOUT after about this much.
+        let _ = socket2::SockRef::from(&stream).set_send_buffer_size(RPC_SEND_BUFFER);
         let ctx = ctx.clone();
         let tls = tls.clone();
         tokio::spawn(async move {

@@ -63,7 +63,9 @@ pub const MAX_WS_SUBSCRIPTIONS: usize = 256;
 /// and is closed (the session's own queue holds more, so none is lost
 /// silently before that).
 pub const MAX_WS_BACKLOG: usize = 1_024;
-/// Longest a single event write may take before the consumer is closed.
+/// Longest a single event write may take before the consumer is closed
+/// (the kernel queues at most [`super::RPC_SEND_BUFFER`] before a write
+/// waits).
 pub const WS_SEND_TIMEOUT: Duration = Duration::from_secs(5);
 /// Largest request message (a subscription is ~100 bytes).
 pub const MAX_WS_MESSAGE: usize = 16 * 1024;
