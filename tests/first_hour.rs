@@ -317,6 +317,37 @@ fn wallet_mistakes_are_named_with_what_to_do() {
     assert!(e.contains("wrong chain id"), "{e}");
     assert!(e.contains("--genesis"), "{e}");
 
+    // Coins chosen by the wallet's user: exactly those are spent.
+    let chosen = genesis_outpoint(0, 7);
+    let coin = format!("{}:{}", chosen.txid, chosen.vout);
+    let o = send(&["--amount", "2", "--coin", &coin]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = Command::new(env!("CARGO_BIN_EXE_time-cli"))
+        .arg("--devnet")
+        .arg(&c.layout.dir)
+        .args([
+            "gettxout",
+            &chosen.txid.to_string(),
+            &chosen.vout.to_string(),
+        ])
+        .output()
+        .unwrap();
+    let spent: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(spent["state"], "spent_final", "{spent}");
+    // Another wallet's coin, or a spent one: named, with why.
+    let theirs = genesis_outpoint(1, 0);
+    let o = send(&["--amount", "1", "--coin", &format!("{}:0", theirs.txid)]);
+    assert!(
+        stderr(&o).contains("cannot be spent: it pays"),
+        "{}",
+        stderr(&o)
+    );
+    let o = send(&["--amount", "1", "--coin", &coin]);
+    assert!(stderr(&o).contains("not unspent"), "{}", stderr(&o));
+    let o = send(&["--amount", "1", "--coin", "zz"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("give TXID:VOUT"), "{}", stderr(&o));
+
     // `watch` of the payer: its own payment is "sent", the change is not
     // shown as a payment received.
     let payer = address(&c.wallet_key(0)).to_string();

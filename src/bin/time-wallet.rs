@@ -75,6 +75,10 @@ enum Cmd {
         /// How long to wait for an outcome, in seconds.
         #[arg(long, default_value_t = 30)]
         timeout: u64,
+        /// Spend exactly these coins, TXID:VOUT (repeatable) [default: the
+        /// wallet picks unspent coins].
+        #[arg(long = "coin", value_parser = parse_coin)]
+        coins: Vec<timecoin::protocol::types::OutPoint>,
         #[command(flatten)]
         net: Net,
     },
@@ -108,6 +112,16 @@ fn watch_line_amounts(tx: &timecoin::protocol::types::Transaction, addr: &Addres
         .map(|o| o.amount)
         .sum();
     (sent, to_addr)
+}
+
+/// `TXID:VOUT`.
+fn parse_coin(s: &str) -> Result<timecoin::protocol::types::OutPoint, String> {
+    let bad = || format!("{s:?} is not a coin: give TXID:VOUT (64 hex digits, a colon, a number)");
+    let (t, v) = s.split_once(':').ok_or_else(bad)?;
+    Ok(timecoin::protocol::types::OutPoint {
+        txid: t.parse().map_err(|_| bad())?,
+        vout: v.parse().map_err(|_| bad())?,
+    })
 }
 
 /// `host:port`, resolved (a name like `localhost` too); IPv4 first, as
@@ -207,6 +221,7 @@ fn run(cli: Cli) -> Result<ExitCode, AnyError> {
             amount,
             fee,
             timeout,
+            coins,
             net,
         } => {
             let key = KeyFile::load(&key)?;
@@ -231,7 +246,11 @@ fn run(cli: Cli) -> Result<ExitCode, AnyError> {
                 let mut c =
                     WalletClient::connect_registered(net.node, g.chain_id, &genesis.registry)
                         .await?;
-                let tx = c.build_payment(&key, to, amount, fee).await?;
+                let tx = if coins.is_empty() {
+                    c.build_payment(&key, to, amount, fee).await?
+                } else {
+                    c.build_payment_from(&key, &coins, to, amount, fee).await?
+                };
                 let txid = tx.txid();
                 println!("txid {txid}");
                 let start = Instant::now();

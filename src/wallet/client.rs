@@ -40,6 +40,9 @@ pub enum ClientError {
     Handshake(&'static str),
     /// The masternode refused the handshake with an `Error` frame (`code`
     /// from [`refusal`]).
+    /// A coin the wallet chose cannot be spent by its key.
+    #[error("coin {outpoint} cannot be spent: {why}")]
+    Coin { outpoint: OutPoint, why: String },
     /// The masternode serves another chain than the wallet's genesis.
     #[error("refused by {addr}: wrong chain id: {detail}. The masternode serves another network than the genesis file given: use that network's genesis (--genesis), or another masternode")]
     WrongChain { addr: SocketAddr, detail: String },
@@ -325,6 +328,53 @@ impl WalletClient {
             picked.push(*op);
             have += e.output.amount;
         }
+        self.sign_payment(key, picked, have, to, amount, fee)
+    }
+
+    /// [`build_payment`](Self::build_payment) from the coins `coins` the
+    /// wallet chose: each must be unspent and paid to `key`'s address.
+    pub async fn build_payment_from(
+        &mut self,
+        key: &SigningKey,
+        coins: &[OutPoint],
+        to: Address,
+        amount: u64,
+        fee: u64,
+    ) -> Result<Transaction, ClientError> {
+        let me = Address::from_public_key(&PublicKey::from_signing(key));
+        let mut have = 0u64;
+        for (op, e) in self.utxo_states(coins.to_vec()).await? {
+            let why = match e {
+                None => Some("no such output on this masternode".to_string()),
+                Some(e) if e.output.address != me => {
+                    Some(format!("it pays {}, not this key's {me}", e.output.address))
+                }
+                Some(e) if e.state != UtxoState::Unspent => {
+                    Some(format!("it is {}, not unspent", e.state.name()))
+                }
+                Some(e) => {
+                    have = have.saturating_add(e.output.amount);
+                    None
+                }
+            };
+            if let Some(why) = why {
+                return Err(ClientError::Coin { outpoint: op, why });
+            }
+        }
+        self.sign_payment(key, coins.to_vec(), have, to, amount, fee)
+    }
+
+    fn sign_payment(
+        &self,
+        key: &SigningKey,
+        picked: Vec<OutPoint>,
+        have: u64,
+        to: Address,
+        amount: u64,
+        fee: u64,
+    ) -> Result<Transaction, ClientError> {
+        let me = Address::from_public_key(&PublicKey::from_signing(key));
+        let need = amount.saturating_add(fee);
         if have < need {
             return Err(ClientError::InsufficientFunds { have, need });
         }
