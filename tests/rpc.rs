@@ -338,7 +338,11 @@ fn cli(c: &Cluster, node: usize, args: &[&str]) -> (i32, String, String) {
 fn time_cli_round_trips_with_exit_codes() {
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     // This cluster also logs JSON: one object per line.
-    let c = Cluster::start_with(3, "log_format = \"json\"\n");
+    // The payment path at debug for one module: its lines carry the txid.
+    let c = Cluster::start_with(
+        3,
+        "log_format = \"json\"\nlog = \"info,timecoin::node::core_thread=debug\"\n",
+    );
     let log = c.log(0);
     let lines: Vec<Value> = log
         .lines()
@@ -369,6 +373,21 @@ fn time_cli_round_trips_with_exit_codes() {
     let (code0, out, err) = cli(&c, 2, &["waittransactionfinality", &h, "20000"]);
     assert_eq!(code0, 0, "{err}");
     assert_eq!(serde_json::from_str::<Value>(&out).unwrap()["final"], true);
+    let txid = tx.txid().to_string();
+    let steps: Vec<String> = c
+        .log(2)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| v["fields"]["txid"] == txid.as_str())
+        .map(|v| v["fields"]["message"].as_str().unwrap_or("").to_string())
+        .collect();
+    assert!(
+        steps
+            .iter()
+            .any(|m| m == "payment locked and approved here")
+            && steps.iter().any(|m| m == "payment final (TimeProof)"),
+        "payment path lines with txid {txid}: {steps:?}"
+    );
     // A JSON-RPC error: exit 1, the error as JSON on stderr.
     let (code1, _, err) = cli(&c, 0, &["getbalance", "nope"]);
     assert_eq!(code1, 1);
@@ -509,4 +528,575 @@ fn measure_rpc_latency_and_throughput() {
             assert_eq!(v["final"], true);
         }
     }
+}
+
+#[test]
+fn transaction_proof_mempool_peer_and_registry_methods_then_stop() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let mut c = Cluster::start(3);
+    let rpc = Rpc::new(&c, 0);
+    let (a, b) = (c.wallet_key(0), c.wallet_key(1));
+    let tx = pay(c.chain_id(), &a, 0, 3, address(&b), 2 * COIN);
+    let hex_tx = hex::encode(tx.to_bytes());
+    let txid = tx.txid().to_string();
+    let unknown = timecoin::protocol::types::Txid([9; 32]).to_string();
+    // Before it is sent, nobody knows it.
+    for m in ["getrawtransaction", "gettransaction", "gettimeproof"] {
+        assert_eq!(
+            rpc.error_code(m, json!([unknown])),
+            code::INVALID_ADDRESS_OR_KEY,
+            "{m}"
+        );
+        assert_eq!(
+            rpc.error_code(m, json!(["zz"])),
+            code::INVALID_PARAMS,
+            "{m}"
+        );
+        assert_eq!(rpc.error_code(m, json!([])), code::INVALID_PARAMS, "{m}");
+        assert_eq!(rpc.error_code(m, json!([5])), code::INVALID_PARAMS, "{m}");
+    }
+    assert_eq!(
+        rpc.error_code("gettransaction", json!([txid, 1])),
+        code::INVALID_PARAMS
+    );
+    assert_eq!(
+        rpc.error_code("getrawtransaction", json!([txid, "yes"])),
+        code::INVALID_PARAMS
+    );
+    let fin = rpc
+        .call("waittransactionfinality", json!([hex_tx, 20_000]))
+        .unwrap();
+    assert_eq!(fin["final"], true);
+
+    // Read back at another masternode than the one it was sent to.
+    let rpc1 = Rpc::new(&c, 1);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let t = loop {
+        let t = rpc1.call("gettransaction", json!([txid]));
+        if let Ok(t) = &t {
+            if t["state"] == "final" {
+                break t.clone();
+            }
+        }
+        assert!(std::time::Instant::now() < deadline, "never final: {t:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(t["hex"], hex_tx);
+    assert_eq!(t["transaction"]["outputs"][0]["amount"], 2 * COIN);
+    assert_eq!(
+        t["transaction"]["outputs"][0]["address"],
+        address(&b).to_string()
+    );
+    assert_eq!(t["timeproof"]["verifies"], true, "{t}");
+    assert!(t["timeproof"]["approve_weight"].as_u64().unwrap() >= c.registry.quorum());
+    assert_eq!(t["timeproof"]["quorum"], c.registry.quorum());
+    assert_eq!(
+        rpc1.call("getrawtransaction", json!([txid])).unwrap(),
+        hex_tx
+    );
+    let verbose = rpc1.call("getrawtransaction", json!([txid, true])).unwrap();
+    assert_eq!(verbose["txid"], txid);
+    assert_eq!(
+        verbose["inputs"][0]["txid"],
+        genesis_outpoint(0, 3).txid.to_string()
+    );
+    let p = rpc1.call("gettimeproof", json!([txid])).unwrap();
+    let proof = TimeProof::from_bytes(&hex::decode(p["hex"].as_str().unwrap()).unwrap()).unwrap();
+    assert_eq!(proof.txid, tx.txid());
+    assert!(proof.verify(c.chain_id(), &c.registry).unwrap() >= c.registry.quorum());
+    let voters: Vec<String> = proof.votes.iter().map(|v| v.voter.to_string()).collect();
+    assert_eq!(p["voters"], json!(voters));
+    // A double spend of the same coin: rejected, and said so with the reason.
+    let double = pay(c.chain_id(), &a, 0, 3, address(&a), COIN);
+    let e = rpc
+        .call(
+            "sendrawtransaction",
+            json!([hex::encode(double.to_bytes())]),
+        )
+        .unwrap_err();
+    assert_eq!(e["code"], code::REJECTED, "{e}");
+    let d = rpc
+        .call("gettransaction", json!([double.txid().to_string()]))
+        .unwrap();
+    assert_eq!(d["state"], "rejected", "{d}");
+    assert_eq!(d["reason_code"], e["data"]["reason_code"], "{d} {e}");
+    assert_eq!(d["timeproof"], Value::Null);
+    assert_eq!(
+        rpc.error_code("gettimeproof", json!([double.txid().to_string()])),
+        code::INVALID_ADDRESS_OR_KEY
+    );
+
+    // Mempool: nothing undecided once the payment is final.
+    assert_eq!(rpc.call("getrawmempool", json!([])).unwrap(), json!([]));
+    let m = rpc.call("getrawmempool", json!([true])).unwrap();
+    assert_eq!(
+        (m["size"].clone(), m["listed"].clone()),
+        (json!(0), json!(0))
+    );
+    assert_eq!(
+        rpc.error_code("getrawmempool", json!([3])),
+        code::INVALID_PARAMS
+    );
+    assert_eq!(
+        rpc.error_code("getrawmempool", json!([true, 1])),
+        code::INVALID_PARAMS
+    );
+
+    // Peers and the registry.
+    let keys: Vec<String> = (0..3)
+        .map(|i| {
+            timecoin::protocol::types::PublicKey::from_signing(&c.masternode_key(i)).to_string()
+        })
+        .collect();
+    let peers = rpc.call("getpeerinfo", json!([])).unwrap();
+    let peers = peers.as_array().unwrap();
+    assert_eq!(peers.len(), 2, "{peers:?}");
+    for (pi, i) in peers.iter().zip(1..) {
+        let k = keys
+            .iter()
+            .position(|k| pi["key"] == *k)
+            .expect("a registered key");
+        assert_ne!(k, 0, "ourselves listed as a peer");
+        assert_eq!(pi["connected"], true, "{pi}");
+        assert_eq!(pi["banned_for_s"], Value::Null);
+        assert!(i <= 2);
+    }
+    assert_eq!(
+        rpc.error_code("getpeerinfo", json!([1])),
+        code::INVALID_PARAMS
+    );
+    let list = rpc.call("masternodelist", json!([])).unwrap();
+    let mns = list["masternodes"].as_array().unwrap();
+    assert_eq!(mns.len(), 3);
+    assert_eq!(list["quorum"], c.registry.quorum());
+    let me: Vec<&Value> = mns.iter().filter(|m| m["self"] == true).collect();
+    assert_eq!(me.len(), 1);
+    assert_eq!(me[0]["key"], keys[0]);
+    assert_eq!(
+        rpc.error_code("masternodelist", json!(["x"])),
+        code::INVALID_PARAMS
+    );
+
+    // unban: lifts a ban set by setban; a peer not banned is an error.
+    rpc.call("setban", json!([keys[1], "add", 60])).unwrap();
+    let banned = rpc.call("getpeerinfo", json!([])).unwrap();
+    assert!(
+        banned
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["key"] == keys[1] && p["banned_for_s"].as_u64().is_some()),
+        "{banned}"
+    );
+    assert_eq!(
+        rpc.call("unban", json!([keys[1]])).unwrap()["unbanned"],
+        keys[1]
+    );
+    assert_eq!(rpc.call("getbanlist", json!([])).unwrap(), json!([]));
+    assert_eq!(
+        rpc.error_code("unban", json!([keys[1]])),
+        code::INVALID_ADDRESS_OR_KEY
+    );
+    assert_eq!(rpc.error_code("unban", json!(["zz"])), code::INVALID_PARAMS);
+    assert_eq!(rpc.error_code("unban", json!([])), code::INVALID_PARAMS);
+
+    // time-cli has each of them, with --help.
+    for sub in [
+        "getrawtransaction",
+        "gettransaction",
+        "gettimeproof",
+        "getrawmempool",
+        "getpeerinfo",
+        "masternodelist",
+        "unban",
+        "stop",
+    ] {
+        let (code0, out, err) = cli(&c, 0, &[sub, "--help"]);
+        assert_eq!(code0, 0, "{sub}: {err}");
+        assert!(out.contains("Usage"), "{sub}: {out}");
+    }
+    let (code0, out, err) = cli(&c, 1, &["gettimeproof", &txid]);
+    assert_eq!(code0, 0, "{err}");
+    assert_eq!(
+        serde_json::from_str::<Value>(&out).unwrap()["hex"],
+        p["hex"]
+    );
+    let (code0, out, _) = cli(&c, 0, &["masternodelist"]);
+    assert_eq!(code0, 0);
+    assert_eq!(
+        serde_json::from_str::<Value>(&out).unwrap()["masternodes"]
+            .as_array()
+            .unwrap()
+            .len(),
+        3
+    );
+    let (code1, _, _) = cli(&c, 0, &["gettransaction", &unknown]);
+    assert_eq!(code1, 1);
+
+    // stop: refused with parameters; else the node shuts down as on
+    // SIGTERM and exits 0.
+    let rpc2 = Rpc::new(&c, 2);
+    assert_eq!(rpc2.error_code("stop", json!([1])), code::INVALID_PARAMS);
+    let (code0, out, err) = cli(&c, 2, &["stop"]);
+    assert_eq!(code0, 0, "{err}");
+    assert!(out.contains("stopping"), "{out}");
+    let mut child = c.children[2].take().unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "stop did not stop the node"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "{status}");
+    let log = c.log(2);
+    assert!(log.contains("stop requested over RPC"), "{log}");
+    assert!(log.contains("core stopped"), "{log}");
+}
+
+type WsClient = tokio_tungstenite::tungstenite::WebSocket<std::net::TcpStream>;
+
+/// A WebSocket client on `/ws` of masternode `i`, with `auth` (or none).
+fn ws_connect(
+    c: &Cluster,
+    i: usize,
+    auth: Option<&str>,
+) -> Result<WsClient, tokio_tungstenite::tungstenite::Error> {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let addr: SocketAddr = c.layout.rpc[i].unwrap();
+    let mut req = format!("ws://{addr}/ws").into_client_request().unwrap();
+    if let Some(a) = auth {
+        req.headers_mut()
+            .insert("Authorization", a.parse().unwrap());
+    }
+    let stream = std::net::TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    match tokio_tungstenite::tungstenite::client(req, stream) {
+        Ok((ws, _)) => Ok(ws),
+        Err(tokio_tungstenite::tungstenite::HandshakeError::Failure(e)) => Err(e),
+        Err(e) => panic!("handshake: {e}"),
+    }
+}
+
+fn ws_send(ws: &mut WsClient, v: Value) {
+    ws.send(tokio_tungstenite::tungstenite::Message::text(v.to_string()))
+        .unwrap();
+}
+
+/// The next JSON message within `limit`, or None.
+fn ws_next(ws: &mut WsClient, limit: Duration) -> Option<Value> {
+    use tokio_tungstenite::tungstenite::{Error, Message};
+    let deadline = std::time::Instant::now() + limit;
+    while std::time::Instant::now() < deadline {
+        match ws.read() {
+            Ok(Message::Text(t)) => return Some(serde_json::from_str(&t).unwrap()),
+            Ok(Message::Close(f)) => panic!("closed by the node: {f:?}"),
+            Ok(_) => {}
+            Err(Error::Io(e))
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(e) => panic!("websocket: {e}"),
+        }
+    }
+    None
+}
+
+/// The answer to request `id` (events read on the way are kept).
+fn ws_answer(ws: &mut WsClient, id: u64, events: &mut Vec<Value>) -> Value {
+    loop {
+        let v = ws_next(ws, Duration::from_secs(10)).expect("an answer");
+        if v["id"] == id {
+            return v;
+        }
+        events.push(v);
+    }
+}
+
+#[test]
+fn a_payment_is_followed_to_finality_over_websocket_events() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let c = Cluster::start_with(3, "rpc_rate_limit = 100000\n");
+    let rpc = Rpc::new(&c, 0);
+    let auth = Rpc::new(&c, 1).auth;
+    // Authenticated like the RPC.
+    use tokio_tungstenite::tungstenite::Error as WsError;
+    match ws_connect(&c, 1, None) {
+        Err(WsError::Http(r)) => assert_eq!(r.status().as_u16(), 401),
+        other => panic!("unauthenticated websocket: {:?}", other.map(|_| ())),
+    }
+    match ws_connect(&c, 1, Some(&basic_auth("__cookie__:wrong"))) {
+        Err(WsError::Http(r)) => assert_eq!(r.status().as_u16(), 401),
+        other => panic!("wrong cookie: {:?}", other.map(|_| ())),
+    }
+    let mut ws = ws_connect(&c, 1, Some(&auth)).unwrap();
+    let mut events = Vec::new();
+
+    let (a, b) = (c.wallet_key(0), c.wallet_key(1));
+    let tx = pay(c.chain_id(), &a, 0, 5, address(&b), 3 * COIN);
+    let txid = tx.txid().to_string();
+    // Bad requests: JSON-RPC errors with codes, and the socket stays open.
+    for (req, want) in [
+        (
+            json!({"id": 1, "method": "subscribe_txid", "params": ["zz"]}),
+            code::INVALID_PARAMS,
+        ),
+        (
+            json!({"id": 1, "method": "subscribe_txid", "params": []}),
+            code::INVALID_PARAMS,
+        ),
+        (
+            json!({"id": 1, "method": "subscribe_address", "params": ["nope"]}),
+            code::INVALID_ADDRESS_OR_KEY,
+        ),
+        (
+            json!({"id": 1, "method": "subscribe_everything", "params": [1]}),
+            code::METHOD_NOT_FOUND,
+        ),
+        (json!({"id": 1, "params": [1]}), code::INVALID_REQUEST),
+    ] {
+        ws_send(&mut ws, req.clone());
+        let v = ws_answer(&mut ws, 1, &mut events);
+        assert_eq!(v["error"]["code"], want, "{req} -> {v}");
+    }
+    ws.send(tokio_tungstenite::tungstenite::Message::text("{nope"))
+        .unwrap();
+    let v = ws_next(&mut ws, Duration::from_secs(5)).unwrap();
+    assert_eq!(v["error"]["code"], code::PARSE_ERROR);
+
+    // Subscribed by txid (before it exists) and by the payee's address.
+    ws_send(
+        &mut ws,
+        json!({"id": 2, "method": "subscribe_txid", "params": [txid]}),
+    );
+    assert_eq!(
+        ws_answer(&mut ws, 2, &mut events)["result"]["subscribed"],
+        txid
+    );
+    let addr_b = address(&b).to_string();
+    ws_send(
+        &mut ws,
+        json!({"id": 3, "method": "subscribe_address", "params": [addr_b]}),
+    );
+    assert_eq!(
+        ws_answer(&mut ws, 3, &mut events)["result"]["subscribed"],
+        addr_b
+    );
+
+    // Sent by sendrawtransaction at another masternode.
+    let sent = rpc
+        .call("sendrawtransaction", json!([hex::encode(tx.to_bytes())]))
+        .unwrap();
+    assert_eq!(sent, txid);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let (mut fin, mut utxo) = (Vec::new(), Vec::new());
+    while std::time::Instant::now() < deadline && (fin.is_empty() || utxo.is_empty()) {
+        if let Some(v) = ws_next(&mut ws, Duration::from_millis(200)) {
+            events.push(v);
+        }
+        for v in events.drain(..) {
+            match v["method"].as_str() {
+                Some("tx_notification") => fin.push(v),
+                Some("utxo_finalized") => utxo.push(v),
+                _ => panic!("unexpected: {v}"),
+            }
+        }
+    }
+    // Nothing more: subscribed twice, told once.
+    if let Some(v) = ws_next(&mut ws, Duration::from_millis(500)) {
+        panic!("a second event: {v}");
+    }
+    assert_eq!(fin.len(), 1, "{fin:?}");
+    let f = &fin[0]["params"];
+    assert_eq!(f["txid"], txid);
+    assert_eq!(f["final"], true);
+    assert_eq!(f["hex"], hex::encode(tx.to_bytes()));
+    let proof =
+        TimeProof::from_bytes(&hex::decode(f["timeproof"].as_str().unwrap()).unwrap()).unwrap();
+    assert_eq!(proof.txid, tx.txid());
+    assert!(proof.verify(c.chain_id(), &c.registry).unwrap() >= c.registry.quorum());
+    assert_eq!(utxo.len(), 1, "{utxo:?}");
+    let u = &utxo[0]["params"];
+    assert_eq!(
+        (u["txid"].clone(), u["vout"].clone()),
+        (json!(txid), json!(0))
+    );
+    assert_eq!(u["amount"], 3 * COIN);
+    assert_eq!(u["address"], addr_b);
+    assert_eq!(u["state"], "unspent");
+
+    // A rejection, with its reason.
+    let double = pay(c.chain_id(), &a, 0, 5, address(&a), COIN);
+    let dtxid = double.txid().to_string();
+    ws_send(
+        &mut ws,
+        json!({"id": 4, "method": "subscribe_txid", "params": [dtxid]}),
+    );
+    assert_eq!(
+        ws_answer(&mut ws, 4, &mut events)["result"]["subscribed"],
+        dtxid
+    );
+    // At the masternode serving the socket: the one that rejects it.
+    let e = Rpc::new(&c, 1)
+        .call(
+            "sendrawtransaction",
+            json!([hex::encode(double.to_bytes())]),
+        )
+        .unwrap_err();
+    assert_eq!(e["code"], code::REJECTED);
+    let v = ws_next(&mut ws, Duration::from_secs(10)).expect("tx_declined");
+    assert_eq!(v["method"], "tx_declined", "{v}");
+    assert_eq!(v["params"]["txid"], dtxid);
+    assert_eq!(v["params"]["reason_code"], e["data"]["reason_code"]);
+    // A txid already final is told at once.
+    ws_send(
+        &mut ws,
+        json!({"id": 5, "method": "subscribe_txid", "params": [txid]}),
+    );
+    let _ = ws_answer(&mut ws, 5, &mut events);
+    let v = match events.pop() {
+        Some(v) => v,
+        None => ws_next(&mut ws, Duration::from_secs(5)).expect("its proof at once"),
+    };
+    assert_eq!(v["method"], "tx_notification", "{v}");
+    assert_eq!(v["params"]["txid"], txid);
+
+    // At most MAX_WS_SUBSCRIPTIONS per connection.
+    use timecoin::node::rpc::ws::{MAX_WS_CONNECTIONS, MAX_WS_SUBSCRIPTIONS};
+    let mut ws2 = ws_connect(&c, 1, Some(&auth)).unwrap();
+    for n in 0..MAX_WS_SUBSCRIPTIONS as u64 {
+        let mut t = [0u8; 32];
+        t[..8].copy_from_slice(&n.to_le_bytes());
+        let t = timecoin::protocol::types::Txid(t).to_string();
+        ws_send(
+            &mut ws2,
+            json!({"id": n + 10, "method": "subscribe_txid", "params": [t]}),
+        );
+        let v = ws_answer(&mut ws2, n + 10, &mut events);
+        assert!(v.get("error").is_none(), "{n}: {v}");
+    }
+    ws_send(
+        &mut ws2,
+        json!({"id": 1, "method": "subscribe_address", "params": [address(&a).to_string()]}),
+    );
+    let v = ws_answer(&mut ws2, 1, &mut events);
+    assert_eq!(v["error"]["code"], code::INVALID_REQUEST, "{v}");
+    assert!(v["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains(&MAX_WS_SUBSCRIPTIONS.to_string()));
+    // At most MAX_WS_CONNECTIONS at once: one more is told 503.
+    let mut open = vec![ws, ws2];
+    while open.len() < MAX_WS_CONNECTIONS {
+        open.push(ws_connect(&c, 1, Some(&auth)).unwrap());
+    }
+    match ws_connect(&c, 1, Some(&auth)) {
+        Err(WsError::Http(r)) => assert_eq!(r.status().as_u16(), 503),
+        other => panic!("connection over the cap: {:?}", other.map(|_| ())),
+    }
+    // Closing one frees its place.
+    let mut one = open.pop().unwrap();
+    one.close(None).unwrap();
+    // Until the node's close answer (then the socket ends).
+    let until = std::time::Instant::now() + Duration::from_secs(2);
+    while std::time::Instant::now() < until && one.read().is_ok() {}
+    drop(one);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        match ws_connect(&c, 1, Some(&auth)) {
+            Ok(_) => break,
+            Err(_) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(50))
+            }
+            Err(e) => panic!("place never freed: {e}"),
+        }
+    }
+    assert_eq!(rpc.call("getconnectioncount", json!([])).unwrap(), 2);
+}
+
+/// A WebSocket client that hardly reads: a tiny receive buffer, then no
+/// reads while payments to its address finalize. The node closes it as a
+/// slow consumer (a write stuck for WS_SEND_TIMEOUT) and keeps serving.
+#[test]
+fn a_websocket_client_that_does_not_read_is_closed_as_a_slow_consumer() {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let c = Cluster::start_with(3, "rpc_rate_limit = 100000\n");
+    let rpc = Rpc::new(&c, 0);
+    let addr: SocketAddr = c.layout.rpc[0].unwrap();
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    sock.set_recv_buffer_size(2048).unwrap();
+    sock.connect(&addr.into()).unwrap();
+    let stream: std::net::TcpStream = sock.into();
+    stream
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let mut req = format!("ws://{addr}/ws").into_client_request().unwrap();
+    req.headers_mut()
+        .insert("Authorization", rpc.auth.parse().unwrap());
+    let (mut ws, _) = tokio_tungstenite::tungstenite::client(req, stream).unwrap();
+    let payee = address(&c.wallet_key(1));
+    let mut events = Vec::new();
+    for w in 0..4 {
+        let a = address(&c.wallet_key(w)).to_string();
+        ws_send(
+            &mut ws,
+            json!({"id": w + 1, "method": "subscribe_address", "params": [a]}),
+        );
+        assert!(ws_answer(&mut ws, w as u64 + 1, &mut events)["result"]["subscribed"].is_string());
+    }
+    // 800 payments touching them (about 2 KB of events each); the client
+    // reads nothing meanwhile.
+    for w in 0..4 {
+        let k = c.wallet_key(w);
+        for coin in 0..200 {
+            let tx = pay(c.chain_id(), &k, w as u32, coin, payee, COIN);
+            rpc.call("sendrawtransaction", json!([hex::encode(tx.to_bytes())]))
+                .unwrap();
+        }
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while !c.log(0).contains("slow consumer") {
+        if std::time::Instant::now() > deadline {
+            let mut n = 0;
+            let mut bytes = 0;
+            while let Some(v) = ws_next(&mut ws, Duration::from_secs(2)) {
+                n += 1;
+                bytes += v.to_string().len();
+            }
+            panic!("never closed as a slow consumer; {n} events ({bytes} bytes) read after");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // What was written before reads out, then the connection ends.
+    let mut read = 0;
+    let ended = loop {
+        match ws.read() {
+            Ok(tokio_tungstenite::tungstenite::Message::Close(_)) => break true,
+            Ok(_) => read += 1,
+            Err(tokio_tungstenite::tungstenite::Error::Io(e))
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "still open after {read}"
+                );
+            }
+            Err(_) => break true,
+        }
+    };
+    assert!(ended);
+    assert!(read < 3_200, "{read} events: all of them got through");
+    // The node goes on serving.
+    assert_eq!(rpc.call("getconnectioncount", json!([])).unwrap(), 2);
 }

@@ -226,9 +226,35 @@ fn check(cli: &Cli) -> Result<(), AnyError> {
     if cli.connections == Some(0) {
         return Err("--connections must be at least 1".into());
     }
+    for (flag, path) in [
+        ("--json", &cli.json),
+        ("--json-detail", &cli.json_detail),
+        ("--html", &cli.html),
+    ] {
+        if let Some(p) = path {
+            check_output_dir(flag, p)?;
+        }
+    }
     let masternodes = cli.devnet.unwrap_or(cli.targets.len());
     if cli.double_spend_pct > 0.0 && (masternodes < 2 || connections(cli, masternodes) < 2) {
         return Err("--double-spend-pct needs at least 2 masternodes and 2 connections".into());
+    }
+    Ok(())
+}
+
+/// A report path whose directory is missing fails now, not after the run.
+fn check_output_dir(flag: &str, p: &std::path::Path) -> Result<(), AnyError> {
+    let dir = match p.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => std::path::Path::new("."),
+    };
+    if !dir.is_dir() {
+        return Err(format!(
+            "{flag} {}: directory {} does not exist; create it first or choose another path",
+            p.display(),
+            dir.display()
+        )
+        .into());
     }
     Ok(())
 }

@@ -99,6 +99,31 @@ enum Cmd {
         /// Longest wait in milliseconds.
         timeout_ms: Option<u64>,
     },
+    /// A transaction's hex by txid (--verbose: its inputs and outputs too).
+    Getrawtransaction {
+        txid: String,
+        #[arg(long)]
+        verbose: bool,
+    },
+    /// A transaction, its state here (final, pending, rejected with the
+    /// reason) and its TimeProof's summary (voters, weight, quorum).
+    Gettransaction { txid: String },
+    /// A final transaction's TimeProof: hex and voters, verifiable offline
+    /// against the genesis registry.
+    Gettimeproof { txid: String },
+    /// Txids pending here (--verbose: with the count).
+    Getrawmempool {
+        #[arg(long)]
+        verbose: bool,
+    },
+    /// Peer masternodes: address, tier, connected, reputation, ban.
+    Getpeerinfo,
+    /// Every registered masternode, with the registry's epoch and quorum.
+    Masternodelist,
+    /// Lift a peer masternode's ban.
+    Unban { key: String },
+    /// Stop the masternode cleanly (as SIGTERM does).
+    Stop,
 }
 
 impl Cmd {
@@ -143,6 +168,16 @@ impl Cmd {
                 }
                 ("waittransactionfinality", p)
             }
+            Cmd::Getrawtransaction { txid, verbose } => {
+                ("getrawtransaction", vec![json!(txid), json!(verbose)])
+            }
+            Cmd::Gettransaction { txid } => ("gettransaction", vec![json!(txid)]),
+            Cmd::Gettimeproof { txid } => ("gettimeproof", vec![json!(txid)]),
+            Cmd::Getrawmempool { verbose } => ("getrawmempool", vec![json!(verbose)]),
+            Cmd::Getpeerinfo => ("getpeerinfo", vec![]),
+            Cmd::Masternodelist => ("masternodelist", vec![]),
+            Cmd::Unban { key } => ("unban", vec![json!(key)]),
+            Cmd::Stop => ("stop", vec![]),
         }
     }
 }
@@ -171,6 +206,14 @@ fn endpoints(dir: &std::path::Path, node: usize) -> Result<(String, PathBuf), St
 }
 
 fn main() -> ExitCode {
+    // Like any Unix tool, end quietly when the reader of stdout goes away
+    // (`... | head`) instead of panicking in println!. Safe here: this
+    // program's sockets are Rust std/mio ones, which write with
+    // MSG_NOSIGNAL, so only stdout/stderr can raise SIGPIPE.
+    // SAFETY: signal(2) with SIG_DFL at start, before any thread exists.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = Cli::parse();
     if let Cmd::Rpcauth { user, password } = &cli.cmd {
         if user.is_empty() || user.contains(':') {

@@ -110,6 +110,16 @@ fn main() -> ExitCode {
 
 type AnyError = Box<dyn std::error::Error + Send + Sync>;
 
+/// `println!` that does not panic when stdout is gone (`... | head`): the
+/// output is dropped and the command goes on (a devnet keeps its
+/// masternodes running and stops them cleanly later).
+macro_rules! say {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($t)*);
+    }};
+}
+
 fn runtime() -> Result<tokio::runtime::Runtime, AnyError> {
     Ok(tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -143,6 +153,7 @@ fn run(args: RunArgs) -> Result<(), AnyError> {
             tokio::select! {
                 _ = tokio::signal::ctrl_c() => break,
                 _ = term.recv() => break,
+                _ = node.stop_requested() => break,
                 _ = check.tick() => if node.core_finished() { break },
             }
         }
@@ -165,9 +176,9 @@ fn evidence(data_dir: &std::path::Path) -> Result<(), AnyError> {
     }
     let store = timecoin::storage::LmdbStore::open(&db, Default::default())?;
     let all = store.evidence()?;
-    println!("{} equivocation record(s)", all.len());
+    say!("{} equivocation record(s)", all.len());
     for e in all {
-        println!(
+        say!(
             "voter {} on {}: {:?} then {:?}",
             e.voter(),
             e.txid,
@@ -182,9 +193,14 @@ fn status(node: std::net::SocketAddr, chain_id: u32) -> Result<(), AnyError> {
     runtime()?.block_on(async move {
         let mut c = WalletClient::connect(node, chain_id).await?;
         let s = c.status().await?;
-        println!(
+        say!(
             "masternode {}\n  peers connected {}/{}\n  pending {}\n  finalized {}\n  rejected {}",
-            s.public_key, s.peers_connected, s.peers_total, s.pending, s.finalized, s.rejected
+            s.public_key,
+            s.peers_connected,
+            s.peers_total,
+            s.pending,
+            s.finalized,
+            s.rejected
         );
         if s.catching_up {
             println!("  catching up with peers (approves nothing until it has)");
@@ -262,8 +278,10 @@ fn devnet(args: DevnetArgs) -> Result<(), AnyError> {
         std::fs::remove_dir_all(&args.data_dir)?;
     }
     let layout = DevnetLayout::open_or_generate(&args.data_dir, &spec)?;
+    // One devnet per directory; held until this process ends.
+    let _lock = lock_devnet(&layout.dir)?;
     if args.init_only {
-        println!("devnet files in {}", layout.dir.display());
+        say!("devnet files in {}", layout.dir.display());
         return Ok(());
     }
     let exe = std::env::current_exe()?;
@@ -287,6 +305,24 @@ fn devnet(args: DevnetArgs) -> Result<(), AnyError> {
     }
     let rt = runtime()?;
     let ok = rt.block_on(wait_connected(&layout, Duration::from_secs(30)));
+    // Answers may come from another process on these ports: every one of
+    // ours must still be running.
+    for (i, c) in &mut children.0 {
+        if let Ok(Some(st)) = c.try_wait() {
+            let log = layout.node_configs[*i].with_file_name("node.log");
+            let tail = std::fs::read_to_string(&log).unwrap_or_default();
+            let last = tail
+                .lines()
+                .rev()
+                .find(|l| !l.trim().is_empty())
+                .unwrap_or("");
+            return Err(format!(
+                "masternode {i} exited at start ({st}): {last}\n(see {})",
+                log.display()
+            )
+            .into());
+        }
+    }
     if let Err(e) = ok {
         eprintln!(
             "devnet did not come up: {e}; see {}/mn*/node.log",
@@ -294,35 +330,35 @@ fn devnet(args: DevnetArgs) -> Result<(), AnyError> {
         );
         return Err(e);
     }
-    println!(
+    say!(
         "TIME Coin devnet is up: {} masternodes, chain id {}",
         layout.endpoints.len(),
         layout.chain_id
     );
     for (i, e) in layout.endpoints.iter().enumerate() {
-        println!(
+        say!(
             "  masternode {i}: {e}   log: {}",
             layout.node_configs[i].with_file_name("node.log").display()
         );
         match layout.metrics.get(i).copied().flatten() {
-            Some(m) => println!("    metrics: http://{m}/metrics"),
+            Some(m) => say!("    metrics: http://{m}/metrics"),
             None => {
-                println!("    metrics: off (devnet made before metrics; --fresh turns them on)")
+                say!("    metrics: off (devnet made before metrics; --fresh turns them on)")
             }
         }
     }
-    println!(
+    say!(
         "endpoints of every masternode: {}",
         layout.dir.join("endpoints.json").display()
     );
-    println!("genesis: {}", layout.genesis.display());
-    println!("funded wallets:");
+    say!("genesis: {}", layout.genesis.display());
+    say!("funded wallets:");
     for w in &layout.wallet_keys {
-        println!("  {}", w.display());
+        say!("  {}", w.display());
     }
     if let (Some(w0), Some(w1)) = (layout.wallet_keys.first(), layout.wallet_keys.get(1)) {
-        println!("pay 1.5 TIME from wallet0 to wallet1:");
-        println!(
+        say!("pay 1.5 TIME from wallet0 to wallet1:");
+        say!(
             "  cargo run --release --bin time-wallet -- send --key {} --genesis {} --node {} --to $(cargo run -q --release --bin time-wallet -- address --key {}) --amount 1.5",
             w0.display(),
             layout.genesis.display(),
@@ -330,7 +366,7 @@ fn devnet(args: DevnetArgs) -> Result<(), AnyError> {
             w1.display()
         );
     }
-    println!("Ctrl-C stops the devnet.");
+    say!("Ctrl-C stops the devnet.");
     rt.block_on(async {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         let limit = async {
@@ -349,8 +385,11 @@ fn devnet(args: DevnetArgs) -> Result<(), AnyError> {
                 _ = check.tick() => {
                     for (i, c) in &mut children.0 {
                         if let Ok(Some(st)) = c.try_wait() {
-                            eprintln!("masternode {i} exited ({st}); stopping the devnet");
-                            return Ok::<(), AnyError>(());
+                            return Err::<(), AnyError>(format!(
+                                "masternode {i} exited ({st}); stopping the devnet; see {}",
+                                layout.node_configs[*i].with_file_name("node.log").display()
+                            )
+                            .into());
                         }
                     }
                 }
@@ -358,9 +397,28 @@ fn devnet(args: DevnetArgs) -> Result<(), AnyError> {
         }
         Ok(())
     })?;
-    println!("stopping masternodes");
+    say!("stopping masternodes");
     drop(children);
     Ok(())
+}
+
+/// Takes `dir/devnet.lock`, or says a devnet runs there already.
+fn lock_devnet(dir: &std::path::Path) -> Result<std::fs::File, AnyError> {
+    let path = dir.join("devnet.lock");
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)?;
+    if f.try_lock().is_err() {
+        return Err(format!(
+            "a devnet is already running in {}: stop it first (Ctrl-C where it runs), \
+             or start another with --data-dir OTHER_DIR --base-port OTHER_PORT",
+            dir.display()
+        )
+        .into());
+    }
+    Ok(f)
 }
 
 async fn wait_connected(layout: &DevnetLayout, limit: Duration) -> Result<(), AnyError> {

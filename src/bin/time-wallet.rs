@@ -25,8 +25,9 @@ struct Cli {
 
 #[derive(clap::Args, Clone)]
 struct Net {
-    /// Masternode to talk to (its P2P port).
-    #[arg(long, default_value = "127.0.0.1:24200")]
+    /// Masternode to talk to (its P2P port): host:port, e.g.
+    /// 127.0.0.1:24200 or localhost:24200.
+    #[arg(long, default_value = "127.0.0.1:24200", value_parser = parse_node)]
     node: SocketAddr,
     /// Genesis file of the network (gives the chain id and the registry
     /// used to verify TimeProofs).
@@ -66,14 +67,18 @@ enum Cmd {
         #[arg(long)]
         to: String,
         /// Amount in TIME, e.g. 1.5 (8 decimals at most).
-        #[arg(long)]
+        #[arg(long, allow_hyphen_values = true)]
         amount: String,
         /// Fee in TIME [default: the 0.01 TIME minimum].
-        #[arg(long, default_value = "0.01")]
+        #[arg(long, default_value = "0.01", allow_hyphen_values = true)]
         fee: String,
         /// How long to wait for an outcome, in seconds.
         #[arg(long, default_value_t = 30)]
         timeout: u64,
+        /// Spend exactly these coins, TXID:VOUT (repeatable) [default: the
+        /// wallet picks unspent coins].
+        #[arg(long = "coin", value_parser = parse_coin)]
+        coins: Vec<timecoin::protocol::types::OutPoint>,
         #[command(flatten)]
         net: Net,
     },
@@ -93,7 +98,57 @@ enum Cmd {
 
 type AnyError = Box<dyn std::error::Error + Send + Sync>;
 
+/// Whether `addr` spent in `tx` (then its outputs to `addr` are change),
+/// and what `tx` pays `addr`.
+fn watch_line_amounts(tx: &timecoin::protocol::types::Transaction, addr: &Address) -> (bool, u64) {
+    let sent = tx
+        .inputs
+        .iter()
+        .any(|i| Address::from_public_key(&i.public_key) == *addr);
+    let to_addr = tx
+        .outputs
+        .iter()
+        .filter(|o| o.address == *addr)
+        .map(|o| o.amount)
+        .sum();
+    (sent, to_addr)
+}
+
+/// `TXID:VOUT`.
+fn parse_coin(s: &str) -> Result<timecoin::protocol::types::OutPoint, String> {
+    let bad = || format!("{s:?} is not a coin: give TXID:VOUT (64 hex digits, a colon, a number)");
+    let (t, v) = s.split_once(':').ok_or_else(bad)?;
+    Ok(timecoin::protocol::types::OutPoint {
+        txid: t.parse().map_err(|_| bad())?,
+        vout: v.parse().map_err(|_| bad())?,
+    })
+}
+
+/// `host:port`, resolved (a name like `localhost` too); IPv4 first, as
+/// masternodes listen on IPv4 by default.
+fn parse_node(s: &str) -> Result<SocketAddr, String> {
+    use std::net::ToSocketAddrs;
+    let addrs: Vec<SocketAddr> = s
+        .to_socket_addrs()
+        .map_err(|e| format!("{s:?} is not host:port ({e}); e.g. 127.0.0.1:24200"))?
+        .collect();
+    addrs
+        .iter()
+        .find(|a| a.is_ipv4())
+        .or(addrs.first())
+        .copied()
+        .ok_or_else(|| format!("{s:?} resolves to no address"))
+}
+
 fn main() -> ExitCode {
+    // Like any Unix tool, end quietly when the reader of stdout goes away
+    // (`... | head`) instead of panicking in println!. Safe here: this
+    // program's sockets are Rust std/mio ones, which write with
+    // MSG_NOSIGNAL, so only stdout/stderr can raise SIGPIPE.
+    // SAFETY: signal(2) with SIG_DFL at start, before any thread exists.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     match run(Cli::parse()) {
         Ok(code) => code,
         Err(e) => {
@@ -166,19 +221,36 @@ fn run(cli: Cli) -> Result<ExitCode, AnyError> {
             amount,
             fee,
             timeout,
+            coins,
             net,
         } => {
             let key = KeyFile::load(&key)?;
             let to: Address = to.parse()?;
             let amount = parse_amount(&amount)?;
-            let fee = parse_amount(&fee)?;
+            if amount == 0 {
+                return Err("--amount 0: give a positive amount in TIME, e.g. 1.5".into());
+            }
+            let fee = parse_amount(&fee).map_err(|e| format!("--fee: {e}"))?;
+            let min_fee = timecoin::protocol::validation::Limits::default().min_fee;
+            if fee < min_fee {
+                return Err(format!(
+                    "fee {} TIME is below the network's minimum {} TIME: raise --fee (or leave it out to pay the minimum)",
+                    format_amount(fee),
+                    format_amount(min_fee)
+                )
+                .into());
+            }
             let g = GenesisFile::load(&net.genesis)?;
             let genesis = g.to_genesis()?;
             return rt.block_on(async {
                 let mut c =
                     WalletClient::connect_registered(net.node, g.chain_id, &genesis.registry)
                         .await?;
-                let tx = c.build_payment(&key, to, amount, fee).await?;
+                let tx = if coins.is_empty() {
+                    c.build_payment(&key, to, amount, fee).await?
+                } else {
+                    c.build_payment_from(&key, &coins, to, amount, fee).await?
+                };
                 let txid = tx.txid();
                 println!("txid {txid}");
                 let start = Instant::now();
@@ -232,16 +304,26 @@ fn run(cli: Cli) -> Result<ExitCode, AnyError> {
                     // its idle timeout (300 s): ping while nothing arrives.
                     match c.recv_timeout(left.min(Duration::from_secs(60))).await {
                         Ok(Message::NewTransactionNotification { txid, tx }) => {
-                            let received: u64 = tx
-                                .outputs
-                                .iter()
-                                .filter(|o| o.address == addr)
-                                .map(|o| o.amount)
-                                .sum();
-                            println!(
-                                "final: {txid}  {} TIME to this address",
-                                format_amount(received)
-                            );
+                            let (sent, received) = watch_line_amounts(&tx, &addr);
+                            if sent {
+                                // Our own payment: what is back is change.
+                                let paid: u64 = tx
+                                    .outputs
+                                    .iter()
+                                    .filter(|o| o.address != addr)
+                                    .map(|o| o.amount)
+                                    .sum();
+                                println!(
+                                    "final: {txid}  sent {} TIME from this address ({} TIME change back)",
+                                    format_amount(paid),
+                                    format_amount(received)
+                                );
+                            } else {
+                                println!(
+                                    "final: {txid}  {} TIME received by this address",
+                                    format_amount(received)
+                                );
+                            }
                         }
                         Ok(Message::UtxoStateNotification { outpoint, entry }) => {
                             println!(

@@ -13,7 +13,8 @@ use serde::Deserialize;
 #[derive(Args, Debug, Clone, Default)]
 pub struct RunArgs {
     /// TOML configuration file; its keys are the long option names below with
-    /// '_' for '-', e.g. `listen = "0.0.0.0:24000"`. Relative paths in it are
+    /// '_' for '-', e.g. `listen_host = "0.0.0.0"` and `p2p_port = 24000`
+    /// (deploy/node.toml lists every key). Relative paths in it are
     /// relative to the file's directory.
     #[arg(long, short = 'c')]
     pub config: Option<PathBuf>,
@@ -103,6 +104,13 @@ pub struct RunArgs {
     /// `.cookie`): host:port, or a port alone for 127.0.0.1 [default: off].
     #[arg(long)]
     pub rpc_listen: Option<String>,
+    /// Serve RPC (and its WebSocket) over TLS with this certificate chain
+    /// (PEM); needs --rpc-tls-key [default: plain HTTP].
+    #[arg(long)]
+    pub rpc_tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of --rpc-tls-cert.
+    #[arg(long)]
+    pub rpc_tls_key: Option<PathBuf>,
     /// RPC read calls allowed per second (writes: a quarter) [default: 1000].
     #[arg(long)]
     pub rpc_rate_limit: Option<u32>,
@@ -142,11 +150,32 @@ struct FileConfig {
     verify_threads: Option<usize>,
     metrics_listen: Option<String>,
     rpc_listen: Option<String>,
+    rpc_tls_cert: Option<PathBuf>,
+    rpc_tls_key: Option<PathBuf>,
     rpc_rate_limit: Option<u32>,
     #[serde(default)]
     rpcauth: Vec<String>,
     #[serde(default)]
     rpcallowip: Vec<String>,
+}
+
+/// `value` if it is within `min..=max`, else the error naming the range
+/// (a config value is refused, never silently clamped).
+fn in_range<T: PartialOrd + std::fmt::Display + Copy>(
+    key: &'static str,
+    value: T,
+    min: T,
+    max: T,
+) -> Result<T, ConfigError> {
+    if value < min || value > max {
+        return Err(ConfigError::OutOfRange {
+            key,
+            value: value.to_string(),
+            min: min.to_string(),
+            max: max.to_string(),
+        });
+    }
+    Ok(value)
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -164,6 +193,13 @@ pub enum ConfigError {
     },
     #[error("missing setting {0} (flag --{1}, or `{2}` in the config file)")]
     Missing(&'static str, &'static str, &'static str),
+    #[error("{key} = {value} is out of range: use {min} to {max}")]
+    OutOfRange {
+        key: &'static str,
+        value: String,
+        min: String,
+        max: String,
+    },
     #[error("unknown network {0:?}: use mainnet, testnet or devnet")]
     Network(String),
     #[error("listen address {0}:{1} is not a valid socket address")]
@@ -262,6 +298,8 @@ pub struct NodeConfig {
     pub metrics_listen: Option<SocketAddr>,
     /// JSON-RPC address; `None`: RPC off.
     pub rpc_listen: Option<SocketAddr>,
+    /// RPC over TLS: (certificate chain, private key), PEM files.
+    pub rpc_tls: Option<(PathBuf, PathBuf)>,
     pub rpc_rate_limit: u32,
     pub rpcauth: Vec<crate::node::rpc::RpcAuth>,
     pub rpcallowip: Vec<crate::node::rpc::AllowIp>,
@@ -412,6 +450,20 @@ impl RunArgs {
             Some(v) => Some(listen_addr("rpc_listen", &v)?),
             None => None,
         };
+        let rpc_tls = match (
+            self.rpc_tls_cert
+                .or(file.rpc_tls_cert.map(|p| rel(&base, p))),
+            self.rpc_tls_key.or(file.rpc_tls_key.map(|p| rel(&base, p))),
+        ) {
+            (Some(c), Some(k)) => Some((c, k)),
+            (None, None) => None,
+            _ => {
+                return Err(ConfigError::Invalid(
+                    "rpc_tls_cert and rpc_tls_key go together: set both (PEM files) or neither"
+                        .into(),
+                ))
+            }
+        };
         let pick =
             |flags: Vec<String>, file: Vec<String>| if flags.is_empty() { file } else { flags };
         let rpcauth = pick(self.rpcauth, file.rpcauth)
@@ -455,29 +507,26 @@ impl RunArgs {
             log_json,
             metrics_listen,
             rpc_listen,
+            rpc_tls,
             rpcauth,
             rpcallowip,
             rpc_rate_limit: self
                 .rpc_rate_limit
                 .or(file.rpc_rate_limit)
-                .unwrap_or(1_000)
-                .max(1),
+                .map_or(Ok(1_000), |v| in_range("rpc_rate_limit", v, 1, u32::MAX))?,
             verify_threads: self
                 .verify_threads
                 .or(file.verify_threads)
-                .unwrap_or(cores.min(8))
-                .clamp(1, 64),
+                .map_or(Ok(cores.min(8)), |v| in_range("verify_threads", v, 1, 64))?,
             round_window_us: self
                 .round_window_us
                 .or(file.round_window_us)
-                .unwrap_or(500)
-                .min(5_000),
+                .map_or(Ok(500), |v| in_range("round_window_us", v, 0, 5_000))?,
             peer_transport,
             vote_threads: self
                 .vote_threads
                 .or(file.vote_threads)
-                .unwrap_or(1)
-                .clamp(1, 256),
+                .map_or(Ok(1), |v| in_range("vote_threads", v, 1, 256))?,
             vote_cores,
             fast_path,
             io_backend,

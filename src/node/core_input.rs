@@ -86,6 +86,17 @@ pub(super) enum CoreInput {
         query: WalletQuery,
         permit: OwnedSemaphorePermit,
     },
+    /// A wallet session (the RPC's push events) waits on a txid's outcome
+    /// without submitting it.
+    WalletWatch {
+        session: SessionId,
+        txid: Txid,
+    },
+    /// An operator's query (RPC) the wallet protocol has no message for.
+    NodeQuery {
+        query: crate::node::node_api::NodeQuery,
+        reply: crate::node::node_api::NodeReply,
+    },
     /// Outcomes from the vote threads.
     Tally(Vec<TallyEvent>),
     /// A proof and its transaction, already verified off the core thread

@@ -24,7 +24,7 @@ use bytes::Bytes;
 use crossbeam::channel as cb;
 use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::OwnedSemaphorePermit;
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::node::core_input::{Clock, CoreInput, WalletQuery};
 use crate::node::fastpath::{FastPathSender, FastPathStats};
@@ -176,7 +176,23 @@ fn log_event(ev: &Event) {
                 "conflicting TimeProofs: Byzantine weight at or above 1/3?"
             );
         }
-        Event::Accepted { .. } | Event::Finalized { .. } | Event::Rejected { .. } => {}
+        // The payment path, one line per step with its `txid` field (debug:
+        // `log = "info,timecoin::node::core_thread=debug"` shows them).
+        Event::Accepted { txid } => debug!(%txid, "payment locked and approved here"),
+        Event::Finalized {
+            txid,
+            age_ms,
+            proof,
+            ..
+        } => {
+            debug!(%txid, age_ms, votes = proof.votes.len(), "payment final (TimeProof)")
+        }
+        Event::Rejected {
+            txid,
+            reason,
+            detail,
+            ..
+        } => debug!(%txid, reason = reason.describe(), detail, "payment rejected"),
     }
 }
 
@@ -383,9 +399,28 @@ fn handle_input(
             let reply = answer_query(mn, ctx, query);
             wallets.deliver_answer(session, reply, Some(permit));
         }
+        CoreInput::WalletWatch { session, txid } => {
+            if let Some(reply) = mn.handle_wallet_watch(session, txid, store)? {
+                wallets.deliver(session, reply);
+            }
+        }
+        CoreInput::NodeQuery { query, reply } => {
+            let connected = connected_set(ctx);
+            let _ = reply.send(crate::node::node_api::answer(
+                mn, store, &connected, now, query,
+            ));
+        }
         CoreInput::Shutdown => return Ok(true),
     }
     Ok(false)
+}
+
+/// The peers whose connection is up now (as [`track_peers`] sees them).
+fn connected_set(ctx: &CoreCtx) -> HashSet<PublicKey> {
+    match &*ctx.net {
+        PeerNet::Pool(p) => p.connected_peers().into_iter().map(PublicKey).collect(),
+        PeerNet::Links(_) => ctx.links_up.lock().expect("links lock").clone(),
+    }
 }
 
 /// A wallet's query, answered from the state machine.

@@ -18,7 +18,7 @@ pub struct KeyFile {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum KeyFileError {
-    #[error("cannot read key file {path}: {source}")]
+    #[error("cannot read key file {path}: {source} (check key_file in the config; a masternode's key must be one registered in the genesis)")]
     Read {
         path: String,
         source: std::io::Error,

@@ -18,7 +18,8 @@
 //! - [`wallet_server`]: wallet sessions, their limits and their counters
 //!   (which session hears what is the state machine's router).
 //! - [`metrics`]: the Prometheus metrics and the `/metrics` endpoint.
-//! - [`rpc`]: JSON-RPC over HTTP, through the wallet sessions' typed API.
+//! - [`rpc`]: JSON-RPC over HTTP and its WebSocket push events, through the
+//!   wallet sessions' typed API and [`node_api`]'s operator queries.
 //! - `wire`: frame encoding, connection errors, [`NetStats`].
 //! - [`peer_net`], [`fastpath`], [`verifier`], [`vote_threads`]: the
 //!   transports and worker pools those parts use.
@@ -34,11 +35,11 @@ pub mod keyfile;
 mod links;
 mod listener;
 pub mod metrics;
+pub mod node_api;
 mod peer_glue;
 pub mod peer_net;
 mod proof_check;
 pub mod rpc;
-mod rpc_blocks;
 pub mod startup;
 pub mod verifier;
 pub mod vote_threads;

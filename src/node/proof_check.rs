@@ -98,7 +98,7 @@ impl ProofCheck {
                         }
                         Err(e) => {
                             s.invalid.fetch_add(1, Ordering::Relaxed);
-                            debug!(peer = %job.from, "invalid proof from peer: {e}");
+                            debug!(peer = %job.from, txid = %job.proof.txid, "invalid proof from peer: {e}");
                             core.offer(CoreInput::Misbehaved {
                                 peer: job.from,
                                 why: Misbehaviour::InvalidProof,

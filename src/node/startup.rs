@@ -41,7 +41,7 @@ use crate::node::metrics::{bind_metrics, serve_metrics, NodeMetrics, Sources};
 use crate::node::peer_glue::{spawn_pool_inbox, FastRepair, PeerCtx};
 use crate::node::peer_net::PeerNet;
 use crate::node::proof_check::ProofCheck;
-use crate::node::rpc::{serve_rpc, write_cookie, RpcCtx};
+use crate::node::rpc::{serve_rpc, write_cookie, RpcCtx, RpcNode};
 use crate::node::vote_threads::VoteThreadConfig;
 use crate::node::wallet_server::{WalletCtx, WalletStats};
 use crate::node::wire::NetStats;
@@ -67,8 +67,18 @@ pub enum NodeError {
     },
     #[error("data directory {0} is in use by another masternode process")]
     Locked(String),
-    #[error("genesis is for network {genesis:?} but the node is configured for {configured:?}")]
-    NetworkMismatch { genesis: String, configured: String },
+    #[error("genesis {path} is for network {genesis:?} but the node is configured for {configured:?}: set `network = \"{genesis}\"` in the config (or --network {genesis}), or point `genesis` at a {configured} genesis file")]
+    NetworkMismatch {
+        path: String,
+        genesis: String,
+        configured: String,
+    },
+    #[error("key {key} (key file {key_file}) is not a registered masternode in the genesis {genesis}: its votes would not count and it would serve balances it cannot vouch for. Use the key file of a masternode listed in that genesis, or register this key (add it to the genesis registry)")]
+    NotRegistered {
+        key: String,
+        key_file: String,
+        genesis: String,
+    },
     #[error("peer pool: {0}")]
     Pool(String),
     #[error("fast path: {0}")]
@@ -83,6 +93,8 @@ pub enum NodeError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error(transparent)]
+    RpcTls(#[from] crate::node::rpc::TlsSetupError),
     #[error("cannot write the RPC cookie in {path}: {source}")]
     Cookie {
         path: String,
@@ -108,6 +120,8 @@ pub struct Node {
     stopping: Arc<AtomicBool>,
     core_tx: CoreTx,
     core: Option<JoinHandle<Result<(), StoreError>>>,
+    /// Told by the RPC's `stop`.
+    stop_requested: Arc<tokio::sync::Notify>,
 }
 
 /// The peer transport, before its tasks run.
@@ -148,6 +162,13 @@ impl Node {
                     .map_err(|source| NodeError::RpcListen { addr, source })?,
             ),
             None => None,
+        };
+        // Before anything starts: a bad certificate or key is refused here.
+        let rpc_tls = match &cfg.rpc_tls {
+            Some((cert, key)) if rpc_listener.is_some() => {
+                Some(crate::node::rpc::tls_acceptor(cert, key)?)
+            }
+            _ => None,
         };
         let metrics_listener = match cfg.metrics_listen {
             Some(addr) => Some(
@@ -203,6 +224,7 @@ impl Node {
         let wallets = spawn_network(&w, transport.links, transport.inbox, fast.repair, listener);
         let rpc_addr = rpc_listener.as_ref().and_then(|l| l.local_addr().ok());
         let mut cookie_path = None;
+        let stop_requested = Arc::new(tokio::sync::Notify::new());
         if let Some(l) = rpc_listener {
             let (path, cookie) =
                 write_cookie(&cfg.data_dir).map_err(|source| NodeError::Cookie {
@@ -210,15 +232,21 @@ impl Node {
                     source,
                 })?;
             let peers = (w.ingest.gate.clone(), w.ingest.clock);
-            let mut ctx = RpcCtx::new(wallets, &cfg, genesis.chain_id, local_addr, &cookie, peers);
-            ctx.chain = Some(crate::node::rpc_blocks::ChainCtx {
+            let node = RpcNode {
+                chain_id: genesis.chain_id,
+                registry: genesis.registry.clone(),
+                p2p: local_addr,
+                stop: stop_requested.clone(),
+            };
+            let mut ctx = RpcCtx::new(wallets, &cfg, node, &cookie, peers);
+            ctx.chain = Some(crate::node::rpc::blocks::ChainCtx {
                 reader: chain_reader,
                 chain_id: genesis.chain_id,
                 registry: genesis.registry.clone(),
                 snapshot: metrics.snapshot.clone(),
                 enabled: cfg.block_interval_ms.is_some(),
             });
-            tokio::spawn(serve_rpc(l, Arc::new(ctx)));
+            tokio::spawn(serve_rpc(l, Arc::new(ctx), rpc_tls));
             cookie_path = Some(path);
         }
         info!(%local_addr, key = %w.id.me, chain = genesis.chain_id, "masternode listening");
@@ -232,6 +260,7 @@ impl Node {
             stopping: w.stopping.clone(),
             core_tx: w.core.clone(),
             core: Some(core),
+            stop_requested,
         })
     }
 
@@ -254,6 +283,12 @@ impl Node {
         }
     }
 
+    /// Resolves when an operator asked the node to stop (RPC `stop`): the
+    /// caller then stops it as on SIGTERM, with [`Node::shutdown`].
+    pub async fn stop_requested(&self) {
+        self.stop_requested.notified().await
+    }
+
     /// True once the core thread ended (a storage failure stops it).
     pub fn core_finished(&self) -> bool {
         self.core.as_ref().is_none_or(|h| h.is_finished())
@@ -261,19 +296,26 @@ impl Node {
 }
 
 /// Genesis (checked against the configured network) and our signing key.
+/// Files first, each error naming its own file (a missing key file is
+/// reported as such, not as a network mismatch), then how they fit.
 fn load_chain(cfg: &NodeConfig) -> Result<(Genesis, SigningKey), NodeError> {
+    let key = KeyFile::load(&cfg.key_file)?;
     let gfile = GenesisFile::load(&cfg.genesis)?;
     if !gfile.network.eq_ignore_ascii_case(cfg.network.name()) {
         return Err(NodeError::NetworkMismatch {
+            path: cfg.genesis.display().to_string(),
             genesis: gfile.network.clone(),
             configured: cfg.network.name().into(),
         });
     }
     let genesis = gfile.to_genesis()?;
-    let key = KeyFile::load(&cfg.key_file)?;
     let me = PublicKey::from_signing(&key);
     if genesis.registry.get(&me).is_none() {
-        warn!(key = %me, "this key is not a registered masternode: its votes will not count");
+        return Err(NodeError::NotRegistered {
+            key: me.to_string(),
+            key_file: cfg.key_file.display().to_string(),
+            genesis: cfg.genesis.display().to_string(),
+        });
     }
     Ok((genesis, key))
 }

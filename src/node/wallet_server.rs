@@ -375,7 +375,9 @@ async fn handle_wallet_request(
                 session,
                 to: tx_out.clone(),
             };
+            tracing::debug!(%txid, %session, "payment submitted by a wallet");
             if ctx.verifier.submit(tx, src, Lane::Wallet).is_err() {
+                tracing::debug!(%txid, %session, "payment refused: the verifier queue is full");
                 let _ = tx_out.send(overloaded(txid, ctx.me).into()).await;
             }
         }
@@ -525,6 +527,39 @@ impl LocalSession {
                 return Some(r);
             }
         }
+    }
+}
+
+impl LocalSession {
+    /// Waits on `txid`'s outcome without submitting it (push events); the
+    /// answer comes as a reply. False when the core queue is full.
+    pub(super) fn watch(&self, txid: Txid) -> bool {
+        self.ctx.core.offer(CoreInput::WalletWatch {
+            session: self.session,
+            txid,
+        })
+    }
+
+    /// Replies queued for this session and not read yet.
+    pub(super) fn backlog(&self) -> usize {
+        self.rx.len()
+    }
+}
+
+impl WalletCtx {
+    /// Asks the core an operator query; None when its queue is full.
+    pub(super) fn node_query(
+        &self,
+        query: crate::node::node_api::NodeQuery,
+    ) -> Option<
+        tokio::sync::oneshot::Receiver<
+            Result<crate::node::node_api::NodeAnswer, crate::storage::StoreError>,
+        >,
+    > {
+        let (reply, rx) = tokio::sync::oneshot::channel();
+        self.core
+            .offer(CoreInput::NodeQuery { query, reply })
+            .then_some(rx)
     }
 }
 

@@ -951,9 +951,10 @@ mod tests {
         assert_eq!(s.block(9).unwrap(), None);
         // Another thread's read-only view: by height, by hash, the tip.
         let r = s.chain_reader();
+        let hash2 = committed(2).block.hash();
         let h = std::thread::spawn(move || {
             (
-                r.height_of(&committed(2).block.hash()).unwrap(),
+                r.height_of(&hash2).unwrap(),
                 r.height_of(&BlockHash([0xee; 32])).unwrap(),
                 r.tip().unwrap().map(|c| c.block.height()),
                 r.block(1).unwrap(),

@@ -10,11 +10,16 @@ pub enum AmountError {
     Precision(String),
     #[error("amount {0:?} is too large")]
     Overflow(String),
+    #[error("amount {0:?} is negative: give a positive amount in TIME, e.g. 1.5")]
+    Negative(String),
 }
 
 /// "1.5" -> 150_000_000 base units.
 pub fn parse_amount(s: &str) -> Result<u64, AmountError> {
     let t = s.trim();
+    if t.starts_with('-') {
+        return Err(AmountError::Negative(s.into()));
+    }
     let (whole, frac) = t.split_once('.').unwrap_or((t, ""));
     if whole.is_empty() && frac.is_empty()
         || !whole.chars().all(|c| c.is_ascii_digit())
@@ -55,7 +60,7 @@ mod tests {
             Err(AmountError::Precision(_))
         ));
         assert!(matches!(parse_amount("abc"), Err(AmountError::Format(_))));
-        assert!(matches!(parse_amount("-1"), Err(AmountError::Format(_))));
+        assert!(matches!(parse_amount("-1"), Err(AmountError::Negative(_))));
         assert!(matches!(parse_amount("."), Err(AmountError::Format(_))));
         assert!(matches!(
             parse_amount("999999999999999"),

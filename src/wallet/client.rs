@@ -40,6 +40,12 @@ pub enum ClientError {
     Handshake(&'static str),
     /// The masternode refused the handshake with an `Error` frame (`code`
     /// from [`refusal`]).
+    /// A coin the wallet chose cannot be spent by its key.
+    #[error("coin {outpoint} cannot be spent: {why}")]
+    Coin { outpoint: OutPoint, why: String },
+    /// The masternode serves another chain than the wallet's genesis.
+    #[error("refused by {addr}: wrong chain id: {detail}. The masternode serves another network than the genesis file given: use that network's genesis (--genesis), or another masternode")]
+    WrongChain { addr: SocketAddr, detail: String },
     #[error("refused by {addr}: {} (code {code}): {detail}", refusal::describe(*.code))]
     Refused {
         addr: SocketAddr,
@@ -52,7 +58,11 @@ pub enum ClientError {
     Unexpected(&'static str),
     #[error("no answer within {0:?}")]
     Timeout(Duration),
-    #[error("not enough funds: have {have} spendable units, need {need}")]
+    #[error(
+        "not enough funds: {} TIME spendable, {} TIME needed (amount + fee); wait for pending payments or send less",
+        crate::wallet::format_amount(*.have),
+        crate::wallet::format_amount(*.need)
+    )]
     InsufficientFunds { have: u64, need: u64 },
 }
 
@@ -148,16 +158,23 @@ impl WalletClient {
             nonce: rand::random(),
         };
         c.send(&Message::Hello(ours.clone())).await?;
-        let refused = |code, detail| ClientError::Refused { addr, code, detail };
+        let refused = |code, detail| match code {
+            refusal::WRONG_CHAIN => ClientError::WrongChain { addr, detail },
+            _ => ClientError::Refused { addr, code, detail },
+        };
         let theirs = match c.recv_timeout(Duration::from_secs(5)).await? {
             Message::Hello(h) => h,
             Message::Error { code, detail } => return Err(refused(code, detail)),
             m => return Err(ClientError::Unexpected(m.name())),
         };
         if theirs.chain_id != chain_id {
-            return Err(ClientError::Handshake(
-                "the masternode answered for another chain",
-            ));
+            return Err(ClientError::WrongChain {
+                addr,
+                detail: format!(
+                    "it answered for chain {}, the genesis is chain {chain_id}",
+                    theirs.chain_id
+                ),
+            });
         }
         if theirs.protocol_version != PROTOCOL_VERSION || theirs.role != Role::Masternode {
             return Err(ClientError::Handshake(
@@ -311,6 +328,53 @@ impl WalletClient {
             picked.push(*op);
             have += e.output.amount;
         }
+        self.sign_payment(key, picked, have, to, amount, fee)
+    }
+
+    /// [`build_payment`](Self::build_payment) from the coins `coins` the
+    /// wallet chose: each must be unspent and paid to `key`'s address.
+    pub async fn build_payment_from(
+        &mut self,
+        key: &SigningKey,
+        coins: &[OutPoint],
+        to: Address,
+        amount: u64,
+        fee: u64,
+    ) -> Result<Transaction, ClientError> {
+        let me = Address::from_public_key(&PublicKey::from_signing(key));
+        let mut have = 0u64;
+        for (op, e) in self.utxo_states(coins.to_vec()).await? {
+            let why = match e {
+                None => Some("no such output on this masternode".to_string()),
+                Some(e) if e.output.address != me => {
+                    Some(format!("it pays {}, not this key's {me}", e.output.address))
+                }
+                Some(e) if e.state != UtxoState::Unspent => {
+                    Some(format!("it is {}, not unspent", e.state.name()))
+                }
+                Some(e) => {
+                    have = have.saturating_add(e.output.amount);
+                    None
+                }
+            };
+            if let Some(why) = why {
+                return Err(ClientError::Coin { outpoint: op, why });
+            }
+        }
+        self.sign_payment(key, coins.to_vec(), have, to, amount, fee)
+    }
+
+    fn sign_payment(
+        &self,
+        key: &SigningKey,
+        picked: Vec<OutPoint>,
+        have: u64,
+        to: Address,
+        amount: u64,
+        fee: u64,
+    ) -> Result<Transaction, ClientError> {
+        let me = Address::from_public_key(&PublicKey::from_signing(key));
+        let need = amount.saturating_add(fee);
         if have < need {
             return Err(ClientError::InsufficientFunds { have, need });
         }

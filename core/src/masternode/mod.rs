@@ -400,6 +400,42 @@ impl Masternode {
         Ok(Some(WalletReply::TransactionAccepted(txid)))
     }
 
+    /// Wallet `session` wants the outcome of `txid` without submitting it
+    /// (a push subscription by transaction id). A transaction already
+    /// decided here is answered at once (its proof, or its rejection); else
+    /// the session waits on it like on one it submitted, and hears
+    /// `TransactionAccepted` and then the outcome in [`Round::wallet`]. Over
+    /// [`router::MAX_WAITING_PER_SESSION`] the answer is an `Error` of code
+    /// [`router::error_code::SUBSCRIPTION_LIMIT`].
+    pub fn handle_wallet_watch(
+        &mut self,
+        session: SessionId,
+        txid: Txid,
+        store: &dyn Store,
+    ) -> Result<Option<WalletReply>, StoreError> {
+        if let (Some(tx), Some(proof)) = (store.get_transaction(&txid)?, store.get_proof(&txid)?) {
+            return Ok(Some(WalletReply::TimeProof { tx, proof }));
+        }
+        if let Some((reason, detail)) = self.engine.rejection(&txid) {
+            return Ok(Some(WalletReply::TransactionRejected {
+                txid,
+                reason,
+                detail,
+                rejecters: vec![],
+            }));
+        }
+        match self.router.watch(session, txid) {
+            Watch::Full => Ok(Some(WalletReply::Error {
+                code: router::error_code::SUBSCRIPTION_LIMIT,
+                detail: format!(
+                    "this session waits on {} transactions already; wait for their outcomes",
+                    router::MAX_WAITING_PER_SESSION
+                ),
+            })),
+            Watch::Added | Watch::Already | Watch::NoSession => Ok(None),
+        }
+    }
+
     /// A lock broadcast from a peer whose signatures the caller may have
     /// checked already (`prechecked`).
     pub fn handle_peer_transaction(&mut self, now: u64, tx: Transaction, prechecked: bool) {

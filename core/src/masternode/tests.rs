@@ -555,6 +555,56 @@ fn a_wallet_session_hears_its_outcome_and_then_holds_nothing() {
 }
 
 #[test]
+fn a_session_watching_a_txid_hears_its_outcome_or_is_told_at_once() {
+    let mut net = Net::new(4);
+    net.run_for(300);
+    let s = SessionId(5);
+    let tx = pay(6, COIN);
+    let txid = tx.txid();
+    let m = net.nodes[1].as_mut().unwrap();
+    m.handle_wallet_open(s);
+    // Not known yet: nothing now, the session waits on it.
+    assert_eq!(
+        m.handle_wallet_watch(s, txid, &net.stores[1]).unwrap(),
+        None
+    );
+    assert_eq!(m.stats().wallet.waiting, 1);
+    // Submitted at another node: the watcher at node 1 hears the proof.
+    net.submit(0, tx);
+    net.run_for(300);
+    assert!(net.is_final(1, &txid));
+    let proofs = net.wallet[1]
+        .iter()
+        .filter(|(to, r)| {
+            *to == s && matches!(r, WalletReply::TimeProof { proof, .. } if proof.txid == txid)
+        })
+        .count();
+    assert_eq!(proofs, 1, "{:?}", net.wallet[1]);
+    let m = net.nodes[1].as_mut().unwrap();
+    assert_eq!(m.stats().wallet.waiting, 0);
+    // Final already: answered at once, nothing held.
+    let answer = m.handle_wallet_watch(s, txid, &net.stores[1]).unwrap();
+    assert!(matches!(answer, Some(WalletReply::TimeProof { proof, .. }) if proof.txid == txid));
+    assert_eq!(m.stats().wallet.waiting, 0);
+    // A double spend of the same coin, rejected here: its rejection at once.
+    let double = pay(6, 2 * COIN);
+    let now = net.now;
+    let m = net.nodes[1].as_mut().unwrap();
+    let _ = m
+        .handle_wallet_transaction(now, SessionId(0), double.clone(), false, &net.stores[1])
+        .unwrap();
+    let answer = m
+        .handle_wallet_watch(s, double.txid(), &net.stores[1])
+        .unwrap();
+    assert!(
+        matches!(answer, Some(WalletReply::TransactionRejected { txid: t, .. }) if t == double.txid()),
+        "{answer:?}"
+    );
+    m.handle_wallet_close(s);
+    assert_eq!(m.stats().wallet.waiting, 0);
+}
+
+#[test]
 fn a_flooding_peer_is_rate_limited_and_banned_while_payments_go_on() {
     let mut net = Net::new(4);
     net.run_for(300);

@@ -405,6 +405,18 @@ impl Engine {
             .or_else(|| self.orphans.get(txid).map(|o| o.tx.clone()))
     }
 
+    /// Up to `max` transactions pending here (known, undecided), in no
+    /// particular order, for an operator's mempool listing. Walks the
+    /// transaction records: callers cap how often they ask.
+    pub fn pending_txids(&self, max: usize) -> Vec<Txid> {
+        self.txs
+            .iter()
+            .filter(|(_, r)| r.status == Status::Pending)
+            .map(|(t, _)| *t)
+            .take(max)
+            .collect()
+    }
+
     /// Signs this node's decision on `txid` again (same decision: never a
     /// conflicting vote), so peers that lost the first copy can count it.
     /// Returns false when there is nothing to resend.

@@ -156,7 +156,13 @@ pub enum AddressError {
 impl std::str::FromStr for Address {
     type Err = AddressError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let body = s.strip_prefix("time1").ok_or(AddressError::Prefix)?;
+        // Case does not matter (`TIME1...` from a form that upper-cases is
+        // the same address); shown in lower case.
+        let body = s
+            .get(..5)
+            .filter(|p| p.eq_ignore_ascii_case("time1"))
+            .and_then(|_| s.get(5..))
+            .ok_or(AddressError::Prefix)?;
         let raw = hex::decode(body).map_err(|_| AddressError::Format)?;
         if raw.len() != 24 {
             return Err(AddressError::Format);
@@ -414,5 +420,8 @@ mod tests {
             Err(AddressError::Checksum)
         );
         assert_eq!("xx".parse::<Address>(), Err(AddressError::Prefix));
+        // Upper case is the same address.
+        assert_eq!(s.to_uppercase().parse::<Address>().unwrap(), a);
+        assert_eq!("é".parse::<Address>(), Err(AddressError::Prefix));
     }
 }

@@ -149,6 +149,9 @@ pub enum TxError {
     WrongOwner(usize),
     #[error("outputs {outputs} + minimum fee {fee} exceed inputs {inputs}")]
     InsufficientFunds { inputs: u64, outputs: u64, fee: u64 },
+    /// The inputs cover the outputs but leave less than the minimum fee.
+    #[error("fee {fee} units is below the minimum {min} units: leave at least {min} units of the inputs unspent")]
+    FeeTooLow { fee: u64, min: u64 },
     #[error("output {index} of {amount} units is below the dust threshold {dust}")]
     DustOutput {
         index: usize,
@@ -183,6 +186,7 @@ impl TxError {
             BadSignature(_) => RejectCode::BadSignature,
             WrongOwner(_) => RejectCode::WrongOwner,
             InsufficientFunds { .. } => RejectCode::InsufficientFunds,
+            FeeTooLow { .. } => RejectCode::FeeTooLow,
             DustOutput { .. } => RejectCode::DustOutput,
             WrongChain { .. } => RejectCode::WrongChain,
             UnsupportedVersion(_) => RejectCode::UnsupportedVersion,
@@ -285,6 +289,13 @@ pub fn check_amounts_and_owners(
     let needed = outputs
         .checked_add(limits.min_fee)
         .ok_or(TxError::AmountOverflow)?;
+    if inputs >= outputs && inputs < needed {
+        // Funded, but the fee left is short: say so, not "insufficient".
+        return Err(TxError::FeeTooLow {
+            fee: inputs - outputs,
+            min: limits.min_fee,
+        });
+    }
     if inputs < needed {
         return Err(TxError::InsufficientFunds {
             inputs,
@@ -376,12 +387,13 @@ mod tests {
             RejectCode::DustOutput
         );
 
+        // Outputs equal to the inputs: funded, but no fee left.
         let (greedy, spent) = setup(COIN, &[2 * COIN]);
         assert_eq!(
             check_amounts_and_owners(&greedy, &spent, &l)
                 .unwrap_err()
                 .code(),
-            RejectCode::InsufficientFunds
+            RejectCode::FeeTooLow
         );
         // Exactly no fee left: refused.
         let (nofee, spent) = setup(COIN, &[2 * COIN]);
@@ -389,7 +401,21 @@ mod tests {
         let (exact, _) = setup(COIN, &[2 * COIN - l.min_fee]);
         assert!(check_amounts_and_owners(&exact, &spent, &l).is_ok());
         let (over, _) = setup(COIN, &[2 * COIN - l.min_fee + 1]);
-        assert!(check_amounts_and_owners(&over, &spent, &l).is_err());
+        assert_eq!(
+            check_amounts_and_owners(&over, &spent, &l),
+            Err(TxError::FeeTooLow {
+                fee: l.min_fee - 1,
+                min: l.min_fee
+            })
+        );
+        // More out than in is short of funds, whatever the fee.
+        let (short, _) = setup(COIN, &[2 * COIN + 1]);
+        assert_eq!(
+            check_amounts_and_owners(&short, &spent, &l)
+                .unwrap_err()
+                .code(),
+            RejectCode::InsufficientFunds
+        );
 
         let mut dup = tx.clone();
         dup.inputs[1].prev = dup.inputs[0].prev;

@@ -9,6 +9,10 @@
 //! requests: no second copy of the logic. Methods that need block data are
 //! absent until the block layer exists.
 //!
+//! Push events (finality with its TimeProof, rejection, UTXO changes) are
+//! served over a WebSocket at [`ws::WS_PATH`] on the same port, with the
+//! same credentials; see [`ws`].
+//!
 //! Limits: [`MAX_RPC_CONNECTIONS`] connections, [`MAX_BODY`] bytes per
 //! request, a token bucket per method class (writes at a quarter of the
 //! reads' rate), [`MAX_WAIT`] for a finality wait. Bad input gets a JSON-RPC
@@ -37,10 +41,17 @@ use crate::protocol::types::{Address, OutPoint, PublicKey, Transaction, Txid};
 use crate::protocol::utxo::{UtxoEntry, UtxoState};
 use timecoin_core::masternode::PeerGate;
 
+pub(crate) mod blocks;
+mod node_methods;
+pub mod ws;
+
 /// RPC connections served at once; more wait in the accept backlog.
 pub const MAX_RPC_CONNECTIONS: usize = 64;
 /// Largest request body (a raw transaction is at most 1 MB of hex x2).
 pub const MAX_BODY: usize = 2 << 20 | 4096;
+/// Kernel send buffer of an RPC connection (Linux doubles it for its own
+/// bookkeeping): what a stalled reader can leave queued in the kernel.
+pub const RPC_SEND_BUFFER: usize = 256 * 1024;
 /// Longest `waittransactionfinality` wait.
 pub const MAX_WAIT: Duration = Duration::from_secs(60);
 /// How long a query waits on the core before it is answered "overloaded".
@@ -177,6 +188,46 @@ pub const METHODS: &[(&str, Class, &str)] = &[
         Class::Write,
         "[hex, timeout_ms?]: submit (idempotent) and wait for its TimeProof",
     ),
+    (
+        "getrawtransaction",
+        Class::Read,
+        "[txid, verbose?]: the transaction's hex (verbose: its fields too)",
+    ),
+    (
+        "gettransaction",
+        Class::Read,
+        "[txid]: the transaction, its state here (final, pending, rejected) and its TimeProof's summary",
+    ),
+    (
+        "gettimeproof",
+        Class::Read,
+        "[txid]: the TimeProof (hex) and its voters, to verify against the genesis registry",
+    ),
+    (
+        "getrawmempool",
+        Class::Write,
+        "[verbose?]: txids pending here (at most 10000 listed)",
+    ),
+    (
+        "getpeerinfo",
+        Class::Read,
+        "Peer masternodes: address, tier, connected, reputation, ban",
+    ),
+    (
+        "masternodelist",
+        Class::Read,
+        "Every registered masternode, with the registry's epoch and quorum",
+    ),
+    (
+        "unban",
+        Class::Write,
+        "[key]: lift a peer masternode's ban",
+    ),
+    (
+        "stop",
+        Class::Write,
+        "Stop the masternode cleanly (as SIGTERM does)",
+    ),
 ];
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -236,7 +287,13 @@ pub(super) struct RpcCtx {
     /// The state machine's peer book (bans), on its clock.
     peers: (PeerGate, Clock),
     /// The block methods' view of the chain.
-    pub chain: Option<crate::node::rpc_blocks::ChainCtx>,
+    pub chain: Option<crate::node::rpc::blocks::ChainCtx>,
+    /// The registry TimeProofs are checked against.
+    registry: crate::protocol::registry::Registry,
+    /// Told when `stop` is called; the node's run loop shuts down.
+    stop: Arc<tokio::sync::Notify>,
+    /// WebSocket connections open now (at most [`ws::MAX_WS_CONNECTIONS`]).
+    ws_slots: Arc<Semaphore>,
 }
 
 /// Writes a fresh cookie (`__cookie__:<64 hex>`, mode 0600) into `dir`.
@@ -400,18 +457,37 @@ fn same(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+/// What the RPC server is told about the node it serves.
+pub(super) struct RpcNode {
+    pub chain_id: u32,
+    /// The genesis registry (TimeProofs are checked against it).
+    pub registry: crate::protocol::registry::Registry,
+    /// The P2P address.
+    pub p2p: SocketAddr,
+    /// Told by `stop`; the node's run loop then shuts down.
+    pub stop: Arc<tokio::sync::Notify>,
+}
+
 impl RpcCtx {
     /// `cfg` gives the network, the rate limit, `rpcauth` and `rpcallowip`.
     pub(super) fn new(
         wallets: Arc<WalletCtx>,
         cfg: &crate::node::config::NodeConfig,
-        chain_id: u32,
-        p2p: SocketAddr,
+        node: RpcNode,
         cookie: &str,
         peers: (PeerGate, Clock),
     ) -> Self {
+        let RpcNode {
+            chain_id,
+            registry,
+            p2p,
+            stop,
+        } = node;
         RpcCtx {
             peers,
+            registry,
+            stop,
+            ws_slots: Arc::new(Semaphore::new(ws::MAX_WS_CONNECTIONS)),
             wallets,
             network: cfg.network.name(),
             chain_id,
@@ -449,10 +525,58 @@ impl RpcCtx {
     }
 }
 
-/// Serves JSON-RPC on `listener` until the runtime stops.
-pub(super) async fn serve_rpc(listener: TcpListener, ctx: Arc<RpcCtx>) {
+/// Why the RPC's TLS certificate or key could not be used.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TlsSetupError {
+    #[error("rpc_tls_cert {path}: {why} (a PEM certificate chain, leaf first)")]
+    Cert { path: String, why: String },
+    #[error("rpc_tls_key {path}: {why} (a PEM private key: PKCS#8, PKCS#1 or SEC1)")]
+    Key { path: String, why: String },
+    #[error("rpc_tls_cert and rpc_tls_key do not fit together: {0}")]
+    Config(String),
+}
+
+/// The TLS acceptor of `rpc_tls_cert`/`rpc_tls_key` (rustls, ring, TLS 1.2
+/// and 1.3, no client certificates).
+pub fn tls_acceptor(cert: &Path, key: &Path) -> Result<tokio_rustls::TlsAcceptor, TlsSetupError> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let cert_err = |why: String| TlsSetupError::Cert {
+        path: cert.display().to_string(),
+        why,
+    };
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+        .map_err(|e| cert_err(e.to_string()))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| cert_err(e.to_string()))?;
+    if certs.is_empty() {
+        return Err(cert_err("no certificate in it".into()));
+    }
+    let key = PrivateKeyDer::from_pem_file(key).map_err(|e| TlsSetupError::Key {
+        path: key.display().to_string(),
+        why: e.to_string(),
+    })?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let cfg = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TlsSetupError::Config(e.to_string()))?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| TlsSetupError::Config(e.to_string()))?;
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(cfg)))
+}
+
+/// Serves JSON-RPC on `listener` until the runtime stops; over TLS when
+/// `tls` is given.
+pub(super) async fn serve_rpc(
+    listener: TcpListener,
+    ctx: Arc<RpcCtx>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+) {
     if let Ok(a) = listener.local_addr() {
-        info!(addr = %a, "JSON-RPC on http://{a}/");
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        info!(addr = %a, "JSON-RPC on {scheme}://{a}/");
     }
     let slots = Arc::new(Semaphore::new(MAX_RPC_CONNECTIONS));
     loop {
@@ -473,20 +597,43 @@ pub(super) async fn serve_rpc(listener: TcpListener, ctx: Arc<RpcCtx>) {
             continue;
         }
         let _ = stream.set_nodelay(true);
+        // Not autotuned up to 4 MB: a WebSocket reader that stalls shows up
+        // as a write stuck for ws::WS_SEND_TIMEOUT after about this much.
+        let _ = socket2::SockRef::from(&stream).set_send_buffer_size(RPC_SEND_BUFFER);
         let ctx = ctx.clone();
+        let tls = tls.clone();
         tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |req| {
-                let ctx = ctx.clone();
-                async move { Ok::<_, Infallible>(handle_http(&ctx, req).await) }
-            });
-            let _ = hyper::server::conn::http1::Builder::new()
-                .timer(hyper_util::rt::TokioTimer::new())
-                .header_read_timeout(HEADER_TIMEOUT)
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
+            match tls {
+                None => serve_http(ctx, stream).await,
+                Some(acceptor) => {
+                    // The TLS handshake within the header timeout.
+                    match tokio::time::timeout(HEADER_TIMEOUT, acceptor.accept(stream)).await {
+                        Ok(Ok(s)) => serve_http(ctx, s).await,
+                        Ok(Err(e)) => tracing::debug!(%from, "rpc TLS handshake failed: {e}"),
+                        Err(_) => tracing::debug!(%from, "rpc TLS handshake timed out"),
+                    }
+                }
+            }
             drop(permit);
         });
     }
+}
+
+/// One HTTP/1.1 connection (upgradable to a WebSocket).
+async fn serve_http<S>(ctx: Arc<RpcCtx>, stream: S)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let service = hyper::service::service_fn(move |req| {
+        let ctx = ctx.clone();
+        async move { Ok::<_, Infallible>(handle_http(&ctx, req).await) }
+    });
+    let _ = hyper::server::conn::http1::Builder::new()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(HEADER_TIMEOUT)
+        .serve_connection(TokioIo::new(stream), service)
+        .with_upgrades()
+        .await;
 }
 
 fn http(code: StatusCode, body: Value) -> Response<Full<Bytes>> {
@@ -507,7 +654,7 @@ fn error_body(id: Value, e: RpcError) -> Value {
     json!({"jsonrpc": "2.0", "id": id, "error": o})
 }
 
-async fn handle_http(ctx: &RpcCtx, req: Request<Incoming>) -> Response<Full<Bytes>> {
+async fn handle_http(ctx: &Arc<RpcCtx>, req: Request<Incoming>) -> Response<Full<Bytes>> {
     let authorized = req
         .headers()
         .get(hyper::header::AUTHORIZATION)
@@ -522,6 +669,9 @@ async fn handle_http(ctx: &RpcCtx, req: Request<Incoming>) -> Response<Full<Byte
             hyper::header::HeaderValue::from_static("Basic realm=\"jsonrpc\""),
         );
         return r;
+    }
+    if req.uri().path() == ws::WS_PATH {
+        return ws::upgrade(ctx, req);
     }
     if req.method() != Method::POST {
         return http(
@@ -749,6 +899,7 @@ async fn submit(
     wait: Duration,
 ) -> Result<Value, RpcError> {
     let txid: Txid = tx.txid();
+    tracing::debug!(%txid, final_only, "payment submitted over RPC");
     let mut s = LocalSession::open(&ctx.wallets).ok_or_else(overloaded)?;
     s.request(WalletRequest::SubmitTransaction(tx)).await;
     let deadline = tokio::time::Instant::now() + wait;
@@ -1003,10 +1154,13 @@ async fn call(ctx: &RpcCtx, method: &str, p: &[Value]) -> Result<Value, RpcError
             };
             submit(ctx, tx, true, wait).await
         }
-        _ => Err(err(
-            code::METHOD_NOT_FOUND,
-            format!("method not found: {method}"),
-        )),
+        _ => match node_methods::call(ctx, method, p).await {
+            Some(r) => r,
+            None => Err(err(
+                code::METHOD_NOT_FOUND,
+                format!("method not found: {method}"),
+            )),
+        },
     }
 }
 

@@ -9,15 +9,15 @@ use std::sync::{Arc, Mutex};
 
 use serde_json::{json, Value};
 
+use super::{bad_params, err, RpcError};
 use crate::node::metrics::CoreSnapshot;
-use crate::node::rpc::{bad_params, err, RpcError};
 use crate::storage::lmdb::ChainReader;
 use timecoin_core::blocks::leader::leader;
 use timecoin_core::blocks::{BlockHash, CommittedBlock};
 use timecoin_core::protocol::registry::Registry;
 
 /// What the block methods read.
-pub(super) struct ChainCtx {
+pub(crate) struct ChainCtx {
     pub reader: ChainReader,
     pub chain_id: u32,
     pub registry: Registry,

@@ -1,0 +1,172 @@
+//! Optional TLS on the RPC port (`rpc_tls_cert`, `rpc_tls_key`): a client
+//! that trusts the certificate calls a method over HTTPS; plain HTTP to the
+//! same port gets no answer; a broken certificate or half a configuration
+//! stops the node at start with an error naming the setting.
+
+mod common;
+
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{Cluster, SERIAL};
+use serde_json::Value;
+use timecoin::devnet::{DevnetLayout, DevnetSpec};
+use timecoin::node::rpc::basic_auth;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// PEM armour (rcgen's own needs a feature the workspace leaves off).
+fn pem(label: &str, der: &[u8]) -> String {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+    let lines: Vec<&str> = b64
+        .as_bytes()
+        .chunks(64)
+        .map(|c| std::str::from_utf8(c).unwrap())
+        .collect();
+    format!(
+        "-----BEGIN {label}-----\n{}\n-----END {label}-----\n",
+        lines.join("\n")
+    )
+}
+
+/// A self-signed certificate for 127.0.0.1: (cert path, key path, cert DER).
+fn certificate(dir: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf, Vec<u8>) {
+    let ck = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()]).unwrap();
+    let (cert, key) = (dir.join("rpc-cert.pem"), dir.join("rpc-key.pem"));
+    std::fs::write(&cert, pem("CERTIFICATE", ck.cert.der())).unwrap();
+    std::fs::write(&key, pem("PRIVATE KEY", &ck.signing_key.serialize_der())).unwrap();
+    (cert, key, ck.cert.der().to_vec())
+}
+
+/// One HTTPS POST of `body`; (status line, body).
+async fn https_post(
+    addr: std::net::SocketAddr,
+    trusted: &[u8],
+    auth: &str,
+    body: &str,
+) -> std::io::Result<(String, String)> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(rustls::pki_types::CertificateDer::from(trusted.to_vec()))
+        .unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let cfg = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(cfg));
+    let tcp = tokio::net::TcpStream::connect(addr).await?;
+    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+    let mut tls = connector.connect(name, tcp).await?;
+    let req = format!(
+        "POST / HTTP/1.1\r\nHost: {addr}\r\nAuthorization: {auth}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    tls.write_all(req.as_bytes()).await?;
+    let mut out = Vec::new();
+    let _ = tls.read_to_end(&mut out).await; // close_notify or not
+    let text = String::from_utf8_lossy(&out).to_string();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    Ok((
+        head.lines().next().unwrap_or("").to_string(),
+        body.to_string(),
+    ))
+}
+
+#[test]
+fn rpc_over_tls_answers_a_trusting_client_and_not_plain_http() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let certs = tempfile::tempdir().unwrap();
+    let (cert, key, der) = certificate(certs.path());
+    let c = Cluster::start_with(
+        3,
+        &format!(
+            "rpc_tls_cert = \"{}\"\nrpc_tls_key = \"{}\"\n",
+            cert.display(),
+            key.display()
+        ),
+    );
+    let addr = c.layout.rpc[0].unwrap();
+    let cookie = std::fs::read_to_string(&c.layout.cookies[0]).unwrap();
+    let auth = basic_auth(cookie.trim());
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let body = r#"{"jsonrpc":"2.0","id":3,"method":"getconnectioncount"}"#;
+    let (status, reply) = rt.block_on(https_post(addr, &der, &auth, body)).unwrap();
+    assert!(status.contains(" 200 "), "{status} {reply}");
+    let v: Value = serde_json::from_str(&reply).unwrap();
+    assert_eq!(v["result"], 2, "{v}");
+    // Unauthenticated over TLS: 401 as over HTTP.
+    let (status, _) = rt
+        .block_on(https_post(addr, &der, "Basic eDp5", body))
+        .unwrap();
+    assert!(status.contains(" 401 "), "{status}");
+    // A client that does not trust the certificate fails its handshake.
+    let other = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()]).unwrap();
+    assert!(rt
+        .block_on(https_post(addr, other.cert.der(), &auth, body))
+        .is_err());
+    // Plain HTTP to the TLS port: no JSON-RPC answer.
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(10)))
+        .build()
+        .into();
+    let plain = agent
+        .post(format!("http://{addr}/"))
+        .header("Authorization", &auth)
+        .send(body.to_string());
+    if let Ok(mut r) = plain {
+        let text = r.body_mut().read_to_string().unwrap_or_default();
+        assert!(!text.contains("\"result\""), "plain HTTP answered: {text}");
+    }
+}
+
+#[test]
+fn a_bad_certificate_or_half_a_tls_config_stops_the_node_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = DevnetSpec {
+        nodes: 1,
+        base_port: 20000 + (rand::random::<u16>() % 30000),
+        wallets: 1,
+        coins_per_wallet: 1,
+        port_stride: 2,
+        ..Default::default()
+    };
+    let l = DevnetLayout::generate(dir.path(), &spec).unwrap();
+    let cfg = &l.node_configs[0];
+    let base = std::fs::read_to_string(cfg).unwrap();
+    let garbage = dir.path().join("garbage.pem");
+    std::fs::write(&garbage, "not a certificate").unwrap();
+    let (_, key, _) = certificate(dir.path());
+    let run = |extra: String| {
+        std::fs::write(cfg, format!("{base}{extra}")).unwrap();
+        let out = Command::new(env!("CARGO_BIN_EXE_time-masternode"))
+            .arg("run")
+            .arg("--config")
+            .arg(cfg)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        String::from_utf8_lossy(&out.stderr).to_string()
+    };
+    let e = run(format!(
+        "rpc_tls_cert = \"{}\"\nrpc_tls_key = \"{}\"\n",
+        garbage.display(),
+        key.display()
+    ));
+    assert!(
+        e.contains("rpc_tls_cert") && e.contains("garbage.pem"),
+        "{e}"
+    );
+    let e = run(format!("rpc_tls_key = \"{}\"\n", key.display()));
+    assert!(
+        e.contains("rpc_tls_cert and rpc_tls_key go together"),
+        "{e}"
+    );
+}
