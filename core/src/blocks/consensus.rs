@@ -258,11 +258,32 @@ enum Timer {
     Precommit,
 }
 
+/// Most further values one equivocating voter is counted for per round
+/// and step (bounds memory).
+const MAX_EQUIVOCATIONS: usize = 2;
+
 #[derive(Default)]
 struct VoteSet {
     by_voter: HashMap<PublicKey, BlockVote>,
+    /// An equivocator's votes for values other than its first, each counted
+    /// for the value it names (the paper counts messages per value). A node
+    /// that heard its nil first must still see the polka it signed for B,
+    /// or it waits forever while the others stay locked on B. Safe: two
+    /// quorums for different values in one round still need an honest voter
+    /// in both.
+    equivocations: HashMap<(PublicKey, Option<BlockHash>), BlockVote>,
     weight: HashMap<Option<BlockHash>, u64>,
     total: u64,
+}
+
+impl VoteSet {
+    /// Every vote held for `block`, an equivocator's included.
+    fn votes_for(&self, block: Option<BlockHash>) -> impl Iterator<Item = &BlockVote> {
+        self.by_voter
+            .values()
+            .chain(self.equivocations.values())
+            .filter(move |v| v.block == block)
+    }
 }
 
 #[derive(Default)]
@@ -572,8 +593,25 @@ impl BlockConsensus {
         match held {
             Some(b) if b == v.block => Ok(()),
             Some(_) => {
-                if v.verify_signature() {
-                    self.stats.equivocations += 1;
+                let Some(w) = self.registry.weight_of(&v.voter) else {
+                    return Ok(());
+                };
+                let Some(rs) = self.rounds.get_mut(&v.slot.round) else {
+                    return Ok(());
+                };
+                let set = match v.kind {
+                    VoteKind::Prevote => &mut rs.prevotes,
+                    VoteKind::Precommit => &mut rs.precommits,
+                };
+                let key = (v.voter, v.block);
+                let more = set.equivocations.keys().filter(|k| k.0 == v.voter).count();
+                if set.equivocations.contains_key(&key) || !v.verify_signature() {
+                    return Ok(());
+                }
+                self.stats.equivocations += 1;
+                if more < MAX_EQUIVOCATIONS {
+                    *set.weight.entry(v.block).or_default() += w;
+                    set.equivocations.insert(key, v);
                 }
                 Ok(())
             }
@@ -613,12 +651,7 @@ impl BlockConsensus {
     /// The prevotes of `round` for `block` that this node holds.
     fn polka_votes(&self, round: u32, block: BlockHash) -> Vec<BlockVote> {
         self.rounds.get(&round).map_or_else(Vec::new, |rs| {
-            rs.prevotes
-                .by_voter
-                .values()
-                .filter(|v| v.block == Some(block))
-                .cloned()
-                .collect()
+            rs.prevotes.votes_for(Some(block)).cloned().collect()
         })
     }
 
@@ -948,12 +981,7 @@ impl BlockConsensus {
         });
         if let Some((r, h)) = decided {
             let rs = &self.rounds[&r];
-            let votes: Vec<&BlockVote> = rs
-                .precommits
-                .by_voter
-                .values()
-                .filter(|v| v.block == Some(h))
-                .collect();
+            let votes: Vec<&BlockVote> = rs.precommits.votes_for(Some(h)).collect();
             let cert = CommitCertificate::from_precommits(self.slot(r), h, &votes, &self.registry);
             let block = self.blocks[&h].clone();
             self.commit(now, block, cert);

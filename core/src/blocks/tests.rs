@@ -533,6 +533,98 @@ fn non_final_transaction_is_never_committed() {
     net.check_agreement();
 }
 
+/// A voter that equivocated (nil to this node, B to the others) must still
+/// count for B when B's polka reaches this node inside a later proposal:
+/// votes are counted per value, as in the paper. Counting only the first
+/// vote per voter left this node waiting forever on a polka it could never
+/// see while the others stayed locked on B (found by the simulator,
+/// `--scenario blocks`, seed 4 of the mixed runs with blocks on).
+#[test]
+fn an_equivocators_vote_counts_for_the_value_it_names() {
+    let ks = keys(4);
+    let reg = registry(&ks, &[Tier::Bronze]);
+    let genesis = BlockHash::genesis(CHAIN, 1);
+    let tip = ChainTip {
+        height: 0,
+        hash: genesis,
+        time_ms: 0,
+    };
+    let me = 0;
+    let byz = 3;
+    // A round whose leader is neither this node nor the equivocator.
+    let r = (1..64)
+        .find(|r| {
+            let l = leader(CHAIN, &reg, 1, *r);
+            l != PublicKey::from_signing(&ks[me]) && l != PublicKey::from_signing(&ks[byz])
+        })
+        .unwrap();
+    let li = reg.position(&leader(CHAIN, &reg, 1, r)).unwrap();
+    let mut c = BlockConsensus::new(
+        ConsensusConfig::devnet(),
+        CHAIN,
+        ks[me].clone(),
+        reg.clone(),
+        tip,
+        None,
+        &[],
+        vec![],
+        1,
+    );
+    let ledger = TestLedger::default();
+    c.handle_timeout(1, &ledger);
+    let slot = |round| Slot {
+        chain_id: CHAIN,
+        epoch: 1,
+        height: 1,
+        round,
+    };
+    let b = Block::new(
+        CHAIN,
+        1,
+        1,
+        genesis,
+        1,
+        PublicKey::from_signing(&ks[li]),
+        vec![],
+    );
+    let h = b.hash();
+    // The equivocator's nil prevote of round 0 arrives first ...
+    c.handle_vote(
+        1,
+        BlockVote::sign(slot(0), VoteKind::Prevote, None, &ks[byz]),
+        &ledger,
+    )
+    .unwrap();
+    // ... then round r's leader re-proposes B with the polka of round 0
+    // (two honest prevotes and the equivocator's prevote for B), and the
+    // two honest nodes prevote B in round r (this node moves to round r).
+    let mut p = Proposal::sign(slot(r), Some(0), b, &ks[li]);
+    p.polka = [1, 2, byz]
+        .iter()
+        .map(|&k| BlockVote::sign(slot(0), VoteKind::Prevote, Some(h), &ks[k]))
+        .collect();
+    c.handle_proposal(2, p, &ledger).unwrap();
+    for k in [1, 2] {
+        c.handle_vote(
+            2,
+            BlockVote::sign(slot(r), VoteKind::Prevote, Some(h), &ks[k]),
+            &ledger,
+        )
+        .unwrap();
+    }
+    let out = c.take_round();
+    let prevoted = out.broadcasts.iter().any(|m| {
+        matches!(m, ConsensusMessage::Vote(v)
+            if v.slot.round == r && v.kind == VoteKind::Prevote && v.block == Some(h))
+    });
+    assert!(
+        prevoted,
+        "no prevote for B in round {r}: {:?}",
+        out.broadcasts
+    );
+    assert!(c.stats().equivocations >= 1);
+}
+
 #[test]
 fn restart_never_signs_a_conflicting_vote() {
     let mut net = Net::new(4, 4);
