@@ -998,6 +998,28 @@ impl BlockConsensus {
             self.start_round(now, r, ledger);
             return true;
         }
+        // A polka that completed only after this node left its round (a
+        // late or restarted voter): remember it as `valid`, so this node,
+        // when it leads, re-proposes that block with its polka instead of a
+        // fresh one that a node locked on it would refuse. Safe: receivers
+        // check the polka themselves; locks are untouched.
+        let late = self.rounds.range(..self.round).rev().find_map(|(r, rs)| {
+            if self.valid.is_some_and(|(vr, _)| vr >= *r) {
+                return None;
+            }
+            rs.prevotes
+                .weight
+                .iter()
+                .find(|(b, w)| b.is_some() && **w >= q)
+                .and_then(|(b, _)| b.filter(|h| self.blocks.contains_key(h)))
+                .map(|h| (*r, h))
+        });
+        if let Some((r, h)) = late {
+            if self.is_valid(now, &h, ledger) {
+                self.valid = Some((r, h));
+                return true;
+            }
+        }
         let round = self.round;
         let proposal = self.rounds.get(&round).and_then(|rs| {
             rs.proposal

@@ -625,6 +625,97 @@ fn an_equivocators_vote_counts_for_the_value_it_names() {
     assert!(c.stats().equivocations >= 1);
 }
 
+/// A polka that completes after this node moved on to a later round (the
+/// last prevote came from a restarted node) makes its block `valid`: when
+/// this node leads, it re-proposes that block with the polka, which a node
+/// locked on it accepts. Before, it proposed a fresh block that the locked
+/// node refused, and with the honest weight just above the quorum blocks
+/// stalled until the locked node itself led a round (found by the
+/// simulator, `--blocks on` seed 3: 35 s of calm without a block).
+#[test]
+fn a_late_polka_is_re_proposed() {
+    let ks = keys(4);
+    let reg = registry(&ks, &[Tier::Bronze]);
+    let genesis = BlockHash::genesis(CHAIN, 1);
+    let tip = ChainTip {
+        height: 0,
+        hash: genesis,
+        time_ms: 0,
+    };
+    let me = PublicKey::from_signing(&ks[0]);
+    let vr = (0..64).find(|r| leader(CHAIN, &reg, 1, *r) != me).unwrap();
+    let r = (vr + 2..128)
+        .find(|r| leader(CHAIN, &reg, 1, *r) == me)
+        .unwrap();
+    let li = reg.position(&leader(CHAIN, &reg, 1, vr)).unwrap();
+    let mut c = BlockConsensus::new(
+        ConsensusConfig::devnet(),
+        CHAIN,
+        ks[0].clone(),
+        reg.clone(),
+        tip,
+        None,
+        &[],
+        vec![],
+        1,
+    );
+    let ledger = TestLedger::default();
+    c.handle_timeout(1, &ledger);
+    let slot = |round| Slot {
+        chain_id: CHAIN,
+        epoch: 1,
+        height: 1,
+        round,
+    };
+    let nil_prevotes = |c: &mut BlockConsensus, round: u32| {
+        for k in [1, 2] {
+            c.handle_vote(
+                2,
+                BlockVote::sign(slot(round), VoteKind::Prevote, None, &ks[k]),
+                &ledger,
+            )
+            .unwrap();
+        }
+    };
+    // This node is past round vr when round vr's proposal and its polka
+    // reach it.
+    nil_prevotes(&mut c, vr + 1);
+    assert_eq!(c.height_round(), (1, vr + 1));
+    let b = Block::new(
+        CHAIN,
+        1,
+        1,
+        genesis,
+        1,
+        PublicKey::from_signing(&ks[li]),
+        vec![],
+    );
+    let h = b.hash();
+    c.handle_proposal(2, Proposal::sign(slot(vr), None, b, &ks[li]), &ledger)
+        .unwrap();
+    for k in [1, 2, 3] {
+        c.handle_vote(
+            2,
+            BlockVote::sign(slot(vr), VoteKind::Prevote, Some(h), &ks[k]),
+            &ledger,
+        )
+        .unwrap();
+    }
+    let _ = c.take_round();
+    // Round r, which this node leads.
+    nil_prevotes(&mut c, r);
+    assert_eq!(c.height_round(), (1, r));
+    let out = c.take_round();
+    let proposal = out.broadcasts.iter().find_map(|m| match m {
+        ConsensusMessage::Proposal(p) => Some(p),
+        _ => None,
+    });
+    let p = proposal.expect("the leader proposes");
+    assert_eq!(p.block.hash(), h, "a fresh block instead of the polka's");
+    assert_eq!(p.valid_round, Some(vr));
+    assert_eq!(p.polka.len(), 3);
+}
+
 #[test]
 fn restart_never_signs_a_conflicting_vote() {
     let mut net = Net::new(4, 4);
