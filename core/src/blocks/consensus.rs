@@ -780,8 +780,35 @@ impl BlockConsensus {
         self.rounds.entry(round).or_default();
         let t = self.cfg.backoff(self.cfg.propose_timeout_ms, round);
         self.schedule(now + t, Timer::Propose, round);
+        self.relay_valid();
         if leader(self.chain_id, &self.registry, self.height, round) == self.me {
             self.propose(now, round, ledger);
+        }
+    }
+
+    /// At a view change, a node that saw a polka (its `valid` block, which
+    /// it may be locked on) sends that round's proposal and prevotes again.
+    /// Nothing re-sends votes otherwise: peers that lost them (a partition,
+    /// a restart) could not know the polka, so every other leader proposed
+    /// a fresh block the locked nodes refused, and blocks waited until a
+    /// locked node led a round. With the polka, the next leader re-proposes
+    /// its block (the late-polka rule in `step_once`).
+    fn relay_valid(&mut self) {
+        let Some((vr, h)) = self.valid else {
+            return;
+        };
+        if vr >= self.round {
+            return;
+        }
+        if let Some(p) = self.rounds.get(&vr).and_then(|rs| rs.proposal.clone()) {
+            if p.block.hash() == h {
+                self.out
+                    .broadcasts
+                    .push(ConsensusMessage::Proposal(Box::new(p)));
+            }
+        }
+        for v in self.polka_votes(vr, h) {
+            self.out.broadcasts.push(ConsensusMessage::Vote(v));
         }
     }
 

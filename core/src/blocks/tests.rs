@@ -254,6 +254,13 @@ impl BlockLedger for TestLedger {
     }
 }
 
+fn own_vote(m: &ConsensusMessage, me: PublicKey) -> Option<&BlockVote> {
+    match m {
+        ConsensusMessage::Vote(v) if v.voter == me => Some(v),
+        _ => None,
+    }
+}
+
 /// N consensus instances with a message queue, a virtual clock, and
 /// per-node durable records (what `writes` asked to keep).
 struct Net {
@@ -341,7 +348,9 @@ impl Net {
             }
         }
         for m in round.broadcasts {
-            if let ConsensusMessage::Vote(v) = &m {
+            // Its own votes (a view change also relays others' prevotes).
+            let mine = PublicKey::from_signing(&self.keys[i]);
+            if let Some(v) = own_vote(&m, mine) {
                 let k = (i, v.slot.height, v.slot.round, v.kind);
                 if let Some(prev) = self.signed.insert(k, v.block) {
                     if prev != v.block {
@@ -707,13 +716,107 @@ fn a_late_polka_is_re_proposed() {
     assert_eq!(c.height_round(), (1, r));
     let out = c.take_round();
     let proposal = out.broadcasts.iter().find_map(|m| match m {
-        ConsensusMessage::Proposal(p) => Some(p),
+        ConsensusMessage::Proposal(p) if p.slot.round == r => Some(p),
         _ => None,
     });
     let p = proposal.expect("the leader proposes");
     assert_eq!(p.block.hash(), h, "a fresh block instead of the polka's");
     assert_eq!(p.valid_round, Some(vr));
     assert_eq!(p.polka.len(), 3);
+}
+
+/// A node that saw a polka sends that round's proposal and prevotes again
+/// when it moves to a later round, so peers that lost them can re-propose
+/// the block instead of one it is locked against (found by the simulator,
+/// `--blocks on` seed 8: after a partition two nodes stayed locked on a
+/// block whose polka the others never received, 30 s without a block).
+#[test]
+fn a_view_change_relays_the_polka() {
+    let ks = keys(4);
+    let reg = registry(&ks, &[Tier::Bronze]);
+    let genesis = BlockHash::genesis(CHAIN, 1);
+    let tip = ChainTip {
+        height: 0,
+        hash: genesis,
+        time_ms: 0,
+    };
+    let me = PublicKey::from_signing(&ks[0]);
+    let r0 = (0..64).find(|r| leader(CHAIN, &reg, 1, *r) != me).unwrap();
+    let li = reg.position(&leader(CHAIN, &reg, 1, r0)).unwrap();
+    let mut c = BlockConsensus::new(
+        ConsensusConfig::devnet(),
+        CHAIN,
+        ks[0].clone(),
+        reg.clone(),
+        tip,
+        None,
+        &[],
+        vec![],
+        1,
+    );
+    let ledger = TestLedger::default();
+    c.handle_timeout(1, &ledger);
+    let slot = |round| Slot {
+        chain_id: CHAIN,
+        epoch: 1,
+        height: 1,
+        round,
+    };
+    let others: Vec<usize> = (1..4).filter(|k| *k != li).collect();
+    if r0 > 0 {
+        for &k in &others {
+            c.handle_vote(
+                2,
+                BlockVote::sign(slot(r0), VoteKind::Prevote, None, &ks[k]),
+                &ledger,
+            )
+            .unwrap();
+        }
+    }
+    assert_eq!(c.height_round(), (1, r0));
+    let b = Block::new(
+        CHAIN,
+        1,
+        1,
+        genesis,
+        1,
+        PublicKey::from_signing(&ks[li]),
+        vec![],
+    );
+    let h = b.hash();
+    c.handle_proposal(2, Proposal::sign(slot(r0), None, b, &ks[li]), &ledger)
+        .unwrap();
+    for k in [1, 2, 3] {
+        c.handle_vote(
+            2,
+            BlockVote::sign(slot(r0), VoteKind::Prevote, Some(h), &ks[k]),
+            &ledger,
+        )
+        .unwrap();
+    }
+    assert_eq!(c.locked().map(|l| l.1), Some(h));
+    let _ = c.take_round();
+    // No precommit quorum: the round times out.
+    let t = c.poll_timeout().unwrap();
+    c.handle_timeout(t, &ledger);
+    assert_eq!(c.height_round(), (1, r0 + 1));
+    let out = c.take_round();
+    let relayed_proposal = out.broadcasts.iter().any(
+        |m| matches!(m, ConsensusMessage::Proposal(p) if p.slot.round == r0 && p.block.hash() == h),
+    );
+    let relayed_votes = out
+        .broadcasts
+        .iter()
+        .filter(|m| {
+            matches!(m, ConsensusMessage::Vote(v)
+                if v.slot.round == r0 && v.kind == VoteKind::Prevote && v.block == Some(h))
+        })
+        .count();
+    assert!(relayed_proposal, "the polka's proposal is not sent again");
+    assert!(
+        relayed_votes >= 3,
+        "{relayed_votes} of the polka's prevotes sent again"
+    );
 }
 
 #[test]
