@@ -82,9 +82,24 @@ impl ConsensusConfig {
         }
     }
 
+    /// Doubling per round up to the cap, plus a quarter of the base per
+    /// round beyond it: past the cap, rounds still get longer, so a node
+    /// that fell some rounds behind (a restart, a partition) catches up
+    /// with one that is ahead. With equal timeouts a node ahead stayed
+    /// ahead for good, and when the quorum needed it no round ever had
+    /// the quorum in it (as in the paper, timeouts must grow with the
+    /// round).
     fn backoff(&self, base: u64, round: u32) -> u64 {
-        base.saturating_mul(1u64 << round.min(16))
-            .min(self.max_timeout_ms)
+        let doubled = base.saturating_mul(1u64 << round.min(16));
+        if doubled <= self.max_timeout_ms {
+            return doubled;
+        }
+        let capped_from = (0..=16u32)
+            .find(|r| base.saturating_mul(1u64 << r) > self.max_timeout_ms)
+            .unwrap_or(16);
+        self.max_timeout_ms.saturating_add(
+            (base / 4).saturating_mul(u64::from(round.saturating_sub(capped_from) + 1)),
+        )
     }
 }
 

@@ -819,6 +819,49 @@ fn a_view_change_relays_the_polka() {
     );
 }
 
+/// Past the cap, every round is still a little longer than the one
+/// before, so a node some rounds behind catches up with one ahead (with
+/// equal timeouts a node ahead stayed ahead for good: simulator,
+/// `--blocks on` seed 42, 45 s of calm without a block).
+#[test]
+fn round_timeouts_keep_growing_past_the_cap() {
+    let ks = keys(4);
+    let reg = registry(&ks, &[Tier::Bronze]);
+    let tip = ChainTip {
+        height: 0,
+        hash: BlockHash::genesis(CHAIN, 1),
+        time_ms: 0,
+    };
+    let mut cfg = ConsensusConfig::devnet();
+    cfg.max_timeout_ms = 2_000;
+    // A node alone: every round ends by its timeouts.
+    let mut c = BlockConsensus::new(cfg, CHAIN, ks[0].clone(), reg, tip, None, &[], vec![], 1);
+    let ledger = TestLedger::default();
+    let mut starts = vec![];
+    let mut now = 1;
+    while starts.len() < 12 && now < 10_000_000 {
+        let (_, r) = c.height_round();
+        if starts.len() as u32 <= r {
+            starts.push(now);
+        }
+        now = c.poll_timeout().unwrap();
+        c.handle_timeout(now, &ledger);
+        let _ = c.take_round();
+    }
+    // Rounds it does not lead (a leader skips its propose timeout).
+    let me = PublicKey::from_signing(&ks[0]);
+    let reg = registry(&ks, &[Tier::Bronze]);
+    let lengths: Vec<u64> = starts
+        .windows(2)
+        .enumerate()
+        .filter(|(r, _)| leader(CHAIN, &reg, 1, *r as u32) != me)
+        .map(|(_, w)| w[1] - w[0])
+        .collect();
+    for w in lengths.windows(2).skip(2) {
+        assert!(w[1] > w[0], "round lengths stop growing: {lengths:?}");
+    }
+}
+
 #[test]
 fn restart_never_signs_a_conflicting_vote() {
     let mut net = Net::new(4, 4);
