@@ -27,7 +27,7 @@ fn block_seeds() -> u64 {
     std::env::var("TIME_SIM_BLOCK_SEEDS")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(200)
+        .unwrap_or(150)
 }
 
 /// A violation the strict runs tolerate for now: the restarted node's queue
