@@ -407,3 +407,162 @@ impl Checker {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The block invariants can fail: each is fed the fact it forbids.
+
+    use timecoin_core::blocks::{Block, BlockVote, CommitCertificate, Slot, VoteKind};
+    use timecoin_core::protocol::registry::{Masternode, Registry, Tier};
+    use timecoin_core::protocol::types::{Address, PublicKey, Transaction, TxOutput};
+    use timecoin_core::testkit::key_from_seed;
+
+    use super::*;
+
+    struct Fixture {
+        keys: Vec<ed25519_dalek::SigningKey>,
+        registry: Registry,
+        checker: Checker,
+    }
+
+    fn fixture() -> Fixture {
+        let keys: Vec<_> = (0..4).map(|i| key_from_seed("mn", i)).collect();
+        let registry = Registry::new(
+            1,
+            keys.iter()
+                .enumerate()
+                .map(|(i, k)| Masternode {
+                    key: PublicKey::from_signing(k),
+                    address: format!("127.0.0.1:{}", 24100 + i),
+                    tier: Tier::Bronze,
+                })
+                .collect(),
+        )
+        .unwrap();
+        let pks = keys.iter().map(PublicKey::from_signing).collect();
+        let checker = Checker::new(registry.clone(), vec![true; 4], pks, true);
+        Fixture {
+            keys,
+            registry,
+            checker,
+        }
+    }
+
+    impl Fixture {
+        /// A block on `prev` at `height`, certified by the first `signers`.
+        fn committed(
+            &self,
+            height: u64,
+            prev: BlockHash,
+            time: u64,
+            txs: Vec<Transaction>,
+            signers: usize,
+        ) -> CommittedBlock {
+            let block = Block::new(CHAIN_ID, 1, height, prev, time, PublicKey([0; 32]), txs);
+            let slot = Slot {
+                chain_id: CHAIN_ID,
+                epoch: 1,
+                height,
+                round: 0,
+            };
+            let votes: Vec<BlockVote> = self.keys[..signers]
+                .iter()
+                .map(|k| BlockVote::sign(slot, VoteKind::Precommit, Some(block.hash()), k))
+                .collect();
+            let refs: Vec<&BlockVote> = votes.iter().collect();
+            let cert =
+                CommitCertificate::from_precommits(slot, block.hash(), &refs, &self.registry);
+            CommittedBlock { block, cert }
+        }
+        fn kinds(&self) -> Vec<ViolationKind> {
+            self.checker.violations.iter().map(|v| v.kind).collect()
+        }
+    }
+
+    fn payment() -> Transaction {
+        Transaction {
+            version: 1,
+            chain_id: CHAIN_ID,
+            inputs: vec![],
+            outputs: vec![TxOutput {
+                amount: 5,
+                address: Address([7; 20]),
+            }],
+            lock_time: 0,
+        }
+    }
+
+    #[test]
+    fn a_good_chain_passes() {
+        let mut f = fixture();
+        let g = BlockHash::genesis(CHAIN_ID, 1);
+        let b1 = f.committed(1, g, 1, vec![], 3);
+        let b2 = f.committed(2, b1.block.hash(), 2, vec![], 4);
+        for node in 0..4 {
+            f.checker.on_committed_block(node, 10, &b1);
+            f.checker.on_committed_block(node, 20, &b2);
+        }
+        assert!(f.kinds().is_empty(), "{:?}", f.checker.violations);
+    }
+
+    #[test]
+    fn a_fork_a_gap_a_light_certificate_and_an_unproven_payment_are_caught() {
+        let mut f = fixture();
+        let g = BlockHash::genesis(CHAIN_ID, 1);
+        let b1 = f.committed(1, g, 1, vec![], 3);
+        let other = f.committed(1, g, 2, vec![], 3);
+        f.checker.on_committed_block(0, 10, &b1);
+        f.checker.on_committed_block(1, 11, &other);
+        assert!(f.kinds().contains(&ViolationKind::BlockFork));
+        // Height 3 on height 1: not a chain.
+        let b3 = f.committed(3, b1.block.hash(), 3, vec![], 3);
+        f.checker.on_committed_block(0, 12, &b3);
+        assert!(f.kinds().contains(&ViolationKind::BlockChain));
+        // Two precommits of four: below the quorum.
+        let light = f.committed(1, g, 4, vec![], 2);
+        f.checker.on_committed_block(2, 13, &light);
+        assert!(f.kinds().contains(&ViolationKind::BlockCertificate));
+        // A payment no honest node finalized.
+        let mut g2 = fixture();
+        let unproven = g2.committed(1, g, 1, vec![payment()], 3);
+        g2.checker.on_committed_block(0, 10, &unproven);
+        assert_eq!(g2.kinds(), vec![ViolationKind::BlockContradiction]);
+        // A restart that lost the tip.
+        g2.checker.on_block_restart(0, 20, None);
+        assert!(g2.kinds().contains(&ViolationKind::BlockChain));
+    }
+
+    #[test]
+    fn a_second_vote_for_one_slot_is_caught() {
+        let mut f = fixture();
+        let v = |block| OwnBlockVote {
+            height: 4,
+            round: 1,
+            step: SignedStep::Precommit,
+            block,
+        };
+        f.checker.on_own_block_vote(2, 10, &v(None));
+        f.checker.on_own_block_vote(2, 11, &v(None));
+        assert!(f.kinds().is_empty());
+        f.checker
+            .on_own_block_vote(2, 12, &v(Some(BlockHash([1; 32]))));
+        assert_eq!(f.kinds(), vec![ViolationKind::BlockVoteConflict]);
+    }
+
+    #[test]
+    fn a_stall_is_caught_when_calm() {
+        let mut f = fixture();
+        let g = BlockHash::genesis(CHAIN_ID, 1);
+        let b1 = f.committed(1, g, 1, vec![], 3);
+        f.checker.on_committed_block(0, SEC, &b1);
+        f.checker
+            .check_blocks_end(100 * SEC, 60 * SEC, |_, _| true, &[0]);
+        assert!(f.kinds().contains(&ViolationKind::BlockStall));
+        // Not calm: nothing is promised.
+        let mut f2 = fixture();
+        f2.checker.on_committed_block(0, SEC, &b1);
+        f2.checker
+            .check_blocks_end(100 * SEC, 60 * SEC, |_, _| false, &[0]);
+        assert!(!f2.kinds().contains(&ViolationKind::BlockStall));
+    }
+}
