@@ -333,9 +333,9 @@ fn same_seed_same_trace_in_process() {
 fn same_seed_same_trace_across_processes() {
     // A new process has new hash-map seeds: nothing the run does may depend on them.
     let bin = env!("CARGO_BIN_EXE_time-sim");
-    let hash = |seed: u64| {
+    let hash = |seed: u64, scenario: &str| {
         let out = std::process::Command::new(bin)
-            .args(["--seed", &seed.to_string()])
+            .args(["--seed", &seed.to_string(), "--scenario", scenario])
             .output()
             .expect("run time-sim");
         let text = String::from_utf8_lossy(&out.stdout).to_string();
@@ -347,7 +347,17 @@ fn same_seed_same_trace_across_processes() {
     };
     for seed in [5u64, 11, 99] {
         let inproc = time_sim::run_seed(seed, Options::default()).trace_hash;
-        assert_eq!(hash(seed), inproc, "seed {seed}");
-        assert_eq!(hash(seed), inproc, "seed {seed}");
+        assert_eq!(hash(seed, "mixed"), inproc, "seed {seed}");
+        assert_eq!(hash(seed, "mixed"), inproc, "seed {seed}");
+    }
+    // The block layer too (proposals' polkas come out in hash-map order).
+    let blocks = Options {
+        scenario: Scenario::Blocks,
+        ..Options::default()
+    };
+    for seed in [3u64, 8] {
+        let inproc = time_sim::run_seed(seed, blocks).trace_hash;
+        assert_eq!(hash(seed, "blocks"), inproc, "blocks seed {seed}");
+        assert_eq!(hash(seed, "blocks"), inproc, "blocks seed {seed}");
     }
 }
