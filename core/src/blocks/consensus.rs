@@ -82,9 +82,24 @@ impl ConsensusConfig {
         }
     }
 
+    /// Doubling per round up to the cap, plus a quarter of the base per
+    /// round beyond it: past the cap, rounds still get longer, so a node
+    /// that fell some rounds behind (a restart, a partition) catches up
+    /// with one that is ahead. With equal timeouts a node ahead stayed
+    /// ahead for good, and when the quorum needed it no round ever had
+    /// the quorum in it (as in the paper, timeouts must grow with the
+    /// round).
     fn backoff(&self, base: u64, round: u32) -> u64 {
-        base.saturating_mul(1u64 << round.min(16))
-            .min(self.max_timeout_ms)
+        let doubled = base.saturating_mul(1u64 << round.min(16));
+        if doubled <= self.max_timeout_ms {
+            return doubled;
+        }
+        let capped_from = (0..=16u32)
+            .find(|r| base.saturating_mul(1u64 << r) > self.max_timeout_ms)
+            .unwrap_or(16);
+        self.max_timeout_ms.saturating_add(
+            (base / 4).saturating_mul(u64::from(round.saturating_sub(capped_from) + 1)),
+        )
     }
 }
 
@@ -274,11 +289,32 @@ enum Timer {
     Precommit,
 }
 
+/// Most further values one equivocating voter is counted for per round
+/// and step (bounds memory).
+const MAX_EQUIVOCATIONS: usize = 2;
+
 #[derive(Default)]
 struct VoteSet {
     by_voter: HashMap<PublicKey, BlockVote>,
+    /// An equivocator's votes for values other than its first, each counted
+    /// for the value it names (the paper counts messages per value). A node
+    /// that heard its nil first must still see the polka it signed for B,
+    /// or it waits forever while the others stay locked on B. Safe: two
+    /// quorums for different values in one round still need an honest voter
+    /// in both.
+    equivocations: HashMap<(PublicKey, Option<BlockHash>), BlockVote>,
     weight: HashMap<Option<BlockHash>, u64>,
     total: u64,
+}
+
+impl VoteSet {
+    /// Every vote held for `block`, an equivocator's included.
+    fn votes_for(&self, block: Option<BlockHash>) -> impl Iterator<Item = &BlockVote> {
+        self.by_voter
+            .values()
+            .chain(self.equivocations.values())
+            .filter(move |v| v.block == block)
+    }
 }
 
 #[derive(Default)]
@@ -589,8 +625,25 @@ impl BlockConsensus {
         match held {
             Some(b) if b == v.block => Ok(()),
             Some(_) => {
-                if v.verify_signature() {
-                    self.stats.equivocations += 1;
+                let Some(w) = self.registry.weight_of(&v.voter) else {
+                    return Ok(());
+                };
+                let Some(rs) = self.rounds.get_mut(&v.slot.round) else {
+                    return Ok(());
+                };
+                let set = match v.kind {
+                    VoteKind::Prevote => &mut rs.prevotes,
+                    VoteKind::Precommit => &mut rs.precommits,
+                };
+                let key = (v.voter, v.block);
+                let more = set.equivocations.keys().filter(|k| k.0 == v.voter).count();
+                if set.equivocations.contains_key(&key) || !v.verify_signature() {
+                    return Ok(());
+                }
+                self.stats.equivocations += 1;
+                if more < MAX_EQUIVOCATIONS {
+                    *set.weight.entry(v.block).or_default() += w;
+                    set.equivocations.insert(key, v);
                 }
                 Ok(())
             }
@@ -630,12 +683,7 @@ impl BlockConsensus {
     /// The prevotes of `round` for `block` that this node holds.
     fn polka_votes(&self, round: u32, block: BlockHash) -> Vec<BlockVote> {
         self.rounds.get(&round).map_or_else(Vec::new, |rs| {
-            rs.prevotes
-                .by_voter
-                .values()
-                .filter(|v| v.block == Some(block))
-                .cloned()
-                .collect()
+            rs.prevotes.votes_for(Some(block)).cloned().collect()
         })
     }
 
@@ -764,8 +812,35 @@ impl BlockConsensus {
         self.rounds.entry(round).or_default();
         let t = self.cfg.backoff(self.cfg.propose_timeout_ms, round);
         self.schedule(now + t, Timer::Propose, round);
+        self.relay_valid();
         if leader(self.chain_id, &self.registry, self.height, round) == self.me {
             self.propose(now, round, ledger);
+        }
+    }
+
+    /// At a view change, a node that saw a polka (its `valid` block, which
+    /// it may be locked on) sends that round's proposal and prevotes again.
+    /// Nothing re-sends votes otherwise: peers that lost them (a partition,
+    /// a restart) could not know the polka, so every other leader proposed
+    /// a fresh block the locked nodes refused, and blocks waited until a
+    /// locked node led a round. With the polka, the next leader re-proposes
+    /// its block (the late-polka rule in `step_once`).
+    fn relay_valid(&mut self) {
+        let Some((vr, h)) = self.valid else {
+            return;
+        };
+        if vr >= self.round {
+            return;
+        }
+        if let Some(p) = self.rounds.get(&vr).and_then(|rs| rs.proposal.clone()) {
+            if p.block.hash() == h {
+                self.out
+                    .broadcasts
+                    .push(ConsensusMessage::Proposal(Box::new(p)));
+            }
+        }
+        for v in self.polka_votes(vr, h) {
+            self.out.broadcasts.push(ConsensusMessage::Vote(v));
         }
     }
 
@@ -984,12 +1059,7 @@ impl BlockConsensus {
         });
         if let Some((r, h)) = decided {
             let rs = &self.rounds[&r];
-            let votes: Vec<&BlockVote> = rs
-                .precommits
-                .by_voter
-                .values()
-                .filter(|v| v.block == Some(h))
-                .collect();
+            let votes: Vec<&BlockVote> = rs.precommits.votes_for(Some(h)).collect();
             let cert = CommitCertificate::from_precommits(self.slot(r), h, &votes, &self.registry);
             let block = self.blocks[&h].clone();
             self.commit(now, block, cert);
@@ -1005,6 +1075,28 @@ impl BlockConsensus {
         if let Some(r) = skip {
             self.start_round(now, r, ledger);
             return true;
+        }
+        // A polka that completed only after this node left its round (a
+        // late or restarted voter): remember it as `valid`, so this node,
+        // when it leads, re-proposes that block with its polka instead of a
+        // fresh one that a node locked on it would refuse. Safe: receivers
+        // check the polka themselves; locks are untouched.
+        let late = self.rounds.range(..self.round).rev().find_map(|(r, rs)| {
+            if self.valid.is_some_and(|(vr, _)| vr >= *r) {
+                return None;
+            }
+            rs.prevotes
+                .weight
+                .iter()
+                .find(|(b, w)| b.is_some() && **w >= q)
+                .and_then(|(b, _)| b.filter(|h| self.blocks.contains_key(h)))
+                .map(|h| (*r, h))
+        });
+        if let Some((r, h)) = late {
+            if self.is_valid(now, &h, ledger) == Validity::Valid {
+                self.valid = Some((r, h));
+                return true;
+            }
         }
         let round = self.round;
         let proposal = self.rounds.get(&round).and_then(|rs| {

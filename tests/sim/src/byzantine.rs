@@ -20,6 +20,9 @@ use timecoin_core::protocol::types::{OutPoint, PublicKey, Transaction, Txid};
 use timecoin_core::protocol::validation::RejectCode;
 use timecoin_core::protocol::vote::{Decision, VoteBatch, VoteItem};
 
+use timecoin_core::protocol::registry::Registry;
+
+use crate::byzantine_blocks::ByzChain;
 use crate::config::{ByzBehaviour, Micros, CHAIN_ID, SEC};
 use crate::net::{Dest, Frame};
 use crate::node::frame;
@@ -43,6 +46,7 @@ pub struct ByzStats {
     pub junk_transport: u64,
     /// Vote batches signed with a small-order component.
     pub torsion: u64,
+    pub blocks: crate::byzantine_blocks::ByzBlockStats,
 }
 
 pub struct ByzNode {
@@ -64,6 +68,10 @@ pub struct ByzNode {
     proofs_pushed: BTreeSet<[u8; 32]>,
     /// Full-rate flood: the current burst ends at `.0`, the next starts at `.1`.
     burst: (Micros, Micros),
+    /// Payments it saw a TimeProof for.
+    finals: BTreeSet<Txid>,
+    /// Its part in the block consensus, when the run has blocks.
+    pub chain: Option<ByzChain>,
     pub stats: ByzStats,
 }
 
@@ -73,8 +81,19 @@ impl ByzNode {
         key: SigningKey,
         behaviour: ByzBehaviour,
         keys: Vec<PublicKey>,
-        epoch: u64,
+        registry: &Registry,
+        blocks: bool,
     ) -> Self {
+        let epoch = registry.epoch();
+        let chain = blocks.then(|| {
+            ByzChain::new(
+                idx,
+                key.clone(),
+                registry.clone(),
+                keys.clone(),
+                behaviour.blocks.clone(),
+            )
+        });
         ByzNode {
             idx,
             key,
@@ -93,6 +112,8 @@ impl ByzNode {
             proofs_requested: BTreeSet::new(),
             proofs_pushed: BTreeSet::new(),
             burst: (0, 5 * SEC),
+            finals: BTreeSet::new(),
+            chain,
             stats: ByzStats::default(),
         }
     }
@@ -182,7 +203,13 @@ impl ByzNode {
                 }
             }
             Message::VoteBatch(_) => Self::capture(&mut self.captured_votes, f),
-            Message::TimeProof { .. } => {
+            Message::BlockProposal(_) | Message::BlockVote(_) | Message::CommittedBlock(_) => {
+                if let Some(c) = self.chain.as_mut() {
+                    out.extend(c.on_message(rng, &msg));
+                }
+            }
+            Message::TimeProof { ref tx, .. } => {
+                self.finals.insert(tx.txid());
                 Self::capture(&mut self.captured_proofs, f);
                 if self.behaviour.gossip_proofs
                     && self.proofs_pushed.insert(*blake3::hash(f).as_bytes())
@@ -202,6 +229,9 @@ impl ByzNode {
         let mut out = Vec::new();
         if b.silent {
             return out;
+        }
+        if let Some(c) = self.chain.as_mut() {
+            out.extend(c.step(rng, now, &self.seen, &self.finals, &self.spends));
         }
         let fresh: Vec<Txid> = std::mem::take(&mut self.unvoted);
         if !fresh.is_empty() {

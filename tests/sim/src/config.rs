@@ -35,10 +35,11 @@ pub enum Scenario {
     Skew,
     Byzantine,
     DoubleSpend,
+    Blocks,
 }
 
 impl Scenario {
-    pub const ALL: [Scenario; 8] = [
+    pub const ALL: [Scenario; 9] = [
         Scenario::Mixed,
         Scenario::Calm,
         Scenario::Lossy,
@@ -47,6 +48,7 @@ impl Scenario {
         Scenario::Skew,
         Scenario::Byzantine,
         Scenario::DoubleSpend,
+        Scenario::Blocks,
     ];
     pub fn name(self) -> &'static str {
         match self {
@@ -58,6 +60,7 @@ impl Scenario {
             Scenario::Skew => "skew",
             Scenario::Byzantine => "byzantine",
             Scenario::DoubleSpend => "double-spend",
+            Scenario::Blocks => "blocks",
         }
     }
     pub fn describe(self) -> &'static str {
@@ -74,6 +77,9 @@ impl Scenario {
             Scenario::Skew => "large clock offsets and drift per masternode",
             Scenario::Byzantine => "every Byzantine behaviour at once, at the chosen weight",
             Scenario::DoubleSpend => "many double-spending wallets, conflicts sent again and again",
+            Scenario::Blocks => {
+                "block layer on with Byzantine leaders and voters (equivocating proposals, withholding, bad bodies, double votes), short crashes mid-phase and partitions across block boundaries"
+            }
         }
     }
 }
@@ -109,6 +115,12 @@ pub enum Planted {
     /// No catch-up from the peers' finality logs (and the approval gate
     /// always open).
     NoCatchup,
+    /// Block layer: commit and lock with more than half the weight
+    /// (`PlantedBlockBugs::weak_quorum`).
+    BlockQuorum,
+    /// Block layer: own block votes forgotten across a restart
+    /// (`PlantedBlockBugs::forget_votes`).
+    BlockForgetVotes,
 }
 
 impl Planted {
@@ -118,7 +130,13 @@ impl Planted {
             Planted::Quorum => "quorum",
             Planted::ReleaseLock => "release-lock",
             Planted::NoCatchup => "no-catchup",
+            Planted::BlockQuorum => "block-quorum",
+            Planted::BlockForgetVotes => "block-forget-votes",
         }
+    }
+    /// A block-layer bug: the run needs the block layer on.
+    pub fn is_block(self) -> bool {
+        matches!(self, Planted::BlockQuorum | Planted::BlockForgetVotes)
     }
 }
 
@@ -130,8 +148,10 @@ impl FromStr for Planted {
             "quorum" => Ok(Planted::Quorum),
             "release-lock" => Ok(Planted::ReleaseLock),
             "no-catchup" => Ok(Planted::NoCatchup),
+            "block-quorum" => Ok(Planted::BlockQuorum),
+            "block-forget-votes" => Ok(Planted::BlockForgetVotes),
             _ => Err(format!(
-                "unknown planted bug {s:?}; one of: none, quorum, release-lock, no-catchup"
+                "unknown planted bug {s:?}; one of: none, quorum, release-lock, no-catchup, block-quorum, block-forget-votes"
             )),
         }
     }
@@ -189,6 +209,38 @@ impl FromStr for ByzWeight {
     }
 }
 
+/// Whether the masternodes run the block layer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BlockMode {
+    /// Drawn per seed (on in one run of eight; always on in the `blocks`
+    /// scenario and with a planted block bug).
+    Random,
+    On,
+    Off,
+}
+
+impl BlockMode {
+    pub fn arg(self) -> &'static str {
+        match self {
+            BlockMode::Random => "random",
+            BlockMode::On => "on",
+            BlockMode::Off => "off",
+        }
+    }
+}
+
+impl FromStr for BlockMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "random" => Ok(BlockMode::Random),
+            "on" => Ok(BlockMode::On),
+            "off" => Ok(BlockMode::Off),
+            _ => Err(format!("bad block mode {s:?}: random, on or off")),
+        }
+    }
+}
+
 /// What the user chose; with a seed it determines a run completely.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Options {
@@ -197,6 +249,7 @@ pub struct Options {
     pub byzantine: ByzWeight,
     /// Fail on violations traced to known engine issues too.
     pub strict: bool,
+    pub blocks: BlockMode,
 }
 
 impl Default for Options {
@@ -206,6 +259,7 @@ impl Default for Options {
             planted: Planted::None,
             byzantine: ByzWeight::Random,
             strict: false,
+            blocks: BlockMode::Random,
         }
     }
 }
@@ -222,6 +276,9 @@ impl Options {
         }
         if self.byzantine != ByzWeight::Random {
             s.push_str(&format!(" --byzantine-weight {}", self.byzantine.arg()));
+        }
+        if self.blocks != BlockMode::Random {
+            s.push_str(&format!(" --blocks {}", self.blocks.arg()));
         }
         if self.strict {
             s.push_str(" --strict");
@@ -270,6 +327,47 @@ pub struct ByzBehaviour {
     /// Re-sends every new transaction at once with one signature byte
     /// flipped: same txid (signatures are outside it), invalid bytes.
     pub malleate: bool,
+    /// Block layer (with no block flag set it takes no part in it at all:
+    /// as a leader it withholds its proposal, it never votes).
+    pub blocks: ByzBlocks,
+}
+
+/// A Byzantine masternode in the block consensus. Everything it sends is
+/// signed with its registered key, so it counts like an honest node's.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ByzBlocks {
+    /// Prevotes and precommits the first proposal it sees in each round
+    /// (without checking it), so honest nodes need its weight less.
+    pub follow: bool,
+    /// As a leader: two different signed proposals for one slot, each to
+    /// a different half of the peers, and prevotes and precommits for each
+    /// to its half.
+    pub equivocate: bool,
+    /// As a leader: its proposal to only some of the peers.
+    pub partial: bool,
+    /// As a leader: a block holding a payment that is not final (a
+    /// double spend whose votes split, or one seen before its proof), or
+    /// one that conflicts with a final payment.
+    pub bad_body: bool,
+    /// Prevotes and precommits one block to half the peers and nil (or the
+    /// other block) to the other half.
+    pub double_vote: bool,
+}
+
+impl ByzBlocks {
+    pub fn any(&self) -> bool {
+        self.follow || self.equivocate || self.partial || self.bad_body || self.double_vote
+    }
+}
+
+/// The block layer's settings in a run.
+#[derive(Clone, Debug)]
+pub struct BlockParams {
+    /// Pause after a commit (simulated time, scaled down from 600 s).
+    pub interval_ms: u64,
+    pub propose_timeout_ms: u64,
+    pub vote_timeout_ms: u64,
+    pub max_timeout_ms: u64,
 }
 
 /// One fault window.
@@ -288,6 +386,9 @@ pub struct CrashWindow {
     pub restart: Micros,
     /// Crash right after the next durable write, before its messages leave.
     pub after_write: bool,
+    /// Crash right after the next durable write that holds one of its own
+    /// block votes or proposals (mid-phase), before it leaves.
+    pub after_block_vote: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -357,6 +458,8 @@ pub struct SimConfig {
     pub engine: EngineParams,
     /// How long an honest payment may take while the network is calm.
     pub liveness_bound: Micros,
+    /// The block layer, if the run has it.
+    pub blocks: Option<BlockParams>,
 }
 
 impl SimConfig {
@@ -399,6 +502,10 @@ impl SimConfig {
         };
         let mixed = flavour == Scenario::Mixed;
         let calm = flavour == Scenario::Calm;
+        // The block scenario draws its extra knobs from its own stream, so
+        // the other scenarios' runs stay exactly what they were.
+        let blk = flavour == Scenario::Blocks;
+        let mut rng_blocks = rng_for(seed, "blocks");
 
         let n = rng.gen_range(4..=7usize);
         let tiers: Vec<Tier> = if rng.gen_bool(0.25) {
@@ -416,7 +523,7 @@ impl SimConfig {
             vec![Tier::Bronze; n]
         };
         let byz_set = choose_byzantine(&tiers, options.byzantine, &mut rng);
-        let byzantine = (0..n)
+        let mut byzantine: Vec<Option<ByzBehaviour>> = (0..n)
             .map(|i| {
                 byz_set
                     .contains(&i)
@@ -463,7 +570,9 @@ impl SimConfig {
 
         // Faults.
         let mut partitions = Vec::new();
-        let partitioned = flavour == Scenario::Partition || (mixed && rng.gen_bool(0.5));
+        let partitioned = flavour == Scenario::Partition
+            || (mixed && rng.gen_bool(0.5))
+            || (blk && rng_blocks.gen_bool(0.6));
         if partitioned {
             let k = rng.gen_range(1..=3);
             let mut t = rng.gen_range(3..=15) * SEC;
@@ -493,6 +602,7 @@ impl SimConfig {
         }
         let mut crashes = Vec::new();
         let crashing = flavour == Scenario::Crash || (mixed && rng.gen_bool(0.5));
+        let crashing_mid_phase = blk && rng_blocks.gen_bool(0.8);
         if crashing {
             let honest: Vec<usize> = (0..n).filter(|i| !byz_set.contains(i)).collect();
             let k = rng.gen_range(1..=5);
@@ -510,6 +620,34 @@ impl SimConfig {
                         at,
                         restart,
                         after_write: rng.gen_bool(0.5),
+                        after_block_vote: false,
+                    });
+                }
+            }
+            crashes.sort_by_key(|c| (c.at, c.node));
+        }
+        if crashing_mid_phase {
+            // Short crashes, most of them right after an own block vote is
+            // durable and before it leaves: the node restarts at the same
+            // height and round, while the others are still deciding it.
+            let honest: Vec<usize> = (0..n).filter(|i| !byz_set.contains(i)).collect();
+            let k = rng_blocks.gen_range(2..=8);
+            for _ in 0..k {
+                let node = *honest.choose(&mut rng_blocks).expect("honest nodes exist");
+                let at = rng_blocks.gen_range(2 * SEC..payments_until);
+                let down = rng_blocks.gen_range(50 * MS..1_500 * MS);
+                let restart = (at + down).min(heal_at);
+                let overlaps = crashes.iter().any(|c: &CrashWindow| {
+                    c.node == node && c.at <= restart + SEC && at <= c.restart + SEC
+                });
+                if !overlaps {
+                    let mid = rng_blocks.gen_bool(0.7);
+                    crashes.push(CrashWindow {
+                        node,
+                        at,
+                        restart,
+                        after_write: !mid && rng_blocks.gen_bool(0.5),
+                        after_block_vote: mid,
                     });
                 }
             }
@@ -549,6 +687,28 @@ impl SimConfig {
             max_unknown_tallies: 2_000,
             tick_every: rng.gen_range(100..=1_000) * MS,
         };
+        let blocks_on = match options.blocks {
+            _ if blk || options.planted.is_block() => true,
+            BlockMode::On => true,
+            BlockMode::Off => false,
+            BlockMode::Random => rng_blocks.gen_bool(1.0 / 8.0),
+        };
+        let blocks = blocks_on.then(|| BlockParams {
+            interval_ms: *[500u64, 1_000, 2_000]
+                .choose(&mut rng_blocks)
+                .expect("non-empty"),
+            propose_timeout_ms: 500,
+            vote_timeout_ms: 500,
+            max_timeout_ms: 2_000,
+        });
+        if blocks_on {
+            let control = matches!(options.byzantine, ByzWeight::AtLeast(..));
+            for b in byzantine.iter_mut().flatten() {
+                if !b.silent {
+                    b.blocks = draw_block_behaviour(blk || control, &mut rng_blocks);
+                }
+            }
+        }
         SimConfig {
             seed,
             options,
@@ -568,6 +728,7 @@ impl SimConfig {
             net,
             engine,
             liveness_bound: 10 * SEC,
+            blocks,
         }
     }
 
@@ -583,7 +744,7 @@ impl SimConfig {
     pub fn summary(&self) -> String {
         let byz: Vec<usize> = (0..self.n()).filter(|&i| !self.is_honest(i)).collect();
         format!(
-            "seed {} scenario {} (as {}): {} masternodes, weight {} (quorum {}), Byzantine {:?} weight {} ({:.1}%), {} partitions, {} crashes, loss {:.2}, dup {:.2}, jitter {} ms, {} honest wallets, {} double-spenders, lock timeout {} ms, retention {} ms, planted {}",
+            "seed {} scenario {} (as {}): {} masternodes, weight {} (quorum {}), Byzantine {:?} weight {} ({:.1}%), {} partitions, {} crashes, loss {:.2}, dup {:.2}, jitter {} ms, {} honest wallets, {} double-spenders, lock timeout {} ms, retention {} ms, planted {}, blocks {}",
             self.seed,
             self.options.scenario,
             self.flavour,
@@ -603,7 +764,24 @@ impl SimConfig {
             self.engine.lock_timeout_ms,
             self.engine.decided_retention_ms,
             self.options.planted.name(),
+            match &self.blocks {
+                Some(b) => format!("every {} ms", b.interval_ms),
+                None => "off".into(),
+            },
         )
+    }
+}
+
+/// A Byzantine node's block behaviour: in the block scenario (and the
+/// controls) most of them at once, else now and then.
+fn draw_block_behaviour(all: bool, rng: &mut ChaCha8Rng) -> ByzBlocks {
+    let p = if all { 0.7 } else { 0.3 };
+    ByzBlocks {
+        follow: rng.gen_bool(0.5),
+        equivocate: rng.gen_bool(p),
+        partial: rng.gen_bool(p * 0.5),
+        bad_body: rng.gen_bool(p),
+        double_vote: rng.gen_bool(p),
     }
 }
 
@@ -699,6 +877,7 @@ fn draw_behaviour(flavour: Scenario, options: Options, rng: &mut ChaCha8Rng) -> 
         gossip_proofs: rng.gen_bool(p),
         bad_proofs: rng.gen_bool(p),
         malleate: rng.gen_bool(p * 0.5),
+        blocks: ByzBlocks::default(),
     };
     if !b.approve_all {
         b.reject_all = rng.gen_bool(0.5);

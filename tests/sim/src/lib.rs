@@ -20,7 +20,8 @@
 //! - [`config`]: a run drawn from its seed (topology, faults, actors).
 //! - [`net`]: the network model.
 //! - [`node`]: the honest masternode driver (the runtime around the state machine).
-//! - [`byzantine`]: misbehaving masternodes.
+//! - [`byzantine`]: misbehaving masternodes ([`byzantine_blocks`]: in the
+//!   block consensus).
 //! - [`wallet`]: honest and double-spending wallets.
 //! - [`checker`]: the invariants.
 //! - [`world`]: the event loop that ties them together.
@@ -29,6 +30,7 @@
 
 pub mod batch;
 pub mod byzantine;
+pub mod byzantine_blocks;
 pub mod checker;
 pub mod config;
 pub mod decoders;
@@ -43,7 +45,7 @@ use rand_chacha::ChaCha8Rng;
 
 pub use batch::{run_batch, BatchReport};
 pub use checker::{Violation, ViolationKind};
-pub use config::{ByzWeight, Options, Planted, Scenario, SimConfig};
+pub use config::{BlockMode, ByzWeight, Options, Planted, Scenario, SimConfig};
 pub use world::{run_seed, RunReport};
 
 /// An independent random stream per purpose, so that adding a draw in one

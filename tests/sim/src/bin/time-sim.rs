@@ -16,7 +16,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use time_sim::batch::{default_jobs, run_batch};
 use time_sim::world::run_seed_traced;
-use time_sim::{ByzWeight, Options, Planted, RunReport, Scenario};
+use time_sim::{BlockMode, ByzWeight, Options, Planted, RunReport, Scenario};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -33,13 +33,18 @@ struct Args {
     /// Scenario family (see --list-scenarios).
     #[arg(long, default_value = "mixed")]
     scenario: Scenario,
-    /// Plant a bug in the core: none, quorum, release-lock, no-catchup.
+    /// Plant a bug in the core: none, quorum, release-lock, no-catchup,
+    /// block-quorum, block-forget-votes.
     #[arg(long, default_value = "none")]
     planted: Planted,
     /// Byzantine weight: random (up to just under 1/3), max-safe, 0, or a
     /// fraction such as 1/3 or 0.34 (the smallest set at or above it).
     #[arg(long = "byzantine-weight", default_value = "random")]
     byzantine: ByzWeight,
+    /// Block layer: random (drawn per seed), on, off. Always on in the
+    /// `blocks` scenario and with a planted block bug.
+    #[arg(long, default_value = "random")]
+    blocks: BlockMode,
     /// Worker threads for --seeds.
     #[arg(long)]
     jobs: Option<usize>,
@@ -117,6 +122,14 @@ fn print_report(r: &RunReport) {
         "  Byzantine: {} batches signed, {} forged, {} unregistered, {} replayed, {} flood items ({} full-rate batches), {} garbage frames, {} transport junk, {} torsion-signed batches, {} bad proofs, {} proofs pushed, {} relays, {} malleated copies",
         b.batches_signed, b.forged, b.unregistered, b.replayed, b.flood_items, b.flood_batches, b.garbage_frames, b.junk_transport, b.torsion, b.bad_proofs, b.proofs_pushed, b.relays, b.malleated
     );
+    if let Some(f) = &r.blocks {
+        let x = &b.blocks;
+        println!(
+            "  blocks: height {}, {} heights with a view change, {} payments confirmed; calm: {} finality-to-confirmation times checked (longest {} ms), longest gap between commits {} ms; Byzantine: {} proposals ({} equivocating, {} partial, {} with bad bodies, {} withheld), {} votes ({} double)",
+            f.height, f.view_changes, f.confirmed, f.confirm_checked, f.max_confirm / 1_000, f.max_calm_gap / 1_000,
+            x.proposals, x.equivocations, x.partial_proposals, x.bad_bodies, x.withheld, x.votes, x.double_votes
+        );
+    }
     if r.violations.is_empty() {
         println!("  OK: no invariant violated");
     } else {
@@ -205,6 +218,7 @@ fn main() -> ExitCode {
         planted: args.planted,
         byzantine: args.byzantine,
         strict: args.strict,
+        blocks: args.blocks,
     };
     let found = if let Some(seed) = args.seed {
         let out: Option<Box<dyn std::io::Write + Send>> = if args.trace {
@@ -227,8 +241,16 @@ fn main() -> ExitCode {
         let verbose = args.verbose;
         let progress = move |r: &RunReport| {
             if verbose {
+                let blocks = r.blocks.as_ref().map_or(String::new(), |b| {
+                    format!(
+                        " blocks: height {} longest calm gap {} ms, longest calm confirmation {} ms",
+                        b.height,
+                        b.max_calm_gap / 1_000,
+                        b.max_confirm / 1_000
+                    )
+                });
                 println!(
-                    "seed {:>6} {} {:>3} payments {:>6} events trace {}",
+                    "seed {:>6} {} {:>3} payments {:>6} events trace {}{blocks}",
                     r.seed,
                     if r.ok() { "ok  " } else { "FAIL" },
                     r.payments,
