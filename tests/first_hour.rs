@@ -427,3 +427,35 @@ fn run_help_shows_config_keys_the_config_takes() {
     .resolve();
     assert!(r.is_ok(), "{:?}", r.err());
 }
+
+#[test]
+fn a_payment_without_a_quorum_says_so_rather_than_no_answer() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let mut c = Cluster::start(3);
+    c.kill9(1);
+    c.kill9(2);
+    std::thread::sleep(Duration::from_secs(1));
+    let genesis = c.layout.genesis.display().to_string();
+    let key = c.layout.wallet_keys[0].display().to_string();
+    let to = address(&c.wallet_key(1)).to_string();
+    let node = c.addr(0).to_string();
+    let o = wallet(&[
+        "send",
+        "--key",
+        &key,
+        "--to",
+        &to,
+        "--amount",
+        "1",
+        "--timeout",
+        "6",
+        "--genesis",
+        &genesis,
+        "--node",
+        &node,
+    ]);
+    let e = stderr(&o);
+    assert!(!o.status.success(), "{e}");
+    assert!(e.contains("quorum"), "{e}");
+    assert!(!e.contains("no answer within"), "{e}");
+}
