@@ -289,6 +289,20 @@ fn wallet_mistakes_are_named_with_what_to_do() {
         "{}",
         String::from_utf8_lossy(&o.stdout)
     );
+    // No genesis file where the default points (run from elsewhere than
+    // the repository): told where to get one.
+    let o = Command::new(env!("CARGO_BIN_EXE_time-wallet"))
+        .args(["balance", "--address", &to, "--node", &node])
+        .current_dir(c.dir.path())
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("cannot read genesis file devnet-data/genesis.json")
+            && stderr(&o).contains("--genesis PATH"),
+        "{}",
+        stderr(&o)
+    );
     // A node name that does not resolve: named.
     let o = wallet(&[
         "balance",
