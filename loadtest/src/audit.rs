@@ -34,6 +34,8 @@ pub struct Counts {
     pub coins: u64,
     /// The same transaction is final on every masternode.
     pub final_everywhere: u64,
+    /// ... and confirmed by a block on every masternode.
+    pub confirmed_everywhere: u64,
     /// Final on some masternodes while others still hold it locked or
     /// pending, after re-asking for up to 30 s.
     pub not_converged: u64,
@@ -53,6 +55,7 @@ impl Counts {
     fn add(&mut self, c: &Counts) {
         self.coins += c.coins;
         self.final_everywhere += c.final_everywhere;
+        self.confirmed_everywhere += c.confirmed_everywhere;
         self.not_converged += c.not_converged;
         self.locked_for_good += c.locked_for_good;
         self.free += c.free;
@@ -158,7 +161,13 @@ fn classify(views: &[Option<UtxoState>]) -> Counts {
     match finals.len() {
         0 if locked => c.locked_for_good = 1,
         0 => c.free = 1,
-        1 if all_final => c.final_everywhere = 1,
+        1 if all_final => {
+            c.final_everywhere = 1;
+            let confirmed = views
+                .iter()
+                .all(|s| matches!(s, Some(UtxoState::Confirmed { .. })));
+            c.confirmed_everywhere = confirmed as u64;
+        }
         1 => {
             c.not_converged = 1;
             for v in views {

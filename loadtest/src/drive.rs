@@ -36,6 +36,9 @@ pub struct Records {
     pub submit_ns: Vec<AtomicU64>,
     pub finalized_ns: Vec<AtomicU64>,
     pub rejected_ns: Vec<AtomicU64>,
+    /// When the confirmation watcher first saw the payment's coin
+    /// `Confirmed` by it (resolution: [`CONFIRM_POLL`]).
+    pub confirmed_ns: Vec<AtomicU64>,
     pub flags: Vec<AtomicU8>,
 }
 
@@ -46,6 +49,7 @@ impl Records {
             submit_ns: (0..n).map(z).collect(),
             finalized_ns: (0..n).map(z).collect(),
             rejected_ns: (0..n).map(z).collect(),
+            confirmed_ns: (0..n).map(z).collect(),
             flags: (0..n).map(|_| AtomicU8::new(0)).collect(),
         }
     }
@@ -85,6 +89,9 @@ pub struct DriveOpts {
     pub stop: Arc<AtomicBool>,
     pub progress: ProgressBar,
     pub label: String,
+    /// How long after the step's last outcome to keep waiting for blocks to
+    /// confirm its payments (zero: do not watch).
+    pub confirm_wait: Duration,
 }
 
 /// What a step observed.
@@ -173,6 +180,15 @@ pub async fn run_step(plan: Arc<StepPlan>, opts: &DriveOpts) -> Result<Observed,
             shutdown_rx.clone(),
         )));
     }
+    let confirm_done = Arc::new(AtomicBool::new(false));
+    let watcher = (!opts.confirm_wait.is_zero()).then(|| {
+        tokio::spawn(watch_confirmations(
+            shared.clone(),
+            opts.endpoints[0],
+            confirm_done.clone(),
+            opts.confirm_wait,
+        ))
+    });
     let progress = tokio::spawn(show_progress(
         shared.clone(),
         opts.progress.clone(),
@@ -238,6 +254,12 @@ pub async fn run_step(plan: Arc<StepPlan>, opts: &DriveOpts) -> Result<Observed,
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let ended = Instant::now();
+    confirm_done.store(true, Ordering::Release);
+    if let Some(w) = watcher {
+        if let Ok(Err(e)) = w.await {
+            shared.errors.lock().expect("errors lock").push(e);
+        }
+    }
     let _ = shutdown_tx.send(true);
     let mut stats = ReaderStats::default();
     for r in readers {
@@ -268,6 +290,77 @@ pub async fn run_step(plan: Arc<StepPlan>, opts: &DriveOpts) -> Result<Observed,
         unexpected_messages: stats.unexpected,
         interrupted,
     })
+}
+
+/// How often the confirmation watcher asks.
+pub const CONFIRM_POLL: Duration = Duration::from_millis(100);
+
+/// Watches finalized payments until a committed block confirms them: every
+/// [`CONFIRM_POLL`] it asks one masternode for the coins of payments final
+/// but not yet seen confirmed, and records when it first sees each coin
+/// `Confirmed` by that payment (so finality-to-confirmation is measured to
+/// one poll plus a query's round trip). After `done` it keeps watching for
+/// at most `wait` (less once everything is confirmed), then stops.
+async fn watch_confirmations(
+    shared: Arc<Shared>,
+    endpoint: SocketAddr,
+    done: Arc<AtomicBool>,
+    wait: Duration,
+) -> Result<(), String> {
+    use timecoin::protocol::message::MAX_QUERY_OUTPOINTS;
+    use timecoin::protocol::utxo::UtxoState;
+    // Coins asked about per poll at most (bounds the load on the node).
+    const MAX_PER_POLL: usize = 32 * MAX_QUERY_OUTPOINTS;
+    let mut c = WalletClient::connect(endpoint, shared.chain_id)
+        .await
+        .map_err(|e| format!("confirmation watcher: connect to {endpoint}: {e}"))?;
+    let rec = &shared.records;
+    let subs = &shared.plan.subs;
+    let mut done_at: Option<Instant> = None;
+    let mut from = 0usize;
+    loop {
+        let now = Instant::now();
+        if done_at.is_none() && done.load(Ordering::Acquire) {
+            done_at = Some(now);
+        }
+        // Oldest first; `from` skips the settled prefix.
+        while from < subs.len()
+            && (rec.confirmed_ns[from].load(Ordering::Acquire) != 0
+                || (rec.submit_ns[from].load(Ordering::Acquire) != 0
+                    && rec.flags[from].load(Ordering::Acquire) & (FINALIZED | REJECTED)
+                        == REJECTED))
+        {
+            from += 1;
+        }
+        let waiting: Vec<usize> = (from..subs.len())
+            .filter(|&i| {
+                rec.flags[i].load(Ordering::Acquire) & FINALIZED != 0
+                    && rec.confirmed_ns[i].load(Ordering::Acquire) == 0
+            })
+            .take(MAX_PER_POLL)
+            .collect();
+        if let Some(t) = done_at {
+            if waiting.is_empty() || now >= t + wait {
+                return Ok(());
+            }
+        }
+        for chunk in waiting.chunks(MAX_QUERY_OUTPOINTS) {
+            let coins = chunk.iter().map(|&i| subs[i].coin).collect();
+            let states = c
+                .utxo_states(coins)
+                .await
+                .map_err(|e| format!("confirmation watcher: query {endpoint}: {e}"))?;
+            let seen = shared.now_ns() + 1;
+            for (&i, (_, e)) in chunk.iter().zip(states) {
+                if let Some(UtxoState::Confirmed { txid, .. }) = e.map(|e| e.state) {
+                    if txid == subs[i].txid {
+                        rec.confirmed_ns[i].store(seen, Ordering::Release);
+                    }
+                }
+            }
+        }
+        tokio::time::sleep(CONFIRM_POLL).await;
+    }
 }
 
 async fn writer(

@@ -98,6 +98,10 @@ struct Cli {
     /// submission counts as lost.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     timeout: Duration,
+    /// After a step's last outcome, keep watching this long for blocks to
+    /// confirm its payments (`confirmed` in the report; 0s: do not watch).
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    confirm_wait: Duration,
     /// Step the rate up (x --step-factor from --tps, up to --max-tps) until
     /// p99 finality exceeds --p99-bound-ms, payments are lost or the rate is
     /// not sustained; report the highest sustained rate.
@@ -310,6 +314,46 @@ fn signal_task(rt: &tokio::runtime::Runtime, stop: Arc<AtomicBool>) {
     });
 }
 
+/// The devnet's crypto bound on this machine: payments/s if every core did
+/// nothing but verify signatures.
+struct CryptoBound {
+    /// Signatures per CPU second, batch verification, one thread.
+    per_core: f64,
+    cores: usize,
+    masternodes: usize,
+    /// Signature checks per payment across the devnet.
+    sigs_per_payment: f64,
+    tps: f64,
+}
+
+impl CryptoBound {
+    fn describe(&self) -> String {
+        format!(
+            "crypto bound: {:.0} payments/s = {} cores x {:.0} signatures/s per core (ZIP 215 \
+             batches of 64, measured now) / {:.1} signature checks per payment ({} masternodes x \
+             1 input signature; vote batch signatures, shared by many payments, left out)",
+            self.tps, self.cores, self.per_core, self.sigs_per_payment, self.masternodes
+        )
+    }
+}
+
+fn crypto_bound(masternodes: usize) -> CryptoBound {
+    let net = time_bench::Network::new(4, 512);
+    let txs = net.payments(512, 1);
+    let sigs = time_bench::input_signatures(&txs);
+    let rates = time_bench::measure_crypto(&sigs, 64, Duration::from_millis(600));
+    let per_core = rates.batch_verify.per_s_cpu();
+    let cores = std::thread::available_parallelism().map_or(1, |p| p.get());
+    let sigs_per_payment = masternodes.max(1) as f64;
+    CryptoBound {
+        per_core,
+        cores,
+        masternodes,
+        sigs_per_payment,
+        tps: per_core * cores as f64 / sigs_per_payment,
+    }
+}
+
 fn run(cli: Cli) -> Result<ExitCode, AnyError> {
     check(&cli)?;
     let rates = step_rates(&cli);
@@ -331,6 +375,9 @@ fn run(cli: Cli) -> Result<ExitCode, AnyError> {
         )
         .into());
     }
+    // Measured before any masternode runs, so the machine is quiet.
+    let bound = crypto_bound(cli.devnet.unwrap_or(cli.targets.len()));
+    eprintln!("{}", bound.describe());
     let stop = Arc::new(AtomicBool::new(false));
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(cli.threads)
@@ -456,6 +503,7 @@ fn run(cli: Cli) -> Result<ExitCode, AnyError> {
         stop: stop.clone(),
         progress: bar.clone(),
         label: String::new(),
+        confirm_wait: cli.confirm_wait,
     };
 
     let mut steps: Vec<(StepResult, Option<String>)> = Vec::new();
@@ -535,6 +583,7 @@ fn run(cli: Cli) -> Result<ExitCode, AnyError> {
                 .map(|v| format!(": {v}"))
                 .unwrap_or_default()
         );
+        result.crypto_bound_tps = Some(bound.tps);
         bar.suspend(|| print!("{}", report::text(&result, &title, &watched)));
         steps.push((result, verdict));
         if ok {

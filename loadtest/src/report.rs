@@ -97,6 +97,13 @@ pub struct StepResult {
     /// Transactions submitted per second in the full-rate window.
     pub offered_tps: f64,
     pub finality: Histogram<u64>,
+    /// The devnet's crypto bound measured before the run (payments/s).
+    pub crypto_bound_tps: Option<f64>,
+    /// Finalized payments a committed block confirmed by the end of the
+    /// confirmation wait (seen by the watcher at one masternode).
+    pub confirmed: u64,
+    /// From a payment's TimeProof to the watcher seeing it confirmed (us).
+    pub confirmation: Histogram<u64>,
     pub rejection: Histogram<u64>,
     /// How late each submission left against its schedule.
     pub send_lag: Histogram<u64>,
@@ -176,6 +183,9 @@ pub fn analyze(
         tps: 0.0,
         offered_tps: 0.0,
         finality: new_hist(),
+        crypto_bound_tps: None,
+        confirmed: 0,
+        confirmation: new_hist(),
         rejection: new_hist(),
         send_lag: new_hist(),
         reasons: obs.reasons.clone(),
@@ -228,6 +238,11 @@ pub fn analyze(
             (Some(t), _) if t.saturating_sub(sub) <= timeout_ns => {
                 r.finalized += 1;
                 fin[i] = true;
+                if let Some(c) = Records::get(&rec.confirmed_ns, i) {
+                    r.confirmed += 1;
+                    r.confirmation
+                        .saturating_record((c.saturating_sub(t) / 1000).max(1));
+                }
                 let us = (t.saturating_sub(sub) / 1000).max(1);
                 r.finality.saturating_record(us);
                 series[slot(sub)].1.saturating_record(us);
@@ -324,6 +339,14 @@ pub struct JsonSummary {
     pub double_spend_both_finalized: u64,
     pub tps: f64,
     pub finality_ms: Percentiles,
+    /// Finalized payments seen confirmed by a block before the wait ended.
+    pub confirmed: u64,
+    /// TimeProof to confirmation, measured to one watcher poll (100 ms).
+    pub confirmation_ms: Percentiles,
+    /// Payments/s the machine's cores could verify (see the run's first line).
+    pub crypto_bound_tps: f64,
+    /// `tps` / `crypto_bound_tps`.
+    pub fraction_of_bound: f64,
 }
 
 impl JsonSummary {
@@ -337,6 +360,13 @@ impl JsonSummary {
             double_spend_both_finalized: r.double_spend_both_finalized,
             tps: round3(r.tps),
             finality_ms: round_p(Percentiles::of(&r.finality)),
+            confirmed: r.confirmed,
+            confirmation_ms: round_p(Percentiles::of(&r.confirmation)),
+            crypto_bound_tps: r.crypto_bound_tps.map_or(0.0, |b| b.round()),
+            fraction_of_bound: r
+                .crypto_bound_tps
+                .filter(|b| *b > 0.0)
+                .map_or(0.0, |b| (r.tps / b * 1e4).round() / 1e4),
         }
     }
 }
@@ -449,6 +479,25 @@ pub fn text(r: &StepResult, title: &str, watched: &[Watched]) -> String {
         let _ = writeln!(s, "  not sent      {}", r.planned as u64 - r.sent);
     }
     let _ = writeln!(s, "  finalized     {}", r.finalized);
+    if let Some(b) = r.crypto_bound_tps.filter(|b| *b > 0.0) {
+        let _ = writeln!(
+            s,
+            "  of the bound  {:.1}% ({:.0} finalized/s of a {:.0}/s crypto bound)",
+            100.0 * r.tps / b,
+            r.tps,
+            b
+        );
+    }
+    if r.confirmed > 0 {
+        let c = Percentiles::of(&r.confirmation);
+        let _ = writeln!(
+            s,
+            "  confirmed     {} by blocks (finality to confirmation p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms; polled every 100 ms)",
+            r.confirmed, c.p50, c.p99, c.max
+        );
+    } else if r.finalized > 0 {
+        let _ = writeln!(s, "  confirmed     0 (no block confirmed them within the wait: block layer off or stalled?)");
+    }
     let reasons: Vec<String> = r.reasons.iter().map(|(k, v)| format!("{k} {v}")).collect();
     let _ = writeln!(
         s,
@@ -521,9 +570,10 @@ pub fn text(r: &StepResult, title: &str, watched: &[Watched]) -> String {
                 .collect();
             let _ = writeln!(
                 s,
-                "  node audit    {name} {}: final on all masternodes {}, not converged {}{}, locked for good {}, free {}, CONFLICTING FINALITY {}",
+                "  node audit    {name} {}: final on all masternodes {} (confirmed on all {}), not converged {}{}, locked for good {}, free {}, CONFLICTING FINALITY {}",
                 c.coins,
                 c.final_everywhere,
+                c.confirmed_everywhere,
                 c.not_converged,
                 if behind.is_empty() {
                     String::new()

@@ -12,7 +12,7 @@
 use std::path::PathBuf;
 use std::process::Command;
 
-const KEYS: [&str; 8] = [
+const KEYS: [&str; 12] = [
     "sent",
     "finalized",
     "rejected",
@@ -21,6 +21,10 @@ const KEYS: [&str; 8] = [
     "double_spend_both_finalized",
     "tps",
     "finality_ms",
+    "confirmed",
+    "confirmation_ms",
+    "crypto_bound_tps",
+    "fraction_of_bound",
 ];
 const PERCENTILES: [&str; 5] = ["p50", "p90", "p99", "p999", "max"];
 
@@ -60,6 +64,8 @@ fn short_load_with_double_spends_loses_nothing() {
             "10",
             "--timeout",
             timeout,
+            "--confirm-wait",
+            "20s",
             "--json",
         ])
         .arg(&json)
@@ -99,6 +105,15 @@ fn short_load_with_double_spends_loses_nothing() {
     assert!(
         v["double_spend_pairs"].as_u64().unwrap() > 0,
         "no pair sent:\n{log}"
+    );
+    // The devnet runs blocks (1 s): every final payment gets confirmed.
+    assert_eq!(
+        v["confirmed"], v["finalized"],
+        "final payments not confirmed by a block:\n{text}\n{log}"
+    );
+    assert!(
+        v["crypto_bound_tps"].as_f64().unwrap() > 0.0,
+        "the bound is measured:\n{text}"
     );
     let sent = v["sent"].as_u64().unwrap();
     let settled = v["finalized"].as_u64().unwrap() + v["rejected"].as_u64().unwrap();

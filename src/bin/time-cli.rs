@@ -60,8 +60,23 @@ enum Cmd {
         command: String,
         seconds: Option<u64>,
     },
-    /// Network, finalized payments, catching up (no block fields yet).
+    /// Network, chain height and tip, finalized payments, catching up.
     Getblockchaininfo,
+    /// Height of the last committed block.
+    Getblockcount,
+    /// Hash of the last committed block.
+    Getbestblockhash,
+    /// The hash of the committed block at a height.
+    Getblockhash { height: u64 },
+    /// A committed block: verbosity 0 hex, 1 JSON with txids, 2 JSON with
+    /// transactions.
+    Getblock {
+        blockhash: String,
+        #[arg(default_value_t = 1)]
+        verbosity: u8,
+    },
+    /// Block consensus: height, round, leader, sync state, view changes.
+    Getconsensusinfo,
     /// Version and peer connections.
     Getnetworkinfo,
     /// Peer masternodes connected.
@@ -130,6 +145,14 @@ impl Cmd {
                 ("setban", p)
             }
             Cmd::Getblockchaininfo => ("getblockchaininfo", vec![]),
+            Cmd::Getblockcount => ("getblockcount", vec![]),
+            Cmd::Getbestblockhash => ("getbestblockhash", vec![]),
+            Cmd::Getblockhash { height } => ("getblockhash", vec![json!(height)]),
+            Cmd::Getblock {
+                blockhash,
+                verbosity,
+            } => ("getblock", vec![json!(blockhash), json!(verbosity)]),
+            Cmd::Getconsensusinfo => ("getconsensusinfo", vec![]),
             Cmd::Getnetworkinfo => ("getnetworkinfo", vec![]),
             Cmd::Getconnectioncount => ("getconnectioncount", vec![]),
             Cmd::Getmempoolinfo => ("getmempoolinfo", vec![]),

@@ -202,6 +202,33 @@ fn status(node: std::net::SocketAddr, chain_id: u32) -> Result<(), AnyError> {
             s.finalized,
             s.rejected
         );
+        if s.catching_up {
+            println!("  catching up with peers (approves nothing until it has)");
+        }
+        match s.blocks {
+            None => println!("  blocks off (block_interval_ms = 0)"),
+            Some(b) => {
+                let age = if b.tip_time_ms == 0 {
+                    "genesis".to_string()
+                } else {
+                    let now = std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |d| d.as_millis() as u64);
+                    format!(
+                        "{:.1} s ago",
+                        now.saturating_sub(b.tip_time_ms) as f64 / 1e3
+                    )
+                };
+                println!(
+                    "  height {}\n  tip {}\n  last block {}\n  sync {}\n  unconfirmed {}",
+                    b.height,
+                    b.tip,
+                    age,
+                    if b.syncing { "syncing" } else { "synced" },
+                    b.unconfirmed
+                );
+            }
+        }
         Ok(())
     })
 }

@@ -47,6 +47,11 @@ pub struct RunArgs {
     /// Most undecided transactions held at once.
     #[arg(long)]
     pub mempool_limit: Option<usize>,
+    /// Pause after a committed block before the next one is proposed, in
+    /// milliseconds (100 to 3600000), or 0 to run without the block layer
+    /// [default: 600000 mainnet and testnet, 1000 devnet].
+    #[arg(long)]
+    pub block_interval_ms: Option<u64>,
     /// UDP fast path for lock broadcasts and votes: off, multicast or
     /// unicast [default: off]. Losses are repaired over the TCP links.
     #[arg(long)]
@@ -131,6 +136,7 @@ struct FileConfig {
     masternode_wallet: Option<String>,
     lock_timeout_ms: Option<u64>,
     mempool_limit: Option<usize>,
+    block_interval_ms: Option<u64>,
     log: Option<String>,
     log_format: Option<String>,
     fast_path: Option<String>,
@@ -241,6 +247,14 @@ impl Network {
             Network::Devnet => "devnet",
         }
     }
+    /// The block interval a network runs at unless configured: the deployed
+    /// network's 600 s, and about a second on a devnet.
+    pub fn default_block_interval_ms(self) -> u64 {
+        match self {
+            Network::Mainnet | Network::Testnet => 600_000,
+            Network::Devnet => 1_000,
+        }
+    }
     pub fn default_port(self) -> u16 {
         match self {
             Network::Mainnet => 24000,
@@ -249,6 +263,12 @@ impl Network {
         }
     }
 }
+
+/// Shortest block interval a node accepts (each block costs three signed
+/// messages per masternode).
+pub const MIN_BLOCK_INTERVAL_MS: u64 = 100;
+/// Longest block interval a node accepts (an hour).
+pub const MAX_BLOCK_INTERVAL_MS: u64 = 3_600_000;
 
 /// Everything resolved and checked.
 #[derive(Clone, Debug)]
@@ -261,6 +281,8 @@ pub struct NodeConfig {
     pub masternode_wallet: Option<crate::protocol::types::Address>,
     pub lock_timeout_ms: u64,
     pub mempool_limit: usize,
+    /// Block interval in milliseconds; `None`: no block layer.
+    pub block_interval_ms: Option<u64>,
     pub no_sync: bool,
     pub log: String,
     /// JSON log lines instead of text.
@@ -466,7 +488,22 @@ impl RunArgs {
                 )))
             }
         };
+        let block_interval_ms = match self
+            .block_interval_ms
+            .or(file.block_interval_ms)
+            .unwrap_or(network.default_block_interval_ms())
+        {
+            0 => None,
+            ms @ MIN_BLOCK_INTERVAL_MS..=MAX_BLOCK_INTERVAL_MS => Some(ms),
+            other => {
+                return Err(ConfigError::Invalid(format!(
+                    "block_interval_ms {other}: use 0 (no blocks) or \
+                     {MIN_BLOCK_INTERVAL_MS} to {MAX_BLOCK_INTERVAL_MS}"
+                )))
+            }
+        };
         Ok(NodeConfig {
+            block_interval_ms,
             log_json,
             metrics_listen,
             rpc_listen,
@@ -572,6 +609,39 @@ mod tests {
         assert!(matches!(r, Err(ConfigError::Network(_))));
         let r = RunArgs::default().resolve();
         assert!(matches!(r, Err(ConfigError::Missing(..))));
+    }
+
+    #[test]
+    fn block_interval_defaults_by_network_and_is_range_checked() {
+        let base = || RunArgs {
+            data_dir: Some("d".into()),
+            key_file: Some("k".into()),
+            genesis: Some("g".into()),
+            network: Some("devnet".into()),
+            ..Default::default()
+        };
+        assert_eq!(base().resolve().unwrap().block_interval_ms, Some(1_000));
+        let mainnet = RunArgs {
+            network: Some("mainnet".into()),
+            ..base()
+        };
+        assert_eq!(mainnet.resolve().unwrap().block_interval_ms, Some(600_000));
+        let off = RunArgs {
+            block_interval_ms: Some(0),
+            ..base()
+        };
+        assert_eq!(off.resolve().unwrap().block_interval_ms, None);
+        for bad in [1, 99, 3_600_001] {
+            let r = RunArgs {
+                block_interval_ms: Some(bad),
+                ..base()
+            }
+            .resolve();
+            match r {
+                Err(ConfigError::Invalid(m)) => assert!(m.contains("100 to 3600000"), "{m}"),
+                other => panic!("block_interval_ms {bad}: {other:?}"),
+            }
+        }
     }
 
     /// deploy/node.toml parses, and names every option `run` takes (set or

@@ -21,19 +21,33 @@ use crate::protocol::timeproof::TimeProof;
 use crate::protocol::types::{Address, OutPoint, PublicKey, Transaction, Txid};
 
 /// The clock the core thread runs the state machine on (milliseconds since
-/// the node started), shared with the network tasks that act for the state
+/// the Unix epoch, advancing monotonically), shared with the network tasks that act for the state
 /// machine before it sees a message (peer admission): bans and token
 /// buckets must read the same time on both sides.
 #[derive(Clone, Copy, Debug)]
-pub(super) struct Clock(std::time::Instant);
+pub(super) struct Clock {
+    start: std::time::Instant,
+    /// Wall-clock time at `start`, in ms since the Unix epoch.
+    origin_ms: u64,
+}
 
 impl Clock {
+    /// Milliseconds since the Unix epoch, read once from the wall clock and
+    /// advanced by the monotonic clock: block times are wall-clock times
+    /// other nodes can compare, and a wall-clock step (NTP) never moves the
+    /// protocol's timers backwards.
     pub(super) fn start() -> Self {
-        Clock(std::time::Instant::now())
+        let origin_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        Clock {
+            start: std::time::Instant::now(),
+            origin_ms,
+        }
     }
 
     pub(super) fn now_ms(&self) -> u64 {
-        self.0.elapsed().as_millis() as u64
+        self.origin_ms + self.start.elapsed().as_millis() as u64
     }
 }
 

@@ -457,6 +457,7 @@ fn status(mn: &Masternode, ctx: &CoreCtx) -> NodeStatus {
         finalized: m.tx_finalized,
         rejected: m.tx_rejected,
         catching_up: mn.is_catching_up(),
+        blocks: mn.block_layer().map(|b| b.status()),
     }
 }
 
@@ -512,6 +513,35 @@ fn log_status(mn: &Masternode, ctx: &CoreCtx, refusals_logged: &mut u64) {
             + ctx.stats.core_queue_drops.load(Ordering::Relaxed),
         "status"
     );
+    if let Some(b) = mn.block_layer() {
+        let s = b.status();
+        let c = b.consensus();
+        let (_, round) = c.height_round();
+        info!(
+            height = s.height,
+            tip = %s.tip,
+            round,
+            syncing = s.syncing,
+            unconfirmed = s.unconfirmed,
+            confirmed = b.stats().confirmed_transactions,
+            view_changes = c.stats().view_changes,
+            "blocks"
+        );
+        if let Some(e) = c.halted() {
+            error!(
+                height = e.height(),
+                "CRITICAL: two commit certificates for one height (Byzantine weight of 1/3 or \
+                 more); block processing stopped, evidence stored; payments still finalize"
+            );
+        }
+        if b.stats().contradictions > 0 {
+            error!(
+                count = b.stats().contradictions,
+                last = b.stats().last_contradiction.as_deref().unwrap_or(""),
+                "CRITICAL: committed blocks contradict payments final here"
+            );
+        }
+    }
     if let Some(fs) = &ctx.fast_stats {
         info!(
             sent = fs.datagrams_sent.load(Ordering::Relaxed),

@@ -325,6 +325,14 @@ impl NodeMetrics {
         };
         snap.engine = mn.metrics().clone();
         snap.masternode = mn.stats();
+        snap.blocks = mn.block_layer().map(|b| BlockSnapshot {
+            status: b.status(),
+            round: b.consensus().height_round().1,
+            halted: b.consensus().halted().is_some(),
+            consensus: b.consensus().stats().clone(),
+            layer: b.stats().clone(),
+            sync: b.sync_stats().clone(),
+        });
     }
 }
 
@@ -333,6 +341,19 @@ impl NodeMetrics {
 pub struct CoreSnapshot {
     pub engine: EngineMetrics,
     pub masternode: MasternodeStats,
+    /// The block layer, if it runs.
+    pub blocks: Option<BlockSnapshot>,
+}
+
+/// The block layer's state and counters, copied once a second.
+#[derive(Debug, Clone)]
+pub struct BlockSnapshot {
+    pub status: timecoin_core::protocol::message::BlockStatus,
+    pub round: u32,
+    pub halted: bool,
+    pub consensus: timecoin_core::blocks::consensus::ConsensusStats,
+    pub layer: timecoin_core::masternode::blocks::BlockLayerStats,
+    pub sync: timecoin_core::masternode::block_sync::SyncStats,
 }
 
 /// Everything of one node that `/metrics` shows.
@@ -824,8 +845,130 @@ impl Collector for NodeCollector {
             "Address subscriptions held for wallet sessions",
             st.wallet.subscriptions as i64,
         )?;
+        if let Some(b) = &snap.blocks {
+            encode_blocks(&mut e, b)?;
+        }
         Ok(())
     }
+}
+
+fn encode_blocks(e: &mut DescriptorEncoder, b: &BlockSnapshot) -> std::fmt::Result {
+    let (c, l, y) = (&b.consensus, &b.layer, &b.sync);
+    gauge(
+        e,
+        "block_height",
+        "Height of the last committed block",
+        b.status.height as i64,
+    )?;
+    gauge(
+        e,
+        "block_tip_time_seconds",
+        "Time of the last committed block (Unix seconds; 0: the genesis)",
+        (b.status.tip_time_ms / 1_000) as i64,
+    )?;
+    gauge(
+        e,
+        "block_round",
+        "Consensus round at the current height (0: no view change)",
+        b.round as i64,
+    )?;
+    gauge(
+        e,
+        "block_syncing",
+        "1 while a peer shows blocks above the tip",
+        b.status.syncing as i64,
+    )?;
+    gauge(
+        e,
+        "block_unconfirmed",
+        "Final payments not yet in a block",
+        b.status.unconfirmed as i64,
+    )?;
+    gauge(
+        e,
+        "block_halted",
+        "1 if two commit certificates for one height were seen and block processing stopped",
+        b.halted as i64,
+    )?;
+    gauge(
+        e,
+        "reorg_depth",
+        "Deepest reorganisation of committed blocks (always 0: committed blocks are final)",
+        0,
+    )?;
+    counter(
+        e,
+        "blocks_committed",
+        "Blocks committed since start (by consensus or sync)",
+        c.committed,
+    )?;
+    counter(
+        e,
+        "blocks_proposed",
+        "Block proposals this masternode made",
+        c.proposals_made,
+    )?;
+    counter(
+        e,
+        "view_changes",
+        "Consensus rounds above 0 started (view changes)",
+        c.view_changes,
+    )?;
+    counter(
+        e,
+        "block_invalid_proposals",
+        "Proposals refused by the block rules",
+        c.invalid_proposals,
+    )?;
+    counter(
+        e,
+        "block_equivocations",
+        "Leaders seen proposing two blocks in one round",
+        c.equivocations,
+    )?;
+    counter(
+        e,
+        "blocks_synced",
+        "Committed blocks applied from sync",
+        c.synced_blocks,
+    )?;
+    counter(
+        e,
+        "blocks_served",
+        "Committed blocks sent to syncing peers",
+        l.blocks_served,
+    )?;
+    counter(
+        e,
+        "block_messages_refused",
+        "Block messages that failed their checks",
+        l.refused_messages,
+    )?;
+    counter(
+        e,
+        "transactions_confirmed",
+        "Final payments confirmed by a committed block",
+        l.confirmed_transactions,
+    )?;
+    counter(
+        e,
+        "block_contradictions",
+        "Committed block transactions contradicting a payment final here",
+        l.contradictions,
+    )?;
+    counter(
+        e,
+        "block_sync_requests",
+        "Block requests sent to peers",
+        y.requests,
+    )?;
+    counter(
+        e,
+        "block_sync_timeouts",
+        "Block requests given up and asked elsewhere",
+        y.timeouts,
+    )?;
+    Ok(())
 }
 
 /// Binds `addr` for `/metrics`.

@@ -40,6 +40,7 @@ mod peer_glue;
 pub mod peer_net;
 mod proof_check;
 pub mod rpc;
+mod rpc_blocks;
 pub mod startup;
 pub mod verifier;
 pub mod vote_threads;

@@ -48,6 +48,7 @@ use crate::node::wire::NetStats;
 use crate::protocol::engine::EngineConfig;
 use crate::protocol::types::PublicKey;
 use crate::storage::{Genesis, LmdbStore, Store, StoreError};
+use timecoin_core::blocks::ConsensusConfig;
 use timecoin_core::masternode::{Masternode, MasternodeConfig, PeerGate};
 
 #[derive(Debug, thiserror::Error)]
@@ -150,7 +151,9 @@ impl Node {
     pub async fn start(cfg: NodeConfig) -> Result<Node, NodeError> {
         let (genesis, key) = load_chain(&cfg)?;
         let lock = lock_data_dir(&cfg)?;
-        let (store, masternode) = open_state(&cfg, &genesis, &key)?;
+        let clock = Clock::start();
+        let (store, masternode) = open_state(&cfg, &genesis, &key, clock.now_ms())?;
+        let chain_reader = store.chain_reader();
         let (listener, local_addr) = bind_listener(cfg.listen).await?;
         let rpc_listener = match cfg.rpc_listen {
             Some(addr) => Some(
@@ -187,7 +190,7 @@ impl Node {
         let stats = Arc::new(NetStats::default());
         let (core_tx, core_rx) = CoreTx::channel(stats.clone());
         let transport = start_peer_transport(&cfg, &genesis, &key, local_addr).await?;
-        let admission = (masternode.peer_gate(), Clock::start());
+        let admission = (masternode.peer_gate(), clock);
         let w = build_wiring(
             &cfg,
             &genesis,
@@ -215,7 +218,7 @@ impl Node {
             rx: core_rx,
             fast: fast.sender,
             round_window: Duration::from_micros(cfg.round_window_us),
-            ctx: core_ctx(&w, &genesis, fast.stats, metrics),
+            ctx: core_ctx(&w, &genesis, fast.stats, metrics.clone()),
         };
         let core = core_thread::spawn(core, lock);
         let wallets = spawn_network(&w, transport.links, transport.inbox, fast.repair, listener);
@@ -235,7 +238,14 @@ impl Node {
                 p2p: local_addr,
                 stop: stop_requested.clone(),
             };
-            let ctx = RpcCtx::new(wallets, &cfg, node, &cookie, peers);
+            let mut ctx = RpcCtx::new(wallets, &cfg, node, &cookie, peers);
+            ctx.chain = Some(crate::node::rpc_blocks::ChainCtx {
+                reader: chain_reader,
+                chain_id: genesis.chain_id,
+                registry: genesis.registry.clone(),
+                snapshot: metrics.snapshot.clone(),
+                enabled: cfg.block_interval_ms.is_some(),
+            });
             tokio::spawn(serve_rpc(l, Arc::new(ctx), rpc_tls));
             cookie_path = Some(path);
         }
@@ -339,6 +349,7 @@ fn open_state(
     cfg: &NodeConfig,
     genesis: &Genesis,
     key: &SigningKey,
+    now: u64,
 ) -> Result<(LmdbStore, Masternode), NodeError> {
     let mut store = LmdbStore::open(
         &cfg.data_dir.join("db"),
@@ -365,13 +376,12 @@ fn open_state(
         // One vote batch per datagram item.
         ecfg.max_vote_batch_items = VOTES_PER_DATAGRAM;
     }
-    let mn = Masternode::new(
-        MasternodeConfig::new(ecfg),
-        key.clone(),
-        genesis.registry.clone(),
-        snap,
-        0,
-    );
+    let mut mcfg = MasternodeConfig::new(ecfg);
+    mcfg.blocks = cfg.block_interval_ms.map(|ms| ConsensusConfig {
+        block_interval_ms: ms,
+        ..ConsensusConfig::devnet()
+    });
+    let mn = Masternode::new(mcfg, key.clone(), genesis.registry.clone(), snap, now);
     Ok((store, mn))
 }
 

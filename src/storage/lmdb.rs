@@ -49,7 +49,7 @@ use crate::protocol::timeproof::TimeProof;
 use crate::protocol::types::{ChainId, OutPoint, Transaction, Txid};
 use crate::protocol::utxo::{UtxoEntry, UtxoState};
 use crate::protocol::vote::VoteBatch;
-use timecoin_core::blocks::{Candidate, ForkEvidence};
+use timecoin_core::blocks::{BlockHash, Candidate, ForkEvidence};
 use timecoin_core::storage::block_records::{
     BlockHeight, CandidateKey, OwnBlockVoteKey, VotedBlock,
 };
@@ -70,7 +70,8 @@ const TABLE_BLOCKS: &str = "blocks";
 const TABLE_OWN_BLOCK_VOTES: &str = "own_block_votes";
 const TABLE_BLOCK_CANDIDATES: &str = "block_candidates";
 const TABLE_FORK_EVIDENCE: &str = "fork_evidence";
-const TABLE_COUNT: u32 = 12;
+const TABLE_BLOCK_HEIGHTS: &str = "block_heights";
+const TABLE_COUNT: u32 = 13;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LmdbOptions {
@@ -265,6 +266,42 @@ pub struct LmdbStore {
     own_block_votes: Table<OwnBlockVoteKey, VotedBlock>,
     block_candidates: Table<CandidateKey, Candidate>,
     fork_evidence: Table<BlockHeight, ForkEvidence>,
+    /// Committed block hash -> height (`getblock` by hash).
+    block_heights: Table<BlockHash, BlockHeight>,
+}
+
+/// Reads committed blocks from another thread (see
+/// [`LmdbStore::chain_reader`]); it cannot write.
+#[derive(Clone)]
+pub struct ChainReader {
+    env: Env<WithoutTls>,
+    blocks: Table<BlockHeight, CommittedBlock>,
+    block_heights: Table<BlockHash, BlockHeight>,
+}
+
+impl fmt::Debug for ChainReader {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ChainReader").finish_non_exhaustive()
+    }
+}
+
+impl ChainReader {
+    pub fn block(&self, height: u64) -> Result<Option<CommittedBlock>, StoreError> {
+        let rtxn = self.env.read_txn().map_err(backend)?;
+        self.blocks.get(&rtxn, &BlockHeight(height))
+    }
+
+    /// The height of committed block `hash`, if this node holds it.
+    pub fn height_of(&self, hash: &BlockHash) -> Result<Option<u64>, StoreError> {
+        let rtxn = self.env.read_txn().map_err(backend)?;
+        Ok(self.block_heights.get(&rtxn, hash)?.map(|h| h.0))
+    }
+
+    /// The last committed block, if any.
+    pub fn tip(&self) -> Result<Option<CommittedBlock>, StoreError> {
+        let rtxn = self.env.read_txn().map_err(backend)?;
+        self.blocks.last(&rtxn)
+    }
 }
 
 impl fmt::Debug for LmdbStore {
@@ -333,6 +370,7 @@ impl LmdbStore {
         let own_block_votes = Table::create(&env, &mut wtxn, TABLE_OWN_BLOCK_VOTES)?;
         let block_candidates = Table::create(&env, &mut wtxn, TABLE_BLOCK_CANDIDATES)?;
         let fork_evidence = Table::create(&env, &mut wtxn, TABLE_FORK_EVIDENCE)?;
+        let block_heights = Table::create(&env, &mut wtxn, TABLE_BLOCK_HEIGHTS)?;
         if version.is_none() {
             let fresh = meta.is_empty(&wtxn)?
                 && utxos.is_empty(&wtxn)?
@@ -367,7 +405,18 @@ impl LmdbStore {
             own_block_votes,
             block_candidates,
             fork_evidence,
+            block_heights,
         })
+    }
+
+    /// A read-only view of the chain for other threads (RPC): LMDB readers
+    /// never wait for the writer, so reading blocks costs the core nothing.
+    pub fn chain_reader(&self) -> ChainReader {
+        ChainReader {
+            env: self.env.clone(),
+            blocks: self.blocks,
+            block_heights: self.block_heights,
+        }
     }
 
     fn block_snapshot(&self, rtxn: &RoTxn) -> Result<BlockSnapshot, StoreError> {
@@ -386,7 +435,7 @@ impl LmdbStore {
             snap.own_votes.push(k.with(v.0));
             Ok(())
         })?;
-        let from = CandidateKey(above, timecoin_core::blocks::BlockHash([0; 32]));
+        let from = CandidateKey(above, BlockHash([0; 32]));
         self.block_candidates.for_each_from(rtxn, &from, |_, c| {
             snap.candidates.push(c);
             Ok(())
@@ -470,6 +519,16 @@ impl Store for LmdbStore {
                         } else {
                             snap.pending_transactions.push(tx);
                         }
+                    }
+                }
+            }
+        }
+        let mut seen = HashSet::new();
+        for (_, entry) in &snap.utxos {
+            if let UtxoState::SpentFinalized { txid } = entry.state {
+                if seen.insert(txid) {
+                    if let Some(tx) = self.get_transaction_in(&rtxn, &txid)? {
+                        snap.unconfirmed_transactions.push(tx);
                     }
                 }
             }
@@ -564,8 +623,10 @@ impl Store for LmdbStore {
                         .put(&mut wtxn, &EvidenceKey(e.voter(), e.txid), e, &mut buf)?
                 }
                 Write::PutBlock(b) => {
-                    self.blocks
-                        .put(&mut wtxn, &BlockHeight(b.block.height()), b, &mut buf)?
+                    let height = BlockHeight(b.block.height());
+                    self.blocks.put(&mut wtxn, &height, b, &mut buf)?;
+                    self.block_heights
+                        .put(&mut wtxn, &b.block.hash(), &height, &mut buf)?
                 }
                 Write::AppendOwnBlockVote(v) => self.own_block_votes.put(
                     &mut wtxn,
@@ -795,6 +856,7 @@ mod tests {
     fn normalized(mut s: Snapshot) -> Snapshot {
         s.utxos.sort_by_key(|(op, _)| *op);
         s.pending_transactions.sort_by_key(|t| t.txid());
+        s.unconfirmed_transactions.sort_by_key(|t| t.txid());
         s.finalized.sort();
         s
     }
@@ -803,6 +865,7 @@ mod tests {
         let (a, b) = (normalized(a), normalized(b));
         assert_eq!(a.utxos, b.utxos);
         assert_eq!(a.pending_transactions, b.pending_transactions);
+        assert_eq!(a.unconfirmed_transactions, b.unconfirmed_transactions);
         assert_eq!(a.finalized, b.finalized);
         assert_eq!(a.own_votes, b.own_votes);
     }
@@ -886,6 +949,19 @@ mod tests {
         );
         assert_eq!(s.block(1).unwrap(), Some(committed(1)));
         assert_eq!(s.block(9).unwrap(), None);
+        // Another thread's read-only view: by height, by hash, the tip.
+        let r = s.chain_reader();
+        let h = std::thread::spawn(move || {
+            (
+                r.height_of(&committed(2).block.hash()).unwrap(),
+                r.height_of(&BlockHash([0xee; 32])).unwrap(),
+                r.tip().unwrap().map(|c| c.block.height()),
+                r.block(1).unwrap(),
+            )
+        })
+        .join()
+        .unwrap();
+        assert_eq!(h, (Some(2), None, Some(2), Some(committed(1))));
         assert!(a.fork.is_none());
     }
 
@@ -908,6 +984,8 @@ mod tests {
         assert_eq!(snap.pending_transactions.len(), 2);
         assert_eq!(snap.finalized.len(), 1);
         assert_eq!(snap.own_votes.len(), 2);
+        // The finalized spend is final but in no block yet.
+        assert_eq!(snap.unconfirmed_transactions.len(), 1);
         assert_same(snap, reference.load().unwrap());
 
         for w in &writes {

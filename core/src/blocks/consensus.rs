@@ -146,6 +146,8 @@ pub enum BodyRejection {
     Conflicts { txid: Txid, final_tx: Txid },
     #[error("transaction {0} is already in an earlier block")]
     AlreadyConfirmed(Txid),
+    #[error("transaction {txid} comes before its parent {parent}, which is in no block yet")]
+    ParentNotConfirmed { txid: Txid, parent: Txid },
 }
 
 /// The node's view of payments, as the block layer needs it.
@@ -218,14 +220,28 @@ pub struct ConsensusRound {
     pub writes: Vec<ConsensusWrite>,
     /// To every peer.
     pub broadcasts: Vec<ConsensusMessage>,
-    /// Peers that sent messages for a height above ours: ask them for the
-    /// committed blocks from this height on.
+    /// Peers that sent messages for a height above ours, with that height:
+    /// they hold the committed blocks from our height on.
     pub behind: Vec<(PublicKey, u64)>,
+    /// Payments in a proposal that are not final here yet: ask for their
+    /// TimeProofs.
+    pub missing: Vec<Txid>,
+}
+
+/// Whether a proposed block can be voted for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Validity {
+    Valid,
+    Invalid,
+    Wait,
 }
 
 impl ConsensusRound {
     pub fn is_empty(&self) -> bool {
-        self.writes.is_empty() && self.broadcasts.is_empty() && self.behind.is_empty()
+        self.writes.is_empty()
+            && self.broadcasts.is_empty()
+            && self.behind.is_empty()
+            && self.missing.is_empty()
     }
 }
 
@@ -461,8 +477,9 @@ impl BlockConsensus {
     /// round we keep. A higher height means we are behind `peer`.
     fn relevant(&mut self, slot: &Slot, peer: PublicKey) -> bool {
         if slot.height > self.height {
-            if !self.out.behind.iter().any(|(p, _)| *p == peer) {
-                self.out.behind.push((peer, self.height));
+            match self.out.behind.iter_mut().find(|(p, _)| *p == peer) {
+                Some(b) => b.1 = b.1.max(slot.height),
+                None => self.out.behind.push((peer, slot.height)),
             }
             return false;
         }
@@ -894,12 +911,15 @@ impl BlockConsensus {
     }
 
     /// Header and body rules for a proposed block at the current height.
-    fn is_valid(&mut self, now: u64, hash: &BlockHash, ledger: &dyn BlockLedger) -> bool {
+    /// `Wait` when the body holds a payment not final here yet: it may be
+    /// one TimeProof behind, so the node waits (until the step's timeout)
+    /// instead of voting nil at once, and asks for the proof.
+    fn is_valid(&mut self, now: u64, hash: &BlockHash, ledger: &dyn BlockLedger) -> Validity {
         if self.valid_cache.contains(hash) {
-            return true;
+            return Validity::Valid;
         }
         let Some(b) = self.blocks.get(hash) else {
-            return false;
+            return Validity::Invalid;
         };
         let h = &b.header;
         let ok = h.chain_id == self.chain_id
@@ -909,14 +929,30 @@ impl BlockConsensus {
             && h.time_ms > self.tip.time_ms
             && h.time_ms <= now.saturating_add(self.cfg.max_clock_drift_ms)
             && self.registry.weight_of(&h.proposer).is_some()
-            && b.check_format().is_ok()
-            && ledger.check_body(b).is_ok();
-        if ok {
-            self.valid_cache.insert(*hash);
-        } else {
-            self.stats.invalid_proposals += 1;
+            && b.check_format().is_ok();
+        let body = if ok { ledger.check_body(b) } else { Ok(()) };
+        match body {
+            Ok(()) if ok => {
+                self.valid_cache.insert(*hash);
+                Validity::Valid
+            }
+            Err(BodyRejection::NotFinal(txid)) => {
+                if !self.out.missing.contains(&txid) {
+                    self.out.missing.push(txid);
+                }
+                Validity::Wait
+            }
+            _ => {
+                self.stats.invalid_proposals += 1;
+                Validity::Invalid
+            }
         }
-        ok
+    }
+
+    /// The ledger changed (payments became final here): a proposal this
+    /// node was waiting on may be valid now.
+    pub fn recheck(&mut self, now: u64, ledger: &dyn BlockLedger) {
+        self.progress(now, ledger);
     }
 
     fn weight_for(&self, round: u32, kind: VoteKind, block: Option<BlockHash>) -> u64 {
@@ -980,13 +1016,19 @@ impl BlockConsensus {
             if let Some((h, vr)) = proposal {
                 let vote = match vr {
                     None => {
-                        let ok = self.is_valid(now, &h, ledger);
+                        let ok = match self.is_valid(now, &h, ledger) {
+                            Validity::Wait => return false,
+                            v => v == Validity::Valid,
+                        };
                         (ok && self.locked.is_none_or(|(_, l)| l == h)).then_some(h)
                     }
                     Some(vr)
                         if vr < round && self.weight_for(vr, VoteKind::Prevote, Some(h)) >= q =>
                     {
-                        let ok = self.is_valid(now, &h, ledger);
+                        let ok = match self.is_valid(now, &h, ledger) {
+                            Validity::Wait => return false,
+                            v => v == Validity::Valid,
+                        };
                         (ok && self.locked.is_none_or(|(lr, l)| lr <= vr || l == h)).then_some(h)
                     }
                     // Waits for the prevotes of the valid round (or the timeout).
@@ -1007,7 +1049,7 @@ impl BlockConsensus {
             if let Some((h, _)) = proposal {
                 let polka = self.weight_for(round, VoteKind::Prevote, Some(h)) >= q;
                 let seen = self.rounds.get(&round).is_some_and(|rs| rs.polka_seen);
-                if polka && !seen && self.is_valid(now, &h, ledger) {
+                if polka && !seen && self.is_valid(now, &h, ledger) == Validity::Valid {
                     self.rounds.entry(round).or_default().polka_seen = true;
                     if self.step == Step::Prevote {
                         self.locked = Some((round, h));

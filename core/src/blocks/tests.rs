@@ -353,8 +353,9 @@ impl Net {
                 self.queue.push((i, m));
             }
         }
-        for (peer, height) in round.behind {
+        for (peer, _their_height) in round.behind {
             // Sync: hand the missing committed blocks over.
+            let height = self.nodes[i].as_ref().unwrap().tip().height + 1;
             let p = self.reg.position(&peer).unwrap();
             let blocks: Vec<_> = self.chains[p]
                 .iter()

@@ -11,15 +11,11 @@ use std::sync::Arc;
 
 use crate::blocks::consensus::{BlockLedger, BodyRejection, ConsensusWrite};
 use crate::blocks::{Block, BlockConsensus, ChainTip, CommittedBlock, ConsensusMessage};
+use crate::masternode::block_sync::BlockSync;
 use crate::protocol::engine::Engine;
 use crate::protocol::types::{PublicKey, Transaction, Txid};
 use crate::protocol::utxo::UtxoState;
 use crate::storage::Write;
-
-/// Most committed blocks sent for one `BlockRequest` (each up to 2 MB).
-pub const MAX_BLOCKS_PER_REQUEST: u64 = 4;
-/// Least time between two block requests to one peer.
-pub const BLOCK_REQUEST_INTERVAL_MS: u64 = 200;
 
 /// The engine as the block consensus sees it.
 pub struct LedgerView<'a> {
@@ -35,6 +31,17 @@ impl BlockLedger for LedgerView<'_> {
             let Some(tx) = self.unconfirmed.txs.get(txid) else {
                 continue;
             };
+            let settled = tx.inputs.first().is_some_and(|i| {
+                matches!(
+                    self.engine.utxo(&i.prev).map(|e| e.state),
+                    Some(UtxoState::SpentFinalized { txid: t }) if t == *txid
+                )
+            });
+            if !settled {
+                // Confirmed already (or never final here): never in a block
+                // again, and nothing after it may wait on it.
+                continue;
+            }
             let len = tx.encoded_len();
             if bytes + len > max_bytes || out.len() >= crate::blocks::block::MAX_BLOCK_TXS {
                 break; // the rest carries over to the next block
@@ -46,12 +53,19 @@ impl BlockLedger for LedgerView<'_> {
     }
 
     fn check_body(&self, block: &Block) -> Result<(), BodyRejection> {
+        let mut earlier = std::collections::HashSet::with_capacity(block.transactions.len());
         for tx in &block.transactions {
             let txid = tx.txid();
             if !self.engine.known_final(&txid) || tx.inputs.is_empty() {
                 return Err(BodyRejection::NotFinal(txid));
             }
             for input in &tx.inputs {
+                // A parent in no block yet must come earlier in this one, so
+                // a node replaying the chain always knows every input.
+                let parent = input.prev.txid;
+                if self.unconfirmed.contains(&parent) && !earlier.contains(&parent) {
+                    return Err(BodyRejection::ParentNotConfirmed { txid, parent });
+                }
                 match self.engine.utxo(&input.prev).map(|e| e.state) {
                     Some(UtxoState::SpentFinalized { txid: t }) if t == txid => {}
                     Some(UtxoState::Confirmed { txid: t, .. }) if t == txid => {
@@ -67,6 +81,7 @@ impl BlockLedger for LedgerView<'_> {
                     _ => return Err(BodyRejection::NotFinal(txid)),
                 }
             }
+            earlier.insert(txid);
         }
         Ok(())
     }
@@ -97,6 +112,38 @@ impl Unconfirmed {
             self.order.pop_front();
         }
     }
+    /// The queue after a restart: the stored final, unconfirmed
+    /// transactions, each after the parents among them (a block never
+    /// holds a child before its parent).
+    pub fn restore(&mut self, txs: Vec<Transaction>) {
+        let mut byid: HashMap<Txid, Transaction> = txs.into_iter().map(|t| (t.txid(), t)).collect();
+        let mut ids: Vec<Txid> = byid.keys().copied().collect();
+        ids.sort();
+        for id in ids {
+            // Depth first, parents before children, without recursion.
+            let mut stack = vec![(id, false)];
+            while let Some((id, parents_done)) = stack.pop() {
+                if parents_done {
+                    if let Some(tx) = byid.remove(&id) {
+                        self.push(Arc::new(tx));
+                    }
+                    continue;
+                }
+                let Some(tx) = byid.get(&id) else {
+                    continue;
+                };
+                stack.push((id, true));
+                for input in &tx.inputs {
+                    if byid.contains_key(&input.prev.txid) {
+                        stack.push((input.prev.txid, false));
+                    }
+                }
+            }
+        }
+    }
+    pub fn contains(&self, txid: &Txid) -> bool {
+        self.txs.contains_key(txid)
+    }
     pub fn len(&self) -> usize {
         self.txs.len()
     }
@@ -111,14 +158,20 @@ pub struct BlockLayerStats {
     pub refused_messages: u64,
     pub blocks_served: u64,
     pub confirmed_transactions: u64,
+    /// Transactions of committed blocks that contradict this node's final
+    /// state (only possible with Byzantine weight of 1/3 or more).
+    pub contradictions: u64,
+    pub last_contradiction: Option<String>,
 }
 
 pub struct BlockLayer {
     pub(crate) consensus: BlockConsensus,
     pub(crate) unconfirmed: Unconfirmed,
-    last_request: HashMap<PublicKey, u64>,
+    pub(crate) sync: BlockSync,
     pub(crate) stats: BlockLayerStats,
     last_block_time: Option<u64>,
+    /// The engine's finalized count when the consensus last rechecked.
+    pub(crate) finals_seen: u64,
 }
 
 /// What the block layer produced in a round, in masternode terms.
@@ -127,6 +180,8 @@ pub struct BlockEffects {
     pub writes: Vec<Write>,
     pub broadcasts: Vec<ConsensusMessage>,
     pub requests: Vec<(PublicKey, u64)>,
+    /// Payments of a proposal not final here: their proofs are wanted.
+    pub missing: Vec<Txid>,
     pub committed: Vec<CommittedBlock>,
 }
 
@@ -135,9 +190,10 @@ impl BlockLayer {
         BlockLayer {
             consensus,
             unconfirmed: Unconfirmed::default(),
-            last_request: HashMap::new(),
+            sync: BlockSync::default(),
             stats: BlockLayerStats::default(),
             last_block_time: None,
+            finals_seen: 0,
         }
     }
 
@@ -149,9 +205,42 @@ impl BlockLayer {
         self.last_block_time
     }
 
+    /// Where the chain stands, as `status` reports it.
+    pub fn status(&self) -> crate::protocol::message::BlockStatus {
+        let tip = self.tip();
+        crate::protocol::message::BlockStatus {
+            height: tip.height,
+            tip: tip.hash,
+            tip_time_ms: tip.time_ms,
+            syncing: self.sync.behind(tip.height),
+            unconfirmed: self.unconfirmed.len() as u32,
+        }
+    }
+
+    pub fn sync_stats(&self) -> &crate::masternode::block_sync::SyncStats {
+        &self.sync.stats
+    }
+
+    pub fn stats(&self) -> &BlockLayerStats {
+        &self.stats
+    }
+
+    /// Block processing stopped: a committed block contradicted a payment
+    /// final here (like two certificates at one height, only possible with
+    /// Byzantine weight of 1/3 or more). Instant finality goes on; the
+    /// operator investigates (logged as critical). Not durable: a restart
+    /// resumes block processing.
+    pub fn stopped(&self) -> bool {
+        self.stats.contradictions > 0
+    }
+
+    pub fn consensus(&self) -> &BlockConsensus {
+        &self.consensus
+    }
+
     /// Collects the consensus effects: durable writes (own records before
     /// anything leaves), confirmations of committed payments in the engine,
-    /// broadcasts, and rate-limited block requests to peers we are behind.
+    /// broadcasts, block sync requests, and the proofs a proposal waits on.
     pub fn drain(&mut self, now: u64, engine: &mut Engine) -> BlockEffects {
         let r = self.consensus.take_round();
         let mut fx = BlockEffects {
@@ -166,10 +255,25 @@ impl BlockLayer {
                 ConsensusWrite::Committed(c) => {
                     let height = c.block.height();
                     for tx in &c.block.transactions {
-                        if engine.confirm(tx, height) > 0 {
-                            self.stats.confirmed_transactions += 1;
+                        let txid = tx.txid();
+                        let tx = self
+                            .unconfirmed
+                            .txs
+                            .get(&txid)
+                            .cloned()
+                            .unwrap_or_else(|| Arc::new(tx.clone()));
+                        match engine.apply_committed(now, &tx, height) {
+                            Ok(moved) if moved > 0 => self.stats.confirmed_transactions += 1,
+                            Ok(_) => {}
+                            Err(e) => {
+                                // Left unapplied: a certified block that
+                                // contradicts what is final here. Counted
+                                // and logged as critical by the driver.
+                                self.stats.contradictions += 1;
+                                self.stats.last_contradiction = Some(e.to_string());
+                            }
                         }
-                        self.unconfirmed.remove(&tx.txid());
+                        self.unconfirmed.remove(&txid);
                     }
                     self.last_block_time = Some(c.block.header.time_ms);
                     fx.committed.push((*c).clone());
@@ -177,13 +281,11 @@ impl BlockLayer {
                 }
             }
         }
-        for (peer, from) in r.behind {
-            let last = self.last_request.get(&peer).copied();
-            if last.is_none_or(|t| now >= t + BLOCK_REQUEST_INTERVAL_MS) {
-                self.last_request.insert(peer, now);
-                fx.requests.push((peer, from));
-            }
+        for (peer, height) in r.behind {
+            self.sync.saw(peer, height);
         }
+        fx.requests = self.sync.plan(now, self.consensus.tip().height);
+        fx.missing = r.missing;
         fx
     }
 }

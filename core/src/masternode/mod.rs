@@ -22,6 +22,7 @@
 //! Reads of durable state (proofs, transactions, the finality log) come
 //! through the [`Store`] trait passed to the calls that need them.
 
+pub mod block_sync;
 pub mod blocks;
 pub mod catchup;
 pub mod peers;
@@ -40,6 +41,7 @@ use crate::protocol::registry::Registry;
 use crate::protocol::tally::{TallyEvent, VerifiedBatch};
 use crate::protocol::timeproof::TimeProof;
 use crate::protocol::types::{Address, PublicKey, Transaction, Txid};
+use crate::protocol::utxo::UtxoState;
 use crate::protocol::validation::RejectCode;
 use crate::storage::{Snapshot, Store, StoreError, Write};
 
@@ -162,7 +164,7 @@ impl Masternode {
         cfg: MasternodeConfig,
         key: SigningKey,
         registry: Registry,
-        snap: Snapshot,
+        mut snap: Snapshot,
         now: u64,
     ) -> Self {
         let me = PublicKey::from_signing(&key);
@@ -204,7 +206,11 @@ impl Masternode {
                 c.fork(f.clone());
                 let _ = c.take_round();
             }
-            blocks::BlockLayer::new(c)
+            let mut layer = blocks::BlockLayer::new(c);
+            layer
+                .unconfirmed
+                .restore(std::mem::take(&mut snap.unconfirmed_transactions));
+            layer
         });
         let engine = Engine::new(cfg.engine.clone(), key, registry, snap);
         let mut reannounce = Reannounce::new(cfg.reannounce.clone());
@@ -540,6 +546,9 @@ impl Masternode {
         let Some(layer) = self.blocks.as_mut() else {
             return Ok(());
         };
+        if layer.stopped() {
+            return Ok(());
+        }
         let view = blocks::LedgerView {
             engine: &self.engine,
             unconfirmed: &layer.unconfirmed,
@@ -548,24 +557,42 @@ impl Masternode {
             PeerMessage::BlockProposal(p) => layer.consensus.handle_proposal(now, *p, &view),
             PeerMessage::BlockVote(v) => layer.consensus.handle_vote(now, v, &view),
             PeerMessage::CommittedBlock(c) => {
-                let c = *c;
-                layer
-                    .consensus
-                    .handle_commit(now, c.block, c.cert, &view)
-                    .map(|_| ())
+                let tip = layer.consensus.tip().height;
+                let mut next = layer.sync.received(from, tip, *c).map(|c| (from, c));
+                let mut result = Ok(());
+                // The block that extends the tip, then any held ones after it.
+                while let Some((sender, c)) = next {
+                    let r = layer.consensus.handle_commit(now, c.block, c.cert, &view);
+                    if let Err(e) = r {
+                        if sender == from {
+                            result = Err(e);
+                        } else {
+                            layer.stats.refused_messages += 1;
+                            self.peer_book
+                                .penalize(now, &sender, Misbehaviour::InvalidSignature);
+                        }
+                        break;
+                    }
+                    next = layer.sync.next_ready(layer.consensus.tip().height);
+                }
+                result
             }
             PeerMessage::BlockRequest { from: height } => {
                 let tip = layer.consensus.tip().height;
-                let end = tip.min(height.saturating_add(blocks::MAX_BLOCKS_PER_REQUEST - 1));
+                let end = tip.min(height.saturating_add(block_sync::BLOCKS_PER_ANSWER - 1));
                 let mut h = height.max(1);
+                let mut bytes = 0;
                 while h <= end {
-                    if let Some(c) = store.block(h)? {
-                        layer.stats.blocks_served += 1;
-                        self.transmits.push(Transmit {
-                            dest: Dest::Peer(from),
-                            msg: Message::CommittedBlock(Box::new(c)),
-                        });
+                    let Some(c) = store.block(h)? else { break };
+                    bytes += c.block.encoded_len();
+                    if bytes > block_sync::ANSWER_BYTES && h > height {
+                        break; // the requester asks again from here
                     }
+                    layer.stats.blocks_served += 1;
+                    self.transmits.push(Transmit {
+                        dest: Dest::Peer(from),
+                        msg: Message::CommittedBlock(Box::new(c)),
+                    });
                     h += 1;
                 }
                 Ok(())
@@ -629,6 +656,9 @@ impl Masternode {
 
     pub fn handle_peer_down(&mut self, now: u64, peer: &PublicKey) {
         self.catchup.disconnected_peer(peer);
+        if let Some(layer) = self.blocks.as_mut() {
+            layer.sync.peer_disconnected(peer);
+        }
         self.update_gate(now);
     }
 
@@ -638,6 +668,7 @@ impl Masternode {
         match self
             .blocks
             .as_ref()
+            .filter(|b| !b.stopped())
             .and_then(|b| b.consensus.poll_timeout())
         {
             Some(t) => tick.min(t),
@@ -647,7 +678,7 @@ impl Masternode {
 
     /// Timers: engine housekeeping, re-announcements, catch-up polls.
     pub fn handle_timeout(&mut self, now: u64, store: &dyn Store) -> Result<(), StoreError> {
-        if let Some(layer) = self.blocks.as_mut() {
+        if let Some(layer) = self.blocks.as_mut().filter(|l| !l.stopped()) {
             if layer.consensus.poll_timeout().is_some_and(|t| t <= now) {
                 let view = blocks::LedgerView {
                     engine: &self.engine,
@@ -745,9 +776,30 @@ impl Masternode {
         // Block effects first: confirmations go into the engine's round, so
         // they commit in the same transaction as the block.
         let fx = match self.blocks.as_mut() {
-            Some(layer) => layer.drain(now, &mut self.engine),
+            Some(layer) => {
+                // Payments that became final this round may make a proposal
+                // this node waits on valid.
+                let finals = self.engine.metrics().tx_finalized;
+                if finals != layer.finals_seen {
+                    layer.finals_seen = finals;
+                    let view = blocks::LedgerView {
+                        engine: &self.engine,
+                        unconfirmed: &layer.unconfirmed,
+                    };
+                    layer.consensus.recheck(now, &view);
+                }
+                layer.drain(now, &mut self.engine)
+            }
             None => blocks::BlockEffects::default(),
         };
+        for txid in &fx.missing {
+            if !self.engine.knows(txid) && self.proof_broadcast_allowed(now) {
+                self.transmits.push(Transmit {
+                    dest: Dest::AllPeers,
+                    msg: Message::ProofRequest(*txid),
+                });
+            }
+        }
         let r = self.engine.end_round(now);
         let mut round = Round {
             writes: r.writes,
@@ -803,7 +855,16 @@ impl Masternode {
                     match &ev {
                         Event::Finalized { txid, tx, .. } => {
                             if let Some(layer) = self.blocks.as_mut() {
-                                layer.unconfirmed.push(tx.clone());
+                                // Unless a block of this round confirmed it.
+                                let unconfirmed = tx.inputs.first().is_some_and(|i| {
+                                    matches!(
+                                        self.engine.utxo(&i.prev).map(|e| e.state),
+                                        Some(UtxoState::SpentFinalized { .. })
+                                    )
+                                });
+                                if unconfirmed {
+                                    layer.unconfirmed.push(tx.clone());
+                                }
                             }
                             log.push(*txid);
                             self.reannounce.settled(txid);

@@ -91,6 +91,10 @@ impl Class {
         match msg {
             PeerMessage::TransactionBroadcast(tx) => tx.inputs.len().max(1) as u32,
             PeerMessage::VoteBatch(b) => b.items.len().max(1) as u32,
+            // Answered with up to that many blocks.
+            PeerMessage::BlockRequest { .. } => {
+                crate::masternode::block_sync::BLOCKS_PER_ANSWER as u32
+            }
             _ => 1,
         }
     }

@@ -26,6 +26,8 @@ struct Net {
     drop_broadcasts: bool,
     /// Drop every block proposal and vote while set (a stalled block layer).
     drop_block_consensus: bool,
+    /// Drop the payment catch-up (finality log, proofs) while set.
+    drop_catchup: bool,
     cfg: MasternodeConfig,
     inbox: VecDeque<(usize, usize, Message)>,
     events: Vec<Vec<Event>>,
@@ -60,6 +62,7 @@ impl Net {
             cut: vec![false; n],
             drop_broadcasts: false,
             drop_block_consensus: false,
+            drop_catchup: false,
             cfg,
             inbox: VecDeque::new(),
             events: vec![Vec::new(); n],
@@ -125,6 +128,17 @@ impl Net {
             }
             if self.drop_block_consensus
                 && matches!(t.msg, Message::BlockProposal(_) | Message::BlockVote(_))
+            {
+                continue;
+            }
+            if self.drop_catchup
+                && matches!(
+                    t.msg,
+                    Message::FinalityLogRequest { .. }
+                        | Message::FinalityLogPage { .. }
+                        | Message::ProofRequest(_)
+                        | Message::TimeProof { .. }
+                )
             {
                 continue;
             }
@@ -797,4 +811,219 @@ fn a_node_cut_off_syncs_the_blocks_it_missed_and_restarts_keep_one_chain() {
             .consensus;
         assert_eq!(c.stats().refused_conflicting, 0);
     }
+}
+
+/// Spends the change (output 1) of `parent`, paying the payee again.
+fn pay_from_change(parent: &Transaction, amount: u64) -> Transaction {
+    let w = wallet();
+    let change = parent.outputs[1].amount;
+    Transaction::build_signed(
+        7,
+        &w,
+        &[OutPoint {
+            txid: parent.txid(),
+            vout: 1,
+        }],
+        vec![
+            TxOutput {
+                amount,
+                address: address_of(&testkit::key_from_seed("payee", 0)),
+            },
+            TxOutput {
+                amount: change - amount - COIN / 100,
+                address: address_of(&w),
+            },
+        ],
+    )
+}
+
+/// Every outpoint with its state, sorted.
+fn utxo_states(m: &Masternode, store: &MemoryStore) -> Vec<(OutPoint, UtxoState)> {
+    let mut v: Vec<_> = store
+        .load()
+        .unwrap()
+        .utxos
+        .into_iter()
+        .map(|(op, e)| (op, e.state))
+        .collect();
+    v.sort_by_key(|(op, _)| *op);
+    for (op, state) in &v {
+        assert_eq!(m.engine().utxo(op).map(|e| e.state), Some(*state));
+    }
+    v
+}
+
+fn sync_from_empty(drop_catchup: bool) {
+    let mut net = Net::with_config(4, blocks_cfg());
+    net.run_for(600);
+    // Parents and children, in several blocks.
+    let parents: Vec<Transaction> = (0..4).map(|c| pay(c, COIN)).collect();
+    for tx in &parents {
+        net.submit(0, tx.clone());
+    }
+    net.run_for(600);
+    let children: Vec<Transaction> = parents.iter().map(|p| pay_from_change(p, COIN)).collect();
+    for tx in &children {
+        net.submit(1, tx.clone());
+    }
+    net.run_for(1_500);
+    for tx in parents.iter().chain(&children) {
+        assert!(net.confirmed_at(0, tx).is_some());
+    }
+    // Node 3 loses its data directory and starts over from the genesis.
+    net.nodes[3] = None;
+    net.links();
+    net.run_for(1_000);
+    let mut fresh = MemoryStore::new();
+    fresh.init(&net.genesis).unwrap();
+    net.stores[3] = fresh;
+    net.drop_catchup = drop_catchup;
+    net.start(3);
+    net.links();
+    net.run_for(3_000);
+    assert!(
+        net.height(3) + 1 >= net.height(0),
+        "node 3 synced the chain"
+    );
+    for tx in parents.iter().chain(&children) {
+        assert!(
+            net.confirmed_at(3, tx).is_some(),
+            "node 3 confirmed {}",
+            tx.txid()
+        );
+    }
+    net.same_chain();
+    // Compared at one moment: let the last block settle everywhere first.
+    net.drop_block_consensus = true;
+    net.run_for(1_000);
+    let a = utxo_states(net.nodes[0].as_ref().unwrap(), &net.stores[0]);
+    let b = utxo_states(net.nodes[3].as_ref().unwrap(), &net.stores[3]);
+    assert_eq!(a, b, "the same UTXO set");
+    let layer = net.nodes[3].as_ref().unwrap().block_layer().unwrap();
+    assert_eq!(layer.stats.contradictions, 0);
+    assert!(layer.sync.stats.requests > 0, "it asked peers for blocks");
+    let synced = net.nodes[3]
+        .as_ref()
+        .unwrap()
+        .engine()
+        .metrics()
+        .tx_synced_from_blocks;
+    if drop_catchup {
+        assert_eq!(synced, 8, "every payment learned from the blocks");
+    }
+}
+
+#[test]
+fn a_node_from_an_empty_store_syncs_the_chain_and_the_utxo_set() {
+    sync_from_empty(false);
+}
+
+/// The same with the payment catch-up cut: the blocks alone carry it.
+#[test]
+fn a_node_from_an_empty_store_syncs_from_blocks_alone() {
+    sync_from_empty(true);
+}
+
+#[test]
+fn payments_final_before_a_restart_are_confirmed_after_it() {
+    let mut net = Net::with_config(4, blocks_cfg());
+    net.run_for(600);
+    net.drop_block_consensus = true;
+    let parent = pay(5, COIN);
+    net.submit(2, parent.clone());
+    net.run_for(300);
+    let child = pay_from_change(&parent, COIN);
+    net.submit(2, child.clone());
+    net.run_for(500);
+    for i in 0..4 {
+        assert!(net.is_final(i, &child.txid()));
+        assert_eq!(net.confirmed_at(i, &parent), None);
+    }
+    // Every node restarts from its store while no block can be made.
+    for i in 0..4 {
+        net.nodes[i] = None;
+        net.start(i);
+    }
+    net.links();
+    net.drop_block_consensus = false;
+    net.run_for(4_000);
+    for i in 0..4 {
+        let hp = net.confirmed_at(i, &parent).expect("parent confirmed");
+        let hc = net.confirmed_at(i, &child).expect("child confirmed");
+        assert!(hp <= hc, "a parent is never confirmed after its child");
+    }
+    net.same_chain();
+}
+
+/// A TimeProof for `tx` signed by the masternodes `signers` (a test stands
+/// in for a Byzantine supermajority).
+fn forged_proof(
+    net: &Net,
+    tx: &Transaction,
+    signers: &[usize],
+) -> crate::protocol::timeproof::TimeProof {
+    use crate::protocol::vote::{Decision, VoteBatch, VoteItem};
+    let txid = tx.txid();
+    let votes = signers
+        .iter()
+        .map(|&i| {
+            let b = VoteBatch::sign(
+                7,
+                net.genesis.registry.epoch(),
+                &net.keys[i],
+                vec![VoteItem {
+                    txid,
+                    decision: Decision::Approve,
+                }],
+            );
+            let levels = b.verify().unwrap();
+            b.cert(&levels, 0)
+        })
+        .collect();
+    crate::protocol::timeproof::TimeProof {
+        chain_id: 7,
+        txid,
+        votes,
+    }
+}
+
+#[test]
+fn a_committed_block_contradicting_a_final_payment_stops_block_processing() {
+    let mut net = Net::with_config(4, blocks_cfg());
+    net.run_for(600);
+    net.cut[3] = true;
+    net.links();
+    // The others finalize and confirm A; node 3, cut off, is handed a proof
+    // for B spending the same coin (only a supermajority of liars can sign
+    // both).
+    let a = pay(7, COIN);
+    let b = pay(7, 2 * COIN);
+    net.submit(0, a.clone());
+    net.run_for(1_000);
+    assert!(net.confirmed_at(0, &a).is_some());
+    let proof = forged_proof(&net, &b, &[0, 1, 2]);
+    let now = net.now;
+    net.nodes[3]
+        .as_mut()
+        .unwrap()
+        .handle_proof(now, b.clone(), proof);
+    net.flush(3);
+    assert!(net.is_final(3, &b.txid()));
+    net.cut[3] = false;
+    net.links();
+    net.run_for(2_000);
+    let m = net.nodes[3].as_ref().unwrap();
+    let layer = m.block_layer().unwrap();
+    assert_eq!(layer.stats().contradictions, 1, "A's block contradicts B");
+    assert!(layer.stopped(), "block processing stopped");
+    assert_eq!(
+        m.engine().utxo(&b.inputs[0].prev).map(|e| e.state),
+        Some(UtxoState::SpentFinalized { txid: b.txid() }),
+        "node 3 keeps what is final here"
+    );
+    // Payments still finalize at node 3.
+    let c = pay(8, COIN);
+    net.submit(1, c.clone());
+    net.run_for(500);
+    assert!(net.is_final(3, &c.txid()));
 }

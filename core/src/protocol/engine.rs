@@ -190,6 +190,21 @@ pub struct Metrics {
     pub proofs_received: u64,
     pub proofs_invalid: u64,
     pub conflicting_proofs: u64,
+    /// Transactions this node learned final from a committed block (synced)
+    /// rather than from a TimeProof.
+    pub tx_synced_from_blocks: u64,
+}
+
+/// Why a committed block's transaction cannot be applied here. Both mean
+/// the block contradicts this node's final state, which a certificate of
+/// more than 2/3 of the weight can only do if Byzantine weight reached 1/3.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum CommittedTxError {
+    #[error("transaction {0} spends {1}, which does not exist here")]
+    MissingInput(Txid, OutPoint),
+    #[error("transaction {txid} conflicts with final transaction {final_tx}")]
+    ConflictsWithFinal { txid: Txid, final_tx: Txid },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -450,28 +465,6 @@ impl Engine {
     /// Why `txid` was rejected, if it was (and is still remembered).
     pub fn rejection(&self, txid: &Txid) -> Option<(RejectCode, String)> {
         self.txs.get(txid).and_then(|r| r.rejection.clone())
-    }
-
-    /// A committed block at `height` includes `tx`: its inputs move from
-    /// `SpentFinalized{txid}` to `Confirmed{txid, height}` (written with the
-    /// round). Inputs in any other state are left alone; returns how many
-    /// moved (0 for a transaction this node does not hold as final).
-    pub fn confirm(&mut self, tx: &Transaction, height: u64) -> usize {
-        let txid = tx.txid();
-        let mut moved = 0;
-        for input in &tx.inputs {
-            if let Some(entry) = self.utxos.get_mut(&input.prev) {
-                let next = UtxoState::Confirmed { txid, height };
-                if entry.state == (UtxoState::SpentFinalized { txid }) {
-                    if let Ok(state) = entry.state.transition(next) {
-                        entry.state = state;
-                        self.round.writes.push(Write::PutUtxo(input.prev, *entry));
-                        moved += 1;
-                    }
-                }
-            }
-        }
-        moved
     }
 
     /// Whether this node has seen `txid` (pending, decided, or parked).
@@ -1087,25 +1080,7 @@ impl Engine {
             spent.push((input.prev, *entry));
             self.round.writes.push(Write::PutUtxo(input.prev, *entry));
         }
-        for (vout, out) in tx.outputs.iter().enumerate() {
-            let op = OutPoint {
-                txid,
-                vout: vout as u32,
-            };
-            let entry = UtxoEntry {
-                output: *out,
-                state: UtxoState::Unspent,
-            };
-            // Finalized again (a late or replayed proof after a restart or a
-            // trim): its outputs may be locked or spent by now. Never write
-            // them back as Unspent, in memory or on disk.
-            if let std::collections::hash_map::Entry::Vacant(v) = self.utxos.entry(op) {
-                v.insert(entry);
-                self.by_address.entry(out.address).or_default().push(op);
-                self.round.writes.push(Write::PutUtxo(op, entry));
-            }
-            addresses.push(out.address);
-        }
+        self.create_outputs(txid, &tx, &mut addresses);
         addresses.sort();
         addresses.dedup();
         // `approve` already stored the transaction with this node's vote.
@@ -1130,6 +1105,36 @@ impl Engine {
             addresses,
             spent,
         });
+        self.reject_losers(txid, losers);
+        self.wake_orphans(now, txid);
+    }
+
+    /// Creates the outputs of a transaction that became final (and notes
+    /// their addresses).
+    fn create_outputs(&mut self, txid: Txid, tx: &Transaction, addresses: &mut Vec<Address>) {
+        for (vout, out) in tx.outputs.iter().enumerate() {
+            let op = OutPoint {
+                txid,
+                vout: vout as u32,
+            };
+            let entry = UtxoEntry {
+                output: *out,
+                state: UtxoState::Unspent,
+            };
+            // Finalized again (a late or replayed proof after a restart or a
+            // trim): its outputs may be locked or spent by now. Never write
+            // them back as Unspent, in memory or on disk.
+            if let std::collections::hash_map::Entry::Vacant(v) = self.utxos.entry(op) {
+                v.insert(entry);
+                self.by_address.entry(out.address).or_default().push(op);
+                self.round.writes.push(Write::PutUtxo(op, entry));
+            }
+            addresses.push(out.address);
+        }
+    }
+
+    /// Pending transactions that lost their inputs to final `winner`.
+    fn reject_losers(&mut self, winner: Txid, losers: Vec<Txid>) {
         for loser in losers {
             if self
                 .txs
@@ -1140,19 +1145,91 @@ impl Engine {
                 if let Some(r) = self.txs.get_mut(&loser) {
                     r.rejection = Some((
                         RejectCode::ConflictFinalized,
-                        format!("conflicting transaction {txid} is final"),
+                        format!("conflicting transaction {winner} is final"),
                     ));
                 }
                 self.metrics.tx_rejected += 1;
                 self.emit(Event::Rejected {
                     txid: loser,
                     reason: RejectCode::ConflictFinalized,
-                    detail: format!("conflicting transaction {txid} is final"),
+                    detail: format!("conflicting transaction {winner} is final"),
                     rejecters: vec![],
                 });
             }
         }
-        self.wake_orphans(now, txid);
+    }
+
+    /// A transaction of a committed block, at `height`. Final here: its
+    /// inputs move from `SpentFinalized` to `Confirmed`. Not final here (a
+    /// block synced from peers, whose certificate carries more than 2/3 of
+    /// the weight, and honest masternodes vote only for blocks of payments
+    /// final at them): it becomes final and confirmed in one step. Returns
+    /// how many inputs moved.
+    pub fn apply_committed(
+        &mut self,
+        now: u64,
+        tx: &Arc<Transaction>,
+        height: u64,
+    ) -> Result<usize, CommittedTxError> {
+        let txid = tx.txid();
+        let next = UtxoState::Confirmed { txid, height };
+        if !self.known_final(&txid) {
+            for input in &tx.inputs {
+                match self.utxos.get(&input.prev).map(|e| e.state) {
+                    None => return Err(CommittedTxError::MissingInput(txid, input.prev)),
+                    Some(
+                        UtxoState::SpentFinalized { txid: other }
+                        | UtxoState::Confirmed { txid: other, .. },
+                    ) if other != txid => {
+                        return Err(CommittedTxError::ConflictsWithFinal {
+                            txid,
+                            final_tx: other,
+                        })
+                    }
+                    _ => {}
+                }
+            }
+            let mut losers = Vec::new();
+            let mut addresses = Vec::new();
+            for input in &tx.inputs {
+                let Some(entry) = self.utxos.get_mut(&input.prev) else {
+                    continue;
+                };
+                if let UtxoState::Locked { txid: other }
+                | UtxoState::SpentPending { txid: other, .. } = entry.state
+                {
+                    if other != txid {
+                        losers.push(other);
+                    }
+                }
+                entry.state = next;
+                self.round.writes.push(Write::PutUtxo(input.prev, *entry));
+            }
+            self.create_outputs(txid, tx, &mut addresses);
+            self.round
+                .writes
+                .push(Write::PutTransaction(txid, (**tx).clone()));
+            if self.txs.contains_key(&txid) {
+                self.set_status(txid, Status::Finalized);
+            }
+            self.metrics.tx_synced_from_blocks += 1;
+            self.reject_losers(txid, losers);
+            self.wake_orphans(now, txid);
+            return Ok(tx.inputs.len());
+        }
+        let mut moved = 0;
+        for input in &tx.inputs {
+            if let Some(entry) = self.utxos.get_mut(&input.prev) {
+                if entry.state == (UtxoState::SpentFinalized { txid }) {
+                    if let Ok(state) = entry.state.transition(next) {
+                        entry.state = state;
+                        self.round.writes.push(Write::PutUtxo(input.prev, *entry));
+                        moved += 1;
+                    }
+                }
+            }
+        }
+        Ok(moved)
     }
 
     fn proof_weight(&self, proof: &TimeProof) -> u64 {

@@ -248,6 +248,21 @@ pub struct NodeStatus {
     /// The node approves nothing yet: it is catching up with its peers (or
     /// cannot reach a quorum of them). Encoded as one byte, 0 or 1.
     pub catching_up: bool,
+    /// The block layer, if it runs (a byte 0/1, then the fields).
+    pub blocks: Option<BlockStatus>,
+}
+
+/// Where a node's chain stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BlockStatus {
+    pub height: u64,
+    pub tip: crate::blocks::BlockHash,
+    /// The tip block's time (ms since the epoch; 0 for the genesis).
+    pub tip_time_ms: u64,
+    /// A peer showed blocks above the tip: the node is syncing.
+    pub syncing: bool,
+    /// Final payments not yet in a block.
+    pub unconfirmed: u32,
 }
 
 mod tag {
@@ -290,6 +305,15 @@ fn put_str(out: &mut Vec<u8>, s: &str) {
 fn get_str(r: &mut Reader<'_>) -> Result<String, DecodeError> {
     let b = r.var_bytes("text", MAX_DETAIL_BYTES)?;
     String::from_utf8(b.to_vec()).map_err(|_| DecodeError::Invalid { what: "utf-8 text" })
+}
+
+/// A byte that must be 0 (false) or 1 (true).
+fn flag(r: &mut Reader<'_>, what: &'static str) -> Result<bool, DecodeError> {
+    match r.u8()? {
+        0 => Ok(false),
+        1 => Ok(true),
+        tag => Err(DecodeError::UnknownTag { what, tag }),
+    }
 }
 
 impl Message {
@@ -487,6 +511,17 @@ impl Message {
                 out.extend_from_slice(&st.finalized.to_le_bytes());
                 out.extend_from_slice(&st.rejected.to_le_bytes());
                 out.push(st.catching_up as u8);
+                match &st.blocks {
+                    None => out.push(0),
+                    Some(b) => {
+                        out.push(1);
+                        out.extend_from_slice(&b.height.to_le_bytes());
+                        out.extend_from_slice(&b.tip.0);
+                        out.extend_from_slice(&b.tip_time_ms.to_le_bytes());
+                        out.push(b.syncing as u8);
+                        out.extend_from_slice(&b.unconfirmed.to_le_bytes());
+                    }
+                }
             }
             Message::Error { code, detail } => {
                 out.push(tag::ERROR);
@@ -629,12 +664,19 @@ impl Message {
                 pending: r.u32()?,
                 finalized: r.u64()?,
                 rejected: r.u64()?,
-                catching_up: match r.u8()? {
-                    0 => false,
-                    1 => true,
+                catching_up: flag(&mut r, "catching-up flag")?,
+                blocks: match r.u8()? {
+                    0 => None,
+                    1 => Some(BlockStatus {
+                        height: r.u64()?,
+                        tip: crate::blocks::BlockHash(r.array()?),
+                        tip_time_ms: r.u64()?,
+                        syncing: flag(&mut r, "syncing flag")?,
+                        unconfirmed: r.u32()?,
+                    }),
                     tag => {
                         return Err(DecodeError::UnknownTag {
-                            what: "catching-up flag",
+                            what: "block status",
                             tag,
                         })
                     }

@@ -108,6 +108,23 @@ pub(crate) fn samples() -> Vec<Message> {
             finalized: 2,
             rejected: 3,
             catching_up: true,
+            blocks: None,
+        }),
+        Message::Status(NodeStatus {
+            public_key: pk,
+            peers_connected: 3,
+            peers_total: 3,
+            pending: 0,
+            finalized: 9,
+            rejected: 0,
+            catching_up: false,
+            blocks: Some(BlockStatus {
+                height: 12,
+                tip: crate::blocks::BlockHash([0x5a; 32]),
+                tip_time_ms: 1_700_000_000_000,
+                syncing: true,
+                unconfirmed: 4,
+            }),
         }),
         Message::FinalityLogRequest { from: 9 },
         Message::FinalityLogPage {
@@ -160,8 +177,9 @@ fn golden_wire_bytes() {
 /// Protocol version 2 (handshake v2): changed from
 /// `0215c467…93ac` only by the `Hello` sample's version (1 → 2) and the
 /// `HelloAuth` sample, now a proof over the v2 transcript; every other sample
-/// encodes to the same bytes as before.
-const GOLDEN: &str = "86aca7072de941bf559ab2d82246a0dbd5e9edc9ec0eb42d519c622998644112";
+/// encodes to the same bytes as before. Then `86aca707…4112` changed only by
+/// `Status`, which gained the block status (a 0 byte with no block layer).
+const GOLDEN: &str = "cee868c99b749c3d8f4a9d359a274055f450c011c8d1f6b8dd2a4341f57a2fdb";
 
 fn mn_hello(chain_id: ChainId, public_key: PublicKey, nonce: [u8; 32]) -> Hello {
     Hello {

@@ -10,6 +10,7 @@
 //! - `block_candidates` key: height(u64 BE) ‖ hash(32); value:
 //!   [`Block::encode`] ‖ count(u32) ‖ prevotes ([`BlockVote::encode`]).
 //! - `fork_evidence` key: height(u64 BE); value: [`ForkEvidence::encode`].
+//! - `block_heights` key: block hash(32); value: height(u64).
 
 use crate::blocks::block::{Block, BlockHash};
 use crate::blocks::certificate::{CommitCertificate, CommittedBlock, ForkEvidence};
@@ -54,6 +55,28 @@ impl TableKey for BlockHeight {
         Ok(BlockHeight(u64::from_be_bytes(
             bytes.try_into().expect("8 bytes"),
         )))
+    }
+}
+
+/// `block_heights` key: a committed block's hash (value: its height).
+impl TableKey for BlockHash {
+    type Bytes = [u8; 32];
+    fn to_key(&self) -> [u8; 32] {
+        self.0
+    }
+    fn from_key(bytes: &[u8]) -> Result<Self, RecordError> {
+        key_len("block hash", bytes, 32)?;
+        Ok(BlockHash(bytes.try_into().expect("32 bytes")))
+    }
+}
+
+impl TableValue for BlockHeight {
+    fn encode_value(&self, out: &mut Vec<u8>) -> Result<(), RecordError> {
+        out.extend_from_slice(&self.0.to_le_bytes());
+        Ok(())
+    }
+    fn decode_value(bytes: &[u8]) -> Result<Self, RecordError> {
+        decode_all(bytes, |r| r.u64()).map(BlockHeight)
     }
 }
 
@@ -221,6 +244,13 @@ mod tests {
         let mut bad = k.to_key();
         bad[12] = 9;
         assert!(OwnBlockVoteKey::from_key(&bad).is_err());
+        assert_eq!(BlockHash([0xcd; 32]).to_key(), [0xcd; 32]);
+        assert!(BlockHash::from_key(&[0; 31]).is_err());
+        assert_eq!(
+            hex::encode(BlockHeight(258).to_value().unwrap()),
+            "0201000000000000"
+        );
+        assert!(BlockHeight::decode_value(&[0; 9]).is_err());
         let c = CandidateKey(3, BlockHash([0xab; 32]));
         assert_eq!(
             hex::encode(c.to_key()),

@@ -94,7 +94,19 @@ impl Store for MemoryStore {
                 }
             }
         }
+        let mut unconfirmed = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        for e in self.utxos.values() {
+            if let UtxoState::SpentFinalized { txid } = e.state {
+                if let Some(tx) = self.txs.get(&txid) {
+                    if seen.insert(txid) {
+                        unconfirmed.push(tx.clone());
+                    }
+                }
+            }
+        }
         Ok(Snapshot {
+            unconfirmed_transactions: unconfirmed,
             utxos: self.utxos.iter().map(|(k, v)| (*k, *v)).collect(),
             pending_transactions: pending,
             stuck_transactions: stuck,

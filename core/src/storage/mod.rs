@@ -61,6 +61,9 @@ pub struct Snapshot {
     pub finalized: Vec<Txid>,
     /// Every vote batch this node signed, oldest first.
     pub own_votes: Vec<VoteBatch>,
+    /// Final transactions not yet in a block (an input `SpentFinalized`),
+    /// in no particular order: the block layer's queue after a restart.
+    pub unconfirmed_transactions: Vec<Transaction>,
     /// The block layer's durable state.
     pub blocks: BlockSnapshot,
 }

@@ -86,7 +86,7 @@ pub struct RpcError {
     pub data: Option<Value>,
 }
 
-fn err(code: i64, message: impl Into<String>) -> RpcError {
+pub(super) fn err(code: i64, message: impl Into<String>) -> RpcError {
     RpcError {
         code,
         message: message.into(),
@@ -94,7 +94,7 @@ fn err(code: i64, message: impl Into<String>) -> RpcError {
     }
 }
 
-fn bad_params(message: impl Into<String>) -> RpcError {
+pub(super) fn bad_params(message: impl Into<String>) -> RpcError {
     err(code::INVALID_PARAMS, message)
 }
 
@@ -151,6 +151,31 @@ pub const METHODS: &[(&str, Class, &str)] = &[
         "getbalance",
         Class::Read,
         "[address]: spendable, locked and pending base units",
+    ),
+    (
+        "getblockcount",
+        Class::Read,
+        "Height of the last committed block",
+    ),
+    (
+        "getbestblockhash",
+        Class::Read,
+        "Hash of the last committed block",
+    ),
+    (
+        "getblockhash",
+        Class::Read,
+        "[height]: the hash of the committed block at that height",
+    ),
+    (
+        "getblock",
+        Class::Read,
+        "[blockhash, verbosity?]: 0 hex, 1 (default) JSON with txids, 2 JSON with transactions",
+    ),
+    (
+        "getconsensusinfo",
+        Class::Read,
+        "Block consensus: height, round, leader, sync state, view changes",
     ),
     (
         "sendrawtransaction",
@@ -266,6 +291,8 @@ pub(super) struct RpcCtx {
     stop: Arc<tokio::sync::Notify>,
     /// WebSocket connections open now (at most [`ws::MAX_WS_CONNECTIONS`]).
     ws_slots: Arc<Semaphore>,
+    /// The block methods' view of the chain.
+    pub chain: Option<crate::node::rpc_blocks::ChainCtx>,
 }
 
 /// Writes a fresh cookie (`__cookie__:<64 hex>`, mode 0600) into `dir`.
@@ -469,6 +496,7 @@ impl RpcCtx {
             rpcauth: cfg.rpcauth.clone(),
             allow: cfg.rpcallowip.clone(),
             buckets: Mutex::new(Buckets::new(cfg.rpc_rate_limit)),
+            chain: None,
         }
     }
 }
@@ -961,6 +989,12 @@ async fn call(ctx: &RpcCtx, method: &str, p: &[Value]) -> Result<Value, RpcError
             Err(bad_params(format!("{method} takes no parameters")))
         }
     };
+    if let Some(r) = match &ctx.chain {
+        Some(c) => c.call(method, p).await,
+        None => None,
+    } {
+        return r;
+    }
     match method {
         "help" => {
             no_params(p)?;
@@ -996,12 +1030,20 @@ async fn call(ctx: &RpcCtx, method: &str, p: &[Value]) -> Result<Value, RpcError
         "getblockchaininfo" => {
             no_params(p)?;
             let s = status(ctx).await?;
+            let b = s.blocks;
             Ok(json!({
                 "chain": ctx.network,
                 "chain_id": ctx.chain_id,
-                "blocks": null,
-                "bestblockhash": null,
-                "blocks_note": "no block layer yet: payments are final by TimeProof; block fields arrive with blocks",
+                "blocks": b.map(|b| b.height),
+                "bestblockhash": b.map(|b| b.tip.to_string()),
+                "tip_time_ms": b.map(|b| b.tip_time_ms),
+                "syncing": b.map(|b| b.syncing),
+                "unconfirmed_transactions": b.map(|b| b.unconfirmed),
+                "blocks_note": if b.is_some() {
+                    "payments are final by TimeProof; blocks confirm them"
+                } else {
+                    "block layer off (block_interval_ms = 0): payments are final by TimeProof, no blocks"
+                },
                 "finalized_transactions": s.finalized,
                 "rejected_transactions": s.rejected,
                 "pending_transactions": s.pending,
