@@ -40,7 +40,7 @@ pub struct Allocation {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum GenesisError {
-    #[error("cannot read genesis file {path}: {source}")]
+    #[error("cannot read genesis file {path}: {source} (give the network's genesis file: --genesis PATH, or `genesis` in the config; `time-masternode devnet` writes DIR/genesis.json)")]
     Read {
         path: String,
         source: std::io::Error,

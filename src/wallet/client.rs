@@ -40,6 +40,13 @@ pub enum ClientError {
     Handshake(&'static str),
     /// The masternode refused the handshake with an `Error` frame (`code`
     /// from [`refusal`]).
+    /// Locked at the masternode, but no TimeProof in time.
+    #[error("transaction {txid} is locked but not final within {wait:?}: too few masternodes may be voting (quorum lost?). It may still finalize: ask again with the same transaction, or check the masternodes (time-cli getpeerinfo)")]
+    NotFinal { txid: Txid, wait: Duration },
+    /// The masternode kept answering "catching up": it reaches too few
+    /// masternodes to finalize anything.
+    #[error("no finality within {wait:?}: the masternode is catching up or reaches too few masternodes for a quorum; check that more than 2/3 of the masternode weight is running and connected (time-cli getpeerinfo), then retry")]
+    NoQuorum { wait: Duration },
     /// A coin the wallet chose cannot be spent by its key.
     #[error("coin {outpoint} cannot be spent: {why}")]
     Coin { outpoint: OutPoint, why: String },
@@ -239,9 +246,23 @@ impl WalletClient {
         let txid = tx.txid();
         self.send(&Message::SubmitTransaction(tx.clone())).await?;
         let deadline = tokio::time::Instant::now() + wait;
+        // What the masternode said last, to explain a timeout.
+        let mut heard = Heard::Nothing;
         loop {
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            match self.recv_timeout(left).await? {
+            let m = match self.recv_timeout(left).await {
+                Ok(m) => m,
+                Err(ClientError::Timeout(_)) => {
+                    return Err(match heard {
+                        Heard::Nothing => ClientError::Timeout(wait),
+                        Heard::Accepted => ClientError::NotFinal { txid, wait },
+                        Heard::CatchingUp => ClientError::NoQuorum { wait },
+                    })
+                }
+                Err(e) => return Err(e),
+            };
+            match m {
+                Message::TransactionAccepted(t) if t == txid => heard = Heard::Accepted,
                 Message::TimeProof { tx, proof } if proof.txid == txid => {
                     return Ok(Outcome::Finalized { tx, proof })
                 }
@@ -250,8 +271,10 @@ impl WalletClient {
                     reason: RejectCode::CatchingUp,
                     ..
                 } if t == txid && deadline > tokio::time::Instant::now() + CATCH_UP_RETRY => {
-                    // The masternode is catching up with its peers: nothing
-                    // was locked; ask again shortly, within the caller's wait.
+                    // The masternode is catching up with its peers (or
+                    // reaches too few of them): nothing was locked; ask
+                    // again shortly, within the caller's wait.
+                    heard = Heard::CatchingUp;
                     tokio::time::sleep(CATCH_UP_RETRY).await;
                     self.send(&Message::SubmitTransaction(tx.clone())).await?;
                 }
@@ -396,6 +419,13 @@ impl WalletClient {
             outputs,
         ))
     }
+}
+
+/// What a submission heard before it timed out.
+enum Heard {
+    Nothing,
+    Accepted,
+    CatchingUp,
 }
 
 /// Verifies a proof against the registry, for wallets that hold the genesis.

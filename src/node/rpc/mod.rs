@@ -812,6 +812,10 @@ fn state_json(s: &UtxoState) -> Value {
         UtxoState::SpentFinalized { txid } => {
             json!({"state": "spent_final", "by": txid.to_string()})
         }
+        // Spent for good, and the spend is in a committed block.
+        UtxoState::Confirmed { txid, height } => {
+            json!({"state": "spent_confirmed", "by": txid.to_string(), "height": height})
+        }
         #[allow(unreachable_patterns)]
         other => json!({"state": format!("{other:?}")}),
     }
