@@ -53,11 +53,14 @@ fn payment_finalizes_on_every_masternode_with_a_verifying_proof() {
         for i in 0..4 {
             let st = c
                 .wait_state(i, genesis_outpoint(0, 0), |e| {
-                    matches!(e.map(|e| e.state), Some(UtxoState::SpentFinalized { .. }))
+                    matches!(
+                        common::final_view(e),
+                        Some(UtxoState::SpentFinalized { .. })
+                    )
                 })
                 .await;
             assert_eq!(
-                st.map(|e| e.state),
+                common::final_view(st),
                 Some(UtxoState::SpentFinalized { txid }),
                 "masternode {i}"
             );
@@ -154,11 +157,14 @@ fn conflicting_spends_at_the_same_moment_never_both_finalize() {
                 for i in 0..4 {
                     let st = c
                         .wait_state(i, genesis_outpoint(0, race), |e| {
-                            matches!(e.map(|e| e.state), Some(UtxoState::SpentFinalized { .. }))
+                            matches!(
+                                common::final_view(e),
+                                Some(UtxoState::SpentFinalized { .. })
+                            )
                         })
                         .await;
                     assert_eq!(
-                        st.map(|e| e.state),
+                        common::final_view(st),
                         Some(UtxoState::SpentFinalized { txid: w })
                     );
                 }
@@ -182,7 +188,10 @@ fn killed_masternode_keeps_its_state_and_never_votes_for_the_conflict() {
         let o = c.client(0).await.submit(&done, WAIT).await.unwrap();
         assert!(matches!(o, Outcome::Finalized { .. }));
         c.wait_state(0, genesis_outpoint(0, 10), |e| {
-            matches!(e.map(|e| e.state), Some(UtxoState::SpentFinalized { .. }))
+            matches!(
+                common::final_view(e),
+                Some(UtxoState::SpentFinalized { .. })
+            )
         })
         .await;
     });
@@ -215,7 +224,7 @@ fn killed_masternode_keeps_its_state_and_never_votes_for_the_conflict() {
             .utxo_states(vec![genesis_outpoint(0, 10), genesis_outpoint(0, 11)])
             .await
             .unwrap();
-        assert_eq!(st[0].1.map(|e| e.state), Some(UtxoState::SpentFinalized { txid: done.txid() }));
+        assert_eq!(common::final_view(st[0].1), Some(UtxoState::SpentFinalized { txid: done.txid() }));
         assert!(matches!(
             st[1].1.map(|e| e.state),
             Some(UtxoState::Locked { txid } | UtxoState::SpentPending { txid, .. }) if txid == ta.txid()
@@ -235,10 +244,10 @@ fn killed_masternode_keeps_its_state_and_never_votes_for_the_conflict() {
             // And masternode 0 follows the proof without having voted for it.
             let st = c
                 .wait_state(0, genesis_outpoint(0, 11), |e| {
-                    matches!(e.map(|e| e.state), Some(UtxoState::SpentFinalized { .. }))
+                    matches!(common::final_view(e), Some(UtxoState::SpentFinalized { .. }))
                 })
                 .await;
-            assert_eq!(st.map(|e| e.state), Some(UtxoState::SpentFinalized { txid: tb.txid() }));
+            assert_eq!(common::final_view(st), Some(UtxoState::SpentFinalized { txid: tb.txid() }));
         }
     });
     // Masternode 0's own vote log on disk never approves B.
@@ -329,7 +338,7 @@ fn forged_and_unregistered_votes_are_ignored() {
             .unwrap();
         assert!(
             !matches!(
-                st[0].1.map(|e| e.state),
+                common::final_view(st[0].1),
                 Some(UtxoState::SpentFinalized { .. })
             ),
             "forged votes finalized a payment"
@@ -340,11 +349,14 @@ fn forged_and_unregistered_votes_are_ignored() {
             .await;
         let st = c
             .wait_state(0, genesis_outpoint(0, 0), |e| {
-                matches!(e.map(|e| e.state), Some(UtxoState::SpentFinalized { .. }))
+                matches!(
+                    common::final_view(e),
+                    Some(UtxoState::SpentFinalized { .. })
+                )
             })
             .await;
         assert_eq!(
-            st.map(|e| e.state),
+            common::final_view(st),
             Some(UtxoState::SpentFinalized { txid })
         );
     });

@@ -258,7 +258,7 @@ async fn final_at(
             .await
             .map_err(|e| format!("query {addr}: {e}"))?;
         for (k, (txid, _)) in chunk.iter().enumerate() {
-            let input = st.get(2 * k).and_then(|(_, e)| e.map(|e| e.state));
+            let input = st.get(2 * k).and_then(|(_, e)| common::final_view(*e));
             let output = st.get(2 * k + 1).is_some_and(|(_, e)| e.is_some());
             out.push(input == Some(UtxoState::SpentFinalized { txid: *txid }) && output);
         }

@@ -293,3 +293,14 @@ impl RawPeer {
 pub fn data_dir(c: &Cluster, i: usize) -> PathBuf {
     c.layout.node_configs[i].with_file_name("data")
 }
+
+/// A coin's state with `Confirmed{txid, ..}` shown as `SpentFinalized{txid}`:
+/// "final by txid", whether or not a block has confirmed it yet (blocks
+/// run every second on the devnet).
+pub fn final_view(e: Option<UtxoEntry>) -> Option<timecoin::protocol::utxo::UtxoState> {
+    use timecoin::protocol::utxo::UtxoState;
+    e.map(|e| match e.state {
+        UtxoState::Confirmed { txid, .. } => UtxoState::SpentFinalized { txid },
+        s => s,
+    })
+}
