@@ -50,18 +50,18 @@ async fn wait_height(c: &Cluster, i: usize, height: u64, limit: Duration) -> Dur
     }
 }
 
-/// Sends payments from wallet 0 (coins `coins`) through masternode 0 and
-/// waits until each is final there.
-async fn pay_some(c: &Cluster, coins: std::ops::Range<u32>) -> Vec<Transaction> {
+/// Sends payments from wallet 0 (coins `coins`) through masternode `node`
+/// and waits until each is final there.
+async fn pay_some(c: &Cluster, node: usize, coins: std::ops::Range<u32>) -> Vec<Transaction> {
     let from = c.wallet_key(0);
     let to = address(&c.wallet_key(1));
-    let mut w = c.client(0).await;
+    let mut w = c.client(node).await;
     let mut txs = Vec::new();
     for coin in coins {
         let tx = pay(c.chain_id(), &from, 0, coin, to, COIN);
         match w.submit(&tx, Duration::from_secs(10)).await {
             Ok(timecoin::wallet::Outcome::Finalized { .. }) => {}
-            other => panic!("payment {coin}: {other:?}; log:\n{}", c.log(0)),
+            other => panic!("payment {coin}: {other:?}; log:\n{}", c.log(node)),
         }
         txs.push(tx);
     }
@@ -137,7 +137,7 @@ fn blocks_confirm_every_final_payment_on_every_masternode() {
     let rt = rt();
     rt.block_on(async {
         wait_height(&c, 0, 2, Duration::from_secs(20)).await;
-        let txs = pay_some(&c, 0..20).await;
+        let txs = pay_some(&c, 0, 0..20).await;
         let t = Instant::now();
         for i in 0..4 {
             for tx in &txs {
@@ -185,7 +185,7 @@ fn a_killed_leader_costs_a_view_change_and_blocks_go_on() {
         let info = c.log(other);
         assert!(info.contains("blocks"), "status lines are logged");
         // Payments keep finalizing with 3 of 4.
-        pay_some(&c, 40..43).await;
+        pay_some(&c, other, 40..43).await;
     });
 }
 
@@ -196,7 +196,7 @@ fn a_masternode_from_an_empty_data_directory_syncs_the_chain_and_utxo_set() {
     let rt = rt();
     let txs = rt.block_on(async {
         wait_height(&c, 0, 2, Duration::from_secs(20)).await;
-        let txs = pay_some(&c, 60..75).await;
+        let txs = pay_some(&c, 0, 60..75).await;
         for tx in &txs {
             confirmed_height(&c, 0, tx).await;
         }
@@ -249,7 +249,7 @@ fn payments_finalize_while_the_block_layer_has_no_quorum() {
     c.wait_connected(4);
     rt.block_on(async {
         let stalled = blocks(&c, 0).await.unwrap().height;
-        let txs = pay_some(&c, 80..90).await;
+        let txs = pay_some(&c, 0, 80..90).await;
         tokio::time::sleep(Duration::from_secs(3)).await;
         let now = blocks(&c, 0).await.unwrap();
         assert!(
