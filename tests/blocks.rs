@@ -356,3 +356,41 @@ fn sync_speed() {
         finalized as f64 / whole.as_secs_f64(),
     );
 }
+
+#[test]
+fn time_wallet_shows_the_confirmation_height() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let c = Cluster::start(4);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_time-wallet"))
+        .arg("send")
+        .arg("--key")
+        .arg(&c.layout.wallet_keys[0])
+        .args(["--to", &address(&c.wallet_key(1)).to_string()])
+        .args(["--amount", "1", "--timeout", "20", "--confirm"])
+        .arg("--genesis")
+        .arg(&c.layout.genesis)
+        .args(["--node", &c.addr(2).to_string()])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("confirmed in block "))
+        .unwrap_or_else(|| panic!("no confirmation line: {text}"));
+    let height: u64 = line["confirmed in block ".len()..]
+        .split(',')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let rt = rt();
+    assert!(
+        rt.block_on(blocks(&c, 2)).unwrap().height >= height && height >= 1,
+        "{line}"
+    );
+}

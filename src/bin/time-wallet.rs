@@ -79,6 +79,11 @@ enum Cmd {
         /// wallet picks unspent coins].
         #[arg(long = "coin", value_parser = parse_coin)]
         coins: Vec<timecoin::protocol::types::OutPoint>,
+        /// After finality, also wait (up to --timeout) until a block
+        /// confirms the payment, and print its height (exit status 4 if none
+        /// did in time).
+        #[arg(long)]
+        confirm: bool,
         #[command(flatten)]
         net: Net,
     },
@@ -112,6 +117,44 @@ fn watch_line_amounts(tx: &timecoin::protocol::types::Transaction, addr: &Addres
         .map(|o| o.amount)
         .sum();
     (sent, to_addr)
+}
+
+/// Polls the payment's first input until a committed block confirms it
+/// (`Confirmed{txid, height}`), and prints the height.
+async fn confirmation(
+    c: &mut WalletClient,
+    tx: &timecoin::protocol::types::Transaction,
+    start: Instant,
+    wait: Duration,
+) -> Result<ExitCode, AnyError> {
+    use timecoin::protocol::utxo::UtxoState;
+    let txid = tx.txid();
+    let Some(input) = tx.inputs.first() else {
+        return Ok(ExitCode::SUCCESS);
+    };
+    let deadline = Instant::now() + wait;
+    loop {
+        let st = c.utxo_states(vec![input.prev]).await?;
+        if let Some(UtxoState::Confirmed { txid: t, height }) =
+            st.first().and_then(|(_, e)| e.map(|e| e.state))
+        {
+            if t == txid {
+                println!(
+                    "confirmed in block {height}, {:.1} s after it was sent",
+                    start.elapsed().as_secs_f64()
+                );
+                return Ok(ExitCode::SUCCESS);
+            }
+        }
+        if Instant::now() >= deadline {
+            println!(
+                "final, but no block confirmed it within --timeout (the block layer may be \
+                 stalled or off: `time-masternode status` shows its height and sync state)"
+            );
+            return Ok(ExitCode::from(4));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// `TXID:VOUT`.
@@ -222,6 +265,7 @@ fn run(cli: Cli) -> Result<ExitCode, AnyError> {
             fee,
             timeout,
             coins,
+            confirm,
             net,
         } => {
             let key = KeyFile::load(&key)?;
@@ -266,6 +310,10 @@ fn run(cli: Cli) -> Result<ExitCode, AnyError> {
                             genesis.registry.quorum()
                         );
                         println!("paid {} TIME to {to}", format_amount(amount));
+                        if confirm {
+                            let left = Duration::from_secs(timeout).saturating_sub(start.elapsed());
+                            return confirmation(&mut c, &tx, start, left).await;
+                        }
                         Ok(ExitCode::SUCCESS)
                     }
                     Outcome::Rejected { reason, detail, rejecters } => {
