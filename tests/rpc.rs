@@ -1124,3 +1124,83 @@ fn a_websocket_client_that_does_not_read_is_closed_as_a_slow_consumer() {
     // The node goes on serving.
     assert_eq!(rpc.call("getconnectioncount", json!([])).unwrap(), 2);
 }
+
+#[test]
+fn block_methods_answer_valid_and_invalid_params() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let c = Cluster::start(3);
+    let rpc = Rpc::new(&c, 1);
+    // A payment, so a block holds a transaction.
+    let key = c.wallet_key(0);
+    let tx = pay(c.chain_id(), &key, 0, 5, address(&c.wallet_key(1)), COIN);
+    let hex_tx = hex::encode(tx.to_bytes());
+    rpc.call("waittransactionfinality", json!([hex_tx]))
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let height = loop {
+        let g = tx.inputs[0].prev;
+        let out = rpc
+            .call("gettxout", json!([g.txid.to_string(), g.vout]))
+            .unwrap();
+        if let Some(h) = out["height"].as_u64() {
+            break h;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never confirmed: {out}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let count = rpc
+        .call("getblockcount", json!([]))
+        .unwrap()
+        .as_u64()
+        .unwrap();
+    assert!(count >= height && height >= 1);
+    let best = rpc.call("getbestblockhash", json!([])).unwrap();
+    assert_eq!(best.as_str().unwrap().len(), 64);
+    let hash = rpc.call("getblockhash", json!([height])).unwrap();
+    let b = rpc.call("getblock", json!([hash])).unwrap();
+    assert_eq!(b["height"], height);
+    assert_eq!(b["hash"], hash);
+    assert!(
+        b["tx"]
+            .as_array()
+            .unwrap()
+            .contains(&json!(tx.txid().to_string())),
+        "{b}"
+    );
+    assert!(
+        b["certificate"]["weight"].as_u64().unwrap() * 3 > 2 * 3,
+        "{b}"
+    );
+    assert!(b["confirmations"].as_u64().unwrap() >= 1);
+    let full = rpc.call("getblock", json!([hash, 2])).unwrap();
+    assert_eq!(full["tx"][0]["txid"].is_string(), true, "{full}");
+    let raw = rpc.call("getblock", json!([hash, 0])).unwrap();
+    let bytes = hex::decode(raw.as_str().unwrap()).unwrap();
+    let decoded = timecoin_core::blocks::Block::from_bytes(&bytes).unwrap();
+    assert_eq!(decoded.hash().to_string(), hash.as_str().unwrap());
+    // The genesis hash at height 0, and the previous block links back.
+    let zero = rpc.call("getblockhash", json!([0])).unwrap();
+    if height == 1 {
+        assert_eq!(b["previousblockhash"], zero);
+    }
+    let info = rpc.call("getconsensusinfo", json!([])).unwrap();
+    assert!(info["height"].as_u64().unwrap() >= height, "{info}");
+    assert_eq!(info["halted"], false);
+    assert_eq!(info["total_weight"], 3);
+    assert!(info["leader"].is_string());
+    // Invalid parameters: typed JSON-RPC errors.
+    assert_eq!(rpc.error_code("getblockcount", json!([1])), -32602);
+    assert_eq!(rpc.error_code("getbestblockhash", json!(["x"])), -32602);
+    assert_eq!(rpc.error_code("getblockhash", json!([])), -32602);
+    assert_eq!(rpc.error_code("getblockhash", json!(["one"])), -32602);
+    assert_eq!(rpc.error_code("getblockhash", json!([-1])), -32602);
+    assert_eq!(rpc.error_code("getblockhash", json!([1u64 << 60])), -8);
+    assert_eq!(rpc.error_code("getblock", json!([])), -32602);
+    assert_eq!(rpc.error_code("getblock", json!(["zz"])), -32602);
+    assert_eq!(rpc.error_code("getblock", json!([hash, 3])), -32602);
+    assert_eq!(rpc.error_code("getblock", json!(["00".repeat(32)])), -5);
+    assert_eq!(rpc.error_code("getconsensusinfo", json!([1])), -32602);
+}

@@ -212,14 +212,18 @@ impl ChainCtx {
                 "the block layer has not reported yet; try again in a second",
             ));
         };
-        let height = b.status.height + 1;
-        let leader = leader(self.chain_id, &self.registry, height, b.round);
+        // The tip from the store (current); the round and counters from the
+        // core's snapshot (at most a second old).
+        let (tip, tip_hash) = self.tip()?;
+        let deciding = tip + 1;
+        let round = if b.status.height == tip { b.round } else { 0 };
+        let leader = leader(self.chain_id, &self.registry, deciding, round);
         Ok(json!({
-            "height": b.status.height,
-            "bestblockhash": b.status.tip.to_string(),
-            "tip_time_ms": b.status.tip_time_ms,
-            "deciding_height": height,
-            "round": b.round,
+            "height": tip,
+            "bestblockhash": tip_hash.to_string(),
+            "deciding_height": deciding,
+            "round": round,
+            "snapshot_age_note": "round and counters are the core's view of up to a second ago",
             "leader": leader.to_string(),
             "syncing": b.status.syncing,
             "halted": b.halted,
