@@ -260,9 +260,10 @@ async fn refusals_explained(c: &Cluster) {
         Err(e) => e,
         Ok(_) => panic!("a wallet of another chain was served"),
     };
+    // The node's `Error` frame (code WRONG_CHAIN) becomes the client's own
+    // error that says what to do.
     match &e {
-        ClientError::Refused { code, detail, .. } => {
-            assert_eq!(*code, refusal::WRONG_CHAIN);
+        ClientError::WrongChain { detail, .. } => {
             assert_eq!(
                 detail,
                 &format!(
@@ -271,12 +272,14 @@ async fn refusals_explained(c: &Cluster) {
                 )
             );
         }
-        e => panic!("expected a refusal, got {e}"),
+        e => panic!("expected a wrong-chain refusal, got {e}"),
     }
     assert_eq!(
         e.to_string(),
         format!(
-            "refused by {}: wrong chain id (code 2): this masternode serves chain {chain}, you asked for {}",
+            "refused by {}: wrong chain id: this masternode serves chain {chain}, you asked for {}. \
+             The masternode serves another network than the genesis file given: use that \
+             network's genesis (--genesis), or another masternode",
             c.addr(0),
             chain ^ 0x10
         )
@@ -335,7 +338,8 @@ fn time_wallet_prints_the_refusal(c: &Cluster) {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
         err.contains(&format!(
-            "refused by {}: wrong chain id (code 2): this masternode serves chain {}, you asked for {wrong}",
+            "refused by {}: wrong chain id: this masternode serves chain {}, you asked for {wrong}. \
+             The masternode serves another network than the genesis file given",
             c.addr(0),
             c.chain_id()
         )),
