@@ -17,6 +17,14 @@ use crate::protocol::types::{PublicKey, Transaction, Txid};
 use crate::protocol::utxo::UtxoState;
 use crate::storage::Write;
 
+/// A payment a proposal waits on is asked for again at most this often.
+pub const MISSING_PROOF_EVERY_MS: u64 = 1_000;
+/// Most proof requests the block layer sends per second (its own budget:
+/// it never takes from the engine's requests for its stalled payments).
+pub const MISSING_PROOFS_PER_S: u32 = 64;
+/// Most payments remembered as asked for.
+const MAX_MISSING_TRACKED: usize = 4_096;
+
 /// The engine as the block consensus sees it.
 pub struct LedgerView<'a> {
     pub engine: &'a Engine,
@@ -172,6 +180,10 @@ pub struct BlockLayer {
     last_block_time: Option<u64>,
     /// The engine's finalized count when the consensus last rechecked.
     pub(crate) finals_seen: u64,
+    /// Payments a proposal waits on, and when their proof was last asked.
+    asked: HashMap<Txid, u64>,
+    /// (second, requests sent in it).
+    ask_budget: (u64, u32),
 }
 
 /// What the block layer produced in a round, in masternode terms.
@@ -194,6 +206,8 @@ impl BlockLayer {
             stats: BlockLayerStats::default(),
             last_block_time: None,
             finals_seen: 0,
+            asked: HashMap::new(),
+            ask_budget: (0, 0),
         }
     }
 
@@ -203,6 +217,41 @@ impl BlockLayer {
 
     pub fn last_block_time(&self) -> Option<u64> {
         self.last_block_time
+    }
+
+    /// Of the payments a proposal waits on, those to ask peers for now:
+    /// each at most once per [`MISSING_PROOF_EVERY_MS`], at most
+    /// [`MISSING_PROOFS_PER_S`] a second.
+    pub fn proofs_to_ask(&mut self, now: u64, missing: Vec<Txid>) -> Vec<Txid> {
+        if missing.is_empty() {
+            return missing;
+        }
+        let second = now / 1_000;
+        if self.ask_budget.0 != second {
+            self.ask_budget = (second, 0);
+        }
+        if self.asked.len() >= MAX_MISSING_TRACKED {
+            self.asked
+                .retain(|_, t| now < t.saturating_add(MISSING_PROOF_EVERY_MS));
+        }
+        let mut out = Vec::new();
+        for txid in missing {
+            if self.ask_budget.1 >= MISSING_PROOFS_PER_S || self.asked.len() >= MAX_MISSING_TRACKED
+            {
+                break;
+            }
+            if self
+                .asked
+                .get(&txid)
+                .is_some_and(|t| now < t.saturating_add(MISSING_PROOF_EVERY_MS))
+            {
+                continue;
+            }
+            self.asked.insert(txid, now);
+            self.ask_budget.1 += 1;
+            out.push(txid);
+        }
+        out
     }
 
     /// Where the chain stands, as `status` reports it.
@@ -287,5 +336,54 @@ impl BlockLayer {
         fx.requests = self.sync.plan(now, self.consensus.tip().height);
         fx.missing = r.missing;
         fx
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::blocks::consensus::ConsensusConfig;
+    use crate::blocks::ChainTip;
+    use crate::protocol::registry::Tier;
+    use crate::testkit;
+
+    fn layer() -> BlockLayer {
+        let keys: Vec<_> = (0..4).map(|i| testkit::key_from_seed("mn", i)).collect();
+        let g = testkit::genesis(7, &keys, Tier::Bronze, &[], 0, 0);
+        let tip = ChainTip {
+            height: 0,
+            hash: crate::blocks::BlockHash::genesis(7, g.registry.epoch()),
+            time_ms: 0,
+        };
+        BlockLayer::new(BlockConsensus::new(
+            ConsensusConfig::devnet(),
+            7,
+            keys[0].clone(),
+            g.registry,
+            tip,
+            None,
+            &[],
+            vec![],
+            0,
+        ))
+    }
+
+    #[test]
+    fn missing_proofs_are_asked_once_a_second_within_their_own_budget() {
+        let mut l = layer();
+        let t = |i: u8| Txid([i; 32]);
+        assert_eq!(l.proofs_to_ask(10_000, vec![t(1), t(2)]), vec![t(1), t(2)]);
+        // Every core round re-reports what the proposal waits on: not asked again.
+        assert!(l.proofs_to_ask(10_100, vec![t(1), t(2)]).is_empty());
+        assert_eq!(l.proofs_to_ask(11_000, vec![t(1)]), vec![t(1)]);
+        // At most MISSING_PROOFS_PER_S a second.
+        let many: Vec<Txid> = (0..=255u8).map(t).collect();
+        let asked = l.proofs_to_ask(20_000, many.clone());
+        assert_eq!(asked.len(), MISSING_PROOFS_PER_S as usize);
+        assert!(l.proofs_to_ask(20_500, many.clone()).is_empty());
+        assert_eq!(
+            l.proofs_to_ask(21_000, many).len(),
+            MISSING_PROOFS_PER_S as usize
+        );
     }
 }

@@ -788,18 +788,21 @@ impl Masternode {
                     };
                     layer.consensus.recheck(now, &view);
                 }
-                layer.drain(now, &mut self.engine)
+                let mut fx = layer.drain(now, &mut self.engine);
+                let missing = std::mem::take(&mut fx.missing)
+                    .into_iter()
+                    .filter(|t| !self.engine.known_final(t))
+                    .collect();
+                for txid in layer.proofs_to_ask(now, missing) {
+                    self.transmits.push(Transmit {
+                        dest: Dest::AllPeers,
+                        msg: Message::ProofRequest(txid),
+                    });
+                }
+                fx
             }
             None => blocks::BlockEffects::default(),
         };
-        for txid in &fx.missing {
-            if !self.engine.knows(txid) && self.proof_broadcast_allowed(now) {
-                self.transmits.push(Transmit {
-                    dest: Dest::AllPeers,
-                    msg: Message::ProofRequest(*txid),
-                });
-            }
-        }
         let r = self.engine.end_round(now);
         let mut round = Round {
             writes: r.writes,
