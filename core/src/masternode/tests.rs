@@ -28,6 +28,8 @@ struct Net {
     drop_block_consensus: bool,
     /// Drop the payment catch-up (finality log, proofs) while set.
     drop_catchup: bool,
+    /// Vote batches to this node are dropped (a node cut from the votes).
+    drop_votes_to: Option<usize>,
     cfg: MasternodeConfig,
     inbox: VecDeque<(usize, usize, Message)>,
     events: Vec<Vec<Event>>,
@@ -63,6 +65,7 @@ impl Net {
             drop_broadcasts: false,
             drop_block_consensus: false,
             drop_catchup: false,
+            drop_votes_to: None,
             cfg,
             inbox: VecDeque::new(),
             events: vec![Vec::new(); n],
@@ -147,6 +150,9 @@ impl Net {
                 Dest::Peer(p) => (0..self.nodes.len()).filter(|j| self.pk(*j) == p).collect(),
             };
             for j in dests {
+                if self.drop_votes_to == Some(j) && matches!(t.msg, Message::VoteBatch(_)) {
+                    continue;
+                }
                 if !self.cut[j] {
                     self.inbox.push_back((i, j, t.msg.clone()));
                 }
@@ -1026,4 +1032,34 @@ fn a_committed_block_contradicting_a_final_payment_stops_block_processing() {
     net.submit(1, c.clone());
     net.run_for(500);
     assert!(net.is_final(3, &c.txid()));
+}
+
+#[test]
+fn a_payment_a_block_confirms_before_its_proof_is_still_announced_final() {
+    let mut net = Net::with_config(4, blocks_cfg());
+    net.run_for(600);
+    // Node 3 hears no votes: its wallet's payment becomes final elsewhere,
+    // and node 3 first learns it from a committed block.
+    net.drop_votes_to = Some(3);
+    net.drop_catchup = true;
+    let tx = pay(9, COIN);
+    net.submit(3, tx.clone());
+    net.run_for(1_500);
+    assert!(
+        net.confirmed_at(3, &tx).is_some(),
+        "the block confirmed it at 3"
+    );
+    assert!(!net.is_final(3, &tx.txid()), "no proof at 3 yet");
+    // The proof comes (the catch-up path opens again): stored, and the
+    // finality announced to node 3's wallet session and its finality log.
+    net.drop_catchup = false;
+    net.run_for(2_000);
+    assert!(net.is_final(3, &tx.txid()), "proof stored at 3");
+    assert!(
+        net.events[3]
+            .iter()
+            .any(|e| matches!(e, Event::Finalized { txid, .. } if *txid == tx.txid())),
+        "finality announced at 3"
+    );
+    assert!(net.confirmed_at(3, &tx).is_some());
 }

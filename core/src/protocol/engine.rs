@@ -291,7 +291,14 @@ pub struct Engine {
     /// Every known output by the address it pays (outputs are never removed
     /// and never change address, so the index only grows with `utxos`).
     by_address: HashMap<Address, Vec<OutPoint>>,
+    /// Payments this node held as pending when a committed block confirmed
+    /// them without their TimeProof here: when the proof comes it is stored
+    /// and their finality announced (wallets waiting on this node hear it).
+    unproven: HashSet<Txid>,
 }
+
+/// Most payments tracked as confirmed by a block before their proof came.
+pub const MAX_UNPROVEN: usize = 65_536;
 
 /// Most equivocation records written per run (each about 500 bytes); more
 /// are counted in `Metrics::equivocations` only.
@@ -327,6 +334,7 @@ impl Engine {
             catching_up: false,
             evidence_kept: HashSet::new(),
             by_address: HashMap::new(),
+            unproven: HashSet::new(),
         };
         for (op, entry) in snap.utxos {
             if let UtxoState::Locked { txid } | UtxoState::SpentPending { txid, .. } = entry.state {
@@ -1210,7 +1218,12 @@ impl Engine {
                 .writes
                 .push(Write::PutTransaction(txid, (**tx).clone()));
             if self.txs.contains_key(&txid) {
+                // Known here, maybe with a wallet waiting on this node: ask
+                // for the proof, so finality is announced when it comes.
                 self.set_status(txid, Status::Finalized);
+                if self.unproven.len() < MAX_UNPROVEN && self.unproven.insert(txid) {
+                    self.round.outputs.push(Output::RequestProof(txid));
+                }
             }
             self.metrics.tx_synced_from_blocks += 1;
             self.reject_losers(txid, losers);
@@ -1257,6 +1270,12 @@ impl Engine {
     pub fn handle_proof(&mut self, now: u64, tx: Transaction, proof: TimeProof) {
         self.metrics.proofs_received += 1;
         let txid = tx.txid();
+        if self.unproven.contains(&txid) {
+            if proof.txid == txid && proof.verify(self.cfg.chain_id, &self.registry).is_ok() {
+                self.prove_confirmed(now, txid, proof);
+            }
+            return;
+        }
         if self.is_finalized(&txid) || self.known_final(&txid) {
             // Nothing to learn: do not pay for verifying it (peers answer
             // every proof request, and anyone can replay a valid proof).
@@ -1279,10 +1298,42 @@ impl Engine {
     pub fn handle_verified_proof(&mut self, now: u64, tx: Transaction, proof: TimeProof) {
         self.metrics.proofs_received += 1;
         let txid = tx.txid();
+        if self.unproven.contains(&txid) && proof.txid == txid {
+            return self.prove_confirmed(now, txid, proof);
+        }
         if self.is_finalized(&txid) || self.known_final(&txid) || proof.txid != txid {
             return;
         }
         self.apply_verified_proof(now, txid, tx, proof);
+    }
+
+    /// The proof of a payment a block confirmed before it came: stored, and
+    /// its finality announced (the finality log, wallets).
+    fn prove_confirmed(&mut self, now: u64, txid: Txid, proof: TimeProof) {
+        self.unproven.remove(&txid);
+        let Some(rec) = self.txs.get(&txid) else {
+            return;
+        };
+        let tx = rec.tx.clone();
+        let age_ms = now.saturating_sub(rec.since_ms);
+        let mut addresses: Vec<Address> = tx.outputs.iter().map(|o| o.address).collect();
+        for i in &tx.inputs {
+            if let Some(e) = self.utxos.get(&i.prev) {
+                addresses.push(e.output.address);
+            }
+        }
+        addresses.sort();
+        addresses.dedup();
+        self.round.writes.push(Write::PutProof(proof.clone()));
+        self.metrics.tx_finalized += 1;
+        self.emit(Event::Finalized {
+            txid,
+            proof: Arc::new(proof),
+            tx,
+            age_ms,
+            addresses,
+            spent: Vec::new(),
+        });
     }
 
     fn apply_verified_proof(&mut self, now: u64, txid: Txid, tx: Transaction, proof: TimeProof) {
@@ -1344,7 +1395,9 @@ impl Engine {
         let stall = self.cfg.stall_request_ms;
         let mut stalled = Vec::new();
         for (txid, rec) in self.txs.iter_mut() {
-            if rec.status == Status::Pending
+            // Confirmed by a block without its proof here: asked for too.
+            let waiting = rec.status == Status::Pending || self.unproven.contains(txid);
+            if waiting
                 && now.saturating_sub(rec.since_ms) >= stall
                 && now.saturating_sub(rec.last_request_ms) >= stall
             {
@@ -1356,6 +1409,10 @@ impl Engine {
         self.round
             .outputs
             .extend(stalled.into_iter().map(Output::RequestProof));
+        if !self.unproven.is_empty() {
+            let txs = &self.txs;
+            self.unproven.retain(|t| txs.contains_key(t));
+        }
         let timeout = self.cfg.lock_timeout_ms;
         let keep = self.cfg.decided_retention_ms;
         let txs = &self.txs;
