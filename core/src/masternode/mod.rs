@@ -514,7 +514,7 @@ impl Masternode {
                     txids: &txids,
                 };
                 self.catchup
-                    .on_page(now, from, page, |t| engine.known_final(t), &mut out);
+                    .on_page(now, from, page, |t| engine.settled(t), &mut out);
                 self.push_to_peers(out);
                 self.update_gate(now);
             }
@@ -632,7 +632,7 @@ impl Masternode {
         } else {
             self.engine.handle_proof(now, tx, proof);
         }
-        if self.engine.known_final(&txid) || self.engine.is_finalized(&txid) {
+        if self.engine.settled(&txid) {
             self.catchup.resolved(&txid);
         }
     }
@@ -715,7 +715,7 @@ impl Masternode {
         }
         let engine = &self.engine;
         let mut out = Vec::new();
-        self.catchup.poll(now, |t| engine.known_final(t), &mut out);
+        self.catchup.poll(now, |t| engine.settled(t), &mut out);
         self.push_to_peers(out);
     }
 

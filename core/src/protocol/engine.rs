@@ -294,11 +294,12 @@ pub struct Engine {
     /// Payments this node held as pending when a committed block confirmed
     /// them without their TimeProof here: when the proof comes it is stored
     /// and their finality announced (wallets waiting on this node hear it).
-    unproven: HashSet<Txid>,
+    unproven: HashMap<Txid, Arc<Transaction>>,
 }
 
-/// Most payments tracked as confirmed by a block before their proof came.
-pub const MAX_UNPROVEN: usize = 65_536;
+/// Most payments tracked as confirmed by a block before their proof came
+/// (each holds its transaction: a few MB at most).
+pub const MAX_UNPROVEN: usize = 16_384;
 
 /// Most equivocation records written per run (each about 500 bytes); more
 /// are counted in `Metrics::equivocations` only.
@@ -334,7 +335,7 @@ impl Engine {
             catching_up: false,
             evidence_kept: HashSet::new(),
             by_address: HashMap::new(),
-            unproven: HashSet::new(),
+            unproven: HashMap::new(),
         };
         for (op, entry) in snap.utxos {
             if let UtxoState::Locked { txid } | UtxoState::SpentPending { txid, .. } = entry.state {
@@ -473,6 +474,12 @@ impl Engine {
     /// Why `txid` was rejected, if it was (and is still remembered).
     pub fn rejection(&self, txid: &Txid) -> Option<(RejectCode, String)> {
         self.txs.get(txid).and_then(|r| r.rejection.clone())
+    }
+
+    /// Final here with its TimeProof held (a payment a synced block
+    /// confirmed is final here before its proof comes).
+    pub fn settled(&self, txid: &Txid) -> bool {
+        self.known_final(txid) && !self.unproven.contains_key(txid)
     }
 
     /// Whether this node has seen `txid` (pending, decided, or parked).
@@ -1217,11 +1224,15 @@ impl Engine {
             self.round
                 .writes
                 .push(Write::PutTransaction(txid, (**tx).clone()));
+            // Its proof is still wanted (wallets resubmitting here get it,
+            // the finality log lists it): the catch-up fetches it, and a
+            // payment known here (a wallet may be waiting) is asked for at
+            // once and again like a stalled one.
+            let fresh = self.unproven.len() < MAX_UNPROVEN
+                && self.unproven.insert(txid, tx.clone()).is_none();
             if self.txs.contains_key(&txid) {
-                // Known here, maybe with a wallet waiting on this node: ask
-                // for the proof, so finality is announced when it comes.
                 self.set_status(txid, Status::Finalized);
-                if self.unproven.len() < MAX_UNPROVEN && self.unproven.insert(txid) {
+                if fresh {
                     self.round.outputs.push(Output::RequestProof(txid));
                 }
             }
@@ -1270,7 +1281,7 @@ impl Engine {
     pub fn handle_proof(&mut self, now: u64, tx: Transaction, proof: TimeProof) {
         self.metrics.proofs_received += 1;
         let txid = tx.txid();
-        if self.unproven.contains(&txid) {
+        if self.unproven.contains_key(&txid) {
             if proof.txid == txid && proof.verify(self.cfg.chain_id, &self.registry).is_ok() {
                 self.prove_confirmed(now, txid, proof);
             }
@@ -1298,7 +1309,7 @@ impl Engine {
     pub fn handle_verified_proof(&mut self, now: u64, tx: Transaction, proof: TimeProof) {
         self.metrics.proofs_received += 1;
         let txid = tx.txid();
-        if self.unproven.contains(&txid) && proof.txid == txid {
+        if self.unproven.contains_key(&txid) && proof.txid == txid {
             return self.prove_confirmed(now, txid, proof);
         }
         if self.is_finalized(&txid) || self.known_final(&txid) || proof.txid != txid {
@@ -1310,12 +1321,13 @@ impl Engine {
     /// The proof of a payment a block confirmed before it came: stored, and
     /// its finality announced (the finality log, wallets).
     fn prove_confirmed(&mut self, now: u64, txid: Txid, proof: TimeProof) {
-        self.unproven.remove(&txid);
-        let Some(rec) = self.txs.get(&txid) else {
+        let Some(tx) = self.unproven.remove(&txid) else {
             return;
         };
-        let tx = rec.tx.clone();
-        let age_ms = now.saturating_sub(rec.since_ms);
+        let age_ms = self
+            .txs
+            .get(&txid)
+            .map_or(0, |r| now.saturating_sub(r.since_ms));
         let mut addresses: Vec<Address> = tx.outputs.iter().map(|o| o.address).collect();
         for i in &tx.inputs {
             if let Some(e) = self.utxos.get(&i.prev) {
@@ -1396,7 +1408,7 @@ impl Engine {
         let mut stalled = Vec::new();
         for (txid, rec) in self.txs.iter_mut() {
             // Confirmed by a block without its proof here: asked for too.
-            let waiting = rec.status == Status::Pending || self.unproven.contains(txid);
+            let waiting = rec.status == Status::Pending || self.unproven.contains_key(txid);
             if waiting
                 && now.saturating_sub(rec.since_ms) >= stall
                 && now.saturating_sub(rec.last_request_ms) >= stall
@@ -1409,10 +1421,6 @@ impl Engine {
         self.round
             .outputs
             .extend(stalled.into_iter().map(Output::RequestProof));
-        if !self.unproven.is_empty() {
-            let txs = &self.txs;
-            self.unproven.retain(|t| txs.contains_key(t));
-        }
         let timeout = self.cfg.lock_timeout_ms;
         let keep = self.cfg.decided_retention_ms;
         let txs = &self.txs;
