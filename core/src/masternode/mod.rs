@@ -362,18 +362,8 @@ impl Masternode {
         let txid = tx.txid();
         let known = self.engine.knows(&txid) || self.engine.known_final(&txid);
         if known {
-            if let (Some(tx), Some(proof)) =
-                (store.get_transaction(&txid)?, store.get_proof(&txid)?)
-            {
-                return Ok(Some(WalletReply::TimeProof { tx, proof }));
-            }
-            if let Some((reason, detail)) = self.engine.rejection(&txid) {
-                return Ok(Some(WalletReply::TransactionRejected {
-                    txid,
-                    reason,
-                    detail,
-                    rejecters: vec![],
-                }));
+            if let Some(reply) = self.decided_answer(txid, store)? {
+                return Ok(Some(reply));
             }
         }
         // New or pending: the session waits on its outcome.
@@ -400,6 +390,27 @@ impl Masternode {
         Ok(Some(WalletReply::TransactionAccepted(txid)))
     }
 
+    /// The outcome of a decided transaction, for a wallet asking about it:
+    /// its TimeProof if stored, or why it was rejected.
+    fn decided_answer(
+        &self,
+        txid: Txid,
+        store: &dyn Store,
+    ) -> Result<Option<WalletReply>, StoreError> {
+        if let (Some(tx), Some(proof)) = (store.get_transaction(&txid)?, store.get_proof(&txid)?) {
+            return Ok(Some(WalletReply::TimeProof { tx, proof }));
+        }
+        Ok(self
+            .engine
+            .rejection(&txid)
+            .map(|(reason, detail)| WalletReply::TransactionRejected {
+                txid,
+                reason,
+                detail,
+                rejecters: vec![],
+            }))
+    }
+
     /// Wallet `session` wants the outcome of `txid` without submitting it
     /// (a push subscription by transaction id). A transaction already
     /// decided here is answered at once (its proof, or its rejection); else
@@ -413,16 +424,8 @@ impl Masternode {
         txid: Txid,
         store: &dyn Store,
     ) -> Result<Option<WalletReply>, StoreError> {
-        if let (Some(tx), Some(proof)) = (store.get_transaction(&txid)?, store.get_proof(&txid)?) {
-            return Ok(Some(WalletReply::TimeProof { tx, proof }));
-        }
-        if let Some((reason, detail)) = self.engine.rejection(&txid) {
-            return Ok(Some(WalletReply::TransactionRejected {
-                txid,
-                reason,
-                detail,
-                rejecters: vec![],
-            }));
+        if let Some(reply) = self.decided_answer(txid, store)? {
+            return Ok(Some(reply));
         }
         match self.router.watch(session, txid) {
             Watch::Full => Ok(Some(WalletReply::Error {
