@@ -47,6 +47,10 @@ pub struct RunArgs {
     /// Most undecided transactions held at once.
     #[arg(long)]
     pub mempool_limit: Option<usize>,
+    /// Most payments from this node's wallets and RPC undecided at once
+    /// (16 to 65536); one more is refused at once as busy [default: 512].
+    #[arg(long)]
+    pub origin_window: Option<usize>,
     /// Pause after a committed block before the next one is proposed, in
     /// milliseconds (100 to 3600000), or 0 to run without the block layer
     /// [default: 600000 mainnet and testnet, 1000 devnet].
@@ -136,6 +140,7 @@ struct FileConfig {
     masternode_wallet: Option<String>,
     lock_timeout_ms: Option<u64>,
     mempool_limit: Option<usize>,
+    origin_window: Option<usize>,
     block_interval_ms: Option<u64>,
     log: Option<String>,
     log_format: Option<String>,
@@ -281,6 +286,8 @@ pub struct NodeConfig {
     pub masternode_wallet: Option<crate::protocol::types::Address>,
     pub lock_timeout_ms: u64,
     pub mempool_limit: usize,
+    /// The origin's admission window (`EngineConfig::origin_window`).
+    pub origin_window: usize,
     /// Block interval in milliseconds; `None`: no block layer.
     pub block_interval_ms: Option<u64>,
     pub no_sync: bool,
@@ -554,6 +561,12 @@ impl RunArgs {
                 .or(file.lock_timeout_ms)
                 .unwrap_or(30_000),
             mempool_limit: self.mempool_limit.or(file.mempool_limit).unwrap_or(10_000),
+            origin_window: self
+                .origin_window
+                .or(file.origin_window)
+                .map_or(Ok(crate::protocol::engine::ORIGIN_WINDOW), |v| {
+                    in_range("origin_window", v, 16, 65_536)
+                })?,
             no_sync: self.unsafe_no_sync,
             log: self.log.or(file.log).unwrap_or_else(|| "info".into()),
         })

@@ -140,6 +140,10 @@ fn core_loop(mut c: Core) -> Result<(), StoreError> {
 /// replies to wallets.
 fn commit_and_send(c: &mut Core, wallets: &mut Wallets, now: u64) -> Result<(), StoreError> {
     let round = c.mn.end_round(now);
+    c.ctx
+        .wallet_stats
+        .in_flight
+        .store(c.mn.engine().wallet_in_flight(), Ordering::Relaxed);
     if !round.writes.is_empty() {
         // Durable before anything of this round leaves the node. A
         // failed commit stops the core: sending votes we could not

@@ -617,7 +617,14 @@ impl Collector for NodeCollector {
                 ("idle_timeout", w.idle_closed.get()),
                 ("outstanding_queries", w.queries_refused.get()),
                 ("session_queue_full", w.frames_dropped.get()),
+                ("origin_window", w.busy.get()),
             ],
+        )?;
+        gauge(
+            &mut e,
+            "wallet_payments_in_flight",
+            "Payments from this node's wallets and RPC undecided (the origin window's fill)",
+            w.in_flight.load(Ordering::Relaxed) as i64,
         )?;
 
         let v = &s.votes;
@@ -736,6 +743,12 @@ impl Collector for NodeCollector {
             "transactions_accepted",
             "Transactions this node locked and approved",
             m.tx_accepted,
+        )?;
+        counter(
+            &mut e,
+            "transactions_busy",
+            "Wallet payments the state machine refused because the origin window was full",
+            m.tx_busy,
         )?;
         counter(
             &mut e,

@@ -143,6 +143,7 @@ struct Wiring {
     net: Arc<PeerNet>,
     links_up: LinksUp,
     ingest: Ingest,
+    origin_window: usize,
 }
 
 impl Node {
@@ -370,6 +371,7 @@ fn open_state(
     let mut ecfg = EngineConfig::new(genesis.chain_id);
     ecfg.lock_timeout_ms = cfg.lock_timeout_ms;
     ecfg.mempool_limit = cfg.mempool_limit;
+    ecfg.origin_window = cfg.origin_window;
     // Votes are verified and tallied on the vote threads.
     ecfg.external_tally = true;
     if cfg.fast_path != FastPathMode::Off {
@@ -504,6 +506,7 @@ fn build_wiring(
         wallet_stats,
         net: Arc::new(net),
         links_up: Arc::new(Mutex::new(HashSet::new())),
+        origin_window: cfg.origin_window,
         ingest: Ingest {
             verifier: Arc::new(verifier),
             votes: Arc::new(votes),
@@ -600,6 +603,7 @@ fn spawn_network(
         w.ingest.verifier.clone(),
         w.stats.clone(),
         w.wallet_stats.clone(),
+        w.origin_window,
     ));
     let listen = Arc::new(ListenCtx {
         id: w.id.clone(),

@@ -87,6 +87,11 @@ impl<T: Send + 'static> Verifier<T> {
         }
     }
 
+    /// Transactions waiting in `lane`.
+    pub fn queued(&self, lane: Lane) -> usize {
+        self.lanes.as_ref().map_or(0, |l| l[lane as usize].len())
+    }
+
     /// Queues a transaction in `lane`; `Err` gives it back when that lane
     /// holds [`LANE_JOBS`] transactions or [`LANE_BYTES`] bytes (counted).
     pub fn submit(&self, tx: Transaction, tag: T, lane: Lane) -> Result<(), (Transaction, T)> {

@@ -14,7 +14,7 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -33,7 +33,7 @@ use crate::node::wire::{encode, LinkError, NetStats};
 use crate::protocol::audience::WalletRequest;
 use crate::protocol::message::Message;
 use crate::protocol::types::{PublicKey, Txid};
-use crate::protocol::validation::RejectCode;
+use crate::protocol::validation::{RejectCode, TxError};
 
 /// Wallet connections served at once, from all addresses. One more is
 /// refused right after its handshake with `Error {CONNECTION_LIMIT}` and
@@ -157,6 +157,13 @@ pub struct WalletStats {
     pub queries_refused: LimitHits,
     /// Replies dropped because a session's [`SESSION_QUEUE`] was full.
     pub frames_dropped: LimitHits,
+    /// This node's wallet payments in flight (the state machine's origin
+    /// window fill, `Engine::wallet_in_flight`), published by the core
+    /// thread after every round.
+    pub in_flight: AtomicUsize,
+    /// Payments refused before any signature check because the origin
+    /// window was full (in flight plus waiting for the verifier).
+    pub busy: LimitHits,
 }
 
 /// Wallet connections served now, in total and per source IP.
@@ -173,6 +180,9 @@ pub(super) struct WalletCtx {
     verifier: Arc<TxVerifier>,
     net: Arc<NetStats>,
     stats: Arc<WalletStats>,
+    /// `EngineConfig::origin_window`, checked here too so that a busy
+    /// node refuses before it spends a signature check.
+    origin_window: usize,
     next_session: AtomicU64,
     admission: Mutex<Admission>,
 }
@@ -205,6 +215,7 @@ impl WalletCtx {
         verifier: Arc<TxVerifier>,
         net: Arc<NetStats>,
         stats: Arc<WalletStats>,
+        origin_window: usize,
     ) -> Self {
         WalletCtx {
             me,
@@ -212,6 +223,7 @@ impl WalletCtx {
             verifier,
             net,
             stats,
+            origin_window,
             next_session: AtomicU64::new(1),
             admission: Mutex::new(Admission::default()),
         }
@@ -258,6 +270,16 @@ pub(super) fn overloaded(txid: Txid, me: PublicKey) -> Bytes {
         txid,
         reason: RejectCode::MempoolFull,
         detail: "masternode is overloaded; retry".into(),
+        rejecters: vec![(me, RejectCode::MempoolFull)],
+    })
+}
+
+/// The answer to a wallet whose payment found the origin window full.
+fn busy(txid: Txid, me: PublicKey, in_flight: usize) -> Bytes {
+    encode(&Message::TransactionRejected {
+        txid,
+        reason: RejectCode::MempoolFull,
+        detail: TxError::Busy(in_flight).to_string(),
         rejecters: vec![(me, RejectCode::MempoolFull)],
     })
 }
@@ -376,6 +398,21 @@ async fn handle_wallet_request(
                 to: tx_out.clone(),
             };
             tracing::debug!(%txid, %session, "payment submitted by a wallet");
+            // Cheap before expensive: a full origin window refuses at once,
+            // before a signature check or a queue (the state machine checks
+            // the same window authoritatively, see `TxError::Busy`).
+            let in_flight =
+                ctx.stats.in_flight.load(Ordering::Relaxed) + ctx.verifier.queued(Lane::Wallet);
+            if in_flight >= ctx.origin_window {
+                ctx.stats.busy.hit(
+                    "origin_window",
+                    ctx.origin_window,
+                    "payments refused at once: this masternode's wallets have that many in flight",
+                );
+                tracing::debug!(%txid, %session, in_flight, "payment refused: masternode busy");
+                let _ = tx_out.send(busy(txid, ctx.me, in_flight).into()).await;
+                return;
+            }
             if ctx.verifier.submit(tx, src, Lane::Wallet).is_err() {
                 tracing::debug!(%txid, %session, "payment refused: the verifier queue is full");
                 let _ = tx_out.send(overloaded(txid, ctx.me).into()).await;

@@ -1063,3 +1063,94 @@ fn a_payment_a_block_confirms_before_its_proof_is_still_announced_final() {
     );
     assert!(net.confirmed_at(3, &tx).is_some());
 }
+
+/// The origin's admission window: a wallet payment beyond it is refused at
+/// once as busy (not queued), peers' payments still find room in the
+/// mempool, the window frees as payments become final, and one whose votes
+/// never come stops counting after `origin_window_age_ms`.
+#[test]
+fn a_full_origin_window_refuses_wallet_payments_at_once_and_frees_with_finality() {
+    let mut c = cfg();
+    c.engine.origin_window = 4;
+    c.engine.origin_window_age_ms = 3_000;
+    let mut net = Net::with_config(4, c);
+    net.run_for(300);
+    // Nobody else hears node 0's payments: they stay in flight there.
+    net.drop_broadcasts = true;
+    let first: Vec<Transaction> = (0..6).map(|i| pay(i, COIN)).collect();
+    for tx in &first {
+        net.submit(0, tx.clone());
+    }
+    let busy_detail = |net: &Net, txid: &Txid| {
+        net.events[0].iter().find_map(|e| match e {
+            Event::Rejected {
+                txid: t, detail, ..
+            } if t == txid => Some(detail.clone()),
+            _ => None,
+        })
+    };
+    for tx in &first[..4] {
+        assert_eq!(net.rejected(0, &tx.txid()), None, "inside the window");
+    }
+    for tx in &first[4..] {
+        assert_eq!(net.rejected(0, &tx.txid()), Some(RejectCode::MempoolFull));
+        let detail = busy_detail(&net, &tx.txid()).unwrap();
+        assert!(detail.contains("busy"), "{detail}");
+    }
+    let engine = net.nodes[0].as_ref().unwrap().engine();
+    assert_eq!(engine.wallet_in_flight(), 4);
+    assert_eq!(engine.metrics().tx_busy, 2);
+    // A refused payment locked nothing: its coin is still free.
+    assert_eq!(
+        engine.utxo(&genesis_outpoint(0, 4)).unwrap().state,
+        UtxoState::Unspent
+    );
+    // A peer's payment is not a wallet payment of node 0: admitted there.
+    net.drop_broadcasts = false;
+    let peer_tx = pay(10, COIN);
+    net.submit(1, peer_tx.clone());
+    net.run_for(500);
+    assert!(net.is_final(0, &peer_tx.txid()), "peer payment final at node 0");
+    // Re-announced, the four become final and leave the window.
+    net.run_for(5_000);
+    for tx in &first[..4] {
+        assert!(net.is_final(0, &tx.txid()));
+    }
+    assert_eq!(net.nodes[0].as_ref().unwrap().engine().wallet_in_flight(), 0);
+    // The refused ones, resubmitted, are now admitted and final.
+    for tx in &first[4..] {
+        net.submit(0, tx.clone());
+    }
+    net.run_for(500);
+    for tx in &first[4..] {
+        assert!(net.is_final(0, &tx.txid()));
+    }
+    // Payments whose votes never come age out of the window (they keep
+    // their locks): node 0 alone cannot finalize anything.
+    for i in 1..4 {
+        net.cut[i] = true;
+    }
+    for i in 20..24 {
+        net.submit(0, pay(i, COIN));
+    }
+    let late = pay(24, COIN);
+    net.submit(0, late.clone());
+    assert_eq!(net.rejected(0, &late.txid()), Some(RejectCode::MempoolFull));
+    net.run_for(3_500);
+    assert_eq!(net.nodes[0].as_ref().unwrap().engine().wallet_in_flight(), 0);
+    let again = pay(25, COIN);
+    net.submit(0, again.clone());
+    assert_eq!(net.rejected(0, &again.txid()), None, "window freed by age");
+    assert_eq!(
+        net.nodes[0]
+            .as_ref()
+            .unwrap()
+            .engine()
+            .utxo(&genesis_outpoint(0, 20))
+            .unwrap()
+            .state
+            .holder(),
+        Some(pay(20, COIN).txid()),
+        "an aged-out payment keeps its lock"
+    );
+}

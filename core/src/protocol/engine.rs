@@ -30,6 +30,17 @@ pub struct EngineConfig {
     pub limits: Limits,
     /// Most undecided transactions held at once.
     pub mempool_limit: usize,
+    /// Most payments from this node's own wallets (and RPC) undecided at
+    /// once: the origin's admission window. One more is refused at once
+    /// ([`TxError::Busy`]) instead of queueing behind the others, so under
+    /// overload every masternode keeps finalizing near its sustainable rate
+    /// and the mempool keeps room for peers' payments (see PROTOCOL.md
+    /// "Overload").
+    pub origin_window: usize,
+    /// A payment stops counting in the origin window after this long
+    /// undecided (one whose votes never come, e.g. a double spend whose
+    /// votes split, must not shrink the window for good).
+    pub origin_window_age_ms: u64,
     /// After this long without a decision, state this node holds for a
     /// transaction it never voted on is dropped. Locks it voted on stay.
     pub lock_timeout_ms: u64,
@@ -71,6 +82,8 @@ impl EngineConfig {
             chain_id,
             limits: Limits::default(),
             mempool_limit: 10_000,
+            origin_window: ORIGIN_WINDOW,
+            origin_window_age_ms: 10_000,
             lock_timeout_ms: 30_000,
             orphan_timeout_ms: 5_000,
             max_orphans: 10_000,
@@ -177,6 +190,8 @@ pub struct Metrics {
     pub tx_rejected: u64,
     pub tx_finalized: u64,
     pub tx_duplicate: u64,
+    /// Wallet payments refused at once because the origin window was full.
+    pub tx_busy: u64,
     pub orphans_parked: u64,
     pub orphans_expired: u64,
     pub votes_received: u64,
@@ -227,6 +242,9 @@ struct TxRecord {
     last_request_ms: u64,
     origin: Origin,
     since_ms: u64,
+    /// Counted in the origin window (a wallet's payment, undecided, younger
+    /// than `origin_window_age_ms`).
+    in_window: bool,
 }
 
 impl TxRecord {
@@ -245,6 +263,7 @@ impl TxRecord {
             last_request_ms: 0,
             origin: Origin::Peer,
             since_ms,
+            in_window: false,
         }
     }
 }
@@ -266,6 +285,8 @@ pub struct Engine {
     utxos: HashMap<OutPoint, UtxoEntry>,
     txs: HashMap<Txid, TxRecord>,
     pending_count: usize,
+    /// Records with `in_window` set: this node's wallets' payments in flight.
+    in_window: usize,
     /// Outpoint -> the transaction this node approved spending it. Durable
     /// (mirrors Locked/SpentPending entries written with the vote), never
     /// released by a timeout.
@@ -297,6 +318,12 @@ pub struct Engine {
     unproven: HashMap<Txid, Arc<Transaction>>,
 }
 
+/// Default [`EngineConfig::origin_window`]: enough payments in flight to
+/// keep a round's batches full (at 20 ms of finality, 512 per masternode
+/// carry 25,000 payments/s), few enough that a saturated network's queue
+/// stays well under a second deep.
+pub const ORIGIN_WINDOW: usize = 512;
+
 /// Most payments tracked as confirmed by a block before their proof came
 /// (each holds its transaction: a few MB at most).
 pub const MAX_UNPROVEN: usize = 16_384;
@@ -320,6 +347,7 @@ impl Engine {
             utxos: HashMap::with_capacity(snap.utxos.len()),
             txs: HashMap::new(),
             pending_count: 0,
+            in_window: 0,
             approved_spends: HashMap::new(),
             my_votes: HashMap::new(),
             aggregator,
@@ -467,6 +495,12 @@ impl Engine {
     pub fn pending_count(&self) -> usize {
         self.pending_count
     }
+
+    /// Payments from this node's wallets in flight (the origin window's
+    /// fill, at most [`EngineConfig::origin_window`]).
+    pub fn wallet_in_flight(&self) -> usize {
+        self.in_window
+    }
     /// This node's vote on `txid`, if it cast one (since start or durably before).
     pub fn my_vote(&self, txid: &Txid) -> Option<Decision> {
         self.my_votes.get(txid).copied()
@@ -599,6 +633,7 @@ impl Engine {
                     last_request_ms: 0,
                     origin,
                     since_ms: now,
+                    in_window: false,
                 },
             );
             return self.emit(Event::Rejected {
@@ -610,6 +645,10 @@ impl Engine {
         }
         if self.catching_up {
             return self.refuse(now, txid, tx, origin, TxError::CatchingUp);
+        }
+        if origin == Origin::Wallet && self.in_window >= self.cfg.origin_window {
+            self.metrics.tx_busy += 1;
+            return self.refuse(now, txid, tx, origin, TxError::Busy(self.in_window));
         }
         if self.pending_count >= self.cfg.mempool_limit {
             return self.refuse(
@@ -677,9 +716,13 @@ impl Engine {
                 last_request_ms: 0,
                 origin,
                 since_ms: now,
+                in_window: origin == Origin::Wallet,
             },
         );
         self.pending_count += 1;
+        if origin == Origin::Wallet {
+            self.in_window += 1;
+        }
     }
 
     /// Locks the inputs and queues an approve vote: the only place this node
@@ -725,6 +768,7 @@ impl Engine {
         if matches!(
             err,
             TxError::MempoolFull(_)
+                | TxError::Busy(_)
                 | TxError::CatchingUp
                 | TxError::BadSignature(_)
                 | TxError::UnknownInput(_)
@@ -752,6 +796,7 @@ impl Engine {
                 last_request_ms: 0,
                 origin,
                 since_ms: now,
+                in_window: false,
             },
         );
     }
@@ -1000,6 +1045,9 @@ impl Engine {
         if let Some(rec) = self.txs.get_mut(&txid) {
             if rec.status == Status::Pending && status != Status::Pending {
                 self.pending_count -= 1;
+                if std::mem::take(&mut rec.in_window) {
+                    self.in_window -= 1;
+                }
             }
             rec.status = status;
         }
@@ -1406,7 +1454,14 @@ impl Engine {
         // finalized it answer with the proof.
         let stall = self.cfg.stall_request_ms;
         let mut stalled = Vec::new();
+        let window_age = self.cfg.origin_window_age_ms;
         for (txid, rec) in self.txs.iter_mut() {
+            if rec.in_window && now.saturating_sub(rec.since_ms) >= window_age {
+                // Undecided this long: its votes may never come. It keeps
+                // its lock and its mempool place, not its window place.
+                rec.in_window = false;
+                self.in_window -= 1;
+            }
             // Confirmed by a block without its proof here: asked for too.
             let waiting = rec.status == Status::Pending || self.unproven.contains_key(txid);
             if waiting
@@ -1491,6 +1546,14 @@ impl Engine {
             .filter(|r| r.status == Status::Pending)
             .count();
         debug_assert_eq!(pending, self.pending_count, "pending count drifted");
+        let in_window = self.txs.values().filter(|r| r.in_window).count();
+        debug_assert_eq!(in_window, self.in_window, "origin window count drifted");
+        debug_assert!(
+            self.txs
+                .values()
+                .all(|r| !r.in_window || r.status == Status::Pending),
+            "a decided payment counted in the origin window"
+        );
     }
 
     /// Ends a round: signs the queued votes into one batch (durable via the

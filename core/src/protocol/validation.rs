@@ -166,6 +166,9 @@ pub enum TxError {
     AmountOverflow,
     #[error("mempool holds {0} transactions, its limit")]
     MempoolFull(usize),
+    /// The origin's admission window is full (see `EngineConfig::origin_window`).
+    #[error("masternode busy: {0} payments from wallets are in flight here, its limit; retry in a moment")]
+    Busy(usize),
     #[error("conflicting transaction {0} is final")]
     ConflictFinalized(Txid),
     #[error("catching up on payments finalized while this masternode was away; retry shortly")]
@@ -191,7 +194,7 @@ impl TxError {
             WrongChain { .. } => RejectCode::WrongChain,
             UnsupportedVersion(_) => RejectCode::UnsupportedVersion,
             AmountOverflow => RejectCode::AmountOverflow,
-            MempoolFull(_) => RejectCode::MempoolFull,
+            MempoolFull(_) | Busy(_) => RejectCode::MempoolFull,
             ConflictFinalized(_) => RejectCode::ConflictFinalized,
             CatchingUp => RejectCode::CatchingUp,
         }
