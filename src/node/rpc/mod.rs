@@ -42,6 +42,7 @@ use crate::protocol::utxo::{UtxoEntry, UtxoState};
 use timecoin_core::masternode::PeerGate;
 
 pub(crate) mod blocks;
+pub mod client;
 mod node_methods;
 pub mod ws;
 
