@@ -340,6 +340,79 @@ fn cli(c: &Cluster, node: usize, args: &[&str]) -> (i32, String, String) {
     )
 }
 
+/// Issue 11's methods: each is served, and every served method has a
+/// `time-cli` subcommand with `--help` (and time-cli has none the node
+/// lacks).
+#[test]
+fn every_rpc_method_is_served_and_has_a_time_cli_subcommand_with_help() {
+    const ISSUE_11: &[&str] = &[
+        "getblockchaininfo",
+        "getblockcount",
+        "getbestblockhash",
+        "getblockhash",
+        "getblock",
+        "getrawtransaction",
+        "gettransaction",
+        "sendrawtransaction",
+        "gettxout",
+        "getbalance",
+        "listunspent",
+        "getmempoolinfo",
+        "getrawmempool",
+        "gettimeproof",
+        "waittransactionfinality",
+        "getpeerinfo",
+        "getnetworkinfo",
+        "getconnectioncount",
+        "masternodelist",
+        "masternodestatus",
+        "getconsensusinfo",
+        "getbanlist",
+        "setban",
+        "unban",
+        "uptime",
+        "stop",
+    ];
+    let served: Vec<&str> = timecoin::node::rpc::METHODS
+        .iter()
+        .map(|(m, _, _)| *m)
+        .collect();
+    for m in ISSUE_11 {
+        assert!(served.contains(m), "{m} is not served");
+    }
+    let run = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_time-cli"))
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).to_string(),
+        )
+    };
+    for m in &served {
+        let (code, out) = run(&[m, "--help"]);
+        assert_eq!(code, Some(0), "time-cli {m} --help");
+        assert!(out.contains(&format!("Usage: time-cli {m}")), "{m}: {out}");
+    }
+    let (code, out) = run(&["--help"]);
+    assert_eq!(code, Some(0));
+    let commands: Vec<&str> = out
+        .lines()
+        .skip_while(|l| !l.starts_with("Commands:"))
+        .skip(1)
+        .take_while(|l| l.starts_with("  "))
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    for c in &commands {
+        assert!(
+            *c == "rpcauth" || served.contains(c),
+            "time-cli {c} calls no served method"
+        );
+    }
+    assert_eq!(commands.len(), served.len() + 1, "{commands:?}");
+}
+
 #[test]
 fn time_cli_round_trips_with_exit_codes() {
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
@@ -366,6 +439,11 @@ fn time_cli_round_trips_with_exit_codes() {
     assert_eq!(v["peers_connected"], 2);
     let (code0, out, _) = cli(&c, 0, &["getconnectioncount"]);
     assert_eq!((code0, out.trim()), (0, "2"));
+    // `help` is the node's method list, not clap's usage.
+    let (code0, out, err) = cli(&c, 0, &["help"]);
+    assert_eq!(code0, 0, "{err}");
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert!(v["waittransactionfinality"].is_string(), "{v}");
     // A payment through the CLI, then its proof.
     let (a, b) = (c.wallet_key(0), c.wallet_key(1));
     let tx = pay(c.chain_id(), &a, 0, 1, address(&b), COIN);

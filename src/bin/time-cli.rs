@@ -19,6 +19,9 @@ use timecoin::node::rpc::client::{ClientError, RpcClient, RpcTarget};
 #[command(
     name = "time-cli",
     version,
+    // `help` is the node's method list (as in bitcoin-cli); `--help` and
+    // `METHOD --help` are clap's.
+    disable_help_subcommand = true,
     about = "Call a TIME Coin masternode's JSON-RPC",
     long_about = "Call a TIME Coin masternode's JSON-RPC. Point it at a node with --config NODE.toml \
                   (its rpc_listen, data directory and rpc_tls_cert), with --rpc and --cookie \

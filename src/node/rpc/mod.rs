@@ -121,7 +121,7 @@ pub const METHODS: &[(&str, Class, &str)] = &[
     (
         "getblockchaininfo",
         Class::Read,
-        "Network, finalized payments, catching up (no blocks yet)",
+        "Network, chain height and tip, finalized payments, catching up",
     ),
     (
         "getnetworkinfo",
