@@ -340,6 +340,79 @@ fn cli(c: &Cluster, node: usize, args: &[&str]) -> (i32, String, String) {
     )
 }
 
+/// Issue 11's methods: each is served, and every served method has a
+/// `time-cli` subcommand with `--help` (and time-cli has none the node
+/// lacks).
+#[test]
+fn every_rpc_method_is_served_and_has_a_time_cli_subcommand_with_help() {
+    const ISSUE_11: &[&str] = &[
+        "getblockchaininfo",
+        "getblockcount",
+        "getbestblockhash",
+        "getblockhash",
+        "getblock",
+        "getrawtransaction",
+        "gettransaction",
+        "sendrawtransaction",
+        "gettxout",
+        "getbalance",
+        "listunspent",
+        "getmempoolinfo",
+        "getrawmempool",
+        "gettimeproof",
+        "waittransactionfinality",
+        "getpeerinfo",
+        "getnetworkinfo",
+        "getconnectioncount",
+        "masternodelist",
+        "masternodestatus",
+        "getconsensusinfo",
+        "getbanlist",
+        "setban",
+        "unban",
+        "uptime",
+        "stop",
+    ];
+    let served: Vec<&str> = timecoin::node::rpc::METHODS
+        .iter()
+        .map(|(m, _, _)| *m)
+        .collect();
+    for m in ISSUE_11 {
+        assert!(served.contains(m), "{m} is not served");
+    }
+    let run = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_time-cli"))
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).to_string(),
+        )
+    };
+    for m in &served {
+        let (code, out) = run(&[m, "--help"]);
+        assert_eq!(code, Some(0), "time-cli {m} --help");
+        assert!(out.contains(&format!("Usage: time-cli {m}")), "{m}: {out}");
+    }
+    let (code, out) = run(&["--help"]);
+    assert_eq!(code, Some(0));
+    let commands: Vec<&str> = out
+        .lines()
+        .skip_while(|l| !l.starts_with("Commands:"))
+        .skip(1)
+        .take_while(|l| l.starts_with("  "))
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    for c in &commands {
+        assert!(
+            *c == "rpcauth" || served.contains(c),
+            "time-cli {c} calls no served method"
+        );
+    }
+    assert_eq!(commands.len(), served.len() + 1, "{commands:?}");
+}
+
 #[test]
 fn time_cli_round_trips_with_exit_codes() {
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
@@ -366,6 +439,11 @@ fn time_cli_round_trips_with_exit_codes() {
     assert_eq!(v["peers_connected"], 2);
     let (code0, out, _) = cli(&c, 0, &["getconnectioncount"]);
     assert_eq!((code0, out.trim()), (0, "2"));
+    // `help` is the node's method list, not clap's usage.
+    let (code0, out, err) = cli(&c, 0, &["help"]);
+    assert_eq!(code0, 0, "{err}");
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert!(v["waittransactionfinality"].is_string(), "{v}");
     // A payment through the CLI, then its proof.
     let (a, b) = (c.wallet_key(0), c.wallet_key(1));
     let tx = pay(c.chain_id(), &a, 0, 1, address(&b), COIN);
@@ -784,6 +862,31 @@ fn transaction_proof_mempool_peer_and_registry_methods_then_stop() {
 
 type WsClient = tokio_tungstenite::tungstenite::WebSocket<std::net::TcpStream>;
 
+/// Masternode `i`'s `timecoin_wallet_subscriptions` gauge, read until it
+/// is `want` (10 s at most; the snapshot behind it is refreshed by the core).
+fn wallet_subscriptions(c: &Cluster, i: usize, want: i64) -> i64 {
+    let url = format!("http://{}/metrics", c.layout.metrics[i].unwrap());
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = agent()
+            .get(&url)
+            .call()
+            .unwrap()
+            .body_mut()
+            .read_to_string()
+            .unwrap();
+        let v = text
+            .lines()
+            .find_map(|l| l.strip_prefix("timecoin_wallet_subscriptions "))
+            .and_then(|v| v.trim().parse().ok())
+            .expect("the gauge");
+        if v == want || std::time::Instant::now() > deadline {
+            return v;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// A WebSocket client on `/ws` of masternode `i`, with `auth` (or none).
 fn ws_connect(
     c: &Cluster,
@@ -992,6 +1095,54 @@ fn a_payment_is_followed_to_finality_over_websocket_events() {
     assert_eq!(v["method"], "tx_notification", "{v}");
     assert_eq!(v["params"]["txid"], txid);
 
+    // Unsubscribed from the payee's address: the node's subscription is
+    // freed, and a payment to it is told only by its txid subscription.
+    assert_eq!(wallet_subscriptions(&c, 1, 1), 1);
+    for (id, was) in [(6, true), (7, false)] {
+        ws_send(
+            &mut ws,
+            json!({"id": id, "method": "unsubscribe_address", "params": [addr_b]}),
+        );
+        assert_eq!(
+            ws_answer(&mut ws, id, &mut events)["result"],
+            json!({"unsubscribed": addr_b, "was_subscribed": was})
+        );
+    }
+    assert_eq!(wallet_subscriptions(&c, 1, 0), 0);
+    let tx2 = pay(c.chain_id(), &a, 0, 6, address(&b), COIN);
+    let txid2 = tx2.txid().to_string();
+    ws_send(
+        &mut ws,
+        json!({"id": 8, "method": "subscribe_txid", "params": [txid2]}),
+    );
+    let _ = ws_answer(&mut ws, 8, &mut events);
+    let v = rpc
+        .call(
+            "waittransactionfinality",
+            json!([hex::encode(tx2.to_bytes()), 20_000]),
+        )
+        .unwrap();
+    assert_eq!(v["final"], true);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while std::time::Instant::now() < deadline
+        && !events.iter().any(|v| v["params"]["txid"] == txid2)
+    {
+        events.extend(ws_next(&mut ws, Duration::from_millis(200)));
+    }
+    events.extend(ws_next(&mut ws, Duration::from_millis(500)));
+    let methods: Vec<&str> = events.iter().filter_map(|v| v["method"].as_str()).collect();
+    assert_eq!(methods, vec!["tx_notification"], "{events:?}");
+    events.clear();
+    // A subscription ends with its transaction's outcome.
+    ws_send(
+        &mut ws,
+        json!({"id": 9, "method": "unsubscribe_txid", "params": [txid2]}),
+    );
+    assert_eq!(
+        ws_answer(&mut ws, 9, &mut events)["result"]["was_subscribed"],
+        false
+    );
+
     // At most MAX_WS_SUBSCRIPTIONS per connection.
     use timecoin::node::rpc::ws::{MAX_WS_CONNECTIONS, MAX_WS_SUBSCRIPTIONS};
     let mut ws2 = ws_connect(&c, 1, Some(&auth)).unwrap();
@@ -1016,6 +1167,35 @@ fn a_payment_is_followed_to_finality_over_websocket_events() {
         .as_str()
         .unwrap()
         .contains(&MAX_WS_SUBSCRIPTIONS.to_string()));
+    // An unsubscription frees its place at once.
+    let first = timecoin::protocol::types::Txid([0; 32]).to_string();
+    ws_send(
+        &mut ws2,
+        json!({"id": 2, "method": "unsubscribe_txid", "params": [first]}),
+    );
+    assert_eq!(
+        ws_answer(&mut ws2, 2, &mut events)["result"],
+        json!({"unsubscribed": first, "was_subscribed": true})
+    );
+    ws_send(
+        &mut ws2,
+        json!({"id": 3, "method": "subscribe_address", "params": [address(&a).to_string()]}),
+    );
+    let v = ws_answer(&mut ws2, 3, &mut events);
+    assert_eq!(v["result"]["subscribed"], address(&a).to_string(), "{v}");
+    ws_send(
+        &mut ws2,
+        json!({"id": 4, "method": "subscribe_txid", "params": [first]}),
+    );
+    let v = ws_answer(&mut ws2, 4, &mut events);
+    assert_eq!(v["error"]["code"], code::INVALID_REQUEST, "{v}");
+    // Bad parameters get the same errors as a subscription's.
+    ws_send(
+        &mut ws2,
+        json!({"id": 5, "method": "unsubscribe_address", "params": ["nope"]}),
+    );
+    let v = ws_answer(&mut ws2, 5, &mut events);
+    assert_eq!(v["error"]["code"], code::INVALID_ADDRESS_OR_KEY, "{v}");
     // At most MAX_WS_CONNECTIONS at once: one more is told 503.
     let mut open = vec![ws, ws2];
     while open.len() < MAX_WS_CONNECTIONS {

@@ -1,7 +1,9 @@
 //! Optional TLS on the RPC port (`rpc_tls_cert`, `rpc_tls_key`): a client
 //! that trusts the certificate calls a method over HTTPS; plain HTTP to the
-//! same port gets no answer; a broken certificate or half a configuration
-//! stops the node at start with an error naming the setting.
+//! same port gets no answer; `time-cli` calls over HTTPS trusting only the
+//! node's certificate, and says what is wrong when the certificate or the
+//! scheme is; a broken certificate or half a configuration stops the node at
+//! start with an error naming the setting.
 
 mod common;
 
@@ -124,6 +126,151 @@ fn rpc_over_tls_answers_a_trusting_client_and_not_plain_http() {
         let text = r.body_mut().read_to_string().unwrap_or_default();
         assert!(!text.contains("\"result\""), "plain HTTP answered: {text}");
     }
+}
+
+/// `time-cli ARGS`: (exit code, stdout, stderr).
+fn cli(args: &[&std::ffi::OsStr]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_time-cli"))
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into(),
+        String::from_utf8_lossy(&out.stderr).into(),
+    )
+}
+
+#[test]
+fn time_cli_calls_a_tls_node_trusting_only_its_certificate() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let certs = tempfile::tempdir().unwrap();
+    let (cert, key, _) = certificate(certs.path());
+    let c = Cluster::start_with(
+        3,
+        &format!(
+            "rpc_tls_cert = \"{}\"\nrpc_tls_key = \"{}\"\n",
+            cert.display(),
+            key.display()
+        ),
+    );
+    let addr = c.layout.rpc[0].unwrap();
+    let https = format!("https://{addr}/");
+    let cookie = c.layout.cookies[0].as_os_str();
+    let os = std::ffi::OsStr::new;
+    // From the node's own config: https, trusting its rpc_tls_cert.
+    let (code, out, err) = cli(&[
+        os("--config"),
+        c.layout.node_configs[0].as_os_str(),
+        os("getconnectioncount"),
+    ]);
+    assert_eq!((code, out.trim()), (0, "2"), "{err}");
+    // A remote node's way: URL, cookie and --rpc-cacert.
+    let (code, out, err) = cli(&[
+        os("--rpc"),
+        os(&https),
+        os("--cookie"),
+        cookie,
+        os("--rpc-cacert"),
+        cert.as_os_str(),
+        os("uptime"),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.trim().parse::<u64>().is_ok(), "{out}");
+    // Another certificate: refused at the handshake, exit 3, named.
+    let other = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()]).unwrap();
+    let wrong = certs.path().join("other.pem");
+    std::fs::write(&wrong, pem("CERTIFICATE", other.cert.der())).unwrap();
+    let (code, out, err) = cli(&[
+        os("--rpc"),
+        os(&https),
+        os("--cookie"),
+        cookie,
+        os("--rpc-cacert"),
+        wrong.as_os_str(),
+        os("uptime"),
+    ]);
+    assert_eq!(code, 3, "{out} {err}");
+    assert!(
+        err.contains("certificate is not trusted") && err.contains("other.pem"),
+        "{err}"
+    );
+    // Plain HTTP to the TLS port: told so, not a raw transport error.
+    let (code, _, err) = cli(&[
+        os("--rpc"),
+        os(&format!("http://{addr}/")),
+        os("--cookie"),
+        cookie,
+        os("uptime"),
+    ]);
+    assert_eq!(code, 3, "{err}");
+    assert!(err.contains("serves TLS on this port"), "{err}");
+    assert!(err.contains("--rpc-cacert"), "{err}");
+    // https without a certificate to trust: a usage error.
+    let (code, _, err) = cli(&[
+        os("--rpc"),
+        os(&https),
+        os("--cookie"),
+        cookie,
+        os("uptime"),
+    ]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("pass --rpc-cacert"), "{err}");
+    // https to a plain-HTTP port: told to use http://.
+    let plain = c.layout.metrics[0].unwrap();
+    let (code, _, err) = cli(&[
+        os("--rpc"),
+        os(&format!("https://{plain}/")),
+        os("--cookie"),
+        cookie,
+        os("--rpc-cacert"),
+        cert.as_os_str(),
+        os("uptime"),
+    ]);
+    assert_eq!(code, 3, "{err}");
+    assert!(err.contains("does not speak TLS"), "{err}");
+}
+
+/// A certificate that names another host than the one called: told so. The
+/// server is the node's TLS acceptor on a bare listener (the handshake
+/// fails before any HTTP).
+#[test]
+fn time_cli_says_when_the_certificate_names_another_host() {
+    let dir = tempfile::tempdir().unwrap();
+    let ck = rcgen::generate_simple_self_signed(vec!["node.example".to_string()]).unwrap();
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    std::fs::write(&cert, pem("CERTIFICATE", ck.cert.der())).unwrap();
+    std::fs::write(&key, pem("PRIVATE KEY", &ck.signing_key.serialize_der())).unwrap();
+    let cookie = dir.path().join(".cookie");
+    std::fs::write(&cookie, "__cookie__:x").unwrap();
+    let acceptor = timecoin::node::rpc::tls_acceptor(&cert, &key).unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
+    let addr = listener.local_addr().unwrap();
+    rt.spawn(async move {
+        while let Ok((s, _)) = listener.accept().await {
+            let _ = acceptor.accept(s).await;
+        }
+    });
+    let os = std::ffi::OsStr::new;
+    let (code, _, err) = cli(&[
+        os("--rpc"),
+        os(&format!("https://{addr}/")),
+        os("--cookie"),
+        cookie.as_os_str(),
+        os("--rpc-cacert"),
+        cert.as_os_str(),
+        os("uptime"),
+    ]);
+    assert_eq!(code, 3, "{err}");
+    assert!(err.contains("not valid for this host name"), "{err}");
 }
 
 #[test]

@@ -1,6 +1,7 @@
 //! `time-cli`: call a masternode's JSON-RPC from the shell, like `dash-cli`.
-//! Reads the cookie from the data directory (or a devnet's endpoints.json),
-//! prints the result as JSON on stdout.
+//! Finds the RPC and its cookie in the node's config file, a devnet's
+//! endpoints.json or flags; calls over HTTPS when the node serves TLS,
+//! trusting only the node's certificate. Prints the result as JSON on stdout.
 //!
 //! Exit codes: 0 result printed; 1 the node answered with a JSON-RPC error
 //! (printed as JSON on stderr); 2 bad usage; 3 cannot reach or authenticate
@@ -8,26 +9,42 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use serde_json::{json, Value};
+use timecoin::node::rpc::client::{ClientError, RpcClient, RpcTarget};
 
 #[derive(Parser)]
 #[command(
     name = "time-cli",
     version,
+    // `help` is the node's method list (as in bitcoin-cli); `--help` and
+    // `METHOD --help` are clap's.
+    disable_help_subcommand = true,
     about = "Call a TIME Coin masternode's JSON-RPC",
-    long_about = "Call a TIME Coin masternode's JSON-RPC. Point it at a node with --rpc and --cookie, \
-                  or at a devnet with --devnet DIR --node N (read from DIR/endpoints.json).\n\
+    long_about = "Call a TIME Coin masternode's JSON-RPC. Point it at a node with --config NODE.toml \
+                  (its rpc_listen, data directory and rpc_tls_cert), with --rpc and --cookie \
+                  (and --rpc-cacert for https), or at a devnet with --devnet DIR --node N \
+                  (read from DIR/endpoints.json). Flags override the config file.\n\
                   Exit codes: 0 ok, 1 JSON-RPC error, 2 usage, 3 node unreachable or authentication refused."
 )]
 struct Cli {
-    /// The node's RPC URL.
-    #[arg(long, default_value = "http://127.0.0.1:24001/")]
-    rpc: String,
+    /// The node's config file: the RPC address, cookie and TLS certificate
+    /// are read from it.
+    #[arg(long, short = 'c')]
+    config: Option<PathBuf>,
+    /// The node's RPC URL, http:// or https:// [default:
+    /// http://127.0.0.1:24001/, https:// with --rpc-cacert].
+    #[arg(long)]
+    rpc: Option<String>,
     /// The node's cookie file (`.cookie` in its data directory).
     #[arg(long)]
     cookie: Option<PathBuf>,
+    /// The certificate (PEM) of a node that serves its RPC over TLS: the
+    /// node's rpc_tls_cert, trusted as the only root.
+    #[arg(long)]
+    rpc_cacert: Option<PathBuf>,
     /// A devnet directory: take the RPC URL and cookie from its endpoints.json.
     #[arg(long)]
     devnet: Option<PathBuf>,
@@ -234,67 +251,66 @@ fn main() -> ExitCode {
         );
         return ExitCode::SUCCESS;
     }
-    let (url, cookie) = match &cli.devnet {
-        Some(d) => match endpoints(d, cli.node) {
-            Ok((u, c)) => (u, Some(c)),
-            Err(e) => return fail(2, e),
-        },
-        None => (cli.rpc.clone(), cli.cookie.clone()),
+    let target = match target(&cli) {
+        Ok(t) => t,
+        Err(e) => return fail(2, e),
     };
-    let Some(cookie) = cookie else {
-        return fail(
-            2,
-            "no credentials: pass --cookie DATA_DIR/.cookie (or --devnet DIR)",
-        );
-    };
-    let secret = match std::fs::read_to_string(&cookie) {
-        Ok(s) => s.trim().to_string(),
-        Err(e) => {
-            return fail(
-                3,
-                format!(
-                    "cannot read the cookie {}: {e} (is the node running with rpc_listen set?)",
-                    cookie.display()
-                ),
-            )
-        }
+    let client = match RpcClient::new(target, Duration::from_secs(75)) {
+        Ok(c) => c,
+        Err(e @ ClientError::Cookie { .. }) => return fail(3, e),
+        Err(e) => return fail(2, e),
     };
     let (method, params) = cli.cmd.call();
-    let req = json!({"jsonrpc": "2.0", "id": 1, "method": method, "params": params});
-    let auth = timecoin::node::rpc::basic_auth(&secret);
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(std::time::Duration::from_secs(75)))
-        .build()
-        .into();
-    let mut resp = match agent
-        .post(&url)
-        .header("Authorization", &auth)
-        .header("Content-Type", "application/json")
-        .send(req.to_string())
-    {
-        Ok(r) => r,
-        Err(e) => return fail(3, format!("cannot reach {url}: {e}")),
-    };
-    let status = resp.status().as_u16();
-    if status == 401 {
-        return fail(
-            3,
-            format!("{url} refused the credentials in {}", cookie.display()),
-        );
+    match client.call(method, Value::Array(params)) {
+        Ok(Ok(result)) => {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&result).unwrap_or_default()
+            );
+            ExitCode::SUCCESS
+        }
+        Ok(Err(e)) => {
+            eprintln!("{}", serde_json::to_string_pretty(&e).unwrap_or_default());
+            ExitCode::from(1)
+        }
+        Err(e) => fail(3, e),
     }
-    let body = resp.body_mut().read_to_string().unwrap_or_default();
-    let v: Value = match serde_json::from_str(&body) {
-        Ok(v) => v,
-        Err(_) => return fail(3, format!("{url} answered HTTP {status}: {body}")),
+}
+
+/// Where to call: a devnet's endpoints, else the config file, with the
+/// flags over either.
+fn target(cli: &Cli) -> Result<RpcTarget, String> {
+    let base = match (&cli.devnet, &cli.config) {
+        (Some(_), Some(_)) => return Err("pass --devnet or --config, not both".into()),
+        (Some(d), None) => {
+            let (url, cookie) = endpoints(d, cli.node)?;
+            Some(RpcTarget {
+                url,
+                cookie,
+                cacert: None,
+            })
+        }
+        (None, Some(c)) => Some(RpcTarget::from_node_config(c).map_err(|e| e.to_string())?),
+        (None, None) => None,
     };
-    if let Some(e) = v.get("error") {
-        eprintln!("{}", serde_json::to_string_pretty(e).unwrap_or_default());
-        return ExitCode::from(1);
-    }
-    println!(
-        "{}",
-        serde_json::to_string_pretty(&v["result"]).unwrap_or_default()
-    );
-    ExitCode::SUCCESS
+    let cacert = cli
+        .rpc_cacert
+        .clone()
+        .or(base.as_ref().and_then(|b| b.cacert.clone()));
+    let url = cli
+        .rpc
+        .clone()
+        .or(base.as_ref().map(|b| b.url.clone()))
+        .unwrap_or_else(|| {
+            let scheme = if cacert.is_some() { "https" } else { "http" };
+            format!("{scheme}://127.0.0.1:24001/")
+        });
+    let cookie = cli.cookie.clone().or(base.map(|b| b.cookie)).ok_or(
+        "no credentials: pass --config NODE.toml, --cookie DATA_DIR/.cookie or --devnet DIR",
+    )?;
+    Ok(RpcTarget {
+        url,
+        cookie,
+        cacert,
+    })
 }

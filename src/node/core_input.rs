@@ -92,6 +92,17 @@ pub(super) enum CoreInput {
         session: SessionId,
         txid: Txid,
     },
+    /// The RPC's push events drop address subscriptions (no wallet
+    /// protocol message: a TCP wallet's subscriptions end with its session).
+    WalletUnsubscribe {
+        session: SessionId,
+        addrs: Vec<Address>,
+    },
+    /// The RPC's push events stop waiting on a txid.
+    WalletUnwatch {
+        session: SessionId,
+        txid: Txid,
+    },
     /// An operator's query (RPC) the wallet protocol has no message for.
     NodeQuery {
         query: crate::node::node_api::NodeQuery,

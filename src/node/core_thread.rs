@@ -408,6 +408,12 @@ fn handle_input(
                 wallets.deliver(session, reply);
             }
         }
+        CoreInput::WalletUnsubscribe { session, addrs } => {
+            mn.handle_wallet_unsubscribe(session, &addrs);
+        }
+        CoreInput::WalletUnwatch { session, txid } => {
+            mn.handle_wallet_unwatch(session, &txid);
+        }
         CoreInput::NodeQuery { query, reply } => {
             let connected = connected_set(ctx);
             let _ = reply.send(crate::node::node_api::answer(

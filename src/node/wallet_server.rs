@@ -32,7 +32,7 @@ use crate::node::verifier::Lane;
 use crate::node::wire::{encode, LinkError, NetStats};
 use crate::protocol::audience::WalletRequest;
 use crate::protocol::message::Message;
-use crate::protocol::types::{PublicKey, Txid};
+use crate::protocol::types::{Address, PublicKey, Txid};
 use crate::protocol::validation::{RejectCode, TxError};
 
 /// Wallet connections served at once, from all addresses. One more is
@@ -574,6 +574,23 @@ impl LocalSession {
         self.ctx.core.offer(CoreInput::WalletWatch {
             session: self.session,
             txid,
+        })
+    }
+
+    /// Stops waiting on `txid` (the WebSocket's own set says whether it
+    /// did). False when the core queue is full.
+    pub(super) fn unwatch(&self, txid: Txid) -> bool {
+        self.ctx.core.offer(CoreInput::WalletUnwatch {
+            session: self.session,
+            txid,
+        })
+    }
+
+    /// Drops the subscription to `addr`. False when the core queue is full.
+    pub(super) fn unsubscribe(&self, addr: Address) -> bool {
+        self.ctx.core.offer(CoreInput::WalletUnsubscribe {
+            session: self.session,
+            addrs: vec![addr],
         })
     }
 

@@ -343,6 +343,19 @@ impl Masternode {
         self.router.subscribe(session, addrs)
     }
 
+    /// Wallet `session` unsubscribes from `addrs` (the RPC's push events;
+    /// the wallet protocol has no such message). Returns how many it was
+    /// subscribed to; each frees its place under the router's caps.
+    pub fn handle_wallet_unsubscribe(&mut self, session: SessionId, addrs: &[Address]) -> usize {
+        self.router.unsubscribe(session, addrs)
+    }
+
+    /// Wallet `session` no longer waits on `txid` (see
+    /// [`Masternode::handle_wallet_watch`]); returns whether it did.
+    pub fn handle_wallet_unwatch(&mut self, session: SessionId, txid: &Txid) -> bool {
+        self.router.unwatch(session, txid)
+    }
+
     /// A transaction from wallet `session`. When the transaction is already
     /// known here, the answer comes back at once (its proof, its rejection,
     /// or "accepted" for a pending one, which is also broadcast again); else

@@ -13,7 +13,8 @@
 //!
 //! Everything a wallet controls here is capped ([`MAX_SUBSCRIPTIONS_PER_SESSION`],
 //! [`MAX_SUBSCRIPTIONS_TOTAL`], [`MAX_WAITING_PER_SESSION`]); each refusal is
-//! counted in [`RouterStats`]. Closing a session frees all it held.
+//! counted in [`RouterStats`]. Closing a session frees all it held;
+//! [`Router::unsubscribe`] and [`Router::unwatch`] free one entry each.
 
 use std::collections::{HashMap, HashSet};
 
@@ -195,6 +196,37 @@ impl Router {
                 self.subscriptions,
             ),
         })
+    }
+
+    /// Unsubscribes `s` from `addrs`; returns how many it was subscribed
+    /// to. Each frees its place under both caps.
+    pub fn unsubscribe(&mut self, s: SessionId, addrs: &[Address]) -> usize {
+        let Some(state) = self.sessions.get_mut(&s) else {
+            return 0;
+        };
+        let mut removed = 0;
+        for a in addrs {
+            if state.addresses.remove(a) {
+                remove_from(&mut self.by_address, a, s);
+                removed += 1;
+            }
+        }
+        self.subscriptions -= removed;
+        removed
+    }
+
+    /// `s` no longer waits on `txid` (its outcome is not sent); returns
+    /// whether it did.
+    pub fn unwatch(&mut self, s: SessionId, txid: &Txid) -> bool {
+        let Some(state) = self.sessions.get_mut(&s) else {
+            return false;
+        };
+        if !state.waiting.remove(txid) {
+            return false;
+        }
+        remove_from(&mut self.by_txid, txid, s);
+        self.waiting -= 1;
+        true
     }
 
     /// `s` waits on the outcome of `txid`.
@@ -494,10 +526,49 @@ mod tests {
             st.subscriptions_refused_total,
             (full * per) as u64 - MAX_SUBSCRIPTIONS_TOTAL as u64
         );
+        // Unsubscribing makes room again, one for one.
+        assert_eq!(r.unsubscribe(SessionId(1), &[addr(per)]), 1);
+        r.open(SessionId(999_998));
+        assert_eq!(
+            r.subscribe(SessionId(999_998), vec![addr(u32::MAX - 1)]),
+            None
+        );
+        assert!(r
+            .subscribe(SessionId(999_998), vec![addr(u32::MAX - 2)])
+            .is_some());
         // Closing a session makes room again.
         r.close(SessionId(0));
         r.open(SessionId(999_999));
         assert_eq!(r.subscribe(SessionId(999_999), vec![addr(u32::MAX)]), None);
+    }
+
+    #[test]
+    fn unsubscribe_and_unwatch_free_their_places_and_silence_the_session() {
+        let (a, b) = (addr(1), addr(2));
+        let t = payment(1, &[a]);
+        let mut r = Router::new();
+        r.open(S1);
+        r.open(S2);
+        assert_eq!(r.subscribe(S1, vec![a, b]), None);
+        assert_eq!(r.subscribe(S2, vec![a]), None);
+        assert_eq!(r.watch(S1, t.txid()), Watch::Added);
+        assert_eq!(r.stats().subscriptions, 3);
+        // Only what was subscribed counts; a second time is a no-op.
+        assert_eq!(r.unsubscribe(S1, &[a, addr(9)]), 1);
+        assert_eq!(r.unsubscribe(S1, &[a]), 0);
+        assert_eq!(r.unsubscribe(SessionId(99), &[a]), 0);
+        assert_eq!(r.stats().subscriptions, 2);
+        assert!(r.unwatch(S1, &t.txid()));
+        assert!(!r.unwatch(S1, &t.txid()));
+        assert!(!r.unwatch(SessionId(99), &t.txid()));
+        assert_eq!(r.stats().waiting, 0);
+        // S1 hears nothing of the payment any more; S2 still hears a.
+        r.on_event(&finalized(&t, vec![a], vec![]));
+        assert_eq!(names(&r.take_output()), vec![(2, "new-tx"), (2, "utxo")]);
+        // Closing frees what is left, without counting a freed place twice.
+        r.close(S1);
+        r.close(S2);
+        assert_eq!(r.stats().subscriptions, 0);
     }
 
     #[test]

@@ -42,6 +42,7 @@ use crate::protocol::utxo::{UtxoEntry, UtxoState};
 use timecoin_core::masternode::PeerGate;
 
 pub(crate) mod blocks;
+pub mod client;
 mod node_methods;
 pub mod ws;
 
@@ -120,7 +121,7 @@ pub const METHODS: &[(&str, Class, &str)] = &[
     (
         "getblockchaininfo",
         Class::Read,
-        "Network, finalized payments, catching up (no blocks yet)",
+        "Network, chain height and tip, finalized payments, catching up",
     ),
     (
         "getnetworkinfo",

@@ -12,6 +12,15 @@
 //! router's replies come back as events. Requests are JSON-RPC objects:
 //! - `{"id":1,"method":"subscribe_txid","params":["<txid>"]}`
 //! - `{"id":2,"method":"subscribe_address","params":["<address>"]}`
+//! - `{"id":3,"method":"unsubscribe_txid","params":["<txid>"]}`
+//! - `{"id":4,"method":"unsubscribe_address","params":["<address>"]}`
+//!
+//! A subscription is answered `{"subscribed": "<txid or address>"}`, an
+//! unsubscription `{"unsubscribed": "<txid or address>", "was_subscribed":
+//! true|false}`; either is idempotent. An unsubscription frees its place
+//! under [`MAX_WS_SUBSCRIPTIONS`] and under the node's wallet-subscription
+//! caps at once. Events the node queued before it may still arrive for an
+//! address (a `tx_notification` of a payment final just before).
 //!
 //! Events are JSON-RPC notifications (`method` and `params`, no `id`):
 //! - `tx_notification`: a subscribed transaction, or one touching a
@@ -240,7 +249,7 @@ fn error_reply(id: Value, e: RpcError) -> Value {
     super::error_body(id, e)
 }
 
-/// One request frame: a subscription.
+/// One request frame: a subscription or an unsubscription.
 async fn request(ctx: &RpcCtx, session: &LocalSession, subs: &mut Subs, text: &str) -> Value {
     let v: Value = match serde_json::from_str(text) {
         Ok(v) => v,
@@ -252,13 +261,13 @@ async fn request(ctx: &RpcCtx, session: &LocalSession, subs: &mut Subs, text: &s
         }
     };
     let id = v.get("id").cloned().unwrap_or(Value::Null);
-    match subscribe(ctx, session, subs, &v).await {
+    match call(ctx, session, subs, &v).await {
         Ok(result) => json!({"jsonrpc": "2.0", "id": id, "result": result}),
         Err(e) => error_reply(id, e),
     }
 }
 
-async fn subscribe(
+async fn call(
     ctx: &RpcCtx,
     session: &LocalSession,
     subs: &mut Subs,
@@ -267,7 +276,7 @@ async fn subscribe(
     let method = v.get("method").and_then(Value::as_str).ok_or_else(|| {
         err(
             code::INVALID_REQUEST,
-            "invalid request: needs a string \"method\" (subscribe_txid or subscribe_address)",
+            format!("invalid request: needs a string \"method\" ({METHODS})"),
         )
     })?;
     let params: &[Value] = match v.get("params") {
@@ -321,12 +330,35 @@ async fn subscribe(
             subs.addresses.insert(addr);
             Ok(json!({"subscribed": addr.to_string()}))
         }
+        "unsubscribe_txid" => {
+            let txid = super::node_methods::param_txid(params, 0)?;
+            let was = subs.txids.contains(&txid);
+            // The router's watch stays while a subscribed address still
+            // waits on this transaction's proof.
+            if was && !subs.proofs_asked.contains(&txid) && !session.unwatch(txid) {
+                return Err(super::overloaded());
+            }
+            subs.txids.remove(&txid);
+            Ok(json!({"unsubscribed": txid.to_string(), "was_subscribed": was}))
+        }
+        "unsubscribe_address" => {
+            let addr = super::param_address(params)?;
+            let was = subs.addresses.contains(&addr);
+            if was && !session.unsubscribe(addr) {
+                return Err(super::overloaded());
+            }
+            subs.addresses.remove(&addr);
+            Ok(json!({"unsubscribed": addr.to_string(), "was_subscribed": was}))
+        }
         _ => Err(err(
             code::METHOD_NOT_FOUND,
-            format!("method not found: {method} (subscribe_txid or subscribe_address)"),
+            format!("method not found: {method} ({METHODS})"),
         )),
     }
 }
+
+/// The methods a WebSocket client may call.
+const METHODS: &str = "subscribe_txid, subscribe_address, unsubscribe_txid or unsubscribe_address";
 
 fn notification(method: &str, params: Value) -> Value {
     json!({"jsonrpc": "2.0", "method": method, "params": params})
@@ -369,6 +401,9 @@ fn event(ctx: &RpcCtx, session: &LocalSession, subs: &mut Subs, r: WalletReply) 
             None
         }
         WalletReply::UtxoStateNotification { outpoint, entry } => {
+            if !subs.addresses.contains(&entry.output.address) {
+                return None; // queued before an unsubscribe_address
+            }
             let mut p = json!({
                 "txid": outpoint.txid.to_string(),
                 "vout": outpoint.vout,
@@ -386,7 +421,9 @@ fn event(ctx: &RpcCtx, session: &LocalSession, subs: &mut Subs, r: WalletReply) 
             detail,
             ..
         } => {
-            subs.txids.remove(&txid);
+            if !subs.txids.remove(&txid) {
+                return None; // queued before an unsubscribe_txid
+            }
             Some(notification(
                 "tx_declined",
                 json!({
