@@ -457,6 +457,12 @@ impl<S: Ord + Copy> GapTracker<S> {
         self.senders.get(&sender).map(|s| &s.stats)
     }
 
+    /// Whether any sender has a hole not yet filled or given up (a receiver
+    /// with none has nothing to repair and can sleep).
+    pub fn has_gaps(&self) -> bool {
+        self.senders.values().any(|s| !s.gaps.is_empty())
+    }
+
     /// The next sequence expected from `sender`.
     pub fn next_expected(&self, sender: S) -> Option<u64> {
         self.senders.get(&sender).map(|s| s.next)

@@ -47,7 +47,11 @@ use timecoin_core::masternode::{Dest, Masternode, RouterStats, SessionId, Transm
 
 /// Most inputs the core handles before it commits and sends a round.
 const MAX_ROUND_INPUTS: usize = 8_192;
-const TICK: Duration = Duration::from_millis(10);
+/// Longest the core sleeps without input: timers (the state machine's
+/// `poll_timeout`, the fast-path heartbeat) usually wake it sooner; this
+/// bounds the lateness of the periodic work below (announcements, metrics).
+/// An idle core wakes about ten times a second, not a hundred.
+const MAX_IDLE_WAIT: Duration = Duration::from_millis(100);
 /// How often the `status` (and `fast path`) lines are logged.
 const STATUS_EVERY_MS: u64 = 10_000;
 /// How often the metrics' state gauges are refreshed.
@@ -105,7 +109,8 @@ fn core_loop(mut c: Core) -> Result<(), StoreError> {
     let mut wallets = Wallets::new(c.ctx.wallet_stats.clone());
     loop {
         inputs.clear();
-        collect_round(&c.rx, &mut inputs, c.round_window)?;
+        let wait = idle_wait(&c, now_ms());
+        collect_round(&c.rx, &mut inputs, wait, c.round_window)?;
         let now = now_ms();
         let mut stop = false;
         for input in inputs.drain(..) {
@@ -311,7 +316,7 @@ impl Wallets {
 /// Flushes the datagrams of the round and keeps the stream announced.
 fn fast_housekeeping(f: &mut FastPathSender, ctx: &CoreCtx, now: u64, last_announce: &mut u64) {
     f.flush();
-    f.heartbeat(Duration::from_millis(20));
+    f.heartbeat();
     // Tell peers where our datagram stream is, over the reliable
     // path, so a receiver that missed its start can still repair.
     if now.saturating_sub(*last_announce) >= ANNOUNCE_EVERY_MS {
@@ -324,15 +329,25 @@ fn fast_housekeeping(f: &mut FastPathSender, ctx: &CoreCtx, now: u64, last_annou
     }
 }
 
+/// How long the core may wait for input before a timer is due.
+fn idle_wait(c: &Core, now: u64) -> Duration {
+    let mut wait = Duration::from_millis(c.mn.poll_timeout().saturating_sub(now));
+    if let Some(f) = c.fast.as_ref() {
+        wait = wait.min(f.heartbeat_in());
+    }
+    wait.clamp(Duration::from_millis(1), MAX_IDLE_WAIT)
+}
+
 /// Waits for the first input (or a tick), then holds the round open up to
 /// `round_window`: a round costs one vote signature, one datagram signature
 /// and one fsync whatever its size, so arrivals close together share them.
 fn collect_round(
     rx: &cb::Receiver<CoreInput>,
     inputs: &mut Vec<CoreInput>,
+    wait: Duration,
     round_window: Duration,
 ) -> Result<(), StoreError> {
-    match rx.recv_timeout(TICK) {
+    match rx.recv_timeout(wait) {
         Ok(i) => inputs.push(i),
         Err(cb::RecvTimeoutError::Timeout) => return Ok(()),
         Err(cb::RecvTimeoutError::Disconnected) => {

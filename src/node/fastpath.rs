@@ -31,6 +31,18 @@ use crate::protocol::types::PublicKey;
 
 const KIND_DATA: u8 = 1;
 const KIND_HEARTBEAT: u8 = 2;
+/// The first heartbeat after a data datagram: a receiver that lost the
+/// tail of a burst notices within this (plus its repair delay).
+pub const HEARTBEAT_FIRST: Duration = Duration::from_millis(20);
+/// While idle, the heartbeat interval doubles after each one up to this: an
+/// idle masternode sends one datagram a second instead of fifty (each one
+/// signed here and verified by every receiver).
+pub const HEARTBEAT_MAX: Duration = Duration::from_secs(1);
+/// How long the receive thread sleeps when no hole waits for repair (it
+/// wakes at once for a datagram).
+const IDLE_RECEIVE_WAIT: Duration = Duration::from_millis(250);
+/// How often the receive thread looks at holes while some are open.
+const REPAIR_POLL: Duration = Duration::from_millis(10);
 /// Datagrams kept for repair requests.
 const REPAIR_RING: usize = 16_384;
 /// Largest vote batch that fits one datagram item (113 + 35 n bytes).
@@ -112,6 +124,9 @@ pub struct FastPathSender {
     pub ring: Arc<Mutex<RepairRing>>,
     stats: Arc<FastPathStats>,
     last_send: Instant,
+    /// The idle heartbeat's current interval: [`HEARTBEAT_FIRST`] after
+    /// data, doubling up to [`HEARTBEAT_MAX`].
+    heartbeat_gap: Duration,
 }
 
 impl FastPathSender {
@@ -125,6 +140,7 @@ impl FastPathSender {
         if !Self::fits(msg.len()) {
             return;
         }
+        self.heartbeat_gap = HEARTBEAT_FIRST;
         let b = self
             .builder
             .get_or_insert_with(|| DatagramBuilder::new(KIND_DATA, self.sender_id, self.next_seq));
@@ -172,17 +188,25 @@ impl FastPathSender {
         self.next_seq
     }
 
-    /// While idle, an empty datagram every `every` lets receivers notice a
-    /// lost tail.
-    pub fn heartbeat(&mut self, every: Duration) {
-        if self.builder.is_none() && self.last_send.elapsed() >= every {
+    /// While idle, an empty datagram lets receivers notice a lost tail:
+    /// [`HEARTBEAT_FIRST`] after the last data, then at doubling intervals
+    /// up to [`HEARTBEAT_MAX`].
+    pub fn heartbeat(&mut self) {
+        if self.builder.is_none() && self.last_send.elapsed() >= self.heartbeat_gap {
             self.builder = Some(DatagramBuilder::new(
                 KIND_HEARTBEAT,
                 self.sender_id,
                 self.next_seq,
             ));
             self.flush();
+            self.heartbeat_gap = (self.heartbeat_gap * 2).min(HEARTBEAT_MAX);
         }
+    }
+
+    /// How long until [`Self::heartbeat`] has something to send (the core
+    /// thread sleeps at most this long).
+    pub fn heartbeat_in(&self) -> Duration {
+        self.heartbeat_gap.saturating_sub(self.last_send.elapsed())
     }
 }
 
@@ -418,6 +442,7 @@ impl FastPath {
                 ring,
                 stats: stats.clone(),
                 last_send: Instant::now(),
+                heartbeat_gap: HEARTBEAT_FIRST,
             },
             receiver: Arc::new(Mutex::new(FastPathReceiver {
                 keys,
@@ -439,7 +464,12 @@ impl FastPath {
         std::thread::Builder::new()
             .name("fastpath-rx".into())
             .spawn(move || loop {
-                match rx.recv_timeout(Duration::from_millis(10)) {
+                let wait = if receiver.lock().expect("fast path receiver").gaps.has_gaps() {
+                    REPAIR_POLL
+                } else {
+                    IDLE_RECEIVE_WAIT
+                };
+                match rx.recv_timeout(wait) {
                     Ok((_, first)) => {
                         let mut batch = vec![first];
                         while batch.len() < 64 {
