@@ -16,6 +16,7 @@
 pub mod datagram;
 pub mod frame;
 pub mod gap;
+pub mod mailbox;
 pub mod pool;
 pub mod priority;
 pub mod udp;

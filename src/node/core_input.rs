@@ -10,7 +10,7 @@
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use crossbeam::channel as cb;
+use time_net::mailbox;
 use timecoin_core::masternode::SessionId;
 use tokio::sync::OwnedSemaphorePermit;
 
@@ -144,21 +144,21 @@ pub(super) enum WalletQuery {
 /// [`NetStats::core_queue_drops`].
 #[derive(Clone)]
 pub(super) struct CoreTx {
-    tx: cb::Sender<CoreInput>,
+    tx: mailbox::Sender<CoreInput>,
     stats: Arc<NetStats>,
 }
 
 impl CoreTx {
     /// The core queue: give the receiver to the core thread, clones of the
     /// sender to whatever produces inputs.
-    pub(super) fn channel(stats: Arc<NetStats>) -> (CoreTx, cb::Receiver<CoreInput>) {
-        let (tx, rx) = cb::bounded(CORE_QUEUE);
+    pub(super) fn channel(stats: Arc<NetStats>) -> (CoreTx, mailbox::Receiver<CoreInput>) {
+        let (tx, rx) = mailbox::bounded(1, CORE_QUEUE);
         (CoreTx { tx, stats }, rx)
     }
 
     /// Queues without waiting; false (and counted) when the queue is full.
     pub(super) fn offer(&self, input: CoreInput) -> bool {
-        match self.tx.try_send(input) {
+        match self.tx.try_send(0, input) {
             Ok(()) => true,
             Err(_) => {
                 self.stats.core_queue_drops.fetch_add(1, Ordering::Relaxed);
@@ -171,19 +171,19 @@ impl CoreTx {
     /// queued, else the input back (queue full, or the core gone), for a
     /// caller that has another way to deliver it.
     pub(super) fn try_offer(&self, input: CoreInput) -> Option<CoreInput> {
-        self.tx.try_send(input).err().map(|e| e.into_inner())
+        self.tx.try_send(0, input).err().map(|e| e.into_inner())
     }
 
     /// Waits for room: for vote-thread outcomes, which must reach the core
     /// rather than be dropped. Counted only if the core is gone.
     pub(super) fn send_blocking(&self, input: CoreInput) {
-        if self.tx.send(input).is_err() {
+        if self.tx.send(0, input).is_err() {
             self.stats.core_queue_drops.fetch_add(1, Ordering::Relaxed);
         }
     }
 
     /// Asks the core to stop after its current round (not counted).
     pub(super) fn shutdown(&self) {
-        let _ = self.tx.send(CoreInput::Shutdown);
+        let _ = self.tx.send(0, CoreInput::Shutdown);
     }
 }

@@ -21,7 +21,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use crossbeam::channel as cb;
+use time_net::mailbox;
 use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::OwnedSemaphorePermit;
 use tracing::{debug, error, info, warn};
@@ -80,7 +80,7 @@ pub(super) struct CoreCtx {
 pub(super) struct Core {
     pub mn: Masternode,
     pub store: LmdbStore,
-    pub rx: cb::Receiver<CoreInput>,
+    pub rx: mailbox::Receiver<CoreInput>,
     pub fast: Option<FastPathSender>,
     pub round_window: Duration,
     pub ctx: CoreCtx,
@@ -342,33 +342,30 @@ fn idle_wait(c: &Core, now: u64) -> Duration {
 /// `round_window`: a round costs one vote signature, one datagram signature
 /// and one fsync whatever its size, so arrivals close together share them.
 fn collect_round(
-    rx: &cb::Receiver<CoreInput>,
+    rx: &mailbox::Receiver<CoreInput>,
     inputs: &mut Vec<CoreInput>,
     wait: Duration,
     round_window: Duration,
 ) -> Result<(), StoreError> {
-    match rx.recv_timeout(wait) {
-        Ok(i) => inputs.push(i),
-        Err(cb::RecvTimeoutError::Timeout) => return Ok(()),
-        Err(cb::RecvTimeoutError::Disconnected) => {
+    match rx.recv_many(inputs, MAX_ROUND_INPUTS, wait) {
+        Ok(_) => {}
+        Err(mailbox::RecvTimeoutError::Timeout) => return Ok(()),
+        Err(mailbox::RecvTimeoutError::Disconnected) => {
             inputs.push(CoreInput::Shutdown);
             return Ok(());
         }
     }
     let opened = Instant::now();
     while inputs.len() < MAX_ROUND_INPUTS {
-        match rx.try_recv() {
-            Ok(i) => inputs.push(i),
-            Err(_) => {
-                let left = round_window.saturating_sub(opened.elapsed());
-                if left.is_zero() {
-                    break;
-                }
-                match rx.recv_timeout(left) {
-                    Ok(i) => inputs.push(i),
-                    Err(_) => break,
-                }
-            }
+        let left = round_window.saturating_sub(opened.elapsed());
+        if rx
+            .recv_many(inputs, MAX_ROUND_INPUTS - inputs.len(), left)
+            .is_err()
+        {
+            break;
+        }
+        if left.is_zero() {
+            break;
         }
     }
     Ok(())

@@ -23,6 +23,7 @@ use bytes::Bytes;
 use ed25519_dalek::{Signer, SigningKey};
 use time_net::datagram::{Datagram, DatagramBuilder, MAX_ITEM_LEN};
 use time_net::gap::{GapConfig, GapTracker, Receipt};
+use time_net::mailbox::RecvTimeoutError;
 use time_net::udp::{FastPathHandle, IoBackend, UdpConfig, UdpFastPath};
 
 use crate::protocol::message::Message;
@@ -365,7 +366,7 @@ pub struct FastPath {
     pub sender: FastPathSender,
     pub receiver: Arc<Mutex<FastPathReceiver>>,
     pub stats: Arc<FastPathStats>,
-    rx: Option<crossbeam::channel::Receiver<(SocketAddr, Bytes)>>,
+    rx: Option<time_net::mailbox::Receiver<(SocketAddr, Bytes)>>,
 }
 
 fn v4(addr: &str) -> Result<SocketAddrV4, FastPathError> {
@@ -469,21 +470,15 @@ impl FastPath {
                 } else {
                     IDLE_RECEIVE_WAIT
                 };
-                match rx.recv_timeout(wait) {
-                    Ok((_, first)) => {
-                        let mut batch = vec![first];
-                        while batch.len() < 64 {
-                            match rx.try_recv() {
-                                Ok((_, b)) => batch.push(b),
-                                Err(_) => break,
-                            }
-                        }
-                        let refs: Vec<&[u8]> = batch.iter().map(|b| &b[..]).collect();
+                let mut batch = Vec::with_capacity(64);
+                match rx.recv_many(&mut batch, 64, wait) {
+                    Ok(_) => {
+                        let refs: Vec<&[u8]> = batch.iter().map(|(_, b)| &b[..]).collect();
                         let mut r = receiver.lock().expect("fast path receiver");
                         r.handle_many(&refs, false, &*sink);
                         r.repair(&*sink);
                     }
-                    Err(crossbeam::channel::RecvTimeoutError::Timeout) => {
+                    Err(RecvTimeoutError::Timeout) => {
                         receiver.lock().expect("fast path receiver").repair(&*sink);
                     }
                     Err(_) => return,

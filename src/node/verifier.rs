@@ -9,7 +9,9 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-use crossbeam::channel as cb;
+use std::time::Duration;
+
+use time_net::mailbox;
 
 use crate::protocol::types::{ChainId, Transaction, Txid};
 use crate::protocol::validation::{self, Limits, TxError};
@@ -52,7 +54,7 @@ pub struct VerifierStats {
 }
 
 pub struct Verifier<T: Send + 'static> {
-    lanes: Option<[cb::Sender<Job<T>>; 2]>,
+    lanes: Option<mailbox::Sender<Job<T>>>,
     threads: Vec<JoinHandle<()>>,
     pub stats: Arc<VerifierStats>,
 }
@@ -64,13 +66,13 @@ impl<T: Send + 'static> Verifier<T> {
     where
         F: Fn(Transaction, Txid, Result<(), TxError>, T) + Send + Sync + 'static,
     {
-        let (peer_tx, peer_rx) = cb::bounded::<Job<T>>(LANE_JOBS);
-        let (wallet_tx, wallet_rx) = cb::bounded::<Job<T>>(LANE_JOBS);
+        // Lane 0 peers, lane 1 wallets (`Lane`), each bounded on its own.
+        let (lanes_tx, lanes_rx) = mailbox::bounded::<Job<T>>(2, LANE_JOBS);
         let done = Arc::new(done);
         let stats = Arc::new(VerifierStats::default());
         let threads = (0..threads.max(1))
             .map(|i| {
-                let rx = [peer_rx.clone(), wallet_rx.clone()];
+                let rx = lanes_rx.clone();
                 let done = done.clone();
                 let stats = stats.clone();
                 let limits = limits.clone();
@@ -81,7 +83,7 @@ impl<T: Send + 'static> Verifier<T> {
             })
             .collect();
         Verifier {
-            lanes: Some([peer_tx, wallet_tx]),
+            lanes: Some(lanes_tx),
             threads,
             stats,
         }
@@ -89,7 +91,7 @@ impl<T: Send + 'static> Verifier<T> {
 
     /// Transactions waiting in `lane`.
     pub fn queued(&self, lane: Lane) -> usize {
-        self.lanes.as_ref().map_or(0, |l| l[lane as usize].len())
+        self.lanes.as_ref().map_or(0, |l| l.len(lane as usize))
     }
 
     /// Queues a transaction in `lane`; `Err` gives it back when that lane
@@ -103,13 +105,16 @@ impl<T: Send + 'static> Verifier<T> {
             self.stats.dropped[l].fetch_add(1, Ordering::Relaxed);
             return Err((tx, tag));
         }
-        let s = &self.lanes.as_ref().expect("running")[l];
-        s.try_send(Job {
-            tx,
-            tag,
-            bytes,
-            lane: l,
-        })
+        let s = self.lanes.as_ref().expect("running");
+        s.try_send(
+            l,
+            Job {
+                tx,
+                tag,
+                bytes,
+                lane: l,
+            },
+        )
         .map_err(|e| {
             queued.fetch_sub(bytes, Ordering::Relaxed);
             self.stats.dropped[l].fetch_add(1, Ordering::Relaxed);
@@ -128,54 +133,37 @@ impl<T: Send + 'static> Drop for Verifier<T> {
     }
 }
 
-/// Fills `jobs` with up to [`BATCH`] jobs, half from each lane first and
-/// the rest from whichever still has some; waits for the first job.
-/// False when both lanes are closed.
-fn take_batch<T>(rx: &[cb::Receiver<Job<T>>; 2], jobs: &mut Vec<Job<T>>) -> bool {
-    let first = {
-        let mut sel = cb::Select::new();
-        for r in rx {
-            sel.recv(r);
-        }
-        let mut open = rx.len();
-        loop {
-            let op = sel.select();
-            let i = op.index();
-            match op.recv(&rx[i]) {
-                Ok(j) => break j,
-                Err(_) => {
-                    // Closed and drained (a closed channel still hands out
-                    // what it holds first).
-                    sel.remove(i);
-                    open -= 1;
-                    if open == 0 {
-                        return false;
-                    }
+/// Fills `jobs` with up to [`BATCH`] jobs, half from the peer lane first,
+/// then from the wallet lane, then the rest from the peer lane; waits
+/// (parked) for the first job. False when the queue is closed and drained.
+fn take_batch<T>(rx: &mailbox::Receiver<Job<T>>, jobs: &mut Vec<Job<T>>) -> bool {
+    loop {
+        let taken = rx.recv_with(Duration::from_secs(3600), |lanes| {
+            let before = jobs.len();
+            let shares = [
+                (Lane::Peer, BATCH / 2),
+                (Lane::Wallet, BATCH),
+                (Lane::Peer, BATCH),
+            ];
+            for (lane, share) in shares {
+                let q = &mut lanes[lane as usize];
+                while jobs.len() < share {
+                    let Some(j) = q.pop_front() else { break };
+                    jobs.push(j);
                 }
             }
-        }
-    };
-    jobs.push(first);
-    for (i, r) in rx.iter().enumerate() {
-        let share = if i == 0 { BATCH / 2 } else { BATCH };
-        while jobs.len() < share {
-            match r.try_recv() {
-                Ok(j) => jobs.push(j),
-                Err(_) => break,
-            }
+            jobs.len() - before
+        });
+        match taken {
+            Ok(n) if n > 0 => return true,
+            Ok(_) | Err(mailbox::RecvTimeoutError::Timeout) => {}
+            Err(mailbox::RecvTimeoutError::Disconnected) => return false,
         }
     }
-    while jobs.len() < BATCH {
-        match rx[0].try_recv() {
-            Ok(j) => jobs.push(j),
-            Err(_) => break,
-        }
-    }
-    true
 }
 
 fn worker<T, F>(
-    rx: [cb::Receiver<Job<T>>; 2],
+    rx: mailbox::Receiver<Job<T>>,
     chain_id: ChainId,
     limits: Limits,
     done: &F,

@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crossbeam::channel as cb;
+use time_net::mailbox;
 
 use crate::protocol::registry::Registry;
 use crate::protocol::tally::{TallyEvent, VerifiedBatch, VoteAggregator};
@@ -65,7 +65,7 @@ pub struct VoteThreadConfig {
 }
 
 pub struct VoteThreads {
-    shards: Vec<cb::Sender<ShardMsg>>,
+    shards: Vec<mailbox::Sender<ShardMsg>>,
     next: AtomicUsize,
     pub stats: Arc<VoteThreadStats>,
 }
@@ -96,7 +96,7 @@ impl VoteThreads {
         let n = cfg.threads.max(1);
         let stats = Arc::new(VoteThreadStats::default());
         let deliver = Arc::new(deliver);
-        let (txs, rxs): (Vec<_>, Vec<_>) = (0..n).map(|_| cb::bounded(1 << 16)).unzip();
+        let (txs, rxs): (Vec<_>, Vec<_>) = (0..n).map(|_| mailbox::bounded(1, 1 << 16)).unzip();
         for (i, rx) in rxs.into_iter().enumerate() {
             let peers = txs.clone();
             let stats = stats.clone();
@@ -134,7 +134,7 @@ impl VoteThreads {
     }
 
     fn send(&self, shard: usize, m: ShardMsg) {
-        if self.shards[shard].try_send(m).is_err() {
+        if self.shards[shard].try_send(0, m).is_err() {
             self.stats.queue_full.fetch_add(1, Ordering::Relaxed);
         }
     }
@@ -157,30 +157,23 @@ struct Shard {
     agg: VoteAggregator,
     registry: Registry,
     cfg: VoteThreadConfig,
-    peers: Vec<cb::Sender<ShardMsg>>,
+    peers: Vec<mailbox::Sender<ShardMsg>>,
     stats: Arc<VoteThreadStats>,
 }
 
 impl Shard {
-    fn run(mut self, rx: cb::Receiver<ShardMsg>, deliver: &dyn Fn(Vec<TallyEvent>)) {
+    fn run(mut self, rx: mailbox::Receiver<ShardMsg>, deliver: &dyn Fn(Vec<TallyEvent>)) {
         let start = Instant::now();
         let mut last_expire = 0;
         let mut to_verify = Vec::new();
         let mut events = Vec::new();
         loop {
-            let first = match rx.recv_timeout(Duration::from_millis(100)) {
-                Ok(m) => Some(m),
-                Err(cb::RecvTimeoutError::Timeout) => None,
-                Err(cb::RecvTimeoutError::Disconnected) => return,
-            };
-            let now = start.elapsed().as_millis() as u64;
-            let mut msgs: Vec<ShardMsg> = first.into_iter().collect();
-            while msgs.len() < 1024 {
-                match rx.try_recv() {
-                    Ok(m) => msgs.push(m),
-                    Err(_) => break,
-                }
+            let mut msgs: Vec<ShardMsg> = Vec::new();
+            match rx.recv_many(&mut msgs, 1024, Duration::from_millis(100)) {
+                Ok(_) | Err(mailbox::RecvTimeoutError::Timeout) => {}
+                Err(mailbox::RecvTimeoutError::Disconnected) => return,
             }
+            let now = start.elapsed().as_millis() as u64;
             for m in msgs {
                 match m {
                     ShardMsg::Verify(b) => {
@@ -272,7 +265,7 @@ impl Shard {
             if s == self.index {
                 self.agg.add(now, &vb, Some(&idx), events);
             } else if self.peers[s]
-                .try_send(ShardMsg::Items(vb.clone(), idx))
+                .try_send(0, ShardMsg::Items(vb.clone(), idx))
                 .is_err()
             {
                 self.stats.queue_full.fetch_add(1, Ordering::Relaxed);
@@ -302,7 +295,7 @@ mod tests {
                 .collect(),
         )
         .unwrap();
-        let (tx, rx) = cb::unbounded();
+        let (tx, rx) = crossbeam::channel::unbounded();
         let vt = VoteThreads::start(
             VoteThreadConfig {
                 threads: 3,

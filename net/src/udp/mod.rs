@@ -30,6 +30,8 @@ use std::thread::JoinHandle;
 
 use bytes::Bytes;
 use crossbeam::channel::{self, Receiver, Sender, TrySendError};
+
+use crate::mailbox;
 use thiserror::Error;
 
 use crate::datagram::MAX_DATAGRAM_LEN;
@@ -287,7 +289,7 @@ impl Shared {
 struct IoContext {
     shared: Arc<Shared>,
     outbound: Receiver<Bytes>,
-    inbound: Sender<(SocketAddr, Bytes)>,
+    inbound: mailbox::Sender<(SocketAddr, Bytes)>,
     max_len: usize,
 }
 
@@ -302,14 +304,12 @@ impl IoContext {
         Counters::add(&c.received, 1);
         match self
             .inbound
-            .try_send((from, Bytes::copy_from_slice(payload)))
+            .try_send(0, (from, Bytes::copy_from_slice(payload)))
         {
             Ok(()) => {}
             // A consumer that went away is the same as a full queue to us;
             // either way the datagram is dropped and counted.
-            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
-                Counters::add(&c.recv_queue_full, 1)
-            }
+            Err(_) => Counters::add(&c.recv_queue_full, 1),
         }
     }
 }
@@ -324,7 +324,7 @@ impl UdpFastPath {
     pub fn start(
         config: UdpConfig,
         backend: IoBackend,
-    ) -> Result<(FastPathHandle, Receiver<(SocketAddr, Bytes)>), UdpError> {
+    ) -> Result<(FastPathHandle, mailbox::Receiver<(SocketAddr, Bytes)>), UdpError> {
         let opened = socket::open(&config)?;
         let local_addr = opened.local_addr;
         let shared = Arc::new(Shared::new().map_err(|source| UdpError::Socket {
@@ -332,7 +332,9 @@ impl UdpFastPath {
             source,
         })?);
         let (out_tx, out_rx) = channel::bounded::<Bytes>(config.send_queue.max(1));
-        let (in_tx, in_rx) = channel::bounded(config.recv_queue.max(1));
+        // The consumer parks on this one (see `mailbox`); the I/O thread
+        // only ever polls the outbound channel.
+        let (in_tx, in_rx) = mailbox::bounded(1, config.recv_queue.max(1));
         let ctx = IoContext {
             shared: shared.clone(),
             outbound: out_rx,

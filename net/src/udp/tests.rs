@@ -9,8 +9,8 @@ use std::collections::BTreeSet;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
 use std::time::{Duration, Instant};
 
+use crate::mailbox::{Receiver, RecvTimeoutError};
 use bytes::Bytes;
-use crossbeam::channel::{Receiver, RecvTimeoutError};
 
 use super::*;
 
@@ -270,7 +270,7 @@ fn full_receive_queue_is_counted(backend: IoBackend) {
     });
     let s = b.stats();
     assert_eq!((s.received, s.recv_queue_full), (50, 46), "{s:?}");
-    assert_eq!(b_rx.len(), 4);
+    assert_eq!(b_rx.len(0), 4);
 }
 
 fn send_queue_refusals_are_counted(backend: IoBackend) {
