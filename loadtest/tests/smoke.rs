@@ -131,7 +131,11 @@ fn overload_is_refused_at_once_and_nothing_is_lost() {
     let mn = masternode_bin(&exe);
     let dir = tempfile::tempdir().unwrap();
     let json = dir.path().join("detail.json");
-    let tps = if cfg!(debug_assertions) { "100" } else { "4000" };
+    let tps = if cfg!(debug_assertions) {
+        "100"
+    } else {
+        "4000"
+    };
     let out = Command::new(&exe)
         .args([
             "--devnet",
@@ -181,7 +185,10 @@ fn overload_is_refused_at_once_and_nothing_is_lost() {
         );
     }
     let refused = &step["audit"]["groups"]["refused or lost payments"];
-    assert_eq!(refused["locked_for_good"], 0, "a refused coin stayed locked:\n{log}");
+    assert_eq!(
+        refused["locked_for_good"], 0,
+        "a refused coin stayed locked:\n{log}"
+    );
     assert_eq!(refused["conflicting_finality"], 0, "{log}");
     assert!(out.status.success(), "time-loadtest failed:\n{log}");
 }
