@@ -1110,13 +1110,19 @@ fn a_full_origin_window_refuses_wallet_payments_at_once_and_frees_with_finality(
     let peer_tx = pay(10, COIN);
     net.submit(1, peer_tx.clone());
     net.run_for(500);
-    assert!(net.is_final(0, &peer_tx.txid()), "peer payment final at node 0");
+    assert!(
+        net.is_final(0, &peer_tx.txid()),
+        "peer payment final at node 0"
+    );
     // Re-announced, the four become final and leave the window.
     net.run_for(5_000);
     for tx in &first[..4] {
         assert!(net.is_final(0, &tx.txid()));
     }
-    assert_eq!(net.nodes[0].as_ref().unwrap().engine().wallet_in_flight(), 0);
+    assert_eq!(
+        net.nodes[0].as_ref().unwrap().engine().wallet_in_flight(),
+        0
+    );
     // The refused ones, resubmitted, are now admitted and final.
     for tx in &first[4..] {
         net.submit(0, tx.clone());
@@ -1137,7 +1143,10 @@ fn a_full_origin_window_refuses_wallet_payments_at_once_and_frees_with_finality(
     net.submit(0, late.clone());
     assert_eq!(net.rejected(0, &late.txid()), Some(RejectCode::MempoolFull));
     net.run_for(3_500);
-    assert_eq!(net.nodes[0].as_ref().unwrap().engine().wallet_in_flight(), 0);
+    assert_eq!(
+        net.nodes[0].as_ref().unwrap().engine().wallet_in_flight(),
+        0
+    );
     let again = pay(25, COIN);
     net.submit(0, again.clone());
     assert_eq!(net.rejected(0, &again.txid()), None, "window freed by age");
