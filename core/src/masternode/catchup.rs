@@ -329,7 +329,7 @@ mod tests {
         assert_eq!(c.log_lag(), 0);
         c.connected_peer(1, a);
         let mut out = Vec::new();
-        c.poll(1, |_| false, &mut out);
+        c.poll(1_000, |_| false, &mut out);
         assert!(matches!(
             out[..],
             [(_, Message::FinalityLogRequest { from: 0 })]
@@ -343,7 +343,7 @@ mod tests {
             head: 10,
             txids: &txids,
         };
-        c.on_page(2, a, page, |_| false, &mut out);
+        c.on_page(1_001, a, page, |_| false, &mut out);
         assert_eq!(c.log_lag(), 10 - 4);
         assert_eq!(c.fetching(), 4);
         // A disconnected peer's log says nothing about this node's lag.
