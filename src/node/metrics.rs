@@ -8,8 +8,11 @@
 //! (`NetStats`, `FastPathStats`, `VoteThreadStats`, `VerifierStats`,
 //! `WalletStats`) read at scrape time by [`NodeCollector`]. State values
 //! (finalized payments, UTXO set size, database size) are read from the
-//! store, so they survive restarts; the state machine's own counters are
-//! published by the core thread once a second ([`CoreSnapshot`]).
+//! store, so they survive restarts; the state machine's own counters and
+//! histograms (vote collection in the engine, block commit time and round
+//! in the consensus, missed votes per masternode, the Byzantine detections
+//! of each place that detects one) are published by the core thread once a
+//! second ([`CoreSnapshot`]) and encoded from there at scrape time.
 //!
 //! Owns no protocol logic and never blocks the core: a scrape reads atomics
 //! and one snapshot behind a mutex the core holds only to copy into it.
