@@ -182,6 +182,7 @@ fn metrics_follow_a_payment_pass_promtool_and_state_survives_a_restart() {
         value(&after, "timecoin_database_limit_bytes")
             >= value(&after, "timecoin_database_size_bytes")
     );
+    new_families_on_a_healthy_cluster(m0);
     promtool_check_metrics(&after);
     every_shipped_metric_exists(&after);
 
@@ -212,6 +213,9 @@ fn metrics_follow_a_payment_pass_promtool_and_state_survives_a_restart() {
         value(&restarted, "timecoin_transactions_finalized_total"),
         0.0
     );
+    // Restarted, it syncs the blocks it missed: no longer behind its peers.
+    let synced = wait_value(m0, "timecoin_block_sync_lag_blocks", |v| v == 0.0);
+    assert_eq!(value(&synced, "timecoin_block_sync_lag_blocks"), 0.0);
 
     // Anything but GET /metrics is refused with a status, not a hang.
     let err = ureq::get(&format!("http://{m0}/other")).call().unwrap_err();
@@ -220,6 +224,64 @@ fn metrics_follow_a_payment_pass_promtool_and_state_survives_a_restart() {
         .send("x")
         .unwrap_err();
     assert!(matches!(err, ureq::Error::StatusCode(405)), "{err:?}");
+}
+
+/// The series of a family: `name{labels}` -> value.
+fn family(text: &str, name: &str) -> HashMap<String, f64> {
+    let open = format!("{name}{{");
+    samples(text)
+        .into_iter()
+        .filter(|(k, _)| k.starts_with(&open))
+        .collect()
+}
+
+/// Vote collection, missed votes, Byzantine detections, block commit time
+/// and rounds, sync and catch-up lag, after the one payment at node 0 of a
+/// healthy 3-masternode devnet.
+fn new_families_on_a_healthy_cluster(m0: SocketAddr) {
+    // Node 0 approved the payment; its tally reached the quorum: one
+    // vote collection measured.
+    let t = wait_value(m0, "timecoin_vote_collection_seconds_count", |v| v >= 1.0);
+    assert_eq!(value(&t, "timecoin_vote_collection_seconds_count"), 1.0);
+    assert_eq!(
+        value(&t, "timecoin_vote_collection_seconds_bucket{le=\"+Inf\"}"),
+        1.0
+    );
+    assert!(value(&t, "timecoin_vote_collection_seconds_sum") >= 0.0);
+    // One series per registered masternode; with 3 of weight 3 the quorum
+    // needs every vote, so nobody missed one.
+    let missed = family(&t, "timecoin_missed_votes_total");
+    assert_eq!(missed.len(), 3, "{missed:?}");
+    assert!(missed.values().all(|v| *v == 0.0), "{missed:?}");
+    // Every kind of Byzantine detection exists, and none happened.
+    let byz = family(&t, "timecoin_byzantine_detections_total");
+    for kind in [
+        "payment_equivocation",
+        "conflicting_proofs",
+        "forged_vote_signature",
+        "block_equivocation",
+        "block_fork",
+        "block_contradiction",
+    ] {
+        let s = format!("timecoin_byzantine_detections_total{{kind=\"{kind}\"}}");
+        assert_eq!(byz.get(&s), Some(&0.0), "{s}: {byz:?}");
+    }
+    assert_eq!(
+        value(
+            &t,
+            "timecoin_invalid_vote_batches_total{reason=\"bad_signature\"}"
+        ),
+        0.0
+    );
+    // Blocks commit on the devnet (1 s interval): their time and round.
+    let t = wait_value(m0, "timecoin_block_commit_seconds_count", |v| v >= 1.0);
+    let commits = value(&t, "timecoin_block_commit_seconds_count");
+    assert!(commits >= 1.0);
+    assert_eq!(value(&t, "timecoin_block_rounds_count"), commits);
+    assert!(value(&t, "timecoin_block_sync_lag_blocks") >= 0.0);
+    assert!(value(&t, "timecoin_catchup_lag_entries") >= 0.0);
+    assert!(value(&t, "timecoin_catchup_proofs_fetching") >= 0.0);
+    promtool_check_metrics(&t);
 }
 
 /// Metric names a scrape declares (`# TYPE`, histograms with their series).

@@ -6,6 +6,7 @@
 //! - [`blocks`]: blocks, commit certificates, leader selection and the BFT
 //!   block consensus state machine.
 //! - [`codec`]: bounded decoding primitives for untrusted bytes.
+//! - [`histogram`]: fixed-bucket histograms the state machines keep.
 //! - [`protocol`]: types, validation, UTXO states, votes, quorum, TimeProofs,
 //!   the engine.
 //! - [`sig`]: the one signature rule (ZIP 215): every ed25519 verification.
@@ -15,6 +16,7 @@
 
 pub mod blocks;
 pub mod codec;
+pub mod histogram;
 pub mod masternode;
 pub mod protocol;
 pub mod sig;

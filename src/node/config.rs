@@ -577,6 +577,39 @@ impl RunArgs {
 mod tests {
     use super::*;
 
+    /// The config file's keys, read from `FileConfig` itself.
+    fn file_keys() -> Vec<&'static str> {
+        let src = include_str!("config.rs");
+        let body = src
+            .split("struct FileConfig {")
+            .nth(1)
+            .and_then(|b| b.split("\n}").next())
+            .expect("FileConfig in config.rs");
+        body.lines()
+            .map(str::trim)
+            .filter(|l| !l.starts_with('#') && !l.starts_with("//"))
+            .filter_map(|l| l.split_once(':').map(|(k, _)| k))
+            .collect()
+    }
+
+    #[test]
+    fn config_every_file_key_is_in_the_readme_and_the_example_node_toml() {
+        let keys = file_keys();
+        assert!(keys.len() > 20, "{keys:?}");
+        let readme = include_str!("../../README.md");
+        let toml = include_str!("../../deploy/node.toml");
+        for k in keys {
+            assert!(
+                readme.contains(&format!("`{k}`")),
+                "README's config key list lacks `{k}`"
+            );
+            assert!(
+                toml.contains(&format!("\n{k} =")) || toml.contains(&format!("\n# {k} =")),
+                "deploy/node.toml does not document {k}"
+            );
+        }
+    }
+
     #[test]
     fn flags_override_file_and_file_paths_are_relative() {
         let dir = tempfile::tempdir().unwrap();

@@ -8,8 +8,11 @@
 //! (`NetStats`, `FastPathStats`, `VoteThreadStats`, `VerifierStats`,
 //! `WalletStats`) read at scrape time by [`NodeCollector`]. State values
 //! (finalized payments, UTXO set size, database size) are read from the
-//! store, so they survive restarts; the state machine's own counters are
-//! published by the core thread once a second ([`CoreSnapshot`]).
+//! store, so they survive restarts; the state machine's own counters and
+//! histograms (vote collection in the engine, block commit time and round
+//! in the consensus, missed votes per masternode, the Byzantine detections
+//! of each place that detects one) are published by the core thread once a
+//! second ([`CoreSnapshot`]) and encoded from there at scrape time.
 //!
 //! Owns no protocol logic and never blocks the core: a scrape reads atomics
 //! and one snapshot behind a mutex the core holds only to copy into it.
@@ -26,7 +29,7 @@ use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric, NoLabelSet};
 use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
@@ -49,6 +52,7 @@ use crate::protocol::types::PublicKey;
 use crate::protocol::validation::RejectCode;
 use crate::protocol::vote::VoteBatch;
 use crate::storage::LmdbStore;
+use timecoin_core::histogram::{Buckets, Histogram as CoreHistogram};
 
 /// Scrapes served at once; one more waits for a slot (Prometheus scrapes
 /// once per interval; anything else is local tooling).
@@ -80,6 +84,22 @@ pub struct ClassLabel {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabel {
     pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabel {
+    kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct MasternodeLabel {
+    masternode: String,
+}
+
+/// A masternode as a label value: the first 8 bytes of its key in hex
+/// (unique enough for a registry, short enough for a legend).
+pub fn masternode_label(key: &PublicKey) -> String {
+    hex::encode(&key.0[..8])
 }
 
 /// Peer messages and bytes per priority class and direction, and the
@@ -325,6 +345,15 @@ impl NodeMetrics {
         };
         snap.engine = mn.metrics().clone();
         snap.masternode = mn.stats();
+        snap.catchup_lag = mn.catchup_lag();
+        let registry = mn.engine().registry();
+        if snap.masternodes.len() != registry.len() {
+            snap.masternodes = registry
+                .masternodes()
+                .iter()
+                .map(|m| masternode_label(&m.key))
+                .collect();
+        }
         snap.blocks = mn.block_layer().map(|b| BlockSnapshot {
             status: b.status(),
             round: b.consensus().height_round().1,
@@ -332,6 +361,7 @@ impl NodeMetrics {
             consensus: b.consensus().stats().clone(),
             layer: b.stats().clone(),
             sync: b.sync_stats().clone(),
+            sync_lag: b.sync_lag(),
         });
     }
 }
@@ -341,6 +371,11 @@ impl NodeMetrics {
 pub struct CoreSnapshot {
     pub engine: EngineMetrics,
     pub masternode: MasternodeStats,
+    /// Finality-log entries a connected peer listed and this node has not
+    /// walked yet (most of any peer), and proofs being fetched.
+    pub catchup_lag: (u64, usize),
+    /// Each registered masternode's label, in registry order.
+    pub masternodes: Vec<String>,
     /// The block layer, if it runs.
     pub blocks: Option<BlockSnapshot>,
 }
@@ -354,6 +389,8 @@ pub struct BlockSnapshot {
     pub consensus: timecoin_core::blocks::consensus::ConsensusStats,
     pub layer: timecoin_core::masternode::blocks::BlockLayerStats,
     pub sync: timecoin_core::masternode::block_sync::SyncStats,
+    /// Blocks behind the best height peers showed.
+    pub sync_lag: u64,
 }
 
 /// Everything of one node that `/metrics` shows.
@@ -542,6 +579,57 @@ fn gauge(e: &mut DescriptorEncoder, name: &str, help: &str, v: i64) -> std::fmt:
     let g = ConstGauge::new(v);
     let m = e.encode_descriptor(name, help, None, MetricType::Gauge)?;
     g.encode(m)
+}
+
+/// A state machine's histogram of milliseconds (or of counts, `scale` 1),
+/// as a Prometheus histogram.
+fn histogram<B: Buckets>(
+    e: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    unit: Option<&Unit>,
+    h: &CoreHistogram<B>,
+    scale: f64,
+) -> std::fmt::Result {
+    let buckets: Vec<(f64, u64)> = h
+        .buckets()
+        .map(|(b, n)| (b.map_or(f64::INFINITY, |b| b as f64 / scale), n))
+        .collect();
+    let mut m = e.encode_descriptor(name, help, unit, MetricType::Histogram)?;
+    m.encode_histogram::<NoLabelSet>(h.sum() as f64 / scale, h.count(), &buckets, None)
+}
+
+/// Byzantine behaviour this node detected, one `kind` per place that
+/// detects it (each that place's own counter).
+fn byzantine(e: &mut DescriptorEncoder, values: &[(&'static str, u64)]) -> std::fmt::Result {
+    let mut m = e.encode_descriptor(
+        "byzantine_detections",
+        "Byzantine behaviour detected, by kind (each counted where it is detected)",
+        None,
+        MetricType::Counter,
+    )?;
+    for (kind, v) in values {
+        ConstCounter::new(*v).encode(m.encode_family(&KindLabel { kind })?)?;
+    }
+    Ok(())
+}
+
+/// Per registered masternode: finalized payments whose TimeProof held here
+/// lacks its approve vote.
+fn missed_votes(e: &mut DescriptorEncoder, snap: &CoreSnapshot) -> std::fmt::Result {
+    let mut m = e.encode_descriptor(
+        "missed_votes",
+        "TimeProofs held here without this masternode's approve vote (down or slow), per registered masternode",
+        None,
+        MetricType::Counter,
+    )?;
+    for (i, masternode) in snap.masternodes.iter().enumerate() {
+        let l = MasternodeLabel {
+            masternode: masternode.clone(),
+        };
+        ConstCounter::new(snap.engine.missed_votes(i)).encode(m.encode_family(&l)?)?;
+    }
+    Ok(())
 }
 
 /// One counter family with a `reason` label.
@@ -798,6 +886,45 @@ impl Collector for NodeCollector {
             "TimeProofs received that did not verify",
             m.proofs_invalid,
         )?;
+        histogram(
+            &mut e,
+            "vote_collection",
+            "Time from this node's approve vote to the quorum of approvals its tally reported (TimeProof formed)",
+            Some(&Unit::Seconds),
+            &m.vote_collection,
+            1000.0,
+        )?;
+        missed_votes(&mut e, &snap)?;
+        let (log_lag, fetching) = snap.catchup_lag;
+        gauge(
+            &mut e,
+            "catchup_lag_entries",
+            "Finality-log entries a connected peer listed that this node has not walked yet (most of any peer)",
+            log_lag as i64,
+        )?;
+        gauge(
+            &mut e,
+            "catchup_proofs_fetching",
+            "Proofs of listed payments being fetched from peers",
+            fetching as i64,
+        )?;
+        let (c, l) = snap
+            .blocks
+            .as_ref()
+            .map_or((Default::default(), Default::default()), |b| {
+                (b.consensus.clone(), b.layer.clone())
+            });
+        byzantine(
+            &mut e,
+            &[
+                ("payment_equivocation", m.equivocations),
+                ("conflicting_proofs", m.conflicting_proofs),
+                ("forged_vote_signature", load(&v.bad_signatures)),
+                ("block_equivocation", c.equivocations),
+                ("block_fork", c.forks),
+                ("block_contradiction", l.contradictions),
+            ],
+        )?;
 
         let st = &snap.masternode;
         counter(
@@ -981,6 +1108,28 @@ fn encode_blocks(e: &mut DescriptorEncoder, b: &BlockSnapshot) -> std::fmt::Resu
         "Block requests given up and asked elsewhere",
         y.timeouts,
     )?;
+    gauge(
+        e,
+        "block_sync_lag_blocks",
+        "Blocks this node is behind the best height its peers showed",
+        b.sync_lag as i64,
+    )?;
+    histogram(
+        e,
+        "block_commit",
+        "Time from a block height's start here to its commit",
+        Some(&Unit::Seconds),
+        &c.commit_time,
+        1000.0,
+    )?;
+    histogram(
+        e,
+        "block_rounds",
+        "Consensus round each block committed in (0: no view change)",
+        None,
+        &c.commit_rounds,
+        1.0,
+    )?;
     Ok(())
 }
 
@@ -1052,5 +1201,177 @@ fn answer(m: &NodeMetrics, req: Request<Incoming>) -> Response<Full<Bytes>> {
             "text/plain",
             "not found: metrics are at /metrics\n".into(),
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node_metrics() -> (NodeMetrics, Arc<VoteThreadStats>) {
+        let votes = Arc::new(VoteThreadStats::default());
+        let m = NodeMetrics::new(Sources {
+            net: Arc::new(NetStats::default()),
+            wallet: Arc::new(WalletStats::default()),
+            votes: votes.clone(),
+            verifier: Arc::new(VerifierStats::default()),
+            fast: None,
+        });
+        (m, votes)
+    }
+
+    fn line<'a>(text: &'a str, series: &str) -> Option<&'a str> {
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+    }
+
+    #[test]
+    fn metrics_new_families_read_the_state_machines_counters() {
+        let (m, votes) = node_metrics();
+        let fresh = m.render();
+        // Every Byzantine kind exists at 0 before anything happened.
+        for kind in [
+            "payment_equivocation",
+            "conflicting_proofs",
+            "forged_vote_signature",
+            "block_equivocation",
+            "block_fork",
+            "block_contradiction",
+        ] {
+            let s = format!("timecoin_byzantine_detections_total{{kind=\"{kind}\"}}");
+            assert_eq!(line(&fresh, &s), Some("0"), "{s} in\n{fresh}");
+        }
+        assert_eq!(
+            line(&fresh, "timecoin_vote_collection_seconds_count"),
+            Some("0")
+        );
+        assert_eq!(
+            line(
+                &fresh,
+                "timecoin_vote_collection_seconds_bucket{le=\"+Inf\"}"
+            ),
+            Some("0")
+        );
+
+        votes.bad_signatures.fetch_add(2, Ordering::Relaxed);
+        votes.refused.fetch_add(5, Ordering::Relaxed);
+        {
+            let mut snap = m.snapshot.lock().unwrap();
+            let e = &mut snap.engine;
+            e.vote_collection.observe(3);
+            e.vote_collection.observe(40);
+            e.equivocations = 1;
+            e.proofs_held = 4;
+            e.proof_votes = vec![4, 1, 3];
+            snap.masternodes = vec!["aa".into(), "bb".into(), "cc".into()];
+        }
+        let t = m.render();
+        // Forged votes: the vote threads' bad signatures, apart from the
+        // batches refused for other reasons.
+        assert_eq!(
+            line(
+                &t,
+                "timecoin_byzantine_detections_total{kind=\"forged_vote_signature\"}"
+            ),
+            Some("2")
+        );
+        assert_eq!(
+            line(
+                &t,
+                "timecoin_invalid_vote_batches_total{reason=\"bad_signature\"}"
+            ),
+            Some("2")
+        );
+        assert_eq!(
+            line(
+                &t,
+                "timecoin_byzantine_detections_total{kind=\"payment_equivocation\"}"
+            ),
+            Some("1")
+        );
+        // 3 ms and 40 ms: cumulative buckets, sum in seconds.
+        assert_eq!(
+            line(&t, "timecoin_vote_collection_seconds_count"),
+            Some("2")
+        );
+        assert_eq!(
+            line(&t, "timecoin_vote_collection_seconds_sum"),
+            Some("0.043")
+        );
+        assert_eq!(
+            line(&t, "timecoin_vote_collection_seconds_bucket{le=\"0.002\"}"),
+            Some("0")
+        );
+        assert_eq!(
+            line(&t, "timecoin_vote_collection_seconds_bucket{le=\"0.005\"}"),
+            Some("1")
+        );
+        assert_eq!(
+            line(&t, "timecoin_vote_collection_seconds_bucket{le=\"0.05\"}"),
+            Some("2")
+        );
+        // Missed votes per registered masternode: proofs held minus its votes.
+        for (mn, missed) in [("aa", "0"), ("bb", "3"), ("cc", "1")] {
+            let s = format!("timecoin_missed_votes_total{{masternode=\"{mn}\"}}");
+            assert_eq!(line(&t, &s), Some(missed), "{s}");
+        }
+        assert_eq!(
+            t.matches("timecoin_missed_votes_total{").count(),
+            3,
+            "one series per registered masternode"
+        );
+    }
+
+    #[test]
+    fn metrics_block_families_follow_the_consensus_stats() {
+        let (m, _) = node_metrics();
+        let mut consensus = timecoin_core::blocks::consensus::ConsensusStats::default();
+        consensus.commit_time.observe(900);
+        consensus.commit_rounds.observe(0);
+        consensus.commit_rounds.observe(2);
+        consensus.forks = 1;
+        m.snapshot.lock().unwrap().blocks = Some(BlockSnapshot {
+            status: timecoin_core::protocol::message::BlockStatus {
+                height: 7,
+                tip: timecoin_core::blocks::BlockHash([0; 32]),
+                tip_time_ms: 0,
+                syncing: true,
+                unconfirmed: 0,
+            },
+            round: 0,
+            halted: true,
+            consensus,
+            layer: Default::default(),
+            sync: Default::default(),
+            sync_lag: 12,
+        });
+        let t = m.render();
+        assert_eq!(line(&t, "timecoin_block_sync_lag_blocks"), Some("12"));
+        assert_eq!(line(&t, "timecoin_block_commit_seconds_count"), Some("1"));
+        assert_eq!(line(&t, "timecoin_block_commit_seconds_sum"), Some("0.9"));
+        assert_eq!(
+            line(&t, "timecoin_block_commit_seconds_bucket{le=\"0.5\"}"),
+            Some("0")
+        );
+        assert_eq!(
+            line(&t, "timecoin_block_commit_seconds_bucket{le=\"1\"}"),
+            Some("1")
+        );
+        assert_eq!(
+            line(&t, "timecoin_block_rounds_bucket{le=\"0\"}"),
+            Some("1")
+        );
+        assert_eq!(
+            line(&t, "timecoin_block_rounds_bucket{le=\"2\"}"),
+            Some("2")
+        );
+        assert_eq!(line(&t, "timecoin_block_rounds_sum"), Some("2.0"));
+        assert_eq!(
+            line(
+                &t,
+                "timecoin_byzantine_detections_total{kind=\"block_fork\"}"
+            ),
+            Some("1")
+        );
     }
 }

@@ -24,6 +24,7 @@ use crate::blocks::certificate::{
 };
 use crate::blocks::leader::leader;
 use crate::blocks::vote::{BlockVote, Proposal, Slot, VoteKind};
+use crate::histogram::{BlockMillis, Histogram, Rounds};
 use crate::protocol::registry::Registry;
 use crate::protocol::types::{ChainId, PublicKey, Transaction, Txid};
 
@@ -272,6 +273,12 @@ pub struct ConsensusStats {
     /// for the same height, round and step (never on a correct path).
     pub refused_conflicting: u64,
     pub synced_blocks: u64,
+    /// From a height's start (its first round) to its commit, ms.
+    pub commit_time: Histogram<BlockMillis>,
+    /// The round each of those heights committed in.
+    pub commit_rounds: Histogram<Rounds>,
+    /// Two commit certificates for one height seen (block processing stops).
+    pub forks: u64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -357,6 +364,8 @@ pub struct BlockConsensus {
     stats: ConsensusStats,
     /// The latest time a driver passed in.
     now: u64,
+    /// When the height being decided started here (for `commit_time`).
+    height_started_ms: Option<u64>,
 }
 
 impl BlockConsensus {
@@ -401,6 +410,7 @@ impl BlockConsensus {
             halted: None,
             stats: ConsensusStats::default(),
             now,
+            height_started_ms: None,
         };
         #[cfg(feature = "planted-bugs")]
         let own: &[OwnBlockVote] = if c.cfg.planted.forget_votes { &[] } else { own };
@@ -430,6 +440,7 @@ impl BlockConsensus {
             Some((round, step)) => {
                 // Resume mid-height at once: the interval has passed already.
                 c.started = true;
+                c.height_started_ms = Some(now);
                 c.round = round;
                 c.rounds.entry(round).or_default();
                 c.step = match step {
@@ -743,6 +754,7 @@ impl BlockConsensus {
     /// the tip) and stops block processing.
     pub fn fork(&mut self, evidence: ForkEvidence) {
         if self.halted.is_none() {
+            self.stats.forks += 1;
             self.out
                 .writes
                 .push(ConsensusWrite::Fork(Box::new(evidence.clone())));
@@ -773,6 +785,7 @@ impl BlockConsensus {
             match timer {
                 Timer::StartHeight if !self.started => {
                     self.started = true;
+                    self.height_started_ms = Some(now);
                     self.start_round(now, 0, ledger);
                 }
                 Timer::Propose if self.step == Step::Propose => {
@@ -1164,6 +1177,11 @@ impl BlockConsensus {
 
     fn commit(&mut self, now: u64, block: Block, cert: CommitCertificate) {
         self.stats.committed += 1;
+        if let Some(at) = self.height_started_ms.take() {
+            // Heights this node took part in (not those synced before they began).
+            self.stats.commit_time.observe(now.saturating_sub(at));
+            self.stats.commit_rounds.observe(cert.slot.round as u64);
+        }
         self.tip = ChainTip {
             height: block.height(),
             hash: block.hash(),

@@ -519,6 +519,32 @@ fn silent_leader_leads_to_view_change() {
 }
 
 #[test]
+fn commit_time_and_round_are_measured_per_height_taken_part_in() {
+    let mut net = Net::new(4, 1);
+    net.run(3_000);
+    for n in net.nodes.iter().flatten() {
+        let s = n.stats();
+        // Every committed height started here (none was synced), each in
+        // round 0 (no faults), each after its start.
+        assert!(s.committed >= 5);
+        assert_eq!(s.commit_time.count(), s.committed - s.synced_blocks);
+        assert_eq!(s.commit_rounds.count(), s.commit_time.count());
+        assert_eq!(s.commit_rounds.sum(), 0, "no view change, all in round 0");
+        assert_eq!(s.forks, 0);
+    }
+    // A silent leader: its height commits in a later round at the others.
+    let mut net = Net::new(4, 2);
+    let l = leader(CHAIN, &net.reg, 1, 0);
+    let li = net.reg.position(&l).unwrap();
+    net.silent.insert(li);
+    net.run(3_000);
+    let i = (li + 1) % 4;
+    let s = net.nodes[i].as_ref().unwrap().stats();
+    assert!(s.commit_rounds.sum() >= 1, "{:?}", s.commit_rounds);
+    assert!(s.commit_rounds.buckets().next().unwrap().1 < s.commit_rounds.count());
+}
+
+#[test]
 fn non_final_transaction_is_never_committed() {
     let mut net = Net::new(4, 3);
     let bad = sample_tx(9);
@@ -950,6 +976,7 @@ fn a_second_certificate_at_the_tip_is_a_fork() {
         .handle_commit(10, other, forged.clone(), &TestLedger::default())
         .unwrap();
     assert!(!applied);
+    assert_eq!(c.stats().forks, 1, "counted once, as a Byzantine detection");
     let ev = c.halted().expect("halted").clone();
     assert!(ev.verify(CHAIN, &net.reg));
     assert!(matches!(

@@ -83,6 +83,11 @@ impl BlockSync {
         self.best_known() > tip
     }
 
+    /// How many committed blocks the best height peers showed is above `tip`.
+    pub fn lag(&self, tip: u64) -> u64 {
+        self.best_known().saturating_sub(tip)
+    }
+
     pub fn peer_disconnected(&mut self, peer: &PublicKey) {
         self.inflight.remove(peer);
     }
@@ -275,5 +280,19 @@ mod tests {
         assert!(s.received(pk(1), 5, committed(far)).is_none());
         assert_eq!(s.stats.blocks_dropped, 2);
         assert!(s.ahead.is_empty() && s.ahead_bytes == 0);
+    }
+
+    #[test]
+    fn lag_is_the_best_peer_height_above_the_tip() {
+        let mut s = BlockSync::default();
+        assert_eq!(s.lag(0), 0, "no peer heard from");
+        // Peers show the height they work on: 41 means blocks up to 40.
+        s.saw(pk(1), 41);
+        s.saw(pk(2), 12);
+        assert_eq!(s.lag(10), 30);
+        assert_eq!(s.lag(40), 0, "caught up");
+        assert_eq!(s.lag(45), 0, "ahead of every peer is no lag");
+        s.saw(pk(2), 5);
+        assert_eq!(s.lag(10), 30, "a peer's lower height later changes nothing");
     }
 }

@@ -266,6 +266,11 @@ impl BlockLayer {
         }
     }
 
+    /// Blocks this node is behind the best height its peers showed.
+    pub fn sync_lag(&self) -> u64 {
+        self.sync.lag(self.tip().height)
+    }
+
     pub fn sync_stats(&self) -> &crate::masternode::block_sync::SyncStats {
         &self.sync.stats
     }

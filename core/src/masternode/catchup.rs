@@ -299,4 +299,55 @@ impl CatchUp {
     pub fn fetching(&self) -> usize {
         self.peers.values().map(|p| p.fetching.len()).sum()
     }
+
+    /// The payment catch-up lag: the most finality-log entries one connected
+    /// peer reported that this node has not walked yet.
+    pub fn log_lag(&self) -> u64 {
+        self.peers
+            .values()
+            .filter(|p| p.connected)
+            .map(|p| p.head.saturating_sub(p.cursor))
+            .max()
+            .unwrap_or(0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log_lag_is_what_a_connected_peer_listed_beyond_the_walk() {
+        let (a, b) = (PublicKey([1; 32]), PublicKey([2; 32]));
+        let mut c = CatchUp::new(
+            CatchUpConfig {
+                max_fetching: 4,
+                ..CatchUpConfig::default()
+            },
+            [a, b],
+        );
+        assert_eq!(c.log_lag(), 0);
+        c.connected_peer(1, a);
+        let mut out = Vec::new();
+        c.poll(1_000, |_| false, &mut out);
+        assert!(matches!(
+            out[..],
+            [(_, Message::FinalityLogRequest { from: 0 })]
+        ));
+        // A page of 4 entries of a 10-entry log, all unknown here: all 4
+        // fetched, and the walk pauses (the fetch cap is full) with 6 left.
+        let txids: Vec<Txid> = (0..4u8).map(|i| Txid([i; 32])).collect();
+        out.clear();
+        let page = LogPage {
+            from: 0,
+            head: 10,
+            txids: &txids,
+        };
+        c.on_page(1_001, a, page, |_| false, &mut out);
+        assert_eq!(c.log_lag(), 10 - 4);
+        assert_eq!(c.fetching(), 4);
+        // A disconnected peer's log says nothing about this node's lag.
+        c.disconnected_peer(&a);
+        assert_eq!(c.log_lag(), 0);
+    }
 }

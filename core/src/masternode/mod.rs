@@ -322,6 +322,13 @@ impl Masternode {
         self.catchup.connected().count()
     }
 
+    /// Catch-up progress: finality-log entries a connected peer reported and
+    /// this node has not walked yet (the most of any peer), and proofs it
+    /// is fetching.
+    pub fn catchup_lag(&self) -> (u64, usize) {
+        (self.catchup.log_lag(), self.catchup.fetching())
+    }
+
     /// A wallet session opened; `session` must be new (never reused).
     pub fn handle_wallet_open(&mut self, session: SessionId) {
         self.router.open(session);

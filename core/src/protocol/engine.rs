@@ -15,6 +15,7 @@ use std::sync::Arc;
 
 use ed25519_dalek::SigningKey;
 
+use crate::histogram::{Histogram, Millis};
 use crate::protocol::registry::Registry;
 use crate::protocol::tally::{TallyEvent, VerifiedBatch, VoteAggregator};
 use crate::protocol::timeproof::TimeProof;
@@ -208,6 +209,37 @@ pub struct Metrics {
     /// Transactions this node learned final from a committed block (synced)
     /// rather than from a TimeProof.
     pub tx_synced_from_blocks: u64,
+    /// From this node's approve vote to the quorum of approvals its tally
+    /// reported (milliseconds), for the transactions that quorum finalized.
+    pub vote_collection: Histogram<Millis>,
+    /// TimeProofs applied and held here (payments finalized by a proof).
+    pub proofs_held: u64,
+    /// Approve votes each registered masternode (registry position) had in
+    /// those proofs; see [`Metrics::missed_votes`].
+    pub proof_votes: Vec<u64>,
+}
+
+impl Metrics {
+    /// Proofs held here that lack the approve vote of the masternode at
+    /// registry `position`: one that is down or slow shows up here.
+    pub fn missed_votes(&self, position: usize) -> u64 {
+        let had = self.proof_votes.get(position).copied().unwrap_or(0);
+        self.proofs_held.saturating_sub(had)
+    }
+
+    /// A proof this node holds now: counts each of its voters once (a
+    /// verified proof names a voter once).
+    fn proof_held(&mut self, proof: &TimeProof, registry: &Registry) {
+        self.proofs_held += 1;
+        if self.proof_votes.len() != registry.len() {
+            self.proof_votes.resize(registry.len(), 0);
+        }
+        for v in &proof.votes {
+            if let Some(i) = registry.position(&v.voter) {
+                self.proof_votes[i] += 1;
+            }
+        }
+    }
 }
 
 /// Why a committed block's transaction cannot be applied here. Both mean
@@ -245,6 +277,9 @@ struct TxRecord {
     /// Counted in the origin window (a wallet's payment, undecided, younger
     /// than `origin_window_age_ms`).
     in_window: bool,
+    /// When this run queued its approve vote: where its vote collection
+    /// starts (None: not approved here, or loaded from the store).
+    voted_ms: Option<u64>,
 }
 
 impl TxRecord {
@@ -264,6 +299,7 @@ impl TxRecord {
             origin: Origin::Peer,
             since_ms,
             in_window: false,
+            voted_ms: None,
         }
     }
 }
@@ -634,6 +670,7 @@ impl Engine {
                     origin,
                     since_ms: now,
                     in_window: false,
+                    voted_ms: None,
                 },
             );
             return self.emit(Event::Rejected {
@@ -717,6 +754,7 @@ impl Engine {
                 origin,
                 since_ms: now,
                 in_window: origin == Origin::Wallet,
+                voted_ms: None,
             },
         );
         self.pending_count += 1;
@@ -754,6 +792,9 @@ impl Engine {
         }
         self.metrics.tx_accepted += 1;
         self.insert_record(now, txid, tx.clone(), origin);
+        if let Some(r) = self.txs.get_mut(&txid) {
+            r.voted_ms.get_or_insert(now);
+        }
         if origin == Origin::Wallet {
             self.round.outputs.push(Output::BroadcastTransaction(tx));
             self.emit(Event::Accepted { txid });
@@ -797,6 +838,7 @@ impl Engine {
                 origin,
                 since_ms: now,
                 in_window: false,
+                voted_ms: None,
             },
         );
     }
@@ -915,6 +957,7 @@ impl Engine {
         for ev in events {
             match ev {
                 TallyEvent::Quorum { txid, votes, .. } => {
+                    self.vote_collection_ended(now, &txid);
                     let proof = Arc::new(TimeProof {
                         chain_id: self.cfg.chain_id,
                         txid,
@@ -955,6 +998,17 @@ impl Engine {
                     }
                     self.emit(Event::Equivocation { voter, txid });
                 }
+            }
+        }
+    }
+
+    /// The tally reported the quorum for `txid`: its vote collection ended
+    /// here (counted once, for a payment this node approved and that is not
+    /// final yet by another proof).
+    fn vote_collection_ended(&mut self, now: u64, txid: &Txid) {
+        if let Some(rec) = self.txs.get(txid) {
+            if let (Status::Pending, Some(at)) = (rec.status, rec.voted_ms) {
+                self.metrics.vote_collection.observe(now.saturating_sub(at));
             }
         }
     }
@@ -1153,6 +1207,7 @@ impl Engine {
                 .push(Write::PutTransaction(txid, (*tx).clone()));
         }
         self.round.writes.push(Write::PutProof((*proof).clone()));
+        self.metrics.proof_held(&proof, &self.registry);
         self.set_status(txid, Status::Finalized);
         let mut age_ms = 0;
         if let Some(r) = self.txs.get_mut(&txid) {
@@ -1385,6 +1440,7 @@ impl Engine {
         addresses.sort();
         addresses.dedup();
         self.round.writes.push(Write::PutProof(proof.clone()));
+        self.metrics.proof_held(&proof, &self.registry);
         self.metrics.tx_finalized += 1;
         self.emit(Event::Finalized {
             txid,

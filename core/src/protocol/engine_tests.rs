@@ -332,6 +332,54 @@ fn one_of_four_down_still_finalizes() {
 }
 
 #[test]
+fn vote_collection_and_missed_votes_follow_the_quorum() {
+    let (a, b) = (wallet(0), wallet(1));
+    let mut c = Cluster::new(4, &[a.clone(), b.clone()]);
+    let pos = |c: &Cluster, i: usize| {
+        c.genesis
+            .registry
+            .position(&PublicKey::from_signing(&c.keys[i]))
+            .unwrap()
+    };
+    c.crash(3);
+    let tx = pay(&a, 0, 0, &b, COIN);
+    let txid = tx.txid();
+    c.submit(1, tx.clone());
+    c.run();
+    for i in 0..3 {
+        let m = c.engines[i].as_ref().unwrap().metrics();
+        assert!(c.finalized_at(i, &txid).is_some());
+        // Its own tally reached the quorum after its approve vote: one
+        // collection measured, on the engine's clock.
+        assert_eq!(m.vote_collection.count(), 1, "node {i}");
+        assert!(m.vote_collection.sum() <= c.now);
+        // The proof holds the three live votes; the crashed node missed it.
+        assert_eq!(m.proofs_held, 1);
+        assert_eq!(m.missed_votes(pos(&c, 3)), 1, "node {i}");
+        for j in 0..3 {
+            assert_eq!(m.missed_votes(pos(&c, j)), 0, "node {i} on {j}");
+        }
+    }
+    // A double spend is refused: no quorum, nothing measured or held.
+    c.submit(1, pay(&a, 0, 0, &a, 2 * COIN));
+    c.run();
+    let m = c.engines[1].as_ref().unwrap().metrics();
+    assert_eq!((m.vote_collection.count(), m.proofs_held), (1, 1));
+    // The restarted node learns it from a peer's proof: it holds the proof
+    // (which lacks its own vote) but collected no votes for it.
+    c.restart(3);
+    let proof = c.stores[0].get_proof(&txid).unwrap().unwrap();
+    let (p0, p3) = (pos(&c, 0), pos(&c, 3));
+    let e = c.engines[3].as_mut().unwrap();
+    e.handle_proof(c.now + 1, tx, proof);
+    let m = e.metrics();
+    assert_eq!(m.vote_collection.count(), 0);
+    assert_eq!(m.proofs_held, 1);
+    assert_eq!(m.missed_votes(p3), 1);
+    assert_eq!(m.missed_votes(p0), 0);
+}
+
+#[test]
 fn chained_payment_and_catch_up_after_restart() {
     let (a, b) = (wallet(0), wallet(1));
     let mut c = Cluster::new(4, &[a.clone(), b.clone()]);
