@@ -194,7 +194,7 @@ fn log_event(ev: &Event) {
             proof,
             ..
         } => {
-            debug!(%txid, age_ms, votes = proof.votes.len(), "payment final (TimeProof)")
+            debug!(%txid, ?age_ms, votes = proof.votes.len(), "payment final (TimeProof)")
         }
         Event::Rejected {
             txid,

@@ -284,7 +284,11 @@ impl CoreMetrics {
         match ev {
             Event::Finalized { age_ms, .. } => {
                 self.finalized.inc();
-                self.finality.observe(*age_ms as f64 / 1000.0);
+                // Not timed when it was pending before a restart: its
+                // arrival time is not known.
+                if let Some(ms) = age_ms {
+                    self.finality.observe(*ms as f64 / 1000.0);
+                }
             }
             Event::Rejected { reason, .. } => self.rejected(*reason),
             Event::Equivocation { .. } => {

@@ -447,7 +447,7 @@ mod tests {
                 votes: vec![],
             }),
             tx: Arc::new(tx.clone()),
-            age_ms: 0,
+            age_ms: Some(0),
             addresses,
             spent,
         }

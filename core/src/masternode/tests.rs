@@ -1163,3 +1163,37 @@ fn a_full_origin_window_refuses_wallet_payments_at_once_and_frees_with_finality(
         "an aged-out payment keeps its lock"
     );
 }
+
+/// A payment seen arriving is timed from its arrival to its proof; one
+/// that was pending before a restart is not timed (its arrival time is not
+/// known, and 0 would time it from the epoch).
+#[test]
+fn finality_is_timed_only_for_payments_seen_arriving_in_this_run() {
+    let mut net = Net::new(4);
+    net.run_for(300);
+    let age = |net: &Net, txid: &Txid| {
+        net.events[0].iter().find_map(|e| match e {
+            Event::Finalized {
+                txid: t, age_ms, ..
+            } if t == txid => Some(*age_ms),
+            _ => None,
+        })
+    };
+    let seen = pay(1, COIN);
+    net.submit(0, seen.clone());
+    net.run_for(500);
+    let timed = age(&net, &seen.txid()).expect("final");
+    assert!(timed.is_some_and(|ms| ms < 10_000), "{timed:?}");
+    // Pending at node 0 (nobody else heard it), then node 0 restarts.
+    net.drop_broadcasts = true;
+    let pending = pay(2, COIN);
+    net.submit(0, pending.clone());
+    net.run_for(300);
+    net.nodes[0] = None;
+    net.start(0);
+    net.links();
+    net.drop_broadcasts = false;
+    net.run_for(5_000);
+    assert!(net.is_final(0, &pending.txid()));
+    assert_eq!(age(&net, &pending.txid()), Some(None), "not timed");
+}

@@ -118,8 +118,10 @@ pub enum Event {
         txid: Txid,
         proof: Arc<TimeProof>,
         tx: Arc<Transaction>,
-        /// Milliseconds from this engine's first sight of it to its proof.
-        age_ms: u64,
+        /// Milliseconds from this engine's first sight of it to its proof;
+        /// `None` when it was loaded from the store at start (not seen
+        /// arriving in this run).
+        age_ms: Option<u64>,
         /// Addresses whose balance changed (input owners and recipients).
         addresses: Vec<Address>,
         /// The outputs it spent, now SpentFinalized.
@@ -274,6 +276,8 @@ struct TxRecord {
     last_request_ms: u64,
     origin: Origin,
     since_ms: u64,
+    /// `since_ms` is when this run first saw it (false: loaded at start).
+    seen_this_run: bool,
     /// Counted in the origin window (a wallet's payment, undecided, younger
     /// than `origin_window_age_ms`).
     in_window: bool,
@@ -298,6 +302,7 @@ impl TxRecord {
             last_request_ms: 0,
             origin: Origin::Peer,
             since_ms,
+            seen_this_run: false,
             in_window: false,
             voted_ms: None,
         }
@@ -669,6 +674,7 @@ impl Engine {
                     last_request_ms: 0,
                     origin,
                     since_ms: now,
+                    seen_this_run: true,
                     in_window: false,
                     voted_ms: None,
                 },
@@ -753,6 +759,7 @@ impl Engine {
                 last_request_ms: 0,
                 origin,
                 since_ms: now,
+                seen_this_run: true,
                 in_window: origin == Origin::Wallet,
                 voted_ms: None,
             },
@@ -837,6 +844,7 @@ impl Engine {
                 last_request_ms: 0,
                 origin,
                 since_ms: now,
+                seen_this_run: true,
                 in_window: false,
                 voted_ms: None,
             },
@@ -1209,10 +1217,10 @@ impl Engine {
         self.round.writes.push(Write::PutProof((*proof).clone()));
         self.metrics.proof_held(&proof, &self.registry);
         self.set_status(txid, Status::Finalized);
-        let mut age_ms = 0;
+        let mut age_ms = None;
         if let Some(r) = self.txs.get_mut(&txid) {
             r.proof_weight = weight;
-            age_ms = now.saturating_sub(r.since_ms);
+            age_ms = r.seen_this_run.then(|| now.saturating_sub(r.since_ms));
         }
         self.metrics.tx_finalized += 1;
         self.emit(Event::Finalized {
@@ -1430,7 +1438,8 @@ impl Engine {
         let age_ms = self
             .txs
             .get(&txid)
-            .map_or(0, |r| now.saturating_sub(r.since_ms));
+            .filter(|r| r.seen_this_run)
+            .map(|r| now.saturating_sub(r.since_ms));
         let mut addresses: Vec<Address> = tx.outputs.iter().map(|o| o.address).collect();
         for i in &tx.inputs {
             if let Some(e) = self.utxos.get(&i.prev) {
