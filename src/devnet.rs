@@ -241,8 +241,10 @@ impl DevnetLayout {
                 "# masternode {i} of a local devnet\n\
                  data_dir = \"data\"\nkey_file = \"key.json\"\ngenesis = \"../genesis.json\"\n\
                  network = \"devnet\"\nlisten_host = \"127.0.0.1\"\np2p_port = {port}\n{fast}\
-                 # all masternodes share this machine: one verifier thread each\n\
+                 # all masternodes share this machine: one verifier and one\n\
+                 # network thread each\n\
                  verify_threads = 1\n\
+                 net_threads = 1\n\
                  metrics_listen = \"127.0.0.1:{metrics}\"\n\
                  rpc_listen = \"127.0.0.1:{rpc}\"\n"
             );

@@ -121,10 +121,16 @@ macro_rules! say {
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime, AnyError> {
-    Ok(tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .thread_name("net")
-        .build()?)
+    runtime_with(None)
+}
+
+/// The node's runtime with `workers` threads (default: one per core).
+fn runtime_with(workers: Option<usize>) -> Result<tokio::runtime::Runtime, AnyError> {
+    let mut b = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = workers {
+        b.worker_threads(n);
+    }
+    Ok(b.enable_all().thread_name("net").build()?)
 }
 
 fn run(args: RunArgs) -> Result<(), AnyError> {
@@ -144,7 +150,7 @@ fn run(args: RunArgs) -> Result<(), AnyError> {
             .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
             .init();
     }
-    let rt = runtime()?;
+    let rt = runtime_with(Some(cfg.net_threads))?;
     rt.block_on(async move {
         let node = Node::start(cfg).await?;
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;

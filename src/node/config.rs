@@ -79,6 +79,10 @@ pub struct RunArgs {
     /// at most 8].
     #[arg(long)]
     pub verify_threads: Option<usize>,
+    /// Network threads (sockets, QUIC, RPC, wallet sessions) [default: one
+    /// per core, at most 4].
+    #[arg(long)]
+    pub net_threads: Option<usize>,
     /// Threads that verify and tally votes (sharded by txid) [default: 1].
     #[arg(long)]
     pub vote_threads: Option<usize>,
@@ -153,6 +157,7 @@ struct FileConfig {
     peer_transport: Option<String>,
     round_window_us: Option<u64>,
     verify_threads: Option<usize>,
+    net_threads: Option<usize>,
     metrics_listen: Option<String>,
     rpc_listen: Option<String>,
     rpc_tls_cert: Option<PathBuf>,
@@ -301,6 +306,8 @@ pub struct NodeConfig {
     pub peer_transport: crate::node::peer_net::PeerTransport,
     pub round_window_us: u64,
     pub verify_threads: usize,
+    /// Tokio worker threads of the node's runtime.
+    pub net_threads: usize,
     /// `/metrics` address; `None`: metrics off.
     pub metrics_listen: Option<SocketAddr>,
     /// JSON-RPC address; `None`: RPC off.
@@ -525,6 +532,10 @@ impl RunArgs {
                 .verify_threads
                 .or(file.verify_threads)
                 .map_or(Ok(cores.min(8)), |v| in_range("verify_threads", v, 1, 64))?,
+            net_threads: self
+                .net_threads
+                .or(file.net_threads)
+                .map_or(Ok(cores.min(4)), |v| in_range("net_threads", v, 1, 64))?,
             round_window_us: self
                 .round_window_us
                 .or(file.round_window_us)
