@@ -186,6 +186,33 @@ fn evidence(data_dir: &std::path::Path) -> Result<(), AnyError> {
             e.second.decision
         );
     }
+    let blocks = store.block_evidence()?;
+    say!("{} block evidence record(s)", blocks.len());
+    for e in blocks {
+        use timecoin_core::blocks::BlockEvidence;
+        let k = e.key();
+        let what = match &e {
+            BlockEvidence::DoubleProposal { first, second } => {
+                format!("two proposals: {} and {}", first.block, second.block)
+            }
+            BlockEvidence::DoubleVote { first, second } => format!(
+                "two {:?}s: {:?} and {:?}",
+                first.kind, first.block, second.block
+            ),
+            BlockEvidence::ConflictingProposal { tx, final_tx, .. } => format!(
+                "proposed {} which conflicts with final payment {}",
+                tx.txid(),
+                final_tx
+            ),
+        };
+        say!(
+            "{} at height {} round {}: {}",
+            k.signer,
+            k.height,
+            k.round,
+            what
+        );
+    }
     Ok(())
 }
 

@@ -928,6 +928,12 @@ fn encode_blocks(e: &mut DescriptorEncoder, b: &BlockSnapshot) -> std::fmt::Resu
     )?;
     counter(
         e,
+        "block_evidence_kept",
+        "Block evidence records stored (double proposals, double votes, conflicting proposals)",
+        c.evidence_kept,
+    )?;
+    counter(
+        e,
         "blocks_synced",
         "Committed blocks applied from sync",
         c.synced_blocks,

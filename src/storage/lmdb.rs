@@ -18,6 +18,7 @@
 //! | `own_block_votes` | height ‖ round (BE) ‖ step | [`VotedBlock`] |
 //! | `block_candidates` | height (BE) ‖ block hash | [`Candidate`] |
 //! | `fork_evidence` | [`BlockHeight`]           | [`ForkEvidence`] |
+//! | `block_evidence` | height ‖ round (BE) ‖ kind ‖ offender | [`BlockEvidence`] |
 //!
 //! Block layouts are in [`timecoin_core::storage::block_records`].
 //!
@@ -49,7 +50,7 @@ use crate::protocol::timeproof::TimeProof;
 use crate::protocol::types::{ChainId, OutPoint, Transaction, Txid};
 use crate::protocol::utxo::{UtxoEntry, UtxoState};
 use crate::protocol::vote::VoteBatch;
-use timecoin_core::blocks::{BlockHash, Candidate, ForkEvidence};
+use timecoin_core::blocks::{BlockEvidence, BlockEvidenceKey, BlockHash, Candidate, ForkEvidence};
 use timecoin_core::storage::block_records::{
     BlockHeight, CandidateKey, OwnBlockVoteKey, VotedBlock,
 };
@@ -71,7 +72,8 @@ const TABLE_OWN_BLOCK_VOTES: &str = "own_block_votes";
 const TABLE_BLOCK_CANDIDATES: &str = "block_candidates";
 const TABLE_FORK_EVIDENCE: &str = "fork_evidence";
 const TABLE_BLOCK_HEIGHTS: &str = "block_heights";
-const TABLE_COUNT: u32 = 13;
+const TABLE_BLOCK_EVIDENCE: &str = "block_evidence";
+const TABLE_COUNT: u32 = 14;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LmdbOptions {
@@ -268,6 +270,8 @@ pub struct LmdbStore {
     fork_evidence: Table<BlockHeight, ForkEvidence>,
     /// Committed block hash -> height (`getblock` by hash).
     block_heights: Table<BlockHash, BlockHeight>,
+    /// Double proposals, double votes and conflicting proposals.
+    block_evidence: Table<BlockEvidenceKey, BlockEvidence>,
 }
 
 /// Reads committed blocks from another thread (see
@@ -371,6 +375,7 @@ impl LmdbStore {
         let block_candidates = Table::create(&env, &mut wtxn, TABLE_BLOCK_CANDIDATES)?;
         let fork_evidence = Table::create(&env, &mut wtxn, TABLE_FORK_EVIDENCE)?;
         let block_heights = Table::create(&env, &mut wtxn, TABLE_BLOCK_HEIGHTS)?;
+        let block_evidence = Table::create(&env, &mut wtxn, TABLE_BLOCK_EVIDENCE)?;
         if version.is_none() {
             let fresh = meta.is_empty(&wtxn)?
                 && utxos.is_empty(&wtxn)?
@@ -406,6 +411,7 @@ impl LmdbStore {
             block_candidates,
             fork_evidence,
             block_heights,
+            block_evidence,
         })
     }
 
@@ -441,6 +447,7 @@ impl LmdbStore {
             Ok(())
         })?;
         snap.fork = self.fork_evidence.last(rtxn)?;
+        snap.evidence_count = self.block_evidence.db.len(rtxn).map_err(backend)?;
         Ok(snap)
     }
 
@@ -644,6 +651,9 @@ impl Store for LmdbStore {
                     self.fork_evidence
                         .put(&mut wtxn, &BlockHeight(f.height()), f, &mut buf)?
                 }
+                Write::PutBlockEvidence(e) => {
+                    self.block_evidence.put(&mut wtxn, &e.key(), e, &mut buf)?
+                }
             }
         }
         wtxn.commit().map_err(backend)
@@ -666,6 +676,16 @@ impl Store for LmdbStore {
     fn block(&self, height: u64) -> Result<Option<CommittedBlock>, StoreError> {
         let rtxn = self.env.read_txn().map_err(backend)?;
         self.blocks.get(&rtxn, &BlockHeight(height))
+    }
+
+    fn block_evidence(&self) -> Result<Vec<BlockEvidence>, StoreError> {
+        let rtxn = self.env.read_txn().map_err(backend)?;
+        let mut out = Vec::new();
+        self.block_evidence.for_each(&rtxn, |_, e| {
+            out.push(e);
+            Ok(())
+        })?;
+        Ok(out)
     }
 
     fn evidence(&self) -> Result<Vec<Equivocation>, StoreError> {
@@ -902,6 +922,24 @@ mod tests {
                 precommits: vec![(PublicKey([2; 32]), [3; 64])],
             },
         };
+        let double_vote = |height: u64| {
+            let v = |b| timecoin_core::blocks::BlockVote {
+                slot: Slot {
+                    chain_id: CHAIN,
+                    epoch: 1,
+                    height,
+                    round: 0,
+                },
+                kind: timecoin_core::blocks::VoteKind::Prevote,
+                block: b,
+                voter: PublicKey([4; 32]),
+                signature: [5; 64],
+            };
+            BlockEvidence::DoubleVote {
+                first: v(None),
+                second: v(Some(BlockHash([6; 32]))),
+            }
+        };
         let vote = |height: u64, round: u32, step, block| OwnBlockVote {
             height,
             round,
@@ -922,6 +960,10 @@ mod tests {
                 block: block(2),
                 polka: vec![],
             })),
+            Write::PutBlockEvidence(Box::new(double_vote(3))),
+            Write::PutBlockEvidence(Box::new(double_vote(2))),
+            // The same key again: one record.
+            Write::PutBlockEvidence(Box::new(double_vote(3))),
         ];
         let dir = tempfile::tempdir().unwrap();
         {
@@ -964,6 +1006,10 @@ mod tests {
         .unwrap();
         assert_eq!(h, (Some(2), None, Some(2), Some(committed(1))));
         assert!(a.fork.is_none());
+        assert_eq!((a.evidence_count, b.evidence_count), (2, 2));
+        let ev = s.block_evidence().unwrap();
+        assert_eq!(ev, vec![double_vote(2), double_vote(3)], "by height");
+        assert_eq!(ev, reference.block_evidence().unwrap());
     }
 
     #[test]

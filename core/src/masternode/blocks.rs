@@ -64,6 +64,23 @@ impl BlockLedger for LedgerView<'_> {
         let mut earlier = std::collections::HashSet::with_capacity(block.transactions.len());
         for tx in &block.transactions {
             let txid = tx.txid();
+            // A conflict first: a transaction spending what a payment final
+            // here spent can never become final here, so the proposal is
+            // refused at once (and kept as evidence), not waited on.
+            for input in &tx.inputs {
+                if let Some(
+                    UtxoState::SpentFinalized { txid: other }
+                    | UtxoState::Confirmed { txid: other, .. },
+                ) = self.engine.utxo(&input.prev).map(|e| e.state)
+                {
+                    if other != txid {
+                        return Err(BodyRejection::Conflicts {
+                            txid,
+                            final_tx: other,
+                        });
+                    }
+                }
+            }
             if !self.engine.known_final(&txid) || tx.inputs.is_empty() {
                 return Err(BodyRejection::NotFinal(txid));
             }
@@ -301,6 +318,7 @@ impl BlockLayer {
                 ConsensusWrite::OwnVote(v) => fx.writes.push(Write::AppendOwnBlockVote(v)),
                 ConsensusWrite::Candidate(c) => fx.writes.push(Write::PutCandidate(c)),
                 ConsensusWrite::Fork(f) => fx.writes.push(Write::PutForkEvidence(f)),
+                ConsensusWrite::Evidence(e) => fx.writes.push(Write::PutBlockEvidence(e)),
                 ConsensusWrite::Committed(c) => {
                     let height = c.block.height();
                     for tx in &c.block.transactions {

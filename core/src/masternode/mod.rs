@@ -202,6 +202,7 @@ impl Masternode {
                 b.candidates.clone(),
                 now,
             );
+            c.set_evidence_stored(b.evidence_count);
             if let Some(f) = &b.fork {
                 c.fork(f.clone());
                 let _ = c.take_round();

@@ -1063,3 +1063,98 @@ fn a_payment_a_block_confirms_before_its_proof_is_still_announced_final() {
     );
     assert!(net.confirmed_at(3, &tx).is_some());
 }
+
+#[test]
+fn a_proposal_conflicting_with_a_final_payment_is_kept_as_evidence() {
+    use crate::blocks::{Block, BlockEvidence, Proposal, Slot};
+    let mut net = Net::with_config(4, blocks_cfg());
+    net.run_for(600);
+    net.cut[3] = true;
+    net.links();
+    // Node 3 holds B final (a forged proof: a Byzantine supermajority).
+    let a = pay(11, COIN);
+    let b = pay(11, 2 * COIN);
+    let proof = forged_proof(&net, &b, &[0, 1, 2]);
+    let now = net.now;
+    net.nodes[3]
+        .as_mut()
+        .unwrap()
+        .handle_proof(now, b.clone(), proof);
+    net.flush(3);
+    assert!(net.is_final(3, &b.txid()));
+    // The leader of the round node 3 waits in proposes a block spending
+    // B's coin with A.
+    let reg = net.genesis.registry.clone();
+    let (height, round, li) = loop {
+        net.run_for(100);
+        let c = net.nodes[3]
+            .as_ref()
+            .unwrap()
+            .block_layer()
+            .unwrap()
+            .consensus();
+        if let Some((h, r)) = c.awaiting_proposal() {
+            let l = crate::blocks::leader::leader(7, &reg, h, r);
+            if l != net.pk(3) {
+                break (h, r, reg.position(&l).unwrap());
+            }
+        }
+    };
+    let tip = net.nodes[3].as_ref().unwrap().block_tip().unwrap();
+    let block = Block::new(
+        7,
+        reg.epoch(),
+        height,
+        tip.hash,
+        tip.time_ms + 1,
+        net.pk(li),
+        vec![a.clone()],
+    );
+    let slot = Slot {
+        chain_id: 7,
+        epoch: reg.epoch(),
+        height,
+        round,
+    };
+    let p = Proposal::sign(slot, None, block, &net.keys[li]);
+    let (now, from) = (net.now, net.pk(li));
+    net.nodes[3]
+        .as_mut()
+        .unwrap()
+        .handle_peer_message(
+            now,
+            from,
+            PeerMessage::BlockProposal(Box::new(p)),
+            &net.stores[3],
+        )
+        .unwrap();
+    net.flush(3);
+    let ev = net.stores[3].block_evidence().unwrap();
+    assert_eq!(ev.len(), 1, "{ev:?}");
+    assert!(
+        matches!(&ev[0], BlockEvidence::ConflictingProposal { final_tx, .. }
+        if *final_tx == b.txid())
+    );
+    assert!(ev[0].verify(7, &reg));
+    let final_tx = net.stores[3].get_transaction(&b.txid()).unwrap().unwrap();
+    assert!(ev[0].conflicts_with(&final_tx));
+    // The node prevoted nil at once and waits for no proof.
+    let c = net.nodes[3]
+        .as_ref()
+        .unwrap()
+        .block_layer()
+        .unwrap()
+        .consensus();
+    assert_eq!(c.awaiting_proposal(), None);
+    assert_eq!(c.stats().evidence_kept, 1);
+    // The record survives a restart and is counted against the bound.
+    net.nodes[3] = None;
+    net.start(3);
+    let c = net.nodes[3]
+        .as_ref()
+        .unwrap()
+        .block_layer()
+        .unwrap()
+        .consensus();
+    assert_eq!(c.evidence_stored(), 1);
+}

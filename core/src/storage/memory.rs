@@ -7,6 +7,7 @@ use super::{BlockSnapshot, CommittedBlock, Genesis, Snapshot, Store, StoreError,
 use crate::blocks::block::BlockHash;
 use crate::blocks::certificate::ForkEvidence;
 use crate::blocks::consensus::{Candidate, OwnBlockVote, SignedStep};
+use crate::blocks::evidence::{BlockEvidence, BlockEvidenceKey};
 use crate::protocol::evidence::Equivocation;
 use crate::protocol::timeproof::TimeProof;
 use crate::protocol::types::{OutPoint, PublicKey, Transaction, Txid};
@@ -27,6 +28,7 @@ pub struct MemoryStore {
     own_block_votes: BTreeMap<(u64, u32, SignedStep), Option<BlockHash>>,
     candidates: BTreeMap<(u64, BlockHash), Candidate>,
     fork: Option<ForkEvidence>,
+    block_evidence: BTreeMap<BlockEvidenceKey, BlockEvidence>,
 }
 
 impl MemoryStore {
@@ -57,6 +59,7 @@ impl MemoryStore {
                 .collect(),
             tip,
             fork: self.fork.clone(),
+            evidence_count: self.block_evidence.len() as u64,
         }
     }
 }
@@ -151,6 +154,9 @@ impl Store for MemoryStore {
                 Write::PutForkEvidence(f) => {
                     self.fork.get_or_insert_with(|| (**f).clone());
                 }
+                Write::PutBlockEvidence(e) => {
+                    self.block_evidence.insert(e.key(), (**e).clone());
+                }
             }
         }
         Ok(())
@@ -166,6 +172,10 @@ impl Store for MemoryStore {
 
     fn block(&self, height: u64) -> Result<Option<CommittedBlock>, StoreError> {
         Ok(self.blocks.get(&height).cloned())
+    }
+
+    fn block_evidence(&self) -> Result<Vec<BlockEvidence>, StoreError> {
+        Ok(self.block_evidence.values().cloned().collect())
     }
 
     fn evidence(&self) -> Result<Vec<Equivocation>, StoreError> {

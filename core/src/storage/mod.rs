@@ -10,6 +10,7 @@ pub mod records;
 pub use crate::blocks::certificate::CommittedBlock;
 use crate::blocks::certificate::ForkEvidence;
 use crate::blocks::consensus::{Candidate, OwnBlockVote};
+use crate::blocks::evidence::BlockEvidence;
 use crate::protocol::evidence::Equivocation;
 use crate::protocol::registry::Registry;
 use crate::protocol::timeproof::TimeProof;
@@ -44,6 +45,9 @@ pub enum Write {
     PutCandidate(Box<Candidate>),
     /// Two commit certificates at one height: block processing stops.
     PutForkEvidence(Box<ForkEvidence>),
+    /// A proposer's or voter's misbehaviour in the block consensus (one
+    /// record per [`crate::blocks::BlockEvidenceKey`]).
+    PutBlockEvidence(Box<BlockEvidence>),
 }
 
 /// What a node needs in memory at start.
@@ -79,6 +83,8 @@ pub struct BlockSnapshot {
     pub candidates: Vec<Candidate>,
     /// Fork evidence, if block processing was stopped.
     pub fork: Option<ForkEvidence>,
+    /// How many block evidence records the store holds.
+    pub evidence_count: u64,
 }
 
 /// Chain identity and registry, written once from the genesis.
@@ -117,6 +123,8 @@ pub trait Store: Send {
     fn finality_log(&self, from: u64, max: usize) -> Result<(Vec<Txid>, u64), StoreError>;
     /// Every equivocation kept as evidence, by voter then transaction.
     fn evidence(&self) -> Result<Vec<Equivocation>, StoreError>;
+    /// Every block evidence record, by height, round, kind and offender.
+    fn block_evidence(&self) -> Result<Vec<BlockEvidence>, StoreError>;
     /// The committed block at `height` with its certificate.
     fn block(&self, height: u64) -> Result<Option<CommittedBlock>, StoreError>;
 }

@@ -233,6 +233,7 @@ impl ChainCtx {
             "proposals_made": b.consensus.proposals_made,
             "invalid_proposals": b.consensus.invalid_proposals,
             "equivocations": b.consensus.equivocations,
+            "evidence_kept": b.consensus.evidence_kept,
             "synced_blocks": b.consensus.synced_blocks,
             "confirmed_transactions": b.layer.confirmed_transactions,
             "contradictions": b.layer.contradictions,
