@@ -328,7 +328,9 @@ impl NodeMetrics {
         snap.blocks = mn.block_layer().map(|b| BlockSnapshot {
             status: b.status(),
             round: b.consensus().height_round().1,
-            halted: b.consensus().halted().is_some(),
+            // Two certificates at one height, or a committed block that
+            // contradicted a payment final here.
+            halted: b.consensus().halted().is_some() || b.stopped(),
             consensus: b.consensus().stats().clone(),
             layer: b.stats().clone(),
             sync: b.sync_stats().clone(),

@@ -18,6 +18,7 @@
 //! | `own_block_votes` | height ‖ round (BE) ‖ step | [`VotedBlock`] |
 //! | `block_candidates` | height (BE) ‖ block hash | [`Candidate`] |
 //! | `fork_evidence` | [`BlockHeight`]           | [`ForkEvidence`] |
+//! | `block_stop` | [`BlockHeight`] | [`Contradiction`] (at most one) |
 //! | `block_evidence` | height ‖ round (BE) ‖ kind ‖ offender | [`BlockEvidence`] |
 //!
 //! Block layouts are in [`timecoin_core::storage::block_records`].
@@ -50,7 +51,9 @@ use crate::protocol::timeproof::TimeProof;
 use crate::protocol::types::{ChainId, OutPoint, Transaction, Txid};
 use crate::protocol::utxo::{UtxoEntry, UtxoState};
 use crate::protocol::vote::VoteBatch;
-use timecoin_core::blocks::{BlockEvidence, BlockEvidenceKey, BlockHash, Candidate, ForkEvidence};
+use timecoin_core::blocks::{
+    BlockEvidence, BlockEvidenceKey, BlockHash, Candidate, Contradiction, ForkEvidence,
+};
 use timecoin_core::storage::block_records::{
     BlockHeight, CandidateKey, OwnBlockVoteKey, VotedBlock,
 };
@@ -73,7 +76,8 @@ const TABLE_BLOCK_CANDIDATES: &str = "block_candidates";
 const TABLE_FORK_EVIDENCE: &str = "fork_evidence";
 const TABLE_BLOCK_HEIGHTS: &str = "block_heights";
 const TABLE_BLOCK_EVIDENCE: &str = "block_evidence";
-const TABLE_COUNT: u32 = 14;
+const TABLE_BLOCK_STOP: &str = "block_stop";
+const TABLE_COUNT: u32 = 15;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LmdbOptions {
@@ -272,6 +276,8 @@ pub struct LmdbStore {
     block_heights: Table<BlockHash, BlockHeight>,
     /// Double proposals, double votes and conflicting proposals.
     block_evidence: Table<BlockEvidenceKey, BlockEvidence>,
+    /// The contradiction that stopped block processing, if any.
+    block_stop: Table<BlockHeight, Contradiction>,
 }
 
 /// Reads committed blocks from another thread (see
@@ -376,6 +382,7 @@ impl LmdbStore {
         let fork_evidence = Table::create(&env, &mut wtxn, TABLE_FORK_EVIDENCE)?;
         let block_heights = Table::create(&env, &mut wtxn, TABLE_BLOCK_HEIGHTS)?;
         let block_evidence = Table::create(&env, &mut wtxn, TABLE_BLOCK_EVIDENCE)?;
+        let block_stop = Table::create(&env, &mut wtxn, TABLE_BLOCK_STOP)?;
         if version.is_none() {
             let fresh = meta.is_empty(&wtxn)?
                 && utxos.is_empty(&wtxn)?
@@ -412,6 +419,7 @@ impl LmdbStore {
             fork_evidence,
             block_heights,
             block_evidence,
+            block_stop,
         })
     }
 
@@ -448,7 +456,25 @@ impl LmdbStore {
         })?;
         snap.fork = self.fork_evidence.last(rtxn)?;
         snap.evidence_count = self.block_evidence.db.len(rtxn).map_err(backend)?;
+        snap.stop = self.block_stop.last(rtxn)?;
         Ok(snap)
+    }
+
+    /// The contradiction that stopped block processing, if any.
+    pub fn block_stop(&self) -> Result<Option<Contradiction>, StoreError> {
+        let rtxn = self.env.read_txn().map_err(backend)?;
+        self.block_stop.last(&rtxn)
+    }
+
+    /// Resumes block processing at the next start (`time-masternode
+    /// clear-block-stop`): removes the stop record and returns it. The
+    /// masternode must not be running (it holds the stop in memory).
+    pub fn clear_block_stop(&mut self) -> Result<Option<Contradiction>, StoreError> {
+        let stop = self.block_stop()?;
+        if stop.is_some() {
+            self.apply(&[Write::ClearBlockStop])?;
+        }
+        Ok(stop)
     }
 
     /// The environment directory.
@@ -654,6 +680,14 @@ impl Store for LmdbStore {
                 Write::PutBlockEvidence(e) => {
                     self.block_evidence.put(&mut wtxn, &e.key(), e, &mut buf)?
                 }
+                Write::PutBlockStop(c) => {
+                    // The first contradiction is the one kept.
+                    if self.block_stop.is_empty(&wtxn)? {
+                        self.block_stop
+                            .put(&mut wtxn, &BlockHeight(c.height), c, &mut buf)?
+                    }
+                }
+                Write::ClearBlockStop => self.block_stop.db.clear(&mut wtxn).map_err(backend)?,
             }
         }
         wtxn.commit().map_err(backend)
@@ -1007,9 +1041,43 @@ mod tests {
         assert_eq!(h, (Some(2), None, Some(2), Some(committed(1))));
         assert!(a.fork.is_none());
         assert_eq!((a.evidence_count, b.evidence_count), (2, 2));
+        assert_eq!((a.stop.clone(), b.stop.clone()), (None, None));
         let ev = s.block_evidence().unwrap();
         assert_eq!(ev, vec![double_vote(2), double_vote(3)], "by height");
         assert_eq!(ev, reference.block_evidence().unwrap());
+    }
+
+    /// The stop after a contradicting block survives a reopen (the first
+    /// record is kept) until it is cleared.
+    #[test]
+    fn block_stop_survives_reopen_until_cleared() {
+        use timecoin_core::blocks::{BlockHash, Contradicted};
+        let stop = |h: u64| Contradiction {
+            height: h,
+            block: BlockHash([h as u8; 32]),
+            txid: Txid([1; 32]),
+            what: Contradicted::FinalPayment(Txid([2; 32])),
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let mut reference = MemoryStore::new();
+        reference.init(&genesis(CHAIN)).unwrap();
+        let writes = [Write::PutBlockStop(stop(5)), Write::PutBlockStop(stop(4))];
+        reference.apply(&writes).unwrap();
+        {
+            let mut s = open(dir.path());
+            s.init(&genesis(CHAIN)).unwrap();
+            s.apply(&writes).unwrap();
+        }
+        let mut s = open(dir.path());
+        assert_eq!(s.load().unwrap().blocks.stop, Some(stop(5)));
+        assert_eq!(reference.load().unwrap().blocks.stop, Some(stop(5)));
+        assert_eq!(s.clear_block_stop().unwrap(), Some(stop(5)));
+        assert_eq!(s.clear_block_stop().unwrap(), None);
+        drop(s);
+        let s = open(dir.path());
+        assert_eq!(s.load().unwrap().blocks.stop, None);
+        reference.apply(&[Write::ClearBlockStop]).unwrap();
+        assert_eq!(reference.load().unwrap().blocks.stop, None);
     }
 
     #[test]

@@ -294,3 +294,81 @@ impl BlockEvidence {
         }
     }
 }
+
+/// What a certified block contradicted: a transaction of the committed
+/// block at `height` spends an output that does not exist here, or one a
+/// payment final here spent. Only possible with Byzantine weight of 1/3 or
+/// more; the masternode stops processing blocks and keeps this record
+/// (`Write::PutBlockStop`), so the stop survives a restart until an
+/// operator clears it (`time-masternode clear-block-stop`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Contradiction {
+    pub height: u64,
+    pub block: BlockHash,
+    /// The committed block's transaction left unapplied.
+    pub txid: Txid,
+    pub what: Contradicted,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Contradicted {
+    /// It spends an output unknown here.
+    MissingInput(crate::protocol::types::OutPoint),
+    /// It spends what this final payment spent.
+    FinalPayment(Txid),
+}
+
+impl std::fmt::Display for Contradiction {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "block {} at height {}: transaction {} ",
+            self.block, self.height, self.txid
+        )?;
+        match self.what {
+            Contradicted::MissingInput(op) => write!(f, "spends {op}, which does not exist here"),
+            Contradicted::FinalPayment(t) => write!(f, "conflicts with final payment {t}"),
+        }
+    }
+}
+
+impl Contradiction {
+    /// `height:u64 ‖ block ‖ txid ‖ tag:u8 ‖ (0: outpoint | 1: final txid)`.
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&self.height.to_le_bytes());
+        out.extend_from_slice(&self.block.0);
+        out.extend_from_slice(&self.txid.0);
+        match self.what {
+            Contradicted::MissingInput(op) => {
+                out.push(0);
+                op.encode(out);
+            }
+            Contradicted::FinalPayment(t) => {
+                out.push(1);
+                out.extend_from_slice(&t.0);
+            }
+        }
+    }
+
+    pub fn decode(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        let height = r.u64()?;
+        let block = BlockHash(r.array()?);
+        let txid = Txid(r.array()?);
+        let what = match r.u8()? {
+            0 => Contradicted::MissingInput(crate::protocol::types::OutPoint::decode(r)?),
+            1 => Contradicted::FinalPayment(Txid(r.array()?)),
+            t => {
+                return Err(DecodeError::UnknownTag {
+                    what: "contradiction",
+                    tag: t,
+                })
+            }
+        };
+        Ok(Contradiction {
+            height,
+            block,
+            txid,
+            what,
+        })
+    }
+}

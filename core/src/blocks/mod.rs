@@ -26,5 +26,5 @@ pub use consensus::{
     BlockConsensus, BlockLedger, BodyRejection, Candidate, ChainTip, ConsensusConfig,
     ConsensusMessage, ConsensusRound, ConsensusWrite, OwnBlockVote, SignedStep,
 };
-pub use evidence::{BlockEvidence, BlockEvidenceKey, SignedProposal};
+pub use evidence::{BlockEvidence, BlockEvidenceKey, Contradicted, Contradiction, SignedProposal};
 pub use vote::{BlockVote, Proposal, Slot, VoteKind};

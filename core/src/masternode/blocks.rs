@@ -10,9 +10,10 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
 use crate::blocks::consensus::{BlockLedger, BodyRejection, ConsensusWrite};
+use crate::blocks::evidence::{Contradicted, Contradiction};
 use crate::blocks::{Block, BlockConsensus, ChainTip, CommittedBlock, ConsensusMessage};
 use crate::masternode::block_sync::BlockSync;
-use crate::protocol::engine::Engine;
+use crate::protocol::engine::{CommittedTxError, Engine};
 use crate::protocol::types::{PublicKey, Transaction, Txid};
 use crate::protocol::utxo::UtxoState;
 use crate::storage::Write;
@@ -184,9 +185,12 @@ pub struct BlockLayerStats {
     pub blocks_served: u64,
     pub confirmed_transactions: u64,
     /// Transactions of committed blocks that contradict this node's final
-    /// state (only possible with Byzantine weight of 1/3 or more).
+    /// state (only possible with Byzantine weight of 1/3 or more), this run.
     pub contradictions: u64,
     pub last_contradiction: Option<String>,
+    /// The contradiction that stopped block processing (durable: restored
+    /// at start until the operator clears it).
+    pub stop: Option<Contradiction>,
 }
 
 pub struct BlockLayer {
@@ -294,10 +298,19 @@ impl BlockLayer {
     /// Block processing stopped: a committed block contradicted a payment
     /// final here (like two certificates at one height, only possible with
     /// Byzantine weight of 1/3 or more). Instant finality goes on; the
-    /// operator investigates (logged as critical). Not durable: a restart
-    /// resumes block processing.
+    /// operator investigates (logged as critical). Durable: a restart
+    /// stays stopped until the operator clears the record
+    /// (`Write::ClearBlockStop`).
     pub fn stopped(&self) -> bool {
-        self.stats.contradictions > 0
+        self.stats.stop.is_some()
+    }
+
+    /// The stop recorded before a restart.
+    pub fn restore_stop(&mut self, stop: Option<Contradiction>) {
+        if let Some(c) = &stop {
+            self.stats.last_contradiction = Some(c.to_string());
+        }
+        self.stats.stop = stop;
     }
 
     pub fn consensus(&self) -> &BlockConsensus {
@@ -334,10 +347,30 @@ impl BlockLayer {
                             Ok(_) => {}
                             Err(e) => {
                                 // Left unapplied: a certified block that
-                                // contradicts what is final here. Counted
-                                // and logged as critical by the driver.
+                                // contradicts what is final here. Counted,
+                                // logged as critical by the driver, and
+                                // the first one stops block processing
+                                // durably.
                                 self.stats.contradictions += 1;
                                 self.stats.last_contradiction = Some(e.to_string());
+                                if self.stats.stop.is_none() {
+                                    let what = match e {
+                                        CommittedTxError::MissingInput(_, op) => {
+                                            Contradicted::MissingInput(op)
+                                        }
+                                        CommittedTxError::ConflictsWithFinal {
+                                            final_tx, ..
+                                        } => Contradicted::FinalPayment(final_tx),
+                                    };
+                                    let stop = Contradiction {
+                                        height,
+                                        block: c.block.hash(),
+                                        txid,
+                                        what,
+                                    };
+                                    fx.writes.push(Write::PutBlockStop(stop.clone()));
+                                    self.stats.stop = Some(stop);
+                                }
                             }
                         }
                         self.unconfirmed.remove(&txid);

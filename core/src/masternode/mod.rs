@@ -208,6 +208,7 @@ impl Masternode {
                 let _ = c.take_round();
             }
             let mut layer = blocks::BlockLayer::new(c);
+            layer.restore_stop(b.stop.clone());
             layer
                 .unconfirmed
                 .restore(std::mem::take(&mut snap.unconfirmed_transactions));
@@ -784,7 +785,7 @@ impl Masternode {
                 // Payments that became final this round may make a proposal
                 // this node waits on valid.
                 let finals = self.engine.metrics().tx_finalized;
-                if finals != layer.finals_seen {
+                if finals != layer.finals_seen && !layer.stopped() {
                     layer.finals_seen = finals;
                     let view = blocks::LedgerView {
                         engine: &self.engine,

@@ -1032,6 +1032,56 @@ fn a_committed_block_contradicting_a_final_payment_stops_block_processing() {
     net.submit(1, c.clone());
     net.run_for(500);
     assert!(net.is_final(3, &c.txid()));
+    // The stop is durable, with what contradicted what.
+    let stop = net.stores[3]
+        .load()
+        .unwrap()
+        .blocks
+        .stop
+        .expect("stop stored");
+    assert_eq!(stop.txid, a.txid());
+    assert_eq!(
+        stop.what,
+        crate::blocks::Contradicted::FinalPayment(b.txid())
+    );
+    assert_eq!(
+        net.stores[3]
+            .block(stop.height)
+            .unwrap()
+            .unwrap()
+            .block
+            .hash(),
+        stop.block
+    );
+    // A restart stays stopped for blocks; payments go on.
+    net.nodes[3] = None;
+    net.links();
+    net.start(3);
+    net.links();
+    let h3 = net.height(3);
+    net.run_for(2_000);
+    let layer = net.nodes[3].as_ref().unwrap().block_layer().unwrap();
+    assert!(layer.stopped(), "still stopped after the restart");
+    assert_eq!(layer.stats().stop, Some(stop.clone()));
+    assert_eq!(net.height(3), h3, "no block processed while stopped");
+    assert!(net.height(0) > h3 + 1, "the others go on");
+    let d = pay(12, COIN);
+    net.submit(1, d.clone());
+    net.run_for(500);
+    assert!(net.is_final(3, &d.txid()), "payments go on at node 3");
+    // The operator clears the stop (node down): the next start processes
+    // blocks again and catches up with the chain.
+    net.nodes[3] = None;
+    net.links();
+    net.stores[3].apply(&[Write::ClearBlockStop]).unwrap();
+    net.start(3);
+    net.links();
+    net.run_for(3_000);
+    let layer = net.nodes[3].as_ref().unwrap().block_layer().unwrap();
+    assert!(!layer.stopped());
+    assert!(net.height(3) + 1 >= net.height(0), "node 3 synced again");
+    assert!(net.confirmed_at(3, &d).is_some());
+    net.same_chain();
 }
 
 #[test]

@@ -11,6 +11,8 @@
 //!   [`Block::encode`] ‖ count(u32) ‖ prevotes ([`BlockVote::encode`]).
 //! - `fork_evidence` key: height(u64 BE); value: [`ForkEvidence::encode`].
 //! - `block_heights` key: block hash(32); value: height(u64).
+//! - `block_stop` key: height(u64 BE) of the contradicting block; value:
+//!   [`Contradiction::encode`]. At most one record.
 //! - `block_evidence` key: height(u64 BE) ‖ round(u32 BE) ‖ kind(u8: 0
 //!   double proposal, 1 double prevote, 2 double precommit, 3 conflicting
 //!   proposal) ‖ offender(32); value: [`BlockEvidence::encode`].
@@ -18,7 +20,7 @@
 use crate::blocks::block::{Block, BlockHash, MAX_TX_PATH};
 use crate::blocks::certificate::{CommitCertificate, CommittedBlock, ForkEvidence};
 use crate::blocks::consensus::{Candidate, OwnBlockVote, SignedStep};
-use crate::blocks::evidence::{BlockEvidence, BlockEvidenceKey};
+use crate::blocks::evidence::{BlockEvidence, BlockEvidenceKey, Contradiction};
 use crate::blocks::vote::{decode_opt_hash, encode_opt_hash, BlockVote, MAX_POLKA_VOTES};
 use crate::codec::{DecodeError, Reader};
 use crate::protocol::types::PublicKey;
@@ -278,6 +280,16 @@ impl TableValue for BlockEvidence {
     }
 }
 
+impl TableValue for Contradiction {
+    fn encode_value(&self, out: &mut Vec<u8>) -> Result<(), RecordError> {
+        self.encode(out);
+        Ok(())
+    }
+    fn decode_value(bytes: &[u8]) -> Result<Self, RecordError> {
+        decode_all(bytes, Contradiction::decode)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -388,6 +400,48 @@ mod tests {
             height: 2,
             round: 3,
         }
+    }
+
+    #[test]
+    fn golden_contradiction() {
+        use crate::blocks::evidence::Contradicted;
+        use crate::protocol::types::{OutPoint, Txid};
+        let c = Contradiction {
+            height: 258,
+            block: BlockHash([0x11; 32]),
+            txid: Txid([0x22; 32]),
+            what: Contradicted::FinalPayment(Txid([0x33; 32])),
+        };
+        let bytes = c.to_value().unwrap();
+        assert_eq!(
+            hex::encode(&bytes),
+            format!(
+                "0201000000000000{}{}01{}",
+                "11".repeat(32),
+                "22".repeat(32),
+                "33".repeat(32)
+            )
+        );
+        assert_eq!(Contradiction::decode_value(&bytes).unwrap(), c);
+        let m = Contradiction {
+            what: Contradicted::MissingInput(OutPoint {
+                txid: Txid([0x44; 32]),
+                vout: 3,
+            }),
+            ..c
+        };
+        let bytes = m.to_value().unwrap();
+        assert_eq!(
+            hex::encode(&bytes[72..]),
+            format!("00{}03000000", "44".repeat(32))
+        );
+        assert_eq!(Contradiction::decode_value(&bytes).unwrap(), m);
+        for n in 0..bytes.len() {
+            assert!(Contradiction::decode_value(&bytes[..n]).is_err());
+        }
+        let mut bad = bytes.clone();
+        bad[72] = 2;
+        assert!(Contradiction::decode_value(&bad).is_err());
     }
 
     #[test]

@@ -7,7 +7,7 @@ use super::{BlockSnapshot, CommittedBlock, Genesis, Snapshot, Store, StoreError,
 use crate::blocks::block::BlockHash;
 use crate::blocks::certificate::ForkEvidence;
 use crate::blocks::consensus::{Candidate, OwnBlockVote, SignedStep};
-use crate::blocks::evidence::{BlockEvidence, BlockEvidenceKey};
+use crate::blocks::evidence::{BlockEvidence, BlockEvidenceKey, Contradiction};
 use crate::protocol::evidence::Equivocation;
 use crate::protocol::timeproof::TimeProof;
 use crate::protocol::types::{OutPoint, PublicKey, Transaction, Txid};
@@ -29,6 +29,7 @@ pub struct MemoryStore {
     candidates: BTreeMap<(u64, BlockHash), Candidate>,
     fork: Option<ForkEvidence>,
     block_evidence: BTreeMap<BlockEvidenceKey, BlockEvidence>,
+    block_stop: Option<Contradiction>,
 }
 
 impl MemoryStore {
@@ -60,6 +61,7 @@ impl MemoryStore {
             tip,
             fork: self.fork.clone(),
             evidence_count: self.block_evidence.len() as u64,
+            stop: self.block_stop.clone(),
         }
     }
 }
@@ -157,6 +159,10 @@ impl Store for MemoryStore {
                 Write::PutBlockEvidence(e) => {
                     self.block_evidence.insert(e.key(), (**e).clone());
                 }
+                Write::PutBlockStop(c) => {
+                    self.block_stop.get_or_insert_with(|| c.clone());
+                }
+                Write::ClearBlockStop => self.block_stop = None,
             }
         }
         Ok(())

@@ -10,7 +10,7 @@ pub mod records;
 pub use crate::blocks::certificate::CommittedBlock;
 use crate::blocks::certificate::ForkEvidence;
 use crate::blocks::consensus::{Candidate, OwnBlockVote};
-use crate::blocks::evidence::BlockEvidence;
+use crate::blocks::evidence::{BlockEvidence, Contradiction};
 use crate::protocol::evidence::Equivocation;
 use crate::protocol::registry::Registry;
 use crate::protocol::timeproof::TimeProof;
@@ -48,6 +48,13 @@ pub enum Write {
     /// A proposer's or voter's misbehaviour in the block consensus (one
     /// record per [`crate::blocks::BlockEvidenceKey`]).
     PutBlockEvidence(Box<BlockEvidence>),
+    /// A committed block contradicted a payment final here: block
+    /// processing stops, and stays stopped across restarts (the first
+    /// record is kept).
+    PutBlockStop(Contradiction),
+    /// The operator resumes block processing (`time-masternode
+    /// clear-block-stop`; never written by the state machine).
+    ClearBlockStop,
 }
 
 /// What a node needs in memory at start.
@@ -85,6 +92,8 @@ pub struct BlockSnapshot {
     pub fork: Option<ForkEvidence>,
     /// How many block evidence records the store holds.
     pub evidence_count: u64,
+    /// Block processing was stopped by this contradiction.
+    pub stop: Option<Contradiction>,
 }
 
 /// Chain identity and registry, written once from the genesis.

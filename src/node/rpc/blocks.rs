@@ -237,6 +237,8 @@ impl ChainCtx {
             "synced_blocks": b.consensus.synced_blocks,
             "confirmed_transactions": b.layer.confirmed_transactions,
             "contradictions": b.layer.contradictions,
+            "stopped": b.layer.stop.is_some(),
+            "stop": b.layer.stop.as_ref().map(|s| s.to_string()),
             "quorum_weight": self.registry.total_weight() * 2 / 3 + 1,
             "total_weight": self.registry.total_weight(),
         }))
