@@ -570,6 +570,21 @@ impl Store for LmdbStore {
             Some(LogSeq(last)) => last + 1,
             None => 0,
         };
+        // Back from the log's end until every unconfirmed transaction was
+        // seen: the walk is as long as the backlog of unconfirmed payments.
+        let mut left: HashSet<Txid> = snap
+            .unconfirmed_transactions
+            .iter()
+            .map(|t| t.txid())
+            .collect();
+        let mut from = snap.finality_log_len;
+        while !left.is_empty() && from > 0 {
+            from -= 1;
+            if let Some(t) = self.finality_log.get(&rtxn, &LogSeq(from))? {
+                left.remove(&t);
+            }
+        }
+        snap.unconfirmed_log_from = if left.is_empty() { from } else { 0 };
 
         snap.finalized = self.proofs.keys(&rtxn)?;
 
@@ -903,6 +918,10 @@ mod tests {
             Write::AppendOwnVotes(batch(&[locked.txid()])),
             Write::PutProof(proof_for(finalized.txid())),
             Write::AppendOwnVotes(batch(&[pending.txid(), finalized.txid()])),
+            // The finality log: the unconfirmed one is entry 1 of 3.
+            Write::AppendFinality(Txid([9; 32])),
+            Write::AppendFinality(finalized.txid()),
+            Write::AppendFinality(Txid([8; 32])),
         ]
     }
 
@@ -922,6 +941,7 @@ mod tests {
         assert_eq!(a.unconfirmed_transactions, b.unconfirmed_transactions);
         assert_eq!(a.finalized, b.finalized);
         assert_eq!(a.own_votes, b.own_votes);
+        assert_eq!(a.unconfirmed_log_from, b.unconfirmed_log_from);
     }
 
     /// Block records survive a reopen; the snapshot holds the tip, the own
@@ -1101,6 +1121,7 @@ mod tests {
         assert_eq!(snap.own_votes.len(), 2);
         // The finalized spend is final but in no block yet.
         assert_eq!(snap.unconfirmed_transactions.len(), 1);
+        assert_eq!(snap.unconfirmed_log_from, 1, "where paging in starts");
         assert_same(snap, reference.load().unwrap());
 
         for w in &writes {

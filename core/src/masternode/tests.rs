@@ -1208,3 +1208,70 @@ fn a_proposal_conflicting_with_a_final_payment_is_kept_as_evidence() {
         .consensus();
     assert_eq!(c.evidence_stored(), 1);
 }
+
+/// More final payments than the block layer holds in memory, during a
+/// block stall: the rest wait in the store only and are paged back in as
+/// blocks drain the queue; every one is confirmed, parents never after
+/// their children, with and without a restart in the stall.
+fn unconfirmed_over_the_memory_cap(restart: bool) {
+    let mut c = blocks_cfg();
+    c.max_unconfirmed_in_memory = 4;
+    let mut net = Net::with_config(4, c);
+    net.run_for(600);
+    net.drop_block_consensus = true;
+    let parents: Vec<Transaction> = (20..30).map(|c| pay(c, COIN)).collect();
+    for (k, tx) in parents.iter().enumerate() {
+        net.submit(k % 4, tx.clone());
+    }
+    net.run_for(300);
+    let children: Vec<Transaction> = parents.iter().map(|p| pay_from_change(p, COIN)).collect();
+    for (k, tx) in children.iter().enumerate() {
+        net.submit(k % 4, tx.clone());
+    }
+    net.run_for(500);
+    for i in 0..4 {
+        let layer = net.nodes[i].as_ref().unwrap().block_layer().unwrap();
+        assert!(layer.unconfirmed.len() <= 4, "the memory cap holds");
+        assert!(layer.unconfirmed.spilled(), "the rest is in the store only");
+        for tx in parents.iter().chain(&children) {
+            assert!(net.is_final(i, &tx.txid()));
+        }
+    }
+    if restart {
+        for i in 0..4 {
+            net.nodes[i] = None;
+            net.start(i);
+            let layer = net.nodes[i].as_ref().unwrap().block_layer().unwrap();
+            assert!(
+                layer.unconfirmed.len() <= 4,
+                "the cap holds after a restart"
+            );
+            assert!(layer.unconfirmed.spilled());
+        }
+        net.links();
+    }
+    net.drop_block_consensus = false;
+    net.run_for(15_000);
+    for i in 0..4 {
+        for (p, ch) in parents.iter().zip(&children) {
+            let hp = net.confirmed_at(i, p).expect("parent confirmed");
+            let hc = net.confirmed_at(i, ch).expect("child confirmed");
+            assert!(hp <= hc, "a parent is never confirmed after its child");
+        }
+        let layer = net.nodes[i].as_ref().unwrap().block_layer().unwrap();
+        assert!(!layer.unconfirmed.spilled(), "everything paged back in");
+        assert!(layer.unconfirmed.is_empty());
+        assert_eq!(layer.stats().contradictions, 0);
+    }
+    net.same_chain();
+}
+
+#[test]
+fn final_payments_over_the_memory_cap_are_all_confirmed_in_order() {
+    unconfirmed_over_the_memory_cap(false);
+}
+
+#[test]
+fn final_payments_over_the_memory_cap_are_all_confirmed_across_a_restart() {
+    unconfirmed_over_the_memory_cap(true);
+}

@@ -110,7 +110,16 @@ impl Store for MemoryStore {
                 }
             }
         }
+        let mut left: std::collections::HashSet<Txid> =
+            unconfirmed.iter().map(|t| t.txid()).collect();
+        let mut from = self.finality_log.len();
+        while !left.is_empty() && from > 0 {
+            from -= 1;
+            left.remove(&self.finality_log[from]);
+        }
+        let unconfirmed_log_from = if left.is_empty() { from as u64 } else { 0 };
         Ok(Snapshot {
+            unconfirmed_log_from,
             unconfirmed_transactions: unconfirmed,
             utxos: self.utxos.iter().map(|(k, v)| (*k, *v)).collect(),
             pending_transactions: pending,

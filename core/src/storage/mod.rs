@@ -75,6 +75,10 @@ pub struct Snapshot {
     /// Final transactions not yet in a block (an input `SpentFinalized`),
     /// in no particular order: the block layer's queue after a restart.
     pub unconfirmed_transactions: Vec<Transaction>,
+    /// A finality-log position at or before the entry of every transaction
+    /// in `unconfirmed_transactions` (0 if one is not in the log): where
+    /// the block layer pages the ones it does not hold in memory from.
+    pub unconfirmed_log_from: u64,
     /// The block layer's durable state.
     pub blocks: BlockSnapshot,
 }
