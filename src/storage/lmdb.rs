@@ -36,6 +36,7 @@
 use std::collections::HashSet;
 use std::fmt;
 use std::marker::PhantomData;
+use std::ops::Bound;
 use std::path::Path;
 
 use heed::types::Bytes;
@@ -703,6 +704,27 @@ impl Store for LmdbStore {
                     }
                 }
                 Write::ClearBlockStop => self.block_stop.db.clear(&mut wtxn).map_err(backend)?,
+                Write::PruneBlockRecords { below } => {
+                    // Keys sort by height first (big-endian): everything
+                    // before the first key at `below`.
+                    let votes = OwnBlockVoteKey {
+                        height: *below,
+                        round: 0,
+                        step: timecoin_core::blocks::SignedStep::Proposal,
+                    }
+                    .to_key();
+                    let range = (Bound::Unbounded, Bound::Excluded(&votes[..]));
+                    self.own_block_votes
+                        .db
+                        .delete_range(&mut wtxn, &range)
+                        .map_err(backend)?;
+                    let cands = CandidateKey(*below, BlockHash([0; 32])).to_key();
+                    let range = (Bound::Unbounded, Bound::Excluded(&cands[..]));
+                    self.block_candidates
+                        .db
+                        .delete_range(&mut wtxn, &range)
+                        .map_err(backend)?;
+                }
             }
         }
         wtxn.commit().map_err(backend)
@@ -1065,6 +1087,33 @@ mod tests {
         let ev = s.block_evidence().unwrap();
         assert_eq!(ev, vec![double_vote(2), double_vote(3)], "by height");
         assert_eq!(ev, reference.block_evidence().unwrap());
+        // Pruning below height 3 leaves the records at 3 and above.
+        drop(s);
+        let mut s = open(dir.path());
+        let prune = [Write::PruneBlockRecords { below: 3 }];
+        s.apply(&prune).unwrap();
+        reference.apply(&prune).unwrap();
+        let mut left = Vec::new();
+        s.own_block_votes
+            .for_each(&s.env.read_txn().unwrap(), |k, _| {
+                left.push(k.height);
+                Ok(())
+            })
+            .unwrap();
+        assert_eq!(left, vec![3, 3], "the vote at height 1 is gone");
+        let mut cands = Vec::new();
+        s.block_candidates
+            .for_each(&s.env.read_txn().unwrap(), |k, _| {
+                cands.push(k.0);
+                Ok(())
+            })
+            .unwrap();
+        assert_eq!(cands, vec![3], "the candidate at height 2 is gone");
+        let (a, b) = (s.load().unwrap().blocks, reference.load().unwrap().blocks);
+        assert_eq!(
+            (&a.tip, &a.own_votes, &a.candidates),
+            (&b.tip, &b.own_votes, &b.candidates)
+        );
     }
 
     /// The stop after a contradicting block survives a reopen (the first

@@ -32,6 +32,11 @@ const MAX_MISSING_TRACKED: usize = 4_096;
 /// the queue.
 pub const MAX_UNCONFIRMED_IN_MEMORY: usize = 65_536;
 
+/// Own consensus records (and candidates) are kept for this many heights
+/// below the committed tip, for an operator to read; older ones are pruned
+/// every so many heights (see PROTOCOL.md, "Durable votes and restarts").
+pub const BLOCK_RECORDS_KEPT: u64 = 64;
+
 /// Most finality-log entries one page-in reads (bounds a core round).
 pub const PAGE_IN_ENTRIES: usize = 4_096;
 
@@ -517,6 +522,13 @@ impl BlockLayer {
                     self.last_block_time = Some(c.block.header.time_ms);
                     fx.committed.push((*c).clone());
                     fx.writes.push(Write::PutBlock(c));
+                    // After the block, in the same transaction: records
+                    // below it are never needed again.
+                    if height % BLOCK_RECORDS_KEPT == 0 && height > BLOCK_RECORDS_KEPT {
+                        fx.writes.push(Write::PruneBlockRecords {
+                            below: height - BLOCK_RECORDS_KEPT,
+                        });
+                    }
                 }
             }
         }

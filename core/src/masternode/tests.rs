@@ -1275,3 +1275,44 @@ fn final_payments_over_the_memory_cap_are_all_confirmed_in_order() {
 fn final_payments_over_the_memory_cap_are_all_confirmed_across_a_restart() {
     unconfirmed_over_the_memory_cap(true);
 }
+
+/// Own consensus records far below the committed tip are pruned (a vote
+/// for a height at or below the tip is never signed again); restarts still
+/// never sign a conflicting vote and blocks go on.
+#[test]
+fn own_block_records_below_the_tip_are_pruned() {
+    use crate::masternode::blocks::BLOCK_RECORDS_KEPT;
+    let mut net = Net::with_config(4, blocks_cfg());
+    let mut h = 0;
+    while h < 2 * BLOCK_RECORDS_KEPT + 2 {
+        net.run_for(1_000);
+        h = (0..4).map(|i| net.height(i)).min().unwrap();
+    }
+    for i in 0..4 {
+        let tip = net.height(i);
+        let low = net.stores[i].lowest_block_record().unwrap();
+        assert!(
+            low > tip - 2 * BLOCK_RECORDS_KEPT,
+            "node {i}: {low} of {tip}"
+        );
+        assert!(low >= BLOCK_RECORDS_KEPT, "records were pruned: {low}");
+        net.nodes[i] = None;
+        net.start(i);
+    }
+    net.links();
+    net.run_for(3_000);
+    assert!(
+        (0..4).map(|i| net.height(i)).min().unwrap() > h,
+        "blocks go on"
+    );
+    net.same_chain();
+    for i in 0..4 {
+        let c = net.nodes[i]
+            .as_ref()
+            .unwrap()
+            .block_layer()
+            .unwrap()
+            .consensus();
+        assert_eq!(c.stats().refused_conflicting, 0);
+    }
+}

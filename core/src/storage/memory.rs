@@ -37,6 +37,13 @@ impl MemoryStore {
         Self::default()
     }
 
+    /// The lowest height of an own consensus record or candidate kept.
+    pub fn lowest_block_record(&self) -> Option<u64> {
+        let v = self.own_block_votes.keys().next().map(|k| k.0);
+        let c = self.candidates.keys().next().map(|k| k.0);
+        v.into_iter().chain(c).min()
+    }
+
     fn block_snapshot(&self) -> BlockSnapshot {
         let tip = self.blocks.values().next_back().cloned();
         let above = tip.as_ref().map_or(0, |t| t.block.height());
@@ -172,6 +179,10 @@ impl Store for MemoryStore {
                     self.block_stop.get_or_insert_with(|| c.clone());
                 }
                 Write::ClearBlockStop => self.block_stop = None,
+                Write::PruneBlockRecords { below } => {
+                    self.own_block_votes.retain(|(h, _, _), _| h >= below);
+                    self.candidates.retain(|(h, _), _| h >= below);
+                }
             }
         }
         Ok(())

@@ -52,6 +52,13 @@ pub enum Write {
     /// processing stops, and stays stopped across restarts (the first
     /// record is kept).
     PutBlockStop(Contradiction),
+    /// Drops this node's own consensus records and candidates at heights
+    /// below `below`, which is at least [`crate::masternode::blocks::BLOCK_RECORDS_KEPT`]
+    /// below a committed block stored earlier or in the same transaction:
+    /// no vote for those heights can ever be signed again.
+    PruneBlockRecords {
+        below: u64,
+    },
     /// The operator resumes block processing (`time-masternode
     /// clear-block-stop`; never written by the state machine).
     ClearBlockStop,
