@@ -1,6 +1,6 @@
 //! [`Store`] on LMDB (through `heed`): the node's durable state.
 //!
-//! Owns the environment directory and five typed tables, each a name, a key
+//! Owns the environment directory and its typed tables, each a name, a key
 //! type whose bytes sort in table order and a value type, with byte layouts
 //! in [`super::records`]:
 //!
