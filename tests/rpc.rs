@@ -1369,6 +1369,8 @@ fn block_methods_answer_valid_and_invalid_params() {
     let info = rpc.call("getconsensusinfo", json!([])).unwrap();
     assert!(info["height"].as_u64().unwrap() >= height, "{info}");
     assert_eq!(info["halted"], false);
+    assert_eq!(info["stopped"], false);
+    assert_eq!(info["evidence_kept"], 0);
     assert_eq!(info["total_weight"], 3);
     assert!(info["leader"].is_string());
     // Invalid parameters: typed JSON-RPC errors.

@@ -45,6 +45,14 @@ enum Cmd {
         #[arg(long)]
         data_dir: PathBuf,
     },
+    /// Resume block processing after a committed block contradicted a
+    /// payment final here (the stop is durable). Run it with the masternode
+    /// stopped; it prints the contradiction it clears. See docs/OPERATING.md.
+    ClearBlockStop {
+        /// The masternode's data directory (its `db` is inside).
+        #[arg(long)]
+        data_dir: PathBuf,
+    },
 }
 
 #[derive(clap::Args, Clone)]
@@ -98,6 +106,7 @@ fn main() -> ExitCode {
         Cmd::Devnet(args) => devnet(args),
         Cmd::Status { node, chain_id } => status(node, chain_id),
         Cmd::Evidence { data_dir } => evidence(&data_dir),
+        Cmd::ClearBlockStop { data_dir } => clear_block_stop(&data_dir),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -170,8 +179,8 @@ fn run(args: RunArgs) -> Result<(), AnyError> {
     Ok(())
 }
 
-fn evidence(data_dir: &std::path::Path) -> Result<(), AnyError> {
-    use timecoin::storage::Store;
+/// The masternode's database in `data_dir`, which must exist.
+fn open_db(data_dir: &std::path::Path) -> Result<timecoin::storage::LmdbStore, AnyError> {
     let db = data_dir.join("db");
     if !db.exists() {
         return Err(format!(
@@ -180,7 +189,27 @@ fn evidence(data_dir: &std::path::Path) -> Result<(), AnyError> {
         )
         .into());
     }
-    let store = timecoin::storage::LmdbStore::open(&db, Default::default())?;
+    Ok(timecoin::storage::LmdbStore::open(&db, Default::default())?)
+}
+
+fn clear_block_stop(data_dir: &std::path::Path) -> Result<(), AnyError> {
+    let mut store = open_db(data_dir)?;
+    match store.clear_block_stop()? {
+        None => say!("block processing is not stopped: nothing to clear"),
+        Some(stop) => say!(
+            "cleared the block stop ({stop}); the next start of this masternode processes \
+             blocks again"
+        ),
+    }
+    Ok(())
+}
+
+fn evidence(data_dir: &std::path::Path) -> Result<(), AnyError> {
+    use timecoin::storage::Store;
+    let store = open_db(data_dir)?;
+    if let Some(stop) = store.block_stop()? {
+        say!("block processing stopped: {stop}");
+    }
     let all = store.evidence()?;
     say!("{} equivocation record(s)", all.len());
     for e in all {
@@ -190,6 +219,33 @@ fn evidence(data_dir: &std::path::Path) -> Result<(), AnyError> {
             e.txid,
             e.first.decision,
             e.second.decision
+        );
+    }
+    let blocks = store.block_evidence()?;
+    say!("{} block evidence record(s)", blocks.len());
+    for e in blocks {
+        use timecoin_core::blocks::BlockEvidence;
+        let k = e.key();
+        let what = match &e {
+            BlockEvidence::DoubleProposal { first, second } => {
+                format!("two proposals: {} and {}", first.block, second.block)
+            }
+            BlockEvidence::DoubleVote { first, second } => format!(
+                "two {:?}s: {:?} and {:?}",
+                first.kind, first.block, second.block
+            ),
+            BlockEvidence::ConflictingProposal { tx, final_tx, .. } => format!(
+                "proposed {} which conflicts with final payment {}",
+                tx.txid(),
+                final_tx
+            ),
+        };
+        say!(
+            "{} at height {} round {}: {}",
+            k.signer,
+            k.height,
+            k.round,
+            what
         );
     }
     Ok(())

@@ -556,11 +556,14 @@ fn log_status(mn: &Masternode, ctx: &CoreCtx, refusals_logged: &mut u64) {
                  more); block processing stopped, evidence stored; payments still finalize"
             );
         }
-        if b.stats().contradictions > 0 {
+        if let Some(stop) = &b.stats().stop {
             error!(
                 count = b.stats().contradictions,
+                stop = %stop,
                 last = b.stats().last_contradiction.as_deref().unwrap_or(""),
-                "CRITICAL: committed blocks contradict payments final here"
+                "CRITICAL: a committed block contradicts a payment final here; block \
+                 processing stopped (durable: see docs/OPERATING.md, `time-masternode \
+                 clear-block-stop`); payments still finalize"
             );
         }
     }

@@ -361,7 +361,9 @@ impl NodeMetrics {
         snap.blocks = mn.block_layer().map(|b| BlockSnapshot {
             status: b.status(),
             round: b.consensus().height_round().1,
-            halted: b.consensus().halted().is_some(),
+            // Two certificates at one height, or a committed block that
+            // contradicted a payment final here.
+            halted: b.consensus().halted().is_some() || b.stopped(),
             consensus: b.consensus().stats().clone(),
             layer: b.stats().clone(),
             sync: b.sync_stats().clone(),
@@ -1069,6 +1071,12 @@ fn encode_blocks(e: &mut DescriptorEncoder, b: &BlockSnapshot) -> std::fmt::Resu
         "block_equivocations",
         "Leaders seen proposing two blocks in one round",
         c.equivocations,
+    )?;
+    counter(
+        e,
+        "block_evidence_kept",
+        "Block evidence records stored (double proposals, double votes, conflicting proposals)",
+        c.evidence_kept,
     )?;
     counter(
         e,

@@ -1,6 +1,6 @@
 //! [`Store`] on LMDB (through `heed`): the node's durable state.
 //!
-//! Owns the environment directory and five typed tables, each a name, a key
+//! Owns the environment directory and its typed tables, each a name, a key
 //! type whose bytes sort in table order and a value type, with byte layouts
 //! in [`super::records`]:
 //!
@@ -18,6 +18,8 @@
 //! | `own_block_votes` | height ‖ round (BE) ‖ step | [`VotedBlock`] |
 //! | `block_candidates` | height (BE) ‖ block hash | [`Candidate`] |
 //! | `fork_evidence` | [`BlockHeight`]           | [`ForkEvidence`] |
+//! | `block_stop` | [`BlockHeight`] | [`Contradiction`] (at most one) |
+//! | `block_evidence` | height ‖ round (BE) ‖ kind ‖ offender | [`BlockEvidence`] |
 //!
 //! Block layouts are in [`timecoin_core::storage::block_records`].
 //!
@@ -34,6 +36,7 @@
 use std::collections::HashSet;
 use std::fmt;
 use std::marker::PhantomData;
+use std::ops::Bound;
 use std::path::Path;
 
 use heed::types::Bytes;
@@ -49,7 +52,9 @@ use crate::protocol::timeproof::TimeProof;
 use crate::protocol::types::{ChainId, OutPoint, Transaction, Txid};
 use crate::protocol::utxo::{UtxoEntry, UtxoState};
 use crate::protocol::vote::VoteBatch;
-use timecoin_core::blocks::{BlockHash, Candidate, ForkEvidence};
+use timecoin_core::blocks::{
+    BlockEvidence, BlockEvidenceKey, BlockHash, Candidate, Contradiction, ForkEvidence,
+};
 use timecoin_core::storage::block_records::{
     BlockHeight, CandidateKey, OwnBlockVoteKey, VotedBlock,
 };
@@ -71,7 +76,9 @@ const TABLE_OWN_BLOCK_VOTES: &str = "own_block_votes";
 const TABLE_BLOCK_CANDIDATES: &str = "block_candidates";
 const TABLE_FORK_EVIDENCE: &str = "fork_evidence";
 const TABLE_BLOCK_HEIGHTS: &str = "block_heights";
-const TABLE_COUNT: u32 = 13;
+const TABLE_BLOCK_EVIDENCE: &str = "block_evidence";
+const TABLE_BLOCK_STOP: &str = "block_stop";
+const TABLE_COUNT: u32 = 15;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LmdbOptions {
@@ -268,6 +275,10 @@ pub struct LmdbStore {
     fork_evidence: Table<BlockHeight, ForkEvidence>,
     /// Committed block hash -> height (`getblock` by hash).
     block_heights: Table<BlockHash, BlockHeight>,
+    /// Double proposals, double votes and conflicting proposals.
+    block_evidence: Table<BlockEvidenceKey, BlockEvidence>,
+    /// The contradiction that stopped block processing, if any.
+    block_stop: Table<BlockHeight, Contradiction>,
 }
 
 /// Reads committed blocks from another thread (see
@@ -371,6 +382,8 @@ impl LmdbStore {
         let block_candidates = Table::create(&env, &mut wtxn, TABLE_BLOCK_CANDIDATES)?;
         let fork_evidence = Table::create(&env, &mut wtxn, TABLE_FORK_EVIDENCE)?;
         let block_heights = Table::create(&env, &mut wtxn, TABLE_BLOCK_HEIGHTS)?;
+        let block_evidence = Table::create(&env, &mut wtxn, TABLE_BLOCK_EVIDENCE)?;
+        let block_stop = Table::create(&env, &mut wtxn, TABLE_BLOCK_STOP)?;
         if version.is_none() {
             let fresh = meta.is_empty(&wtxn)?
                 && utxos.is_empty(&wtxn)?
@@ -406,6 +419,8 @@ impl LmdbStore {
             block_candidates,
             fork_evidence,
             block_heights,
+            block_evidence,
+            block_stop,
         })
     }
 
@@ -441,7 +456,26 @@ impl LmdbStore {
             Ok(())
         })?;
         snap.fork = self.fork_evidence.last(rtxn)?;
+        snap.evidence_count = self.block_evidence.db.len(rtxn).map_err(backend)?;
+        snap.stop = self.block_stop.last(rtxn)?;
         Ok(snap)
+    }
+
+    /// The contradiction that stopped block processing, if any.
+    pub fn block_stop(&self) -> Result<Option<Contradiction>, StoreError> {
+        let rtxn = self.env.read_txn().map_err(backend)?;
+        self.block_stop.last(&rtxn)
+    }
+
+    /// Resumes block processing at the next start (`time-masternode
+    /// clear-block-stop`): removes the stop record and returns it. The
+    /// masternode must not be running (it holds the stop in memory).
+    pub fn clear_block_stop(&mut self) -> Result<Option<Contradiction>, StoreError> {
+        let stop = self.block_stop()?;
+        if stop.is_some() {
+            self.apply(&[Write::ClearBlockStop])?;
+        }
+        Ok(stop)
     }
 
     /// The environment directory.
@@ -537,6 +571,21 @@ impl Store for LmdbStore {
             Some(LogSeq(last)) => last + 1,
             None => 0,
         };
+        // Back from the log's end until every unconfirmed transaction was
+        // seen: the walk is as long as the backlog of unconfirmed payments.
+        let mut left: HashSet<Txid> = snap
+            .unconfirmed_transactions
+            .iter()
+            .map(|t| t.txid())
+            .collect();
+        let mut from = snap.finality_log_len;
+        while !left.is_empty() && from > 0 {
+            from -= 1;
+            if let Some(t) = self.finality_log.get(&rtxn, &LogSeq(from))? {
+                left.remove(&t);
+            }
+        }
+        snap.unconfirmed_log_from = if left.is_empty() { from } else { 0 };
 
         snap.finalized = self.proofs.keys(&rtxn)?;
 
@@ -644,6 +693,38 @@ impl Store for LmdbStore {
                     self.fork_evidence
                         .put(&mut wtxn, &BlockHeight(f.height()), f, &mut buf)?
                 }
+                Write::PutBlockEvidence(e) => {
+                    self.block_evidence.put(&mut wtxn, &e.key(), e, &mut buf)?
+                }
+                Write::PutBlockStop(c) => {
+                    // The first contradiction is the one kept.
+                    if self.block_stop.is_empty(&wtxn)? {
+                        self.block_stop
+                            .put(&mut wtxn, &BlockHeight(c.height), c, &mut buf)?
+                    }
+                }
+                Write::ClearBlockStop => self.block_stop.db.clear(&mut wtxn).map_err(backend)?,
+                Write::PruneBlockRecords { below } => {
+                    // Keys sort by height first (big-endian): everything
+                    // before the first key at `below`.
+                    let votes = OwnBlockVoteKey {
+                        height: *below,
+                        round: 0,
+                        step: timecoin_core::blocks::SignedStep::Proposal,
+                    }
+                    .to_key();
+                    let range = (Bound::Unbounded, Bound::Excluded(&votes[..]));
+                    self.own_block_votes
+                        .db
+                        .delete_range(&mut wtxn, &range)
+                        .map_err(backend)?;
+                    let cands = CandidateKey(*below, BlockHash([0; 32])).to_key();
+                    let range = (Bound::Unbounded, Bound::Excluded(&cands[..]));
+                    self.block_candidates
+                        .db
+                        .delete_range(&mut wtxn, &range)
+                        .map_err(backend)?;
+                }
             }
         }
         wtxn.commit().map_err(backend)
@@ -666,6 +747,16 @@ impl Store for LmdbStore {
     fn block(&self, height: u64) -> Result<Option<CommittedBlock>, StoreError> {
         let rtxn = self.env.read_txn().map_err(backend)?;
         self.blocks.get(&rtxn, &BlockHeight(height))
+    }
+
+    fn block_evidence(&self) -> Result<Vec<BlockEvidence>, StoreError> {
+        let rtxn = self.env.read_txn().map_err(backend)?;
+        let mut out = Vec::new();
+        self.block_evidence.for_each(&rtxn, |_, e| {
+            out.push(e);
+            Ok(())
+        })?;
+        Ok(out)
     }
 
     fn evidence(&self) -> Result<Vec<Equivocation>, StoreError> {
@@ -849,6 +940,10 @@ mod tests {
             Write::AppendOwnVotes(batch(&[locked.txid()])),
             Write::PutProof(proof_for(finalized.txid())),
             Write::AppendOwnVotes(batch(&[pending.txid(), finalized.txid()])),
+            // The finality log: the unconfirmed one is entry 1 of 3.
+            Write::AppendFinality(Txid([9; 32])),
+            Write::AppendFinality(finalized.txid()),
+            Write::AppendFinality(Txid([8; 32])),
         ]
     }
 
@@ -868,6 +963,7 @@ mod tests {
         assert_eq!(a.unconfirmed_transactions, b.unconfirmed_transactions);
         assert_eq!(a.finalized, b.finalized);
         assert_eq!(a.own_votes, b.own_votes);
+        assert_eq!(a.unconfirmed_log_from, b.unconfirmed_log_from);
     }
 
     /// Block records survive a reopen; the snapshot holds the tip, the own
@@ -902,6 +998,24 @@ mod tests {
                 precommits: vec![(PublicKey([2; 32]), [3; 64])],
             },
         };
+        let double_vote = |height: u64| {
+            let v = |b| timecoin_core::blocks::BlockVote {
+                slot: Slot {
+                    chain_id: CHAIN,
+                    epoch: 1,
+                    height,
+                    round: 0,
+                },
+                kind: timecoin_core::blocks::VoteKind::Prevote,
+                block: b,
+                voter: PublicKey([4; 32]),
+                signature: [5; 64],
+            };
+            BlockEvidence::DoubleVote {
+                first: v(None),
+                second: v(Some(BlockHash([6; 32]))),
+            }
+        };
         let vote = |height: u64, round: u32, step, block| OwnBlockVote {
             height,
             round,
@@ -922,6 +1036,10 @@ mod tests {
                 block: block(2),
                 polka: vec![],
             })),
+            Write::PutBlockEvidence(Box::new(double_vote(3))),
+            Write::PutBlockEvidence(Box::new(double_vote(2))),
+            // The same key again: one record.
+            Write::PutBlockEvidence(Box::new(double_vote(3))),
         ];
         let dir = tempfile::tempdir().unwrap();
         {
@@ -964,6 +1082,71 @@ mod tests {
         .unwrap();
         assert_eq!(h, (Some(2), None, Some(2), Some(committed(1))));
         assert!(a.fork.is_none());
+        assert_eq!((a.evidence_count, b.evidence_count), (2, 2));
+        assert_eq!((a.stop.clone(), b.stop.clone()), (None, None));
+        let ev = s.block_evidence().unwrap();
+        assert_eq!(ev, vec![double_vote(2), double_vote(3)], "by height");
+        assert_eq!(ev, reference.block_evidence().unwrap());
+        // Pruning below height 3 leaves the records at 3 and above.
+        drop(s);
+        let mut s = open(dir.path());
+        let prune = [Write::PruneBlockRecords { below: 3 }];
+        s.apply(&prune).unwrap();
+        reference.apply(&prune).unwrap();
+        let mut left = Vec::new();
+        s.own_block_votes
+            .for_each(&s.env.read_txn().unwrap(), |k, _| {
+                left.push(k.height);
+                Ok(())
+            })
+            .unwrap();
+        assert_eq!(left, vec![3, 3], "the vote at height 1 is gone");
+        let mut cands = Vec::new();
+        s.block_candidates
+            .for_each(&s.env.read_txn().unwrap(), |k, _| {
+                cands.push(k.0);
+                Ok(())
+            })
+            .unwrap();
+        assert_eq!(cands, vec![3], "the candidate at height 2 is gone");
+        let (a, b) = (s.load().unwrap().blocks, reference.load().unwrap().blocks);
+        assert_eq!(
+            (&a.tip, &a.own_votes, &a.candidates),
+            (&b.tip, &b.own_votes, &b.candidates)
+        );
+    }
+
+    /// The stop after a contradicting block survives a reopen (the first
+    /// record is kept) until it is cleared.
+    #[test]
+    fn block_stop_survives_reopen_until_cleared() {
+        use timecoin_core::blocks::{BlockHash, Contradicted};
+        let stop = |h: u64| Contradiction {
+            height: h,
+            block: BlockHash([h as u8; 32]),
+            txid: Txid([1; 32]),
+            what: Contradicted::FinalPayment(Txid([2; 32])),
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let mut reference = MemoryStore::new();
+        reference.init(&genesis(CHAIN)).unwrap();
+        let writes = [Write::PutBlockStop(stop(5)), Write::PutBlockStop(stop(4))];
+        reference.apply(&writes).unwrap();
+        {
+            let mut s = open(dir.path());
+            s.init(&genesis(CHAIN)).unwrap();
+            s.apply(&writes).unwrap();
+        }
+        let mut s = open(dir.path());
+        assert_eq!(s.load().unwrap().blocks.stop, Some(stop(5)));
+        assert_eq!(reference.load().unwrap().blocks.stop, Some(stop(5)));
+        assert_eq!(s.clear_block_stop().unwrap(), Some(stop(5)));
+        assert_eq!(s.clear_block_stop().unwrap(), None);
+        drop(s);
+        let s = open(dir.path());
+        assert_eq!(s.load().unwrap().blocks.stop, None);
+        reference.apply(&[Write::ClearBlockStop]).unwrap();
+        assert_eq!(reference.load().unwrap().blocks.stop, None);
     }
 
     #[test]
@@ -987,6 +1170,7 @@ mod tests {
         assert_eq!(snap.own_votes.len(), 2);
         // The finalized spend is final but in no block yet.
         assert_eq!(snap.unconfirmed_transactions.len(), 1);
+        assert_eq!(snap.unconfirmed_log_from, 1, "where paging in starts");
         assert_same(snap, reference.load().unwrap());
 
         for w in &writes {

@@ -7,7 +7,7 @@ use std::fmt;
 
 use crate::codec::{DecodeError, Reader};
 use crate::protocol::types::{ChainId, PublicKey, Transaction, Txid};
-use crate::protocol::vote::{merkle_levels, merkle_root};
+use crate::protocol::vote::{merkle_levels, merkle_path, merkle_root, root_from_path};
 
 /// Current block format version.
 pub const BLOCK_VERSION: u16 = 1;
@@ -112,17 +112,43 @@ impl BlockHeader {
     }
 }
 
+/// The Merkle leaf of a txid in a block's transaction tree.
+fn tx_leaf(t: &Txid) -> [u8; 32] {
+    let mut h = blake3::Hasher::new();
+    h.update(DOMAIN_BLOCK_TX);
+    h.update(&t.0);
+    *h.finalize().as_bytes()
+}
+
 /// Merkle root over the txids of a block body (zero for an empty block).
 pub fn tx_root<'a>(txids: impl Iterator<Item = &'a Txid>) -> [u8; 32] {
-    let leaves = txids
-        .map(|t| {
-            let mut h = blake3::Hasher::new();
-            h.update(DOMAIN_BLOCK_TX);
-            h.update(&t.0);
-            *h.finalize().as_bytes()
-        })
-        .collect();
-    merkle_root(&merkle_levels(leaves))
+    merkle_root(&merkle_levels(txids.map(tx_leaf).collect()))
+}
+
+/// Most siblings a transaction's Merkle path in a block has (16,384
+/// transactions: 14 levels; decoders cap at this).
+pub const MAX_TX_PATH: usize = 32;
+
+impl BlockHeader {
+    /// Whether `txid` is the block's transaction number `index`, by its
+    /// Merkle path to `tx_root`.
+    pub fn includes(&self, txid: &Txid, index: u32, path: &[[u8; 32]]) -> bool {
+        root_from_path(tx_leaf(txid), index as usize, self.tx_count as usize, path)
+            == Some(self.tx_root)
+    }
+}
+
+impl Block {
+    /// The Merkle path of transaction number `index` (see
+    /// [`BlockHeader::includes`]).
+    pub fn tx_path(&self, index: usize) -> Vec<[u8; 32]> {
+        let leaves = self
+            .transactions
+            .iter()
+            .map(|t| tx_leaf(&t.txid()))
+            .collect();
+        merkle_path(&merkle_levels(leaves), index)
+    }
 }
 
 /// Why a block's own bytes are inconsistent (independent of any node's state).

@@ -22,6 +22,7 @@ use crate::blocks::block::{Block, BlockFormatError, BlockHash, MAX_BLOCK_BYTES};
 use crate::blocks::certificate::{
     CertificateError, CommitCertificate, CommittedBlock, ForkEvidence,
 };
+use crate::blocks::evidence::{BlockEvidence, BlockEvidenceKey, SignedProposal};
 use crate::blocks::leader::leader;
 use crate::blocks::vote::{BlockVote, Proposal, Slot, VoteKind};
 use crate::histogram::{BlockMillis, Histogram, Rounds};
@@ -228,6 +229,8 @@ pub enum ConsensusWrite {
     Candidate(Box<Candidate>),
     Committed(Box<CommittedBlock>),
     Fork(Box<ForkEvidence>),
+    /// A proposer's or voter's misbehaviour, with its signatures.
+    Evidence(Box<BlockEvidence>),
 }
 
 /// Effects collected since the last `take_round`.
@@ -269,6 +272,9 @@ pub struct ConsensusStats {
     pub proposals_made: u64,
     pub invalid_proposals: u64,
     pub equivocations: u64,
+    /// Evidence records written (double proposals, double votes,
+    /// proposals conflicting with a final payment), this run.
+    pub evidence_kept: u64,
     /// Votes this node refused to sign because it had signed another one
     /// for the same height, round and step (never on a correct path).
     pub refused_conflicting: u64,
@@ -295,6 +301,10 @@ enum Timer {
     Prevote,
     Precommit,
 }
+
+/// Most block evidence records a store holds (the payment layer's limit,
+/// each record at most a few KB); more misbehaviour is counted only.
+pub const MAX_BLOCK_EVIDENCE: usize = crate::protocol::engine::MAX_EVIDENCE;
 
 /// Most further values one equivocating voter is counted for per round
 /// and step (bounds memory).
@@ -362,6 +372,10 @@ pub struct BlockConsensus {
     out: ConsensusRound,
     halted: Option<ForkEvidence>,
     stats: ConsensusStats,
+    /// Evidence written this run (one record per key).
+    evidence_keys: HashSet<BlockEvidenceKey>,
+    /// Evidence records in the store (at start, plus those written since).
+    evidence_stored: u64,
     /// The latest time a driver passed in.
     now: u64,
     /// When the height being decided started here (for `commit_time`).
@@ -409,6 +423,8 @@ impl BlockConsensus {
             out: ConsensusRound::default(),
             halted: None,
             stats: ConsensusStats::default(),
+            evidence_keys: HashSet::new(),
+            evidence_stored: 0,
             now,
             height_started_ms: None,
         };
@@ -463,6 +479,9 @@ impl BlockConsensus {
     pub fn tip(&self) -> ChainTip {
         self.tip
     }
+    pub fn public_key(&self) -> PublicKey {
+        self.me
+    }
     /// The height being decided and its current round.
     pub fn height_round(&self) -> (u64, u32) {
         (self.height, self.round)
@@ -475,6 +494,41 @@ impl BlockConsensus {
     }
     pub fn locked(&self) -> Option<(u32, BlockHash)> {
         self.locked
+    }
+
+    /// The (height, round) whose leader's proposal this node waits for
+    /// right now (round started, nothing prevoted, no proposal held).
+    pub fn awaiting_proposal(&self) -> Option<(u64, u32)> {
+        let held = self
+            .rounds
+            .get(&self.round)
+            .is_some_and(|rs| rs.proposal.is_some());
+        (self.started && self.halted.is_none() && self.step == Step::Propose && !held)
+            .then_some((self.height, self.round))
+    }
+
+    /// How many evidence records the store holds already (at start): the
+    /// bound [`MAX_BLOCK_EVIDENCE`] counts them.
+    pub fn set_evidence_stored(&mut self, n: u64) {
+        self.evidence_stored = n;
+    }
+
+    /// Evidence records in the store, as far as this node knows.
+    pub fn evidence_stored(&self) -> u64 {
+        self.evidence_stored
+    }
+
+    /// Writes `e` once per key while the store holds fewer than
+    /// [`MAX_BLOCK_EVIDENCE`] records; beyond that only the counters move.
+    fn keep_evidence(&mut self, e: BlockEvidence) {
+        if self.evidence_stored >= MAX_BLOCK_EVIDENCE as u64 {
+            return;
+        }
+        if self.evidence_keys.insert(e.key()) {
+            self.evidence_stored += 1;
+            self.stats.evidence_kept += 1;
+            self.out.writes.push(ConsensusWrite::Evidence(Box::new(e)));
+        }
     }
 
     /// Effects since the last call.
@@ -589,8 +643,14 @@ impl BlockConsensus {
         if let Some(prev) = &rs.proposal {
             if prev.block.hash() != hash {
                 // An equivocating leader: keep the first; the round times out
-                // or decides on whichever gathers a quorum of prevotes.
+                // or decides on whichever gathers a quorum of prevotes. Both
+                // signatures are checked (the first when it arrived).
+                let e = BlockEvidence::DoubleProposal {
+                    first: SignedProposal::of(prev),
+                    second: SignedProposal::of(&p),
+                };
                 self.stats.equivocations += 1;
+                self.keep_evidence(e);
             }
             return Ok(());
         }
@@ -631,11 +691,11 @@ impl BlockConsensus {
             }
             .by_voter
             .get(&v.voter)
-            .map(|p| p.block)
         });
         match held {
-            Some(b) if b == v.block => Ok(()),
-            Some(_) => {
+            Some(first) if first.block == v.block => Ok(()),
+            Some(first) => {
+                let first = first.clone();
                 let Some(w) = self.registry.weight_of(&v.voter) else {
                     return Ok(());
                 };
@@ -652,10 +712,15 @@ impl BlockConsensus {
                     return Ok(());
                 }
                 self.stats.equivocations += 1;
+                let evidence = BlockEvidence::DoubleVote {
+                    first,
+                    second: v.clone(),
+                };
                 if more < MAX_EQUIVOCATIONS {
                     *set.weight.entry(v.block).or_default() += w;
                     set.equivocations.insert(key, v);
                 }
+                self.keep_evidence(evidence);
                 Ok(())
             }
             None if !v.verify_signature() => Err(ConsensusError::BadSignature),
@@ -1030,11 +1095,44 @@ impl BlockConsensus {
                 }
                 Validity::Wait
             }
+            Err(BodyRejection::Conflicts { txid, final_tx }) => {
+                // A Byzantine proposer: the block spends what a payment
+                // final here spent. Kept with the proposal's signature.
+                self.stats.invalid_proposals += 1;
+                if let Some(e) = self.conflict_evidence(hash, txid, final_tx) {
+                    self.keep_evidence(e);
+                }
+                Validity::Invalid
+            }
             _ => {
                 self.stats.invalid_proposals += 1;
                 Validity::Invalid
             }
         }
+    }
+
+    /// Evidence against the signed proposal of block `hash` whose
+    /// transaction `txid` conflicts with the final payment `final_tx`.
+    fn conflict_evidence(
+        &self,
+        hash: &BlockHash,
+        txid: Txid,
+        final_tx: Txid,
+    ) -> Option<BlockEvidence> {
+        let p = self
+            .rounds
+            .values()
+            .filter_map(|rs| rs.proposal.as_ref())
+            .find(|p| p.block.hash() == *hash)?;
+        let index = p.block.transactions.iter().position(|t| t.txid() == txid)?;
+        Some(BlockEvidence::ConflictingProposal {
+            proposal: SignedProposal::of(p),
+            header: p.block.header,
+            tx: p.block.transactions[index].clone(),
+            index: index as u32,
+            path: p.block.tx_path(index),
+            final_tx,
+        })
     }
 
     /// The ledger changed (payments became final here): a proposal this

@@ -6,12 +6,14 @@
 //! - [`block`]: header, body, hash, bounded encoding.
 //! - [`vote`]: signed proposals and prevote/precommit votes.
 //! - [`certificate`]: commit certificates and fork evidence.
+//! - [`evidence`]: signed proof of a proposer's or voter's misbehaviour.
 //! - [`leader`]: stake-weighted leader per height and round.
 //! - [`consensus`]: the Tendermint-style state machine.
 
 pub mod block;
 pub mod certificate;
 pub mod consensus;
+pub mod evidence;
 pub mod leader;
 pub mod vote;
 
@@ -24,4 +26,5 @@ pub use consensus::{
     BlockConsensus, BlockLedger, BodyRejection, Candidate, ChainTip, ConsensusConfig,
     ConsensusMessage, ConsensusRound, ConsensusWrite, OwnBlockVote, SignedStep,
 };
+pub use evidence::{BlockEvidence, BlockEvidenceKey, Contradicted, Contradiction, SignedProposal};
 pub use vote::{BlockVote, Proposal, Slot, VoteKind};

@@ -237,6 +237,8 @@ fn leader_is_deterministic_and_stake_weighted() {
 struct TestLedger {
     body: Vec<Transaction>,
     not_final: HashSet<crate::protocol::types::Txid>,
+    /// txid -> the final payment it conflicts with.
+    conflicts: HashMap<crate::protocol::types::Txid, crate::protocol::types::Txid>,
 }
 
 impl BlockLedger for TestLedger {
@@ -246,6 +248,12 @@ impl BlockLedger for TestLedger {
     fn check_body(&self, block: &Block) -> Result<(), BodyRejection> {
         for t in &block.transactions {
             let id = t.txid();
+            if let Some(f) = self.conflicts.get(&id) {
+                return Err(BodyRejection::Conflicts {
+                    txid: id,
+                    final_tx: *f,
+                });
+            }
             if self.not_final.contains(&id) {
                 return Err(BodyRejection::NotFinal(id));
             }
@@ -270,6 +278,7 @@ struct Net {
     nodes: Vec<Option<BlockConsensus>>,
     durable_votes: Vec<Vec<OwnBlockVote>>,
     durable_candidates: Vec<Vec<Candidate>>,
+    evidence: Vec<Vec<super::evidence::BlockEvidence>>,
     chains: Vec<Vec<CommittedBlock>>,
     queue: Vec<(usize, ConsensusMessage)>,
     ledgers: Vec<TestLedger>,
@@ -322,6 +331,7 @@ impl Net {
             nodes,
             durable_votes: vec![vec![]; n],
             durable_candidates: vec![vec![]; n],
+            evidence: vec![vec![]; n],
             chains: vec![vec![]; n],
             queue: vec![],
             ledgers: (0..n).map(|_| TestLedger::default()).collect(),
@@ -345,6 +355,7 @@ impl Net {
                 ConsensusWrite::Candidate(b) => self.durable_candidates[i].push(*b),
                 ConsensusWrite::Committed(bc) => self.chains[i].push(*bc),
                 ConsensusWrite::Fork(_) => panic!("fork among honest nodes"),
+                ConsensusWrite::Evidence(e) => self.evidence[i].push(*e),
             }
         }
         for m in round.broadcasts {
@@ -1016,4 +1027,207 @@ proptest! {
         prop_assert_eq!(net.conflicting_votes, 0);
         prop_assert!(net.min_height() > before, "no progress once calm");
     }
+}
+
+/// A consensus instance for masternode `me` of four, with round 0 of
+/// height 1 started; and the index of round 0's leader (never `me`).
+fn started_at_round_0() -> (
+    Vec<ed25519_dalek::SigningKey>,
+    Registry,
+    BlockConsensus,
+    usize,
+) {
+    let ks = keys(4);
+    let reg = registry(&ks, &[Tier::Bronze]);
+    let li = reg.position(&leader(CHAIN, &reg, 1, 0)).unwrap();
+    let me = (li + 1) % 4;
+    let tip = ChainTip {
+        height: 0,
+        hash: BlockHash::genesis(CHAIN, 1),
+        time_ms: 0,
+    };
+    let mut c = BlockConsensus::new(
+        ConsensusConfig::devnet(),
+        CHAIN,
+        ks[me].clone(),
+        reg.clone(),
+        tip,
+        None,
+        &[],
+        vec![],
+        1,
+    );
+    c.handle_timeout(1, &TestLedger::default());
+    let _ = c.take_round();
+    (ks, reg, c, li)
+}
+
+fn slot0() -> Slot {
+    Slot {
+        chain_id: CHAIN,
+        epoch: 1,
+        height: 1,
+        round: 0,
+    }
+}
+
+fn evidence_of(r: &ConsensusRound) -> Vec<super::evidence::BlockEvidence> {
+    r.writes
+        .iter()
+        .filter_map(|w| match w {
+            ConsensusWrite::Evidence(e) => Some((**e).clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn an_equivocating_leader_and_a_double_voter_are_kept_as_evidence() {
+    use super::evidence::BlockEvidence;
+    let (ks, reg, mut c, li) = started_at_round_0();
+    let ledger = TestLedger::default();
+    let genesis = BlockHash::genesis(CHAIN, 1);
+    let leader_pk = PublicKey::from_signing(&ks[li]);
+    let b1 = Block::new(CHAIN, 1, 1, genesis, 1, leader_pk, vec![]);
+    let b2 = Block::new(CHAIN, 1, 1, genesis, 2, leader_pk, vec![]);
+    c.handle_proposal(
+        1,
+        Proposal::sign(slot0(), None, b1.clone(), &ks[li]),
+        &ledger,
+    )
+    .unwrap();
+    let _ = c.take_round();
+    c.handle_proposal(
+        1,
+        Proposal::sign(slot0(), None, b2.clone(), &ks[li]),
+        &ledger,
+    )
+    .unwrap();
+    let byz = (li + 2) % 4;
+    let v1 = BlockVote::sign(slot0(), VoteKind::Prevote, Some(b1.hash()), &ks[byz]);
+    let v2 = BlockVote::sign(slot0(), VoteKind::Prevote, None, &ks[byz]);
+    let v3 = BlockVote::sign(slot0(), VoteKind::Prevote, Some(b2.hash()), &ks[byz]);
+    for v in [v1.clone(), v2.clone(), v3, v2.clone()] {
+        c.handle_vote(1, v, &ledger).unwrap();
+    }
+    // The same proposal again is no evidence.
+    c.handle_proposal(1, Proposal::sign(slot0(), None, b2, &ks[li]), &ledger)
+        .unwrap();
+    let ev = evidence_of(&c.take_round());
+    assert_eq!(ev.len(), 2, "one record per offender and step: {ev:?}");
+    assert!(ev.iter().all(|e| e.verify(CHAIN, &reg)));
+    assert!(matches!(&ev[0], BlockEvidence::DoubleProposal { first, .. }
+        if first.proposer == leader_pk && first.block == b1.hash()));
+    assert_eq!(
+        ev[1],
+        BlockEvidence::DoubleVote {
+            first: v1.clone(),
+            second: v2.clone()
+        }
+    );
+    assert_eq!(ev[1].offender(), PublicKey::from_signing(&ks[byz]));
+    assert_eq!(c.stats().evidence_kept, 2);
+    assert!(c.stats().equivocations >= 3);
+    // What verify refuses: no conflict, a forged signature, another chain.
+    let same = BlockEvidence::DoubleVote {
+        first: v1.clone(),
+        second: v1.clone(),
+    };
+    assert!(!same.verify(CHAIN, &reg));
+    let mut forged = v2.clone();
+    forged.signature[0] ^= 1;
+    assert!(!BlockEvidence::DoubleVote {
+        first: v1.clone(),
+        second: forged
+    }
+    .verify(CHAIN, &reg));
+    assert!(!ev[1].verify(CHAIN + 1, &reg));
+    let other = BlockVote::sign(slot0(), VoteKind::Prevote, None, &ks[li]);
+    assert!(!BlockEvidence::DoubleVote {
+        first: v1,
+        second: other
+    }
+    .verify(CHAIN, &reg));
+}
+
+#[test]
+fn block_evidence_is_bounded_by_the_store() {
+    let (ks, _reg, mut c, li) = started_at_round_0();
+    c.set_evidence_stored(MAX_BLOCK_EVIDENCE as u64);
+    let ledger = TestLedger::default();
+    let byz = (li + 2) % 4;
+    for b in [Some(BlockHash([1; 32])), None] {
+        let v = BlockVote::sign(slot0(), VoteKind::Precommit, b, &ks[byz]);
+        c.handle_vote(1, v, &ledger).unwrap();
+    }
+    assert!(evidence_of(&c.take_round()).is_empty());
+    assert_eq!(c.stats().equivocations, 1, "still counted");
+    assert_eq!(c.stats().evidence_kept, 0);
+}
+
+#[test]
+fn a_proposal_conflicting_with_a_final_payment_is_evidence_and_gets_nil() {
+    use super::evidence::BlockEvidence;
+    use crate::protocol::types::{OutPoint, TxInput, Txid};
+    let (ks, reg, mut c, li) = started_at_round_0();
+    let spend = |coin: u8, amount: u64| Transaction {
+        version: 1,
+        chain_id: CHAIN,
+        inputs: vec![TxInput {
+            prev: OutPoint {
+                txid: Txid([coin; 32]),
+                vout: 0,
+            },
+            public_key: PublicKey([1; 32]),
+            signature: [2; 64],
+        }],
+        outputs: vec![TxOutput {
+            amount,
+            address: crate::protocol::types::Address([3; 20]),
+        }],
+        lock_time: 0,
+    };
+    let final_here = spend(5, 10);
+    let double = spend(5, 11);
+    let mut ledger = TestLedger::default();
+    ledger.conflicts.insert(double.txid(), final_here.txid());
+    let body = vec![spend(1, 1), spend(2, 1), double.clone(), spend(3, 1)];
+    let leader_pk = PublicKey::from_signing(&ks[li]);
+    let b = Block::new(
+        CHAIN,
+        1,
+        1,
+        BlockHash::genesis(CHAIN, 1),
+        1,
+        leader_pk,
+        body,
+    );
+    c.handle_proposal(1, Proposal::sign(slot0(), None, b, &ks[li]), &ledger)
+        .unwrap();
+    let r = c.take_round();
+    let me = c.public_key();
+    let nil = r
+        .broadcasts
+        .iter()
+        .filter_map(|m| own_vote(m, me))
+        .any(|v| v.kind == VoteKind::Prevote && v.block.is_none() && v.slot.round == 0);
+    assert!(nil, "a nil prevote at once: {:?}", r.broadcasts);
+    let ev = evidence_of(&r);
+    assert_eq!(ev.len(), 1);
+    let e = &ev[0];
+    assert!(
+        matches!(e, BlockEvidence::ConflictingProposal { tx, index: 2, final_tx, .. }
+        if *tx == double && *final_tx == final_here.txid())
+    );
+    assert!(e.verify(CHAIN, &reg));
+    assert!(e.conflicts_with(&final_here));
+    assert!(!e.conflicts_with(&spend(6, 10)));
+    assert_eq!(e.offender(), leader_pk);
+    // A record whose transaction is not the block's fails.
+    let mut bad = e.clone();
+    if let BlockEvidence::ConflictingProposal { tx, .. } = &mut bad {
+        *tx = spend(7, 1);
+    }
+    assert!(!bad.verify(CHAIN, &reg));
+    assert_eq!(c.stats().invalid_proposals, 1);
 }

@@ -175,6 +175,21 @@ fn proposal_signing_message(
     m
 }
 
+/// Checks a proposer's signature over (slot, valid round, block hash).
+pub fn verify_proposal_signature(
+    slot: &Slot,
+    valid_round: Option<u32>,
+    block: &BlockHash,
+    proposer: &PublicKey,
+    signature: &[u8; 64],
+) -> bool {
+    crate::sig::verify(
+        &proposer.0,
+        &proposal_signing_message(slot, valid_round, block, proposer),
+        signature,
+    )
+}
+
 /// Most prevotes a proposal's justification may carry.
 pub const MAX_POLKA_VOTES: usize = 4_096;
 
@@ -218,14 +233,11 @@ impl Proposal {
     }
 
     pub fn verify_signature(&self) -> bool {
-        crate::sig::verify(
-            &self.proposer.0,
-            &proposal_signing_message(
-                &self.slot,
-                self.valid_round,
-                &self.block.hash(),
-                &self.proposer,
-            ),
+        verify_proposal_signature(
+            &self.slot,
+            self.valid_round,
+            &self.block.hash(),
+            &self.proposer,
             &self.signature,
         )
     }

@@ -10,12 +10,13 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
 use crate::blocks::consensus::{BlockLedger, BodyRejection, ConsensusWrite};
+use crate::blocks::evidence::{Contradicted, Contradiction};
 use crate::blocks::{Block, BlockConsensus, ChainTip, CommittedBlock, ConsensusMessage};
 use crate::masternode::block_sync::BlockSync;
-use crate::protocol::engine::Engine;
+use crate::protocol::engine::{CommittedTxError, Engine};
 use crate::protocol::types::{PublicKey, Transaction, Txid};
 use crate::protocol::utxo::UtxoState;
-use crate::storage::Write;
+use crate::storage::{Store, StoreError, Write};
 
 /// A payment a proposal waits on is asked for again at most this often.
 pub const MISSING_PROOF_EVERY_MS: u64 = 1_000;
@@ -25,10 +26,57 @@ pub const MISSING_PROOFS_PER_S: u32 = 64;
 /// Most payments remembered as asked for.
 const MAX_MISSING_TRACKED: usize = 4_096;
 
+/// Most final, unconfirmed payments held in memory (about 300 bytes each:
+/// some 20 MB). During a long block stall the rest stay in the store only
+/// and are paged back in, in the order they became final, as blocks drain
+/// the queue.
+pub const MAX_UNCONFIRMED_IN_MEMORY: usize = 65_536;
+
+/// Own consensus records (and candidates) are kept for this many heights
+/// below the committed tip, for an operator to read; older ones are pruned
+/// every so many heights (see PROTOCOL.md, "Durable votes and restarts").
+pub const BLOCK_RECORDS_KEPT: u64 = 64;
+
+/// Most finality-log entries one page-in reads (bounds a core round).
+pub const PAGE_IN_ENTRIES: usize = 4_096;
+
 /// The engine as the block consensus sees it.
 pub struct LedgerView<'a> {
     pub engine: &'a Engine,
     pub unconfirmed: &'a Unconfirmed,
+    /// To tell whether a parent the queue does not hold in memory is in a
+    /// block yet (only asked while the queue holds some in the store
+    /// only); without it such a body is waited on.
+    pub store: Option<&'a dyn Store>,
+}
+
+impl LedgerView<'_> {
+    /// Whether `parent`, a transaction final here, is in no block yet.
+    /// `None`: not known now (ask again with the store).
+    fn parent_unconfirmed(&self, parent: &Txid) -> Option<bool> {
+        if self.unconfirmed.contains(parent) {
+            return Some(true);
+        }
+        if self.unconfirmed.spill_from.is_none() {
+            // Every final, unconfirmed payment is in memory.
+            return Some(false);
+        }
+        let tx = match self.engine.transaction(parent) {
+            Some(tx) => (*tx).clone(),
+            None => match self.store?.get_transaction(parent).ok()? {
+                Some(tx) => tx,
+                // No such transaction: a genesis allocation.
+                None => return Some(false),
+            },
+        };
+        let Some(input) = tx.inputs.first() else {
+            return Some(false);
+        };
+        Some(matches!(
+            self.engine.utxo(&input.prev).map(|e| e.state),
+            Some(UtxoState::SpentFinalized { txid }) if txid == *parent
+        ))
+    }
 }
 
 impl BlockLedger for LedgerView<'_> {
@@ -64,6 +112,23 @@ impl BlockLedger for LedgerView<'_> {
         let mut earlier = std::collections::HashSet::with_capacity(block.transactions.len());
         for tx in &block.transactions {
             let txid = tx.txid();
+            // A conflict first: a transaction spending what a payment final
+            // here spent can never become final here, so the proposal is
+            // refused at once (and kept as evidence), not waited on.
+            for input in &tx.inputs {
+                if let Some(
+                    UtxoState::SpentFinalized { txid: other }
+                    | UtxoState::Confirmed { txid: other, .. },
+                ) = self.engine.utxo(&input.prev).map(|e| e.state)
+                {
+                    if other != txid {
+                        return Err(BodyRejection::Conflicts {
+                            txid,
+                            final_tx: other,
+                        });
+                    }
+                }
+            }
             if !self.engine.known_final(&txid) || tx.inputs.is_empty() {
                 return Err(BodyRejection::NotFinal(txid));
             }
@@ -71,8 +136,15 @@ impl BlockLedger for LedgerView<'_> {
                 // A parent in no block yet must come earlier in this one, so
                 // a node replaying the chain always knows every input.
                 let parent = input.prev.txid;
-                if self.unconfirmed.contains(&parent) && !earlier.contains(&parent) {
-                    return Err(BodyRejection::ParentNotConfirmed { txid, parent });
+                if !earlier.contains(&parent) {
+                    match self.parent_unconfirmed(&parent) {
+                        Some(false) => {}
+                        Some(true) => {
+                            return Err(BodyRejection::ParentNotConfirmed { txid, parent })
+                        }
+                        // Unknown without the store: waited on, asked again.
+                        None => return Err(BodyRejection::NotFinal(txid)),
+                    }
                 }
                 match self.engine.utxo(&input.prev).map(|e| e.state) {
                     Some(UtxoState::SpentFinalized { txid: t }) if t == txid => {}
@@ -96,19 +168,59 @@ impl BlockLedger for LedgerView<'_> {
 }
 
 /// Final payments not yet in a block, in the order they became final (a
-/// parent is always final before its child).
-#[derive(Default)]
+/// parent is always final before its child). At most `cap` are held in
+/// memory; from the first that did not fit, the rest are only in the store
+/// (its finality log names them in order) until [`BlockLayer::page_in`]
+/// brings them back. The memory part is always closed under parents: a
+/// payment held here has every unconfirmed parent held here too, before it.
 pub struct Unconfirmed {
     order: VecDeque<Txid>,
     txs: HashMap<Txid, Arc<Transaction>>,
+    cap: usize,
+    /// Finality-log position from which final payments may be in the
+    /// store only (none: every one is in memory).
+    pub(crate) spill_from: Option<u64>,
+}
+
+impl Default for Unconfirmed {
+    fn default() -> Self {
+        Self::with_cap(MAX_UNCONFIRMED_IN_MEMORY)
+    }
 }
 
 impl Unconfirmed {
-    pub fn push(&mut self, tx: Arc<Transaction>) {
+    pub fn with_cap(cap: usize) -> Self {
+        Unconfirmed {
+            order: VecDeque::new(),
+            txs: HashMap::new(),
+            cap: cap.max(1),
+            spill_from: None,
+        }
+    }
+
+    /// A payment that became final here, at position `log_pos` of the
+    /// finality log. Left in the store only once the memory is full, and
+    /// so is every later one until the queue is paged in again.
+    pub fn push_final(&mut self, tx: Arc<Transaction>, log_pos: u64) {
+        if self.spill_from.is_some() || self.txs.len() >= self.cap {
+            if !self.txs.contains_key(&tx.txid()) {
+                self.spill_from.get_or_insert(log_pos);
+            }
+            return;
+        }
+        self.push(tx);
+    }
+
+    fn push(&mut self, tx: Arc<Transaction>) {
         let txid = tx.txid();
         if self.txs.insert(txid, tx).is_none() {
             self.order.push_back(txid);
         }
+    }
+
+    /// Some final payments are in the store only.
+    pub fn spilled(&self) -> bool {
+        self.spill_from.is_some()
     }
     pub fn remove(&mut self, txid: &Txid) {
         self.txs.remove(txid);
@@ -122,8 +234,13 @@ impl Unconfirmed {
     }
     /// The queue after a restart: the stored final, unconfirmed
     /// transactions, each after the parents among them (a block never
-    /// holds a child before its parent).
-    pub fn restore(&mut self, txs: Vec<Transaction>) {
+    /// holds a child before its parent), the first `cap` of that order in
+    /// memory; the others are paged in from `log_from`, the finality-log
+    /// position of the oldest.
+    pub fn restore(&mut self, txs: Vec<Transaction>, log_from: u64) {
+        if txs.len() > self.cap {
+            self.spill_from = Some(log_from);
+        }
         let mut byid: HashMap<Txid, Transaction> = txs.into_iter().map(|t| (t.txid(), t)).collect();
         let mut ids: Vec<Txid> = byid.keys().copied().collect();
         ids.sort();
@@ -133,7 +250,9 @@ impl Unconfirmed {
             while let Some((id, parents_done)) = stack.pop() {
                 if parents_done {
                     if let Some(tx) = byid.remove(&id) {
-                        self.push(Arc::new(tx));
+                        if self.txs.len() < self.cap {
+                            self.push(Arc::new(tx));
+                        }
                     }
                     continue;
                 }
@@ -167,9 +286,12 @@ pub struct BlockLayerStats {
     pub blocks_served: u64,
     pub confirmed_transactions: u64,
     /// Transactions of committed blocks that contradict this node's final
-    /// state (only possible with Byzantine weight of 1/3 or more).
+    /// state (only possible with Byzantine weight of 1/3 or more), this run.
     pub contradictions: u64,
     pub last_contradiction: Option<String>,
+    /// The contradiction that stopped block processing (durable: restored
+    /// at start until the operator clears it).
+    pub stop: Option<Contradiction>,
 }
 
 pub struct BlockLayer {
@@ -184,6 +306,8 @@ pub struct BlockLayer {
     asked: HashMap<Txid, u64>,
     /// (second, requests sent in it).
     ask_budget: (u64, u32),
+    /// Length of this node's finality log (the position of the next entry).
+    pub(crate) log_len: u64,
 }
 
 /// What the block layer produced in a round, in masternode terms.
@@ -208,7 +332,48 @@ impl BlockLayer {
             finals_seen: 0,
             asked: HashMap::new(),
             ask_budget: (0, 0),
+            log_len: 0,
         }
+    }
+
+    /// Brings final payments held in the store only back into memory, in
+    /// finality-log order (parents first), once blocks drained the memory
+    /// part to half its cap: at most [`PAGE_IN_ENTRIES`] log entries per
+    /// call. A payment confirmed meanwhile, or held already, is skipped;
+    /// none is ever dropped.
+    pub fn page_in(&mut self, engine: &Engine, store: &dyn Store) -> Result<(), StoreError> {
+        let q = &mut self.unconfirmed;
+        let Some(from) = q.spill_from else {
+            return Ok(());
+        };
+        if q.txs.len() > q.cap / 2 {
+            return Ok(());
+        }
+        let (txids, len) = store.finality_log(from, PAGE_IN_ENTRIES)?;
+        let mut next = from;
+        for txid in txids {
+            if q.txs.len() >= q.cap {
+                break;
+            }
+            next += 1;
+            if q.txs.contains_key(&txid) {
+                continue;
+            }
+            let Some(tx) = store.get_transaction(&txid)? else {
+                continue;
+            };
+            let unconfirmed = tx.inputs.first().is_some_and(|i| {
+                matches!(
+                    engine.utxo(&i.prev).map(|e| e.state),
+                    Some(UtxoState::SpentFinalized { txid: t }) if t == txid
+                )
+            });
+            if unconfirmed {
+                q.push(Arc::new(tx));
+            }
+        }
+        q.spill_from = (next < len.max(self.log_len)).then_some(next);
+        Ok(())
     }
 
     pub fn tip(&self) -> ChainTip {
@@ -282,10 +447,19 @@ impl BlockLayer {
     /// Block processing stopped: a committed block contradicted a payment
     /// final here (like two certificates at one height, only possible with
     /// Byzantine weight of 1/3 or more). Instant finality goes on; the
-    /// operator investigates (logged as critical). Not durable: a restart
-    /// resumes block processing.
+    /// operator investigates (logged as critical). Durable: a restart
+    /// stays stopped until the operator clears the record
+    /// (`Write::ClearBlockStop`).
     pub fn stopped(&self) -> bool {
-        self.stats.contradictions > 0
+        self.stats.stop.is_some()
+    }
+
+    /// The stop recorded before a restart.
+    pub fn restore_stop(&mut self, stop: Option<Contradiction>) {
+        if let Some(c) = &stop {
+            self.stats.last_contradiction = Some(c.to_string());
+        }
+        self.stats.stop = stop;
     }
 
     pub fn consensus(&self) -> &BlockConsensus {
@@ -306,6 +480,7 @@ impl BlockLayer {
                 ConsensusWrite::OwnVote(v) => fx.writes.push(Write::AppendOwnBlockVote(v)),
                 ConsensusWrite::Candidate(c) => fx.writes.push(Write::PutCandidate(c)),
                 ConsensusWrite::Fork(f) => fx.writes.push(Write::PutForkEvidence(f)),
+                ConsensusWrite::Evidence(e) => fx.writes.push(Write::PutBlockEvidence(e)),
                 ConsensusWrite::Committed(c) => {
                     let height = c.block.height();
                     for tx in &c.block.transactions {
@@ -321,10 +496,30 @@ impl BlockLayer {
                             Ok(_) => {}
                             Err(e) => {
                                 // Left unapplied: a certified block that
-                                // contradicts what is final here. Counted
-                                // and logged as critical by the driver.
+                                // contradicts what is final here. Counted,
+                                // logged as critical by the driver, and
+                                // the first one stops block processing
+                                // durably.
                                 self.stats.contradictions += 1;
                                 self.stats.last_contradiction = Some(e.to_string());
+                                if self.stats.stop.is_none() {
+                                    let what = match e {
+                                        CommittedTxError::MissingInput(_, op) => {
+                                            Contradicted::MissingInput(op)
+                                        }
+                                        CommittedTxError::ConflictsWithFinal {
+                                            final_tx, ..
+                                        } => Contradicted::FinalPayment(final_tx),
+                                    };
+                                    let stop = Contradiction {
+                                        height,
+                                        block: c.block.hash(),
+                                        txid,
+                                        what,
+                                    };
+                                    fx.writes.push(Write::PutBlockStop(stop.clone()));
+                                    self.stats.stop = Some(stop);
+                                }
                             }
                         }
                         self.unconfirmed.remove(&txid);
@@ -332,6 +527,13 @@ impl BlockLayer {
                     self.last_block_time = Some(c.block.header.time_ms);
                     fx.committed.push((*c).clone());
                     fx.writes.push(Write::PutBlock(c));
+                    // After the block, in the same transaction: records
+                    // below it are never needed again.
+                    if height % BLOCK_RECORDS_KEPT == 0 && height > BLOCK_RECORDS_KEPT {
+                        fx.writes.push(Write::PruneBlockRecords {
+                            below: height - BLOCK_RECORDS_KEPT,
+                        });
+                    }
                 }
             }
         }

@@ -71,6 +71,9 @@ pub struct MasternodeConfig {
     pub planted_no_catchup: bool,
     /// The block layer, or none (instant finality only, no blocks).
     pub blocks: Option<ConsensusConfig>,
+    /// Most final, unconfirmed payments the block layer holds in memory
+    /// (`blocks::MAX_UNCONFIRMED_IN_MEMORY`); the rest wait in the store.
+    pub max_unconfirmed_in_memory: usize,
 }
 
 impl MasternodeConfig {
@@ -85,6 +88,7 @@ impl MasternodeConfig {
             #[cfg(feature = "planted-bugs")]
             planted_no_catchup: false,
             blocks: None,
+            max_unconfirmed_in_memory: blocks::MAX_UNCONFIRMED_IN_MEMORY,
         }
     }
 }
@@ -202,14 +206,19 @@ impl Masternode {
                 b.candidates.clone(),
                 now,
             );
+            c.set_evidence_stored(b.evidence_count);
             if let Some(f) = &b.fork {
                 c.fork(f.clone());
                 let _ = c.take_round();
             }
             let mut layer = blocks::BlockLayer::new(c);
-            layer
-                .unconfirmed
-                .restore(std::mem::take(&mut snap.unconfirmed_transactions));
+            layer.restore_stop(b.stop.clone());
+            layer.unconfirmed = blocks::Unconfirmed::with_cap(cfg.max_unconfirmed_in_memory);
+            layer.unconfirmed.restore(
+                std::mem::take(&mut snap.unconfirmed_transactions),
+                snap.unconfirmed_log_from,
+            );
+            layer.log_len = snap.finality_log_len;
             layer
         });
         let engine = Engine::new(cfg.engine.clone(), key, registry, snap);
@@ -575,6 +584,7 @@ impl Masternode {
         let view = blocks::LedgerView {
             engine: &self.engine,
             unconfirmed: &layer.unconfirmed,
+            store: Some(store),
         };
         let result = match msg {
             PeerMessage::BlockProposal(p) => layer.consensus.handle_proposal(now, *p, &view),
@@ -702,10 +712,12 @@ impl Masternode {
     /// Timers: engine housekeeping, re-announcements, catch-up polls.
     pub fn handle_timeout(&mut self, now: u64, store: &dyn Store) -> Result<(), StoreError> {
         if let Some(layer) = self.blocks.as_mut().filter(|l| !l.stopped()) {
+            layer.page_in(&self.engine, store)?;
             if layer.consensus.poll_timeout().is_some_and(|t| t <= now) {
                 let view = blocks::LedgerView {
                     engine: &self.engine,
                     unconfirmed: &layer.unconfirmed,
+                    store: Some(store),
                 };
                 layer.consensus.handle_timeout(now, &view);
             }
@@ -803,11 +815,12 @@ impl Masternode {
                 // Payments that became final this round may make a proposal
                 // this node waits on valid.
                 let finals = self.engine.metrics().tx_finalized;
-                if finals != layer.finals_seen {
+                if finals != layer.finals_seen && !layer.stopped() {
                     layer.finals_seen = finals;
                     let view = blocks::LedgerView {
                         engine: &self.engine,
                         unconfirmed: &layer.unconfirmed,
+                        store: None,
                     };
                     layer.consensus.recheck(now, &view);
                 }
@@ -889,7 +902,8 @@ impl Masternode {
                                     )
                                 });
                                 if unconfirmed {
-                                    layer.unconfirmed.push(tx.clone());
+                                    let pos = layer.log_len + log.len() as u64;
+                                    layer.unconfirmed.push_final(tx.clone(), pos);
                                 }
                             }
                             log.push(*txid);
@@ -916,6 +930,9 @@ impl Masternode {
         }
         // In the same transaction as the proofs: the log never lists a
         // transaction whose proof is not stored.
+        if let Some(layer) = self.blocks.as_mut() {
+            layer.log_len += log.len() as u64;
+        }
         round
             .writes
             .extend(log.into_iter().map(Write::AppendFinality));

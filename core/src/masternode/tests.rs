@@ -1032,6 +1032,56 @@ fn a_committed_block_contradicting_a_final_payment_stops_block_processing() {
     net.submit(1, c.clone());
     net.run_for(500);
     assert!(net.is_final(3, &c.txid()));
+    // The stop is durable, with what contradicted what.
+    let stop = net.stores[3]
+        .load()
+        .unwrap()
+        .blocks
+        .stop
+        .expect("stop stored");
+    assert_eq!(stop.txid, a.txid());
+    assert_eq!(
+        stop.what,
+        crate::blocks::Contradicted::FinalPayment(b.txid())
+    );
+    assert_eq!(
+        net.stores[3]
+            .block(stop.height)
+            .unwrap()
+            .unwrap()
+            .block
+            .hash(),
+        stop.block
+    );
+    // A restart stays stopped for blocks; payments go on.
+    net.nodes[3] = None;
+    net.links();
+    net.start(3);
+    net.links();
+    let h3 = net.height(3);
+    net.run_for(2_000);
+    let layer = net.nodes[3].as_ref().unwrap().block_layer().unwrap();
+    assert!(layer.stopped(), "still stopped after the restart");
+    assert_eq!(layer.stats().stop, Some(stop.clone()));
+    assert_eq!(net.height(3), h3, "no block processed while stopped");
+    assert!(net.height(0) > h3 + 1, "the others go on");
+    let d = pay(12, COIN);
+    net.submit(1, d.clone());
+    net.run_for(500);
+    assert!(net.is_final(3, &d.txid()), "payments go on at node 3");
+    // The operator clears the stop (node down): the next start processes
+    // blocks again and catches up with the chain.
+    net.nodes[3] = None;
+    net.links();
+    net.stores[3].apply(&[Write::ClearBlockStop]).unwrap();
+    net.start(3);
+    net.links();
+    net.run_for(3_000);
+    let layer = net.nodes[3].as_ref().unwrap().block_layer().unwrap();
+    assert!(!layer.stopped());
+    assert!(net.height(3) + 1 >= net.height(0), "node 3 synced again");
+    assert!(net.confirmed_at(3, &d).is_some());
+    net.same_chain();
 }
 
 #[test]
@@ -1196,4 +1246,207 @@ fn finality_is_timed_only_for_payments_seen_arriving_in_this_run() {
     net.run_for(5_000);
     assert!(net.is_final(0, &pending.txid()));
     assert_eq!(age(&net, &pending.txid()), Some(None), "not timed");
+}
+
+#[test]
+fn a_proposal_conflicting_with_a_final_payment_is_kept_as_evidence() {
+    use crate::blocks::{Block, BlockEvidence, Proposal, Slot};
+    let mut net = Net::with_config(4, blocks_cfg());
+    net.run_for(600);
+    net.cut[3] = true;
+    net.links();
+    // Node 3 holds B final (a forged proof: a Byzantine supermajority).
+    let a = pay(11, COIN);
+    let b = pay(11, 2 * COIN);
+    let proof = forged_proof(&net, &b, &[0, 1, 2]);
+    let now = net.now;
+    net.nodes[3]
+        .as_mut()
+        .unwrap()
+        .handle_proof(now, b.clone(), proof);
+    net.flush(3);
+    assert!(net.is_final(3, &b.txid()));
+    // The leader of the round node 3 waits in proposes a block spending
+    // B's coin with A.
+    let reg = net.genesis.registry.clone();
+    let (height, round, li) = loop {
+        net.run_for(100);
+        let c = net.nodes[3]
+            .as_ref()
+            .unwrap()
+            .block_layer()
+            .unwrap()
+            .consensus();
+        if let Some((h, r)) = c.awaiting_proposal() {
+            let l = crate::blocks::leader::leader(7, &reg, h, r);
+            if l != net.pk(3) {
+                break (h, r, reg.position(&l).unwrap());
+            }
+        }
+    };
+    let tip = net.nodes[3].as_ref().unwrap().block_tip().unwrap();
+    let block = Block::new(
+        7,
+        reg.epoch(),
+        height,
+        tip.hash,
+        tip.time_ms + 1,
+        net.pk(li),
+        vec![a.clone()],
+    );
+    let slot = Slot {
+        chain_id: 7,
+        epoch: reg.epoch(),
+        height,
+        round,
+    };
+    let p = Proposal::sign(slot, None, block, &net.keys[li]);
+    let (now, from) = (net.now, net.pk(li));
+    net.nodes[3]
+        .as_mut()
+        .unwrap()
+        .handle_peer_message(
+            now,
+            from,
+            PeerMessage::BlockProposal(Box::new(p)),
+            &net.stores[3],
+        )
+        .unwrap();
+    net.flush(3);
+    let ev = net.stores[3].block_evidence().unwrap();
+    assert_eq!(ev.len(), 1, "{ev:?}");
+    assert!(
+        matches!(&ev[0], BlockEvidence::ConflictingProposal { final_tx, .. }
+        if *final_tx == b.txid())
+    );
+    assert!(ev[0].verify(7, &reg));
+    let final_tx = net.stores[3].get_transaction(&b.txid()).unwrap().unwrap();
+    assert!(ev[0].conflicts_with(&final_tx));
+    // The node prevoted nil at once and waits for no proof.
+    let c = net.nodes[3]
+        .as_ref()
+        .unwrap()
+        .block_layer()
+        .unwrap()
+        .consensus();
+    assert_eq!(c.awaiting_proposal(), None);
+    assert_eq!(c.stats().evidence_kept, 1);
+    // The record survives a restart and is counted against the bound.
+    net.nodes[3] = None;
+    net.start(3);
+    let c = net.nodes[3]
+        .as_ref()
+        .unwrap()
+        .block_layer()
+        .unwrap()
+        .consensus();
+    assert_eq!(c.evidence_stored(), 1);
+}
+
+/// More final payments than the block layer holds in memory, during a
+/// block stall: the rest wait in the store only and are paged back in as
+/// blocks drain the queue; every one is confirmed, parents never after
+/// their children, with and without a restart in the stall.
+fn unconfirmed_over_the_memory_cap(restart: bool) {
+    let mut c = blocks_cfg();
+    c.max_unconfirmed_in_memory = 4;
+    let mut net = Net::with_config(4, c);
+    net.run_for(600);
+    net.drop_block_consensus = true;
+    let parents: Vec<Transaction> = (20..30).map(|c| pay(c, COIN)).collect();
+    for (k, tx) in parents.iter().enumerate() {
+        net.submit(k % 4, tx.clone());
+    }
+    net.run_for(300);
+    let children: Vec<Transaction> = parents.iter().map(|p| pay_from_change(p, COIN)).collect();
+    for (k, tx) in children.iter().enumerate() {
+        net.submit(k % 4, tx.clone());
+    }
+    net.run_for(500);
+    for i in 0..4 {
+        let layer = net.nodes[i].as_ref().unwrap().block_layer().unwrap();
+        assert!(layer.unconfirmed.len() <= 4, "the memory cap holds");
+        assert!(layer.unconfirmed.spilled(), "the rest is in the store only");
+        for tx in parents.iter().chain(&children) {
+            assert!(net.is_final(i, &tx.txid()));
+        }
+    }
+    if restart {
+        for i in 0..4 {
+            net.nodes[i] = None;
+            net.start(i);
+            let layer = net.nodes[i].as_ref().unwrap().block_layer().unwrap();
+            assert!(
+                layer.unconfirmed.len() <= 4,
+                "the cap holds after a restart"
+            );
+            assert!(layer.unconfirmed.spilled());
+        }
+        net.links();
+    }
+    net.drop_block_consensus = false;
+    net.run_for(15_000);
+    for i in 0..4 {
+        for (p, ch) in parents.iter().zip(&children) {
+            let hp = net.confirmed_at(i, p).expect("parent confirmed");
+            let hc = net.confirmed_at(i, ch).expect("child confirmed");
+            assert!(hp <= hc, "a parent is never confirmed after its child");
+        }
+        let layer = net.nodes[i].as_ref().unwrap().block_layer().unwrap();
+        assert!(!layer.unconfirmed.spilled(), "everything paged back in");
+        assert!(layer.unconfirmed.is_empty());
+        assert_eq!(layer.stats().contradictions, 0);
+    }
+    net.same_chain();
+}
+
+#[test]
+fn final_payments_over_the_memory_cap_are_all_confirmed_in_order() {
+    unconfirmed_over_the_memory_cap(false);
+}
+
+#[test]
+fn final_payments_over_the_memory_cap_are_all_confirmed_across_a_restart() {
+    unconfirmed_over_the_memory_cap(true);
+}
+
+/// Own consensus records far below the committed tip are pruned (a vote
+/// for a height at or below the tip is never signed again); restarts still
+/// never sign a conflicting vote and blocks go on.
+#[test]
+fn own_block_records_below_the_tip_are_pruned() {
+    use crate::masternode::blocks::BLOCK_RECORDS_KEPT;
+    let mut net = Net::with_config(4, blocks_cfg());
+    let mut h = 0;
+    while h < 2 * BLOCK_RECORDS_KEPT + 2 {
+        net.run_for(1_000);
+        h = (0..4).map(|i| net.height(i)).min().unwrap();
+    }
+    for i in 0..4 {
+        let tip = net.height(i);
+        let low = net.stores[i].lowest_block_record().unwrap();
+        assert!(
+            low > tip - 2 * BLOCK_RECORDS_KEPT,
+            "node {i}: {low} of {tip}"
+        );
+        assert!(low >= BLOCK_RECORDS_KEPT, "records were pruned: {low}");
+        net.nodes[i] = None;
+        net.start(i);
+    }
+    net.links();
+    net.run_for(3_000);
+    assert!(
+        (0..4).map(|i| net.height(i)).min().unwrap() > h,
+        "blocks go on"
+    );
+    net.same_chain();
+    for i in 0..4 {
+        let c = net.nodes[i]
+            .as_ref()
+            .unwrap()
+            .block_layer()
+            .unwrap()
+            .consensus();
+        assert_eq!(c.stats().refused_conflicting, 0);
+    }
 }

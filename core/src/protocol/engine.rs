@@ -211,6 +211,9 @@ pub struct Metrics {
     /// Transactions this node learned final from a committed block (synced)
     /// rather than from a TimeProof.
     pub tx_synced_from_blocks: u64,
+    /// Of those, the ones confirmed while `MAX_UNPROVEN` were tracked
+    /// already: their proof is not fetched here (see PROTOCOL.md, Sync).
+    pub unproven_untracked: u64,
     /// From this node's approve vote to the quorum of approvals its tally
     /// reported (milliseconds), for the transactions that quorum finalized.
     pub vote_collection: Histogram<Millis>,
@@ -1341,6 +1344,9 @@ impl Engine {
             // once and again like a stalled one.
             let fresh = self.unproven.len() < MAX_UNPROVEN
                 && self.unproven.insert(txid, tx.clone()).is_none();
+            if !fresh && !self.unproven.contains_key(&txid) {
+                self.metrics.unproven_untracked += 1;
+            }
             if self.txs.contains_key(&txid) {
                 self.set_status(txid, Status::Finalized);
                 if fresh {

@@ -438,3 +438,87 @@ fn invalid_transactions_are_refused_with_codes() {
     // Nothing was broadcast for refused transactions: the others never saw them.
     assert!(c.events[1].is_empty());
 }
+
+/// Over `MAX_UNPROVEN` payments confirmed by blocks before their proofs
+/// came: the ones over the limit are confirmed like the others, but this
+/// node no longer fetches or stores their proofs (the catch-up counts them
+/// settled, a late proof is ignored) and counts them; the tracked ones
+/// still get their proofs stored and their finality announced.
+#[test]
+fn payments_confirmed_over_the_unproven_limit_are_confirmed_without_their_proofs() {
+    use crate::protocol::types::TxInput;
+    use std::sync::Arc;
+    let keys: Vec<SigningKey> = (0..4).map(|i| testkit::key_from_seed("mn", i)).collect();
+    let n = MAX_UNPROVEN + 1;
+    let g = testkit::genesis(7, &keys, Tier::Bronze, &[wallet(0)], n as u32, 10 * COIN);
+    let mut store = MemoryStore::new();
+    let mut e = testkit::engine_with_store(&g, keys[0].clone(), &mut store);
+    // Certified blocks carry them; signatures are the certificate's affair.
+    let txs: Vec<Arc<Transaction>> = (0..n as u32)
+        .map(|coin| {
+            Arc::new(Transaction {
+                version: 1,
+                chain_id: 7,
+                inputs: vec![TxInput {
+                    prev: genesis_outpoint(0, coin),
+                    public_key: PublicKey::from_signing(&wallet(0)),
+                    signature: [0; 64],
+                }],
+                outputs: vec![TxOutput {
+                    amount: COIN,
+                    address: address_of(&wallet(1)),
+                }],
+                lock_time: 0,
+            })
+        })
+        .collect();
+    for tx in &txs {
+        assert_eq!(e.apply_committed(1, tx, 1), Ok(1));
+    }
+    let _ = e.end_round(1);
+    for tx in &txs {
+        let st = e.utxo(&tx.inputs[0].prev).unwrap().state;
+        assert!(matches!(st, UtxoState::Confirmed { height: 1, .. }));
+        assert!(e.known_final(&tx.txid()));
+    }
+    let (first, last) = (&txs[0], &txs[n - 1]);
+    assert!(!e.settled(&first.txid()), "a tracked one's proof is wanted");
+    assert!(e.settled(&last.txid()), "over the limit: not fetched");
+    assert_eq!(e.metrics().unproven_untracked, 1);
+    let proof = |tx: &Transaction| {
+        let txid = tx.txid();
+        let votes = keys[..3]
+            .iter()
+            .map(|k| {
+                let b = VoteBatch::sign(
+                    7,
+                    g.registry.epoch(),
+                    k,
+                    vec![VoteItem {
+                        txid,
+                        decision: Decision::Approve,
+                    }],
+                );
+                let levels = b.verify().unwrap();
+                b.cert(&levels, 0)
+            })
+            .collect();
+        TimeProof {
+            chain_id: 7,
+            txid,
+            votes,
+        }
+    };
+    let stored = |e: &mut Engine| {
+        e.end_round(2)
+            .writes
+            .iter()
+            .filter(|w| matches!(w, crate::storage::Write::PutProof(_)))
+            .count()
+    };
+    e.handle_proof(2, (**last).clone(), proof(last));
+    assert_eq!(stored(&mut e), 0, "a late proof over the limit is ignored");
+    e.handle_proof(2, (**first).clone(), proof(first));
+    assert_eq!(stored(&mut e), 1, "a tracked one's proof is stored");
+    assert!(e.settled(&first.txid()));
+}

@@ -11,12 +11,19 @@
 //!   [`Block::encode`] ‖ count(u32) ‖ prevotes ([`BlockVote::encode`]).
 //! - `fork_evidence` key: height(u64 BE); value: [`ForkEvidence::encode`].
 //! - `block_heights` key: block hash(32); value: height(u64).
+//! - `block_stop` key: height(u64 BE) of the contradicting block; value:
+//!   [`Contradiction::encode`]. At most one record.
+//! - `block_evidence` key: height(u64 BE) ‖ round(u32 BE) ‖ kind(u8: 0
+//!   double proposal, 1 double prevote, 2 double precommit, 3 conflicting
+//!   proposal) ‖ offender(32); value: [`BlockEvidence::encode`].
 
-use crate::blocks::block::{Block, BlockHash};
+use crate::blocks::block::{Block, BlockHash, MAX_TX_PATH};
 use crate::blocks::certificate::{CommitCertificate, CommittedBlock, ForkEvidence};
 use crate::blocks::consensus::{Candidate, OwnBlockVote, SignedStep};
+use crate::blocks::evidence::{BlockEvidence, BlockEvidenceKey, Contradiction};
 use crate::blocks::vote::{decode_opt_hash, encode_opt_hash, BlockVote, MAX_POLKA_VOTES};
 use crate::codec::{DecodeError, Reader};
+use crate::protocol::types::PublicKey;
 use crate::storage::records::{RecordError, TableKey, TableValue};
 
 fn decode_all<'a, T>(
@@ -224,11 +231,69 @@ impl TableValue for ForkEvidence {
     }
 }
 
+/// `block_evidence` key: height ‖ round ‖ kind ‖ offender.
+impl TableKey for BlockEvidenceKey {
+    type Bytes = [u8; 45];
+    fn to_key(&self) -> [u8; 45] {
+        let mut k = [0u8; 45];
+        k[..8].copy_from_slice(&self.height.to_be_bytes());
+        k[8..12].copy_from_slice(&self.round.to_be_bytes());
+        k[12] = self.kind;
+        k[13..].copy_from_slice(&self.signer.0);
+        k
+    }
+    fn from_key(bytes: &[u8]) -> Result<Self, RecordError> {
+        key_len("block evidence key", bytes, 45)?;
+        if bytes[12] > 3 {
+            return Err(DecodeError::UnknownTag {
+                what: "block evidence kind",
+                tag: bytes[12],
+            }
+            .into());
+        }
+        Ok(BlockEvidenceKey {
+            height: u64::from_be_bytes(bytes[..8].try_into().expect("8 bytes")),
+            round: u32::from_be_bytes(bytes[8..12].try_into().expect("4 bytes")),
+            kind: bytes[12],
+            signer: PublicKey(bytes[13..].try_into().expect("32 bytes")),
+        })
+    }
+}
+
+impl TableValue for BlockEvidence {
+    fn encode_value(&self, out: &mut Vec<u8>) -> Result<(), RecordError> {
+        if let BlockEvidence::ConflictingProposal { path, .. } = self {
+            if path.len() > MAX_TX_PATH {
+                return Err(RecordError::OutOfBounds {
+                    what: "evidence merkle path",
+                    count: path.len(),
+                    min: 0,
+                    max: MAX_TX_PATH,
+                });
+            }
+        }
+        self.encode(out);
+        Ok(())
+    }
+    fn decode_value(bytes: &[u8]) -> Result<Self, RecordError> {
+        decode_all(bytes, BlockEvidence::decode)
+    }
+}
+
+impl TableValue for Contradiction {
+    fn encode_value(&self, out: &mut Vec<u8>) -> Result<(), RecordError> {
+        self.encode(out);
+        Ok(())
+    }
+    fn decode_value(bytes: &[u8]) -> Result<Self, RecordError> {
+        decode_all(bytes, Contradiction::decode)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::blocks::vote::{Slot, VoteKind};
-    use crate::protocol::types::PublicKey;
 
     #[test]
     fn golden_block_keys() {
@@ -326,5 +391,191 @@ mod tests {
         let bytes = c.to_value().unwrap();
         assert_eq!(bytes.len(), 130 + 4 + 4 + 24 + 1 + 33 + 32 + 64);
         assert_eq!(Candidate::decode_value(&bytes).unwrap(), c);
+    }
+
+    fn evidence_slot() -> Slot {
+        Slot {
+            chain_id: 7,
+            epoch: 1,
+            height: 2,
+            round: 3,
+        }
+    }
+
+    #[test]
+    fn golden_contradiction() {
+        use crate::blocks::evidence::Contradicted;
+        use crate::protocol::types::{OutPoint, Txid};
+        let c = Contradiction {
+            height: 258,
+            block: BlockHash([0x11; 32]),
+            txid: Txid([0x22; 32]),
+            what: Contradicted::FinalPayment(Txid([0x33; 32])),
+        };
+        let bytes = c.to_value().unwrap();
+        assert_eq!(
+            hex::encode(&bytes),
+            format!(
+                "0201000000000000{}{}01{}",
+                "11".repeat(32),
+                "22".repeat(32),
+                "33".repeat(32)
+            )
+        );
+        assert_eq!(Contradiction::decode_value(&bytes).unwrap(), c);
+        let m = Contradiction {
+            what: Contradicted::MissingInput(OutPoint {
+                txid: Txid([0x44; 32]),
+                vout: 3,
+            }),
+            ..c
+        };
+        let bytes = m.to_value().unwrap();
+        assert_eq!(
+            hex::encode(&bytes[72..]),
+            format!("00{}03000000", "44".repeat(32))
+        );
+        assert_eq!(Contradiction::decode_value(&bytes).unwrap(), m);
+        for n in 0..bytes.len() {
+            assert!(Contradiction::decode_value(&bytes[..n]).is_err());
+        }
+        let mut bad = bytes.clone();
+        bad[72] = 2;
+        assert!(Contradiction::decode_value(&bad).is_err());
+    }
+
+    #[test]
+    fn golden_block_evidence_key() {
+        let k = BlockEvidenceKey {
+            height: 2,
+            round: 3,
+            kind: 1,
+            signer: PublicKey([0xee; 32]),
+        };
+        assert_eq!(
+            hex::encode(k.to_key()),
+            format!("00000000000000020000000301{}", "ee".repeat(32))
+        );
+        assert_eq!(BlockEvidenceKey::from_key(&k.to_key()).unwrap(), k);
+        let mut bad = k.to_key();
+        bad[12] = 4;
+        assert!(BlockEvidenceKey::from_key(&bad).is_err());
+        assert!(BlockEvidenceKey::from_key(&bad[..44]).is_err());
+    }
+
+    #[test]
+    fn golden_double_vote_evidence() {
+        let vote = |block, sig| BlockVote {
+            slot: evidence_slot(),
+            kind: VoteKind::Precommit,
+            block,
+            voter: PublicKey([0x44; 32]),
+            signature: [sig; 64],
+        };
+        let e = BlockEvidence::DoubleVote {
+            first: vote(None, 0x55),
+            second: vote(Some(BlockHash([0x66; 32])), 0x77),
+        };
+        let slot = concat!(
+            "07000000",         // chain
+            "0100000000000000", // epoch
+            "0200000000000000", // height
+            "03000000",         // round
+        );
+        let expect = format!(
+            "01{slot}0200{v}{s1}{slot}0201{h}{v}{s2}",
+            v = "44".repeat(32),
+            s1 = "55".repeat(64),
+            h = "66".repeat(32),
+            s2 = "77".repeat(64),
+        );
+        let bytes = e.to_value().unwrap();
+        assert_eq!(hex::encode(&bytes), expect);
+        assert_eq!(BlockEvidence::decode_value(&bytes).unwrap(), e);
+        assert_eq!(
+            e.key(),
+            BlockEvidenceKey {
+                height: 2,
+                round: 3,
+                kind: 2,
+                signer: PublicKey([0x44; 32])
+            }
+        );
+        for n in 0..bytes.len() {
+            assert!(BlockEvidence::decode_value(&bytes[..n]).is_err());
+        }
+        let mut bad = bytes.clone();
+        bad[0] = 2;
+        assert!(BlockEvidence::decode_value(&bad).is_err());
+    }
+
+    #[test]
+    fn golden_proposal_evidence() {
+        use crate::blocks::evidence::SignedProposal;
+        let sp = |block, vr| SignedProposal {
+            slot: evidence_slot(),
+            valid_round: vr,
+            block: BlockHash(block),
+            proposer: PublicKey([0x33; 32]),
+            signature: [0x99; 64],
+        };
+        let e = BlockEvidence::DoubleProposal {
+            first: sp([0x11; 32], None),
+            second: sp([0x22; 32], Some(1)),
+        };
+        let bytes = e.to_value().unwrap();
+        let expect = format!(
+            "00{slot}ffffffff{b1}{p}{s}{slot}01000000{b2}{p}{s}",
+            slot = "070000000100000000000000020000000000000003000000",
+            b1 = "11".repeat(32),
+            b2 = "22".repeat(32),
+            p = "33".repeat(32),
+            s = "99".repeat(64),
+        );
+        assert_eq!(hex::encode(&bytes), expect);
+        assert_eq!(bytes.len(), 1 + 2 * SignedProposal::ENCODED_LEN);
+        assert_eq!(BlockEvidence::decode_value(&bytes).unwrap(), e);
+
+        let tx = crate::protocol::types::Transaction {
+            version: 1,
+            chain_id: 7,
+            inputs: vec![],
+            outputs: vec![],
+            lock_time: 0,
+        };
+        let block = Block::new(
+            7,
+            1,
+            2,
+            BlockHash([1; 32]),
+            5,
+            PublicKey([2; 32]),
+            vec![tx.clone()],
+        );
+        let c = BlockEvidence::ConflictingProposal {
+            proposal: sp(block.hash().0, None),
+            header: block.header,
+            tx,
+            index: 0,
+            path: vec![],
+            final_tx: crate::protocol::types::Txid([0xab; 32]),
+        };
+        let bytes = c.to_value().unwrap();
+        // tag, proposal, header 130, index 4, path count 1, tx 22, txid 32
+        assert_eq!(
+            bytes.len(),
+            1 + SignedProposal::ENCODED_LEN + 130 + 4 + 1 + 22 + 32
+        );
+        assert_eq!(bytes[0], 3);
+        assert_eq!(&bytes[bytes.len() - 32..], &[0xab; 32]);
+        assert_eq!(BlockEvidence::decode_value(&bytes).unwrap(), c);
+        for n in 0..bytes.len() {
+            assert!(BlockEvidence::decode_value(&bytes[..n]).is_err());
+        }
+        let mut long = c.clone();
+        if let BlockEvidence::ConflictingProposal { path, .. } = &mut long {
+            *path = vec![[0; 32]; MAX_TX_PATH + 1];
+        }
+        assert!(long.to_value().is_err());
     }
 }

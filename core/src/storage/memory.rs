@@ -7,6 +7,7 @@ use super::{BlockSnapshot, CommittedBlock, Genesis, Snapshot, Store, StoreError,
 use crate::blocks::block::BlockHash;
 use crate::blocks::certificate::ForkEvidence;
 use crate::blocks::consensus::{Candidate, OwnBlockVote, SignedStep};
+use crate::blocks::evidence::{BlockEvidence, BlockEvidenceKey, Contradiction};
 use crate::protocol::evidence::Equivocation;
 use crate::protocol::timeproof::TimeProof;
 use crate::protocol::types::{OutPoint, PublicKey, Transaction, Txid};
@@ -27,11 +28,20 @@ pub struct MemoryStore {
     own_block_votes: BTreeMap<(u64, u32, SignedStep), Option<BlockHash>>,
     candidates: BTreeMap<(u64, BlockHash), Candidate>,
     fork: Option<ForkEvidence>,
+    block_evidence: BTreeMap<BlockEvidenceKey, BlockEvidence>,
+    block_stop: Option<Contradiction>,
 }
 
 impl MemoryStore {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// The lowest height of an own consensus record or candidate kept.
+    pub fn lowest_block_record(&self) -> Option<u64> {
+        let v = self.own_block_votes.keys().next().map(|k| k.0);
+        let c = self.candidates.keys().next().map(|k| k.0);
+        v.into_iter().chain(c).min()
     }
 
     fn block_snapshot(&self) -> BlockSnapshot {
@@ -57,6 +67,8 @@ impl MemoryStore {
                 .collect(),
             tip,
             fork: self.fork.clone(),
+            evidence_count: self.block_evidence.len() as u64,
+            stop: self.block_stop.clone(),
         }
     }
 }
@@ -105,7 +117,16 @@ impl Store for MemoryStore {
                 }
             }
         }
+        let mut left: std::collections::HashSet<Txid> =
+            unconfirmed.iter().map(|t| t.txid()).collect();
+        let mut from = self.finality_log.len();
+        while !left.is_empty() && from > 0 {
+            from -= 1;
+            left.remove(&self.finality_log[from]);
+        }
+        let unconfirmed_log_from = if left.is_empty() { from as u64 } else { 0 };
         Ok(Snapshot {
+            unconfirmed_log_from,
             unconfirmed_transactions: unconfirmed,
             utxos: self.utxos.iter().map(|(k, v)| (*k, *v)).collect(),
             pending_transactions: pending,
@@ -151,6 +172,17 @@ impl Store for MemoryStore {
                 Write::PutForkEvidence(f) => {
                     self.fork.get_or_insert_with(|| (**f).clone());
                 }
+                Write::PutBlockEvidence(e) => {
+                    self.block_evidence.insert(e.key(), (**e).clone());
+                }
+                Write::PutBlockStop(c) => {
+                    self.block_stop.get_or_insert_with(|| c.clone());
+                }
+                Write::ClearBlockStop => self.block_stop = None,
+                Write::PruneBlockRecords { below } => {
+                    self.own_block_votes.retain(|(h, _, _), _| h >= below);
+                    self.candidates.retain(|(h, _), _| h >= below);
+                }
             }
         }
         Ok(())
@@ -166,6 +198,10 @@ impl Store for MemoryStore {
 
     fn block(&self, height: u64) -> Result<Option<CommittedBlock>, StoreError> {
         Ok(self.blocks.get(&height).cloned())
+    }
+
+    fn block_evidence(&self) -> Result<Vec<BlockEvidence>, StoreError> {
+        Ok(self.block_evidence.values().cloned().collect())
     }
 
     fn evidence(&self) -> Result<Vec<Equivocation>, StoreError> {

@@ -10,6 +10,7 @@ pub mod records;
 pub use crate::blocks::certificate::CommittedBlock;
 use crate::blocks::certificate::ForkEvidence;
 use crate::blocks::consensus::{Candidate, OwnBlockVote};
+use crate::blocks::evidence::{BlockEvidence, Contradiction};
 use crate::protocol::evidence::Equivocation;
 use crate::protocol::registry::Registry;
 use crate::protocol::timeproof::TimeProof;
@@ -44,6 +45,23 @@ pub enum Write {
     PutCandidate(Box<Candidate>),
     /// Two commit certificates at one height: block processing stops.
     PutForkEvidence(Box<ForkEvidence>),
+    /// A proposer's or voter's misbehaviour in the block consensus (one
+    /// record per [`crate::blocks::BlockEvidenceKey`]).
+    PutBlockEvidence(Box<BlockEvidence>),
+    /// A committed block contradicted a payment final here: block
+    /// processing stops, and stays stopped across restarts (the first
+    /// record is kept).
+    PutBlockStop(Contradiction),
+    /// Drops this node's own consensus records and candidates at heights
+    /// below `below`, which is at least [`crate::masternode::blocks::BLOCK_RECORDS_KEPT`]
+    /// below a committed block stored earlier or in the same transaction:
+    /// no vote for those heights can ever be signed again.
+    PruneBlockRecords {
+        below: u64,
+    },
+    /// The operator resumes block processing (`time-masternode
+    /// clear-block-stop`; never written by the state machine).
+    ClearBlockStop,
 }
 
 /// What a node needs in memory at start.
@@ -64,6 +82,10 @@ pub struct Snapshot {
     /// Final transactions not yet in a block (an input `SpentFinalized`),
     /// in no particular order: the block layer's queue after a restart.
     pub unconfirmed_transactions: Vec<Transaction>,
+    /// A finality-log position at or before the entry of every transaction
+    /// in `unconfirmed_transactions` (0 if one is not in the log): where
+    /// the block layer pages the ones it does not hold in memory from.
+    pub unconfirmed_log_from: u64,
     /// The block layer's durable state.
     pub blocks: BlockSnapshot,
 }
@@ -79,6 +101,10 @@ pub struct BlockSnapshot {
     pub candidates: Vec<Candidate>,
     /// Fork evidence, if block processing was stopped.
     pub fork: Option<ForkEvidence>,
+    /// How many block evidence records the store holds.
+    pub evidence_count: u64,
+    /// Block processing was stopped by this contradiction.
+    pub stop: Option<Contradiction>,
 }
 
 /// Chain identity and registry, written once from the genesis.
@@ -117,6 +143,8 @@ pub trait Store: Send {
     fn finality_log(&self, from: u64, max: usize) -> Result<(Vec<Txid>, u64), StoreError>;
     /// Every equivocation kept as evidence, by voter then transaction.
     fn evidence(&self) -> Result<Vec<Equivocation>, StoreError>;
+    /// Every block evidence record, by height, round, kind and offender.
+    fn block_evidence(&self) -> Result<Vec<BlockEvidence>, StoreError>;
     /// The committed block at `height` with its certificate.
     fn block(&self, height: u64) -> Result<Option<CommittedBlock>, StoreError>;
 }

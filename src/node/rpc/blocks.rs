@@ -233,9 +233,12 @@ impl ChainCtx {
             "proposals_made": b.consensus.proposals_made,
             "invalid_proposals": b.consensus.invalid_proposals,
             "equivocations": b.consensus.equivocations,
+            "evidence_kept": b.consensus.evidence_kept,
             "synced_blocks": b.consensus.synced_blocks,
             "confirmed_transactions": b.layer.confirmed_transactions,
             "contradictions": b.layer.contradictions,
+            "stopped": b.layer.stop.is_some(),
+            "stop": b.layer.stop.as_ref().map(|s| s.to_string()),
             "quorum_weight": self.registry.total_weight() * 2 / 3 + 1,
             "total_weight": self.registry.total_weight(),
         }))

@@ -43,6 +43,8 @@ pub const CALM_LEAD: Micros = 5 * SEC;
 /// Figures of the block layer in a run, as the checker saw them.
 #[derive(Clone, Debug, Default)]
 pub struct BlockFigures {
+    /// Block evidence records honest nodes kept, checked at the end.
+    pub evidence_checked: u64,
     /// Highest height committed at an honest node.
     pub height: u64,
     /// Heights some honest node signed a vote for in a round above 0.
@@ -289,6 +291,43 @@ impl Checker {
                     && confirmed.is_none_or(|c| c > t)
             })
             .then_some(KnownIssue::UnconfirmedLostAtRestart)
+    }
+
+    /// The block evidence honest nodes kept (only with Byzantine weight
+    /// below 1/3): every record verifies offline and accuses a Byzantine
+    /// node (`honest-accused`). Returns how many records were checked.
+    pub fn check_block_evidence(
+        &mut self,
+        at: Micros,
+        nodes: &[(usize, Vec<timecoin_core::blocks::BlockEvidence>)],
+    ) -> u64 {
+        let mut n = 0;
+        for (node, records) in nodes {
+            for e in records {
+                n += 1;
+                let offender = e.offender();
+                let honest = self
+                    .keys
+                    .iter()
+                    .position(|k| *k == offender)
+                    .is_some_and(|v| self.honest[v]);
+                if honest || !e.verify(CHAIN_ID, &self.registry) {
+                    self.violate(
+                        ViolationKind::HonestAccused,
+                        at,
+                        Some(*node),
+                        format!("{offender} {:?}", e.key()),
+                        None,
+                        format!(
+                            "node {node} keeps block evidence against {offender} (honest: {honest}, verifies: {}): {:?}",
+                            e.verify(CHAIN_ID, &self.registry),
+                            e.key()
+                        ),
+                    );
+                }
+            }
+        }
+        n
     }
 
     /// Liveness of the block layer at the end of a run (only with Byzantine

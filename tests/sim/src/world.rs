@@ -24,6 +24,7 @@ use timecoin_core::protocol::types::{Address, PublicKey, Transaction, Txid, COIN
 use timecoin_core::protocol::utxo::{UtxoEntry, UtxoState};
 use timecoin_core::storage::Genesis;
 use timecoin_core::storage::MemoryStore;
+use timecoin_core::storage::Store as _;
 use timecoin_core::testkit::{address_of, genesis_outpoint, key_from_seed};
 
 use crate::byzantine::{ByzNode, ByzStats};
@@ -984,6 +985,12 @@ impl World {
             .collect();
         self.checker.check_learned_end(now, &nodes);
         if self.cfg.blocks.is_some() {
+            let evidence: Vec<(usize, Vec<timecoin_core::blocks::BlockEvidence>)> = nodes
+                .iter()
+                .map(|(i, _, s)| (*i, s.block_evidence().unwrap_or_default()))
+                .collect();
+            self.checker.blocks.figures.evidence_checked +=
+                self.checker.check_block_evidence(now, &evidence);
             let up: Vec<usize> = nodes.iter().map(|n| n.0).collect();
             self.checker
                 .check_blocks_end(now, cfg.heal_at, |a, b| cfg.calm_between(a, b), &up);

@@ -141,7 +141,7 @@ fn blocks_scenario_real_rules() {
     let byz_double: u64 = report.runs.iter().map(|r| r.byz.blocks.double_votes).sum();
     let failing = strict_failures(&report);
     println!(
-        "{} block-scenario seeds in {:.1} s: {} failed; {} blocks committed, {} heights with a view change, {} payments confirmed; calm: {} confirmations checked (longest {} ms of the {} ms bound), longest gap between commits {} ms (bound {} ms); Byzantine: {} equivocating proposals, {} bad bodies, {} double votes",
+        "{} block-scenario seeds in {:.1} s: {} failed; {} blocks committed, {} heights with a view change, {} payments confirmed; calm: {} confirmations checked (longest {} ms of the {} ms bound), longest gap between commits {} ms (bound {} ms); Byzantine: {} equivocating proposals, {} bad bodies, {} double votes; {} block evidence records at honest nodes checked (each verifies and names a Byzantine node)",
         report.runs.len(),
         report.elapsed.as_secs_f64(),
         failing.len(),
@@ -156,10 +156,15 @@ fn blocks_scenario_real_rules() {
         byz_equivocations,
         byz_bad,
         byz_double,
+        sum(|b| b.evidence_checked),
     );
     assert_eq!(figures.len() as u64, n, "every run has blocks");
     assert!(sum(|b| b.height) > 10 * n, "blocks were committed");
     assert!(byz_equivocations > 0 && byz_bad > 0 && byz_double > 0);
+    assert!(
+        sum(|b| b.evidence_checked) > 0,
+        "honest nodes kept evidence"
+    );
     assert!(
         failing.is_empty(),
         "invariant violated:{}",
