@@ -325,19 +325,15 @@ fn unauthenticated_and_wrong_password_get_401_and_floods_get_429() {
 }
 
 fn cli(c: &Cluster, node: usize, args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_time-cli"))
-        .arg("--devnet")
-        .arg(&c.layout.dir)
-        .arg("--node")
-        .arg(node.to_string())
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into(),
-        String::from_utf8_lossy(&out.stderr).into(),
-    )
+    let node = node.to_string();
+    let mut all: Vec<&std::ffi::OsStr> = vec![
+        "--devnet".as_ref(),
+        c.layout.dir.as_os_str(),
+        "--node".as_ref(),
+        node.as_ref(),
+    ];
+    all.extend(args.iter().map(|a| std::ffi::OsStr::new(a)));
+    common::time_cli(all)
 }
 
 /// Issue 11's methods: each is served, and every served method has a

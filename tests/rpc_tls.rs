@@ -81,15 +81,7 @@ async fn https_post(
 fn rpc_over_tls_answers_a_trusting_client_and_not_plain_http() {
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let certs = tempfile::tempdir().unwrap();
-    let (cert, key, der) = certificate(certs.path());
-    let c = Cluster::start_with(
-        3,
-        &format!(
-            "rpc_tls_cert = \"{}\"\nrpc_tls_key = \"{}\"\n",
-            cert.display(),
-            key.display()
-        ),
-    );
+    let (c, _cert, der) = tls_cluster(certs.path());
     let addr = c.layout.rpc[0].unwrap();
     let cookie = std::fs::read_to_string(&c.layout.cookies[0]).unwrap();
     let auth = basic_auth(cookie.trim());
@@ -128,25 +120,10 @@ fn rpc_over_tls_answers_a_trusting_client_and_not_plain_http() {
     }
 }
 
-/// `time-cli ARGS`: (exit code, stdout, stderr).
-fn cli(args: &[&std::ffi::OsStr]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_time-cli"))
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into(),
-        String::from_utf8_lossy(&out.stderr).into(),
-    )
-}
-
-#[test]
-fn time_cli_calls_a_tls_node_trusting_only_its_certificate() {
-    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let certs = tempfile::tempdir().unwrap();
-    let (cert, key, _) = certificate(certs.path());
+/// A 3-masternode cluster serving its RPC over TLS with a certificate
+/// written into `dir`: the cluster, the certificate's path and its DER.
+fn tls_cluster(dir: &std::path::Path) -> (Cluster, std::path::PathBuf, Vec<u8>) {
+    let (cert, key, der) = certificate(dir);
     let c = Cluster::start_with(
         3,
         &format!(
@@ -155,6 +132,19 @@ fn time_cli_calls_a_tls_node_trusting_only_its_certificate() {
             key.display()
         ),
     );
+    (c, cert, der)
+}
+
+/// `time-cli ARGS`: (exit code, stdout, stderr).
+fn cli(args: &[&std::ffi::OsStr]) -> (i32, String, String) {
+    common::time_cli(args)
+}
+
+#[test]
+fn time_cli_calls_a_tls_node_trusting_only_its_certificate() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let certs = tempfile::tempdir().unwrap();
+    let (c, cert, _) = tls_cluster(certs.path());
     let addr = c.layout.rpc[0].unwrap();
     let https = format!("https://{addr}/");
     let cookie = c.layout.cookies[0].as_os_str();

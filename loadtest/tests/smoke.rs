@@ -39,35 +39,20 @@ fn masternode_bin(loadtest: &std::path::Path) -> PathBuf {
     p
 }
 
-#[test]
-fn short_load_with_double_spends_loses_nothing() {
+/// Runs `time-loadtest ARGS --<json_flag> DIR/<file> --masternode-bin ...`:
+/// its exit status, the JSON it wrote (parsed), and its output for
+/// assertion messages.
+fn run_loadtest(
+    args: &[&str],
+    json_flag: &str,
+) -> (std::process::ExitStatus, serde_json::Value, String, String) {
     let exe = PathBuf::from(env!("CARGO_BIN_EXE_time-loadtest"));
     let mn = masternode_bin(&exe);
     let dir = tempfile::tempdir().unwrap();
     let json = dir.path().join("out.json");
-    // An unoptimized masternode verifies signatures some fifty times slower:
-    // the debug profile runs the same check at a rate it can carry.
-    let (tps, timeout) = if cfg!(debug_assertions) {
-        ("10", "30s")
-    } else {
-        ("200", "10s")
-    };
     let out = Command::new(&exe)
-        .args([
-            "--devnet",
-            "4",
-            "--tps",
-            tps,
-            "--duration",
-            "3s",
-            "--double-spend-pct",
-            "10",
-            "--timeout",
-            timeout,
-            "--confirm-wait",
-            "20s",
-            "--json",
-        ])
+        .args(args)
+        .arg(json_flag)
         .arg(&json)
         .arg("--masternode-bin")
         .arg(&mn)
@@ -80,8 +65,37 @@ fn short_load_with_double_spends_loses_nothing() {
         String::from_utf8_lossy(&out.stderr)
     );
     let text =
-        std::fs::read_to_string(&json).unwrap_or_else(|e| panic!("no JSON summary ({e}):\n{log}"));
-    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        std::fs::read_to_string(&json).unwrap_or_else(|e| panic!("no JSON written ({e}):\n{log}"));
+    let v = serde_json::from_str(&text).unwrap();
+    (out.status, v, text, log)
+}
+
+#[test]
+fn short_load_with_double_spends_loses_nothing() {
+    // An unoptimized masternode verifies signatures some fifty times slower:
+    // the debug profile runs the same check at a rate it can carry.
+    let (tps, timeout) = if cfg!(debug_assertions) {
+        ("10", "30s")
+    } else {
+        ("200", "10s")
+    };
+    let (status, v, text, log) = run_loadtest(
+        &[
+            "--devnet",
+            "4",
+            "--tps",
+            tps,
+            "--duration",
+            "3s",
+            "--double-spend-pct",
+            "10",
+            "--timeout",
+            timeout,
+            "--confirm-wait",
+            "20s",
+        ],
+        "--json",
+    );
     let obj = v.as_object().expect("a JSON object");
     for k in KEYS {
         assert!(obj.contains_key(k), "key {k} missing in {text}");
@@ -118,7 +132,7 @@ fn short_load_with_double_spends_loses_nothing() {
     let sent = v["sent"].as_u64().unwrap();
     let settled = v["finalized"].as_u64().unwrap() + v["rejected"].as_u64().unwrap();
     assert_eq!(sent, settled, "every transaction settled:\n{text}");
-    assert!(out.status.success(), "time-loadtest failed:\n{log}");
+    assert!(status.success(), "time-loadtest failed:\n{log}");
 }
 
 /// Offered more than a tiny origin window lets through (16 payments in
@@ -127,17 +141,13 @@ fn short_load_with_double_spends_loses_nothing() {
 /// refused coin left locked.
 #[test]
 fn overload_is_refused_at_once_and_nothing_is_lost() {
-    let exe = PathBuf::from(env!("CARGO_BIN_EXE_time-loadtest"));
-    let mn = masternode_bin(&exe);
-    let dir = tempfile::tempdir().unwrap();
-    let json = dir.path().join("detail.json");
     let tps = if cfg!(debug_assertions) {
         "100"
     } else {
         "4000"
     };
-    let out = Command::new(&exe)
-        .args([
+    let (status, v, _, log) = run_loadtest(
+        &[
             "--devnet",
             "4",
             "--tps",
@@ -149,22 +159,9 @@ fn overload_is_refused_at_once_and_nothing_is_lost() {
             "--confirm-wait",
             "0s",
             "--node-arg=--origin-window=16",
-            "--json-detail",
-        ])
-        .arg(&json)
-        .arg("--masternode-bin")
-        .arg(&mn)
-        .output()
-        .expect("run time-loadtest");
-    let log = format!(
-        "exit: {}\n--- stdout\n{}\n--- stderr\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+        ],
+        "--json-detail",
     );
-    let text =
-        std::fs::read_to_string(&json).unwrap_or_else(|e| panic!("no JSON detail ({e}):\n{log}"));
-    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
     let step = &v["steps"][0];
     assert_eq!(step["lost"], 0, "payments lost:\n{log}");
     assert!(
@@ -190,5 +187,5 @@ fn overload_is_refused_at_once_and_nothing_is_lost() {
         "a refused coin stayed locked:\n{log}"
     );
     assert_eq!(refused["conflicting_finality"], 0, "{log}");
-    assert!(out.status.success(), "time-loadtest failed:\n{log}");
+    assert!(status.success(), "time-loadtest failed:\n{log}");
 }

@@ -304,3 +304,19 @@ pub fn final_view(e: Option<UtxoEntry>) -> Option<timecoin::protocol::utxo::Utxo
         s => s,
     })
 }
+
+/// Runs `time-cli ARGS` with no stdin: (exit code, stdout, stderr).
+pub fn time_cli<S: AsRef<std::ffi::OsStr>>(
+    args: impl IntoIterator<Item = S>,
+) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_time-cli"))
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into(),
+        String::from_utf8_lossy(&out.stderr).into(),
+    )
+}
