@@ -332,7 +332,7 @@ fn cli(c: &Cluster, node: usize, args: &[&str]) -> (i32, String, String) {
         "--node".as_ref(),
         node.as_ref(),
     ];
-    all.extend(args.iter().map(|a| std::ffi::OsStr::new(a)));
+    all.extend(args.iter().map(std::ffi::OsStr::new));
     common::time_cli(all)
 }
 
