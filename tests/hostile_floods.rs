@@ -419,6 +419,62 @@ async fn forged_stream_announcement(c: &Cluster, imp: &Impostor) {
     tokio::time::sleep(Duration::from_millis(500)).await;
 }
 
+/// The Byzantine key approves two transactions spending one coin, each
+/// after masternode 0 holds it (the second is refused there as a double
+/// spend). Masternode 0 must detect it and keep both certificates with
+/// both transactions; `time-masternode evidence` shows the record (checked
+/// at the end of the suite, once the node is stopped).
+async fn conflicting_approvals(c: &Cluster, imp: &Impostor) -> (Txid, Txid) {
+    let to = address(&c.wallet_key(1));
+    let key = c.wallet_key(3);
+    let a = pay(c.chain_id(), &key, 3, 7, to, COIN);
+    let b = pay(c.chain_id(), &key, 3, 7, to, 2 * COIN);
+    let approve = |t: &Transaction| VoteItem {
+        txid: t.txid(),
+        decision: Decision::Approve,
+    };
+    let votes = VoteBatch::sign(c.chain_id(), 1, &imp.key, vec![approve(&a), approve(&b)]);
+    let target = PublicKey::from_signing(&c.masternode_key(0)).0;
+    let txids = (a.txid(), b.txid());
+    for m in [
+        Message::TransactionBroadcast(a),
+        Message::TransactionBroadcast(b),
+        Message::VoteBatch(votes),
+    ] {
+        tokio::time::timeout(
+            WAIT,
+            imp.pool
+                .send_wait(&target, Priority::Critical, Bytes::from(m.to_bytes())),
+        )
+        .await
+        .expect("room in the queue")
+        .unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let deadline = Instant::now() + WAIT;
+    while !c.log(0).contains("masternode equivocated") {
+        assert!(
+            Instant::now() < deadline,
+            "masternode 0 did not report the conflicting approvals"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    txids
+}
+
+/// What `time-masternode evidence` prints for masternode `i`'s data
+/// directory (the node must be stopped).
+fn evidence_listing(c: &Cluster, i: usize) -> String {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_time-masternode"))
+        .arg("evidence")
+        .arg("--data-dir")
+        .arg(common::data_dir(c, i))
+        .output()
+        .expect("run time-masternode evidence");
+    assert!(out.status.success(), "{out:?}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 fn run_suite(transport: PeerTransport, name: &'static str) {
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let extra = format!("peer_transport = \"{name}\"\n");
@@ -462,6 +518,7 @@ fn run_suite(transport: PeerTransport, name: &'static str) {
             .await,
         );
         forged_stream_announcement(&c, &imp).await;
+        let double = conflicting_approvals(&c, &imp).await;
         // Masternode 1's payments still finalize through masternode 0's
         // view: pay from wallet 2 through masternode 1, read at 0.
         let mut via1 = Payer {
@@ -488,13 +545,23 @@ fn run_suite(transport: PeerTransport, name: &'static str) {
         reports.push(wallet_flood(&c, &mut payer, name).await);
         // And a plain payment after everything.
         payer.pay(&c).await;
-        reports
+        (reports, double)
     });
+    let (reports, (a, b)) = reports;
     for r in &reports {
         r.check();
     }
     let log = c.log(0);
     assert!(log.contains("peer messages refused"), "floods are logged");
+    c.kill9(0);
+    let listing = evidence_listing(&c, 0);
+    println!("{listing}");
+    assert!(
+        listing.contains("1 conflicting-approvals record(s)")
+            && listing.contains(&a.to_string())
+            && listing.contains(&b.to_string()),
+        "the conflicting approvals are kept as evidence: {listing}"
+    );
 }
 
 #[test]

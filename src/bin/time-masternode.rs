@@ -221,6 +221,17 @@ fn evidence(data_dir: &std::path::Path) -> Result<(), AnyError> {
             e.second.decision
         );
     }
+    let approvals = store.approval_evidence()?;
+    say!("{} conflicting-approvals record(s)", approvals.len());
+    for e in approvals {
+        say!(
+            "voter {} approved {} and {}, which both spend {}",
+            e.voter(),
+            e.first_tx.txid(),
+            e.second_tx.txid(),
+            e.outpoint
+        );
+    }
     let blocks = store.block_evidence()?;
     say!("{} block evidence record(s)", blocks.len());
     for e in blocks {

@@ -159,6 +159,9 @@ fn commit_and_send(c: &mut Core, wallets: &mut Wallets, now: u64) -> Result<(), 
             return Err(e);
         }
     }
+    for txid in round.watch_approvals {
+        c.ctx.votes.watch(txid);
+    }
     dispatch(&c.ctx, round.transmits, c.fast.as_mut());
     for ev in &round.events {
         c.ctx.metrics.core.event(ev);
@@ -177,7 +180,12 @@ fn commit_and_send(c: &mut Core, wallets: &mut Wallets, now: u64) -> Result<(), 
 fn log_event(ev: &Event) {
     match ev {
         Event::Equivocation { voter, txid } => {
-            warn!(%voter, %txid, "masternode equivocated (two decisions on one transaction)");
+            warn!(
+                %voter,
+                %txid,
+                "masternode equivocated (two decisions on one transaction, or approvals of two \
+                 transactions spending one output); evidence kept: `time-masternode evidence`"
+            );
         }
         Event::ConflictingProofs(rec) => {
             error!(

@@ -924,6 +924,7 @@ impl Collector for NodeCollector {
             &mut e,
             &[
                 ("payment_equivocation", m.equivocations),
+                ("conflicting_approvals", m.conflicting_approvals),
                 ("conflicting_proofs", m.conflicting_proofs),
                 ("forged_vote_signature", load(&v.bad_signatures)),
                 ("block_equivocation", c.equivocations),
@@ -1244,6 +1245,7 @@ mod tests {
         // Every Byzantine kind exists at 0 before anything happened.
         for kind in [
             "payment_equivocation",
+            "conflicting_approvals",
             "conflicting_proofs",
             "forged_vote_signature",
             "block_equivocation",

@@ -38,6 +38,8 @@ enum ShardMsg {
     Own(Arc<VerifiedBatch>),
     /// Items of a verified batch that belong to this shard.
     Items(Arc<VerifiedBatch>, Vec<u32>),
+    /// Report the approvals of this transaction (a side of a double spend).
+    Watch(Txid),
 }
 
 #[derive(Default, Debug)]
@@ -145,6 +147,12 @@ impl VoteThreads {
         self.send(i, ShardMsg::Verify(batch));
     }
 
+    /// Report every approval of `txid` from now on, and those its tally
+    /// holds (`TallyEvent::Approval`), on the shard that owns it.
+    pub fn watch(&self, txid: Txid) {
+        self.send(shard_of(&txid, self.shards.len()), ShardMsg::Watch(txid));
+    }
+
     /// This node's own batch.
     pub fn own(&self, batch: VoteBatch) {
         let i = self.next.fetch_add(1, Ordering::Relaxed) % self.shards.len();
@@ -184,6 +192,7 @@ impl Shard {
                     }
                     ShardMsg::Own(vb) => self.route(now, vb, &mut events),
                     ShardMsg::Items(vb, idx) => self.agg.add(now, &vb, Some(&idx), &mut events),
+                    ShardMsg::Watch(txid) => self.agg.watch(now, txid, &mut events),
                 }
             }
             if !to_verify.is_empty() {
@@ -281,10 +290,8 @@ mod tests {
     use crate::protocol::vote::{Decision, VoteItem};
     use ed25519_dalek::SigningKey;
 
-    #[test]
-    fn sharded_threads_reach_quorum_once_per_transaction() {
-        let keys: Vec<SigningKey> = (1..=4).map(|i| SigningKey::from_bytes(&[i; 32])).collect();
-        let reg = Registry::new(
+    fn registry(keys: &[SigningKey]) -> Registry {
+        Registry::new(
             1,
             keys.iter()
                 .map(|k| Masternode {
@@ -294,7 +301,60 @@ mod tests {
                 })
                 .collect(),
         )
-        .unwrap();
+        .unwrap()
+    }
+
+    #[test]
+    fn a_watched_transaction_reports_its_approvals_from_any_shard() {
+        let keys: Vec<SigningKey> = (1..=4).map(|i| SigningKey::from_bytes(&[i; 32])).collect();
+        let reg = registry(&keys);
+        let (tx, rx) = crossbeam::channel::unbounded();
+        let vt = VoteThreads::start(
+            VoteThreadConfig {
+                threads: 3,
+                cores: vec![],
+                chain_id: 1,
+                me: PublicKey::from_signing(&keys[0]),
+                quorum: reg.quorum(),
+                max_age_ms: 60_000,
+            },
+            reg.clone(),
+            move |ev| {
+                for e in ev {
+                    let _ = tx.send(e);
+                }
+            },
+        );
+        let t = Txid([7; 32]);
+        let approve = vec![VoteItem {
+            txid: t,
+            decision: Decision::Approve,
+        }];
+        // One approval counted before the watch, one after.
+        vt.submit(VoteBatch::sign(1, 1, &keys[1], approve.clone()));
+        std::thread::sleep(Duration::from_millis(300));
+        vt.watch(t);
+        vt.submit(VoteBatch::sign(1, 1, &keys[2], approve));
+        let mut voters = std::collections::HashSet::new();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while voters.len() < 2 && Instant::now() < deadline {
+            if let Ok(TallyEvent::Approval { txid, cert }) =
+                rx.recv_timeout(Duration::from_millis(100))
+            {
+                assert_eq!(txid, t);
+                assert!(cert.signed_message(1, &t).is_some());
+                voters.insert(cert.voter);
+            }
+        }
+        let expected: std::collections::HashSet<_> =
+            keys[1..3].iter().map(PublicKey::from_signing).collect();
+        assert_eq!(voters, expected);
+    }
+
+    #[test]
+    fn sharded_threads_reach_quorum_once_per_transaction() {
+        let keys: Vec<SigningKey> = (1..=4).map(|i| SigningKey::from_bytes(&[i; 32])).collect();
+        let reg = registry(&keys);
         let (tx, rx) = crossbeam::channel::unbounded();
         let vt = VoteThreads::start(
             VoteThreadConfig {

@@ -20,6 +20,7 @@
 //! | `fork_evidence` | [`BlockHeight`]           | [`ForkEvidence`] |
 //! | `block_stop` | [`BlockHeight`] | [`Contradiction`] (at most one) |
 //! | `block_evidence` | height ‖ round (BE) ‖ kind ‖ offender | [`BlockEvidence`] |
+//! | `approval_evidence` | voter ‖ [`OutPoint::key_bytes`] (68 bytes) | [`ConflictingApprovals`] |
 //!
 //! Block layouts are in [`timecoin_core::storage::block_records`].
 //!
@@ -43,11 +44,11 @@ use heed::types::Bytes;
 use heed::{Database, Env, EnvFlags, EnvOpenOptions, PutFlags, RoTxn, RwTxn, WithoutTls};
 
 use super::records::{
-    check_txid, EvidenceKey, LogSeq, MetaKey, RecordError, TableKey, TableValue, VoteSeq,
-    FORMAT_VERSION,
+    check_txid, ApprovalEvidenceKey, EvidenceKey, LogSeq, MetaKey, RecordError, TableKey,
+    TableValue, VoteSeq, FORMAT_VERSION,
 };
 use super::{BlockSnapshot, CommittedBlock, Genesis, Snapshot, Store, StoreError, Write};
-use crate::protocol::evidence::Equivocation;
+use crate::protocol::evidence::{ConflictingApprovals, Equivocation};
 use crate::protocol::timeproof::TimeProof;
 use crate::protocol::types::{ChainId, OutPoint, Transaction, Txid};
 use crate::protocol::utxo::{UtxoEntry, UtxoState};
@@ -78,7 +79,8 @@ const TABLE_FORK_EVIDENCE: &str = "fork_evidence";
 const TABLE_BLOCK_HEIGHTS: &str = "block_heights";
 const TABLE_BLOCK_EVIDENCE: &str = "block_evidence";
 const TABLE_BLOCK_STOP: &str = "block_stop";
-const TABLE_COUNT: u32 = 15;
+const TABLE_APPROVAL_EVIDENCE: &str = "approval_evidence";
+const TABLE_COUNT: u32 = 16;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LmdbOptions {
@@ -279,6 +281,9 @@ pub struct LmdbStore {
     block_evidence: Table<BlockEvidenceKey, BlockEvidence>,
     /// The contradiction that stopped block processing, if any.
     block_stop: Table<BlockHeight, Contradiction>,
+    /// Approvals of two transactions spending one output, by voter and
+    /// output.
+    approval_evidence: Table<ApprovalEvidenceKey, ConflictingApprovals>,
 }
 
 /// Reads committed blocks from another thread (see
@@ -384,6 +389,9 @@ impl LmdbStore {
         let block_heights = Table::create(&env, &mut wtxn, TABLE_BLOCK_HEIGHTS)?;
         let block_evidence = Table::create(&env, &mut wtxn, TABLE_BLOCK_EVIDENCE)?;
         let block_stop = Table::create(&env, &mut wtxn, TABLE_BLOCK_STOP)?;
+        // Added with conflicting-approvals evidence: created empty in older
+        // databases.
+        let approval_evidence = Table::create(&env, &mut wtxn, TABLE_APPROVAL_EVIDENCE)?;
         if version.is_none() {
             let fresh = meta.is_empty(&wtxn)?
                 && utxos.is_empty(&wtxn)?
@@ -421,6 +429,7 @@ impl LmdbStore {
             block_heights,
             block_evidence,
             block_stop,
+            approval_evidence,
         })
     }
 
@@ -667,6 +676,12 @@ impl Store for LmdbStore {
                     next_log = Some(seq + 1);
                 }
                 Write::PutStuck(txid) => self.stuck.put(&mut wtxn, txid, &0, &mut buf)?,
+                Write::PutApprovalEvidence(e) => self.approval_evidence.put(
+                    &mut wtxn,
+                    &ApprovalEvidenceKey(e.voter(), e.outpoint),
+                    e,
+                    &mut buf,
+                )?,
                 Write::PutEvidence(e) => {
                     self.evidence
                         .put(&mut wtxn, &EvidenceKey(e.voter(), e.txid), e, &mut buf)?
@@ -763,6 +778,16 @@ impl Store for LmdbStore {
         let rtxn = self.env.read_txn().map_err(backend)?;
         let mut out = Vec::new();
         self.evidence.for_each(&rtxn, |_, e| {
+            out.push(e);
+            Ok(())
+        })?;
+        Ok(out)
+    }
+
+    fn approval_evidence(&self) -> Result<Vec<ConflictingApprovals>, StoreError> {
+        let rtxn = self.env.read_txn().map_err(backend)?;
+        let mut out = Vec::new();
+        self.approval_evidence.for_each(&rtxn, |_, e| {
             out.push(e);
             Ok(())
         })?;
@@ -1113,6 +1138,44 @@ mod tests {
         assert_eq!(
             (&a.tip, &a.own_votes, &a.candidates),
             (&b.tip, &b.own_votes, &b.candidates)
+        );
+    }
+
+    /// Conflicting-approvals evidence is kept across a reopen, one record
+    /// per voter and output, like the memory store.
+    #[test]
+    fn approval_evidence_survives_reopen_and_matches_memory_store() {
+        use timecoin_core::protocol::evidence::ConflictingApprovals;
+        let prev = outpoint(1, 0);
+        let (a, b) = (tx_spending(prev, 10), tx_spending(prev, 20));
+        let cert = |txid: Txid| proof_for(txid).votes[0].clone();
+        let e = ConflictingApprovals {
+            outpoint: prev,
+            first: cert(a.txid()),
+            first_tx: a.clone(),
+            second: cert(b.txid()),
+            second_tx: b,
+        };
+        let mut again = e.clone();
+        again.first_tx = a;
+        let writes = [
+            Write::PutApprovalEvidence(Box::new(e.clone())),
+            Write::PutApprovalEvidence(Box::new(again)),
+        ];
+        let dir = tempfile::tempdir().unwrap();
+        let mut reference = MemoryStore::new();
+        reference.init(&genesis(CHAIN)).unwrap();
+        reference.apply(&writes).unwrap();
+        {
+            let mut s = open(dir.path());
+            s.init(&genesis(CHAIN)).unwrap();
+            s.apply(&writes).unwrap();
+        }
+        let s = open(dir.path());
+        assert_eq!(s.approval_evidence().unwrap(), vec![e]);
+        assert_eq!(
+            s.approval_evidence().unwrap(),
+            reference.approval_evidence().unwrap()
         );
     }
 

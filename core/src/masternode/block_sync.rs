@@ -55,6 +55,10 @@ pub struct BlockSync {
     /// The highest height each peer showed it works on.
     peer_heights: HashMap<PublicKey, u64>,
     inflight: HashMap<PublicKey, Request>,
+    /// Requests each peer let time out since it last sent a block: a peer
+    /// that does not answer (down, Byzantine, or banned here, so its answers
+    /// are refused) is asked only after every peer with fewer.
+    strikes: HashMap<PublicKey, u32>,
     /// Blocks ahead of the tip, with the peer that sent each.
     ahead: BTreeMap<u64, (PublicKey, CommittedBlock)>,
     ahead_bytes: usize,
@@ -103,6 +107,7 @@ impl BlockSync {
         self.stats.blocks_received += 1;
         let h = c.block.height();
         self.saw(peer, h + 1);
+        self.strikes.remove(&peer);
         if let Some(r) = self.inflight.get(&peer).copied() {
             let last = (r.from + BLOCKS_PER_ANSWER - 1).min(self.best_known());
             if h >= last {
@@ -149,11 +154,17 @@ impl BlockSync {
             self.inflight.clear();
             return Vec::new();
         }
-        let before = self.inflight.len();
-        self.inflight.retain(|_, r| {
-            now < r.sent_ms + REQUEST_TIMEOUT_MS && r.from + BLOCKS_PER_ANSWER > tip
+        let strikes = &mut self.strikes;
+        let mut timeouts = 0;
+        self.inflight.retain(|p, r| {
+            if now >= r.sent_ms + REQUEST_TIMEOUT_MS {
+                timeouts += 1;
+                *strikes.entry(*p).or_default() += 1;
+                return false;
+            }
+            r.from + BLOCKS_PER_ANSWER > tip
         });
-        self.stats.timeouts += (before - self.inflight.len()) as u64;
+        self.stats.timeouts += timeouts;
         let mut out = Vec::new();
         let mut window = tip + 1;
         for _ in 0..SYNC_PEERS {
@@ -188,13 +199,19 @@ impl BlockSync {
         out
     }
 
-    /// A peer with no request outstanding that holds block `height`: the
-    /// one furthest ahead (ties by key, so the choice is deterministic).
+    /// A peer with no request outstanding that holds block `height`: of
+    /// those with the fewest unanswered requests, the one furthest ahead
+    /// (ties by key, so the choice is deterministic). A peer that claims the
+    /// highest height but never answers cannot keep the node from syncing
+    /// from the others.
     fn idle_peer(&self, height: u64) -> Option<PublicKey> {
         self.peer_heights
             .iter()
             .filter(|(p, h)| **h > height && !self.inflight.contains_key(*p))
-            .max_by_key(|(p, h)| (**h, std::cmp::Reverse(**p)))
+            .max_by_key(|(p, h)| {
+                let strikes = self.strikes.get(*p).copied().unwrap_or(0);
+                (std::cmp::Reverse(strikes), **h, std::cmp::Reverse(**p))
+            })
             .map(|(p, _)| *p)
     }
 }
@@ -260,6 +277,27 @@ mod tests {
         let again = s.plan(REDUNDANT_AFTER_MS + REQUEST_TIMEOUT_MS, 0);
         assert_eq!(again.len(), 1);
         assert!(s.stats.timeouts >= 1);
+    }
+
+    #[test]
+    fn a_peer_that_never_answers_is_asked_after_the_others() {
+        let mut s = BlockSync::default();
+        // pk(9) claims the highest height but never answers; pk(2) and
+        // pk(3) hold the blocks.
+        s.saw(pk(9), 1_000);
+        s.saw(pk(2), 20);
+        s.saw(pk(3), 20);
+        assert_eq!(s.plan(0, 10)[0], (pk(9), 11));
+        let t = REQUEST_TIMEOUT_MS;
+        let again = s.plan(t, 10);
+        assert!(s.stats.timeouts >= 1);
+        // Window 11 goes to a peer that answers; pk(9) is still the only
+        // one holding the next window.
+        assert_eq!(again[0], (pk(2), 11), "{again:?}");
+        assert!(again[1..].iter().all(|(_, from)| *from > 11), "{again:?}");
+        // Its answer, when one comes, clears the strike.
+        s.received(pk(9), 10, committed(11));
+        assert!(s.strikes.is_empty());
     }
 
     #[test]

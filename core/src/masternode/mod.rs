@@ -117,6 +117,10 @@ pub struct Round {
     /// (outcomes of the transactions it waits on, notifications for the
     /// addresses it subscribed).
     pub wallet: Vec<(SessionId, WalletReply)>,
+    /// Transactions whose approvals the vote tallies outside the state
+    /// machine must report back (`EngineConfig::external_tally`): sides of
+    /// double spends seen here (see `TallyEvent::Approval`).
+    pub watch_approvals: Vec<Txid>,
 }
 
 impl Round {
@@ -125,6 +129,7 @@ impl Round {
             && self.transmits.is_empty()
             && self.events.is_empty()
             && self.wallet.is_empty()
+            && self.watch_approvals.is_empty()
     }
 }
 
@@ -845,6 +850,7 @@ impl Masternode {
             transmits: std::mem::take(&mut self.transmits),
             events: Vec::new(),
             wallet: Vec::new(),
+            watch_approvals: Vec::new(),
         };
         round.writes.extend(fx.writes);
         round
@@ -882,6 +888,7 @@ impl Masternode {
                     dest: Dest::AllPeers,
                     msg: Message::VoteBatch((*b).clone()),
                 }),
+                Output::WatchApprovals(txid) => round.watch_approvals.push(txid),
                 Output::RequestProof(txid) => {
                     if self.proof_broadcast_allowed(now) {
                         round.transmits.push(Transmit {

@@ -508,6 +508,121 @@ fn equivocation_is_kept_as_durable_evidence() {
         .any(|e| matches!(e, Event::Equivocation { voter, .. } if *voter == from)));
 }
 
+/// Node 0 holds `a` and hears its conflicting spend `b`; masternode 3 signs
+/// the approvals of `order` (in that order, one batch each). Returns the
+/// conflicting-approvals evidence node 0 stored.
+fn approvals_seen(
+    a_final_first: bool,
+    order: &[usize],
+) -> (Net, Vec<crate::protocol::evidence::ConflictingApprovals>) {
+    use crate::protocol::vote::{Decision, VoteBatch, VoteItem};
+    let mut net = Net::new(4);
+    net.run_for(300);
+    let a = pay(7, COIN);
+    let b = pay(7, 2 * COIN);
+    let txids = [a.txid(), b.txid()];
+    let k3 = net.keys[3].clone();
+    let from = net.pk(3);
+    let vote = |net: &mut Net, txid| {
+        let v = VoteBatch::sign(
+            7,
+            1,
+            &k3,
+            vec![VoteItem {
+                txid,
+                decision: Decision::Approve,
+            }],
+        );
+        let now = net.now;
+        net.nodes[0]
+            .as_mut()
+            .unwrap()
+            .handle_peer_message(now, from, PeerMessage::VoteBatch(v), &net.stores[0])
+            .unwrap();
+        net.flush(0);
+    };
+    if a_final_first {
+        // `a` is final (masternode 2 is away, so masternode 3's approval
+        // is in its proof) before `b` shows up: its tally closed long ago.
+        net.cut[2] = true;
+        net.submit(0, a.clone());
+        net.run_for(300);
+        assert!(net.is_final(0, &txids[0]));
+    }
+    // From here node 0 hears only what the test hands it.
+    net.cut[1] = true;
+    net.cut[2] = true;
+    net.cut[3] = true;
+    let now = net.now;
+    let m = net.nodes[0].as_mut().unwrap();
+    if !a_final_first {
+        m.handle_peer_transaction(now, a, false);
+    }
+    net.deliver_all();
+    for &i in order {
+        if i == 1 {
+            let now = net.now;
+            net.nodes[0]
+                .as_mut()
+                .unwrap()
+                .handle_peer_transaction(now, b.clone(), false);
+            net.flush(0);
+        }
+        vote(&mut net, txids[i]);
+    }
+    let evidence = net.stores[0].approval_evidence().unwrap();
+    (net, evidence)
+}
+
+#[test]
+fn approving_two_conflicting_transactions_is_kept_as_evidence() {
+    // Approvals before and after the conflict is known, either order.
+    for order in [[0, 1], [1, 0]] {
+        let (net, evidence) = approvals_seen(false, &order);
+        assert_eq!(evidence.len(), 1, "order {order:?}");
+        let e = &evidence[0];
+        let from = net.pk(3);
+        assert_eq!(e.voter(), from);
+        assert_eq!(e.outpoint, genesis_outpoint(0, 7));
+        assert!(e.verify(7, &net.genesis.registry));
+        assert_eq!(
+            net.nodes[0]
+                .as_ref()
+                .unwrap()
+                .engine()
+                .metrics()
+                .conflicting_approvals,
+            1
+        );
+        assert!(net.events[0]
+            .iter()
+            .any(|ev| matches!(ev, Event::Equivocation { voter, .. } if *voter == from)));
+        // Tampered evidence does not verify.
+        let mut forged = e.clone();
+        forged.second_tx = forged.first_tx.clone();
+        assert!(!forged.verify(7, &net.genesis.registry));
+        let mut other = e.clone();
+        other.second.voter = net.pk(2);
+        assert!(!other.verify(7, &net.genesis.registry));
+    }
+}
+
+#[test]
+fn an_approval_of_a_side_final_before_the_conflict_came_is_still_compared() {
+    // Masternode 3's approval of `a` is only in `a`'s proof; its approval
+    // of `b` comes after `b` was refused as a double spend.
+    let (net, evidence) = approvals_seen(true, &[1]);
+    assert_eq!(evidence.len(), 1);
+    assert!(evidence[0].verify(7, &net.genesis.registry));
+}
+
+#[test]
+fn one_approval_per_output_is_not_evidence() {
+    // Masternode 3 approves `b` only (it saw `b` first): honest.
+    let (_, evidence) = approvals_seen(false, &[1]);
+    assert!(evidence.is_empty());
+}
+
 #[test]
 fn a_wallet_session_hears_its_outcome_and_then_holds_nothing() {
     let mut net = Net::new(4);

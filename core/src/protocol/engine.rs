@@ -10,19 +10,20 @@
 //! another transaction for. The map behind it (`approved_spends`) is rebuilt
 //! from durable state at start and is never released by a timeout.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 
 use ed25519_dalek::SigningKey;
 
 use crate::histogram::{Histogram, Millis};
+use crate::protocol::evidence::ConflictingApprovals;
 use crate::protocol::registry::Registry;
 use crate::protocol::tally::{TallyEvent, VerifiedBatch, VoteAggregator};
 use crate::protocol::timeproof::TimeProof;
 use crate::protocol::types::{Address, ChainId, OutPoint, PublicKey, Transaction, Txid};
 use crate::protocol::utxo::{UtxoEntry, UtxoState};
 use crate::protocol::validation::{self, Limits, RejectCode, TxError};
-use crate::protocol::vote::{Decision, VoteBatch, VoteItem, MAX_VOTE_ITEMS};
+use crate::protocol::vote::{Decision, VoteBatch, VoteCert, VoteItem, MAX_VOTE_ITEMS};
 use crate::storage::{Snapshot, Write};
 
 #[derive(Clone, Debug)]
@@ -169,6 +170,10 @@ pub enum Output {
     /// Ask peers for the TimeProof (and transaction) of `txid`: an input this
     /// node does not know spends its outputs.
     RequestProof(Txid),
+    /// To the vote tallies outside the engine (`external_tally`): report
+    /// every approval of `txid` back ([`TallyEvent::Approval`]); it is one
+    /// side of a double spend seen here.
+    WatchApprovals(Txid),
     Event(Event),
 }
 
@@ -205,6 +210,12 @@ pub struct Metrics {
     pub votes_duplicate: u64,
     pub votes_dropped_unknown_tx: u64,
     pub equivocations: u64,
+    /// Voters that approved two transactions spending one output (counted
+    /// once per voter and output while the evidence cap has room).
+    pub conflicting_approvals: u64,
+    /// Double spends not watched for conflicting approvals because
+    /// [`MAX_CONFLICT_WATCHES`] were watched already.
+    pub conflict_watches_refused: u64,
     pub proofs_received: u64,
     pub proofs_invalid: u64,
     pub conflicting_proofs: u64,
@@ -360,7 +371,37 @@ pub struct Engine {
     /// them without their TimeProof here: when the proof comes it is stored
     /// and their finality announced (wallets waiting on this node hear it).
     unproven: HashMap<Txid, Arc<Transaction>>,
+    /// Double spends seen here, by the output the sides share.
+    conflict_watches: HashMap<OutPoint, ConflictWatch>,
+    /// A watched side -> the outputs whose watch it belongs to.
+    watched_sides: HashMap<Txid, Vec<OutPoint>>,
+    /// The last [`RECENT_PROOFS`] proofs applied here, oldest first: the
+    /// approvals of a side whose tally closed before the conflict came.
+    recent_proofs: HashMap<Txid, Arc<TimeProof>>,
+    recent_order: VecDeque<Txid>,
+    /// (voter, output) pairs whose conflicting approvals were written.
+    approval_evidence_kept: HashSet<(PublicKey, OutPoint)>,
 }
+
+/// The transactions seen here spending one output, and the first approval
+/// of each voter for one of them: a second approval by the same voter for
+/// another side is a [`ConflictingApprovals`].
+#[derive(Debug)]
+struct ConflictWatch {
+    sides: Vec<(Txid, Arc<Transaction>)>,
+    approvals: HashMap<PublicKey, (Txid, VoteCert)>,
+    since_ms: u64,
+}
+
+/// Most outputs watched for conflicting approvals at once (a watch holds two
+/// to [`MAX_CONFLICT_SIDES`] transactions and one certificate per voter that
+/// approved a side). Each is kept for `decided_retention_ms`.
+pub const MAX_CONFLICT_WATCHES: usize = 8_192;
+/// Most transactions watched per output.
+pub const MAX_CONFLICT_SIDES: usize = 4;
+/// Proofs kept after they were applied, for the approvals of a side whose
+/// tally closed before its conflict arrived (about 1.6 KB each).
+pub const RECENT_PROOFS: usize = 4_096;
 
 /// Default [`EngineConfig::origin_window`]: enough payments in flight to
 /// keep a round's batches full (at 20 ms of finality, 512 per masternode
@@ -408,6 +449,11 @@ impl Engine {
             evidence_kept: HashSet::new(),
             by_address: HashMap::new(),
             unproven: HashMap::new(),
+            conflict_watches: HashMap::new(),
+            watched_sides: HashMap::new(),
+            recent_proofs: HashMap::new(),
+            recent_order: VecDeque::new(),
+            approval_evidence_kept: HashSet::new(),
         };
         for (op, entry) in snap.utxos {
             if let UtxoState::Locked { txid } | UtxoState::SpentPending { txid, .. } = entry.state {
@@ -816,6 +862,11 @@ impl Engine {
     /// a peer's transaction gets a signed reject vote naming the reason.
     fn refuse(&mut self, now: u64, txid: Txid, tx: Arc<Transaction>, origin: Origin, err: TxError) {
         self.reject_event(txid, &err);
+        if let TxError::InputLocked { outpoint, holder }
+        | TxError::InputSpent { outpoint, holder } = err
+        {
+            self.watch_conflict(now, outpoint, holder, txid, tx.clone());
+        }
         if matches!(
             err,
             TxError::MempoolFull(_)
@@ -995,6 +1046,7 @@ impl Engine {
                         }
                     }
                 }
+                TallyEvent::Approval { txid, cert } => self.note_approval(txid, cert),
                 TallyEvent::Equivocation {
                     voter,
                     txid,
@@ -1190,6 +1242,7 @@ impl Engine {
             return;
         }
         let mut losers = Vec::new();
+        let mut lost = Vec::new();
         let mut addresses = Vec::new();
         let mut spent = Vec::with_capacity(tx.inputs.len());
         for input in &tx.inputs {
@@ -1201,6 +1254,7 @@ impl Engine {
             {
                 if other != txid {
                     losers.push(other);
+                    lost.push((input.prev, other));
                 }
             }
             addresses.push(entry.output.address);
@@ -1226,6 +1280,7 @@ impl Engine {
             age_ms = r.seen_this_run.then(|| now.saturating_sub(r.since_ms));
         }
         self.metrics.tx_finalized += 1;
+        self.remember_proof(proof.clone());
         self.emit(Event::Finalized {
             txid,
             proof,
@@ -1235,7 +1290,137 @@ impl Engine {
             spent,
         });
         self.reject_losers(txid, losers);
+        for (outpoint, loser) in lost {
+            // This node approved the loser: watch who approved both.
+            self.watch_conflict(now, outpoint, loser, txid, tx.clone());
+        }
         self.wake_orphans(now, txid);
+    }
+
+    /// Keeps `proof` among the [`RECENT_PROOFS`] last applied.
+    fn remember_proof(&mut self, proof: Arc<TimeProof>) {
+        if self
+            .recent_proofs
+            .insert(proof.txid, proof.clone())
+            .is_none()
+        {
+            self.recent_order.push_back(proof.txid);
+        }
+        while self.recent_order.len() > RECENT_PROOFS {
+            if let Some(old) = self.recent_order.pop_front() {
+                self.recent_proofs.remove(&old);
+            }
+        }
+    }
+
+    /// `second` (with `second_tx`) spends `outpoint`, which `first` spends
+    /// too: from now on, compare who approves which side. Both must be
+    /// known here (the first's record may have been trimmed: then nothing
+    /// is watched).
+    fn watch_conflict(
+        &mut self,
+        now: u64,
+        outpoint: OutPoint,
+        first: Txid,
+        second: Txid,
+        second_tx: Arc<Transaction>,
+    ) {
+        let Some(first_tx) = self.txs.get(&first).map(|r| r.tx.clone()) else {
+            return;
+        };
+        if first == second {
+            return;
+        }
+        if !self.conflict_watches.contains_key(&outpoint)
+            && self.conflict_watches.len() >= MAX_CONFLICT_WATCHES
+        {
+            self.metrics.conflict_watches_refused += 1;
+            return;
+        }
+        let w = self
+            .conflict_watches
+            .entry(outpoint)
+            .or_insert_with(|| ConflictWatch {
+                sides: Vec::new(),
+                approvals: HashMap::new(),
+                since_ms: now,
+            });
+        let mut added = Vec::new();
+        for (txid, tx) in [(first, first_tx), (second, second_tx)] {
+            if w.sides.len() < MAX_CONFLICT_SIDES && !w.sides.iter().any(|(t, _)| *t == txid) {
+                w.sides.push((txid, tx));
+                added.push(txid);
+            }
+        }
+        for txid in added {
+            self.watched_sides.entry(txid).or_default().push(outpoint);
+            if let Some(p) = self.recent_proofs.get(&txid).cloned() {
+                for cert in &p.votes {
+                    self.note_approval(txid, cert.clone());
+                }
+            }
+            if self.cfg.external_tally {
+                self.round.outputs.push(Output::WatchApprovals(txid));
+            } else {
+                let mut events = Vec::new();
+                self.aggregator.watch(now, txid, &mut events);
+                self.handle_tally_events(now, events);
+            }
+        }
+    }
+
+    /// A verified approval of a watched side. A voter that approved another
+    /// side of the same output equivocated: both certificates are kept,
+    /// with both transactions (once per voter and output, up to
+    /// [`MAX_EVIDENCE`]).
+    fn note_approval(&mut self, txid: Txid, cert: VoteCert) {
+        if cert.voter == self.me || !cert.decision.is_approve() {
+            return;
+        }
+        let Some(outpoints) = self.watched_sides.get(&txid).cloned() else {
+            return;
+        };
+        for outpoint in outpoints {
+            let Some(w) = self.conflict_watches.get_mut(&outpoint) else {
+                continue;
+            };
+            let voter = cert.voter;
+            let (earlier, first) = match w.approvals.get(&voter) {
+                None => {
+                    w.approvals.insert(voter, (txid, cert.clone()));
+                    continue;
+                }
+                Some((t, _)) if *t == txid => continue,
+                Some((t, c)) => (*t, c.clone()),
+            };
+            if self.approval_evidence_kept.contains(&(voter, outpoint)) {
+                continue;
+            }
+            // Kept once per voter and output, up to the cap; beyond it
+            // counted only.
+            let keep = self.approval_evidence_kept.len() < MAX_EVIDENCE;
+            if keep {
+                self.approval_evidence_kept.insert((voter, outpoint));
+            }
+            let side = |t: Txid| w.sides.iter().find(|(s, _)| *s == t).map(|(_, tx)| tx);
+            let (Some(first_tx), Some(second_tx)) = (side(earlier), side(txid)) else {
+                continue;
+            };
+            let evidence = ConflictingApprovals {
+                outpoint,
+                first_tx: (**first_tx).clone(),
+                first,
+                second_tx: (**second_tx).clone(),
+                second: cert.clone(),
+            };
+            self.metrics.conflicting_approvals += 1;
+            if keep {
+                self.round
+                    .writes
+                    .push(Write::PutApprovalEvidence(Box::new(evidence)));
+            }
+            self.emit(Event::Equivocation { voter, txid });
+        }
     }
 
     /// Creates the outputs of a transaction that became final (and notes
@@ -1556,6 +1741,16 @@ impl Engine {
         let keep = self.cfg.decided_retention_ms;
         self.txs
             .retain(|_, r| r.status == Status::Pending || now.saturating_sub(r.since_ms) < keep);
+        let before = self.conflict_watches.len();
+        self.conflict_watches
+            .retain(|_, w| now.saturating_sub(w.since_ms) < keep);
+        if self.conflict_watches.len() != before {
+            let watches = &self.conflict_watches;
+            self.watched_sides.retain(|_, ops| {
+                ops.retain(|op| watches.contains_key(op));
+                !ops.is_empty()
+            });
+        }
         // Unclaimed proofs and rejections: the transaction never came.
         if self.proofs_waiting.len() > self.cfg.max_unknown_tallies / 2 {
             self.proofs_waiting.clear();

@@ -85,7 +85,8 @@ impl Cluster {
                         self.inbox.push_back((j, Msg::Votes((**b).clone())))
                     }
                     Output::RequestProof(t) => self.inbox.push_back((j, Msg::ProofRequest(*t, i))),
-                    Output::Event(_) => {}
+                    // The engine tallies itself here (no external tally).
+                    Output::WatchApprovals(_) | Output::Event(_) => {}
                 }
             }
             if let Output::Event(ev) = out {

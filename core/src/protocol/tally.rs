@@ -58,6 +58,11 @@ pub enum TallyEvent {
     },
     /// The first approval arrived (the inputs move to SpentPending).
     Approving { txid: Txid, weight: u64 },
+    /// An approval of a watched transaction ([`VoteAggregator::watch`]):
+    /// one side of a double spend. The engine compares approvers across the
+    /// sides (the tallies do not see inputs, and the sides may be tallied on
+    /// different shards).
+    Approval { txid: Txid, cert: VoteCert },
     /// A voter signed two different decisions on one transaction.
     Equivocation {
         voter: PublicKey,
@@ -74,6 +79,8 @@ pub struct TallyStats {
     pub equivocations: u64,
     /// Votes for new txids refused because `max_open` tallies were open.
     pub dropped_full: u64,
+    /// Watches refused because [`MAX_WATCHED`] transactions were watched.
+    pub watch_refused: u64,
 }
 
 #[derive(Debug, Default)]
@@ -107,8 +114,17 @@ pub struct VoteAggregator {
     /// A voter without that limit: this node, whose own votes open the
     /// tallies of the transactions it knows (bounded by its mempool).
     unlimited: Option<PublicKey>,
+    /// Transactions whose approvals are reported ([`TallyEvent::Approval`]),
+    /// and since when.
+    watched: HashMap<Txid, u64>,
     stats: TallyStats,
 }
+
+/// Most transactions watched at once per aggregator: the sides of double
+/// spends this node saw (two per conflict). A flood of conflicts beyond it
+/// is not watched (counted in [`TallyStats::watch_refused`]); nothing else
+/// depends on the watch.
+pub const MAX_WATCHED: usize = 16_384;
 
 impl VoteAggregator {
     /// `quorum` is the registry's, except in the simulator's planted-bug runs.
@@ -123,7 +139,47 @@ impl VoteAggregator {
             opened_by: HashMap::new(),
             voter_share,
             unlimited: None,
+            watched: HashMap::new(),
             stats: TallyStats::default(),
+        }
+    }
+
+    /// From now on, reports every approval of `txid` as a
+    /// [`TallyEvent::Approval`], starting with those its open tally holds.
+    /// Approvals counted before and already dropped with a finished tally
+    /// are not reported (the engine has the proof of a final one).
+    pub fn watch(&mut self, now: u64, txid: Txid, out: &mut Vec<TallyEvent>) {
+        if self.watched.contains_key(&txid) {
+            return;
+        }
+        if self.watched.len() >= MAX_WATCHED {
+            self.stats.watch_refused += 1;
+            return;
+        }
+        self.watched.insert(txid, now);
+        if let Some(t) = self.tallies.get(&txid) {
+            for (vb, i) in &t.approvals {
+                out.push(TallyEvent::Approval {
+                    txid,
+                    cert: vb.batch.cert(&vb.levels, *i as usize),
+                });
+            }
+        }
+    }
+
+    fn report_approval(
+        &self,
+        txid: Txid,
+        decision: Decision,
+        vb: &VerifiedBatch,
+        index: u32,
+        out: &mut Vec<TallyEvent>,
+    ) {
+        if decision.is_approve() && self.watched.contains_key(&txid) {
+            out.push(TallyEvent::Approval {
+                txid,
+                cert: vb.batch.cert(&vb.levels, index as usize),
+            });
         }
     }
 
@@ -198,6 +254,8 @@ impl VoteAggregator {
     ) {
         if self.finished.contains_key(&txid) {
             self.stats.duplicates += 1;
+            // A late approval of a decided side still shows a double vote.
+            self.report_approval(txid, decision, vb, index, out);
             return;
         }
         if !self.tallies.contains_key(&txid) {
@@ -238,6 +296,12 @@ impl VoteAggregator {
         }
         self.stats.votes += 1;
         t.voters.insert(voter, (decision, vb.clone(), index));
+        if decision.is_approve() && self.watched.contains_key(&txid) {
+            out.push(TallyEvent::Approval {
+                txid,
+                cert: vb.batch.cert(&vb.levels, index as usize),
+            });
+        }
         match decision {
             Decision::Approve => {
                 t.approve += weight;
@@ -319,6 +383,8 @@ impl VoteAggregator {
         }
         self.finished
             .retain(|_, at| now.saturating_sub(*at) < done_age_ms);
+        self.watched
+            .retain(|_, at| now.saturating_sub(*at) < done_age_ms);
     }
 
     /// Forgets open tallies older than `max_age_ms` for which `keep` is
@@ -342,6 +408,8 @@ impl VoteAggregator {
             self.closed(&o);
         }
         self.finished
+            .retain(|_, at| now.saturating_sub(*at) < done_age_ms);
+        self.watched
             .retain(|_, at| now.saturating_sub(*at) < done_age_ms);
     }
 }

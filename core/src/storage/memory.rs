@@ -8,7 +8,7 @@ use crate::blocks::block::BlockHash;
 use crate::blocks::certificate::ForkEvidence;
 use crate::blocks::consensus::{Candidate, OwnBlockVote, SignedStep};
 use crate::blocks::evidence::{BlockEvidence, BlockEvidenceKey, Contradiction};
-use crate::protocol::evidence::Equivocation;
+use crate::protocol::evidence::{ConflictingApprovals, Equivocation};
 use crate::protocol::timeproof::TimeProof;
 use crate::protocol::types::{OutPoint, PublicKey, Transaction, Txid};
 use crate::protocol::utxo::{UtxoEntry, UtxoState};
@@ -24,6 +24,7 @@ pub struct MemoryStore {
     finality_log: Vec<Txid>,
     stuck: std::collections::HashSet<Txid>,
     evidence: BTreeMap<(PublicKey, Txid), Equivocation>,
+    approval_evidence: BTreeMap<(PublicKey, OutPoint), ConflictingApprovals>,
     blocks: BTreeMap<u64, CommittedBlock>,
     own_block_votes: BTreeMap<(u64, u32, SignedStep), Option<BlockHash>>,
     candidates: BTreeMap<(u64, BlockHash), Candidate>,
@@ -155,6 +156,10 @@ impl Store for MemoryStore {
                 Write::PutStuck(t) => {
                     self.stuck.insert(*t);
                 }
+                Write::PutApprovalEvidence(e) => {
+                    self.approval_evidence
+                        .insert((e.voter(), e.outpoint), (**e).clone());
+                }
                 Write::PutEvidence(e) => {
                     self.evidence.insert((e.voter(), e.txid), e.clone());
                 }
@@ -206,6 +211,10 @@ impl Store for MemoryStore {
 
     fn evidence(&self) -> Result<Vec<Equivocation>, StoreError> {
         Ok(self.evidence.values().cloned().collect())
+    }
+
+    fn approval_evidence(&self) -> Result<Vec<ConflictingApprovals>, StoreError> {
+        Ok(self.approval_evidence.values().cloned().collect())
     }
 
     fn finality_log(&self, from: u64, max: usize) -> Result<(Vec<Txid>, u64), StoreError> {

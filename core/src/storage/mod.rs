@@ -11,7 +11,7 @@ pub use crate::blocks::certificate::CommittedBlock;
 use crate::blocks::certificate::ForkEvidence;
 use crate::blocks::consensus::{Candidate, OwnBlockVote};
 use crate::blocks::evidence::{BlockEvidence, Contradiction};
-use crate::protocol::evidence::Equivocation;
+use crate::protocol::evidence::{ConflictingApprovals, Equivocation};
 use crate::protocol::registry::Registry;
 use crate::protocol::timeproof::TimeProof;
 use crate::protocol::types::{ChainId, OutPoint, Transaction, Txid};
@@ -37,6 +37,9 @@ pub enum Write {
     PutStuck(Txid),
     /// Two contradicting certificates of one voter (kept as evidence).
     PutEvidence(Equivocation),
+    /// One voter's approvals of two transactions spending one output (kept
+    /// as evidence, one record per voter and output).
+    PutApprovalEvidence(Box<ConflictingApprovals>),
     /// A committed block and its certificate: the new tip.
     PutBlock(Box<CommittedBlock>),
     /// What this node signed in the block consensus (before it is sent).
@@ -143,6 +146,8 @@ pub trait Store: Send {
     fn finality_log(&self, from: u64, max: usize) -> Result<(Vec<Txid>, u64), StoreError>;
     /// Every equivocation kept as evidence, by voter then transaction.
     fn evidence(&self) -> Result<Vec<Equivocation>, StoreError>;
+    /// Every conflicting-approvals record, by voter then output.
+    fn approval_evidence(&self) -> Result<Vec<ConflictingApprovals>, StoreError>;
     /// Every block evidence record, by height, round, kind and offender.
     fn block_evidence(&self) -> Result<Vec<BlockEvidence>, StoreError>;
     /// The committed block at `height` with its certificate.

@@ -22,7 +22,7 @@
 
 use crate::codec::{DecodeError, Reader};
 
-use crate::protocol::evidence::Equivocation;
+use crate::protocol::evidence::{ConflictingApprovals, Equivocation};
 use crate::protocol::timeproof::{TimeProof, MAX_PROOF_VOTES};
 use crate::protocol::types::{
     OutPoint, PublicKey, Transaction, TxOutput, Txid, MAX_TX_INPUTS, MAX_TX_OUTPUTS,
@@ -283,6 +283,53 @@ impl TableValue for Equivocation {
     }
     fn decode_value(bytes: &[u8]) -> Result<Self, RecordError> {
         decode_all(bytes, Equivocation::decode)
+    }
+}
+
+/// `approval_evidence` key: voter ‖ [`OutPoint::key_bytes`] (68 bytes).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ApprovalEvidenceKey(pub PublicKey, pub OutPoint);
+
+impl TableKey for ApprovalEvidenceKey {
+    type Bytes = [u8; 68];
+    fn to_key(&self) -> [u8; 68] {
+        let mut k = [0u8; 68];
+        k[..32].copy_from_slice(&self.0 .0);
+        k[32..].copy_from_slice(&self.1.key_bytes());
+        k
+    }
+    fn from_key(bytes: &[u8]) -> Result<Self, RecordError> {
+        let k: [u8; 68] = fixed_key("approval evidence key", bytes)?;
+        let mut voter = [0u8; 32];
+        let mut txid = [0u8; 32];
+        let mut vout = [0u8; 4];
+        voter.copy_from_slice(&k[..32]);
+        txid.copy_from_slice(&k[32..64]);
+        vout.copy_from_slice(&k[64..]);
+        Ok(ApprovalEvidenceKey(
+            PublicKey(voter),
+            OutPoint {
+                txid: Txid(txid),
+                vout: u32::from_be_bytes(vout),
+            },
+        ))
+    }
+}
+
+impl TableValue for ConflictingApprovals {
+    fn encode_value(&self, out: &mut Vec<u8>) -> Result<(), RecordError> {
+        for tx in [&self.first_tx, &self.second_tx] {
+            check_bounds("transaction inputs", tx.inputs.len(), 0, MAX_TX_INPUTS)?;
+            check_bounds("transaction outputs", tx.outputs.len(), 0, MAX_TX_OUTPUTS)?;
+        }
+        for c in [&self.first, &self.second] {
+            check_bounds("merkle path", c.path.len(), 0, MAX_MERKLE_DEPTH)?;
+        }
+        self.encode(out);
+        Ok(())
+    }
+    fn decode_value(bytes: &[u8]) -> Result<Self, RecordError> {
+        decode_all(bytes, ConflictingApprovals::decode)
     }
 }
 
@@ -560,6 +607,62 @@ mod tests {
     }
 
     #[test]
+    fn golden_approval_evidence_record() {
+        let cert = |index: u32| VoteCert {
+            voter: PublicKey([0x44; 32]),
+            epoch: 3,
+            decision: Decision::Approve,
+            index,
+            leaf_count: 2,
+            path: vec![[0x77; 32]],
+            signature: [0x66; 64],
+        };
+        let mut second_tx = golden_tx();
+        second_tx.lock_time = 10;
+        let e = ConflictingApprovals {
+            outpoint: golden_tx().inputs[0].prev,
+            first_tx: golden_tx(),
+            first: cert(0),
+            second_tx: second_tx.clone(),
+            second: cert(1),
+        };
+        let cert_hex = |index: &str| {
+            [
+                &"44".repeat(32),
+                "0300000000000000", // epoch
+                "000000",           // approve
+                index,
+                "02000000", // leaf count
+                "01",       // path length
+                &"77".repeat(32),
+                &"66".repeat(64),
+            ]
+            .concat()
+        };
+        let expected = [
+            TXID_11,
+            "02000000", // outpoint vout (LE, as on the wire)
+            &hex_of(&golden_tx()),
+            &cert_hex("00000000"),
+            &hex_of(&second_tx),
+            &cert_hex("01000000"),
+        ]
+        .concat();
+        assert_eq!(hex_of(&e), expected);
+        assert_eq!(
+            ConflictingApprovals::decode_value(&e.to_value().unwrap()),
+            Ok(e.clone())
+        );
+        let key = ApprovalEvidenceKey(PublicKey([0x44; 32]), e.outpoint);
+        assert_eq!(
+            hex::encode(key.to_key()),
+            format!("{}{TXID_11}00000002", "44".repeat(32))
+        );
+        assert_eq!(ApprovalEvidenceKey::from_key(&key.to_key()), Ok(key));
+        assert!(ApprovalEvidenceKey::from_key(&[0; 67]).is_err());
+    }
+
+    #[test]
     fn bad_bytes_are_typed_errors() {
         let good = utxo(UtxoState::Locked {
             txid: Txid([1; 32]),
@@ -792,6 +895,7 @@ mod tests {
             let _ = Transaction::decode_value(&bytes);
             let _ = VoteBatch::decode_value(&bytes);
             let _ = TimeProof::decode_value(&bytes);
+            let _ = ConflictingApprovals::decode_value(&bytes);
             let _ = u32::decode_value(&bytes);
             let _ = OutPoint::from_key(&bytes);
             let _ = Txid::from_key(&bytes);

@@ -304,6 +304,62 @@ pub struct Checker {
 }
 
 impl Checker {
+    /// The payment evidence honest nodes stored: every record verifies
+    /// offline and accuses a Byzantine node (`honest-accused`). Returns how
+    /// many records of each kind were checked.
+    pub fn check_payment_evidence(
+        &mut self,
+        at: Micros,
+        nodes: &[(
+            usize,
+            Vec<timecoin_core::protocol::evidence::Equivocation>,
+            Vec<timecoin_core::protocol::evidence::ConflictingApprovals>,
+        )],
+    ) -> (u64, u64) {
+        let mut n = (0, 0);
+        for (node, decisions, approvals) in nodes {
+            let records = decisions
+                .iter()
+                .map(|e| {
+                    (
+                        e.voter(),
+                        e.verify(CHAIN_ID, &self.registry),
+                        "two decisions",
+                    )
+                })
+                .chain(approvals.iter().map(|e| {
+                    (
+                        e.voter(),
+                        e.verify(CHAIN_ID, &self.registry),
+                        "conflicting approvals",
+                    )
+                }))
+                .collect::<Vec<_>>();
+            for (offender, verifies, kind) in records {
+                let honest = self
+                    .keys
+                    .iter()
+                    .position(|k| *k == offender)
+                    .is_some_and(|v| self.honest[v]);
+                if honest || !verifies {
+                    self.violate(
+                        ViolationKind::HonestAccused,
+                        at,
+                        Some(*node),
+                        format!("{offender} {kind}"),
+                        None,
+                        format!(
+                            "node {node} keeps {kind} evidence against {offender} (honest: {honest}, verifies: {verifies})"
+                        ),
+                    );
+                }
+            }
+            n.0 += decisions.len() as u64;
+            n.1 += approvals.len() as u64;
+        }
+        n
+    }
+
     pub fn new(
         registry: Registry,
         honest: Vec<bool>,

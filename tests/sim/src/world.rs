@@ -122,6 +122,10 @@ pub struct RunReport {
     pub conflicting_proofs_detected: usize,
     /// `Event::Equivocation` emitted by honest masternodes.
     pub equivocations_detected: u64,
+    /// Payment evidence records honest masternodes stored, all checked at
+    /// the end: (two decisions on one transaction, approvals of two
+    /// transactions spending one output).
+    pub payment_evidence: (u64, u64),
     pub double_spend_txs: usize,
     pub restarts: u32,
     /// What the honest masternodes' state machines did around their engines.
@@ -183,6 +187,7 @@ struct World {
     rng_misc: ChaCha8Rng,
     decode_errors: u64,
     double_spend_txs: usize,
+    payment_evidence: (u64, u64),
 }
 
 /// Builds the genesis: the registry with the drawn tiers, and coins for
@@ -332,6 +337,7 @@ impl World {
             rng_misc: rng_for(seed, "misc"),
             decode_errors: 0,
             double_spend_txs: 0,
+            payment_evidence: (0, 0),
             cfg,
         }
     }
@@ -984,6 +990,17 @@ impl World {
             })
             .collect();
         self.checker.check_learned_end(now, &nodes);
+        let payment: Vec<_> = nodes
+            .iter()
+            .map(|(i, _, s)| {
+                (
+                    *i,
+                    s.evidence().unwrap_or_default(),
+                    s.approval_evidence().unwrap_or_default(),
+                )
+            })
+            .collect();
+        self.payment_evidence = self.checker.check_payment_evidence(now, &payment);
         if self.cfg.blocks.is_some() {
             let evidence: Vec<(usize, Vec<timecoin_core::blocks::BlockEvidence>)> = nodes
                 .iter()
@@ -1074,6 +1091,7 @@ impl World {
             finality_events: self.checker.finality_events,
             conflicting_proofs_detected: self.checker.conflicting_proofs.len(),
             equivocations_detected: self.checker.equivocations_seen,
+            payment_evidence: self.payment_evidence,
             double_spend_txs: self.double_spend_txs,
             restarts,
             reannounced,

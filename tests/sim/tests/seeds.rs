@@ -96,8 +96,18 @@ fn real_rules_1000_seeds() {
             .unwrap_or(0),
         KnownIssue::UnconfirmedLostAtRestart.name()
     );
+    let decisions: u64 = report.runs.iter().map(|r| r.payment_evidence.0).sum();
+    let approvals: u64 = report.runs.iter().map(|r| r.payment_evidence.1).sum();
+    println!(
+        "payment evidence kept by honest nodes, all verified and naming a Byzantine voter: \
+         {decisions} two-decision records, {approvals} conflicting-approvals records"
+    );
     assert_eq!(report.runs.len() as u64, n);
     assert!(payments as u64 > 10 * n, "the runs made payments");
+    if n >= 100 {
+        // Byzantine voters approve both sides of double spends in some runs.
+        assert!(approvals > 0, "no conflicting approvals were ever kept");
+    }
     assert!(!with_blocks.is_empty(), "some runs have the block layer");
     assert!(
         strict_failures(&report).is_empty() && known.is_empty(),
