@@ -103,7 +103,7 @@ fn core_loop(mut c: Core) -> Result<(), StoreError> {
     let mut last_log = 0;
     let mut last_metrics = 0;
     let mut last_announce = 0;
-    let mut refusals_logged = 0;
+    let mut refusals_logged = (0, 0);
     let mut peers_up = HashSet::new();
     let mut inputs = Vec::with_capacity(MAX_ROUND_INPUTS);
     let mut wallets = Wallets::new(c.ctx.wallet_stats.clone());
@@ -512,7 +512,8 @@ fn track_peers(mn: &mut Masternode, ctx: &CoreCtx, now: u64, up: &mut HashSet<Pu
 }
 
 /// The periodic `status` line (and `fast path` line); tests parse both.
-fn log_status(mn: &Masternode, ctx: &CoreCtx, refusals_logged: &mut u64) {
+fn log_status(mn: &Masternode, ctx: &CoreCtx, logged: &mut (u64, u64)) {
+    let (refusals_logged, paced_logged) = (&mut logged.0, &mut logged.1);
     let m = mn.metrics();
     let st = mn.stats();
     let p = &st.peers;
@@ -526,6 +527,16 @@ fn log_status(mn: &Masternode, ctx: &CoreCtx, refusals_logged: &mut u64) {
             bans = p.bans,
             "peer messages refused (rate-limited or banned; see PeerLimits)"
         );
+    }
+    if let PeerNet::Pool(pool) = &*ctx.net {
+        let s = pool.pool_stats();
+        if s.paced != std::mem::replace(paced_logged, s.paced) {
+            warn!(
+                paced = s.paced,
+                paced_ms = s.paced_ms,
+                "peers over their rate pushed back (their messages read later; see PeerLimits)"
+            );
+        }
     }
     info!(
         finalized = m.tx_finalized,

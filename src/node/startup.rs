@@ -190,7 +190,8 @@ impl Node {
         // The core queue first: every producer gets a sender at construction.
         let stats = Arc::new(NetStats::default());
         let (core_tx, core_rx) = CoreTx::channel(stats.clone());
-        let transport = start_peer_transport(&cfg, &genesis, &key, local_addr).await?;
+        let pacing = crate::node::ingest::intake_pacing(masternode.peer_gate(), clock);
+        let transport = start_peer_transport(&cfg, &genesis, &key, local_addr, pacing).await?;
         let admission = (masternode.peer_gate(), clock);
         let w = build_wiring(
             &cfg,
@@ -400,9 +401,10 @@ async fn start_peer_transport(
     genesis: &Genesis,
     key: &SigningKey,
     local_addr: SocketAddr,
+    pacing: time_net::pool::IntakePacing,
 ) -> Result<PeerTransportParts, NodeError> {
     match cfg.peer_transport.pool_transport() {
-        Some(transport) => start_pool(cfg, genesis, key, local_addr, transport).await,
+        Some(transport) => start_pool(cfg, genesis, key, local_addr, transport, pacing).await,
         None => Ok(plain_links(genesis, PublicKey::from_signing(key))),
     }
 }
@@ -413,6 +415,7 @@ async fn start_pool(
     key: &SigningKey,
     local_addr: SocketAddr,
     transport: Transport,
+    pacing: time_net::pool::IntakePacing,
 ) -> Result<PeerTransportParts, NodeError> {
     let mut table = HashMap::new();
     for m in genesis.registry.masternodes() {
@@ -425,12 +428,13 @@ async fn start_pool(
             }
         }
     }
-    let pcfg = PoolConfig::new(
+    let mut pcfg = PoolConfig::new(
         transport,
         cfg.peer_transport.peer_addr(local_addr),
         key.to_bytes(),
         table,
     );
+    pcfg.intake_pacing = Some(pacing);
     let (pool, inbox) = Pool::start(pcfg)
         .await
         .map_err(|e| NodeError::Pool(e.to_string()))?;

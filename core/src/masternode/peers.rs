@@ -7,10 +7,14 @@
 //! banned for `ban_ms`, after which it starts again at -25. Good messages
 //! earn reputation back slowly. An operator can list and lift bans.
 //!
-//! Over a bucket's limit a message is refused and counted, never silently:
-//! the sender is pushed back first (the message is dropped and the peer's
-//! own re-announcement and catch-up recover it) and penalized only when it
-//! keeps going far past the limit.
+//! Over a bucket's limit the sender is pushed back first: where the
+//! transport can hold a message back ([`PeerBook::pacing`], applied by the
+//! node's pool readers), the peer is not read until its bucket holds the
+//! message's cost, so flow control slows the sender instead of its messages
+//! being dropped. A message still over the limit after that is refused and
+//! counted, never silently (the peer's own re-announcement and catch-up
+//! recover it), and a peer that keeps going far past the limit is
+//! penalized.
 //!
 //! Pure: time is passed in.
 
@@ -253,6 +257,32 @@ impl PeerBook {
         Admission::RateLimited
     }
 
+    /// How long `msg` from `peer` must wait before its class's bucket holds
+    /// its cost, in milliseconds; `None` if it can be taken now, if it never
+    /// fits the bucket, if the peer is banned or unknown, or if the message
+    /// has no class (admission then decides). Changes nothing.
+    pub fn pacing(&self, now: u64, peer: &PublicKey, msg: &PeerMessage) -> Option<u64> {
+        let class = Class::of(msg)?;
+        let p = self.peers.get(peer)?;
+        if p.banned_until.is_some_and(|u| now < u) {
+            return None;
+        }
+        let i = class as usize;
+        let rate = self.limits.per_second[i] as f64;
+        let cap = rate * self.limits.burst_s as f64;
+        let b = &p.buckets[i];
+        let elapsed = now.saturating_sub(b.last_ms) as f64 / 1_000.0;
+        let tokens = (b.tokens + elapsed * rate).min(cap);
+        let cost = Class::cost(msg) as f64;
+        if tokens >= cost || cost > cap || rate <= 0.0 {
+            return None;
+        }
+        // One more millisecond than the exact time: the bucket is kept in
+        // floating point, and a wait that falls a hair short would have the
+        // message refused after all.
+        Some(((cost - tokens) * 1_000.0 / rate).ceil() as u64 + 1)
+    }
+
     /// Lowers `peer`'s reputation; bans it at the threshold.
     pub fn penalize(&mut self, now: u64, peer: &PublicKey, why: Misbehaviour) {
         let Some(p) = self.peers.get_mut(peer) else {
@@ -361,6 +391,11 @@ impl PeerGate {
     pub fn penalize(&self, now: u64, peer: &PublicKey, why: Misbehaviour) {
         self.book().penalize(now, peer, why)
     }
+
+    /// See [`PeerBook::pacing`].
+    pub fn pacing(&self, now: u64, peer: &PublicKey, msg: &PeerMessage) -> Option<u64> {
+        self.book().pacing(now, peer, msg)
+    }
 }
 
 #[cfg(test)]
@@ -406,6 +441,39 @@ mod tests {
         assert!(votes_taken <= 100_000 + 20_000 * 10, "{votes_taken} votes");
         assert!(taken >= 6, "the bucket's worth was taken: {taken}");
         assert_eq!(book.reputation(&pk(1)), Some(0));
+    }
+
+    #[test]
+    fn a_sender_over_its_rate_is_paced_before_it_is_refused() {
+        let mut book = PeerBook::new(PeerLimits::default(), [pk(1)]);
+        let full = votes(crate::protocol::vote::MAX_VOTE_ITEMS);
+        // The bucket holds 100,000 votes: six full batches are taken at once.
+        let mut now = 0;
+        for _ in 0..6 {
+            assert_eq!(book.pacing(now, &pk(1), &full), None);
+            assert_eq!(book.admit_message(now, &pk(1), &full), Admission::Accept);
+        }
+        // The seventh must wait for its tokens: 16,384 - 1,696 left at
+        // 20,000 a second, 735 ms. Waiting that long, it is taken, and a
+        // sender paced like this is never refused nor penalized.
+        for _ in 0..20 {
+            let wait = book.pacing(now, &pk(1), &full).expect("over the rate");
+            assert!(wait > 0 && wait <= 821, "{wait} ms");
+            now += wait;
+            assert_eq!(book.pacing(now, &pk(1), &full), None);
+            assert_eq!(book.admit_message(now, &pk(1), &full), Admission::Accept);
+        }
+        assert_eq!(book.stats().refused_rate_limited, 0);
+        assert_eq!(book.reputation(&pk(1)), Some(0));
+        // Pacing takes nothing: asking does not change the bucket.
+        let before = book.pacing(now, &pk(1), &full);
+        assert_eq!(book.pacing(now, &pk(1), &full), before);
+        // Never paced: a message without a class, a banned peer, an unknown
+        // peer.
+        assert_eq!(book.pacing(now, &pk(1), &PeerMessage::Ping(1)), None);
+        assert_eq!(book.pacing(now, &pk(9), &full), None);
+        book.ban(now, &pk(1), 1_000);
+        assert_eq!(book.pacing(now, &pk(1), &full), None);
     }
 
     #[test]

@@ -411,6 +411,21 @@ pub(crate) async fn deliver(
         // First frame from this sender instance: it sets the baseline.
         _ => 0,
     };
+    if let Some(pace) = &shared.pacing {
+        // Over the peer's rate: stop reading it for a while (pushback by
+        // flow control), at most MAX_PACING_WAIT per message.
+        let mut waited = Duration::ZERO;
+        while let Some(d) = pace(&link.id, &msg) {
+            let d = d.min(super::MAX_PACING_WAIT.saturating_sub(waited));
+            if d.is_zero() {
+                break;
+            }
+            LinkStats::add(&shared.counters.paced, 1);
+            LinkStats::add(&shared.counters.paced_ms, d.as_millis() as u64);
+            tokio::time::sleep(d).await;
+            waited += d;
+        }
+    }
     if shared.inbound.push(priority, (link.id, msg)).await.is_err() {
         LinkStats::add(&shared.counters.undeliverable, 1);
     }

@@ -134,7 +134,24 @@ pub struct PoolConfig {
     pub backoff: BackoffConfig,
     /// How long [`Pool::shutdown`] waits for queued messages to be written.
     pub shutdown_timeout: Duration,
+    /// The application's rate limits, applied where a peer's message is
+    /// read: for each data message it says how long to hold it back (the
+    /// peer is over its rate), or `None` to take it now. While a message is
+    /// held, its stream (QUIC) or connection (TCP) is not read, so the
+    /// sender is pushed back by flow control instead of having its messages
+    /// dropped; after [`MAX_PACING_WAIT`] in all the message is delivered
+    /// anyway (the application then refuses and counts it). `None`: no
+    /// pacing.
+    pub intake_pacing: Option<IntakePacing>,
 }
+
+/// See [`PoolConfig::intake_pacing`]: peer, message bytes -> how long to hold
+/// the message back.
+pub type IntakePacing = Arc<dyn Fn(&PeerId, &Bytes) -> Option<Duration> + Send + Sync>;
+
+/// Longest a reader holds one message back for pacing: well under the ping
+/// timeout, so a paced TCP connection still reads its pongs in time.
+pub const MAX_PACING_WAIT: Duration = Duration::from_secs(1);
 
 impl PoolConfig {
     pub fn new(
@@ -162,6 +179,7 @@ impl PoolConfig {
             connect_timeout: Duration::from_secs(3),
             backoff: BackoffConfig::default(),
             shutdown_timeout: Duration::from_secs(2),
+            intake_pacing: None,
         }
     }
 }
@@ -290,6 +308,7 @@ pub(crate) struct Shared {
     pub links: HashMap<PeerId, Arc<PeerLink>>,
     pub peer_set: Arc<HashSet<PeerId>>,
     pub inbound: PeerQueue<(PeerId, Bytes)>,
+    pub pacing: Option<IntakePacing>,
     pub counters: PoolCounters,
     net: Net,
     local_addr: SocketAddr,
@@ -471,6 +490,7 @@ impl Pool {
             links,
             peer_set,
             inbound,
+            pacing: cfg.intake_pacing.clone(),
             counters: PoolCounters::default(),
             net,
             local_addr,

@@ -156,6 +156,12 @@ pub struct PoolStats {
     /// Messages read from a peer after the [`super::Inbox`] was dropped or
     /// the pool stopped.
     pub undeliverable: u64,
+    /// Messages held back on the reading side because the application's
+    /// pacing ([`super::PoolConfig::intake_pacing`]) said the peer is over
+    /// its rate: the peer's stream (QUIC) or connection (TCP) paused.
+    pub paced: u64,
+    /// Total time readers paused for pacing, in milliseconds.
+    pub paced_ms: u64,
 }
 
 #[derive(Debug, Default)]
@@ -163,6 +169,8 @@ pub(crate) struct PoolCounters {
     pub handshake_failures: AtomicU64,
     pub refused_direction: AtomicU64,
     pub undeliverable: AtomicU64,
+    pub paced: AtomicU64,
+    pub paced_ms: AtomicU64,
 }
 
 impl PoolCounters {
@@ -171,6 +179,8 @@ impl PoolCounters {
             handshake_failures: self.handshake_failures.load(Relaxed),
             refused_direction: self.refused_direction.load(Relaxed),
             undeliverable: self.undeliverable.load(Relaxed),
+            paced: self.paced.load(Relaxed),
+            paced_ms: self.paced_ms.load(Relaxed),
         }
     }
 }
