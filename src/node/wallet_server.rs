@@ -64,9 +64,10 @@ pub const MAX_OUTSTANDING_QUERIES: usize = 16;
 /// Store queries (`UtxoStateQuery`, `AddressQuery`) being read at once in
 /// the whole node, each on a blocking-pool thread. A session's lane runs
 /// one query at a time, so without this cap every connection could hold a
-/// blocking thread; a query over it waits for a place (counted in
-/// [`WalletStats::store_queries_waited`]), its session's later queries
-/// behind it.
+/// blocking thread and an LMDB reader slot (126 in all, shared with the
+/// core and the RPC's chain reads); a query over it waits for a place
+/// (counted in [`WalletStats::store_queries_waited`]), its session's later
+/// queries behind it.
 pub const MAX_CONCURRENT_STORE_QUERIES: usize = 4;
 
 /// Frames queued towards one wallet. When full, the core drops further
@@ -939,6 +940,31 @@ mod tests {
             Some(WalletReply::UtxoStateResponse(v)) if v.len() == 1
         ));
         core.await.unwrap();
+    }
+
+    /// A query the store cannot answer (a damaged index) is answered
+    /// `Error {QUERY_FAILED}` (counted); the session goes on.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_query_the_store_cannot_answer_is_a_typed_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LmdbStore::open(dir.path(), LmdbOptions::default()).unwrap();
+        let a = Address([0xa5; 20]);
+        let mut key = [0u8; 56];
+        key[..20].copy_from_slice(&a.0);
+        store.put_raw_address_index_key(&key); // an output `utxos` does not hold
+        let (ctx, _rx) = ctx_without_core(&store);
+        let mut s = LocalSession::open(&ctx).unwrap();
+        s.request(WalletRequest::AddressQuery(a)).await;
+        assert!(matches!(
+            s.reply().await,
+            Some(WalletReply::Error { code, .. }) if code == error_code::QUERY_FAILED
+        ));
+        assert_eq!(ctx.stats.store_queries_failed.load(Ordering::Relaxed), 1);
+        s.request(WalletRequest::UtxoStateQuery(vec![op(1)])).await;
+        assert!(matches!(
+            s.reply().await,
+            Some(WalletReply::UtxoStateResponse(v)) if v == vec![(op(1), None)]
+        ));
     }
 
     /// Store queries wait for one of the node's

@@ -1014,6 +1014,16 @@ impl Store for LmdbStore {
 }
 
 #[cfg(test)]
+impl LmdbStore {
+    /// Writes a raw `address_utxos` key, bypassing `apply` (tests of damage).
+    pub(crate) fn put_raw_address_index_key(&self, key: &[u8]) {
+        let mut wtxn = self.env.write_txn().unwrap();
+        self.address_utxos.db.put(&mut wtxn, key, &[]).unwrap();
+        wtxn.commit().unwrap();
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use ed25519_dalek::SigningKey;
     use proptest::prelude::*;
@@ -1325,6 +1335,33 @@ mod tests {
             .join()
             .unwrap();
         assert_eq!(n, 4);
+    }
+
+    /// A damaged index is a typed error of the read, never a panic: a key
+    /// whose output is missing, and a key of the wrong length.
+    #[test]
+    fn a_damaged_address_index_is_a_corrupt_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = open(dir.path());
+        let a = Address([0xa0; 20]);
+        s.put_raw_address_index_key(&AddressUtxoKey(a, outpoint(1, 0)).to_key());
+        assert_eq!(
+            corrupt_table(s.state_reader().address_utxos(&a, 10)),
+            TABLE_ADDRESS_UTXOS
+        );
+        let b = Address([0xb0; 20]);
+        s.put_raw_address_index_key(&b.0);
+        assert_eq!(
+            corrupt_table(s.state_reader().address_utxos(&b, 10)),
+            TABLE_ADDRESS_UTXOS
+        );
+        // Other addresses are not touched by either.
+        assert_eq!(
+            s.state_reader()
+                .address_utxos(&Address([0xc0; 20]), 10)
+                .unwrap(),
+            vec![]
+        );
     }
 
     /// A database written in format version 1 (no address index) is given
