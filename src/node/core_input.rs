@@ -12,13 +12,12 @@ use std::sync::Arc;
 
 use time_net::mailbox;
 use timecoin_core::masternode::SessionId;
-use tokio::sync::OwnedSemaphorePermit;
 
 use crate::node::wire::NetStats;
 use crate::protocol::audience::PeerMessage;
 use crate::protocol::tally::TallyEvent;
 use crate::protocol::timeproof::TimeProof;
-use crate::protocol::types::{Address, OutPoint, PublicKey, Transaction, Txid};
+use crate::protocol::types::{Address, PublicKey, Transaction, Txid};
 
 /// The clock the core thread runs the state machine on (milliseconds since
 /// the Unix epoch, advancing monotonically), shared with the network tasks that act for the state
@@ -78,13 +77,10 @@ pub(super) enum CoreInput {
         session: SessionId,
         tx: Transaction,
     },
-    /// A query from a wallet session; the answer goes to the session. The
-    /// permit is one of the session's outstanding queries, released once
-    /// answered.
-    WalletQuery {
-        session: SessionId,
-        query: WalletQuery,
-        permit: OwnedSemaphorePermit,
+    /// A wallet session's `StatusQuery` (its other queries are answered
+    /// from the store, without the core: `wallet_server::QueryLane`).
+    WalletStatus {
+        reply: tokio::sync::oneshot::Sender<crate::protocol::message::NodeStatus>,
     },
     /// A wallet session (the RPC's push events) waits on a txid's outcome
     /// without submitting it.
@@ -131,13 +127,6 @@ pub(super) enum CoreInput {
         msg: PeerMessage,
     },
     Shutdown,
-}
-
-/// What a wallet may ask the core.
-pub(super) enum WalletQuery {
-    Utxo(Vec<OutPoint>),
-    Address(Address),
-    Status,
 }
 
 /// Sender side of the core queue; a refused input counts in

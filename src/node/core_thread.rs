@@ -23,10 +23,9 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use time_net::mailbox;
 use tokio::sync::mpsc::error::TrySendError;
-use tokio::sync::OwnedSemaphorePermit;
 use tracing::{debug, error, info, warn};
 
-use crate::node::core_input::{Clock, CoreInput, WalletQuery};
+use crate::node::core_input::{Clock, CoreInput};
 use crate::node::fastpath::{FastPathSender, FastPathStats};
 use crate::node::links::LinksUp;
 use crate::node::metrics::NodeMetrics;
@@ -36,8 +35,8 @@ use crate::node::wallet_server::{Outbound, SessionTx, WalletStats, WarnEvery, SE
 use crate::node::wire::{encode, NetStats};
 use crate::protocol::audience::{PeerMessage, WalletReply};
 use crate::protocol::engine::Event;
-use crate::protocol::message::{Message, NodeStatus, MAX_QUERY_OUTPOINTS};
-use crate::protocol::types::{Address, PublicKey};
+use crate::protocol::message::{Message, NodeStatus};
+use crate::protocol::types::PublicKey;
 use crate::storage::{LmdbStore, Store, StoreError};
 use time_net::priority::Priority;
 use timecoin_core::masternode::router::{
@@ -244,22 +243,11 @@ impl Wallets {
     /// Queues a reply to `session` without waiting: a full queue drops it
     /// (counted), a closed one ends the session.
     fn deliver(&mut self, session: SessionId, reply: WalletReply) {
-        self.deliver_answer(session, reply, None)
-    }
-
-    /// [`Wallets::deliver`] of the answer to a query holding `permit`,
-    /// which the session's writer releases once the answer is written.
-    fn deliver_answer(
-        &mut self,
-        session: SessionId,
-        reply: WalletReply,
-        permit: Option<OwnedSemaphorePermit>,
-    ) {
         let Some(to) = self.sessions.get(&session) else {
             return; // closed already
         };
         let frame = encode(&Message::from(reply));
-        match to.try_send(Outbound { frame, permit }) {
+        match to.try_send(Outbound::from(frame)) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) => {
                 let what = format!("session {session}: reply dropped, its queue is full");
@@ -415,13 +403,8 @@ fn handle_input(
                 wallets.deliver(session, reply);
             }
         }
-        CoreInput::WalletQuery {
-            session,
-            query,
-            permit,
-        } => {
-            let reply = answer_query(mn, ctx, query);
-            wallets.deliver_answer(session, reply, Some(permit));
+        CoreInput::WalletStatus { reply } => {
+            let _ = reply.send(status(mn, ctx));
         }
         CoreInput::WalletWatch { session, txid } => {
             if let Some(reply) = mn.handle_wallet_watch(session, txid, store)? {
@@ -451,30 +434,6 @@ fn connected_set(ctx: &CoreCtx) -> HashSet<PublicKey> {
         PeerNet::Pool(p) => p.connected_peers().into_iter().map(PublicKey).collect(),
         PeerNet::Links(_) => ctx.links_up.lock().expect("links lock").clone(),
     }
-}
-
-/// A wallet's query, answered from the state machine.
-fn answer_query(mn: &Masternode, ctx: &CoreCtx, query: WalletQuery) -> WalletReply {
-    match query {
-        WalletQuery::Utxo(ops) => WalletReply::UtxoStateResponse(
-            ops.into_iter()
-                .map(|op| (op, mn.engine().utxo(&op).copied()))
-                .collect(),
-        ),
-        WalletQuery::Address(addr) => answer_address(mn, addr),
-        WalletQuery::Status => WalletReply::Status(status(mn, ctx)),
-    }
-}
-
-fn answer_address(mn: &Masternode, addr: Address) -> WalletReply {
-    let v = mn
-        .engine()
-        .utxos_of(&addr)
-        .into_iter()
-        .take(MAX_QUERY_OUTPOINTS)
-        .map(|(op, e)| (op, Some(e)))
-        .collect();
-    WalletReply::UtxoStateResponse(v)
 }
 
 fn status(mn: &Masternode, ctx: &CoreCtx) -> NodeStatus {

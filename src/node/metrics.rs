@@ -714,6 +714,18 @@ impl Collector for NodeCollector {
                 ("origin_window", w.busy.get()),
             ],
         )?;
+        counter(
+            &mut e,
+            "wallet_store_queries_waited",
+            "Wallet UTXO and address queries that waited for one of the node's MAX_CONCURRENT_STORE_QUERIES places",
+            w.store_queries_waited.get(),
+        )?;
+        counter(
+            &mut e,
+            "wallet_store_queries_failed",
+            "Wallet UTXO and address queries the store could not answer",
+            load(&w.store_queries_failed),
+        )?;
         gauge(
             &mut e,
             "wallet_payments_in_flight",

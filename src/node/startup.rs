@@ -155,6 +155,7 @@ impl Node {
         let clock = Clock::start();
         let (store, masternode) = open_state(&cfg, &genesis, &key, clock.now_ms())?;
         let chain_reader = store.chain_reader();
+        let state_reader = store.state_reader();
         let (listener, local_addr) = bind_listener(cfg.listen).await?;
         let rpc_listener = match cfg.rpc_listen {
             Some(addr) => Some(
@@ -223,7 +224,14 @@ impl Node {
             ctx: core_ctx(&w, &genesis, fast.stats, metrics.clone()),
         };
         let core = core_thread::spawn(core, lock);
-        let wallets = spawn_network(&w, transport.links, transport.inbox, fast.repair, listener);
+        let wallets = spawn_network(
+            &w,
+            transport.links,
+            transport.inbox,
+            fast.repair,
+            listener,
+            state_reader,
+        );
         let rpc_addr = rpc_listener.as_ref().and_then(|l| l.local_addr().ok());
         let mut cookie_path = None;
         let stop_requested = Arc::new(tokio::sync::Notify::new());
@@ -581,6 +589,7 @@ fn spawn_network(
     inbox: Option<Inbox>,
     fast: Option<FastRepair>,
     listener: TcpListener,
+    state: crate::storage::lmdb::StateReader,
 ) -> Arc<WalletCtx> {
     let link_ctx = Arc::new(LinkCtx {
         id: w.id.clone(),
@@ -608,6 +617,7 @@ fn spawn_network(
         w.stats.clone(),
         w.wallet_stats.clone(),
         w.origin_window,
+        state,
     ));
     let listen = Arc::new(ListenCtx {
         id: w.id.clone(),

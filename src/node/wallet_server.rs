@@ -4,13 +4,17 @@
 //! [`WALLET_IDLE_TIMEOUT`], [`MAX_OUTSTANDING_QUERIES`], [`SESSION_QUEUE`]),
 //! each counted in [`WalletStats`] and logged (rate-limited) when hit.
 //!
-//! Owns each session's outbound queue and its admission. Which session hears
-//! what (outcomes, notifications, subscription caps) is decided in the state
-//! machine's router (`timecoin_core::masternode::router`); the core thread
-//! delivers those replies into the session's queue. A session must never
-//! touch the state machine or storage directly: transactions go to the
-//! verifier pool, everything else to the core queue, and a full queue is
-//! answered (`MempoolFull`, or `Error {OVERLOADED}`) rather than waited on.
+//! Owns each session's outbound queue, its admission and its query lane.
+//! Which session hears what (outcomes, notifications, subscription caps) is
+//! decided in the state machine's router (`timecoin_core::masternode::router`);
+//! the core thread delivers those replies into the session's queue. A
+//! session must never touch the state machine or write storage: transactions
+//! go to the verifier pool, subscriptions and `StatusQuery` to the core
+//! queue, and a full queue is answered (`MempoolFull`, or
+//! `Error {OVERLOADED}`) rather than waited on. `UtxoStateQuery` and
+//! `AddressQuery` are read from the store's [`StateReader`] on a
+//! blocking-pool thread ([`QueryLane`]), never on the core thread, at most
+//! [`MAX_CONCURRENT_STORE_QUERIES`] at once in the node.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -26,14 +30,15 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tracing::warn;
 
-use crate::node::core_input::{CoreInput, CoreTx, WalletQuery};
+use crate::node::core_input::{CoreInput, CoreTx};
 use crate::node::ingest::{Source, TxVerifier};
 use crate::node::verifier::Lane;
 use crate::node::wire::{encode, LinkError, NetStats};
-use crate::protocol::audience::WalletRequest;
-use crate::protocol::message::Message;
-use crate::protocol::types::{Address, PublicKey, Txid};
+use crate::protocol::audience::{WalletReply, WalletRequest};
+use crate::protocol::message::{Message, MAX_QUERY_OUTPOINTS};
+use crate::protocol::types::{Address, OutPoint, PublicKey, Txid};
 use crate::protocol::validation::{RejectCode, TxError};
+use crate::storage::lmdb::StateReader;
 
 /// Wallet connections served at once, from all addresses. One more is
 /// refused right after its handshake with `Error {CONNECTION_LIMIT}` and
@@ -51,9 +56,19 @@ pub const MAX_WALLET_CONNECTIONS_PER_IP: usize = 64;
 pub const WALLET_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// Queries (`UtxoStateQuery`, `AddressQuery`, `StatusQuery`) of one session
-/// waiting on the core at once. One more is answered `Error {QUERY_LIMIT}`
-/// and not asked; counted in [`WalletStats::queries_refused`].
+/// asked and not yet answered (written to the wallet) at once. One more is
+/// answered `Error {QUERY_LIMIT}` and not asked; counted in
+/// [`WalletStats::queries_refused`].
 pub const MAX_OUTSTANDING_QUERIES: usize = 16;
+
+/// Store queries (`UtxoStateQuery`, `AddressQuery`) being read at once in
+/// the whole node, each on a blocking-pool thread. A session's lane runs
+/// one query at a time, so without this cap every connection could hold a
+/// blocking thread and an LMDB reader slot (126 in all, shared with the
+/// core and the RPC's chain reads); a query over it waits for a place
+/// (counted in [`WalletStats::store_queries_waited`]), its session's later
+/// queries behind it.
+pub const MAX_CONCURRENT_STORE_QUERIES: usize = 4;
 
 /// Frames queued towards one wallet. When full, the core drops further
 /// replies and notifications for it (the session's own answers, `Pong`,
@@ -155,6 +170,11 @@ pub struct WalletStats {
     pub idle_closed: LimitHits,
     /// Queries refused over [`MAX_OUTSTANDING_QUERIES`].
     pub queries_refused: LimitHits,
+    /// Store queries that waited for one of the node's
+    /// [`MAX_CONCURRENT_STORE_QUERIES`] places.
+    pub store_queries_waited: LimitHits,
+    /// Store queries the store could not answer (`Error {QUERY_FAILED}`).
+    pub store_queries_failed: AtomicU64,
     /// Replies dropped because a session's [`SESSION_QUEUE`] was full.
     pub frames_dropped: LimitHits,
     /// This node's wallet payments in flight (the state machine's origin
@@ -183,6 +203,10 @@ pub(super) struct WalletCtx {
     /// `EngineConfig::origin_window`, checked here too so that a busy
     /// node refuses before it spends a signature check.
     origin_window: usize,
+    /// UTXO states and the address index, as last committed.
+    state: StateReader,
+    /// The node's [`MAX_CONCURRENT_STORE_QUERIES`] places.
+    store_queries: Arc<Semaphore>,
     next_session: AtomicU64,
     admission: Mutex<Admission>,
 }
@@ -216,6 +240,7 @@ impl WalletCtx {
         net: Arc<NetStats>,
         stats: Arc<WalletStats>,
         origin_window: usize,
+        state: StateReader,
     ) -> Self {
         WalletCtx {
             me,
@@ -224,6 +249,8 @@ impl WalletCtx {
             net,
             stats,
             origin_window,
+            state,
+            store_queries: Arc::new(Semaphore::new(MAX_CONCURRENT_STORE_QUERIES)),
             next_session: AtomicU64::new(1),
             admission: Mutex::new(Admission::default()),
         }
@@ -348,12 +375,12 @@ pub(super) async fn serve_wallet(
 
 /// The session's read loop.
 async fn read_requests(
-    ctx: &WalletCtx,
+    ctx: &Arc<WalletCtx>,
     session: SessionId,
     mut reader: FrameReader<OwnedReadHalf>,
     tx_out: &SessionTx,
 ) -> Result<(), LinkError> {
-    let queries = Arc::new(Semaphore::new(MAX_OUTSTANDING_QUERIES));
+    let queries = QueryLane::start(ctx, session, tx_out.clone());
     loop {
         let frame = match tokio::time::timeout(WALLET_IDLE_TIMEOUT, reader.read_frame()).await {
             Ok(frame) => frame?,
@@ -387,7 +414,7 @@ async fn handle_wallet_request(
     ctx: &WalletCtx,
     session: SessionId,
     tx_out: &SessionTx,
-    queries: &Arc<Semaphore>,
+    queries: &QueryLane,
     request: WalletRequest,
 ) {
     match request {
@@ -419,14 +446,12 @@ async fn handle_wallet_request(
             }
         }
         WalletRequest::UtxoStateQuery(ops) => {
-            ask_core(ctx, session, tx_out, queries, WalletQuery::Utxo(ops)).await
+            queries.ask(ctx, session, tx_out, Query::Utxo(ops)).await
         }
         WalletRequest::AddressQuery(a) => {
-            ask_core(ctx, session, tx_out, queries, WalletQuery::Address(a)).await
+            queries.ask(ctx, session, tx_out, Query::Address(a)).await
         }
-        WalletRequest::StatusQuery => {
-            ask_core(ctx, session, tx_out, queries, WalletQuery::Status).await
-        }
+        WalletRequest::StatusQuery => queries.ask(ctx, session, tx_out, Query::Status).await,
         WalletRequest::WalletSubscribe(addrs) => {
             // The router de-duplicates and caps; an over-cap answer comes
             // back from the core.
@@ -446,38 +471,160 @@ async fn handle_wallet_request(
     }
 }
 
-/// A query the core answers into the session's queue, within the session's
-/// [`MAX_OUTSTANDING_QUERIES`].
-async fn ask_core(
-    ctx: &WalletCtx,
-    session: SessionId,
-    tx_out: &SessionTx,
-    queries: &Arc<Semaphore>,
-    query: WalletQuery,
-) {
-    let Ok(permit) = queries.clone().try_acquire_owned() else {
-        let what = format!(
-            "session {session} has {MAX_OUTSTANDING_QUERIES} queries waiting on the masternode; \
-             wait for their answers"
-        );
-        ctx.stats
-            .queries_refused
-            .hit("MAX_OUTSTANDING_QUERIES", MAX_OUTSTANDING_QUERIES, &what);
-        let _ = tx_out
-            .send(error_frame(error_code::QUERY_LIMIT, what).into())
-            .await;
-        return;
+/// What a wallet may ask.
+#[derive(Debug)]
+enum Query {
+    Utxo(Vec<OutPoint>),
+    Address(Address),
+    Status,
+}
+
+/// One session's queries, answered in the order they were sent by one task
+/// of their own: `UtxoStateQuery` and `AddressQuery` from the store
+/// ([`StateReader`], on a blocking-pool thread within the node's
+/// [`MAX_CONCURRENT_STORE_QUERIES`]), `StatusQuery` from the core. At most
+/// [`MAX_OUTSTANDING_QUERIES`] are asked and not yet written to the wallet.
+/// The lane ends with its session (when this is dropped).
+pub(super) struct QueryLane {
+    permits: Arc<Semaphore>,
+    to: mpsc::Sender<(Query, OwnedSemaphorePermit)>,
+}
+
+impl QueryLane {
+    fn start(ctx: &Arc<WalletCtx>, session: SessionId, tx_out: SessionTx) -> QueryLane {
+        // Room for every permit: a permitted query is never refused here.
+        let (to, mut rx) = mpsc::channel::<(Query, OwnedSemaphorePermit)>(MAX_OUTSTANDING_QUERIES);
+        let ctx = ctx.clone();
+        tokio::spawn(async move {
+            while let Some((query, permit)) = rx.recv().await {
+                let reply = answer(&ctx, session, query).await;
+                let frame = encode(&Message::from(reply));
+                // Waits for room, like `Pong`: the permit bounds what waits.
+                let out = Outbound {
+                    frame,
+                    permit: Some(permit),
+                };
+                if tx_out.send(out).await.is_err() {
+                    return; // the session is gone
+                }
+            }
+        });
+        QueryLane {
+            permits: Arc::new(Semaphore::new(MAX_OUTSTANDING_QUERIES)),
+            to,
+        }
+    }
+
+    /// Queues `query` within the session's [`MAX_OUTSTANDING_QUERIES`], or
+    /// answers `Error {QUERY_LIMIT}` at once.
+    async fn ask(&self, ctx: &WalletCtx, session: SessionId, tx_out: &SessionTx, query: Query) {
+        let Ok(permit) = self.permits.clone().try_acquire_owned() else {
+            let what = format!(
+                "session {session} has {MAX_OUTSTANDING_QUERIES} queries waiting on the masternode; \
+                 wait for their answers"
+            );
+            ctx.stats.queries_refused.hit(
+                "MAX_OUTSTANDING_QUERIES",
+                MAX_OUTSTANDING_QUERIES,
+                &what,
+            );
+            let _ = tx_out
+                .send(error_frame(error_code::QUERY_LIMIT, what).into())
+                .await;
+            return;
+        };
+        // Cannot be full (one place per permit); closed only if the lane's
+        // task ended with its session.
+        let _ = self.to.try_send((query, permit));
+    }
+}
+
+/// The answer to one query, in the wallet protocol's form.
+async fn answer(ctx: &WalletCtx, session: SessionId, query: Query) -> WalletReply {
+    let read = match query {
+        Query::Status => return status(ctx).await,
+        Query::Utxo(ops) => StoreQuery::Utxo(ops),
+        Query::Address(a) => StoreQuery::Address(a),
     };
-    let input = CoreInput::WalletQuery {
-        session,
-        query,
-        permit,
+    let place = match ctx.store_queries.clone().try_acquire_owned() {
+        Ok(p) => p,
+        Err(_) => {
+            ctx.stats.store_queries_waited.hit(
+                "MAX_CONCURRENT_STORE_QUERIES",
+                MAX_CONCURRENT_STORE_QUERIES,
+                "a store query waits for a place",
+            );
+            match ctx.store_queries.clone().acquire_owned().await {
+                Ok(p) => p,
+                Err(_) => return query_failed(ctx, session, "the node is stopping"),
+            }
+        }
     };
-    if !ctx.core.offer(input) {
+    let reader = ctx.state.clone();
+    let result = tokio::task::spawn_blocking(move || {
+        let _place = place;
+        read.answer(&reader)
+    })
+    .await;
+    match result {
+        Ok(Ok(reply)) => reply,
+        Ok(Err(e)) => query_failed(ctx, session, &e.to_string()),
+        Err(e) => query_failed(ctx, session, &e.to_string()),
+    }
+}
+
+/// A query read from the store, off the core thread.
+pub(super) enum StoreQuery {
+    Utxo(Vec<OutPoint>),
+    Address(Address),
+}
+
+impl StoreQuery {
+    /// The answer as the core gave it before: the states in the order
+    /// asked; an address's outputs not spent for good, by outpoint, at most
+    /// [`MAX_QUERY_OUTPOINTS`]. Costs one read per outpoint answered.
+    pub(super) fn answer(
+        self,
+        reader: &StateReader,
+    ) -> Result<WalletReply, crate::storage::StoreError> {
+        Ok(WalletReply::UtxoStateResponse(match self {
+            StoreQuery::Utxo(ops) => reader.utxo_states(&ops)?,
+            StoreQuery::Address(a) => reader
+                .address_utxos(&a, MAX_QUERY_OUTPOINTS)?
+                .into_iter()
+                .map(|(op, e)| (op, Some(e)))
+                .collect(),
+        }))
+    }
+}
+
+/// `StatusQuery`, answered by the core.
+async fn status(ctx: &WalletCtx) -> WalletReply {
+    let (reply, rx) = tokio::sync::oneshot::channel();
+    if !ctx.core.offer(CoreInput::WalletStatus { reply }) {
         let detail = "masternode is overloaded; query not answered; retry";
-        let _ = tx_out
-            .send(error_frame(error_code::OVERLOADED, detail).into())
-            .await;
+        return WalletReply::Error {
+            code: error_code::OVERLOADED,
+            detail: detail.into(),
+        };
+    }
+    match rx.await {
+        Ok(s) => WalletReply::Status(s),
+        Err(_) => WalletReply::Error {
+            code: error_code::OVERLOADED,
+            detail: "the masternode is stopping".into(),
+        },
+    }
+}
+
+fn query_failed(ctx: &WalletCtx, session: SessionId, why: &str) -> WalletReply {
+    ctx.stats
+        .store_queries_failed
+        .fetch_add(1, Ordering::Relaxed);
+    warn!(%session, error = why, "wallet query could not be read from the store");
+    WalletReply::Error {
+        code: error_code::QUERY_FAILED,
+        detail: format!("the masternode could not read the answer: {why}"),
     }
 }
 
@@ -516,7 +663,7 @@ pub(super) struct LocalSession {
     pub session: SessionId,
     tx_out: SessionTx,
     rx: mpsc::Receiver<Outbound>,
-    queries: Arc<Semaphore>,
+    queries: QueryLane,
 }
 
 impl LocalSession {
@@ -534,9 +681,9 @@ impl LocalSession {
         Some(LocalSession {
             ctx: ctx.clone(),
             session,
+            queries: QueryLane::start(ctx, session, tx_out.clone()),
             tx_out,
             rx,
-            queries: Arc::new(Semaphore::new(MAX_OUTSTANDING_QUERIES)),
         })
     }
 
@@ -620,5 +767,228 @@ impl WalletCtx {
 impl Drop for LocalSession {
     fn drop(&mut self) {
         close_session(&self.ctx.core, self.session);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::node::core_input::CoreInput;
+    use crate::protocol::message::NodeStatus;
+    use crate::protocol::types::TxOutput;
+    use crate::protocol::utxo::{UtxoEntry, UtxoState};
+    use crate::protocol::validation::Limits;
+    use crate::storage::lmdb::{LmdbOptions, LmdbStore};
+    use crate::storage::{Store, Write};
+    use time_net::mailbox;
+
+    const HELD: u32 = 10_000;
+
+    fn op(i: u32) -> OutPoint {
+        let mut t = [0u8; 32];
+        t[..4].copy_from_slice(&i.to_be_bytes());
+        OutPoint {
+            txid: Txid(t),
+            vout: i % 3,
+        }
+    }
+
+    fn paying(a: Address, state: UtxoState) -> UtxoEntry {
+        UtxoEntry {
+            output: TxOutput {
+                amount: 5,
+                address: a,
+            },
+            state,
+        }
+    }
+
+    /// A wallet context on a real LMDB store, with a core queue nobody
+    /// reads: there is no core thread at all.
+    fn ctx_without_core(store: &LmdbStore) -> (Arc<WalletCtx>, mailbox::Receiver<CoreInput>) {
+        let net = Arc::new(NetStats::default());
+        let (core, rx) = CoreTx::channel(net.clone());
+        let verifier = Arc::new(crate::node::verifier::Verifier::start(
+            1,
+            1,
+            Limits::default(),
+            |_, _, _, _: crate::node::ingest::Source| {},
+        ));
+        let ctx = WalletCtx::new(
+            PublicKey([1; 32]),
+            core,
+            verifier,
+            net,
+            Arc::new(WalletStats::default()),
+            512,
+            store.state_reader(),
+        );
+        (Arc::new(ctx), rx)
+    }
+
+    fn core_inputs(rx: &mailbox::Receiver<CoreInput>) -> Vec<&'static str> {
+        let mut v = Vec::new();
+        while let Ok(i) = rx.try_recv() {
+            v.push(match i {
+                CoreInput::WalletOpen { .. } => "open",
+                CoreInput::WalletStatus { .. } => "status",
+                CoreInput::WalletClose(_) => "close",
+                _ => "other",
+            });
+        }
+        v
+    }
+
+    /// `AddressQuery` and `UtxoStateQuery` are read from the store: with no
+    /// core thread running, an address holding 10,000 outputs is answered
+    /// (its first `MAX_QUERY_OUTPOINTS`, by outpoint, spent ones left out),
+    /// and the only input the core queue got is the session's start.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn utxo_and_address_queries_are_answered_without_the_core() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = LmdbStore::open(dir.path(), LmdbOptions::default()).unwrap();
+        let (a, t) = (Address([0xa5; 20]), Txid([9; 32]));
+        let mut writes: Vec<Write> = (0..HELD)
+            .map(|i| Write::PutUtxo(op(i), paying(a, UtxoState::Unspent)))
+            .collect();
+        // The smallest outpoint is spent for good: not listed.
+        writes.push(Write::PutUtxo(
+            op(0),
+            paying(a, UtxoState::SpentFinalized { txid: t }),
+        ));
+        store.apply(&writes).unwrap();
+        let (ctx, rx) = ctx_without_core(&store);
+        let mut s = LocalSession::open(&ctx).unwrap();
+
+        s.request(WalletRequest::AddressQuery(a)).await;
+        let Some(WalletReply::UtxoStateResponse(v)) = s.reply().await else {
+            panic!("expected a UtxoStateResponse");
+        };
+        assert_eq!(v.len(), MAX_QUERY_OUTPOINTS);
+        let mut want: Vec<OutPoint> = (1..HELD).map(op).collect();
+        want.sort();
+        let got: Vec<OutPoint> = v.iter().map(|(op, _)| *op).collect();
+        assert_eq!(got, want[..MAX_QUERY_OUTPOINTS].to_vec(), "by outpoint");
+        assert!(v
+            .iter()
+            .all(|(_, e)| *e == Some(paying(a, UtxoState::Unspent))));
+
+        s.request(WalletRequest::UtxoStateQuery(vec![
+            op(0),
+            op(HELD + 1),
+            op(7),
+        ]))
+        .await;
+        let Some(WalletReply::UtxoStateResponse(v)) = s.reply().await else {
+            panic!("expected a UtxoStateResponse");
+        };
+        assert_eq!(
+            v,
+            vec![
+                (
+                    op(0),
+                    Some(paying(a, UtxoState::SpentFinalized { txid: t }))
+                ),
+                (op(HELD + 1), None),
+                (op(7), Some(paying(a, UtxoState::Unspent))),
+            ]
+        );
+        assert_eq!(core_inputs(&rx), vec!["open"], "no query reached the core");
+        drop(store);
+    }
+
+    /// A session's answers come in the order its queries were sent: an
+    /// address query behind a `StatusQuery` waits for the core's status.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn answers_keep_the_order_of_the_queries() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = LmdbStore::open(dir.path(), LmdbOptions::default()).unwrap();
+        let a = Address([0xa5; 20]);
+        store
+            .apply(&[Write::PutUtxo(op(1), paying(a, UtxoState::Unspent))])
+            .unwrap();
+        let (ctx, rx) = ctx_without_core(&store);
+        let mut s = LocalSession::open(&ctx).unwrap();
+        s.request(WalletRequest::StatusQuery).await;
+        s.request(WalletRequest::AddressQuery(a)).await;
+        // Play the core: answer the status once it is asked.
+        let status = NodeStatus {
+            public_key: PublicKey([1; 32]),
+            peers_connected: 0,
+            peers_total: 0,
+            pending: 0,
+            finalized: 0,
+            rejected: 0,
+            catching_up: false,
+            blocks: None,
+        };
+        let core = tokio::task::spawn_blocking(move || loop {
+            match rx.recv_timeout(Duration::from_secs(10)) {
+                Ok(CoreInput::WalletStatus { reply }) => {
+                    // The address query waits behind it meanwhile.
+                    std::thread::sleep(Duration::from_millis(50));
+                    let _ = reply.send(status);
+                    return;
+                }
+                Ok(_) => {}
+                Err(_) => panic!("no status asked"),
+            }
+        });
+        assert!(matches!(s.reply().await, Some(WalletReply::Status(_))));
+        assert!(matches!(
+            s.reply().await,
+            Some(WalletReply::UtxoStateResponse(v)) if v.len() == 1
+        ));
+        core.await.unwrap();
+    }
+
+    /// A query the store cannot answer (a damaged index) is answered
+    /// `Error {QUERY_FAILED}` (counted); the session goes on.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_query_the_store_cannot_answer_is_a_typed_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LmdbStore::open(dir.path(), LmdbOptions::default()).unwrap();
+        let a = Address([0xa5; 20]);
+        let mut key = [0u8; 56];
+        key[..20].copy_from_slice(&a.0);
+        store.put_raw_address_index_key(&key); // an output `utxos` does not hold
+        let (ctx, _rx) = ctx_without_core(&store);
+        let mut s = LocalSession::open(&ctx).unwrap();
+        s.request(WalletRequest::AddressQuery(a)).await;
+        assert!(matches!(
+            s.reply().await,
+            Some(WalletReply::Error { code, .. }) if code == error_code::QUERY_FAILED
+        ));
+        assert_eq!(ctx.stats.store_queries_failed.load(Ordering::Relaxed), 1);
+        s.request(WalletRequest::UtxoStateQuery(vec![op(1)])).await;
+        assert!(matches!(
+            s.reply().await,
+            Some(WalletReply::UtxoStateResponse(v)) if v == vec![(op(1), None)]
+        ));
+    }
+
+    /// Store queries wait for one of the node's
+    /// `MAX_CONCURRENT_STORE_QUERIES` places (counted), then are answered.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn store_queries_wait_for_a_place_in_the_node() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LmdbStore::open(dir.path(), LmdbOptions::default()).unwrap();
+        let (ctx, _rx) = ctx_without_core(&store);
+        let all = ctx
+            .store_queries
+            .clone()
+            .acquire_many_owned(MAX_CONCURRENT_STORE_QUERIES as u32)
+            .await
+            .unwrap();
+        let mut s = LocalSession::open(&ctx).unwrap();
+        s.request(WalletRequest::UtxoStateQuery(vec![op(1)])).await;
+        let waiting = tokio::time::timeout(Duration::from_millis(200), s.reply()).await;
+        assert!(waiting.is_err(), "no place: the query waits");
+        assert_eq!(ctx.stats.store_queries_waited.get(), 1);
+        drop(all);
+        assert!(matches!(
+            s.reply().await,
+            Some(WalletReply::UtxoStateResponse(v)) if v == vec![(op(1), None)]
+        ));
     }
 }

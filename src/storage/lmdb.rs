@@ -8,6 +8,7 @@
 //! |----------------|----------------------------|--------------|
 //! | `meta`         | [`MetaKey`] name           | `u32`        |
 //! | `utxos`        | [`OutPoint::key_bytes`]    | [`UtxoEntry`]|
+//! | `address_utxos` | [`AddressUtxoKey`] (address ‖ outpoint) | empty |
 //! | `transactions` | [`Txid`]                   | [`Transaction`] |
 //! | `proofs`       | [`Txid`]                   | [`TimeProof`] |
 //! | `own_votes`    | [`VoteSeq`] (u64 BE)       | [`VoteBatch`] |
@@ -23,6 +24,13 @@
 //! | `approval_evidence` | voter ‖ [`OutPoint::key_bytes`] (68 bytes) | [`ConflictingApprovals`] |
 //!
 //! Block layouts are in [`timecoin_core::storage::block_records`].
+//!
+//! `address_utxos` is an index of `utxos`: one key per output that is not
+//! spent for good ([`UtxoState::is_spent_for_good`]), maintained by
+//! [`Store::apply`] and [`Store::init`] in the same write transaction as the
+//! `utxos` record, so an address's outputs are a key range: reading them
+//! costs the answer, not the UTXO set. [`StateReader`] serves it to other
+//! threads.
 //!
 //! `meta` carries the format version; a database written by a newer build is
 //! refused rather than misread. [`Store::apply`] is one LMDB write
@@ -44,13 +52,13 @@ use heed::types::Bytes;
 use heed::{Database, Env, EnvFlags, EnvOpenOptions, PutFlags, RoTxn, RwTxn, WithoutTls};
 
 use super::records::{
-    check_txid, ApprovalEvidenceKey, EvidenceKey, LogSeq, MetaKey, RecordError, TableKey,
-    TableValue, VoteSeq, FORMAT_VERSION,
+    check_txid, AddressUtxoKey, ApprovalEvidenceKey, EvidenceKey, LogSeq, MetaKey, RecordError,
+    TableKey, TableValue, VoteSeq, FORMAT_VERSION, MIN_FORMAT_VERSION,
 };
 use super::{BlockSnapshot, CommittedBlock, Genesis, Snapshot, Store, StoreError, Write};
 use crate::protocol::evidence::{ConflictingApprovals, Equivocation};
 use crate::protocol::timeproof::TimeProof;
-use crate::protocol::types::{ChainId, OutPoint, Transaction, Txid};
+use crate::protocol::types::{Address, ChainId, OutPoint, Transaction, Txid};
 use crate::protocol::utxo::{UtxoEntry, UtxoState};
 use crate::protocol::vote::VoteBatch;
 use timecoin_core::blocks::{
@@ -66,6 +74,7 @@ pub const DEFAULT_MAP_SIZE: usize = 64 << 30;
 
 const TABLE_META: &str = "meta";
 const TABLE_UTXOS: &str = "utxos";
+const TABLE_ADDRESS_UTXOS: &str = "address_utxos";
 const TABLE_TRANSACTIONS: &str = "transactions";
 const TABLE_PROOFS: &str = "proofs";
 const TABLE_OWN_VOTES: &str = "own_votes";
@@ -80,7 +89,7 @@ const TABLE_BLOCK_HEIGHTS: &str = "block_heights";
 const TABLE_BLOCK_EVIDENCE: &str = "block_evidence";
 const TABLE_BLOCK_STOP: &str = "block_stop";
 const TABLE_APPROVAL_EVIDENCE: &str = "approval_evidence";
-const TABLE_COUNT: u32 = 16;
+const TABLE_COUNT: u32 = 17;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LmdbOptions {
@@ -261,6 +270,8 @@ pub struct LmdbStore {
     env: Env<WithoutTls>,
     meta: Table<MetaKey, u32>,
     utxos: Table<OutPoint, UtxoEntry>,
+    /// The outputs of `utxos` not spent for good, by address.
+    address_utxos: Table<AddressUtxoKey, ()>,
     transactions: Table<Txid, Transaction>,
     proofs: Table<Txid, TimeProof>,
     own_votes: Table<VoteSeq, VoteBatch>,
@@ -320,6 +331,130 @@ impl ChainReader {
     }
 }
 
+/// Reads UTXO states and an address's outputs from another thread (wallet
+/// sessions, RPC; see [`LmdbStore::state_reader`]); it cannot write.
+///
+/// What it reads is the last committed round: the core commits each
+/// round's writes before that round's votes and replies leave the node, so
+/// an answer lags the state machine by at most the round in progress, and
+/// a wallet that heard an outcome reads a state at least that new.
+#[derive(Clone)]
+pub struct StateReader {
+    env: Env<WithoutTls>,
+    utxos: Table<OutPoint, UtxoEntry>,
+    address_utxos: Table<AddressUtxoKey, ()>,
+}
+
+impl fmt::Debug for StateReader {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StateReader").finish_non_exhaustive()
+    }
+}
+
+impl StateReader {
+    /// The state of each outpoint (None: unknown here), in the order asked,
+    /// from one read transaction: one point read each.
+    pub fn utxo_states(
+        &self,
+        ops: &[OutPoint],
+    ) -> Result<Vec<(OutPoint, Option<UtxoEntry>)>, StoreError> {
+        let rtxn = self.env.read_txn().map_err(backend)?;
+        ops.iter()
+            .map(|op| Ok((*op, self.utxos.get(&rtxn, op)?)))
+            .collect()
+    }
+
+    /// Up to `limit` outputs paying `address` that are not spent for good,
+    /// by outpoint, from one read transaction: a range read of the address
+    /// index that stops at the limit, so the cost is the answer's size.
+    pub fn address_utxos(
+        &self,
+        address: &Address,
+        limit: usize,
+    ) -> Result<Vec<(OutPoint, UtxoEntry)>, StoreError> {
+        let rtxn = self.env.read_txn().map_err(backend)?;
+        let mut out = Vec::new();
+        let iter = self
+            .address_utxos
+            .db
+            .prefix_iter(&rtxn, &address.0)
+            .map_err(backend)?;
+        for item in iter {
+            if out.len() >= limit {
+                break;
+            }
+            let (k, _) = item.map_err(backend)?;
+            let AddressUtxoKey(_, op) =
+                AddressUtxoKey::from_key(k).map_err(|e| self.address_utxos.corrupt(e))?;
+            // The index and `utxos` change in one transaction: a key
+            // without its output, or with another address's, is damage.
+            match self.utxos.get(&rtxn, &op)? {
+                Some(e) if e.output.address == *address && !e.state.is_spent_for_good() => {
+                    out.push((op, e))
+                }
+                other => {
+                    return Err(StoreError::Corrupt {
+                        table: TABLE_ADDRESS_UTXOS,
+                        detail: format!(
+                            "index entry {op} for address {address} does not match utxos: {other:?}"
+                        ),
+                    })
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// `utxos` records read per page while the address index is built.
+const MIGRATION_PAGE: usize = 65_536;
+
+/// Up to `max` `utxos` records after `after` (from the first if None).
+fn utxos_page(
+    utxos: &Table<OutPoint, UtxoEntry>,
+    txn: &RoTxn,
+    after: Option<&OutPoint>,
+    max: usize,
+) -> Result<Vec<(OutPoint, UtxoEntry)>, StoreError> {
+    let key = after.map(|op| op.to_key());
+    let range = match &key {
+        Some(k) => (Bound::Excluded(&k[..]), Bound::Unbounded),
+        None => (Bound::Unbounded, Bound::Unbounded),
+    };
+    let mut out = Vec::new();
+    for item in utxos.db.range(txn, &range).map_err(backend)? {
+        if out.len() >= max {
+            break;
+        }
+        let (k, v) = item.map_err(backend)?;
+        let op = OutPoint::from_key(k).map_err(|e| utxos.corrupt(e))?;
+        out.push((
+            op,
+            UtxoEntry::decode_value(v).map_err(|e| utxos.corrupt(e))?,
+        ));
+    }
+    Ok(out)
+}
+
+/// Keeps `address_utxos` in step with one `utxos` record (same transaction).
+/// An output's address never changes (it is part of the transaction its
+/// txid commits to), so the key to insert or delete is known without
+/// reading the old record.
+fn index_utxo(
+    index: &Table<AddressUtxoKey, ()>,
+    wtxn: &mut RwTxn,
+    op: &OutPoint,
+    entry: &UtxoEntry,
+) -> Result<(), StoreError> {
+    let key = AddressUtxoKey(entry.output.address, *op).to_key();
+    if entry.state.is_spent_for_good() {
+        index.db.delete(wtxn, &key).map_err(backend)?;
+    } else {
+        index.db.put(wtxn, &key, &[]).map_err(backend)?;
+    }
+    Ok(())
+}
+
 impl fmt::Debug for LmdbStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("LmdbStore")
@@ -365,7 +500,7 @@ impl LmdbStore {
         // laid out differently. On error the transaction aborts on drop.
         let version = meta.get(&wtxn, &MetaKey::FormatVersion)?;
         if let Some(found) = version {
-            if found != FORMAT_VERSION {
+            if !(MIN_FORMAT_VERSION..=FORMAT_VERSION).contains(&found) {
                 return Err(StoreError::FormatVersion {
                     found,
                     supported: FORMAT_VERSION,
@@ -373,6 +508,7 @@ impl LmdbStore {
             }
         }
         let utxos = Table::create(&env, &mut wtxn, TABLE_UTXOS)?;
+        let address_utxos = Table::create(&env, &mut wtxn, TABLE_ADDRESS_UTXOS)?;
         let transactions = Table::create(&env, &mut wtxn, TABLE_TRANSACTIONS)?;
         let proofs = Table::create(&env, &mut wtxn, TABLE_PROOFS)?;
         let own_votes = Table::create(&env, &mut wtxn, TABLE_OWN_VOTES)?;
@@ -411,11 +547,48 @@ impl LmdbStore {
                 &mut Vec::new(),
             )?;
         }
+        if version == Some(1) {
+            // Version 1 had no address index: build it from `utxos` and
+            // write the new version in the same transaction (a crash
+            // leaves version 1 and an empty index, and the next open
+            // builds it again). A bumped version, rather than "build when
+            // the index is empty", because an older build would otherwise
+            // open the database, change `utxos` without the index, and
+            // leave it stale for this one; it refuses version 2 instead.
+            let started = std::time::Instant::now();
+            address_utxos.db.clear(&mut wtxn).map_err(backend)?;
+            // In pages: a reader of `utxos` borrows the transaction the
+            // index is written in, and the whole set need not be in memory.
+            let mut after: Option<OutPoint> = None;
+            loop {
+                let page = utxos_page(&utxos, &wtxn, after.as_ref(), MIGRATION_PAGE)?;
+                for (op, e) in &page {
+                    index_utxo(&address_utxos, &mut wtxn, op, e)?;
+                }
+                match page.last() {
+                    Some((op, _)) if page.len() == MIGRATION_PAGE => after = Some(*op),
+                    _ => break,
+                }
+            }
+            let built = address_utxos.db.len(&wtxn).map_err(backend)?;
+            meta.put(
+                &mut wtxn,
+                &MetaKey::FormatVersion,
+                &FORMAT_VERSION,
+                &mut Vec::new(),
+            )?;
+            tracing::info!(
+                outputs = built,
+                ms = started.elapsed().as_millis() as u64,
+                "database migrated from format version 1 to {FORMAT_VERSION}: address index built"
+            );
+        }
         wtxn.commit().map_err(backend)?;
         Ok(LmdbStore {
             env,
             meta,
             utxos,
+            address_utxos,
             transactions,
             proofs,
             own_votes,
@@ -440,6 +613,47 @@ impl LmdbStore {
             env: self.env.clone(),
             blocks: self.blocks,
             block_heights: self.block_heights,
+        }
+    }
+
+    /// Indexes the genesis outputs. Into an empty index (a new database)
+    /// they go sorted, appended: full pages, so a large genesis leaves the
+    /// index about as small as it can be and the one write transaction
+    /// dirties fewer pages.
+    fn index_genesis(
+        &self,
+        wtxn: &mut RwTxn,
+        utxos: &[(OutPoint, UtxoEntry)],
+    ) -> Result<(), StoreError> {
+        if !self.address_utxos.is_empty(wtxn)? {
+            for (op, e) in utxos {
+                index_utxo(&self.address_utxos, wtxn, op, e)?;
+            }
+            return Ok(());
+        }
+        let mut keys: Vec<[u8; AddressUtxoKey::LEN]> = utxos
+            .iter()
+            .filter(|(_, e)| !e.state.is_spent_for_good())
+            .map(|(op, e)| AddressUtxoKey(e.output.address, *op).to_key())
+            .collect();
+        keys.sort_unstable();
+        keys.dedup();
+        for k in &keys {
+            self.address_utxos
+                .db
+                .put_with_flags(wtxn, PutFlags::APPEND, k, &[])
+                .map_err(backend)?;
+        }
+        Ok(())
+    }
+
+    /// A read-only view of UTXO states and the address index for other
+    /// threads (wallet queries, RPC), answered without the core thread.
+    pub fn state_reader(&self) -> StateReader {
+        StateReader {
+            env: self.env.clone(),
+            utxos: self.utxos,
+            address_utxos: self.address_utxos,
         }
     }
 
@@ -539,6 +753,7 @@ impl Store for LmdbStore {
                 for (op, entry) in &genesis.utxos {
                     self.utxos.put(&mut wtxn, op, entry, &mut buf)?;
                 }
+                self.index_genesis(&mut wtxn, &genesis.utxos)?;
                 wtxn.commit().map_err(backend)
             }
         }
@@ -626,7 +841,10 @@ impl Store for LmdbStore {
         let mut next_log: Option<u64> = None;
         for w in writes {
             match w {
-                Write::PutUtxo(op, entry) => self.utxos.put(&mut wtxn, op, entry, &mut buf)?,
+                Write::PutUtxo(op, entry) => {
+                    self.utxos.put(&mut wtxn, op, entry, &mut buf)?;
+                    index_utxo(&self.address_utxos, &mut wtxn, op, entry)?;
+                }
                 Write::PutTransaction(txid, tx) => {
                     check_txid(txid, &tx.txid()).map_err(|e| self.transactions.corrupt(e))?;
                     self.transactions.put(&mut wtxn, txid, tx, &mut buf)?;
@@ -821,6 +1039,16 @@ impl Store for LmdbStore {
 }
 
 #[cfg(test)]
+impl LmdbStore {
+    /// Writes a raw `address_utxos` key, bypassing `apply` (tests of damage).
+    pub(crate) fn put_raw_address_index_key(&self, key: &[u8]) {
+        let mut wtxn = self.env.write_txn().unwrap();
+        self.address_utxos.db.put(&mut wtxn, key, &[]).unwrap();
+        wtxn.commit().unwrap();
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use ed25519_dalek::SigningKey;
     use proptest::prelude::*;
@@ -970,6 +1198,240 @@ mod tests {
             Write::AppendFinality(finalized.txid()),
             Write::AppendFinality(Txid([8; 32])),
         ]
+    }
+
+    /// What the address index must hold for `address`, from a snapshot's
+    /// `utxos`: the outputs not spent for good, by outpoint.
+    fn expected_index(snap: &Snapshot, address: &Address) -> Vec<(OutPoint, UtxoEntry)> {
+        let mut v: Vec<_> = snap
+            .utxos
+            .iter()
+            .filter(|(_, e)| e.output.address == *address && !e.state.is_spent_for_good())
+            .copied()
+            .collect();
+        v.sort_by_key(|(op, _)| *op);
+        v
+    }
+
+    /// Every key of the address index, in order.
+    fn index_keys(s: &LmdbStore) -> Vec<AddressUtxoKey> {
+        s.address_utxos.keys(&s.env.read_txn().unwrap()).unwrap()
+    }
+
+    /// The index holds exactly the live outputs of the snapshot, for every
+    /// address.
+    fn assert_index_matches(s: &LmdbStore, snap: &Snapshot) {
+        let mut want: Vec<AddressUtxoKey> = snap
+            .utxos
+            .iter()
+            .filter(|(_, e)| !e.state.is_spent_for_good())
+            .map(|(op, e)| AddressUtxoKey(e.output.address, *op))
+            .collect();
+        want.sort();
+        assert_eq!(index_keys(s), want);
+        let r = s.state_reader();
+        let addresses: HashSet<Address> =
+            snap.utxos.iter().map(|(_, e)| e.output.address).collect();
+        for a in addresses {
+            assert_eq!(
+                r.address_utxos(&a, usize::MAX).unwrap(),
+                expected_index(snap, &a)
+            );
+        }
+    }
+
+    fn paying(address: u8, amount: u64, state: UtxoState) -> UtxoEntry {
+        UtxoEntry {
+            output: TxOutput {
+                amount,
+                address: Address([address; 20]),
+            },
+            state,
+        }
+    }
+
+    /// The index follows every state change, in the transaction that makes
+    /// it; an address's outputs come back by outpoint, cut at the limit;
+    /// the index survives a reopen.
+    #[test]
+    fn address_index_follows_state_changes_and_survives_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (Address([0xa0; 20]), Address([0xb0; 20]));
+        let t = Txid([0x55; 32]);
+        {
+            let mut s = open(dir.path());
+            s.init(&genesis(CHAIN)).unwrap();
+            let r = s.state_reader();
+            let genesis_addr = Address([3; 20]);
+            assert_eq!(
+                r.address_utxos(&genesis_addr, 10).unwrap().len(),
+                2,
+                "genesis indexed"
+            );
+            // Five outputs of `a` written out of order, two of `b`.
+            let writes: Vec<Write> = [4u8, 1, 3, 0, 2]
+                .iter()
+                .map(|&n| {
+                    Write::PutUtxo(
+                        outpoint(0x40 + n, 0),
+                        paying(0xa0, 10 + n as u64, UtxoState::Unspent),
+                    )
+                })
+                .chain((0..2).map(|v| {
+                    Write::PutUtxo(outpoint(0x50, v), paying(0xb0, 1, UtxoState::Unspent))
+                }))
+                .collect();
+            s.apply(&writes).unwrap();
+            let got = r.address_utxos(&a, usize::MAX).unwrap();
+            let ops: Vec<OutPoint> = got.iter().map(|(op, _)| *op).collect();
+            assert_eq!(
+                ops,
+                (0..5).map(|n| outpoint(0x40 + n, 0)).collect::<Vec<_>>(),
+                "by outpoint"
+            );
+            assert_eq!(got[0].1, paying(0xa0, 10, UtxoState::Unspent));
+            assert_eq!(
+                r.address_utxos(&a, 2).unwrap(),
+                got[..2].to_vec(),
+                "the limit cuts"
+            );
+            assert_eq!(r.address_utxos(&a, 0).unwrap(), vec![]);
+            assert_eq!(r.address_utxos(&Address([0xa1; 20]), 10).unwrap(), vec![]);
+            // Locked and pending stay listed, with their new state; final
+            // and confirmed spends leave the index.
+            s.apply(&[
+                Write::PutUtxo(
+                    outpoint(0x40, 0),
+                    paying(0xa0, 10, UtxoState::Locked { txid: t }),
+                ),
+                Write::PutUtxo(
+                    outpoint(0x41, 0),
+                    paying(0xa0, 11, UtxoState::SpentPending { txid: t, weight: 3 }),
+                ),
+                Write::PutUtxo(
+                    outpoint(0x42, 0),
+                    paying(0xa0, 12, UtxoState::SpentFinalized { txid: t }),
+                ),
+                Write::PutUtxo(
+                    outpoint(0x50, 1),
+                    paying(0xb0, 1, UtxoState::Confirmed { txid: t, height: 9 }),
+                ),
+            ])
+            .unwrap();
+            let got = r.address_utxos(&a, usize::MAX).unwrap();
+            assert_eq!(got.len(), 4);
+            assert_eq!(got[0].1.state, UtxoState::Locked { txid: t });
+            assert_eq!(
+                got[1].1.state,
+                UtxoState::SpentPending { txid: t, weight: 3 }
+            );
+            assert!(got.iter().all(|(op, _)| *op != outpoint(0x42, 0)));
+            assert_eq!(r.address_utxos(&b, 10).unwrap().len(), 1);
+            // Point reads: known, spent and unknown outpoints, in the order asked.
+            assert_eq!(
+                r.utxo_states(&[outpoint(0x42, 0), outpoint(0x77, 0), outpoint(0x40, 0)])
+                    .unwrap(),
+                vec![
+                    (
+                        outpoint(0x42, 0),
+                        Some(paying(0xa0, 12, UtxoState::SpentFinalized { txid: t }))
+                    ),
+                    (outpoint(0x77, 0), None),
+                    (
+                        outpoint(0x40, 0),
+                        Some(paying(0xa0, 10, UtxoState::Locked { txid: t }))
+                    ),
+                ]
+            );
+            assert_index_matches(&s, &s.load().unwrap());
+        }
+        let s = open(dir.path());
+        assert_index_matches(&s, &s.load().unwrap());
+        assert_eq!(
+            s.state_reader()
+                .address_utxos(&a, usize::MAX)
+                .unwrap()
+                .len(),
+            4
+        );
+        // Another thread reads while this one writes: LMDB readers never wait.
+        let r = s.state_reader();
+        let n = std::thread::spawn(move || r.address_utxos(&a, usize::MAX).unwrap().len())
+            .join()
+            .unwrap();
+        assert_eq!(n, 4);
+    }
+
+    /// A damaged index is a typed error of the read, never a panic: a key
+    /// whose output is missing, and a key of the wrong length.
+    #[test]
+    fn a_damaged_address_index_is_a_corrupt_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = open(dir.path());
+        let a = Address([0xa0; 20]);
+        s.put_raw_address_index_key(&AddressUtxoKey(a, outpoint(1, 0)).to_key());
+        assert_eq!(
+            corrupt_table(s.state_reader().address_utxos(&a, 10)),
+            TABLE_ADDRESS_UTXOS
+        );
+        let b = Address([0xb0; 20]);
+        s.put_raw_address_index_key(&b.0);
+        assert_eq!(
+            corrupt_table(s.state_reader().address_utxos(&b, 10)),
+            TABLE_ADDRESS_UTXOS
+        );
+        // Other addresses are not touched by either.
+        assert_eq!(
+            s.state_reader()
+                .address_utxos(&Address([0xc0; 20]), 10)
+                .unwrap(),
+            vec![]
+        );
+    }
+
+    /// A database written in format version 1 (no address index) is given
+    /// its index at open, and then carries version 2.
+    #[test]
+    fn version_1_database_gets_its_address_index_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = Txid([0x55; 32]);
+        {
+            let mut s = open(dir.path());
+            s.init(&genesis(CHAIN)).unwrap();
+            let mut writes = sample_writes();
+            // More than one migration page of outputs, over a few addresses.
+            writes.extend((0..(MIGRATION_PAGE as u32 + 10)).map(|i| {
+                let state = if i % 3 == 0 {
+                    UtxoState::SpentFinalized { txid: t }
+                } else {
+                    UtxoState::Unspent
+                };
+                Write::PutUtxo(outpoint(0x60, i), paying((i % 5) as u8, 1, state))
+            }));
+            s.apply(&writes).unwrap();
+            // Back to version 1: no index table contents, version 1.
+            let mut wtxn = s.env.write_txn().unwrap();
+            s.address_utxos.db.clear(&mut wtxn).unwrap();
+            s.meta
+                .put(&mut wtxn, &MetaKey::FormatVersion, &1, &mut Vec::new())
+                .unwrap();
+            wtxn.commit().unwrap();
+        }
+        let s = open(dir.path());
+        let rtxn = s.env.read_txn().unwrap();
+        assert_eq!(
+            s.meta.get(&rtxn, &MetaKey::FormatVersion).unwrap(),
+            Some(FORMAT_VERSION)
+        );
+        drop(rtxn);
+        let snap = s.load().unwrap();
+        assert!(snap.utxos.len() > MIGRATION_PAGE, "more than one page read");
+        assert_index_matches(&s, &snap);
+        // Opened again: nothing to do, the same index.
+        let before = index_keys(&s);
+        drop(s);
+        let s = open(dir.path());
+        assert_eq!(index_keys(&s), before);
     }
 
     /// Snapshots with their unordered parts sorted, for comparison.
@@ -1375,15 +1837,26 @@ mod tests {
                 Write::AppendOwnVotes(batch(&[tx.txid()])),
                 Write::AppendOwnVotes(empty_batch),
             ],
-            // A transaction filed under another txid.
+            // A transaction filed under another txid, after a final spend
+            // that would take an output out of the address index.
             vec![
+                Write::PutUtxo(
+                    outpoint(1, 1),
+                    entry(700, UtxoState::SpentFinalized { txid: tx.txid() }),
+                ),
                 Write::AppendOwnVotes(batch(&[tx.txid()])),
                 Write::PutTransaction(Txid([1; 32]), tx.clone()),
             ],
         ];
+        let index_before = index_keys(&s);
         for writes in &bad_rounds {
             assert!(matches!(s.apply(writes), Err(StoreError::Corrupt { .. })));
             assert_same(s.load().unwrap(), before.clone());
+            assert_eq!(
+                index_keys(&s),
+                index_before,
+                "the index is not touched either"
+            );
         }
         drop(s);
         let mut s = open(dir.path());
@@ -1530,7 +2003,12 @@ mod tests {
         ];
         prop_oneof![
             (0..4u8, 0..3u32, any::<u64>(), state)
-                .prop_map(|(n, v, amount, st)| Write::PutUtxo(outpoint(n, v), entry(amount, st))),
+                // Two addresses; an outpoint always pays the same one (an
+                // output's address never changes).
+                .prop_map(|(n, v, amount, st)| Write::PutUtxo(
+                    outpoint(n, v),
+                    paying(3 + (n >= 2) as u8, amount, st)
+                )),
             prop::sample::select(txs).prop_map(|t| Write::PutTransaction(t.txid(), t)),
             pick_txid
                 .clone()
@@ -1564,7 +2042,9 @@ mod tests {
                     s = LmdbStore::open(dir.path(), options.clone()).unwrap();
                 }
             }
-            assert_same(s.load().unwrap(), reference.load().unwrap());
+            let snap = reference.load().unwrap();
+            assert_index_matches(&s, &snap);
+            assert_same(s.load().unwrap(), snap);
         }
     }
 }

@@ -60,7 +60,7 @@ pub mod error_code {
     /// Some addresses of a `WalletSubscribe` were refused (session or node
     /// cap); the others are subscribed. The session stays open.
     pub const SUBSCRIPTION_LIMIT: u16 = 0x0101;
-    /// A query was refused: the session has too many waiting on the core.
+    /// A query was refused: the session has too many waiting for answers.
     /// The session stays open.
     pub const QUERY_LIMIT: u16 = 0x0102;
     /// The connection is refused: too many wallet connections (in total or
@@ -72,6 +72,10 @@ pub mod error_code {
     /// The masternode's core queue is full: the request was not handled;
     /// retry. The session stays open (closed if it was the session's start).
     pub const OVERLOADED: u16 = 0x0105;
+    /// A `UtxoStateQuery` or `AddressQuery` could not be read from the
+    /// masternode's store (a damaged record, say); nothing else changed.
+    /// The session stays open.
+    pub const QUERY_FAILED: u16 = 0x0106;
 }
 
 /// What the router holds and refused. The first three are gauges (now),

@@ -364,9 +364,6 @@ pub struct Engine {
     catching_up: bool,
     /// Equivocations whose evidence was written this run.
     evidence_kept: HashSet<(PublicKey, Txid)>,
-    /// Every known output by the address it pays (outputs are never removed
-    /// and never change address, so the index only grows with `utxos`).
-    by_address: HashMap<Address, Vec<OutPoint>>,
     /// Payments this node held as pending when a committed block confirmed
     /// them without their TimeProof here: when the proof comes it is stored
     /// and their finality announced (wallets waiting on this node hear it).
@@ -447,7 +444,6 @@ impl Engine {
             metrics: Metrics::default(),
             catching_up: false,
             evidence_kept: HashSet::new(),
-            by_address: HashMap::new(),
             unproven: HashMap::new(),
             conflict_watches: HashMap::new(),
             watched_sides: HashMap::new(),
@@ -459,10 +455,6 @@ impl Engine {
             if let UtxoState::Locked { txid } | UtxoState::SpentPending { txid, .. } = entry.state {
                 e.approved_spends.insert(op, txid);
             }
-            e.by_address
-                .entry(entry.output.address)
-                .or_default()
-                .push(op);
             e.utxos.insert(op, entry);
         }
         let pending: HashSet<Txid> = snap.pending_transactions.iter().map(|t| t.txid()).collect();
@@ -615,27 +607,6 @@ impl Engine {
         self.txs
             .get(txid)
             .is_some_and(|r| r.status == Status::Finalized)
-    }
-
-    /// Outputs paying `address` that are not spent for good, and their
-    /// states, from the address index: the cost is the address's own
-    /// outputs, not the UTXO set (a wallet's query must not stall the core).
-    pub fn utxos_of(&self, address: &Address) -> Vec<(OutPoint, UtxoEntry)> {
-        let Some(ops) = self.by_address.get(address) else {
-            return Vec::new();
-        };
-        let mut v: Vec<_> = ops
-            .iter()
-            .filter_map(|op| self.utxos.get(op).map(|e| (*op, *e)))
-            .filter(|(_, e)| {
-                !matches!(
-                    e.state,
-                    UtxoState::SpentFinalized { .. } | UtxoState::Confirmed { .. }
-                )
-            })
-            .collect();
-        v.sort_by_key(|(k, _)| *k);
-        v
     }
 
     fn emit(&mut self, event: Event) {
@@ -1440,7 +1411,6 @@ impl Engine {
             // them back as Unspent, in memory or on disk.
             if let std::collections::hash_map::Entry::Vacant(v) = self.utxos.entry(op) {
                 v.insert(entry);
-                self.by_address.entry(out.address).or_default().push(op);
                 self.round.writes.push(Write::PutUtxo(op, entry));
             }
             addresses.push(out.address);

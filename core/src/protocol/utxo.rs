@@ -45,6 +45,16 @@ pub enum TransitionError {
 }
 
 impl UtxoState {
+    /// Spent by a final transaction (`SpentFinalized`, `Confirmed`): the
+    /// output can never be spent again, so an address's holdings (wallet
+    /// `AddressQuery`, the store's address index) leave it out.
+    pub fn is_spent_for_good(&self) -> bool {
+        matches!(
+            self,
+            UtxoState::SpentFinalized { .. } | UtxoState::Confirmed { .. }
+        )
+    }
+
     pub fn name(&self) -> &'static str {
         match self {
             UtxoState::Unspent => "unspent",

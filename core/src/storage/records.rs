@@ -19,19 +19,30 @@
 //! - `transactions` key: txid(32); value: [`Transaction::encode`].
 //! - `proofs` key: txid(32); value: [`TimeProof::encode`].
 //! - `own_votes` key: sequence(u64 BE); value: [`VoteBatch::encode`].
+//! - `address_utxos` key: [`AddressUtxoKey`] = address(20) ‖ txid(32) ‖
+//!   vout(u32 BE); value: empty. One record per output that is not spent
+//!   for good ([`UtxoState::is_spent_for_good`]); since format version 2.
 
 use crate::codec::{DecodeError, Reader};
 
 use crate::protocol::evidence::{ConflictingApprovals, Equivocation};
 use crate::protocol::timeproof::{TimeProof, MAX_PROOF_VOTES};
 use crate::protocol::types::{
-    OutPoint, PublicKey, Transaction, TxOutput, Txid, MAX_TX_INPUTS, MAX_TX_OUTPUTS,
+    Address, OutPoint, PublicKey, Transaction, TxOutput, Txid, MAX_TX_INPUTS, MAX_TX_OUTPUTS,
 };
 use crate::protocol::utxo::{UtxoEntry, UtxoState};
 use crate::protocol::vote::{VoteBatch, MAX_MERKLE_DEPTH, MAX_VOTE_ITEMS};
 
 /// Version of the database layout this build reads and writes.
-pub const FORMAT_VERSION: u32 = 1;
+///
+/// 2: the `address_utxos` index. A version-1 database is migrated at open
+/// (the index is built from `utxos` in the same transaction that writes the
+/// new version), and a build that reads only version 1 refuses it: such a
+/// build would change `utxos` without maintaining the index.
+pub const FORMAT_VERSION: u32 = 2;
+
+/// The oldest database layout this build opens (and migrates).
+pub const MIN_FORMAT_VERSION: u32 = 1;
 
 /// Why a record could not be encoded or decoded.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -223,7 +234,55 @@ impl TableKey for LogSeq {
     }
 }
 
+/// `address_utxos` key: the address an output pays, then its outpoint in
+/// [`OutPoint::key_bytes`] order, so one address's outputs are one
+/// contiguous range sorted by outpoint.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct AddressUtxoKey(pub Address, pub OutPoint);
+
+impl AddressUtxoKey {
+    pub const LEN: usize = 20 + 36;
+
+    /// The first key of `address`'s range (the range is every key that
+    /// starts with the address's 20 bytes).
+    pub fn first_of(address: Address) -> AddressUtxoKey {
+        AddressUtxoKey(
+            address,
+            OutPoint {
+                txid: Txid([0; 32]),
+                vout: 0,
+            },
+        )
+    }
+}
+
+impl TableKey for AddressUtxoKey {
+    type Bytes = [u8; AddressUtxoKey::LEN];
+    fn to_key(&self) -> [u8; AddressUtxoKey::LEN] {
+        let mut k = [0u8; AddressUtxoKey::LEN];
+        k[..20].copy_from_slice(&self.0 .0);
+        k[20..].copy_from_slice(&self.1.key_bytes());
+        k
+    }
+    fn from_key(bytes: &[u8]) -> Result<Self, RecordError> {
+        let k: [u8; AddressUtxoKey::LEN] = fixed_key("address utxo", bytes)?;
+        let mut a = [0u8; 20];
+        a.copy_from_slice(&k[..20]);
+        Ok(AddressUtxoKey(Address(a), OutPoint::from_key(&k[20..])?))
+    }
+}
+
 // ---- values ----
+
+/// An empty value (index tables, whose key is the whole record).
+impl TableValue for () {
+    fn encode_value(&self, _out: &mut Vec<u8>) -> Result<(), RecordError> {
+        Ok(())
+    }
+    fn decode_value(bytes: &[u8]) -> Result<Self, RecordError> {
+        decode_all(bytes, |_| Ok(()))
+    }
+}
 
 impl TableValue for u32 {
     fn encode_value(&self, out: &mut Vec<u8>) -> Result<(), RecordError> {
@@ -499,8 +558,29 @@ mod tests {
         assert_eq!(hex_of(&Txid([0x11; 32])), TXID_11);
         assert_eq!(MetaKey::FormatVersion.to_key(), b"format_version");
         assert_eq!(MetaKey::ChainId.to_key(), b"chain_id");
-        assert_eq!(hex_of(&FORMAT_VERSION), "01000000");
+        assert_eq!(hex_of(&FORMAT_VERSION), "02000000");
         assert_eq!(hex_of(&0x0a0b0c0du32), "0d0c0b0a");
+    }
+
+    #[test]
+    fn golden_address_utxo_key() {
+        let op = OutPoint {
+            txid: Txid([0x11; 32]),
+            vout: 0x0102,
+        };
+        let k = AddressUtxoKey(Address([0xaa; 20]), op);
+        assert_eq!(
+            hex::encode(k.to_key()),
+            format!("aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa{TXID_11}00000102")
+        );
+        assert_eq!(AddressUtxoKey::from_key(&k.to_key()), Ok(k));
+        assert!(AddressUtxoKey::from_key(&k.to_key()[1..]).is_err());
+        assert_eq!(hex_of(&()), "");
+        assert!(<()>::decode_value(&[0]).is_err());
+        // Key order is (address, outpoint) order.
+        let later = AddressUtxoKey(Address([0xaa; 20]), OutPoint { vout: 0x0200, ..op });
+        assert!(k.to_key() < later.to_key() && k < later);
+        assert!(AddressUtxoKey::first_of(Address([0xaa; 20])).to_key() < k.to_key());
     }
 
     fn golden_tx() -> Transaction {
