@@ -258,6 +258,17 @@ pub enum DialError {
 }
 
 impl DialError {
+    /// The QUIC application close code the acceptor ended the handshake
+    /// with, if it did (e.g. [`quic::CLOSE_DIRECTION`]).
+    pub fn close_code(&self) -> Option<u32> {
+        match self {
+            DialError::QuicHandshake(quinn::ConnectionError::ApplicationClosed(c)) => {
+                u32::try_from(c.error_code.into_inner()).ok()
+            }
+            _ => None,
+        }
+    }
+
     fn is_handshake_failure(&self) -> bool {
         matches!(self, DialError::Handshake(_) | DialError::QuicHandshake(_))
     }
