@@ -5,7 +5,8 @@ mod common;
 
 use std::time::Duration;
 
-use common::{address, pay, Cluster, RawPeer, SERIAL};
+use common::{address, pay, Cluster, RawMasternode, SERIAL};
+use time_net::priority::Priority;
 use timecoin::node::genesis_file::genesis_outpoint;
 use timecoin::protocol::message::Message;
 use timecoin::protocol::types::{PublicKey, COIN};
@@ -306,8 +307,10 @@ fn forged_and_unregistered_votes_are_ignored() {
         ));
         let mn3 = c.masternode_key(3);
         let outsider = timecoin::node::keyfile::KeyFile::generate();
-        // An unregistered key cannot even connect as a masternode.
-        if let Ok(mut p) = RawPeer::connect(c.addr(0), chain, &outsider).await {
+        // An unregistered key cannot even connect as a masternode: the P2P
+        // TCP port refuses the masternode role, and the pool refuses its
+        // certificate.
+        if let Ok(mut p) = RawMasternode::connect(c.addr(0), chain, &outsider).await {
             assert!(
                 p.reader.read_frame().await.is_err(),
                 "unregistered peer was served"
@@ -317,29 +320,35 @@ fn forged_and_unregistered_votes_are_ignored() {
             txid,
             decision: Decision::Approve,
         }];
-        let mut peer = RawPeer::connect(c.addr(0), chain, &mn3).await.unwrap();
+        // Masternode 3's key over a real pool from this process (its own
+        // process is dead), connected to masternode 0.
+        let peer = byzantine_pool(&c, 3, 0).await;
+        let to = PublicKey::from_signing(&c.masternode_key(0)).0;
+        let send = |m: Message| {
+            peer.send(&to, Priority::High, bytes::Bytes::from(m.to_bytes()))
+                .unwrap()
+        };
         // Votes by an unregistered key, and votes claiming to be masternodes
         // 1 and 2 but signed by someone else: with masternode 0's own vote
         // these would make 3 of 4 if counted.
-        peer.send(&Message::VoteBatch(VoteBatch::sign(
+        send(Message::VoteBatch(VoteBatch::sign(
             chain,
             1,
             &outsider,
             item.clone(),
-        )))
-        .await;
+        )));
         for i in [1, 2] {
             let mut forged = VoteBatch::sign(chain, 1, &outsider, item.clone());
             forged.voter = PublicKey::from_signing(&c.masternode_key(i));
-            peer.send(&Message::VoteBatch(forged)).await;
+            send(Message::VoteBatch(forged));
         }
         // Masternode 3's genuine vote, twice: counts once (2 of 4).
         let genuine = VoteBatch::sign(chain, 1, &mn3, item.clone());
-        peer.send(&Message::VoteBatch(genuine.clone())).await;
-        peer.send(&Message::VoteBatch(genuine)).await;
+        send(Message::VoteBatch(genuine.clone()));
+        send(Message::VoteBatch(genuine));
         // Nothing final: a status round trip orders after the votes above
         // were queued to the core.
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
         let st = c
             .client(0)
             .await
@@ -355,8 +364,7 @@ fn forged_and_unregistered_votes_are_ignored() {
         );
         // A genuine third vote does finalize it: the forged ones were the difference.
         let mn2 = c.masternode_key(2);
-        peer.send(&Message::VoteBatch(VoteBatch::sign(chain, 1, &mn2, item)))
-            .await;
+        send(Message::VoteBatch(VoteBatch::sign(chain, 1, &mn2, item)));
         let st = c
             .wait_state(0, genesis_outpoint(0, 0), |e| {
                 matches!(
@@ -405,11 +413,14 @@ fn garbage_and_oversized_frames_are_refused_and_the_node_keeps_serving() {
         // An oversized length prefix (1 GiB).
         let mut s2 = tokio::net::TcpStream::connect(c.addr(0)).await.unwrap();
         s2.write_all(&(1u32 << 30).to_le_bytes()).await.unwrap();
-        // A registered peer that sends an undecodable frame after the handshake.
-        let mut p = RawPeer::connect(c.addr(0), chain, &c.masternode_key(1))
-            .await
-            .unwrap();
-        p.writer.send(&[0x12, 1, 2, 3]).await.unwrap();
+        // A registered masternode's key on the P2P TCP port: refused
+        // (masternodes use the peer pool), before anything is read from it.
+        assert!(
+            RawMasternode::connect(c.addr(0), chain, &c.masternode_key(1))
+                .await
+                .is_err(),
+            "the P2P TCP port answered a masternode hello"
+        );
         // A wallet that sends a vote batch claiming 2^32 items.
         let mut w = c.client(0).await;
         w.send(&Message::Ping(1)).await.unwrap();
@@ -433,10 +444,6 @@ fn garbage_and_oversized_frames_are_refused_and_the_node_keeps_serving() {
             .await;
             assert!(r.is_ok(), "connection not closed");
         }
-        assert!(tokio::time::timeout(WAIT, p.reader.read_frame())
-            .await
-            .unwrap()
-            .is_err());
         // The node keeps serving: a payment still finalizes through it.
         let (a, b) = (c.wallet_key(2), c.wallet_key(3));
         let tx = pay(chain, &a, 2, 0, address(&b), COIN);
@@ -493,6 +500,57 @@ fn tcp_pool_with_unicast_fast_path_over_io_uring() {
 }
 
 #[test]
-fn plain_tcp_links_without_fast_path() {
-    transports_case("peer_transport = \"links\"\nfast_path = \"off\"\n");
+fn tcp_pool_without_fast_path() {
+    transports_case("peer_transport = \"tcp\"\nfast_path = \"off\"\n");
+}
+
+/// `peer_transport = "links"` was removed: the masternode refuses to start
+/// and says what to use instead.
+#[test]
+fn the_removed_links_transport_is_refused_at_start() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_time-masternode"))
+        .args([
+            "run",
+            "--data-dir",
+            "/nonexistent",
+            "--key-file",
+            "/nonexistent/key.json",
+            "--genesis",
+            "/nonexistent/genesis.json",
+            "--peer-transport",
+            "links",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("peer_transport \"links\" was removed")
+            && err.contains("use quic (the default")
+            && err.contains("tcp (TLS 1.3 on P2P port + 1)"),
+        "{err}"
+    );
+}
+
+/// Runs a pool in this process holding masternode `byz`'s key (its own
+/// process must be dead), connected to masternode `to` only, on the
+/// cluster's transport (QUIC).
+async fn byzantine_pool(c: &Cluster, byz: usize, to: usize) -> time_net::pool::Pool {
+    use time_net::pool::{Pool, PoolConfig, Transport};
+    let key = c.masternode_key(byz);
+    let target = PublicKey::from_signing(&c.masternode_key(to)).0;
+    let cfg = PoolConfig::new(
+        Transport::Quic,
+        c.addr(byz),
+        key.to_bytes(),
+        std::collections::HashMap::from([(target, c.addr(to))]),
+    );
+    let (pool, mut inbox) = Pool::start(cfg).await.expect("a pool with the key");
+    tokio::spawn(async move { while inbox.recv().await.is_some() {} });
+    let deadline = std::time::Instant::now() + WAIT;
+    while pool.connected_peers() != [target] {
+        assert!(std::time::Instant::now() < deadline, "pool never connected");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    pool
 }

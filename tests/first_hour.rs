@@ -222,6 +222,61 @@ fn a_second_devnet_in_the_same_directory_fails_at_once() {
     assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
 }
 
+/// The devnet spaces its P2P ports by 2, so each masternode's TCP peer pool
+/// (P2P port + 1) is free: with `--peer-transport=tcp` every masternode
+/// binds it and connects to all others ("devnet is up" is printed only
+/// then). Before the spacing, the second node failed with "Address already
+/// in use".
+#[test]
+fn a_devnet_runs_the_tcp_peer_pool() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_time-masternode"))
+        .args(["devnet", "--nodes", "3", "--wallets", "1", "--coins", "2"])
+        .args(["--base-port", &free_port_base(16).to_string()])
+        .args(["--exit-after", "60", "--node-arg=--peer-transport=tcp"])
+        .arg("--data-dir")
+        .arg(dir.path().join("d"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = child.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        let mut byte = [0u8; 1];
+        while out.read(&mut byte).unwrap_or(0) == 1 {
+            buf.push(byte[0]);
+            if String::from_utf8_lossy(&buf).contains("devnet is up") {
+                return (true, out);
+            }
+        }
+        (false, out)
+    });
+    let (up, _keep_open) = reader.join().unwrap();
+    // SAFETY: kill(2) of the child this test spawned.
+    unsafe {
+        libc::kill(child.id() as libc::pid_t, libc::SIGTERM);
+    }
+    let mut err = String::new();
+    let _ = child.stderr.take().unwrap().read_to_string(&mut err);
+    let _ = child.wait();
+    let logs: String = (0..3)
+        .map(|i| {
+            std::fs::read_to_string(dir.path().join(format!("d/mn{i}/node.log")))
+                .unwrap_or_default()
+        })
+        .collect();
+    assert!(up, "the TCP-pool devnet did not come up: {err}\n{logs}");
+    assert!(!logs.contains("Address already in use"), "{logs}");
+    assert_eq!(
+        logs.matches("peer pool listening transport=Tcp").count(),
+        3,
+        "{logs}"
+    );
+}
+
 fn wallet(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_time-wallet"))
         .args(args)

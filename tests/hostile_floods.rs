@@ -86,12 +86,7 @@ async fn impostor(c: &mut Cluster, transport: PeerTransport) -> Impostor {
         }
     }
     let listen = transport.peer_addr(c.addr(BYZANTINE));
-    let cfg = PoolConfig::new(
-        transport.pool_transport().expect("a pool transport"),
-        listen,
-        key.to_bytes(),
-        peers,
-    );
+    let cfg = PoolConfig::new(transport.pool_transport(), listen, key.to_bytes(), peers);
     let (pool, mut inbox) = Pool::start(cfg).await.expect("impostor pool");
     // What the honest nodes send us is read and dropped.
     tokio::spawn(async move { while inbox.recv().await.is_some() {} });

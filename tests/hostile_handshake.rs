@@ -1,22 +1,37 @@
-//! Hostile handshakes against a cluster of real masternode processes: the
-//! relay of a masternode's proof through a wallet connection (issue 9), a
-//! replayed proof, refusals with their `Error` codes, and the TCP pool's
-//! port (TLS bound to the registered keys), over plain links and over the
-//! TCP pool. Each test ends with a payment, so the cluster kept working
-//! through the attacks.
+//! Hostile handshakes against a cluster of real masternode processes
+//! (issue 9), over QUIC and over the TCP pool:
+//!
+//! - the P2P TCP port (wallets only) refuses the masternode role with
+//!   `PEER_POOL_ONLY` before signing anything, so the v1 relay of a
+//!   masternode's proof through a wallet connection has nothing to work
+//!   with; a replayed wallet-session proof is refused by the wallet; other
+//!   refusals come with their `Error` codes;
+//! - the pool (QUIC, or TLS 1.3 over TCP at P2P port + 1) refuses an
+//!   unregistered key, a forged identity (a certificate naming a registered
+//!   key whose CertificateVerify is signed by another key), the wrong
+//!   masternode answering, and the wrong dial direction (QUIC close code 3);
+//!   the registered key in the right direction completes.
+//!
+//! Replay of a captured pool handshake: TLS 1.3 binds every CertificateVerify
+//! to the handshake hash (both fresh randoms and ECDHE shares), so recorded
+//! flights answer no new connection; the pool sends no session tickets and
+//! takes no resumption or 0-RTT (`net/src/pool/tests.rs`,
+//! `no_session_resumption_and_no_early_data`), so there is no shortcut that
+//! skips the certificates either.
+//!
+//! Each test ends with a payment finalizing through the attacked masternodes.
 
 mod common;
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use common::{address, pay, Cluster, RawPeer, SERIAL};
+use common::{address, pay, Cluster, RawMasternode, SERIAL};
 use ed25519_dalek::SigningKey;
+use time_net::pool::{quic, quic::QuicPeer, Credentials, DialError};
 use time_net::{FrameReader, FrameWriter};
 use timecoin::node::keyfile::KeyFile;
-use timecoin::protocol::message::{
-    refusal, sign_handshake, verify_handshake, Hello, Message, Role, Side, PROTOCOL_VERSION,
-};
+use timecoin::protocol::message::{refusal, Hello, Message, Role, PROTOCOL_VERSION};
 use timecoin::protocol::types::{PublicKey, COIN};
 use timecoin::wallet::{ClientError, Outcome, WalletClient};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
@@ -133,99 +148,46 @@ fn impostor_traffic() -> Vec<Message> {
     ]
 }
 
-/// The issue 9 attack, both ways of getting A to sign: the attacker (no key)
-/// dials B claiming A's key, dials A (as a wallet, or as a masternode
-/// claiming B's key) with B's nonce, and hands A's proof to B. B must refuse
-/// it with `BAD_SIGNATURE` and close, before reading any masternode message.
-async fn relay_attack(c: &Cluster) {
+/// The issue 9 attack through the P2P TCP port: the attacker (no key) dials
+/// B claiming A's key (or another's), gets A to sign on a wallet
+/// connection, and hands that proof to B. B refuses the masternode role with
+/// `PEER_POOL_ONLY` as its very first frame: it signs nothing, gives out no
+/// nonce, and reads no masternode message.
+async fn listener_refuses_masternodes(c: &Cluster) {
     let chain = c.chain_id();
     let (a, b) = (c.masternode_key(0), c.masternode_key(1));
-    for role_at_a in [Role::Wallet, Role::Masternode] {
+    let outsider = KeyFile::generate();
+    for claimed in [key_of(&a), key_of(&outsider), key_of(&b)] {
         let mut to_b = Raw::connect(c.addr(1)).await;
-        let claim = hello(chain, Role::Masternode, key_of(&a));
-        let (b_hello, b_proof) = to_b.hello(&claim).await;
-        assert_eq!(b_hello.public_key, key_of(&b));
-        assert!(verify_handshake(Side::Acceptor, &claim, &b_hello, &b_proof));
-        // A signs over whatever nonce the attacker hands it.
+        let claim = hello(chain, Role::Masternode, claimed);
+        to_b.send(&Message::Hello(claim)).await;
+        // A signs whatever a wallet hands it, over its own transcript.
         let mut to_a = Raw::connect(c.addr(0)).await;
-        let relay_hello = Hello {
-            nonce: b_hello.nonce,
-            ..hello(
-                chain,
-                role_at_a,
-                match role_at_a {
-                    Role::Wallet => PublicKey::default(),
-                    _ => key_of(&b),
-                },
-            )
-        };
-        let (_a_hello, a_proof) = to_a.hello(&relay_hello).await;
-        to_b.send(&Message::HelloAuth(a_proof)).await;
+        let (_a_hello, a_proof) = to_a
+            .hello(&hello(chain, Role::Wallet, PublicKey::default()))
+            .await;
+        // B may already have closed; failed writes are fine.
+        let _ = to_b.w.send(&Message::HelloAuth(a_proof).to_bytes()).await;
         for m in impostor_traffic() {
-            // B may already have closed; a failed write is fine.
             let _ = to_b.w.send(&m.to_bytes()).await;
         }
         assert_eq!(
             to_b.verdict().await,
-            Verdict::Refused(refusal::BAD_SIGNATURE),
-            "B accepted a proof relayed from A's {role_at_a:?} connection"
+            Verdict::Refused(refusal::PEER_POOL_ONLY),
+            "the P2P TCP port took the masternode role claiming {claimed}"
         );
     }
-    // The attacker's own key, claiming A's: also refused.
-    let outsider = KeyFile::generate();
-    let mut to_b = Raw::connect(c.addr(1)).await;
-    let claim = hello(chain, Role::Masternode, key_of(&a));
-    let (b_hello, _) = to_b.hello(&claim).await;
-    let forged = sign_handshake(&outsider, Side::Dialer, &claim, &b_hello);
-    to_b.send(&Message::HelloAuth(forged)).await;
-    assert_eq!(
-        to_b.verdict().await,
-        Verdict::Refused(refusal::BAD_SIGNATURE)
-    );
-    // Control: the real A's proof on this connection is accepted (B serves it).
-    let mut honest = Raw::connect(c.addr(1)).await;
-    let ours = hello(chain, Role::Masternode, key_of(&a));
-    let (b_hello, _) = honest.hello(&ours).await;
-    honest
-        .send(&Message::HelloAuth(sign_handshake(
-            &a,
-            Side::Dialer,
-            &ours,
-            &b_hello,
-        )))
-        .await;
-    honest.send(&Message::Ping(1)).await;
-    assert_eq!(honest.verdict().await, Verdict::Open);
     let log = c.log(1);
     assert!(
-        log.contains("handshake signature invalid (code 5)"),
+        log.contains("masternodes connect through the peer pool, not this port (code 7)"),
         "B logs the refusal:\n{log}"
     );
 }
 
-/// A proof recorded on one connection is refused on another: A's genuine
-/// dialer proof replayed to B, and B's genuine proof to a wallet replayed to
-/// another wallet by a fake masternode.
+/// A proof recorded on one connection is refused on another: B's genuine
+/// proof to one wallet, replayed to another wallet by a fake masternode.
 async fn replayed_proofs(c: &Cluster) {
     let chain = c.chain_id();
-    let a = c.masternode_key(0);
-    // Record a genuine handshake of A with B.
-    let mut first = Raw::connect(c.addr(1)).await;
-    let ours = hello(chain, Role::Masternode, key_of(&a));
-    let (b_hello, _) = first.hello(&ours).await;
-    let recorded = sign_handshake(&a, Side::Dialer, &ours, &b_hello);
-    first.send(&Message::HelloAuth(recorded)).await;
-    // Replay it, with the very same hello, on a new connection.
-    let mut replay = Raw::connect(c.addr(1)).await;
-    let _ = replay.hello(&ours).await;
-    replay.send(&Message::HelloAuth(recorded)).await;
-    assert_eq!(
-        replay.verdict().await,
-        Verdict::Refused(refusal::BAD_SIGNATURE)
-    );
-    drop(first);
-
-    // B's proof to one wallet, replayed to another by a fake masternode.
     let mut wallet = Raw::connect(c.addr(1)).await;
     let (b_hello, b_proof) = wallet
         .hello(&hello(chain, Role::Wallet, PublicKey::default()))
@@ -295,21 +257,24 @@ async fn refusals_explained(c: &Cluster) {
         raw.verdict().await,
         Verdict::Refused(refusal::UNSUPPORTED_VERSION)
     );
-    // The masternode role with an unregistered key: refused before the
+    // The masternode role, even with a registered key: refused before the
     // masternode signs anything.
-    let outsider = KeyFile::generate();
     let mut raw = Raw::connect(c.addr(0)).await;
     raw.send(&Message::Hello(hello(
         chain,
         Role::Masternode,
-        key_of(&outsider),
+        key_of(&c.masternode_key(2)),
     )))
     .await;
     assert_eq!(
         raw.verdict().await,
-        Verdict::Refused(refusal::NOT_REGISTERED)
+        Verdict::Refused(refusal::PEER_POOL_ONLY)
     );
-    assert!(RawPeer::connect(c.addr(0), chain, &outsider).await.is_err());
+    assert!(
+        RawMasternode::connect(c.addr(0), chain, &c.masternode_key(2))
+            .await
+            .is_err()
+    );
     // Not a hello.
     let mut raw = Raw::connect(c.addr(0)).await;
     raw.send(&Message::StatusQuery).await;
@@ -347,10 +312,11 @@ fn time_wallet_prints_the_refusal(c: &Cluster) {
     );
 }
 
-async fn payment_still_finalizes(c: &Cluster, coin: u32) {
+/// A payment submitted through masternode `node` finalizes.
+async fn payment_still_finalizes(c: &Cluster, coin: u32, node: usize) {
     let (a, b) = (c.wallet_key(0), c.wallet_key(1));
     let tx = pay(c.chain_id(), &a, 0, coin, address(&b), COIN);
-    match c.client(2).await.submit(&tx, WAIT).await.unwrap() {
+    match c.client(node).await.submit(&tx, WAIT).await.unwrap() {
         Outcome::Finalized { proof, .. } => {
             assert!(proof.verify(c.chain_id(), &c.registry).is_ok())
         }
@@ -358,44 +324,109 @@ async fn payment_still_finalizes(c: &Cluster, coin: u32) {
     }
 }
 
-/// Plain links: masternodes talk over the very listener under attack.
+/// Two masternodes of the cluster in the pool's dial direction:
+/// (dialer key, acceptor key, dialer index, acceptor index).
+fn dial_pair(c: &Cluster) -> (SigningKey, SigningKey, usize, usize) {
+    let (x, y) = (c.masternode_key(0), c.masternode_key(1));
+    if key_of(&x).0 < key_of(&y).0 {
+        (x, y, 0, 1)
+    } else {
+        (y, x, 1, 0)
+    }
+}
+
+/// Refused by the acceptor: either our side of TLS failed, or the acceptor
+/// closed before opening any stream.
+async fn quic_refused(r: Result<QuicPeer, DialError>) -> bool {
+    match r {
+        Err(_) => true,
+        Ok(p) => matches!(tokio::time::timeout(WAIT, p.first_stream()).await, Ok(None)),
+    }
+}
+
+fn creds(k: &SigningKey) -> Credentials {
+    Credentials::of(&k.to_bytes()).unwrap()
+}
+
+/// QUIC: the pool on the P2P UDP port takes only the registered key of a
+/// smaller peer, proved by its TLS 1.3 CertificateVerify.
 #[test]
-fn relay_replay_and_refusals_over_plain_links() {
+fn quic_pool_accepts_only_registered_keys_in_the_dial_direction() {
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let c = Cluster::start_with(4, "peer_transport = \"links\"\nfast_path = \"off\"\n");
+    let c = Cluster::start_with(4, "peer_transport = \"quic\"\n");
+    let (dialer, acceptor, dial_i, acc_i) = dial_pair(&c);
+    let acc_id = key_of(&acceptor).0;
     rt().block_on(async {
-        relay_attack(&c).await;
+        listener_refuses_masternodes(&c).await;
         replayed_proofs(&c).await;
         refusals_explained(&c).await;
-        payment_still_finalizes(&c, 0).await;
+        // An unregistered key.
+        let outsider = KeyFile::generate();
+        let r = quic::dial_as(&creds(&outsider), c.addr(acc_i), acc_id).await;
+        assert!(
+            quic_refused(r).await,
+            "an unregistered key joined the QUIC pool"
+        );
+        // A forged identity: the certificate names the dialer's registered
+        // key, the CertificateVerify is the outsider's.
+        let forged = Credentials::claiming(&outsider.to_bytes(), &key_of(&dialer).0).unwrap();
+        let r = quic::dial_as(&forged, c.addr(acc_i), acc_id).await;
+        assert!(
+            quic_refused(r).await,
+            "a forged certificate joined the QUIC pool"
+        );
+        // Expecting the acceptor's key at another masternode: our side
+        // refuses that certificate.
+        let other = if acc_i == 0 { 2 } else { 0 };
+        let r = quic::dial_as(&creds(&dialer), c.addr(other), acc_id).await;
+        assert!(r.is_err(), "accepted the wrong masternode's certificate");
+        // The wrong direction: the greater key dials the smaller one, which
+        // closes with code 3 after TLS.
+        let code = match quic::dial_as(&creds(&acceptor), c.addr(dial_i), key_of(&dialer).0).await {
+            Ok(p) => tokio::time::timeout(WAIT, p.closed()).await.unwrap(),
+            Err(e) => e.close_code(),
+        };
+        assert_eq!(code, Some(quic::CLOSE_DIRECTION));
+        // Control: the registered dialer key completes, and the acceptor
+        // opens its streams for it.
+        let p = quic::dial_as(&creds(&dialer), c.addr(acc_i), acc_id)
+            .await
+            .expect("the registered key is accepted");
+        let first = tokio::time::timeout(WAIT, p.first_stream())
+            .await
+            .unwrap()
+            .expect("the acceptor served the registered key");
+        let _ = first;
+        p.close();
+    });
+    // Our control connection replaced the real one for a moment; the real
+    // dialer reconnects, and the cluster keeps finalizing through both
+    // attacked masternodes.
+    c.wait_connected(4);
+    rt().block_on(async {
+        payment_still_finalizes(&c, 0, acc_i).await;
+        payment_still_finalizes(&c, 2, dial_i).await;
     });
     time_wallet_prints_the_refusal(&c);
 }
 
 /// The TCP pool: its port speaks only TLS 1.3 with a certificate of the
-/// expected registered key; the P2P listener (which also takes
-/// masternode-role connections in pool mode) refuses the relay as above.
+/// expected registered key, proved by its CertificateVerify.
 #[test]
-fn tcp_pool_accepts_only_registered_keys_and_the_listener_refuses_the_relay() {
-    use time_net::pool::handshake::dial_as;
+fn tcp_pool_accepts_only_registered_keys_in_the_dial_direction() {
+    use time_net::pool::handshake::{dial_as, dial_with};
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let c = Cluster::start_with(4, "peer_transport = \"tcp\"\n");
     let pool_addr = |i: usize| {
         let a = c.addr(i);
         SocketAddr::new(a.ip(), a.port() + 1)
     };
+    let (dialer, acceptor, dial_i, acc_i) = dial_pair(&c);
+    let acc_id = key_of(&acceptor).0;
     rt().block_on(async {
-        relay_attack(&c).await;
+        listener_refuses_masternodes(&c).await;
         replayed_proofs(&c).await;
         refusals_explained(&c).await;
-        // Pick a (dialer, acceptor) pair in the pool's dial direction.
-        let (x, y) = (c.masternode_key(0), c.masternode_key(1));
-        let (dialer, acceptor, acc_i) = if key_of(&x).0 < key_of(&y).0 {
-            (x, y, 1)
-        } else {
-            (y, x, 0)
-        };
-        let acc_id = key_of(&acceptor).0;
         // The v1 plaintext pool handshake claiming the dialer's key: the
         // acceptor waits for a TLS ClientHello and closes.
         let mut s = TcpStream::connect(pool_addr(acc_i)).await.unwrap();
@@ -424,6 +455,24 @@ fn tcp_pool_accepts_only_registered_keys_and_the_listener_refuses_the_relay() {
             matches!(r, Ok(Err(_))),
             "an unregistered key joined the TCP pool"
         );
+        // A forged identity: the dialer's key in the certificate, the
+        // outsider's CertificateVerify.
+        let forged = Credentials::claiming(&outsider.to_bytes(), &key_of(&dialer).0).unwrap();
+        let s = TcpStream::connect(pool_addr(acc_i)).await.unwrap();
+        let r = tokio::time::timeout(WAIT, dial_with(&forged, s, 1, acc_id)).await;
+        assert!(
+            matches!(r, Ok(Err(_))),
+            "a forged certificate joined the TCP pool"
+        );
+        // The wrong direction: the greater key dialing the smaller one is
+        // refused after TLS, before the exchange completes.
+        let s = TcpStream::connect(pool_addr(dial_i)).await.unwrap();
+        let r = tokio::time::timeout(WAIT, dial_as(&acceptor.to_bytes(), s, 1, key_of(&dialer).0))
+            .await;
+        assert!(
+            matches!(r, Ok(Err(_))),
+            "the TCP pool accepted the wrong dial direction"
+        );
         // TLS expecting the acceptor's key at another masternode's pool
         // port: the dialer refuses that certificate.
         let other = if acc_i == 0 { 2 } else { 0 };
@@ -444,5 +493,8 @@ fn tcp_pool_accepts_only_registered_keys_and_the_listener_refuses_the_relay() {
     // Our control connection replaced the real one for a moment; the real
     // dialer reconnects, and the cluster keeps finalizing.
     c.wait_connected(4);
-    rt().block_on(payment_still_finalizes(&c, 1));
+    rt().block_on(async {
+        payment_still_finalizes(&c, 1, acc_i).await;
+        payment_still_finalizes(&c, 3, dial_i).await;
+    });
 }

@@ -57,7 +57,7 @@ pub struct RunArgs {
     #[arg(long)]
     pub block_interval_ms: Option<u64>,
     /// UDP fast path for lock broadcasts and votes: off, multicast or
-    /// unicast [default: off]. Losses are repaired over the TCP links.
+    /// unicast [default: off]. Losses are repaired over the peer pool.
     #[arg(long)]
     pub fast_path: Option<String>,
     /// Multicast group and port for the fast path [default: 239.255.24.1:24300].
@@ -71,8 +71,8 @@ pub struct RunArgs {
     #[arg(long)]
     pub io_backend: Option<String>,
     /// Peer transport: quic (pool over QUIC on UDP at the P2P port, mutual
-    /// TLS bound to masternode keys), tcp (pool over TCP at the P2P port + 1)
-    /// or links (plain TCP links, no priorities) [default: quic].
+    /// TLS 1.3 bound to masternode keys) or tcp (pool over TCP at the P2P
+    /// port + 1, the same TLS 1.3) [default: quic].
     #[arg(long)]
     pub peer_transport: Option<String>,
     /// Threads that verify transaction signatures [default: one per core,
@@ -216,8 +216,8 @@ pub enum ConfigError {
     Listen(String, u16),
     #[error("fast_path {0:?}: use off, multicast or unicast")]
     FastPath(String),
-    #[error("peer_transport {0:?}: use quic, tcp or links")]
-    PeerTransport(String),
+    #[error(transparent)]
+    PeerTransport(#[from] crate::node::peer_net::PeerTransportError),
     #[error("io_backend {0:?}: use auto, uring or epoll")]
     IoBackend(String),
     #[error("{what} {value:?} is not a valid {expected}")]
@@ -451,8 +451,7 @@ impl RunArgs {
             .peer_transport
             .or(file.peer_transport)
             .unwrap_or_else(|| "quic".into());
-        let peer_transport = crate::node::peer_net::PeerTransport::parse(&pt)
-            .ok_or(ConfigError::PeerTransport(pt))?;
+        let peer_transport = crate::node::peer_net::PeerTransport::parse(&pt)?;
         let cores = std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(1);
@@ -666,6 +665,56 @@ mod tests {
         assert!(matches!(r, Err(ConfigError::Network(_))));
         let r = RunArgs::default().resolve();
         assert!(matches!(r, Err(ConfigError::Missing(..))));
+    }
+
+    /// `links` (plain TCP between masternodes) is gone: from the file or the
+    /// command line it is a typed error that says what to use instead.
+    #[test]
+    fn removed_links_transport_is_a_typed_error_that_names_the_replacements() {
+        use crate::node::peer_net::PeerTransportError;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("node.toml");
+        std::fs::write(
+            &path,
+            "data_dir = \"d\"\nkey_file = \"k\"\ngenesis = \"g\"\npeer_transport = \"links\"\n",
+        )
+        .unwrap();
+        let from_file = RunArgs {
+            config: Some(path),
+            ..Default::default()
+        }
+        .resolve();
+        let from_flag = RunArgs {
+            data_dir: Some("d".into()),
+            key_file: Some("k".into()),
+            genesis: Some("g".into()),
+            peer_transport: Some("links".into()),
+            ..Default::default()
+        }
+        .resolve();
+        for r in [from_file, from_flag] {
+            match r {
+                Err(e @ ConfigError::PeerTransport(PeerTransportError::LinksRemoved)) => {
+                    let m = e.to_string();
+                    assert!(m.contains("\"links\" was removed"), "{m}");
+                    assert!(m.contains("use quic (the default"), "{m}");
+                    assert!(m.contains("tcp (TLS 1.3 on P2P port + 1)"), "{m}");
+                }
+                other => panic!("peer_transport = links: {other:?}"),
+            }
+        }
+        let r = RunArgs {
+            data_dir: Some("d".into()),
+            key_file: Some("k".into()),
+            genesis: Some("g".into()),
+            peer_transport: Some("udp".into()),
+            ..Default::default()
+        }
+        .resolve();
+        assert!(matches!(
+            r,
+            Err(ConfigError::PeerTransport(PeerTransportError::Unknown(_)))
+        ));
     }
 
     #[test]

@@ -27,7 +27,6 @@ use tracing::{debug, error, info, warn};
 
 use crate::node::core_input::{Clock, CoreInput};
 use crate::node::fastpath::{FastPathSender, FastPathStats};
-use crate::node::links::LinksUp;
 use crate::node::metrics::NodeMetrics;
 use crate::node::peer_net::{priority_of, PeerNet};
 use crate::node::vote_threads::VoteThreads;
@@ -68,7 +67,6 @@ pub(super) struct CoreCtx {
     pub stats: Arc<NetStats>,
     /// Set when a commit fails, so the network tasks stop too.
     pub stopping: Arc<AtomicBool>,
-    pub links_up: LinksUp,
     pub wallet_stats: Arc<WalletStats>,
     pub votes: Arc<VoteThreads>,
     pub fast_stats: Option<Arc<FastPathStats>>,
@@ -430,10 +428,7 @@ fn handle_input(
 
 /// The peers whose connection is up now (as [`track_peers`] sees them).
 fn connected_set(ctx: &CoreCtx) -> HashSet<PublicKey> {
-    match &*ctx.net {
-        PeerNet::Pool(p) => p.connected_peers().into_iter().map(PublicKey).collect(),
-        PeerNet::Links(_) => ctx.links_up.lock().expect("links lock").clone(),
-    }
+    ctx.net.connected_set()
 }
 
 fn status(mn: &Masternode, ctx: &CoreCtx) -> NodeStatus {
@@ -451,16 +446,12 @@ fn status(mn: &Masternode, ctx: &CoreCtx) -> NodeStatus {
 }
 
 fn peers_connected(ctx: &CoreCtx) -> u32 {
-    ctx.net
-        .connected(ctx.stats.peers_connected.load(Ordering::Relaxed))
+    ctx.net.connected()
 }
 
 /// Tells the state machine which peer connections came up or went down.
 fn track_peers(mn: &mut Masternode, ctx: &CoreCtx, now: u64, up: &mut HashSet<PublicKey>) {
-    let current: HashSet<PublicKey> = match &*ctx.net {
-        PeerNet::Pool(p) => p.connected_peers().into_iter().map(PublicKey).collect(),
-        PeerNet::Links(_) => ctx.links_up.lock().expect("links lock").clone(),
-    };
+    let current = ctx.net.connected_set();
     for p in current.difference(up) {
         mn.handle_peer_up(now, *p);
     }
@@ -487,15 +478,13 @@ fn log_status(mn: &Masternode, ctx: &CoreCtx, logged: &mut (u64, u64)) {
             "peer messages refused (rate-limited or banned; see PeerLimits)"
         );
     }
-    if let PeerNet::Pool(pool) = &*ctx.net {
-        let s = pool.pool_stats();
-        if s.paced != std::mem::replace(paced_logged, s.paced) {
-            warn!(
-                paced = s.paced,
-                paced_ms = s.paced_ms,
-                "peers over their rate pushed back (their messages read later; see PeerLimits)"
-            );
-        }
+    let s = ctx.net.0.pool_stats();
+    if s.paced != std::mem::replace(paced_logged, s.paced) {
+        warn!(
+            paced = s.paced,
+            paced_ms = s.paced_ms,
+            "peers over their rate pushed back (their messages read later; see PeerLimits)"
+        );
     }
     info!(
         finalized = m.tx_finalized,

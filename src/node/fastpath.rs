@@ -1,6 +1,6 @@
 //! The UDP fast path in the node: UTXO lock broadcasts and vote batches go out
 //! as signed datagrams (multicast, or unicast fan-out), numbered per sender;
-//! receivers detect gaps and repair them over the reliable TCP links.
+//! receivers detect gaps and repair them over the peer pool (the reliable path).
 //!
 //! - Sending (core thread): [`FastPathSender::push`] packs encoded messages
 //!   into datagrams of at most 1200 bytes; [`FastPathSender::flush`] signs

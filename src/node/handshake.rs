@@ -1,9 +1,10 @@
-//! Who this node is on the wire ([`Identity`]: chain, key, registry) and the
-//! two ends of the signed node handshake (v2, `docs/PROTOCOL.md`), shared by
-//! the listener (inbound, [`accept_side`]) and the plain links (outbound,
-//! [`dial_side`]).
+//! Who this node is on the wire ([`Identity`]: chain and key) and the
+//! listener's side of the signed node handshake (v2, `docs/PROTOCOL.md`,
+//! [`accept_side`]), which wallets dial. Masternodes never use this
+//! handshake with each other: they talk over the peer pool (TLS 1.3,
+//! `time_net::pool`), and a masternode-role `Hello` here is refused.
 //!
-//! Each side signs only after it has seen the other side's `Hello`, and what
+//! The listener signs only after it has seen the wallet's `Hello`, and what
 //! it signs is the transcript of both `Hello`s
 //! ([`crate::protocol::message::handshake_message`]): a proof made on one
 //! connection verifies on no other, so it cannot be relayed or replayed. A
@@ -22,9 +23,8 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use crate::node::wire::LinkError;
 use crate::protocol::audience::Handshake;
 use crate::protocol::message::{
-    refusal, sign_handshake, verify_handshake, Hello, Message, Role, Side, PROTOCOL_VERSION,
+    refusal, sign_handshake, Hello, Message, Role, Side, PROTOCOL_VERSION,
 };
-use crate::protocol::registry::Registry;
 use crate::protocol::types::{ChainId, PublicKey};
 
 /// This masternode's identity, as the handshakes prove and check it.
@@ -32,16 +32,6 @@ pub(super) struct Identity {
     pub chain_id: ChainId,
     pub key: SigningKey,
     pub me: PublicKey,
-    pub registry: Registry,
-}
-
-/// Who completed an inbound handshake.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Inbound {
-    /// A registered masternode (not us) that proved its key.
-    Masternode(PublicKey),
-    /// A wallet (or operator tool): it proved nothing, we proved our key.
-    Wallet,
 }
 
 pub(super) fn hello(id: &Identity, role: Role, nonce: [u8; 32]) -> Hello {
@@ -62,21 +52,16 @@ pub(super) fn refusing(code: u16, detail: impl Into<String>) -> LinkError {
     }
 }
 
-/// Chain id and protocol version of the other side's `Hello`. `side` is the
-/// side that sent it (the wording of the detail depends on who asked).
-fn check_hello(id: &Identity, h: &Hello, side: Side) -> Result<(), LinkError> {
+/// Chain id and protocol version of the dialer's `Hello`.
+fn check_hello(id: &Identity, h: &Hello) -> Result<(), LinkError> {
     if h.chain_id != id.chain_id {
-        let detail = match side {
-            Side::Dialer => format!(
+        return Err(refusing(
+            refusal::WRONG_CHAIN,
+            format!(
                 "this masternode serves chain {}, you asked for {}",
                 id.chain_id, h.chain_id
             ),
-            Side::Acceptor => format!(
-                "this masternode dialed for chain {}, you serve {}",
-                id.chain_id, h.chain_id
-            ),
-        };
-        return Err(refusing(refusal::WRONG_CHAIN, detail));
+        ));
     }
     if h.protocol_version != PROTOCOL_VERSION {
         return Err(refusing(
@@ -112,71 +97,12 @@ async fn read_hello<R: AsyncRead + Unpin>(reader: &mut FrameReader<R>) -> Result
     }
 }
 
-async fn read_auth<R: AsyncRead + Unpin>(
-    reader: &mut FrameReader<R>,
-) -> Result<[u8; 64], LinkError> {
-    match read_handshake(reader).await? {
-        Handshake::HelloAuth(s) => Ok(s),
-        _ => Err(refusing(refusal::PROTOCOL, "expected hello-auth")),
-    }
-}
-
 /// The listener's side. Reads the dialer's `Hello` and refuses it unless
-/// chain and version match and, for the masternode role, its key is
-/// registered and not ours. Only then sends our `Hello` and our proof over
-/// both; a masternode dialer must answer with its own proof over the same
-/// two `Hello`s.
+/// chain and version match and the role is wallet: masternodes talk only
+/// over the peer pool ([`refusal::PEER_POOL_ONLY`]). Only then sends our
+/// `Hello` and our proof over both; a wallet sends no proof.
 pub(super) async fn accept_side<R, W>(
     id: &Identity,
-    reader: &mut FrameReader<R>,
-    writer: &mut FrameWriter<W>,
-) -> Result<Inbound, LinkError>
-where
-    R: AsyncRead + Unpin,
-    W: AsyncWrite + Unpin,
-{
-    let theirs = read_hello(reader).await?;
-    check_hello(id, &theirs, Side::Dialer)?;
-    if theirs.role == Role::Masternode
-        && (id.registry.get(&theirs.public_key).is_none() || theirs.public_key == id.me)
-    {
-        return Err(refusing(
-            refusal::NOT_REGISTERED,
-            format!(
-                "{} is not a registered masternode of chain {}",
-                theirs.public_key, id.chain_id
-            ),
-        ));
-    }
-    let ours = hello(id, Role::Masternode, rand::random());
-    let proof = sign_handshake(&id.key, Side::Acceptor, &theirs, &ours);
-    writer.push(&Message::Hello(ours.clone()).to_bytes())?;
-    writer.push(&Message::HelloAuth(proof).to_bytes())?;
-    writer.flush().await?;
-    match theirs.role {
-        Role::Wallet => Ok(Inbound::Wallet),
-        Role::Masternode => {
-            let sig = read_auth(reader).await?;
-            if !verify_handshake(Side::Dialer, &theirs, &ours, &sig) {
-                return Err(refusing(
-                    refusal::BAD_SIGNATURE,
-                    format!(
-                        "the proof does not verify under {} over this connection's transcript",
-                        theirs.public_key
-                    ),
-                ));
-            }
-            Ok(Inbound::Masternode(theirs.public_key))
-        }
-    }
-}
-
-/// A masternode dialer's side, towards the masternode `peer`: sends our
-/// `Hello`, requires `peer`'s key and its proof over both `Hello`s, then
-/// sends our proof over the same two.
-pub(super) async fn dial_side<R, W>(
-    id: &Identity,
-    peer: &PublicKey,
     reader: &mut FrameReader<R>,
     writer: &mut FrameWriter<W>,
 ) -> Result<(), LinkError>
@@ -184,30 +110,23 @@ where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    let ours = hello(id, Role::Masternode, rand::random());
-    writer
-        .send(&Message::Hello(ours.clone()).to_bytes())
-        .await?;
     let theirs = read_hello(reader).await?;
-    check_hello(id, &theirs, Side::Acceptor)?;
-    if theirs.role != Role::Masternode || theirs.public_key != *peer {
+    check_hello(id, &theirs)?;
+    if theirs.role == Role::Masternode {
+        // Refused before we sign anything: nothing a masternode-role dialer
+        // can obtain here.
         return Err(refusing(
-            refusal::WRONG_KEY,
-            format!(
-                "dialed masternode {peer}, answered by {}",
-                theirs.public_key
-            ),
+            refusal::PEER_POOL_ONLY,
+            "this port serves wallets only; masternodes connect through the peer pool \
+             (QUIC on the P2P port, or TLS 1.3 over TCP on P2P port + 1 with \
+             peer_transport = \"tcp\")",
         ));
     }
-    let sig = read_auth(reader).await?;
-    if !verify_handshake(Side::Acceptor, &ours, &theirs, &sig) {
-        return Err(refusing(
-            refusal::BAD_SIGNATURE,
-            format!("the proof does not verify under {peer} over this connection's transcript"),
-        ));
-    }
-    let proof = sign_handshake(&id.key, Side::Dialer, &ours, &theirs);
-    writer.send(&Message::HelloAuth(proof).to_bytes()).await?;
+    let ours = hello(id, Role::Masternode, rand::random());
+    let proof = sign_handshake(&id.key, Side::Acceptor, &theirs, &ours);
+    writer.push(&Message::Hello(ours).to_bytes())?;
+    writer.push(&Message::HelloAuth(proof).to_bytes())?;
+    writer.flush().await?;
     Ok(())
 }
 

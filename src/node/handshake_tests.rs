@@ -1,9 +1,10 @@
-//! Both ends of the node handshake in one process, over in-memory pipes: an
-//! honest link, the relay of a listener's proof from a wallet connection,
-//! a replayed proof, and refusals told with `Error` frames.
+//! The listener's side of the node handshake in one process, over in-memory
+//! pipes: a wallet session, the refusal of the masternode role before
+//! anything is signed, a listener's proof that cannot be relayed, and
+//! refusals told with `Error` frames.
 
 use super::*;
-use crate::protocol::registry::{Masternode, Tier};
+use crate::protocol::message::verify_handshake;
 
 type Reader = FrameReader<tokio::io::ReadHalf<tokio::io::DuplexStream>>;
 type Writer = FrameWriter<tokio::io::WriteHalf<tokio::io::DuplexStream>>;
@@ -12,27 +13,11 @@ fn key(seed: u8) -> SigningKey {
     SigningKey::from_bytes(&[seed; 32])
 }
 
-fn registry(seeds: &[u8]) -> Registry {
-    Registry::new(
-        1,
-        seeds
-            .iter()
-            .map(|&s| Masternode {
-                key: PublicKey::from_signing(&key(s)),
-                address: "127.0.0.1:1".into(),
-                tier: Tier::Bronze,
-            })
-            .collect(),
-    )
-    .unwrap()
-}
-
 fn identity(seed: u8) -> Identity {
     Identity {
         chain_id: 9,
         key: key(seed),
         me: PublicKey::from_signing(&key(seed)),
-        registry: registry(&[1, 2, 3]),
     }
 }
 
@@ -52,7 +37,7 @@ fn pipe() -> ((Reader, Writer), (Reader, Writer)) {
 fn listen(
     id: Identity,
 ) -> (
-    tokio::task::JoinHandle<Result<Inbound, LinkError>>,
+    tokio::task::JoinHandle<Result<(), LinkError>>,
     (Reader, Writer),
 ) {
     let ((mut r, mut w), theirs) = pipe();
@@ -81,75 +66,92 @@ fn hello_as(public_key: PublicKey, role: Role, nonce: [u8; 32]) -> Hello {
 }
 
 #[tokio::test]
-async fn honest_link_authenticates_both_keys() {
-    let (a, b) = (identity(1), identity(2));
-    let b_key = b.me;
-    let (task, (mut r, mut w)) = listen(b);
-    dial_side(&a, &b_key, &mut r, &mut w).await.unwrap();
-    assert_eq!(task.await.unwrap().unwrap(), Inbound::Masternode(a.me));
-}
-
-#[tokio::test]
-async fn dialer_refuses_a_listener_with_another_key() {
-    let (a, c) = (identity(1), identity(3));
-    let (task, (mut r, mut w)) = listen(c);
-    let b_key = PublicKey::from_signing(&key(2));
-    let e = dial_side(&a, &b_key, &mut r, &mut w).await.unwrap_err();
-    assert!(
-        matches!(
-            e,
-            LinkError::Refusing {
-                code: refusal::WRONG_KEY,
-                ..
-            }
-        ),
-        "{e}"
-    );
-    // The listener never got a proof from us.
-    refuse(&mut r, &mut w, &e).await;
-    let res = task.await.unwrap();
-    assert!(
-        matches!(
-            res,
-            Err(LinkError::RefusedBy {
-                code: refusal::WRONG_KEY,
-                ..
-            })
-        ),
-        "{res:?}"
-    );
-}
-
-/// The v1 attack: claim A's key to B, get A to sign on a wallet connection,
-/// hand A's proof to B. With v2 nothing A signs for a wallet, nor A's proof
-/// from another connection, is a dialer proof on the attacker's connection.
-#[tokio::test]
-async fn relayed_and_replayed_proofs_are_refused() {
-    let a_key = PublicKey::from_signing(&key(1));
-    // Attacker -> B, claiming to be A.
-    let (to_b, (mut br, mut bw)) = listen(identity(2));
-    let claim = hello_as(a_key, Role::Masternode, [0x55; 32]);
-    bw.send(&Message::Hello(claim.clone()).to_bytes())
+async fn a_wallet_gets_the_listeners_proof_over_this_connection() {
+    let (task, (mut r, mut w)) = listen(identity(2));
+    let ours = hello_as(PublicKey::default(), Role::Wallet, [3; 32]);
+    w.send(&Message::Hello(ours.clone()).to_bytes())
         .await
         .unwrap();
-    let Message::Hello(b_hello) = recv(&mut br).await else {
-        panic!("B did not answer with a hello");
+    let Message::Hello(theirs) = recv(&mut r).await else {
+        panic!("no hello");
     };
-    assert!(matches!(recv(&mut br).await, Message::HelloAuth(_)));
-    // Attacker -> A as a wallet, carrying B's nonce (and, worse, B's key).
+    let Message::HelloAuth(proof) = recv(&mut r).await else {
+        panic!("no proof");
+    };
+    assert_eq!(theirs.public_key, PublicKey::from_signing(&key(2)));
+    assert!(verify_handshake(Side::Acceptor, &ours, &theirs, &proof));
+    task.await.unwrap().unwrap();
+}
+
+/// Masternodes talk only over the peer pool: the masternode role is refused
+/// with `PEER_POOL_ONLY` whatever key it claims (registered, unregistered,
+/// the listener's own), and the listener signs nothing first, so there is
+/// nothing to relay.
+#[tokio::test]
+async fn the_masternode_role_is_refused_before_anything_is_signed() {
+    for claimed in [1u8, 2, 7] {
+        let (task, (mut r, mut w)) = listen(identity(2));
+        let claim = hello_as(
+            PublicKey::from_signing(&key(claimed)),
+            Role::Masternode,
+            [5; 32],
+        );
+        w.send(&Message::Hello(claim).to_bytes()).await.unwrap();
+        match recv(&mut r).await {
+            Message::Error { code, detail } => {
+                assert_eq!(code, refusal::PEER_POOL_ONLY);
+                assert!(detail.contains("peer pool"), "{detail}");
+            }
+            m => panic!("expected an error frame first, got {m:?}"),
+        }
+        assert!(
+            r.read_frame().await.is_err(),
+            "the listener kept the connection open"
+        );
+        let res = task.await.unwrap();
+        assert!(
+            matches!(
+                res,
+                Err(LinkError::Refusing {
+                    code: refusal::PEER_POOL_ONLY,
+                    ..
+                })
+            ),
+            "{res:?}"
+        );
+    }
+}
+
+/// The v1 attack's other half: what A signs for a wallet carrying B's nonce
+/// (and even B's key) is an acceptor proof over A's own connection, never a
+/// proof for any other transcript.
+#[tokio::test]
+async fn a_proof_for_a_wallet_verifies_on_no_other_connection() {
+    let a_key = PublicKey::from_signing(&key(1));
+    let b_key = PublicKey::from_signing(&key(2));
+    let b_hello = hello_as(b_key, Role::Masternode, [0x66; 32]);
+    let claim = hello_as(a_key, Role::Masternode, [0x55; 32]);
     for wallet_hello in [
         hello_as(PublicKey::default(), Role::Wallet, b_hello.nonce),
-        hello_as(b_hello.public_key, Role::Wallet, b_hello.nonce),
+        hello_as(b_key, Role::Wallet, b_hello.nonce),
     ] {
         let (to_a, (mut ar, mut aw)) = listen(identity(1));
-        aw.send(&Message::Hello(wallet_hello).to_bytes())
+        aw.send(&Message::Hello(wallet_hello.clone()).to_bytes())
             .await
             .unwrap();
-        let _a_hello = recv(&mut ar).await;
+        let Message::Hello(a_hello) = recv(&mut ar).await else {
+            panic!("A did not answer with a hello");
+        };
         let Message::HelloAuth(a_proof) = recv(&mut ar).await else {
             panic!("A did not prove its key to the wallet");
         };
-        assert_eq!(to_a.await.unwrap().unwrap(), Inbound::Wallet);
+        to_a.await.unwrap().unwrap();
+        assert!(verify_handshake(
+            Side::Acceptor,
+            &wallet_hello,
+            &a_hello,
+            &a_proof
+        ));
         assert!(!verify_handshake(Side::Dialer, &claim, &b_hello, &a_proof));
         assert!(!verify_handshake(
             Side::Acceptor,
@@ -157,49 +159,24 @@ async fn relayed_and_replayed_proofs_are_refused() {
             &b_hello,
             &a_proof
         ));
-    }
-    // A genuine dialer proof by A, from A's own earlier connection to B.
-    let replayed = {
-        let (task, (mut r, mut w)) = listen(identity(2));
-        let a = identity(1);
-        let b_key = PublicKey::from_signing(&key(2));
-        // Record what A sends: run A's side and capture its HelloAuth.
-        let ((mut ar, mut aw), (mut mr, mut mw)) = pipe();
-        let a_side = async move {
-            dial_side(&a, &b_key, &mut ar, &mut aw).await.unwrap();
+        // Replayed on a fresh connection with the same wallet hello: the
+        // listener's new nonce makes it another transcript.
+        let (again, (mut r2, mut w2)) = listen(identity(1));
+        w2.send(&Message::Hello(wallet_hello.clone()).to_bytes())
+            .await
+            .unwrap();
+        let Message::Hello(a_hello2) = recv(&mut r2).await else {
+            panic!("no hello");
         };
-        let relay = async {
-            let h = mr.read_frame().await.unwrap().to_vec();
-            w.send(&h).await.unwrap();
-            let bh = r.read_frame().await.unwrap().to_vec();
-            let ba = r.read_frame().await.unwrap().to_vec();
-            mw.send(&bh).await.unwrap();
-            mw.send(&ba).await.unwrap();
-            let proof = mr.read_frame().await.unwrap().to_vec();
-            w.send(&proof).await.unwrap();
-            proof
-        };
-        let ((), proof) = tokio::join!(a_side, relay);
-        assert_eq!(task.await.unwrap().unwrap(), Inbound::Masternode(a_key));
-        proof
-    };
-    bw.send(&replayed).await.unwrap();
-    match recv(&mut br).await {
-        Message::Error { code, .. } => assert_eq!(code, refusal::BAD_SIGNATURE),
-        m => panic!("expected an error frame, got {m:?}"),
+        let _ = recv(&mut r2).await;
+        again.await.unwrap().unwrap();
+        assert!(!verify_handshake(
+            Side::Acceptor,
+            &wallet_hello,
+            &a_hello2,
+            &a_proof
+        ));
     }
-    assert!(br.read_frame().await.is_err(), "B kept the connection open");
-    let res = to_b.await.unwrap();
-    assert!(
-        matches!(
-            res,
-            Err(LinkError::Refusing {
-                code: refusal::BAD_SIGNATURE,
-                ..
-            })
-        ),
-        "{res:?}"
-    );
 }
 
 #[tokio::test]
@@ -221,12 +198,7 @@ async fn refusals_come_with_their_code() {
         ),
         (
             hello_as(PublicKey::from_signing(&key(7)), Role::Masternode, [1; 32]),
-            refusal::NOT_REGISTERED,
-        ),
-        (
-            // Our own key.
-            hello_as(PublicKey::from_signing(&key(2)), Role::Masternode, [1; 32]),
-            refusal::NOT_REGISTERED,
+            refusal::PEER_POOL_ONLY,
         ),
     ];
     for (h, want) in cases {

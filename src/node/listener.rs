@@ -1,26 +1,24 @@
-//! The TCP listener on the P2P port: accepts connections ([`accept_loop`]),
-//! runs the inbound side of the signed handshake
-//! ([`accept_side`](crate::node::handshake)) and hands the connection to its
-//! role's server ([`serve_connection`]): peer masternodes to [`serve_peer`],
-//! wallets to [`serve_wallet`].
+//! The TCP listener on the P2P port, for wallets (and operator tools):
+//! accepts connections ([`accept_loop`]), runs the inbound side of the signed
+//! handshake ([`accept_side`](crate::node::handshake)) and hands the
+//! connection to [`serve_wallet`] ([`serve_connection`]).
 //!
 //! Owns the listening socket and the handshake-failure accounting. It must
-//! never serve traffic before the handshake passed, nor let a wallet in as a
-//! masternode: a masternode must prove a registered key that is not ours,
-//! over the transcript of this connection. A refused handshake gets an
-//! `Error` frame saying why before the connection closes.
+//! never serve traffic before the handshake passed, and never serve a
+//! masternode: masternodes talk only over the peer pool (TLS 1.3), and a
+//! masternode-role `Hello` is refused with `PEER_POOL_ONLY`. A refused
+//! handshake gets an `Error` frame saying why before the connection closes.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use time_net::{FrameError, FrameReader, FrameWriter, MAX_FRAME_LEN};
+use time_net::{FrameError, FrameReader, FrameWriter};
 use tokio::net::{TcpListener, TcpStream};
 use tracing::{debug, warn};
 
-use crate::node::handshake::{accept_side, refuse, Identity, Inbound};
-use crate::node::peer_glue::{serve_peer, PeerCtx};
+use crate::node::handshake::{accept_side, refuse, Identity};
 use crate::node::wallet_server::{serve_wallet, WalletCtx};
 use crate::node::wire::{LinkError, NetStats};
 use crate::protocol::message::HANDSHAKE_FRAME_CAP;
@@ -36,7 +34,6 @@ pub(super) struct ListenCtx {
     pub id: Arc<Identity>,
     pub stats: Arc<NetStats>,
     pub stopping: Arc<AtomicBool>,
-    pub peers: Arc<PeerCtx>,
     pub wallets: Arc<WalletCtx>,
 }
 
@@ -79,7 +76,7 @@ fn count_close(stats: &NetStats, addr: SocketAddr, e: LinkError) {
 }
 
 /// The inbound handshake (bounded by [`HANDSHAKE_TIMEOUT`]; a refusal is
-/// told to the dialer), then the connection's role server.
+/// told to the dialer), then the wallet session.
 async fn serve_connection(ctx: Arc<ListenCtx>, stream: TcpStream) -> Result<(), LinkError> {
     stream.set_nodelay(true)?;
     let (r, w) = stream.into_split();
@@ -91,21 +88,10 @@ async fn serve_connection(ctx: Arc<ListenCtx>, stream: TcpStream) -> Result<(), 
     )
     .await
     .unwrap_or(Err(LinkError::Timeout));
-    let peer = match hs {
-        Ok(p) => p,
-        Err(e) => {
-            refuse(&mut reader, &mut writer, &e).await;
-            return Err(e);
-        }
-    };
-    match peer {
-        Inbound::Masternode(key) => {
-            reader.set_cap(MAX_FRAME_LEN);
-            serve_peer(&ctx.peers, key, reader).await
-        }
-        Inbound::Wallet => {
-            reader.set_cap(WALLET_FRAME_CAP);
-            serve_wallet(ctx.wallets.clone(), reader, writer).await
-        }
+    if let Err(e) = hs {
+        refuse(&mut reader, &mut writer, &e).await;
+        return Err(e);
     }
+    reader.set_cap(WALLET_FRAME_CAP);
+    serve_wallet(ctx.wallets.clone(), reader, writer).await
 }

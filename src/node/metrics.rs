@@ -19,7 +19,7 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -570,10 +570,6 @@ fn load(a: &AtomicU64) -> u64 {
     a.load(Ordering::Relaxed)
 }
 
-fn load32(a: &AtomicU32) -> i64 {
-    a.load(Ordering::Relaxed) as i64
-}
-
 /// Writes one counter (`name` gets `_total`).
 fn counter(e: &mut DescriptorEncoder, name: &str, help: &str, v: u64) -> std::fmt::Result {
     let c = ConstCounter::new(v);
@@ -686,12 +682,6 @@ impl Collector for NodeCollector {
             "core_queue_drops",
             "Inputs refused because the core queue was full",
             load(&n.core_queue_drops),
-        )?;
-        gauge(
-            &mut e,
-            "peer_links_up",
-            "Plain peer links up (links transport)",
-            load32(&n.peers_connected),
         )?;
 
         let w = &s.wallet;

@@ -14,7 +14,6 @@
 //!   bounded per peer and in bytes.
 //! - `listener`, `handshake`: the P2P port and the signed handshake.
 //! - `peer_glue`: messages from authenticated peer masternodes.
-//! - `links`: the plain outbound peer links.
 //! - [`wallet_server`]: wallet sessions, their limits and their counters
 //!   (which session hears what is the state machine's router).
 //! - [`metrics`]: the Prometheus metrics and the `/metrics` endpoint.
@@ -32,7 +31,6 @@ pub mod genesis_file;
 mod handshake;
 mod ingest;
 pub mod keyfile;
-mod links;
 mod listener;
 pub mod metrics;
 pub mod node_api;

@@ -1,6 +1,5 @@
-//! Messages from authenticated peer masternodes, whichever transport brought
-//! them: the inbound plain connection ([`serve_peer`]) and the pool's inbox
-//! ([`spawn_pool_inbox`]), both through [`handle_peer_message`], which also
+//! Messages from authenticated peer masternodes: the pool's inbox
+//! ([`spawn_pool_inbox`]), through [`handle_peer_message`], which also
 //! answers and applies fast-path repairs.
 //!
 //! Owns [`PeerCtx`], the handles it is given at construction. It must never
@@ -13,15 +12,13 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 use time_net::pool::Inbox;
 use time_net::priority::Priority;
-use time_net::FrameReader;
-use tokio::net::tcp::OwnedReadHalf;
 use tracing::warn;
 
 use crate::masternode::Misbehaviour;
 use crate::node::core_input::{CoreInput, CoreTx};
 use crate::node::fastpath::{FastPathReceiver, RepairRing};
 use crate::node::ingest::{Ingest, Sink};
-use crate::node::peer_net::{priority_of, PeerNet};
+use crate::node::peer_net::PeerNet;
 use crate::node::wire::{encode, LinkError, NetStats};
 use crate::protocol::audience::PeerMessage;
 use crate::protocol::message::Message;
@@ -79,24 +76,7 @@ pub(super) struct PeerCtx {
     pub fast: Option<FastRepair>,
 }
 
-/// Reads an authenticated inbound peer connection until it closes.
-pub(super) async fn serve_peer(
-    ctx: &PeerCtx,
-    peer: PublicKey,
-    mut reader: FrameReader<OwnedReadHalf>,
-) -> Result<(), LinkError> {
-    loop {
-        let frame = reader.read_frame().await?;
-        ctx.stats.frames_in.fetch_add(1, Ordering::Relaxed);
-        let len = frame.len();
-        let msg = Message::decode(frame)?;
-        ctx.stats.traffic.received(priority_of(&msg), len);
-        let msg = PeerMessage::try_from(msg)?;
-        handle_peer_message(ctx, peer, msg)?;
-    }
-}
-
-/// Drains the pool's inbox (pool transports only).
+/// Drains the pool's inbox.
 pub(super) fn spawn_pool_inbox(ctx: Arc<PeerCtx>, mut inbox: Inbox) {
     tokio::spawn(async move {
         while let Some((peer, prio, frame)) = inbox.recv().await {
@@ -124,8 +104,8 @@ pub(super) fn spawn_pool_inbox(ctx: Arc<PeerCtx>, mut inbox: Inbox) {
     });
 }
 
-/// One message from an authenticated peer masternode, from whichever
-/// transport. The type says what a masternode may send; the rest was refused
+/// One message from an authenticated peer masternode (pool, or a fast-path
+/// repair). The type says what a masternode may send; the rest was refused
 /// when it was decoded.
 pub(super) fn handle_peer_message(
     ctx: &PeerCtx,

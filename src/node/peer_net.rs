@@ -1,16 +1,14 @@
 //! How this masternode reaches its peers: the persistent pool from `net/`
-//! (QUIC by default, TCP as fallback, one long-lived connection per peer with
-//! priority classes), or the plain TCP links of `links.rs` (one outbound
-//! connection per peer, no priorities).
+//! (QUIC by default, TCP as fallback, one long-lived TLS 1.3 connection per
+//! peer with priority classes).
 
-use std::collections::HashMap;
+use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 
 use bytes::Bytes;
 use time_net::pool::{Pool, Transport};
 use time_net::priority::Priority;
-use tokio::sync::mpsc;
 
 use crate::node::wire::NetStats;
 use crate::protocol::message::Message;
@@ -25,17 +23,27 @@ pub enum PeerTransport {
     /// Pool over TCP at the P2P port + 1; TLS 1.3 with the same key-bound
     /// certificates as QUIC; priority queue.
     Tcp,
-    /// Plain authenticated TCP links on the P2P port (no priorities).
-    Links,
+}
+
+/// Why a `peer_transport` value was not taken.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PeerTransportError {
+    #[error(
+        "peer_transport \"links\" was removed: plain TCP links had no integrity after the \
+         handshake; use quic (the default, UDP on the P2P port) or tcp (TLS 1.3 on P2P port + 1)"
+    )]
+    LinksRemoved,
+    #[error("peer_transport {0:?}: use quic (the default) or tcp")]
+    Unknown(String),
 }
 
 impl PeerTransport {
-    pub fn parse(s: &str) -> Option<Self> {
+    pub fn parse(s: &str) -> Result<Self, PeerTransportError> {
         match s {
-            "quic" => Some(PeerTransport::Quic),
-            "tcp" => Some(PeerTransport::Tcp),
-            "links" => Some(PeerTransport::Links),
-            _ => None,
+            "quic" => Ok(PeerTransport::Quic),
+            "tcp" => Ok(PeerTransport::Tcp),
+            "links" => Err(PeerTransportError::LinksRemoved),
+            _ => Err(PeerTransportError::Unknown(s.to_string())),
         }
     }
 
@@ -43,15 +51,14 @@ impl PeerTransport {
     pub fn peer_addr(self, p2p: SocketAddr) -> SocketAddr {
         match self {
             PeerTransport::Tcp => SocketAddr::new(p2p.ip(), p2p.port().wrapping_add(1)),
-            _ => p2p,
+            PeerTransport::Quic => p2p,
         }
     }
 
-    pub fn pool_transport(self) -> Option<Transport> {
+    pub fn pool_transport(self) -> Transport {
         match self {
-            PeerTransport::Quic => Some(Transport::Quic),
-            PeerTransport::Tcp => Some(Transport::Tcp),
-            PeerTransport::Links => None,
+            PeerTransport::Quic => Transport::Quic,
+            PeerTransport::Tcp => Transport::Tcp,
         }
     }
 }
@@ -71,20 +78,15 @@ pub fn priority_of(m: &Message) -> Priority {
     }
 }
 
-pub enum PeerNet {
-    Pool(Pool),
-    Links(HashMap<PublicKey, mpsc::Sender<Bytes>>),
-}
+/// The running pool, with the node's per-class traffic accounting.
+pub struct PeerNet(pub Pool);
 
 impl PeerNet {
     /// Queues `frame` (an encoded `msg`) for one peer; false if refused
     /// (counted). Counts what it queues per class in `stats.traffic`.
     pub fn send(&self, peer: &PublicKey, prio: Priority, frame: Bytes, stats: &NetStats) -> bool {
         let len = frame.len();
-        let ok = match self {
-            PeerNet::Pool(p) => p.send(&peer.0, prio, frame).is_ok(),
-            PeerNet::Links(l) => l.get(peer).is_some_and(|s| s.try_send(frame).is_ok()),
-        };
+        let ok = self.0.send(&peer.0, prio, frame).is_ok();
         if ok {
             stats.traffic.sent(prio, len, 1);
         } else {
@@ -96,21 +98,8 @@ impl PeerNet {
 
     pub fn broadcast(&self, prio: Priority, frame: Bytes, stats: &NetStats) {
         let len = frame.len();
-        let (queued, refused) = match self {
-            PeerNet::Pool(p) => {
-                let r = p.broadcast(prio, frame);
-                (r.queued, r.refused.len())
-            }
-            PeerNet::Links(l) => {
-                let mut refused = 0;
-                for s in l.values() {
-                    if s.try_send(frame.clone()).is_err() {
-                        refused += 1;
-                    }
-                }
-                (l.len() - refused, refused)
-            }
-        };
+        let r = self.0.broadcast(prio, frame);
+        let (queued, refused) = (r.queued, r.refused.len());
         stats.traffic.sent(prio, len, queued);
         stats
             .peer_queue_drops
@@ -118,16 +107,17 @@ impl PeerNet {
         stats.traffic.dropped(prio, refused);
     }
 
-    /// Peers with a live authenticated connection (pool), or `links_up` for
-    /// the plain links.
-    pub fn connected(&self, links_up: u32) -> u32 {
-        match self {
-            PeerNet::Pool(p) => p.connected_peers().len() as u32,
-            PeerNet::Links(_) => links_up,
-        }
+    /// Peers with a live authenticated connection.
+    pub fn connected_set(&self) -> HashSet<PublicKey> {
+        self.0
+            .connected_peers()
+            .into_iter()
+            .map(PublicKey)
+            .collect()
     }
 
-    pub fn total(&self, registry_peers: usize) -> u32 {
-        registry_peers as u32
+    /// How many peers have a live authenticated connection.
+    pub fn connected(&self) -> u32 {
+        self.0.connected_peers().len() as u32
     }
 }

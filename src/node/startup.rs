@@ -3,26 +3,24 @@
 //! the state machine, and then builds every component in dependency order,
 //! each handed at construction the channels and handles it needs (the core
 //! queue first, then the peer transport, the verifier pool and vote threads,
-//! the fast path, the core thread, the links, the pool inbox and the
+//! the fast path, the core thread, the pool inbox and the
 //! listener). [`Node::shutdown`] stops the core after its current round.
 //!
 //! Owns only the order of construction and the [`Node`] handle. It must
 //! never contain protocol or connection logic, and never start a producer
 //! before the queue it feeds exists.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::fs::File;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use bytes::Bytes;
 use ed25519_dalek::SigningKey;
-use time_net::pool::{Inbox, Pool, PoolConfig, Transport};
+use time_net::pool::{Inbox, Pool, PoolConfig};
 use tokio::net::TcpListener;
-use tokio::sync::mpsc;
 use tracing::{info, warn};
 
 use crate::node::config::NodeConfig;
@@ -35,7 +33,6 @@ use crate::node::genesis_file::GenesisFile;
 use crate::node::handshake::Identity;
 use crate::node::ingest::{start_verifier, start_vote_threads, AfterVerify, Ingest, Sink};
 use crate::node::keyfile::KeyFile;
-use crate::node::links::{peer_link, LinkCtx, LinksUp, PEER_QUEUE};
 use crate::node::listener::{accept_loop, ListenCtx};
 use crate::node::metrics::{bind_metrics, serve_metrics, NodeMetrics, Sources};
 use crate::node::peer_glue::{spawn_pool_inbox, FastRepair, PeerCtx};
@@ -127,10 +124,8 @@ pub struct Node {
 /// The peer transport, before its tasks run.
 struct PeerTransportParts {
     net: PeerNet,
-    /// Plain links: each peer's key, address and queue, for its link task.
-    links: Vec<(PublicKey, String, mpsc::Receiver<Bytes>)>,
-    /// Pool transports: what the pool received.
-    inbox: Option<Inbox>,
+    /// What the pool received.
+    inbox: Inbox,
 }
 
 /// The pieces the components share, all created before any of them.
@@ -141,7 +136,6 @@ struct Wiring {
     core: CoreTx,
     wallet_stats: Arc<WalletStats>,
     net: Arc<PeerNet>,
-    links_up: LinksUp,
     ingest: Ingest,
     origin_window: usize,
 }
@@ -224,14 +218,7 @@ impl Node {
             ctx: core_ctx(&w, &genesis, fast.stats, metrics.clone()),
         };
         let core = core_thread::spawn(core, lock);
-        let wallets = spawn_network(
-            &w,
-            transport.links,
-            transport.inbox,
-            fast.repair,
-            listener,
-            state_reader,
-        );
+        let wallets = spawn_network(&w, transport.inbox, fast.repair, listener, state_reader);
         let rpc_addr = rpc_listener.as_ref().and_then(|l| l.local_addr().ok());
         let mut cookie_path = None;
         let stop_requested = Arc::new(tokio::sync::Notify::new());
@@ -403,7 +390,7 @@ async fn bind_listener(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), No
     Ok((listener, local_addr))
 }
 
-/// The pool (QUIC or TCP) or the plain links, as configured.
+/// The pool, over QUIC or TCP as configured.
 async fn start_peer_transport(
     cfg: &NodeConfig,
     genesis: &Genesis,
@@ -411,20 +398,7 @@ async fn start_peer_transport(
     local_addr: SocketAddr,
     pacing: time_net::pool::IntakePacing,
 ) -> Result<PeerTransportParts, NodeError> {
-    match cfg.peer_transport.pool_transport() {
-        Some(transport) => start_pool(cfg, genesis, key, local_addr, transport, pacing).await,
-        None => Ok(plain_links(genesis, PublicKey::from_signing(key))),
-    }
-}
-
-async fn start_pool(
-    cfg: &NodeConfig,
-    genesis: &Genesis,
-    key: &SigningKey,
-    local_addr: SocketAddr,
-    transport: Transport,
-    pacing: time_net::pool::IntakePacing,
-) -> Result<PeerTransportParts, NodeError> {
+    let transport = cfg.peer_transport.pool_transport();
     let mut table = HashMap::new();
     for m in genesis.registry.masternodes() {
         match m.address.parse::<SocketAddr>() {
@@ -448,29 +422,9 @@ async fn start_pool(
         .map_err(|e| NodeError::Pool(e.to_string()))?;
     info!(transport = ?transport, addr = %pool.local_addr(), "peer pool listening");
     Ok(PeerTransportParts {
-        net: PeerNet::Pool(pool),
-        links: Vec::new(),
-        inbox: Some(inbox),
+        net: PeerNet(pool),
+        inbox,
     })
-}
-
-/// One queue per peer masternode; its link task starts later.
-fn plain_links(genesis: &Genesis, me: PublicKey) -> PeerTransportParts {
-    let mut senders = HashMap::new();
-    let mut links = Vec::new();
-    for m in genesis.registry.masternodes() {
-        if m.key == me {
-            continue;
-        }
-        let (tx, rx) = mpsc::channel(PEER_QUEUE);
-        senders.insert(m.key, tx);
-        links.push((m.key, m.address.clone(), rx));
-    }
-    PeerTransportParts {
-        net: PeerNet::Links(senders),
-        links,
-        inbox: None,
-    }
 }
 
 /// The shared pieces, and the verifier pool and vote threads wired to the
@@ -510,14 +464,12 @@ fn build_wiring(
             chain_id: genesis.chain_id,
             key,
             me,
-            registry: genesis.registry.clone(),
         }),
         stats,
         stopping: Arc::new(AtomicBool::new(false)),
         core,
         wallet_stats,
         net: Arc::new(net),
-        links_up: Arc::new(Mutex::new(HashSet::new())),
         origin_window: cfg.origin_window,
         ingest: Ingest {
             verifier: Arc::new(verifier),
@@ -574,7 +526,6 @@ fn core_ctx(
         peer_count: genesis.registry.len().saturating_sub(1),
         stats: w.stats.clone(),
         stopping: w.stopping.clone(),
-        links_up: w.links_up.clone(),
         wallet_stats: w.wallet_stats.clone(),
         votes: w.ingest.votes.clone(),
         fast_stats,
@@ -582,24 +533,14 @@ fn core_ctx(
     }
 }
 
-/// The network tasks: plain links, the pool inbox, the listener.
+/// The network tasks: the pool inbox, the listener.
 fn spawn_network(
     w: &Wiring,
-    links: Vec<(PublicKey, String, mpsc::Receiver<Bytes>)>,
-    inbox: Option<Inbox>,
+    inbox: Inbox,
     fast: Option<FastRepair>,
     listener: TcpListener,
     state: crate::storage::lmdb::StateReader,
 ) -> Arc<WalletCtx> {
-    let link_ctx = Arc::new(LinkCtx {
-        id: w.id.clone(),
-        stats: w.stats.clone(),
-        stopping: w.stopping.clone(),
-        up: w.links_up.clone(),
-    });
-    for (peer, address, rx) in links {
-        tokio::spawn(peer_link(link_ctx.clone(), peer, address, rx));
-    }
     let peers = Arc::new(PeerCtx {
         ingest: w.ingest.clone(),
         core: w.core.clone(),
@@ -607,9 +548,7 @@ fn spawn_network(
         stats: w.stats.clone(),
         fast,
     });
-    if let Some(inbox) = inbox {
-        spawn_pool_inbox(peers.clone(), inbox);
-    }
+    spawn_pool_inbox(peers, inbox);
     let wallets = Arc::new(WalletCtx::new(
         w.id.me,
         w.core.clone(),
@@ -623,7 +562,6 @@ fn spawn_network(
         id: w.id.clone(),
         stats: w.stats.clone(),
         stopping: w.stopping.clone(),
-        peers,
         wallets: wallets.clone(),
     });
     tokio::spawn(accept_loop(listen, listener));

@@ -5,7 +5,7 @@
 //! Owns no connection, task or state of its own; it must never grow
 //! behaviour beyond these shared definitions.
 
-use std::sync::atomic::{AtomicU32, AtomicU64};
+use std::sync::atomic::AtomicU64;
 
 use bytes::Bytes;
 use time_net::FrameError;
@@ -21,7 +21,6 @@ pub struct NetStats {
     pub handshake_failures: AtomicU64,
     pub peer_queue_drops: AtomicU64,
     pub core_queue_drops: AtomicU64,
-    pub peers_connected: AtomicU32,
     /// Peer messages and bytes per class and direction, drops per class.
     pub traffic: crate::node::metrics::Traffic,
 }

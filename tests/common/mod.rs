@@ -243,21 +243,25 @@ pub fn pay(
 }
 
 /// A raw masternode-role connection (for Byzantine and garbage tests).
-pub struct RawPeer {
+/// A raw node-TCP connection that sends a masternode-role `Hello` and, if
+/// answered, a dialer proof: what a masternode dialing the P2P TCP port
+/// would do. The port serves wallets only and refuses it (`PEER_POOL_ONLY`).
+pub struct RawMasternode {
     pub reader: FrameReader<tokio::net::tcp::OwnedReadHalf>,
     pub writer: FrameWriter<tokio::net::tcp::OwnedWriteHalf>,
 }
 
-impl RawPeer {
-    /// Handshakes as the masternode holding `key`.
+impl RawMasternode {
+    /// Tries to handshake as the masternode holding `key`; `Err` if the
+    /// node answers with no `Hello` (e.g. an `Error` refusal).
     pub async fn connect(
         addr: SocketAddr,
         chain: u32,
         key: &SigningKey,
-    ) -> std::io::Result<RawPeer> {
+    ) -> std::io::Result<RawMasternode> {
         let s = TcpStream::connect(addr).await?;
         let (r, w) = s.into_split();
-        let mut p = RawPeer {
+        let mut p = RawMasternode {
             reader: FrameReader::new(r, 1 << 20),
             writer: FrameWriter::new(w),
         };

@@ -127,12 +127,19 @@ pub mod refusal {
     /// The `Hello`'s protocol version is not [`super::PROTOCOL_VERSION`].
     pub const UNSUPPORTED_VERSION: u16 = 3;
     /// The masternode role was claimed with a key that is not in the
-    /// registry (or is the refusing node's own key).
+    /// registry (or is the refusing node's own key). Sent by the plain-link
+    /// listener until links were removed; kept so the code is never reused.
     pub const NOT_REGISTERED: u16 = 4;
     /// The `HelloAuth` does not verify over this connection's transcript.
+    /// Kept for the same reason.
     pub const BAD_SIGNATURE: u16 = 5;
     /// A registered masternode answered, but not the one that was dialed.
+    /// Sent by the plain-link dialer; kept for the same reason.
     pub const WRONG_KEY: u16 = 6;
+    /// The masternode role on the node TCP port: masternodes talk only over
+    /// the peer pool (QUIC on the P2P port, or TCP with TLS 1.3 on P2P port
+    /// + 1). Refused before the listener signs anything.
+    pub const PEER_POOL_ONLY: u16 = 7;
 
     /// A short description of a refusal code.
     pub fn describe(code: u16) -> &'static str {
@@ -143,6 +150,7 @@ pub mod refusal {
             NOT_REGISTERED => "not a registered masternode",
             BAD_SIGNATURE => "handshake signature invalid",
             WRONG_KEY => "not the masternode that was dialed",
+            PEER_POOL_ONLY => "masternodes connect through the peer pool, not this port",
             _ => "refused",
         }
     }

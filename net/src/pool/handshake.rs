@@ -30,7 +30,7 @@ use tokio_rustls::{TlsAcceptor, TlsConnector, TlsStream};
 use crate::frame::{FrameError, FrameReader, FrameWriter};
 use crate::reader::DecodeError;
 
-use super::identity::{Identity, PeerId, ShortId};
+use super::identity::{Credentials, Identity, PeerId, ShortId};
 use super::tls;
 use super::wire::Hello;
 use super::PoolError;
@@ -78,8 +78,7 @@ pub struct Authenticated {
 /// This pool's TLS credentials and acceptor, built once at start.
 pub(crate) struct TcpTls {
     acceptor: TlsAcceptor,
-    cert: rustls::pki_types::CertificateDer<'static>,
-    key: rustls::pki_types::PrivateKeyDer<'static>,
+    creds: Credentials,
 }
 
 impl TcpTls {
@@ -88,19 +87,22 @@ impl TcpTls {
         peers: Arc<std::collections::HashSet<PeerId>>,
     ) -> Result<Self, PoolError> {
         let (cert, key) = identity.tls_credentials()?;
-        let server = tls::tcp_server_config(cert.clone(), key.clone_key(), peers)?;
+        let server = tls::tcp_server_config(cert, key, peers)?;
         Ok(TcpTls {
             acceptor: TlsAcceptor::from(Arc::new(server)),
-            cert,
-            key,
+            creds: identity.credentials()?,
         })
     }
 
     fn connector(&self, expected: PeerId) -> Result<TlsConnector, HandshakeError> {
-        let cfg = tls::tcp_client_config(self.cert.clone(), self.key.clone_key(), expected)
-            .map_err(|e| HandshakeError::Tls(std::io::Error::other(e)))?;
-        Ok(TlsConnector::from(Arc::new(cfg)))
+        connector(&self.creds, expected)
     }
+}
+
+fn connector(creds: &Credentials, expected: PeerId) -> Result<TlsConnector, HandshakeError> {
+    let cfg = tls::tcp_client_config(creds, expected)
+        .map_err(|e| HandshakeError::Tls(std::io::Error::other(e)))?;
+    Ok(TlsConnector::from(Arc::new(cfg)))
 }
 
 /// The dialer's side on a fresh TCP stream: TLS with `expected`'s key, then
@@ -111,11 +113,19 @@ pub(crate) async fn dial(
     epoch: u64,
     expected: PeerId,
 ) -> Result<(Authenticated, PoolStream), HandshakeError> {
+    dial_through(setup.connector(expected)?, stream, epoch, expected).await
+}
+
+async fn dial_through(
+    connector: TlsConnector,
+    stream: TcpStream,
+    epoch: u64,
+    expected: PeerId,
+) -> Result<(Authenticated, PoolStream), HandshakeError> {
     let name = rustls::pki_types::ServerName::try_from(tls::SERVER_NAME)
         .expect("a valid DNS name")
         .to_owned();
-    let tls = setup
-        .connector(expected)?
+    let tls = connector
         .connect(name, stream)
         .await
         .map_err(HandshakeError::Tls)?;
@@ -210,10 +220,20 @@ pub async fn dial_as(
     epoch: u64,
     expected: PeerId,
 ) -> Result<(Authenticated, PoolStream), HandshakeError> {
-    let identity = Identity::from_secret(secret);
-    let setup = TcpTls::new(&identity, Arc::new(std::collections::HashSet::new()))
+    let creds = Credentials::of(secret)
         .map_err(|e| HandshakeError::Tls(std::io::Error::other(e.to_string())))?;
-    dial(&setup, stream, epoch, expected).await
+    dial_with(&creds, stream, epoch, expected).await
+}
+
+/// [`dial_as`] presenting `creds`, which may be forged
+/// ([`Credentials::claiming`]), to check that an acceptor refuses them.
+pub async fn dial_with(
+    creds: &Credentials,
+    stream: TcpStream,
+    epoch: u64,
+    expected: PeerId,
+) -> Result<(Authenticated, PoolStream), HandshakeError> {
+    dial_through(connector(creds, expected)?, stream, epoch, expected).await
 }
 
 #[cfg(test)]

@@ -7,7 +7,10 @@
 
 use ed25519_dalek::pkcs8::EncodePrivateKey;
 use ed25519_dalek::SigningKey;
+use std::sync::Arc;
+
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use rustls::sign::CertifiedKey;
 
 use super::PoolError;
 
@@ -70,6 +73,20 @@ impl Identity {
         self.id
     }
 
+    #[cfg(test)]
+    pub(crate) fn secret_for_tests(&self) -> [u8; 32] {
+        self.signing.to_bytes()
+    }
+
+    /// [`Self::tls_credentials`] as presented by a dialer.
+    pub(crate) fn credentials(&self) -> Result<Credentials, PoolError> {
+        let (cert, key) = self.tls_credentials()?;
+        let certified = CertifiedKey::from_der(vec![cert], key, &super::tls::provider())?;
+        Ok(Credentials {
+            certified: Arc::new(certified),
+        })
+    }
+
     /// The QUIC stateless-reset key: derived from the masternode secret, so
     /// it is the same after a restart. A restarted node then answers its
     /// peers' packets for the connection its previous process held with a
@@ -92,6 +109,57 @@ impl Identity {
         let params = rcgen::CertificateParams::new(vec![super::tls::SERVER_NAME.to_string()])?;
         let cert = params.self_signed(&key_pair)?;
         Ok((cert.der().clone(), PrivateKeyDer::Pkcs8(pkcs8)))
+    }
+}
+
+/// What one side presents in a pool TLS handshake: its certificate, and the
+/// key that signs its CertificateVerify.
+#[derive(Clone)]
+pub struct Credentials {
+    pub(crate) certified: Arc<CertifiedKey>,
+}
+
+impl Credentials {
+    /// The honest credentials of the masternode whose secret seed is
+    /// `secret` (certificate and signing key checked to match).
+    pub fn of(secret: &[u8; 32]) -> Result<Self, PoolError> {
+        Identity::from_secret(secret).credentials()
+    }
+
+    /// A forged identity, for tests of the verifiers: `signer`'s certificate
+    /// with its SubjectPublicKeyInfo replaced by `claimed`'s key, and the
+    /// handshake signed with `signer`'s key. Anyone can build this without
+    /// `claimed`'s secret; a peer must refuse it because the CertificateVerify
+    /// does not verify under `claimed` ([`super::tls`]).
+    pub fn claiming(signer: &[u8; 32], claimed: &PeerId) -> Result<Self, PoolError> {
+        let holder = Identity::from_secret(signer);
+        let (cert, key) = holder.tls_credentials()?;
+        let mut der = cert.to_vec();
+        let own = ed25519_spki(&holder.peer_id());
+        let at = der
+            .windows(own.len())
+            .position(|w| w == own)
+            .ok_or(PoolError::Config("our certificate does not hold our key"))?;
+        der[at..at + own.len()].copy_from_slice(&ed25519_spki(claimed));
+        let signing = super::tls::provider().key_provider.load_private_key(key)?;
+        Ok(Credentials {
+            certified: Arc::new(CertifiedKey::new(vec![CertificateDer::from(der)], signing)),
+        })
+    }
+
+    /// The certificate presented.
+    pub fn certificate(&self) -> &CertificateDer<'static> {
+        &self.certified.cert[0]
+    }
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print the key.
+        let id = super::tls::cert_peer_id(self.certificate()).unwrap_or([0; 32]);
+        f.debug_struct("Credentials")
+            .field("claims", &ShortId(&id))
+            .finish_non_exhaustive()
     }
 }
 

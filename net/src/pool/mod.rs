@@ -68,14 +68,14 @@ pub mod backoff;
 pub mod handshake;
 mod identity;
 mod link;
-mod quic;
+pub mod quic;
 mod stats;
 mod tcp;
 pub mod tls;
 pub mod wire;
 
 pub use backoff::BackoffConfig;
-pub use identity::{peer_id_from_secret, PeerId, ShortId};
+pub use identity::{peer_id_from_secret, Credentials, PeerId, ShortId};
 pub use stats::{PeerStats, PoolStats};
 
 use identity::Identity;
@@ -257,7 +257,8 @@ pub struct ShutdownReport {
 
 /// Why a dial attempt failed (counted in [`PeerStats::dial_failures`]).
 #[derive(Debug, Error)]
-pub(crate) enum DialError {
+#[non_exhaustive]
+pub enum DialError {
     #[error("i/o: {0}")]
     Io(std::io::Error),
     #[error("timed out")]
@@ -275,6 +276,17 @@ pub(crate) enum DialError {
 }
 
 impl DialError {
+    /// The QUIC application close code the acceptor ended the handshake
+    /// with, if it did (e.g. [`quic::CLOSE_DIRECTION`]).
+    pub fn close_code(&self) -> Option<u32> {
+        match self {
+            DialError::QuicHandshake(quinn::ConnectionError::ApplicationClosed(c)) => {
+                u32::try_from(c.error_code.into_inner()).ok()
+            }
+            _ => None,
+        }
+    }
+
     fn is_handshake_failure(&self) -> bool {
         matches!(self, DialError::Handshake(_) | DialError::QuicHandshake(_))
     }
@@ -292,6 +304,22 @@ pub(crate) struct Tunables {
     pub connect_timeout: Duration,
     pub backoff: BackoffConfig,
     pub shutdown_timeout: Duration,
+}
+
+impl From<&PoolConfig> for Tunables {
+    fn from(cfg: &PoolConfig) -> Self {
+        Tunables {
+            batch_window: cfg.batch_window,
+            max_batch_bytes: cfg.max_batch_bytes.max(1),
+            compress_threshold: cfg.compress_threshold,
+            max_message_len: cfg.max_message_len,
+            ping_interval: cfg.ping_interval,
+            ping_timeout: cfg.ping_timeout,
+            connect_timeout: cfg.connect_timeout,
+            backoff: cfg.backoff,
+            shutdown_timeout: cfg.shutdown_timeout,
+        }
+    }
 }
 
 enum Net {
@@ -455,17 +483,7 @@ impl Pool {
             links.insert(id, Arc::new(PeerLink::new(id, addr, outbox)));
         }
         let peer_set: Arc<HashSet<PeerId>> = Arc::new(links.keys().copied().collect());
-        let tun = Tunables {
-            batch_window: cfg.batch_window,
-            max_batch_bytes: cfg.max_batch_bytes.max(1),
-            compress_threshold: cfg.compress_threshold,
-            max_message_len: cfg.max_message_len,
-            ping_interval: cfg.ping_interval,
-            ping_timeout: cfg.ping_timeout,
-            connect_timeout: cfg.connect_timeout,
-            backoff: cfg.backoff,
-            shutdown_timeout: cfg.shutdown_timeout,
-        };
+        let tun = Tunables::from(&cfg);
         let (net, local_addr, listener) = match cfg.transport {
             Transport::Quic => {
                 let q = quic::QuicNet::bind(cfg.listen, &identity, peer_set.clone(), &tun)?;

@@ -24,25 +24,26 @@ use std::sync::Arc;
 
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use quinn::{Connection, Endpoint, RecvStream, SendStream, VarInt};
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::pki_types::CertificateDer;
 use tokio::sync::{mpsc, Notify};
 use tokio::task::JoinSet;
 
 use crate::frame::{FrameReader, FrameWriter};
 use crate::priority::Priority;
 
-use super::identity::PeerId;
+use super::identity::{Credentials, PeerId};
 use super::link::{self, BatchWriter, ConnError, Finished, PeerLink, Probe};
 use super::stats::LinkStats;
 use super::tls;
 use super::wire::{self, Frame, StreamHello, StreamKind};
 use super::{DialError, PoolError, Shared};
 
-/// Application close codes.
-const CLOSE_SHUTDOWN: u32 = 0;
-const CLOSE_ERROR: u32 = 1;
-const CLOSE_KILLED: u32 = 2;
-const CLOSE_DIRECTION: u32 = 3;
+/// Application close codes (`docs/PROTOCOL.md`, Peer pool).
+pub const CLOSE_SHUTDOWN: u32 = 0;
+pub const CLOSE_ERROR: u32 = 1;
+pub const CLOSE_KILLED: u32 = 2;
+/// The dialer's key is not smaller than ours: it must not dial us.
+pub const CLOSE_DIRECTION: u32 = 3;
 
 const CONTROL_PRIORITY: i32 = 10;
 
@@ -52,8 +53,7 @@ fn class_priority(p: Priority) -> i32 {
 
 pub(crate) struct QuicNet {
     pub endpoint: Endpoint,
-    cert: CertificateDer<'static>,
-    key: PrivateKeyDer<'static>,
+    creds: Credentials,
     transport: Arc<quinn::TransportConfig>,
 }
 
@@ -77,7 +77,7 @@ impl QuicNet {
     ) -> Result<Self, PoolError> {
         let (cert, key) = identity.tls_credentials()?;
         let transport = Arc::new(transport_config(tun)?);
-        let server_tls = tls::server_config(cert.clone(), key.clone_key(), peers)?;
+        let server_tls = tls::server_config(cert, key, peers)?;
         let crypto = QuicServerConfig::try_from(server_tls)
             .map_err(|_| PoolError::Config("TLS suite unusable for QUIC"))?;
         let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
@@ -92,19 +92,99 @@ impl QuicNet {
         )?;
         Ok(QuicNet {
             endpoint,
-            cert,
-            key,
+            creds: identity.credentials()?,
             transport,
         })
     }
 
     fn client_config(&self, expected: PeerId) -> Result<quinn::ClientConfig, DialError> {
-        let tls = tls::client_config(self.cert.clone(), self.key.clone_key(), expected)
-            .map_err(DialError::Tls)?;
-        let crypto = QuicClientConfig::try_from(tls).map_err(|_| DialError::Config)?;
-        let mut cfg = quinn::ClientConfig::new(Arc::new(crypto));
-        cfg.transport_config(self.transport.clone());
-        Ok(cfg)
+        client_config(&self.creds, expected, self.transport.clone())
+    }
+}
+
+fn client_config(
+    creds: &Credentials,
+    expected: PeerId,
+    transport: Arc<quinn::TransportConfig>,
+) -> Result<quinn::ClientConfig, DialError> {
+    let tls = tls::client_config(creds, expected).map_err(DialError::Tls)?;
+    let crypto = QuicClientConfig::try_from(tls).map_err(|_| DialError::Config)?;
+    let mut cfg = quinn::ClientConfig::new(Arc::new(crypto));
+    cfg.transport_config(transport);
+    Ok(cfg)
+}
+
+/// A hand-made QUIC pool peer for tests and diagnostics: one connection to
+/// the pool at `addr`, presenting `creds` (honest, [`Credentials::of`], or
+/// forged, [`Credentials::claiming`]) and requiring `expected`'s key, with
+/// the pool's own TLS configuration and verifier. It opens no streams; see
+/// [`QuicPeer`] for what it can observe.
+pub async fn dial_as(
+    creds: &Credentials,
+    addr: std::net::SocketAddr,
+    expected: PeerId,
+) -> Result<QuicPeer, DialError> {
+    let tun = super::PoolConfig::new(super::Transport::Quic, addr, [0; 32], Default::default());
+    let transport =
+        Arc::new(transport_config(&super::Tunables::from(&tun)).map_err(|_| DialError::Config)?);
+    let cfg = client_config(creds, expected, transport)?;
+    let local: std::net::SocketAddr = match addr.ip() {
+        ip if ip.is_loopback() => (ip, 0).into(),
+        std::net::IpAddr::V4(_) => (std::net::Ipv4Addr::UNSPECIFIED, 0).into(),
+        std::net::IpAddr::V6(_) => (std::net::Ipv6Addr::UNSPECIFIED, 0).into(),
+    };
+    let endpoint = Endpoint::client(local).map_err(DialError::Io)?;
+    let connecting = endpoint
+        .connect_with(cfg, addr, tls::SERVER_NAME)
+        .map_err(DialError::QuicConnect)?;
+    let conn = match tokio::time::timeout(tun.connect_timeout, connecting).await {
+        Err(_) => return Err(DialError::Timeout),
+        Ok(Err(e)) => return Err(DialError::QuicHandshake(e)),
+        Ok(Ok(c)) => c,
+    };
+    if peer_of(&conn) != Some(expected) {
+        conn.close(VarInt::from_u32(CLOSE_ERROR), b"identity");
+        return Err(DialError::Config);
+    }
+    Ok(QuicPeer {
+        conn,
+        _endpoint: endpoint,
+    })
+}
+
+/// A connection made by [`dial_as`]: our side of the TLS handshake
+/// completed. Whether the acceptor accepted us shows in what it does next:
+/// it opens its streams ([`QuicPeer::first_stream`]) or closes with a code
+/// ([`QuicPeer::closed`]).
+pub struct QuicPeer {
+    conn: Connection,
+    _endpoint: Endpoint,
+}
+
+impl QuicPeer {
+    /// The `StreamHello` of the first stream the acceptor opens, `None` if it
+    /// closes the connection first (it opens streams only once it accepted
+    /// us: certificate, signature and dial direction).
+    pub async fn first_stream(&self) -> Option<StreamHello> {
+        let s = self.conn.accept_uni().await.ok()?;
+        let mut r = FrameReader::new(s, StreamHello::LEN);
+        StreamHello::decode(r.read_frame().await.ok()?).ok()
+    }
+
+    /// Waits until the connection ends; the application close code the
+    /// acceptor sent, `None` if it ended otherwise (a TLS alert, a timeout).
+    pub async fn closed(&self) -> Option<u32> {
+        match self.conn.closed().await {
+            quinn::ConnectionError::ApplicationClosed(c) => {
+                u32::try_from(c.error_code.into_inner()).ok()
+            }
+            _ => None,
+        }
+    }
+
+    /// Closes the connection (code [`CLOSE_SHUTDOWN`]).
+    pub fn close(&self) {
+        self.conn.close(VarInt::from_u32(CLOSE_SHUTDOWN), b"");
     }
 }
 

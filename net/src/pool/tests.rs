@@ -23,15 +23,10 @@ fn ident(seed: u8) -> Identity {
 /// `holder`'s certificate with the key replaced by `claimed`: what someone
 /// without `claimed`'s secret would present to pass as that masternode.
 fn forged_cert(holder: &Identity, claimed: &PeerId) -> CertificateDer<'static> {
-    let (cert, _) = holder.tls_credentials().unwrap();
-    let mut der = cert.to_vec();
-    let own = ed25519_spki(&holder.peer_id());
-    let at = der
-        .windows(own.len())
-        .position(|w| w == own)
-        .expect("spki in cert");
-    der[at..at + own.len()].copy_from_slice(&ed25519_spki(claimed));
-    CertificateDer::from(der)
+    let forged = Credentials::claiming(&holder.secret_for_tests(), claimed).unwrap();
+    let cert = forged.certificate().clone();
+    assert_eq!(cert_spki(&cert).unwrap(), ed25519_spki(claimed));
+    cert
 }
 
 fn certified(cert: CertificateDer<'static>, key: PrivateKeyDer<'static>) -> Arc<SingleCertAndKey> {
@@ -202,6 +197,129 @@ fn certificate_binds_the_masternode_key() {
     assert!(cert_spki(&[]).is_none());
     // A non-minimal length encoding is refused.
     assert!(cert_spki(&[0x30, 0x81, 0x05, 1, 2, 3, 4, 5]).is_none());
+}
+
+/// TCP pool: a client certificate carrying a's key whose CertificateVerify
+/// is signed by another key is refused by the acceptor, and so is a server
+/// doing the same towards the dialer.
+#[tokio::test]
+async fn tcp_forged_certificates_are_refused() {
+    let (a, b, impostor) = (ident(1), ident(2), ident(3));
+    let listener = tokio::net::TcpListener::bind(localhost()).await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let table = Arc::new(HashSet::from([a.peer_id()]));
+    let setup = handshake::TcpTls::new(&b, table.clone()).unwrap();
+    let forged = Credentials::claiming(&[3; 32], &a.peer_id()).unwrap();
+    let dialing = async {
+        let s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        handshake::dial_with(&forged, s, 1, b.peer_id()).await
+    };
+    let accepting = async {
+        let (s, _) = listener.accept().await.unwrap();
+        handshake::accept_tls(&setup, s, &table).await.map(|x| x.0)
+    };
+    let (d, acc) = tokio::join!(dialing, accepting);
+    assert!(
+        matches!(acc, Err(handshake::HandshakeError::Tls(_))),
+        "{acc:?}"
+    );
+    assert!(d.is_err());
+    // The other way: the impostor answers as b.
+    let (_, impostor_key) = impostor.tls_credentials().unwrap();
+    let server = rustls::ServerConfig::builder_with_provider(tls::provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_client_cert_verifier(Arc::new(tls::PeerTableVerifier::new(
+            table.clone(),
+            &tls::provider(),
+        )))
+        .with_cert_resolver(certified(
+            forged_cert(&impostor, &b.peer_id()),
+            impostor_key,
+        ));
+    let mut server = server;
+    server.alpn_protocols = vec![handshake::ALPN_TCP.to_vec()];
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server));
+    let accepting = async {
+        let (s, _) = listener.accept().await.unwrap();
+        acceptor.accept(s).await.map(|_| ())
+    };
+    let dialing = async {
+        let s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        handshake::dial_as(&[1; 32], s, 1, b.peer_id()).await
+    };
+    let (d, _) = tokio::join!(dialing, accepting);
+    assert!(matches!(d, Err(handshake::HandshakeError::Tls(_))), "{d:?}");
+}
+
+/// Neither transport resumes a session or takes early data: a client that
+/// would resume (session cache, 0-RTT enabled) gets no ticket, so its
+/// second connection runs the full handshake again (TCP) and has no 0-RTT
+/// to offer (QUIC). A recorded handshake therefore has nothing to replay.
+#[tokio::test]
+async fn no_session_resumption_and_no_early_data() {
+    let (a, b) = (ident(1), ident(2));
+    let table = Arc::new(HashSet::from([a.peer_id()]));
+    let creds = a.credentials().unwrap();
+    // TCP.
+    let listener = tokio::net::TcpListener::bind(localhost()).await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let setup = handshake::TcpTls::new(&b, table.clone()).unwrap();
+    let mut cfg = tls::tcp_client_config(&creds, b.peer_id()).unwrap();
+    cfg.resumption = rustls::client::Resumption::in_memory_sessions(16);
+    cfg.enable_early_data = true;
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(cfg));
+    for _ in 0..2 {
+        let dialing = async {
+            let s = tokio::net::TcpStream::connect(addr).await.unwrap();
+            let name = rustls::pki_types::ServerName::try_from("masternode.timecoin").unwrap();
+            let mut tls =
+                tokio_rustls::TlsStream::Client(connector.connect(name, s).await.unwrap());
+            handshake::exchange(&mut tls, 1).await.unwrap();
+            tls.get_ref().1.handshake_kind()
+        };
+        let accepting = async {
+            let (s, _) = listener.accept().await.unwrap();
+            let (_, mut tls) = handshake::accept_tls(&setup, s, &table).await.unwrap();
+            handshake::exchange(&mut tls, 2).await.unwrap();
+            tls
+        };
+        let (kind, _keep) = tokio::join!(dialing, accepting);
+        assert_eq!(kind, Some(rustls::HandshakeKind::Full));
+    }
+    // QUIC.
+    let (bc, bk) = b.tls_credentials().unwrap();
+    let crypto = QuicServerConfig::try_from(tls::server_config(bc, bk, table).unwrap()).unwrap();
+    let srv = quinn::Endpoint::server(
+        quinn::ServerConfig::with_crypto(Arc::new(crypto)),
+        localhost(),
+    )
+    .unwrap();
+    let mut cfg = tls::client_config(&creds, b.peer_id()).unwrap();
+    cfg.resumption = rustls::client::Resumption::in_memory_sessions(16);
+    cfg.enable_early_data = true;
+    let client_cfg = quinn::ClientConfig::new(Arc::new(QuicClientConfig::try_from(cfg).unwrap()));
+    let client = quinn::Endpoint::client(localhost()).unwrap();
+    for round in 0..2 {
+        let connecting = client
+            .connect_with(
+                client_cfg.clone(),
+                srv.local_addr().unwrap(),
+                "masternode.timecoin",
+            )
+            .unwrap();
+        let accept = async { srv.accept().await.unwrap().await.unwrap() };
+        let dial = async {
+            match connecting.into_0rtt() {
+                Ok(_) => panic!("round {round}: the client could send 0-RTT data"),
+                Err(c) => c.await.unwrap(),
+            }
+        };
+        let (_s, c) = tokio::join!(accept, dial);
+        // Give a ticket time to arrive, were one sent.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        drop(c);
+    }
 }
 
 /// A pool over TCP receives, from an authenticated peer, a compressed frame

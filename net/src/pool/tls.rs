@@ -30,7 +30,7 @@ use rustls::{
 };
 use thiserror::Error;
 
-use super::identity::{ed25519_spki, peer_id_from_spki, PeerId};
+use super::identity::{ed25519_spki, peer_id_from_spki, Credentials, PeerId};
 
 /// ALPN of the pool protocol.
 pub const ALPN: &[u8] = b"timecoin/1";
@@ -291,8 +291,7 @@ impl ClientCertVerifier for PeerTableVerifier {
 }
 
 /// rustls server configuration for the TCP pool: [`server_config`] with ALPN
-/// [`super::handshake::ALPN_TCP`], no session tickets or resumption, so
-/// every connection runs the full handshake with both certificates.
+/// [`super::handshake::ALPN_TCP`].
 pub(crate) fn tcp_server_config(
     cert: CertificateDer<'static>,
     key: PrivateKeyDer<'static>,
@@ -300,26 +299,25 @@ pub(crate) fn tcp_server_config(
 ) -> Result<rustls::ServerConfig, rustls::Error> {
     let mut cfg = server_config(cert, key, peers)?;
     cfg.alpn_protocols = vec![super::handshake::ALPN_TCP.to_vec()];
-    cfg.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
-    cfg.send_tls13_tickets = 0;
     Ok(cfg)
 }
 
 /// rustls client configuration for the TCP pool: [`client_config`] with
-/// ALPN [`super::handshake::ALPN_TCP`] and no resumption.
+/// ALPN [`super::handshake::ALPN_TCP`].
 pub(crate) fn tcp_client_config(
-    cert: CertificateDer<'static>,
-    key: PrivateKeyDer<'static>,
+    creds: &Credentials,
     expected: PeerId,
 ) -> Result<rustls::ClientConfig, rustls::Error> {
-    let mut cfg = client_config(cert, key, expected)?;
+    let mut cfg = client_config(creds, expected)?;
     cfg.alpn_protocols = vec![super::handshake::ALPN_TCP.to_vec()];
-    cfg.resumption = rustls::client::Resumption::disabled();
     Ok(cfg)
 }
 
 /// rustls server configuration: TLS 1.3 only, mandatory client certificates
-/// from the peer table, ALPN `timecoin/1`.
+/// from the peer table, ALPN `timecoin/1`. No session tickets, no session
+/// cache, no early data (0-RTT): every connection runs the full handshake
+/// with both certificates and fresh key shares, so nothing recorded from an
+/// earlier connection is accepted on a new one.
 pub(crate) fn server_config(
     cert: CertificateDer<'static>,
     key: PrivateKeyDer<'static>,
@@ -332,24 +330,32 @@ pub(crate) fn server_config(
         .with_client_cert_verifier(verifier)
         .with_single_cert(vec![cert], key)?;
     cfg.alpn_protocols = vec![ALPN.to_vec()];
+    cfg.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+    cfg.send_tls13_tickets = 0;
+    cfg.max_early_data_size = 0;
     Ok(cfg)
 }
 
-/// rustls client configuration for dialing the peer whose key is `expected`.
+/// rustls client configuration for dialing the peer whose key is `expected`,
+/// presenting `creds`. No resumption, no early data.
 pub(crate) fn client_config(
-    cert: CertificateDer<'static>,
-    key: PrivateKeyDer<'static>,
+    creds: &Credentials,
     expected: PeerId,
 ) -> Result<rustls::ClientConfig, rustls::Error> {
     let provider = provider();
     let verifier = Arc::new(ExpectedPeerVerifier::new(expected, &provider));
+    let resolver = Arc::new(rustls::sign::SingleCertAndKey::from(
+        (*creds.certified).clone(),
+    ));
     let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])?
         // rustls calls every custom verifier "dangerous"; this one checks
         // the key binding and the handshake signature.
         .dangerous()
         .with_custom_certificate_verifier(verifier)
-        .with_client_auth_cert(vec![cert], key)?;
+        .with_client_cert_resolver(resolver);
     cfg.alpn_protocols = vec![ALPN.to_vec()];
+    cfg.resumption = rustls::client::Resumption::disabled();
+    cfg.enable_early_data = false;
     Ok(cfg)
 }

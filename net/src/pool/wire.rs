@@ -135,7 +135,7 @@ pub(crate) fn decode_frame(buf: &[u8]) -> Result<Frame<'_>, DecodeError> {
 
 /// What a QUIC unidirectional stream carries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum StreamKind {
+pub enum StreamKind {
     /// Data frames of one class only.
     Class(Priority),
     /// Pings and pongs.
@@ -160,7 +160,7 @@ impl StreamKind {
 
 /// First frame on every QUIC unidirectional stream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct StreamHello {
+pub struct StreamHello {
     pub kind: StreamKind,
     /// The sending pool's instance id (see [`Hello::epoch`]).
     pub epoch: u64,
