@@ -712,6 +712,12 @@ impl Collector for NodeCollector {
         )?;
         counter(
             &mut e,
+            "wallet_answer_bytes_waited",
+            "Wallet queries that waited because MAX_ANSWER_BYTES of answers were waiting to be written",
+            w.answer_bytes_waited.get(),
+        )?;
+        counter(
+            &mut e,
             "wallet_store_queries_failed",
             "Wallet UTXO and address queries the store could not answer",
             load(&w.store_queries_failed),

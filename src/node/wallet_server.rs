@@ -70,6 +70,22 @@ pub const MAX_OUTSTANDING_QUERIES: usize = 16;
 /// queries behind it.
 pub const MAX_CONCURRENT_STORE_QUERIES: usize = 4;
 
+/// Bytes of query answers read and not yet written to their wallets, in the
+/// whole node. A session that does not read holds its answers (up to
+/// [`MAX_OUTSTANDING_QUERIES`] of up to 4,096 outputs each, about 0.5 MB),
+/// so without this 1,024 such sessions could hold gigabytes. A query
+/// reserves its largest possible answer before it is read
+/// ([`Query::max_answer_bytes`]), keeps what the encoded answer takes until
+/// it is written, and waits for room when the budget is spent (counted in
+/// [`WalletStats::answer_bytes_waited`]).
+pub const MAX_ANSWER_BYTES: usize = 16 << 20;
+/// The budget's unit (the semaphore counts KiB).
+const ANSWER_UNIT: usize = 1024;
+/// Largest encoded size of one output's state in an answer (outpoint,
+/// option tag, amount, address, state with its txid and weight or height),
+/// rounded up.
+const ANSWER_ENTRY_BYTES: usize = 128;
+
 /// Frames queued towards one wallet. When full, the core drops further
 /// replies and notifications for it (the session's own answers, `Pong`,
 /// wait for room instead); counted in [`WalletStats::frames_dropped`].
@@ -86,6 +102,8 @@ const WRITE_BATCH: usize = 16 * 1024;
 pub(super) struct Outbound {
     pub frame: Bytes,
     pub permit: Option<OwnedSemaphorePermit>,
+    /// Its share of [`MAX_ANSWER_BYTES`], also released once written.
+    pub bytes: Option<OwnedSemaphorePermit>,
 }
 
 impl From<Bytes> for Outbound {
@@ -93,6 +111,7 @@ impl From<Bytes> for Outbound {
         Outbound {
             frame,
             permit: None,
+            bytes: None,
         }
     }
 }
@@ -173,6 +192,9 @@ pub struct WalletStats {
     /// Store queries that waited for one of the node's
     /// [`MAX_CONCURRENT_STORE_QUERIES`] places.
     pub store_queries_waited: LimitHits,
+    /// Queries that waited because [`MAX_ANSWER_BYTES`] of answers were
+    /// waiting to be written.
+    pub answer_bytes_waited: LimitHits,
     /// Store queries the store could not answer (`Error {QUERY_FAILED}`).
     pub store_queries_failed: AtomicU64,
     /// Replies dropped because a session's [`SESSION_QUEUE`] was full.
@@ -207,6 +229,8 @@ pub(super) struct WalletCtx {
     state: StateReader,
     /// The node's [`MAX_CONCURRENT_STORE_QUERIES`] places.
     store_queries: Arc<Semaphore>,
+    /// [`MAX_ANSWER_BYTES`], in KiB.
+    answer_bytes: Arc<Semaphore>,
     next_session: AtomicU64,
     admission: Mutex<Admission>,
 }
@@ -251,6 +275,7 @@ impl WalletCtx {
             origin_window,
             state,
             store_queries: Arc::new(Semaphore::new(MAX_CONCURRENT_STORE_QUERIES)),
+            answer_bytes: Arc::new(Semaphore::new(MAX_ANSWER_BYTES / ANSWER_UNIT)),
             next_session: AtomicU64::new(1),
             admission: Mutex::new(Admission::default()),
         }
@@ -479,6 +504,23 @@ enum Query {
     Status,
 }
 
+impl Query {
+    /// The largest encoded answer this query can have.
+    fn max_answer_bytes(&self) -> usize {
+        let entries = match self {
+            Query::Utxo(ops) => ops.len().min(MAX_QUERY_OUTPOINTS),
+            Query::Address(_) => MAX_QUERY_OUTPOINTS,
+            Query::Status => 4,
+        };
+        64 + entries * ANSWER_ENTRY_BYTES
+    }
+}
+
+/// KiB of [`MAX_ANSWER_BYTES`] for `bytes`.
+fn answer_units(bytes: usize) -> u32 {
+    bytes.div_ceil(ANSWER_UNIT).max(1) as u32
+}
+
 /// One session's queries, answered in the order they were sent by one task
 /// of their own: `UtxoStateQuery` and `AddressQuery` from the store
 /// ([`StateReader`], on a blocking-pool thread within the node's
@@ -497,12 +539,32 @@ impl QueryLane {
         let ctx = ctx.clone();
         tokio::spawn(async move {
             while let Some((query, permit)) = rx.recv().await {
+                let reserved = answer_units(query.max_answer_bytes());
+                let budget = ctx.answer_bytes.clone();
+                let mut bytes = match budget.clone().try_acquire_many_owned(reserved) {
+                    Ok(b) => b,
+                    Err(_) => {
+                        ctx.stats.answer_bytes_waited.hit(
+                            "MAX_ANSWER_BYTES",
+                            MAX_ANSWER_BYTES,
+                            "a query waits until answers already read are written to their wallets",
+                        );
+                        match budget.acquire_many_owned(reserved).await {
+                            Ok(b) => b,
+                            Err(_) => return,
+                        }
+                    }
+                };
                 let reply = answer(&ctx, session, query).await;
                 let frame = encode(&Message::from(reply));
+                // Keep only what the answer takes.
+                let used = answer_units(frame.len()).min(reserved);
+                drop(bytes.split((reserved - used) as usize));
                 // Waits for room, like `Pong`: the permit bounds what waits.
                 let out = Outbound {
                     frame,
                     permit: Some(permit),
+                    bytes: Some(bytes),
                 };
                 if tx_out.send(out).await.is_err() {
                     return; // the session is gone
@@ -638,12 +700,12 @@ async fn write_frames<W: tokio::io::AsyncWrite + Unpin>(
     let mut written = Vec::new();
     while let Some(f) = rx.recv().await {
         w.push(&f.frame)?;
-        written.push(f.permit);
+        written.push((f.permit, f.bytes));
         while w.buffered() < WRITE_BATCH {
             match rx.try_recv() {
                 Ok(f) => {
                     w.push(&f.frame)?;
-                    written.push(f.permit);
+                    written.push((f.permit, f.bytes));
                 }
                 Err(_) => break,
             }
@@ -969,6 +1031,35 @@ mod tests {
 
     /// Store queries wait for one of the node's
     /// `MAX_CONCURRENT_STORE_QUERIES` places (counted), then are answered.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn answers_waiting_to_be_written_are_bounded_in_the_node() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LmdbStore::open(dir.path(), LmdbOptions::default()).unwrap();
+        let (ctx, _rx) = ctx_without_core(&store);
+        let units = (MAX_ANSWER_BYTES / ANSWER_UNIT) as u32;
+        // The whole budget is held by answers not yet written.
+        let held = ctx
+            .answer_bytes
+            .clone()
+            .acquire_many_owned(units)
+            .await
+            .unwrap();
+        let mut s = LocalSession::open(&ctx).unwrap();
+        s.request(WalletRequest::UtxoStateQuery(vec![op(1), op(2)]))
+            .await;
+        let waiting = tokio::time::timeout(Duration::from_millis(200), s.reply()).await;
+        assert!(waiting.is_err(), "no room: the query waits");
+        assert_eq!(ctx.stats.answer_bytes_waited.get(), 1);
+        drop(held);
+        assert!(matches!(
+            s.reply().await,
+            Some(WalletReply::UtxoStateResponse(v)) if v.len() == 2
+        ));
+        // Once read, the answer's share is back.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(ctx.answer_bytes.available_permits(), units as usize);
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn store_queries_wait_for_a_place_in_the_node() {
         let dir = tempfile::tempdir().unwrap();
