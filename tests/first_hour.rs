@@ -193,19 +193,7 @@ fn a_second_devnet_in_the_same_directory_fails_at_once() {
         .spawn()
         .unwrap();
     // Wait for "devnet is up" on its stdout.
-    let mut out = first.stdout.take().unwrap();
-    let reader = std::thread::spawn(move || {
-        let mut buf = Vec::new();
-        let mut byte = [0u8; 1];
-        while out.read(&mut byte).unwrap_or(0) == 1 {
-            buf.push(byte[0]);
-            if String::from_utf8_lossy(&buf).contains("devnet is up") {
-                return (true, out);
-            }
-        }
-        (false, out)
-    });
-    let (up, _keep_open) = reader.join().unwrap();
+    let (up, _keep_open) = wait_until_up(first.stdout.take().unwrap());
     assert!(up, "the first devnet did not come up");
     let t = Instant::now();
     let second = devnet().output().unwrap();
@@ -220,6 +208,20 @@ fn a_second_devnet_in_the_same_directory_fails_at_once() {
     assert!(e.contains("a devnet is already running in"), "{e}");
     assert!(!so.contains("devnet is up"), "{so}");
     assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+}
+
+/// Reads a devnet's stdout until "devnet is up" (true) or its end (false);
+/// returns the pipe so it stays open.
+fn wait_until_up(mut out: std::process::ChildStdout) -> (bool, std::process::ChildStdout) {
+    let mut buf = Vec::new();
+    let mut byte = [0u8; 1];
+    while out.read(&mut byte).unwrap_or(0) == 1 {
+        buf.push(byte[0]);
+        if String::from_utf8_lossy(&buf).contains("devnet is up") {
+            return (true, out);
+        }
+    }
+    (false, out)
 }
 
 /// The devnet spaces its P2P ports by 2, so each masternode's TCP peer pool
@@ -242,19 +244,7 @@ fn a_devnet_runs_the_tcp_peer_pool() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let mut out = child.stdout.take().unwrap();
-    let reader = std::thread::spawn(move || {
-        let mut buf = Vec::new();
-        let mut byte = [0u8; 1];
-        while out.read(&mut byte).unwrap_or(0) == 1 {
-            buf.push(byte[0]);
-            if String::from_utf8_lossy(&buf).contains("devnet is up") {
-                return (true, out);
-            }
-        }
-        (false, out)
-    });
-    let (up, _keep_open) = reader.join().unwrap();
+    let (up, _keep_open) = wait_until_up(child.stdout.take().unwrap());
     // SAFETY: kill(2) of the child this test spawned.
     unsafe {
         libc::kill(child.id() as libc::pid_t, libc::SIGTERM);

@@ -61,13 +61,19 @@ pub(super) fn start_verifier(threads: usize, chain_id: ChainId, after: AfterVeri
 /// The pool readers' pacing ([`time_net::pool::PoolConfig::intake_pacing`]):
 /// the state machine's peer book says how long a peer's message must wait
 /// for its rate ([`PeerGate::pacing`]), so a sender over its rate is slowed
-/// by flow control before anything of it is refused. Decoding here costs a
-/// second decode per message; a message that does not decode is not held
-/// (the inbox refuses it and counts it).
+/// by flow control before anything of it is refused. While every bucket of
+/// the peer holds a full message's worth ([`PeerGate::may_pace`], the usual
+/// case) the message is not decoded here; otherwise it is decoded a second
+/// time. A message that does not decode is not held (the inbox refuses it
+/// and counts it).
 pub(super) fn intake_pacing(gate: PeerGate, clock: Clock) -> time_net::pool::IntakePacing {
     Arc::new(move |peer: &[u8; 32], bytes: &Bytes| {
+        let (now, peer) = (clock.now_ms(), PublicKey(*peer));
+        if !gate.may_pace(now, &peer) {
+            return None;
+        }
         let msg = PeerMessage::try_from(Message::decode(bytes).ok()?).ok()?;
-        gate.pacing(clock.now_ms(), &PublicKey(*peer), &msg)
+        gate.pacing(now, &peer, &msg)
             .map(std::time::Duration::from_millis)
     })
 }

@@ -304,10 +304,12 @@ mod tests {
         .unwrap()
     }
 
-    #[test]
-    fn a_watched_transaction_reports_its_approvals_from_any_shard() {
-        let keys: Vec<SigningKey> = (1..=4).map(|i| SigningKey::from_bytes(&[i; 32])).collect();
-        let reg = registry(&keys);
+    /// Three vote threads for `keys[0]`; their outcomes arrive on the
+    /// receiver.
+    fn start(
+        keys: &[SigningKey],
+        reg: &Registry,
+    ) -> (VoteThreads, crossbeam::channel::Receiver<TallyEvent>) {
         let (tx, rx) = crossbeam::channel::unbounded();
         let vt = VoteThreads::start(
             VoteThreadConfig {
@@ -325,6 +327,14 @@ mod tests {
                 }
             },
         );
+        (vt, rx)
+    }
+
+    #[test]
+    fn a_watched_transaction_reports_its_approvals_from_any_shard() {
+        let keys: Vec<SigningKey> = (1..=4).map(|i| SigningKey::from_bytes(&[i; 32])).collect();
+        let reg = registry(&keys);
+        let (vt, rx) = start(&keys, &reg);
         let t = Txid([7; 32]);
         let approve = vec![VoteItem {
             txid: t,
@@ -355,23 +365,7 @@ mod tests {
     fn sharded_threads_reach_quorum_once_per_transaction() {
         let keys: Vec<SigningKey> = (1..=4).map(|i| SigningKey::from_bytes(&[i; 32])).collect();
         let reg = registry(&keys);
-        let (tx, rx) = crossbeam::channel::unbounded();
-        let vt = VoteThreads::start(
-            VoteThreadConfig {
-                threads: 3,
-                cores: vec![],
-                chain_id: 1,
-                me: PublicKey::from_signing(&keys[0]),
-                quorum: reg.quorum(),
-                max_age_ms: 60_000,
-            },
-            reg.clone(),
-            move |ev| {
-                for e in ev {
-                    let _ = tx.send(e);
-                }
-            },
-        );
+        let (vt, rx) = start(&keys, &reg);
         let txids: Vec<Txid> = (0..200u32)
             .map(|i| {
                 let mut t = [0u8; 32];

@@ -103,6 +103,16 @@ impl Class {
         }
     }
 
+    /// The most one message of this class can cost (see [`Class::cost`]).
+    pub fn max_cost(self) -> u32 {
+        match self {
+            Class::Transactions => crate::protocol::types::MAX_TX_INPUTS as u32,
+            Class::Votes => crate::protocol::vote::MAX_VOTE_ITEMS as u32,
+            Class::Proofs => 1,
+            Class::CatchUp => crate::masternode::block_sync::BLOCKS_PER_ANSWER as u32,
+        }
+    }
+
     pub const ALL: [Class; 4] = [
         Class::Transactions,
         Class::Votes,
@@ -257,6 +267,23 @@ impl PeerBook {
         Admission::RateLimited
     }
 
+    /// Whether some message from `peer` could have to wait now: false when
+    /// every bucket holds the most any one message of its class costs (an
+    /// honest peer's usual state), so the caller need not decode the message
+    /// to ask [`PeerBook::pacing`]. Changes nothing.
+    pub fn may_pace(&self, now: u64, peer: &PublicKey) -> bool {
+        let Some(p) = self.peers.get(peer) else {
+            return false;
+        };
+        Class::ALL.iter().any(|&c| {
+            let i = c as usize;
+            let rate = self.limits.per_second[i] as f64;
+            let b = &p.buckets[i];
+            let elapsed = now.saturating_sub(b.last_ms) as f64 / 1_000.0;
+            b.tokens + elapsed * rate < c.max_cost() as f64
+        })
+    }
+
     /// How long `msg` from `peer` must wait before its class's bucket holds
     /// its cost, in milliseconds; `None` if it can be taken now, if it never
     /// fits the bucket, if the peer is banned or unknown, or if the message
@@ -392,6 +419,11 @@ impl PeerGate {
         self.book().penalize(now, peer, why)
     }
 
+    /// See [`PeerBook::may_pace`].
+    pub fn may_pace(&self, now: u64, peer: &PublicKey) -> bool {
+        self.book().may_pace(now, peer)
+    }
+
     /// See [`PeerBook::pacing`].
     pub fn pacing(&self, now: u64, peer: &PublicKey, msg: &PeerMessage) -> Option<u64> {
         self.book().pacing(now, peer, msg)
@@ -449,6 +481,7 @@ mod tests {
         let full = votes(crate::protocol::vote::MAX_VOTE_ITEMS);
         // The bucket holds 100,000 votes: six full batches are taken at once.
         let mut now = 0;
+        assert!(!book.may_pace(now, &pk(1)), "full buckets: nothing to pace");
         for _ in 0..6 {
             assert_eq!(book.pacing(now, &pk(1), &full), None);
             assert_eq!(book.admit_message(now, &pk(1), &full), Admission::Accept);
@@ -465,6 +498,7 @@ mod tests {
         }
         assert_eq!(book.stats().refused_rate_limited, 0);
         assert_eq!(book.reputation(&pk(1)), Some(0));
+        assert!(book.may_pace(now, &pk(1)), "the votes bucket is low");
         // Pacing takes nothing: asking does not change the bucket.
         let before = book.pacing(now, &pk(1), &full);
         assert_eq!(book.pacing(now, &pk(1), &full), before);
