@@ -480,6 +480,25 @@ mod tests {
     }
 
     #[test]
+    fn watches_are_capped_and_expire() {
+        let (_, reg) = setup(&[Tier::Bronze, Tier::Bronze, Tier::Bronze]);
+        let mut agg = VoteAggregator::new(reg.clone(), reg.quorum(), 1_000);
+        let mut out = Vec::new();
+        for i in 0..=MAX_WATCHED as u64 {
+            let mut t = [0u8; 32];
+            t[..8].copy_from_slice(&i.to_le_bytes());
+            agg.watch(0, Txid(t), &mut out);
+        }
+        assert_eq!(agg.watched.len(), MAX_WATCHED);
+        assert_eq!(agg.stats().watch_refused, 1);
+        agg.expire(10_000, 5_000, 5_000, |_| false);
+        assert!(
+            agg.watched.is_empty(),
+            "watches expire with finished records"
+        );
+    }
+
+    #[test]
     fn duplicates_equivocation_and_impossible() {
         let (keys, reg) = setup(&[Tier::Bronze; 4]);
         let mut agg = VoteAggregator::new(reg.clone(), reg.quorum(), 100);
