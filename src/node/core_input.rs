@@ -116,6 +116,17 @@ pub(super) enum CoreInput {
         txid: Txid,
         from: PublicKey,
     },
+    /// A peer's block proposal, vote or committed block, its signatures
+    /// checked on the check thread.
+    CheckedBlock {
+        from: PublicKey,
+        msg: timecoin_core::blocks::CheckedBlockMessage,
+    },
+    /// A peer's block message that failed its check on the check thread.
+    RefusedBlock {
+        from: PublicKey,
+        error: timecoin_core::blocks::consensus::ConsensusError,
+    },
     /// A transport or verifier caught a peer misbehaving.
     Misbehaved {
         peer: PublicKey,

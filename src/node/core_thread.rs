@@ -379,6 +379,12 @@ fn handle_input(
         CoreInput::Tally(events) => mn.handle_tally_events(now, events),
         CoreInput::Proof { tx, proof } => mn.handle_verified_proof(now, tx, proof),
         CoreInput::Misbehaved { peer, why } => mn.handle_peer_misbehaved(now, &peer, why),
+        CoreInput::CheckedBlock { from, msg } => {
+            mn.handle_checked_block_message(now, from, msg, store)?
+        }
+        CoreInput::RefusedBlock { from, error } => {
+            mn.handle_refused_block_message(now, &from, error)
+        }
         // Admitted by the peer book on the network task that read them.
         CoreInput::ProofRequest { txid, from } => {
             mn.handle_admitted_peer_message(now, from, PeerMessage::ProofRequest(txid), store)?

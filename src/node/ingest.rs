@@ -15,8 +15,8 @@ use tokio::sync::mpsc::error::TrySendError;
 
 use crate::node::core_input::{Clock, CoreInput, CoreTx};
 use crate::node::fastpath::FastPathSink;
+use crate::node::peer_check::PeerCheck;
 use crate::node::peer_net::PeerNet;
-use crate::node::proof_check::ProofCheck;
 use crate::node::verifier::{Lane, Verifier};
 use crate::node::vote_threads::{VoteThreadConfig, VoteThreads};
 use crate::node::wallet_server::{overloaded, SessionTx, WalletStats, SESSION_QUEUE};
@@ -138,13 +138,14 @@ fn tell_wallet(after: &AfterVerify, session: SessionId, to: &SessionTx, m: Bytes
     }
 }
 
-/// Handles to the verifier pool and the vote threads, and the state
-/// machine's peer book, which admits every peer message first.
+/// Handles to the verifier pool, the vote threads and the check thread, and
+/// the state machine's peer book, which admits every peer message first.
 #[derive(Clone)]
 pub(super) struct Ingest {
     pub verifier: Arc<TxVerifier>,
     pub votes: Arc<VoteThreads>,
-    pub proofs: Arc<ProofCheck>,
+    /// Signature checks of peers' proofs and block messages.
+    pub checks: Arc<PeerCheck>,
     pub gate: PeerGate,
     pub clock: Clock,
 }

@@ -5,7 +5,7 @@
 //! and queue drops in [`Traffic`] (counted by `peer_net` and `peer_glue`),
 //! the core's outcomes in [`CoreMetrics`] (counted by the core thread as it
 //! dispatches a round's events), the existing per-component atomics
-//! (`NetStats`, `FastPathStats`, `VoteThreadStats`, `VerifierStats`,
+//! (`NetStats`, `FastPathStats`, `VoteThreadStats`, `VerifierStats`, `PeerCheckStats`,
 //! `WalletStats`) read at scrape time by [`NodeCollector`]. State values
 //! (finalized payments, UTXO set size, database size) are read from the
 //! store, so they survive restarts; the state machine's own counters and
@@ -43,6 +43,7 @@ use tracing::{info, warn};
 
 use crate::masternode::{Masternode, MasternodeStats};
 use crate::node::fastpath::FastPathStats;
+use crate::node::peer_check::PeerCheckStats;
 use crate::node::verifier::VerifierStats;
 use crate::node::vote_threads::VoteThreadStats;
 use crate::node::wallet_server::WalletStats;
@@ -414,6 +415,7 @@ pub struct Sources {
     pub wallet: Arc<WalletStats>,
     pub votes: Arc<VoteThreadStats>,
     pub verifier: Arc<VerifierStats>,
+    pub checks: Arc<PeerCheckStats>,
     pub fast: Option<Arc<FastPathStats>>,
 }
 
@@ -776,6 +778,20 @@ impl Collector for NodeCollector {
             "verifier_queue_drops",
             "Transactions refused by a full verifier queue (peer and wallet lanes)",
             load(&vf.dropped[0]) + load(&vf.dropped[1]),
+        )?;
+
+        let pc = &s.checks;
+        by_reason(
+            &mut e,
+            "peer_checks",
+            "Peers' TimeProofs and block messages checked on the check thread, by outcome",
+            &[
+                ("proof_verified", load(&pc.proofs_verified)),
+                ("proof_invalid", load(&pc.proofs_invalid)),
+                ("block_verified", load(&pc.blocks_verified)),
+                ("block_invalid", load(&pc.blocks_invalid)),
+                ("dropped", load(&pc.dropped)),
+            ],
         )?;
 
         if let Some(f) = &s.fast {
@@ -1236,6 +1252,7 @@ mod tests {
             wallet: Arc::new(WalletStats::default()),
             votes: votes.clone(),
             verifier: Arc::new(VerifierStats::default()),
+            checks: Arc::new(PeerCheckStats::default()),
             fast: None,
         });
         (m, votes)

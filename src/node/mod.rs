@@ -10,8 +10,9 @@
 //! - `ingest`: verifier pool, vote threads, the fast path's sink, and peer
 //!   admission (the state machine's peer book, checked on the network task
 //!   before any signature).
-//! - `proof_check`: peers' TimeProofs verified on a thread of their own,
-//!   bounded per peer and in bytes.
+//! - `peer_check`: peers' TimeProofs and block messages (proposals, block
+//!   votes, committed blocks) verified on a thread of their own, bounded
+//!   per peer and in bytes: the core thread verifies no peer's signature.
 //! - `listener`, `handshake`: the P2P port and the signed handshake.
 //! - `peer_glue`: messages from authenticated peer masternodes.
 //! - [`wallet_server`]: wallet sessions, their limits and their counters
@@ -34,9 +35,9 @@ pub mod keyfile;
 mod listener;
 pub mod metrics;
 pub mod node_api;
+pub mod peer_check;
 mod peer_glue;
 pub mod peer_net;
-mod proof_check;
 pub mod rpc;
 pub mod startup;
 pub mod verifier;

@@ -122,10 +122,17 @@ pub(super) fn handle_peer_message(
     };
     match msg {
         PeerMessage::TimeProof { tx, proof } => {
-            // Checked on the proof-check thread (structure, then the vote
+            // Checked on the check thread (structure, then the vote
             // signatures, then the transaction's), not on this task and
             // not on the core thread; over its bounds dropped and counted.
-            ctx.ingest.proofs.submit(peer, tx, proof);
+            ctx.ingest.checks.submit_proof(peer, tx, proof);
+        }
+        m @ (PeerMessage::BlockProposal(_)
+        | PeerMessage::BlockVote(_)
+        | PeerMessage::CommittedBlock(_)) => {
+            // Signatures checked on the check thread too; the core gets
+            // them checked.
+            ctx.ingest.checks.submit_block(peer, m);
         }
         PeerMessage::ProofRequest(txid) => {
             ctx.core.offer(CoreInput::ProofRequest { txid, from: peer });
@@ -149,10 +156,7 @@ pub(super) fn handle_peer_message(
         }
         m @ (PeerMessage::FinalityLogRequest { .. }
         | PeerMessage::FinalityLogPage { .. }
-        | PeerMessage::BlockProposal(_)
-        | PeerMessage::BlockVote(_)
-        | PeerMessage::BlockRequest { .. }
-        | PeerMessage::CommittedBlock(_)) => {
+        | PeerMessage::BlockRequest { .. }) => {
             ctx.core.offer(CoreInput::Peer { from: peer, msg: m });
         }
         // Handled by ingest above.

@@ -35,9 +35,9 @@ use crate::node::ingest::{start_verifier, start_vote_threads, AfterVerify, Inges
 use crate::node::keyfile::KeyFile;
 use crate::node::listener::{accept_loop, ListenCtx};
 use crate::node::metrics::{bind_metrics, serve_metrics, NodeMetrics, Sources};
+use crate::node::peer_check::PeerCheck;
 use crate::node::peer_glue::{spawn_pool_inbox, FastRepair, PeerCtx};
 use crate::node::peer_net::PeerNet;
-use crate::node::proof_check::ProofCheck;
 use crate::node::rpc::{serve_rpc, write_cookie, RpcCtx, RpcNode};
 use crate::node::vote_threads::VoteThreadConfig;
 use crate::node::wallet_server::{WalletCtx, WalletStats};
@@ -203,6 +203,7 @@ impl Node {
             wallet: w.wallet_stats.clone(),
             votes: w.ingest.votes.stats.clone(),
             verifier: w.ingest.verifier.stats.clone(),
+            checks: w.ingest.checks.stats.clone(),
             fast: fast.stats.clone(),
         }));
         let metrics_addr = metrics_listener.as_ref().and_then(|l| l.local_addr().ok());
@@ -458,7 +459,7 @@ fn build_wiring(
         wallet_stats: wallet_stats.clone(),
     };
     let verifier = start_verifier(cfg.verify_threads, genesis.chain_id, after);
-    let proofs = ProofCheck::start(genesis.chain_id, genesis.registry.clone(), core.clone());
+    let checks = PeerCheck::start(genesis.chain_id, genesis.registry.clone(), core.clone());
     Wiring {
         id: Arc::new(Identity {
             chain_id: genesis.chain_id,
@@ -474,7 +475,7 @@ fn build_wiring(
         ingest: Ingest {
             verifier: Arc::new(verifier),
             votes: Arc::new(votes),
-            proofs: Arc::new(proofs),
+            checks: Arc::new(checks),
             gate,
             clock,
         },

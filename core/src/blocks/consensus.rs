@@ -22,6 +22,7 @@ use crate::blocks::block::{Block, BlockFormatError, BlockHash, MAX_BLOCK_BYTES};
 use crate::blocks::certificate::{
     CertificateError, CommitCertificate, CommittedBlock, ForkEvidence,
 };
+use crate::blocks::checked::Checked;
 use crate::blocks::evidence::{BlockEvidence, BlockEvidenceKey, SignedProposal};
 use crate::blocks::leader::leader;
 use crate::blocks::vote::{BlockVote, Proposal, Slot, VoteKind};
@@ -596,48 +597,37 @@ impl BlockConsensus {
         }
     }
 
+    /// A peer's proposal: [`Checked::proposal`], then
+    /// [`Self::handle_checked_proposal`].
     pub fn handle_proposal(
         &mut self,
         now: u64,
-        mut p: Proposal,
+        p: Proposal,
         ledger: &dyn BlockLedger,
     ) -> Result<(), ConsensusError> {
+        let p = Checked::proposal(p, self.chain_id, &self.registry)?;
+        self.handle_checked_proposal(now, p, ledger)
+    }
+
+    /// A proposal whose proposer, leadership, format and signatures were
+    /// checked ([`Checked::proposal`], off the core thread in the node).
+    pub fn handle_checked_proposal(
+        &mut self,
+        now: u64,
+        p: Checked<Proposal>,
+        ledger: &dyn BlockLedger,
+    ) -> Result<(), ConsensusError> {
+        let mut p = p.into_inner();
         self.check_slot(&p.slot)?;
-        if self.registry.weight_of(&p.proposer).is_none() {
-            return Err(ConsensusError::UnknownSigner(p.proposer));
-        }
         if !self.relevant(&p.slot, p.proposer) {
             return Ok(());
         }
-        let expected = leader(self.chain_id, &self.registry, p.slot.height, p.slot.round);
-        if p.proposer != expected {
-            return Err(ConsensusError::NotLeader {
-                got: p.proposer,
-                height: p.slot.height,
-                round: p.slot.round,
-            });
-        }
-        p.block.check_format()?;
-        if !p.verify_signature() {
-            return Err(ConsensusError::BadSignature);
-        }
         let round = p.slot.round;
         let hash = p.block.hash();
-        if let Some(vr) = p.valid_round.filter(|vr| *vr < round) {
-            for v in std::mem::take(&mut p.polka) {
-                let fits = v.slot
-                    == Slot {
-                        round: vr,
-                        ..p.slot
-                    }
-                    && v.kind == VoteKind::Prevote
-                    && v.block == Some(hash);
-                if fits && self.registry.weight_of(&v.voter).is_some() {
-                    // A bad justification vote is ignored, not fatal: the
-                    // proposal itself is signed and may still be good.
-                    let _ = self.check_and_insert_vote(v);
-                }
-            }
+        // Only prevotes of the valid round for this block, each verified,
+        // are left in a checked proposal's polka.
+        for v in std::mem::take(&mut p.polka) {
+            self.insert_checked_vote(Checked::trusted(v));
         }
         let rs = self.rounds.entry(round).or_default();
         if let Some(prev) = &rs.proposal {
@@ -661,29 +651,37 @@ impl BlockConsensus {
         Ok(())
     }
 
+    /// A peer's vote: [`Checked::vote`], then [`Self::handle_checked_vote`].
     pub fn handle_vote(
         &mut self,
         now: u64,
         v: BlockVote,
         ledger: &dyn BlockLedger,
     ) -> Result<(), ConsensusError> {
-        self.check_slot(&v.slot)?;
-        let w = self
-            .registry
-            .weight_of(&v.voter)
-            .ok_or(ConsensusError::UnknownSigner(v.voter))?;
-        if !self.relevant(&v.slot, v.voter) {
+        let v = Checked::vote(v, &self.registry)?;
+        self.handle_checked_vote(now, v, ledger)
+    }
+
+    /// A vote whose voter and signature were checked ([`Checked::vote`]).
+    pub fn handle_checked_vote(
+        &mut self,
+        now: u64,
+        v: Checked<BlockVote>,
+        ledger: &dyn BlockLedger,
+    ) -> Result<(), ConsensusError> {
+        self.check_slot(&v.get().slot)?;
+        if !self.relevant(&v.get().slot, v.get().voter) {
             return Ok(());
         }
-        let _ = w;
-        self.check_and_insert_vote(v)?;
+        self.insert_checked_vote(v);
         self.progress(now, ledger);
         Ok(())
     }
 
-    /// Verifies a vote of the current height (unless it repeats one held)
-    /// and counts it.
-    fn check_and_insert_vote(&mut self, v: BlockVote) -> Result<(), ConsensusError> {
+    /// Counts a checked vote of the current height; a second vote of one
+    /// voter for another block in one round and step is equivocation.
+    fn insert_checked_vote(&mut self, v: Checked<BlockVote>) {
+        let v = v.into_inner();
         let held = self.rounds.get(&v.slot.round).and_then(|rs| {
             match v.kind {
                 VoteKind::Prevote => &rs.prevotes,
@@ -693,14 +691,14 @@ impl BlockConsensus {
             .get(&v.voter)
         });
         match held {
-            Some(first) if first.block == v.block => Ok(()),
+            Some(first) if first.block == v.block => {}
             Some(first) => {
                 let first = first.clone();
                 let Some(w) = self.registry.weight_of(&v.voter) else {
-                    return Ok(());
+                    return;
                 };
                 let Some(rs) = self.rounds.get_mut(&v.slot.round) else {
-                    return Ok(());
+                    return;
                 };
                 let set = match v.kind {
                     VoteKind::Prevote => &mut rs.prevotes,
@@ -708,8 +706,8 @@ impl BlockConsensus {
                 };
                 let key = (v.voter, v.block);
                 let more = set.equivocations.keys().filter(|k| k.0 == v.voter).count();
-                if set.equivocations.contains_key(&key) || !v.verify_signature() {
-                    return Ok(());
+                if set.equivocations.contains_key(&key) {
+                    return;
                 }
                 self.stats.equivocations += 1;
                 let evidence = BlockEvidence::DoubleVote {
@@ -721,13 +719,8 @@ impl BlockConsensus {
                     set.equivocations.insert(key, v);
                 }
                 self.keep_evidence(evidence);
-                Ok(())
             }
-            None if !v.verify_signature() => Err(ConsensusError::BadSignature),
-            None => {
-                self.insert_vote(v);
-                Ok(())
-            }
+            None => self.insert_vote(v),
         }
     }
 
@@ -763,9 +756,8 @@ impl BlockConsensus {
         })
     }
 
-    /// A committed block with its certificate from a peer (sync, or a node
-    /// that missed the precommits). Applied if it extends the tip; a second
-    /// valid certificate at the tip's height for another block is a fork.
+    /// A committed block with its certificate from a peer:
+    /// [`Checked::commit`], then [`Self::handle_checked_commit`].
     pub fn handle_commit(
         &mut self,
         now: u64,
@@ -773,21 +765,28 @@ impl BlockConsensus {
         cert: CommitCertificate,
         ledger: &dyn BlockLedger,
     ) -> Result<bool, ConsensusError> {
+        let c = Checked::commit(
+            CommittedBlock { block, cert },
+            self.chain_id,
+            &self.registry,
+        )?;
+        self.handle_checked_commit(now, c, ledger)
+    }
+
+    /// A committed block whose certificate was checked ([`Checked::commit`])
+    /// from a peer (sync, or a node that missed the precommits). Applied if
+    /// it extends the tip; a second valid certificate at the tip's height
+    /// for another block is a fork.
+    pub fn handle_checked_commit(
+        &mut self,
+        now: u64,
+        c: Checked<CommittedBlock>,
+        ledger: &dyn BlockLedger,
+    ) -> Result<bool, ConsensusError> {
+        let CommittedBlock { block, cert } = c.into_inner();
         self.check_slot(&cert.slot)?;
         let hash = block.hash();
-        if cert.block != hash {
-            return Err(ConsensusError::CertificateMismatch {
-                cert: cert.block,
-                block: hash,
-            });
-        }
-        if cert.slot.height != block.height() {
-            return Err(ConsensusError::NotExtendingTip {
-                height: block.height(),
-            });
-        }
         if block.height() == self.tip.height && hash != self.tip.hash {
-            cert.verify(self.chain_id, &self.registry)?;
             if let Some(mine) = self.tip_cert.clone() {
                 self.fork(ForkEvidence {
                     first: mine,
@@ -807,8 +806,6 @@ impl BlockConsensus {
                 height: block.height(),
             });
         }
-        block.check_format()?;
-        cert.verify(self.chain_id, &self.registry)?;
         self.stats.synced_blocks += 1;
         self.commit(now, block, cert);
         self.progress(now, ledger);

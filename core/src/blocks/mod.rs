@@ -6,12 +6,15 @@
 //! - [`block`]: header, body, hash, bounded encoding.
 //! - [`vote`]: signed proposals and prevote/precommit votes.
 //! - [`certificate`]: commit certificates and fork evidence.
+//! - [`checked`]: peers' block messages with their signatures checked,
+//!   the only form the consensus takes them in.
 //! - [`evidence`]: signed proof of a proposer's or voter's misbehaviour.
 //! - [`leader`]: stake-weighted leader per height and round.
 //! - [`consensus`]: the Tendermint-style state machine.
 
 pub mod block;
 pub mod certificate;
+pub mod checked;
 pub mod consensus;
 pub mod evidence;
 pub mod leader;
@@ -22,6 +25,7 @@ mod tests;
 
 pub use block::{Block, BlockHash, BlockHeader};
 pub use certificate::{CommitCertificate, CommittedBlock, ForkEvidence};
+pub use checked::{Checked, CheckedBlockMessage};
 pub use consensus::{
     BlockConsensus, BlockLedger, BodyRejection, Candidate, ChainTip, ConsensusConfig,
     ConsensusMessage, ConsensusRound, ConsensusWrite, OwnBlockVote, SignedStep,

@@ -1231,3 +1231,126 @@ fn a_proposal_conflicting_with_a_final_payment_is_evidence_and_gets_nil() {
     assert!(!bad.verify(CHAIN, &reg));
     assert_eq!(c.stats().invalid_proposals, 1);
 }
+
+#[test]
+fn checked_block_messages_refuse_strangers_and_bad_signatures() {
+    use super::checked::Checked;
+    let ks = keys(4);
+    let reg = registry(&ks, &[Tier::Bronze]);
+    let stranger = key_from_seed("stranger", 0);
+    let genesis = BlockHash::genesis(CHAIN, 1);
+    // Votes: a stranger is refused before its signature is looked at; a
+    // forged signature is refused; a genuine vote passes unchanged.
+    let v = BlockVote::sign(slot0(), VoteKind::Prevote, None, &ks[1]);
+    assert_eq!(Checked::vote(v.clone(), &reg).unwrap().into_inner(), v);
+    let mut forged = v.clone();
+    forged.signature[5] ^= 1;
+    assert!(matches!(
+        Checked::vote(forged, &reg),
+        Err(ConsensusError::BadSignature)
+    ));
+    let s = BlockVote::sign(slot0(), VoteKind::Prevote, None, &stranger);
+    assert!(matches!(
+        Checked::vote(s, &reg),
+        Err(ConsensusError::UnknownSigner(_))
+    ));
+    // Proposals: only the round's leader, with its signature.
+    let li = reg.position(&leader(CHAIN, &reg, 1, 0)).unwrap();
+    let leader_pk = PublicKey::from_signing(&ks[li]);
+    let b = Block::new(CHAIN, 1, 1, genesis, 1, leader_pk, vec![]);
+    let p = Proposal::sign(slot0(), None, b.clone(), &ks[li]);
+    assert!(Checked::proposal(p.clone(), CHAIN, &reg).is_ok());
+    let other = Proposal::sign(slot0(), None, b.clone(), &ks[(li + 1) % 4]);
+    assert!(matches!(
+        Checked::proposal(other, CHAIN, &reg),
+        Err(ConsensusError::NotLeader { .. })
+    ));
+    let mut bad = p;
+    bad.signature[0] ^= 1;
+    assert!(matches!(
+        Checked::proposal(bad, CHAIN, &reg),
+        Err(ConsensusError::BadSignature)
+    ));
+    // Committed blocks: the certificate must name the block and verify.
+    let slot = slot0();
+    let precommits: Vec<BlockVote> = ks
+        .iter()
+        .map(|k| BlockVote::sign(slot, VoteKind::Precommit, Some(b.hash()), k))
+        .collect();
+    let refs: Vec<&BlockVote> = precommits.iter().collect();
+    let cert = CommitCertificate::from_precommits(slot, b.hash(), &refs, &reg);
+    let good = CommittedBlock {
+        block: b.clone(),
+        cert: cert.clone(),
+    };
+    assert!(Checked::commit(good, CHAIN, &reg).is_ok());
+    let mut forged = cert.clone();
+    forged.precommits[2].1[7] ^= 1;
+    assert!(matches!(
+        Checked::commit(
+            CommittedBlock {
+                block: b.clone(),
+                cert: forged
+            },
+            CHAIN,
+            &reg
+        ),
+        Err(ConsensusError::Certificate(CertificateError::BadSignature))
+    ));
+    let elsewhere = Block::new(CHAIN, 1, 1, genesis, 2, leader_pk, vec![]);
+    assert!(matches!(
+        Checked::commit(
+            CommittedBlock {
+                block: elsewhere,
+                cert
+            },
+            CHAIN,
+            &reg
+        ),
+        Err(ConsensusError::CertificateMismatch { .. })
+    ));
+}
+
+#[test]
+fn a_checked_proposal_keeps_only_valid_distinct_prevotes_of_its_valid_round() {
+    use super::checked::Checked;
+    let ks = keys(4);
+    let reg = registry(&ks, &[Tier::Bronze]);
+    let genesis = BlockHash::genesis(CHAIN, 1);
+    let round = 1;
+    let li = reg.position(&leader(CHAIN, &reg, 1, round)).unwrap();
+    let b = Block::new(
+        CHAIN,
+        1,
+        1,
+        genesis,
+        1,
+        PublicKey::from_signing(&ks[li]),
+        vec![],
+    );
+    let s = Slot { round, ..slot0() };
+    let mut p = Proposal::sign(s, Some(0), b.clone(), &ks[li]);
+    let good: Vec<BlockVote> = ks
+        .iter()
+        .take(3)
+        .map(|k| BlockVote::sign(slot0(), VoteKind::Prevote, Some(b.hash()), k))
+        .collect();
+    let mut forged = BlockVote::sign(slot0(), VoteKind::Prevote, Some(b.hash()), &ks[3]);
+    forged.signature[1] ^= 1;
+    let wrong_round = BlockVote::sign(s, VoteKind::Prevote, Some(b.hash()), &ks[3]);
+    let for_nil = BlockVote::sign(slot0(), VoteKind::Prevote, None, &ks[3]);
+    let stranger = BlockVote::sign(
+        slot0(),
+        VoteKind::Prevote,
+        Some(b.hash()),
+        &key_from_seed("stranger", 1),
+    );
+    p.polka = good.clone();
+    p.polka
+        .extend([good[0].clone(), forged, wrong_round, for_nil, stranger]);
+    let checked = Checked::proposal(p, CHAIN, &reg).unwrap().into_inner();
+    assert_eq!(
+        checked.polka, good,
+        "the rest are dropped, the proposal kept"
+    );
+}

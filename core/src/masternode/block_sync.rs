@@ -7,16 +7,17 @@
 //! the window the tip waits on from a second peer too when its first answer
 //! is slow, and again from another peer when a request times out. Blocks
 //! that arrive ahead of the tip wait here (bounded in count and bytes) for
-//! their parent. No peer is trusted: every block is applied through the
-//! consensus's `handle_commit`, which checks its commit certificate against
-//! the registry, so one honest peer is enough and a Byzantine one only
-//! wastes a request (and its reputation).
+//! their parent. No peer is trusted: every block's commit certificate is
+//! checked against the registry ([`Checked::commit`]) before it gets here,
+//! and the consensus applies only one that extends its tip, so one honest
+//! peer is enough and a Byzantine one only wastes a request (and its
+//! reputation).
 //!
 //! Sans-IO: time comes in as `now`, requests go out as `(peer, from)`.
 
 use std::collections::{BTreeMap, HashMap};
 
-use crate::blocks::CommittedBlock;
+use crate::blocks::{Checked, CommittedBlock};
 use crate::protocol::types::PublicKey;
 
 /// Most committed blocks sent for one `BlockRequest`.
@@ -60,7 +61,7 @@ pub struct BlockSync {
     /// are refused) is asked only after every peer with fewer.
     strikes: HashMap<PublicKey, u32>,
     /// Blocks ahead of the tip, with the peer that sent each.
-    ahead: BTreeMap<u64, (PublicKey, CommittedBlock)>,
+    ahead: BTreeMap<u64, (PublicKey, Checked<CommittedBlock>)>,
     ahead_bytes: usize,
     pub stats: SyncStats,
 }
@@ -102,10 +103,10 @@ impl BlockSync {
         &mut self,
         peer: PublicKey,
         tip: u64,
-        c: CommittedBlock,
-    ) -> Option<CommittedBlock> {
+        c: Checked<CommittedBlock>,
+    ) -> Option<Checked<CommittedBlock>> {
         self.stats.blocks_received += 1;
-        let h = c.block.height();
+        let h = c.get().block.height();
         self.saw(peer, h + 1);
         self.strikes.remove(&peer);
         if let Some(r) = self.inflight.get(&peer).copied() {
@@ -117,7 +118,7 @@ impl BlockSync {
         if h == tip + 1 {
             return Some(c);
         }
-        let len = c.block.encoded_len();
+        let len = c.get().block.encoded_len();
         if h <= tip
             || self.ahead.contains_key(&h)
             || h > tip + MAX_AHEAD_BLOCKS as u64
@@ -133,13 +134,13 @@ impl BlockSync {
 
     /// The held block that extends `tip` and its sender, if any (and
     /// forgets those below).
-    pub fn next_ready(&mut self, tip: u64) -> Option<(PublicKey, CommittedBlock)> {
+    pub fn next_ready(&mut self, tip: u64) -> Option<(PublicKey, Checked<CommittedBlock>)> {
         while let Some((&h, _)) = self.ahead.first_key_value() {
             if h > tip + 1 {
                 return None;
             }
             let (_, (peer, c)) = self.ahead.pop_first()?;
-            self.ahead_bytes -= c.block.encoded_len();
+            self.ahead_bytes -= c.get().block.encoded_len();
             if h == tip + 1 {
                 return Some((peer, c));
             }
@@ -225,9 +226,10 @@ mod tests {
         PublicKey([i; 32])
     }
 
-    fn committed(h: u64) -> CommittedBlock {
+    fn committed(h: u64) -> Checked<CommittedBlock> {
         let block = Block::new(1, 0, h, BlockHash([h as u8; 32]), h * 1_000, pk(1), vec![]);
-        CommittedBlock {
+        // Sync only orders and holds blocks; their certificates do not matter here.
+        Checked::assume_checked(CommittedBlock {
             cert: CommitCertificate {
                 slot: Slot {
                     chain_id: 1,
@@ -239,7 +241,7 @@ mod tests {
                 precommits: vec![],
             },
             block,
-        }
+        })
     }
 
     #[test]
@@ -308,9 +310,9 @@ mod tests {
         assert!(s.received(pk(1), 0, committed(2)).is_none());
         assert!(s.next_ready(0).is_none());
         let b1 = s.received(pk(1), 0, committed(1)).expect("next block");
-        assert_eq!(b1.block.height(), 1);
-        assert_eq!(s.next_ready(1).unwrap().1.block.height(), 2);
-        assert_eq!(s.next_ready(2).unwrap().1.block.height(), 3);
+        assert_eq!(b1.get().block.height(), 1);
+        assert_eq!(s.next_ready(1).unwrap().1.get().block.height(), 2);
+        assert_eq!(s.next_ready(2).unwrap().1.get().block.height(), 3);
         assert!(s.next_ready(3).is_none());
         // Below the tip, a duplicate, or too far ahead: dropped.
         assert!(s.received(pk(1), 5, committed(4)).is_none());

@@ -9,12 +9,16 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
-use crate::blocks::consensus::{BlockLedger, BodyRejection, ConsensusWrite};
+use crate::blocks::consensus::{BlockLedger, BodyRejection, ConsensusError, ConsensusWrite};
 use crate::blocks::evidence::{Contradicted, Contradiction};
-use crate::blocks::{Block, BlockConsensus, ChainTip, CommittedBlock, ConsensusMessage};
+use crate::blocks::{
+    Block, BlockConsensus, ChainTip, Checked, CheckedBlockMessage, CommittedBlock, ConsensusMessage,
+};
 use crate::masternode::block_sync::BlockSync;
+use crate::protocol::audience::PeerMessage;
 use crate::protocol::engine::{CommittedTxError, Engine};
-use crate::protocol::types::{PublicKey, Transaction, Txid};
+use crate::protocol::registry::Registry;
+use crate::protocol::types::{ChainId, PublicKey, Transaction, Txid};
 use crate::protocol::utxo::UtxoState;
 use crate::storage::{Store, StoreError, Write};
 
@@ -39,6 +43,25 @@ pub const BLOCK_RECORDS_KEPT: u64 = 64;
 
 /// Most finality-log entries one page-in reads (bounds a core round).
 pub const PAGE_IN_ENTRIES: usize = 4_096;
+
+/// Checks a peer's block proposal, vote or committed block: cheap checks,
+/// then its signatures ([`Checked`]). Pure, so the node runs it on its
+/// check thread and the core thread never verifies a block message; `None`
+/// for any other message.
+pub fn check_block_message(
+    chain_id: ChainId,
+    registry: &Registry,
+    msg: PeerMessage,
+) -> Option<Result<CheckedBlockMessage, ConsensusError>> {
+    Some(match msg {
+        PeerMessage::BlockProposal(p) => Checked::proposal(*p, chain_id, registry)
+            .map(|p| CheckedBlockMessage::Proposal(Box::new(p))),
+        PeerMessage::BlockVote(v) => Checked::vote(v, registry).map(CheckedBlockMessage::Vote),
+        PeerMessage::CommittedBlock(c) => Checked::commit(*c, chain_id, registry)
+            .map(|c| CheckedBlockMessage::Commit(Box::new(c))),
+        _ => return None,
+    })
+}
 
 /// The engine as the block consensus sees it.
 pub struct LedgerView<'a> {

@@ -33,7 +33,9 @@ use std::sync::Arc;
 
 use ed25519_dalek::SigningKey;
 
-use crate::blocks::{BlockConsensus, ChainTip, ConsensusConfig, ConsensusMessage};
+use crate::blocks::{
+    BlockConsensus, ChainTip, CheckedBlockMessage, ConsensusConfig, ConsensusMessage,
+};
 use crate::protocol::audience::{PeerMessage, WalletReply};
 use crate::protocol::engine::{Engine, EngineConfig, Event, Metrics, Origin, Output};
 use crate::protocol::message::{Message, MAX_LOG_PAGE};
@@ -555,11 +557,20 @@ impl Masternode {
                 self.push_to_peers(out);
                 self.update_gate(now);
             }
-            PeerMessage::BlockProposal(_)
+            m @ (PeerMessage::BlockProposal(_)
             | PeerMessage::BlockVote(_)
-            | PeerMessage::CommittedBlock(_)
-            | PeerMessage::BlockRequest { .. } => {
-                self.handle_block_message(now, from, msg, store)?
+            | PeerMessage::CommittedBlock(_)) => {
+                let cfg = self.engine.config();
+                match blocks::check_block_message(cfg.chain_id, self.engine.registry(), m) {
+                    Some(Ok(checked)) => {
+                        self.handle_checked_block_message(now, from, checked, store)?
+                    }
+                    Some(Err(e)) => self.handle_refused_block_message(now, &from, e),
+                    None => {}
+                }
+            }
+            PeerMessage::BlockRequest { from: height } => {
+                self.serve_block_request(from, height, store)?
             }
             PeerMessage::RepairRequest { .. }
             | PeerMessage::Repair(_)
@@ -570,14 +581,15 @@ impl Masternode {
         Ok(())
     }
 
-    /// Block consensus messages, block requests and committed blocks. A
-    /// message that fails its checks costs the sender reputation; none of it
-    /// touches instant finality.
-    fn handle_block_message(
+    /// A peer's block proposal, vote or committed block whose signatures
+    /// were checked ([`blocks::check_block_message`]; the node does that
+    /// off the core thread). A message that fails the consensus's checks
+    /// costs the sender reputation; none of it touches instant finality.
+    pub fn handle_checked_block_message(
         &mut self,
         now: u64,
         from: PublicKey,
-        msg: PeerMessage,
+        msg: CheckedBlockMessage,
         store: &dyn Store,
     ) -> Result<(), StoreError> {
         let Some(layer) = self.blocks.as_mut() else {
@@ -592,62 +604,92 @@ impl Masternode {
             store: Some(store),
         };
         let result = match msg {
-            PeerMessage::BlockProposal(p) => layer.consensus.handle_proposal(now, *p, &view),
-            PeerMessage::BlockVote(v) => layer.consensus.handle_vote(now, v, &view),
-            PeerMessage::CommittedBlock(c) => {
+            CheckedBlockMessage::Proposal(p) => {
+                layer.consensus.handle_checked_proposal(now, *p, &view)
+            }
+            CheckedBlockMessage::Vote(v) => layer.consensus.handle_checked_vote(now, v, &view),
+            CheckedBlockMessage::Commit(c) => {
                 let tip = layer.consensus.tip().height;
                 let mut next = layer.sync.received(from, tip, *c).map(|c| (from, c));
                 let mut result = Ok(());
                 // The block that extends the tip, then any held ones after it.
                 while let Some((sender, c)) = next {
-                    let r = layer.consensus.handle_commit(now, c.block, c.cert, &view);
+                    let r = layer.consensus.handle_checked_commit(now, c, &view);
                     if let Err(e) = r {
                         if sender == from {
                             result = Err(e);
                         } else {
                             layer.stats.refused_messages += 1;
                             self.peer_book
-                                .penalize(now, &sender, Misbehaviour::InvalidSignature);
+                                .penalize(now, &sender, Misbehaviour::MalformedFrame);
                         }
                         break;
                     }
                     next = layer.sync.next_ready(layer.consensus.tip().height);
                 }
-                result
+                result.map(|_| ())
             }
-            PeerMessage::BlockRequest { from: height } => {
-                let tip = layer.consensus.tip().height;
-                let end = tip.min(height.saturating_add(block_sync::BLOCKS_PER_ANSWER - 1));
-                let mut h = height.max(1);
-                let mut bytes = 0;
-                while h <= end {
-                    let Some(c) = store.block(h)? else { break };
-                    bytes += c.block.encoded_len();
-                    if bytes > block_sync::ANSWER_BYTES && h > height {
-                        break; // the requester asks again from here
-                    }
-                    layer.stats.blocks_served += 1;
-                    self.transmits.push(Transmit {
-                        dest: Dest::Peer(from),
-                        msg: Message::CommittedBlock(Box::new(c)),
-                    });
-                    h += 1;
-                }
-                Ok(())
-            }
-            _ => Ok(()),
         };
         if let Err(e) = result {
-            layer.stats.refused_messages += 1;
-            let why = match e {
-                crate::blocks::consensus::ConsensusError::BadSignature
-                | crate::blocks::consensus::ConsensusError::Certificate(_) => {
-                    Misbehaviour::InvalidSignature
-                }
-                crate::blocks::consensus::ConsensusError::Halted(_) => return Ok(()),
-                _ => Misbehaviour::MalformedFrame,
-            };
-            self.peer_book.penalize(now, &from, why);
+            self.handle_refused_block_message(now, &from, e);
+        }
+        Ok(())
+    }
+
+    /// A peer's block message that failed a check (its signature, or the
+    /// consensus's): counted, and the sender loses reputation.
+    pub fn handle_refused_block_message(
+        &mut self,
+        now: u64,
+        from: &PublicKey,
+        e: crate::blocks::consensus::ConsensusError,
+    ) {
+        use crate::blocks::consensus::ConsensusError;
+        let Some(layer) = self.blocks.as_mut() else {
+            return;
+        };
+        let why = match e {
+            ConsensusError::Halted(_) => return,
+            ConsensusError::BadSignature | ConsensusError::Certificate(_) => {
+                Misbehaviour::InvalidSignature
+            }
+            _ => Misbehaviour::MalformedFrame,
+        };
+        layer.stats.refused_messages += 1;
+        self.peer_book.penalize(now, from, why);
+    }
+
+    /// A peer asks for committed blocks from `height` on: up to
+    /// [`block_sync::BLOCKS_PER_ANSWER`] of them and about
+    /// [`block_sync::ANSWER_BYTES`].
+    fn serve_block_request(
+        &mut self,
+        from: PublicKey,
+        height: u64,
+        store: &dyn Store,
+    ) -> Result<(), StoreError> {
+        let Some(layer) = self.blocks.as_mut() else {
+            return Ok(());
+        };
+        if layer.stopped() {
+            return Ok(());
+        }
+        let tip = layer.consensus.tip().height;
+        let end = tip.min(height.saturating_add(block_sync::BLOCKS_PER_ANSWER - 1));
+        let mut h = height.max(1);
+        let mut bytes = 0;
+        while h <= end {
+            let Some(c) = store.block(h)? else { break };
+            bytes += c.block.encoded_len();
+            if bytes > block_sync::ANSWER_BYTES && h > height {
+                break; // the requester asks again from here
+            }
+            layer.stats.blocks_served += 1;
+            self.transmits.push(Transmit {
+                dest: Dest::Peer(from),
+                msg: Message::CommittedBlock(Box::new(c)),
+            });
+            h += 1;
         }
         Ok(())
     }

@@ -1580,3 +1580,64 @@ fn own_block_records_below_the_tip_are_pruned() {
         assert_eq!(c.stats().refused_conflicting, 0);
     }
 }
+
+#[test]
+fn block_messages_are_checked_before_the_consensus_sees_them() {
+    use crate::blocks::{BlockVote, Slot, VoteKind};
+    let mut net = Net::with_config(4, blocks_cfg());
+    net.run_for(600);
+    let reg = net.genesis.registry.clone();
+    let (now, from) = (net.now, net.pk(1));
+    let height = net.nodes[0].as_ref().unwrap().block_tip().unwrap().height + 1;
+    let slot = Slot {
+        chain_id: 7,
+        epoch: reg.epoch(),
+        height,
+        round: 0,
+    };
+    let refused = |net: &Net| {
+        let m = net.nodes[0].as_ref().unwrap();
+        let rep = m.peer_book.book().reputation(&from).unwrap_or(0);
+        (m.block_layer().unwrap().stats().refused_messages, rep)
+    };
+    let (refused0, rep0) = refused(&net);
+    // The inline path (the simulator's): a forged vote is refused and
+    // costs its sender reputation.
+    let mut forged = BlockVote::sign(slot, VoteKind::Prevote, None, &net.keys[1]);
+    forged.signature[3] ^= 1;
+    let m = net.nodes[0].as_mut().unwrap();
+    m.handle_peer_message(
+        now,
+        from,
+        PeerMessage::BlockVote(forged.clone()),
+        &net.stores[0],
+    )
+    .unwrap();
+    let (refused1, rep1) = refused(&net);
+    assert_eq!(refused1, refused0 + 1);
+    assert!(rep1 < rep0, "the sender lost reputation: {rep0} -> {rep1}");
+    // The node's path: the check runs elsewhere, its verdict comes in.
+    let verdict = blocks::check_block_message(7, &reg, PeerMessage::BlockVote(forged));
+    let Some(Err(e)) = verdict else {
+        panic!("a forged vote does not pass its check: {verdict:?}");
+    };
+    let m = net.nodes[0].as_mut().unwrap();
+    m.handle_refused_block_message(now, &from, e);
+    let (refused2, rep2) = refused(&net);
+    assert_eq!(refused2, refused1 + 1);
+    assert!(rep2 < rep1, "the same penalty: {rep1} -> {rep2}");
+    // A genuine vote passes its check and is taken without a refusal.
+    let genuine = BlockVote::sign(slot, VoteKind::Prevote, None, &net.keys[1]);
+    let Some(Ok(checked)) = blocks::check_block_message(7, &reg, PeerMessage::BlockVote(genuine))
+    else {
+        panic!("a genuine vote passes its check");
+    };
+    let m = net.nodes[0].as_mut().unwrap();
+    m.handle_checked_block_message(now, from, checked, &net.stores[0])
+        .unwrap();
+    assert_eq!(refused(&net).0, refused2, "no refusal for a genuine vote");
+    assert!(
+        blocks::check_block_message(7, &reg, PeerMessage::Ping(1)).is_none(),
+        "not a block message"
+    );
+}
