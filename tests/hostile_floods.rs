@@ -8,7 +8,10 @@
 //! - oversized TimeProofs (a transaction of about 1 MB, certificates that
 //!   claim other voters);
 //! - a forged stream announcement (its own stream pushed to the end of the
-//!   sequence space) and a repair datagram forged for another sender.
+//!   sequence space) and a repair datagram forged for another sender;
+//! - block messages with forged signatures: prevotes, proposals for rounds
+//!   it leads, committed blocks whose certificates claim every masternode
+//!   (checked off the core thread; the sender is banned after a few).
 //!
 //! Then wallets flood masternode 0: 512 connections from 8 source addresses
 //! of 127.0.0.0/8, each subscribing 1,000 made-up addresses and keeping 16
@@ -38,6 +41,10 @@ use timecoin::protocol::timeproof::TimeProof;
 use timecoin::protocol::types::{Address, OutPoint, PublicKey, Transaction, TxOutput, Txid, COIN};
 use timecoin::protocol::vote::{Decision, VoteBatch, VoteItem, MAX_VOTE_ITEMS};
 use timecoin::wallet::{Outcome, WalletClient};
+use timecoin_core::blocks::leader::leader;
+use timecoin_core::blocks::{
+    Block, BlockHash, BlockVote, CommitCertificate, CommittedBlock, Proposal, Slot, VoteKind,
+};
 use timecoin_core::testkit::torsion_signature;
 
 /// The stated bound: under any one of these floods a masternode's RSS grows
@@ -157,6 +164,59 @@ fn vote_flood_frames(key: &ed25519_dalek::SigningKey, chain: u32, count: u64) ->
             }
             Bytes::from(Message::VoteBatch(batch).to_bytes())
         })
+        .collect()
+}
+
+/// Block messages signed by our key with the signature spoiled: prevotes,
+/// proposals for rounds our key leads, and committed blocks whose
+/// certificates relabel our precommit as every masternode's (signers and
+/// weight pass; the signatures do not).
+fn forged_block_frames(c: &Cluster, key: &ed25519_dalek::SigningKey) -> Vec<Bytes> {
+    let (chain, reg) = (c.chain_id(), &c.registry);
+    let me = PublicKey::from_signing(key);
+    let mut frames = Vec::new();
+    for height in 1..=32u64 {
+        let slot = |round| Slot {
+            chain_id: chain,
+            epoch: reg.epoch(),
+            height,
+            round,
+        };
+        let block = Block::new(
+            chain,
+            reg.epoch(),
+            height,
+            BlockHash([height as u8; 32]),
+            height * 1_000,
+            me,
+            vec![],
+        );
+        let mut vote = BlockVote::sign(slot(0), VoteKind::Prevote, Some(block.hash()), key);
+        vote.signature[9] ^= 1;
+        frames.push(Message::BlockVote(vote));
+        if let Some(round) = (0..64).find(|r| leader(chain, reg, height, *r) == me) {
+            let mut p = Proposal::sign(slot(round), None, block.clone(), key);
+            p.signature[9] ^= 1;
+            frames.push(Message::BlockProposal(Box::new(p)));
+        }
+        let pre = BlockVote::sign(slot(0), VoteKind::Precommit, Some(block.hash()), key);
+        let cert = CommitCertificate {
+            slot: slot(0),
+            block: block.hash(),
+            precommits: reg
+                .masternodes()
+                .iter()
+                .map(|m| (m.key, pre.signature))
+                .collect(),
+        };
+        frames.push(Message::CommittedBlock(Box::new(CommittedBlock {
+            block,
+            cert,
+        })));
+    }
+    frames
+        .into_iter()
+        .map(|m| Bytes::from(m.to_bytes()))
         .collect()
 }
 
@@ -292,11 +352,11 @@ async fn peer_flood(
     imp: &Impostor,
     payer: &mut Payer,
     (attack, transport): (&'static str, &'static str),
-    frames: Vec<Bytes>,
+    (frames, prio): (Vec<Bytes>, Priority),
     dur: Duration,
 ) -> Report {
     let before = rss_mb(c, 0);
-    let flood = spawn_flood(imp, frames, Priority::High, dur);
+    let flood = spawn_flood(imp, frames, prio, dur);
     let running = Arc::new(AtomicBool::new(true));
     let r = running.clone();
     let stop = tokio::spawn(async move {
@@ -495,7 +555,7 @@ fn run_suite(transport: PeerTransport, name: &'static str) {
                 &imp,
                 &mut payer,
                 ("votes for made-up txids (half torsion-signed)", name),
-                frames,
+                (frames, Priority::High),
                 Duration::from_secs(8),
             )
             .await,
@@ -507,7 +567,7 @@ fn run_suite(transport: PeerTransport, name: &'static str) {
                 &imp,
                 &mut payer,
                 ("oversized TimeProofs (1 MB, forged certificates)", name),
-                frames,
+                (frames, Priority::High),
                 Duration::from_secs(5),
             )
             .await,
@@ -526,6 +586,18 @@ fn run_suite(transport: PeerTransport, name: &'static str) {
         for _ in 0..3 {
             via1.pay(&c).await;
         }
+        let frames = forged_block_frames(&c, &imp.key);
+        reports.push(
+            peer_flood(
+                &c,
+                &imp,
+                &mut payer,
+                ("block messages with forged signatures", name),
+                (frames, Priority::Normal),
+                Duration::from_secs(4),
+            )
+            .await,
+        );
         let txid = pay(
             c.chain_id(),
             &c.wallet_key(2),
@@ -554,6 +626,15 @@ fn run_suite(transport: PeerTransport, name: &'static str) {
     assert!(
         log.contains("peers over their rate pushed back"),
         "the vote flood was paced before anything was refused"
+    );
+    assert!(
+        log.contains("block message refused by its check: signature does not verify")
+            || log.contains("block message refused by its check: certificate: a precommit"),
+        "forged block messages were refused by the check thread: {}",
+        log.lines()
+            .filter(|l| l.contains("refused") || l.contains("WARN"))
+            .collect::<Vec<_>>()
+            .join("\n")
     );
     c.kill9(0);
     let listing = evidence_listing(&c, 0);

@@ -383,6 +383,10 @@ fn handle_input(
             mn.handle_checked_block_message(now, from, msg, store)?
         }
         CoreInput::RefusedBlock { from, error } => {
+            let n = mn.block_layer().map_or(0, |l| l.stats().refused_messages) + 1;
+            if n.is_power_of_two() {
+                warn!(peer = %from, refused = n, "block message refused by its check: {error}");
+            }
             mn.handle_refused_block_message(now, &from, error)
         }
         // Admitted by the peer book on the network task that read them.
