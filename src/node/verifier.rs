@@ -30,9 +30,22 @@ pub enum Lane {
 
 /// Most transactions waiting in one lane.
 pub const LANE_JOBS: usize = 1 << 16;
-/// Most encoded bytes waiting in one lane: with transactions of up to 1 MB,
-/// a count alone would let one lane hold gigabytes.
+/// Most encoded bytes waiting in the peer lane: with transactions of up to
+/// 1 MB, a count alone would let one lane hold gigabytes.
 pub const LANE_BYTES: usize = 16 << 20;
+/// Most encoded bytes waiting in the wallet lane (about 28,000 payments of
+/// 300 bytes): smaller, so that everything any number of wallet
+/// connections can make a node hold stays within the memory bound
+/// (PROTOCOL.md, "The memory bound").
+pub const WALLET_LANE_BYTES: usize = 8 << 20;
+
+/// The byte cap of `lane`.
+pub const fn lane_bytes(lane: Lane) -> usize {
+    match lane {
+        Lane::Peer => LANE_BYTES,
+        Lane::Wallet => WALLET_LANE_BYTES,
+    }
+}
 
 pub struct Job<T> {
     pub tx: Transaction,
@@ -95,12 +108,12 @@ impl<T: Send + 'static> Verifier<T> {
     }
 
     /// Queues a transaction in `lane`; `Err` gives it back when that lane
-    /// holds [`LANE_JOBS`] transactions or [`LANE_BYTES`] bytes (counted).
+    /// holds [`LANE_JOBS`] transactions or [`lane_bytes`] bytes (counted).
     pub fn submit(&self, tx: Transaction, tag: T, lane: Lane) -> Result<(), (Transaction, T)> {
         let l = lane as usize;
         let bytes = tx.encoded_len();
         let queued = &self.stats.queued_bytes[l];
-        if queued.fetch_add(bytes, Ordering::Relaxed) + bytes > LANE_BYTES {
+        if queued.fetch_add(bytes, Ordering::Relaxed) + bytes > lane_bytes(lane) {
             queued.fetch_sub(bytes, Ordering::Relaxed);
             self.stats.dropped[l].fetch_add(1, Ordering::Relaxed);
             return Err((tx, tag));
@@ -242,7 +255,12 @@ mod tests {
         while v.submit(tx(wallet + 1), Lane::Wallet, Lane::Wallet).is_ok() {
             wallet += 1;
         }
-        assert_eq!(wallet as usize, LANE_JOBS, "the wallet lane is bounded");
+        let by_bytes = WALLET_LANE_BYTES / tx(1).encoded_len();
+        assert_eq!(
+            wallet as usize,
+            LANE_JOBS.min(by_bytes),
+            "the wallet lane is bounded (in count and bytes)"
+        );
         for i in 0..10 {
             v.submit(tx(1_000_000 + i), Lane::Peer, Lane::Peer)
                 .expect("the peer lane has room whatever the wallets do");

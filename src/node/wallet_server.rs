@@ -77,8 +77,9 @@ pub const MAX_CONCURRENT_STORE_QUERIES: usize = 4;
 /// reserves its largest possible answer before it is read
 /// ([`Query::max_answer_bytes`]), keeps what the encoded answer takes until
 /// it is written, and waits for room when the budget is spent (counted in
-/// [`WalletStats::answer_bytes_waited`]).
-pub const MAX_ANSWER_BYTES: usize = 16 << 20;
+/// [`WalletStats::answer_bytes_waited`]). 8 MiB is 16 answers of the
+/// largest kind at once, node-wide.
+pub const MAX_ANSWER_BYTES: usize = 8 << 20;
 /// The budget's unit (the semaphore counts KiB).
 const ANSWER_UNIT: usize = 1024;
 /// Largest encoded size of one output's state in an answer (outpoint,
