@@ -480,6 +480,21 @@ async fn forged_stream_announcement(c: &Cluster, imp: &Impostor) {
 /// both transactions; `time-masternode evidence` shows the record (checked
 /// at the end of the suite, once the node is stopped).
 async fn conflicting_approvals(c: &Cluster, imp: &Impostor) -> (Txid, Txid) {
+    // The floods before may have got the key banned at masternode 0 (a
+    // ban is what they should earn): the operator lifts it, as it would to
+    // let a repaired masternode back in (`time-cli unban`).
+    let me = PublicKey::from_signing(&imp.key).to_string();
+    let dir = c.layout.dir.as_os_str().to_owned();
+    let (code, out, err) = common::time_cli([
+        "--devnet".as_ref(),
+        dir.as_os_str(),
+        "--node".as_ref(),
+        "0".as_ref(),
+        "setban".as_ref(),
+        me.as_ref(),
+        "remove".as_ref(),
+    ]);
+    println!("setban {me} remove at masternode 0: exit {code}: {out}{err}");
     let to = address(&c.wallet_key(1));
     let key = c.wallet_key(3);
     let a = pay(c.chain_id(), &key, 3, 7, to, COIN);
@@ -510,7 +525,12 @@ async fn conflicting_approvals(c: &Cluster, imp: &Impostor) -> (Txid, Txid) {
     while !c.log(0).contains("masternode equivocated") {
         assert!(
             Instant::now() < deadline,
-            "masternode 0 did not report the conflicting approvals"
+            "masternode 0 did not report the conflicting approvals: {}",
+            c.log(0)
+                .lines()
+                .filter(|l| l.contains("WARN") || l.contains("ERROR"))
+                .collect::<Vec<_>>()
+                .join("\n")
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
