@@ -242,6 +242,20 @@ pub(crate) async fn accept_loop(shared: Arc<Shared>, endpoint: Endpoint) {
             incoming.refuse();
             continue;
         }
+        if !incoming.remote_address_validated() {
+            // Address validation first (a Retry: one round trip that proves
+            // the dialer receives at its source address), so spoofed
+            // sources cost no handshake slot and no crypto. A dialer
+            // answers the Retry with its token and comes back validated.
+            if incoming.may_retry() {
+                if let Err(e) = incoming.retry() {
+                    e.into_incoming().ignore();
+                }
+            } else {
+                incoming.ignore();
+            }
+            continue;
+        }
         let Ok(permit) = pending.clone().try_acquire_owned() else {
             // Too many handshakes in progress: refuse this one, counted.
             LinkStats::add(&shared.counters.handshake_failures, 1);
