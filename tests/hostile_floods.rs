@@ -474,15 +474,12 @@ async fn forged_stream_announcement(c: &Cluster, imp: &Impostor) {
     tokio::time::sleep(Duration::from_millis(500)).await;
 }
 
-/// The Byzantine key approves two transactions spending one coin, each
-/// after masternode 0 holds it (the second is refused there as a double
-/// spend). Masternode 0 must detect it and keep both certificates with
-/// both transactions; `time-masternode evidence` shows the record (checked
-/// at the end of the suite, once the node is stopped).
-async fn conflicting_approvals(c: &Cluster, imp: &Impostor) -> (Txid, Txid) {
-    // The floods before may have got the key banned at masternode 0 (a
-    // ban is what they should earn): the operator lifts it, as it would to
-    // let a repaired masternode back in (`time-cli unban`).
+/// Lifts a ban of the impostor's key at masternode 0, as an operator would
+/// to let a repaired masternode back in (`time-cli setban KEY remove`; the
+/// floods earn bans, and the next attack needs the key heard), then waits
+/// until the impostor is connected to every target again. Returns whether
+/// the key was banned.
+async fn lift_ban(c: &Cluster, imp: &Impostor) -> bool {
     let me = PublicKey::from_signing(&imp.key).to_string();
     let dir = c.layout.dir.as_os_str().to_owned();
     let (code, out, err) = common::time_cli([
@@ -495,6 +492,22 @@ async fn conflicting_approvals(c: &Cluster, imp: &Impostor) -> (Txid, Txid) {
         "remove".as_ref(),
     ]);
     println!("setban {me} remove at masternode 0: exit {code}: {out}{err}");
+    let deadline = Instant::now() + WAIT;
+    while imp.pool.connected_peers().len() < imp.targets.len() {
+        assert!(Instant::now() < deadline, "impostor connected again");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    code == 0
+}
+
+/// The Byzantine key approves two transactions spending one coin, each
+/// after masternode 0 holds it (the second is refused there as a double
+/// spend). Masternode 0 must detect it and keep both certificates with
+/// both transactions; `time-masternode evidence` shows the record (checked
+/// at the end of the suite, once the node is stopped).
+async fn conflicting_approvals(c: &Cluster, imp: &Impostor) -> (Txid, Txid) {
+    // The floods before may have got the key banned again.
+    lift_ban(c, imp).await;
     let to = address(&c.wallet_key(1));
     let key = c.wallet_key(3);
     let a = pay(c.chain_id(), &key, 3, 7, to, COIN);
@@ -568,6 +581,24 @@ fn run_suite(transport: PeerTransport, name: &'static str) {
             payer.pay(&c).await;
         }
         let mut reports = Vec::new();
+        // First, while the key's buckets are full: forged block messages
+        // reach the check thread and get the key banned.
+        let frames = forged_block_frames(&c, &imp.key);
+        reports.push(
+            peer_flood(
+                &c,
+                &imp,
+                &mut payer,
+                ("block messages with forged signatures", name),
+                (frames, Priority::Normal),
+                Duration::from_secs(4),
+            )
+            .await,
+        );
+        assert!(
+            lift_ban(&c, &imp).await,
+            "forged block messages got the key banned at masternode 0"
+        );
         let frames = vote_flood_frames(&imp.key, c.chain_id(), 64);
         reports.push(
             peer_flood(
@@ -606,18 +637,6 @@ fn run_suite(transport: PeerTransport, name: &'static str) {
         for _ in 0..3 {
             via1.pay(&c).await;
         }
-        let frames = forged_block_frames(&c, &imp.key);
-        reports.push(
-            peer_flood(
-                &c,
-                &imp,
-                &mut payer,
-                ("block messages with forged signatures", name),
-                (frames, Priority::Normal),
-                Duration::from_secs(4),
-            )
-            .await,
-        );
         let txid = pay(
             c.chain_id(),
             &c.wallet_key(2),
