@@ -1,0 +1,588 @@
+//! [`DurableStore`]: the store the core thread runs on. A round is durable
+//! once its write-ahead log record is `fdatasync`'ed ([`WriteLog::append`]:
+//! one sequential write); LMDB gets it later, off the critical path, from
+//! the store-writer thread, which applies every round waiting in one synced
+//! transaction (group commit across rounds) together with the highest
+//! sequence number applied ([`LmdbStore::apply_rounds`]).
+//!
+//! Owns the store-writer thread, the log's appending side and the overlay:
+//! the rounds handed over but not yet acknowledged by the writer, indexed
+//! for the reads the state machine makes ([`Store`]'s `get_proof`,
+//! `get_transaction`, `finality_log`, `block` and evidence lists), so the
+//! core thread reads its own writes before LMDB holds them. Other threads'
+//! readers ([`super::lmdb::StateReader`], [`super::lmdb::ChainReader`],
+//! metrics' sizes) read LMDB and lag by what the writer has not applied
+//! yet: at most [`MAX_PENDING_ROUNDS`] rounds or [`MAX_PENDING_BYTES`].
+//!
+//! Bounded: when the writer falls that far behind, [`DurableStore::commit`]
+//! waits for it (backpressure). It must never let a round's transmits leave
+//! before its record is synced (the caller sends after `commit` returns),
+//! and never apply a record twice: [`recover`] replays only records above
+//! the database's applied sequence number.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+
+use super::lmdb::{LmdbOptions, LmdbStore};
+use super::records::{ApprovalEvidenceKey, EvidenceKey, TableKey};
+use super::write_codec::decode_writes;
+use super::write_log::{self, WriteLog};
+use super::{CommittedBlock, Genesis, Snapshot, Store, StoreError, Write};
+use crate::protocol::evidence::{ConflictingApprovals, Equivocation};
+use crate::protocol::timeproof::TimeProof;
+use crate::protocol::types::{Transaction, Txid};
+use timecoin_core::blocks::BlockEvidence;
+
+/// Most rounds handed to the writer and not yet applied; the core waits
+/// beyond this.
+pub const MAX_PENDING_ROUNDS: usize = 4_096;
+/// Most payload bytes handed to the writer and not yet applied; the core
+/// waits beyond this (a single larger round is still taken once nothing
+/// else waits).
+pub const MAX_PENDING_BYTES: usize = 64 << 20;
+
+/// The write-ahead log directory beside the LMDB directory `db`.
+pub fn wal_dir(data_dir: &Path) -> PathBuf {
+    data_dir.join("wal")
+}
+
+/// Opens the LMDB store in `db_dir` and replays the log in `wal_dir` into
+/// it: the records above its applied sequence number, in one synced
+/// transaction; then deletes the log. Returns the store and the sequence
+/// number the next log record gets. The data directory must be locked
+/// (no masternode running on it).
+pub fn recover(
+    db_dir: &Path,
+    wal_dir: &Path,
+    options: LmdbOptions,
+) -> Result<(LmdbStore, u64), StoreError> {
+    let mut store = LmdbStore::open(db_dir, options)?;
+    let applied = store.applied_seq()?;
+    let mut rounds: Vec<Vec<Write>> = Vec::new();
+    let mut last_replayed = applied;
+    let last = write_log::replay(wal_dir, applied, |seq, payload| {
+        let writes = decode_writes(payload).map_err(|e| StoreError::LogCorrupt {
+            segment: wal_dir.display().to_string(),
+            offset: 0,
+            detail: format!("record {seq} passes its checksum but does not decode: {e}"),
+        })?;
+        rounds.push(writes);
+        last_replayed = seq;
+        Ok(())
+    })?;
+    if !rounds.is_empty() {
+        let started = std::time::Instant::now();
+        store.apply_rounds(rounds.iter().map(|r| r.as_slice()), last_replayed)?;
+        tracing::info!(
+            records = rounds.len(),
+            from = applied + 1,
+            to = last_replayed,
+            ms = started.elapsed().as_millis() as u64,
+            "write-ahead log replayed into the database"
+        );
+    }
+    write_log::clear(wal_dir)?;
+    let next = last.unwrap_or(0).max(last_replayed).max(applied) + 1;
+    Ok((store, next))
+}
+
+/// A round handed to the writer.
+struct Round {
+    seq: u64,
+    writes: Arc<[Write]>,
+    bytes: usize,
+}
+
+/// What the core thread and the writer share.
+#[derive(Default)]
+struct Queue {
+    /// Handed over, not yet taken by the writer.
+    waiting: VecDeque<Round>,
+    /// Handed over and not yet applied (taken ones included).
+    pending_rounds: usize,
+    pending_bytes: usize,
+    /// Highest sequence number applied and committed.
+    applied: u64,
+    /// Why the writer stopped, if it failed.
+    failed: Option<String>,
+    /// No more rounds: apply what waits and stop.
+    closing: bool,
+    /// Stop without applying anything more (tests: a killed process).
+    abandon: bool,
+    /// Hold the writer (tests: reads before anything is applied).
+    paused: bool,
+}
+
+struct Shared {
+    queue: Mutex<Queue>,
+    /// The writer waits here for rounds.
+    work: Condvar,
+    /// The core waits here for the writer's progress.
+    progress: Condvar,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Queue> {
+        // A poisoned lock means the writer panicked; the queue is still
+        // consistent (every update is one assignment), so keep going.
+        self.queue.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// The store-writer thread's loop.
+fn writer_loop(mut store: LmdbStore, shared: Arc<Shared>) {
+    loop {
+        let batch: Vec<Round> = {
+            let mut q = shared.lock();
+            loop {
+                if q.abandon {
+                    return;
+                }
+                if !q.paused && !q.waiting.is_empty() {
+                    break q.waiting.drain(..).collect();
+                }
+                if q.closing && !q.paused {
+                    return; // and nothing waits
+                }
+                q = shared.work.wait(q).unwrap_or_else(|e| e.into_inner());
+            }
+        };
+        let Some(last) = batch.last().map(|r| r.seq) else {
+            continue;
+        };
+        let result = store.apply_rounds(batch.iter().map(|r| &r.writes[..]), last);
+        let mut q = shared.lock();
+        match result {
+            Ok(()) => {
+                q.applied = last;
+                q.pending_rounds -= batch.len();
+                q.pending_bytes -= batch.iter().map(|r| r.bytes).sum::<usize>();
+                shared.progress.notify_all();
+            }
+            Err(e) => {
+                tracing::error!("store writer: applying log records up to {last} failed: {e}");
+                q.failed = Some(e.to_string());
+                shared.progress.notify_all();
+                return;
+            }
+        }
+    }
+}
+
+/// Where a handed-over write sits: its round's sequence number and its
+/// index in the round.
+type Slot = (u64, u32);
+
+/// The rounds handed over and not yet known applied, indexed for the core
+/// thread's reads.
+#[derive(Default)]
+struct Overlay {
+    rounds: VecDeque<Round>,
+    proofs: HashMap<Txid, Slot>,
+    transactions: HashMap<Txid, Slot>,
+    blocks: HashMap<u64, Slot>,
+    /// Finality-log appends not known applied, in order.
+    finality: VecDeque<(u64, Txid)>,
+    /// Length of the finality log, these appends included.
+    finality_head: u64,
+}
+
+impl Overlay {
+    fn write(&self, (seq, idx): Slot) -> Option<&Write> {
+        let front = self.rounds.front()?.seq;
+        let round = self
+            .rounds
+            .get(usize::try_from(seq.checked_sub(front)?).ok()?)?;
+        round.writes.get(idx as usize)
+    }
+
+    fn push(&mut self, round: Round) {
+        for (i, w) in round.writes.iter().enumerate() {
+            let slot = (round.seq, i as u32);
+            match w {
+                Write::PutProof(p) => {
+                    self.proofs.insert(p.txid, slot);
+                }
+                Write::PutTransaction(t, _) => {
+                    self.transactions.insert(*t, slot);
+                }
+                Write::PutBlock(b) => {
+                    self.blocks.insert(b.block.height(), slot);
+                }
+                Write::AppendFinality(t) => {
+                    self.finality.push_back((round.seq, *t));
+                    self.finality_head += 1;
+                }
+                _ => {}
+            }
+        }
+        self.rounds.push_back(round);
+    }
+
+    /// Drops the rounds LMDB holds (up to `applied`).
+    fn prune(&mut self, applied: u64) {
+        while self.rounds.front().is_some_and(|r| r.seq <= applied) {
+            let r = self.rounds.pop_front().expect("front exists");
+            for (i, w) in r.writes.iter().enumerate() {
+                let slot = (r.seq, i as u32);
+                let (map, key): (&mut HashMap<Txid, Slot>, Txid) = match w {
+                    Write::PutProof(p) => (&mut self.proofs, p.txid),
+                    Write::PutTransaction(t, _) => (&mut self.transactions, *t),
+                    Write::PutBlock(b) => {
+                        let h = b.block.height();
+                        if self.blocks.get(&h) == Some(&slot) {
+                            self.blocks.remove(&h);
+                        }
+                        continue;
+                    }
+                    _ => continue,
+                };
+                // Only if no later round wrote it again.
+                if map.get(&key) == Some(&slot) {
+                    map.remove(&key);
+                }
+            }
+        }
+        while self.finality.front().is_some_and(|(s, _)| *s <= applied) {
+            self.finality.pop_front();
+        }
+    }
+
+    /// The handed-over writes, oldest first.
+    fn writes(&self) -> impl Iterator<Item = &Write> {
+        self.rounds.iter().flat_map(|r| r.writes.iter())
+    }
+}
+
+/// The node's store: the write-ahead log, the store-writer thread and the
+/// overlay of rounds LMDB may not hold yet.
+pub struct DurableStore {
+    log: WriteLog,
+    /// A handle on the LMDB environment for reads (the writer thread owns
+    /// the one that writes).
+    lmdb: LmdbStore,
+    overlay: Overlay,
+    shared: Arc<Shared>,
+    writer: Option<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for DurableStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DurableStore")
+            .field("log", &self.log)
+            .finish_non_exhaustive()
+    }
+}
+
+impl DurableStore {
+    /// Starts the log in `wal_dir` (empty: [`recover`] ran) at `next_seq`,
+    /// and the store-writer thread applying to `store`. `sync: false`
+    /// (`--unsafe-no-sync`) never syncs the log.
+    pub fn start(
+        store: LmdbStore,
+        wal_dir: &Path,
+        next_seq: u64,
+        sync: bool,
+    ) -> Result<Self, StoreError> {
+        let (_, finality_head) = store.finality_log(0, 0)?;
+        let log = WriteLog::create(wal_dir, next_seq, sync)?;
+        let shared = Arc::new(Shared {
+            queue: Mutex::new(Queue {
+                applied: next_seq - 1,
+                ..Queue::default()
+            }),
+            work: Condvar::new(),
+            progress: Condvar::new(),
+        });
+        let lmdb = store.read_handle();
+        let writer = {
+            let shared = shared.clone();
+            std::thread::Builder::new()
+                .name("store-writer".into())
+                .spawn(move || writer_loop(store, shared))?
+        };
+        Ok(DurableStore {
+            log,
+            lmdb,
+            overlay: Overlay {
+                finality_head,
+                ..Overlay::default()
+            },
+            shared,
+            writer: Some(writer),
+        })
+    }
+
+    /// The LMDB store, for other threads' readers and sizes: it lags by
+    /// what the writer has not applied yet.
+    pub fn lmdb(&self) -> &LmdbStore {
+        &self.lmdb
+    }
+
+    fn failed(q: &Queue) -> Result<(), StoreError> {
+        match &q.failed {
+            Some(e) => Err(StoreError::Backend(format!("store writer stopped: {e}"))),
+            None => Ok(()),
+        }
+    }
+
+    /// Drops what the writer applied from the overlay, deletes the log
+    /// segments LMDB now holds, and reports a writer failure. Cheap; call
+    /// once a round.
+    pub fn settle(&mut self) -> Result<(), StoreError> {
+        let applied = {
+            let q = self.shared.lock();
+            Self::failed(&q)?;
+            q.applied
+        };
+        self.overlay.prune(applied);
+        self.log.checkpoint(applied)
+    }
+
+    /// Makes one round durable: its log record appended and synced before
+    /// this returns (the caller may then send the round's messages), and
+    /// readable through this store at once. Waits while the writer is more
+    /// than [`MAX_PENDING_ROUNDS`] or [`MAX_PENDING_BYTES`] behind.
+    pub fn commit(&mut self, writes: Vec<Write>) -> Result<(), StoreError> {
+        self.settle()?;
+        if writes.is_empty() {
+            return Ok(());
+        }
+        self.wait_for_room()?;
+        let (seq, bytes) = self.log.append(&writes)?;
+        let writes: Arc<[Write]> = writes.into();
+        {
+            let mut q = self.shared.lock();
+            q.pending_rounds += 1;
+            q.pending_bytes += bytes;
+            q.waiting.push_back(Round {
+                seq,
+                writes: writes.clone(),
+                bytes,
+            });
+        }
+        self.shared.work.notify_one();
+        self.overlay.push(Round { seq, writes, bytes });
+        Ok(())
+    }
+
+    fn wait_for_room(&mut self) -> Result<(), StoreError> {
+        let mut q = self.shared.lock();
+        while q.failed.is_none()
+            && q.pending_rounds > 0
+            && (q.pending_rounds >= MAX_PENDING_ROUNDS || q.pending_bytes >= MAX_PENDING_BYTES)
+        {
+            q = self
+                .shared
+                .progress
+                .wait(q)
+                .unwrap_or_else(|e| e.into_inner());
+        }
+        Self::failed(&q)
+    }
+
+    /// Waits until the writer applied everything handed over.
+    pub fn flush(&mut self) -> Result<(), StoreError> {
+        {
+            let mut q = self.shared.lock();
+            while q.failed.is_none() && q.pending_rounds > 0 {
+                q = self
+                    .shared
+                    .progress
+                    .wait(q)
+                    .unwrap_or_else(|e| e.into_inner());
+            }
+            Self::failed(&q)?;
+        }
+        self.settle()
+    }
+
+    /// Rounds handed over and not yet applied to LMDB, and their bytes.
+    pub fn pending(&self) -> (usize, usize) {
+        let q = self.shared.lock();
+        (q.pending_rounds, q.pending_bytes)
+    }
+
+    /// Stops the writer after it applied everything handed over (a clean
+    /// shutdown leaves an empty log behind, but for the current segment).
+    pub fn close(mut self) -> Result<(), StoreError> {
+        self.stop(false);
+        let q = self.shared.lock();
+        Self::failed(&q)?;
+        let applied = q.applied;
+        drop(q);
+        self.log.checkpoint(applied)
+    }
+
+    fn stop(&mut self, abandon: bool) {
+        {
+            let mut q = self.shared.lock();
+            q.closing = true;
+            q.abandon |= abandon;
+            q.paused = false;
+        }
+        self.shared.work.notify_all();
+        if let Some(h) = self.writer.take() {
+            let _ = h.join();
+        }
+    }
+
+    /// Tests: holds the writer, so nothing handed over reaches LMDB.
+    #[cfg(test)]
+    fn pause_writer(&self) {
+        self.shared.lock().paused = true;
+    }
+
+    /// Tests: a killed process, the writer stopped with rounds unapplied.
+    #[cfg(test)]
+    fn crash(mut self) {
+        self.stop(true);
+    }
+}
+
+impl Drop for DurableStore {
+    fn drop(&mut self) {
+        self.stop(false);
+    }
+}
+
+impl Store for DurableStore {
+    /// Only before anything was handed over in practice; waits for the
+    /// writer first either way.
+    fn init(&mut self, genesis: &Genesis) -> Result<(), StoreError> {
+        self.flush()?;
+        self.lmdb.init(genesis)
+    }
+
+    fn load(&self) -> Result<Snapshot, StoreError> {
+        let q = self.shared.lock();
+        if q.pending_rounds > 0 {
+            return Err(StoreError::Backend(
+                "load while log records are not yet applied: flush first".into(),
+            ));
+        }
+        drop(q);
+        self.lmdb.load()
+    }
+
+    fn apply(&mut self, writes: &[Write]) -> Result<(), StoreError> {
+        self.commit(writes.to_vec())
+    }
+
+    fn get_proof(&self, txid: &Txid) -> Result<Option<TimeProof>, StoreError> {
+        // The overlay's newest write of a key is at least as new as
+        // anything LMDB holds: LMDB only gets rounds the overlay had.
+        if let Some(Write::PutProof(p)) = self
+            .overlay
+            .proofs
+            .get(txid)
+            .and_then(|s| self.overlay.write(*s))
+        {
+            return Ok(Some(p.clone()));
+        }
+        self.lmdb.get_proof(txid)
+    }
+
+    fn get_transaction(&self, txid: &Txid) -> Result<Option<Transaction>, StoreError> {
+        if let Some(Write::PutTransaction(_, tx)) = self
+            .overlay
+            .transactions
+            .get(txid)
+            .and_then(|s| self.overlay.write(*s))
+        {
+            return Ok(Some(tx.clone()));
+        }
+        self.lmdb.get_transaction(txid)
+    }
+
+    fn finality_log(&self, from: u64, max: usize) -> Result<(Vec<Txid>, u64), StoreError> {
+        let o = &self.overlay;
+        let head = o.finality_head;
+        // Positions below `start` are in LMDB (their rounds were pruned
+        // only once applied); the rest are in the overlay.
+        let start = head - o.finality.len() as u64;
+        let mut out = Vec::new();
+        if from < start && max > 0 {
+            let want = (start - from).min(max as u64) as usize;
+            let (got, lmdb_head) = self.lmdb.finality_log(from, want)?;
+            if got.len() != want {
+                return Err(StoreError::Corrupt {
+                    table: "finality_log",
+                    detail: format!(
+                        "the database's finality log ends at {lmdb_head}, below {start}, which \
+                         the store writer acknowledged"
+                    ),
+                });
+            }
+            out = got;
+        }
+        let skip = from.saturating_sub(start) as usize;
+        out.extend(
+            o.finality
+                .iter()
+                .skip(skip)
+                .take(max - out.len())
+                .map(|(_, t)| *t),
+        );
+        Ok((out, head))
+    }
+
+    fn evidence(&self) -> Result<Vec<Equivocation>, StoreError> {
+        let mut all: BTreeMap<Vec<u8>, Equivocation> = BTreeMap::new();
+        for e in self.lmdb.evidence()? {
+            all.insert(EvidenceKey(e.voter(), e.txid).to_key().to_vec(), e);
+        }
+        for w in self.overlay.writes() {
+            if let Write::PutEvidence(e) = w {
+                all.insert(EvidenceKey(e.voter(), e.txid).to_key().to_vec(), e.clone());
+            }
+        }
+        Ok(all.into_values().collect())
+    }
+
+    fn approval_evidence(&self) -> Result<Vec<ConflictingApprovals>, StoreError> {
+        let mut all: BTreeMap<Vec<u8>, ConflictingApprovals> = BTreeMap::new();
+        let key = |e: &ConflictingApprovals| {
+            ApprovalEvidenceKey(e.voter(), e.outpoint)
+                .to_key()
+                .as_ref()
+                .to_vec()
+        };
+        for e in self.lmdb.approval_evidence()? {
+            all.insert(key(&e), e);
+        }
+        for w in self.overlay.writes() {
+            if let Write::PutApprovalEvidence(e) = w {
+                all.insert(key(e), e.as_ref().clone());
+            }
+        }
+        Ok(all.into_values().collect())
+    }
+
+    fn block_evidence(&self) -> Result<Vec<BlockEvidence>, StoreError> {
+        let mut all: BTreeMap<Vec<u8>, BlockEvidence> = BTreeMap::new();
+        for e in self.lmdb.block_evidence()? {
+            all.insert(e.key().to_key().to_vec(), e);
+        }
+        for w in self.overlay.writes() {
+            if let Write::PutBlockEvidence(e) = w {
+                all.insert(e.key().to_key().to_vec(), e.as_ref().clone());
+            }
+        }
+        Ok(all.into_values().collect())
+    }
+
+    fn block(&self, height: u64) -> Result<Option<CommittedBlock>, StoreError> {
+        if let Some(Write::PutBlock(b)) = self
+            .overlay
+            .blocks
+            .get(&height)
+            .and_then(|s| self.overlay.write(*s))
+        {
+            return Ok(Some(b.as_ref().clone()));
+        }
+        self.lmdb.block(height)
+    }
+}
