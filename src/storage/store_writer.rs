@@ -435,6 +435,13 @@ impl DurableStore {
         self.shared.lock().paused = true;
     }
 
+    /// Tests: lets a held writer go on.
+    #[cfg(test)]
+    fn resume_writer(shared: &Shared) {
+        shared.lock().paused = false;
+        shared.work.notify_all();
+    }
+
     /// Tests: a killed process, the writer stopped with rounds unapplied.
     #[cfg(test)]
     fn crash(mut self) {
@@ -584,5 +591,272 @@ impl Store for DurableStore {
             return Ok(Some(b.as_ref().clone()));
         }
         self.lmdb.block(height)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use ed25519_dalek::SigningKey;
+
+    use super::*;
+    use crate::protocol::evidence::Equivocation;
+    use crate::protocol::registry::{Masternode, Registry, Tier};
+    use crate::protocol::types::{Address, ChainId, OutPoint, PublicKey, TxOutput};
+    use crate::protocol::utxo::{UtxoEntry, UtxoState};
+    use crate::protocol::vote::{Decision, VoteBatch, VoteItem};
+
+    const CHAIN: ChainId = 7;
+
+    fn key(n: u8) -> SigningKey {
+        SigningKey::from_bytes(&[n; 32])
+    }
+
+    fn outpoint(n: u8) -> OutPoint {
+        OutPoint {
+            txid: Txid([n; 32]),
+            vout: 0,
+        }
+    }
+
+    fn genesis() -> Genesis {
+        Genesis {
+            chain_id: CHAIN,
+            registry: Registry::new(
+                1,
+                vec![Masternode {
+                    key: PublicKey::from_signing(&key(1)),
+                    address: "127.0.0.1:1".into(),
+                    tier: Tier::Bronze,
+                }],
+            )
+            .unwrap(),
+            utxos: vec![(
+                outpoint(1),
+                UtxoEntry {
+                    output: TxOutput {
+                        amount: 500,
+                        address: Address([3; 20]),
+                    },
+                    state: UtxoState::Unspent,
+                },
+            )],
+        }
+    }
+
+    fn tx(n: u8) -> Transaction {
+        Transaction::build_signed(
+            CHAIN,
+            &key(2),
+            &[outpoint(n)],
+            vec![TxOutput {
+                amount: 1,
+                address: Address([9; 20]),
+            }],
+        )
+    }
+
+    fn batch(txid: Txid, decision: Decision) -> VoteBatch {
+        VoteBatch::sign(CHAIN, 1, &key(1), vec![VoteItem { txid, decision }])
+    }
+
+    fn proof_for(txid: Txid) -> TimeProof {
+        let b = batch(txid, Decision::Approve);
+        let levels = b.verify().unwrap();
+        TimeProof {
+            chain_id: CHAIN,
+            txid,
+            votes: vec![b.cert(&levels, 0)],
+        }
+    }
+
+    /// Round `n`: a transaction, its lock, a vote batch, its proof and a
+    /// finality-log entry.
+    fn round(n: u8) -> Vec<Write> {
+        let t = tx(n);
+        vec![
+            Write::PutTransaction(t.txid(), t.clone()),
+            Write::PutUtxo(
+                outpoint(n),
+                UtxoEntry {
+                    output: TxOutput {
+                        amount: 500,
+                        address: Address([3; 20]),
+                    },
+                    state: UtxoState::SpentFinalized { txid: t.txid() },
+                },
+            ),
+            Write::AppendOwnVotes(batch(t.txid(), Decision::Approve)),
+            Write::PutProof(proof_for(t.txid())),
+            Write::AppendFinality(t.txid()),
+        ]
+    }
+
+    struct Dirs {
+        _tmp: tempfile::TempDir,
+        db: PathBuf,
+        wal: PathBuf,
+    }
+
+    fn dirs() -> Dirs {
+        let tmp = tempfile::tempdir().unwrap();
+        Dirs {
+            db: tmp.path().join("db"),
+            wal: wal_dir(tmp.path()),
+            _tmp: tmp,
+        }
+    }
+
+    /// Recovers (replaying the log), initialises and starts the store.
+    fn start(d: &Dirs) -> DurableStore {
+        let (mut lmdb, next) = recover(&d.db, &d.wal, LmdbOptions::default()).unwrap();
+        lmdb.init(&genesis()).unwrap();
+        DurableStore::start(lmdb, &d.wal, next, true).unwrap()
+    }
+
+    fn reopen(d: &Dirs) -> LmdbStore {
+        recover(&d.db, &d.wal, LmdbOptions::default()).unwrap().0
+    }
+
+    #[test]
+    fn writes_handed_over_are_read_before_the_writer_applies_them() {
+        let d = dirs();
+        let mut s = start(&d);
+        s.pause_writer();
+        let eq = Equivocation {
+            first: batch(tx(2).txid(), Decision::Approve)
+                .cert(&batch(tx(2).txid(), Decision::Approve).verify().unwrap(), 0),
+            second: batch(
+                tx(2).txid(),
+                Decision::Reject(crate::protocol::validation::RejectCode::NoInputs),
+            )
+            .cert(
+                &batch(
+                    tx(2).txid(),
+                    Decision::Reject(crate::protocol::validation::RejectCode::NoInputs),
+                )
+                .verify()
+                .unwrap(),
+                0,
+            ),
+            txid: tx(2).txid(),
+        };
+        let mut r2 = round(2);
+        r2.push(Write::PutEvidence(eq.clone()));
+        s.commit(round(1)).unwrap();
+        s.commit(r2).unwrap();
+        assert_eq!(s.pending().0, 2);
+        for n in [1u8, 2] {
+            let t = tx(n);
+            assert_eq!(s.get_transaction(&t.txid()).unwrap(), Some(t.clone()));
+            assert_eq!(s.get_proof(&t.txid()).unwrap(), Some(proof_for(t.txid())));
+            // LMDB itself does not have them yet: the overlay answered.
+            assert_eq!(s.lmdb().get_proof(&t.txid()).unwrap(), None);
+        }
+        assert_eq!(
+            s.finality_log(0, 10).unwrap(),
+            (vec![tx(1).txid(), tx(2).txid()], 2)
+        );
+        assert_eq!(s.finality_log(1, 10).unwrap(), (vec![tx(2).txid()], 2));
+        assert_eq!(s.finality_log(0, 1).unwrap(), (vec![tx(1).txid()], 2));
+        assert_eq!(s.evidence().unwrap(), vec![eq.clone()]);
+        assert!(s.lmdb().evidence().unwrap().is_empty());
+
+        DurableStore::resume_writer(&s.shared);
+        s.flush().unwrap();
+        assert_eq!(s.pending(), (0, 0));
+        assert!(
+            s.overlay.rounds.is_empty(),
+            "applied rounds leave the overlay"
+        );
+        assert_eq!(s.lmdb().applied_seq().unwrap(), 2);
+        // Read from LMDB now, the same answers; the log split across both.
+        s.pause_writer();
+        s.commit(round(3)).unwrap();
+        assert_eq!(
+            s.finality_log(1, 10).unwrap(),
+            (vec![tx(2).txid(), tx(3).txid()], 3)
+        );
+        assert_eq!(
+            s.get_proof(&tx(1).txid()).unwrap(),
+            Some(proof_for(tx(1).txid()))
+        );
+        assert_eq!(s.evidence().unwrap(), vec![eq]);
+        DurableStore::resume_writer(&s.shared);
+        s.close().unwrap();
+        let l = reopen(&d);
+        assert_eq!(l.load().unwrap().own_votes.len(), 3);
+        assert_eq!(l.applied_seq().unwrap(), 3);
+    }
+
+    /// A killed node: rounds acknowledged (their records synced) but not
+    /// applied are all there after the restart, each exactly once.
+    #[test]
+    fn crash_before_the_writer_applied_loses_nothing_and_replays_once() {
+        let d = dirs();
+        let mut s = start(&d);
+        s.commit(round(1)).unwrap();
+        s.flush().unwrap();
+        s.pause_writer();
+        for n in 2..=4u8 {
+            s.commit(round(n)).unwrap();
+        }
+        s.crash();
+        {
+            // Before recovery LMDB holds only round 1.
+            let raw = LmdbStore::open(&d.db, LmdbOptions::default()).unwrap();
+            assert_eq!(raw.applied_seq().unwrap(), 1);
+            assert_eq!(raw.load().unwrap().own_votes.len(), 1);
+        }
+        let l = reopen(&d);
+        let snap = l.load().unwrap();
+        assert_eq!(snap.own_votes.len(), 4, "each vote batch exactly once");
+        assert_eq!(snap.finality_log_len, 4);
+        assert_eq!(snap.finalized.len(), 4);
+        assert_eq!(l.applied_seq().unwrap(), 4);
+        drop(l);
+        // A second recovery finds nothing to replay; the log goes on at 5.
+        let mut s = start(&d);
+        assert_eq!(s.log.next_seq(), 5);
+        s.commit(round(5)).unwrap();
+        s.crash();
+        let snap = reopen(&d).load().unwrap();
+        assert_eq!(snap.own_votes.len(), 5);
+        assert_eq!(snap.finality_log_len, 5);
+    }
+
+    /// The core waits when the writer is [`MAX_PENDING_ROUNDS`] behind, and
+    /// goes on once it catches up.
+    #[test]
+    fn a_writer_that_falls_behind_holds_the_core_back() {
+        let d = dirs();
+        let (mut lmdb, next) = recover(&d.db, &d.wal, LmdbOptions::default()).unwrap();
+        lmdb.init(&genesis()).unwrap();
+        let mut s = DurableStore::start(lmdb, &d.wal, next, false).unwrap();
+        s.pause_writer();
+        let small = |i: usize| vec![Write::AppendFinality(Txid([(i % 251) as u8; 32]))];
+        for i in 0..MAX_PENDING_ROUNDS {
+            s.commit(small(i)).unwrap();
+        }
+        assert_eq!(s.pending().0, MAX_PENDING_ROUNDS);
+        let shared = s.shared.clone();
+        let released = Instant::now();
+        let t = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(200));
+            DurableStore::resume_writer(&shared);
+        });
+        s.commit(small(0)).unwrap();
+        assert!(
+            released.elapsed() >= Duration::from_millis(200),
+            "the commit waited for the writer"
+        );
+        t.join().unwrap();
+        assert!(s.pending().0 <= 1);
+        s.close().unwrap();
+        assert_eq!(
+            reopen(&d).load().unwrap().finality_log_len,
+            MAX_PENDING_ROUNDS as u64 + 1
+        );
     }
 }

@@ -494,8 +494,10 @@ mod tests {
         ]
     }
 
+    type Replayed = (Vec<(u64, Vec<Write>)>, Option<u64>);
+
     /// Every record above `applied`, decoded.
-    fn read(dir: &Path, applied: u64) -> Result<(Vec<(u64, Vec<Write>)>, Option<u64>), StoreError> {
+    fn read(dir: &Path, applied: u64) -> Result<Replayed, StoreError> {
         let mut out = Vec::new();
         let last = replay(dir, applied, |seq, p| {
             out.push((seq, decode_writes(p).unwrap()));
