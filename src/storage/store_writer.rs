@@ -24,6 +24,7 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use super::lmdb::{LmdbOptions, LmdbStore};
 use super::records::{ApprovalEvidenceKey, EvidenceKey, TableKey};
@@ -42,6 +43,15 @@ pub const MAX_PENDING_ROUNDS: usize = 4_096;
 /// waits beyond this (a single larger round is still taken once nothing
 /// else waits).
 pub const MAX_PENDING_BYTES: usize = 64 << 20;
+
+/// Shortest time between two of the writer's LMDB commits: rounds that
+/// arrive meanwhile go in the next one. Fewer, larger commits write each
+/// hot B-tree page once per batch and sync less often, which leaves the
+/// disk to the log's syncs: in the 4-node load test, 20 ms took the
+/// finality p50 from 7.1 ms (commit whenever work waits) to 5.6-6.2 ms;
+/// 100 ms gave a lower p50 but a worse p90 (large commits stall the
+/// rounds that sync meanwhile). Other threads' readers lag by about this.
+pub const WRITER_INTERVAL: Duration = Duration::from_millis(20);
 
 /// The write-ahead log directory beside the LMDB directory `db`.
 pub fn wal_dir(data_dir: &Path) -> PathBuf {
@@ -133,6 +143,8 @@ impl Shared {
 
 /// The store-writer thread's loop.
 fn writer_loop(mut store: LmdbStore, shared: Arc<Shared>) {
+    let interval = WRITER_INTERVAL;
+    let mut next_commit = Instant::now();
     loop {
         let batch: Vec<Round> = {
             let mut q = shared.lock();
@@ -141,7 +153,20 @@ fn writer_loop(mut store: LmdbStore, shared: Arc<Shared>) {
                     return;
                 }
                 if !q.paused && !q.waiting.is_empty() {
-                    break q.waiting.drain(..).collect();
+                    let now = Instant::now();
+                    // Wait out the interval unless the backlog is half the
+                    // bound or the node stops.
+                    let pressed = q.pending_rounds * 2 >= MAX_PENDING_ROUNDS
+                        || q.pending_bytes * 2 >= MAX_PENDING_BYTES;
+                    if now >= next_commit || pressed || q.closing {
+                        break q.waiting.drain(..).collect();
+                    }
+                    q = shared
+                        .work
+                        .wait_timeout(q, next_commit - now)
+                        .unwrap_or_else(|e| e.into_inner())
+                        .0;
+                    continue;
                 }
                 if q.closing && !q.paused {
                     return; // and nothing waits
@@ -149,6 +174,7 @@ fn writer_loop(mut store: LmdbStore, shared: Arc<Shared>) {
                 q = shared.work.wait(q).unwrap_or_else(|e| e.into_inner());
             }
         };
+        next_commit = Instant::now() + interval;
         let Some(last) = batch.last().map(|r| r.seq) else {
             continue;
         };
@@ -596,8 +622,6 @@ impl Store for DurableStore {
 
 #[cfg(test)]
 mod tests {
-    use std::time::{Duration, Instant};
-
     use ed25519_dalek::SigningKey;
 
     use super::*;
