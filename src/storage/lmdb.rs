@@ -6,7 +6,7 @@
 //!
 //! | table          | key                        | value        |
 //! |----------------|----------------------------|--------------|
-//! | `meta`         | [`MetaKey`] name           | `u32`        |
+//! | `meta`         | [`MetaKey`] name           | `u32`; `applied_log_seq`: u64 |
 //! | `utxos`        | [`OutPoint::key_bytes`]    | [`UtxoEntry`]|
 //! | `address_utxos` | [`AddressUtxoKey`] (address ‖ outpoint) | empty |
 //! | `transactions` | [`Txid`]                   | [`Transaction`] |
@@ -33,9 +33,13 @@
 //! threads.
 //!
 //! `meta` carries the format version; a database written by a newer build is
-//! refused rather than misread. [`Store::apply`] is one LMDB write
-//! transaction, committed (and fsync'ed, unless [`LmdbOptions::no_sync`])
-//! before it returns. The vote log is append-only: it is written with
+//! refused rather than misread, and `applied_log_seq`, the last write-ahead
+//! log record applied ([`LmdbStore::apply_rounds`] writes it in the
+//! transaction that applies the records). [`Store::apply`] and
+//! [`LmdbStore::apply_rounds`] are one LMDB write transaction each,
+//! committed (and fsync'ed, unless [`LmdbOptions::no_sync`]) before they
+//! return. The node does not call `apply` per round: its rounds go through
+//! the write-ahead log ([`super::store_writer`]). The vote log is append-only: it is written with
 //! `MDB_APPEND` under the next sequence number and never overwritten; so is the
 //! finality log.
 //!
@@ -343,10 +347,14 @@ impl ChainReader {
 /// Reads UTXO states and an address's outputs from another thread (wallet
 /// sessions, RPC; see [`LmdbStore::state_reader`]); it cannot write.
 ///
-/// What it reads is the last committed round: the core commits each
-/// round's writes before that round's votes and replies leave the node, so
-/// an answer lags the state machine by at most the round in progress, and
-/// a wallet that heard an outcome reads a state at least that new.
+/// What it reads is what the store writer ([`super::store_writer`]) has
+/// applied: the core makes each round durable in the write-ahead log before
+/// that round's votes and replies leave the node, and the writer applies
+/// rounds to LMDB in batches (at most every
+/// [`super::store_writer::WRITER_INTERVAL`], bounded by
+/// [`super::store_writer::MAX_PENDING_ROUNDS`]). So an answer may lag the
+/// state machine by a batch, and a wallet that just heard an outcome may
+/// for a few milliseconds still read the state before it.
 #[derive(Clone)]
 pub struct StateReader {
     env: Env<WithoutTls>,
