@@ -150,7 +150,7 @@ impl Node {
         let clock = Clock::start();
         let (store, masternode) = open_state(&cfg, &genesis, &key, clock.now_ms())?;
         let chain_reader = store.lmdb().chain_reader();
-        let state_reader = store.lmdb().state_reader();
+        let state_reader = store.state_reader();
         let (listener, local_addr) = bind_listener(cfg.listen).await?;
         let rpc_listener = match cfg.rpc_listen {
             Some(addr) => Some(

@@ -347,20 +347,24 @@ impl ChainReader {
 /// Reads UTXO states and an address's outputs from another thread (wallet
 /// sessions, RPC; see [`LmdbStore::state_reader`]); it cannot write.
 ///
-/// What it reads is what the store writer ([`super::store_writer`]) has
-/// applied: the core makes each round durable in the write-ahead log before
-/// that round's votes and replies leave the node, and the writer applies
-/// rounds to LMDB in batches (at most every
-/// [`super::store_writer::WRITER_INTERVAL`], bounded by
-/// [`super::store_writer::MAX_PENDING_ROUNDS`]). So an answer may lag the
-/// state machine by a batch, and a wallet that just heard an outcome may
-/// for a few milliseconds still read the state before it.
+/// What it reads is LMDB. The core makes each round durable in the
+/// write-ahead log before that round's votes and replies leave the node,
+/// and the store writer ([`super::store_writer`]) applies rounds to LMDB in
+/// batches; a reader from [`super::DurableStore::state_reader`] first waits
+/// (a barrier) until LMDB holds every round handed over when the query
+/// began, so a wallet that heard an outcome reads a state at least that
+/// new. One from [`LmdbStore::state_reader`] has no barrier (offline use).
 #[derive(Clone)]
 pub struct StateReader {
     env: Env<WithoutTls>,
     utxos: Table<OutPoint, UtxoEntry>,
     address_utxos: Table<AddressUtxoKey, ()>,
+    barrier: Option<ReadBarrier>,
 }
+
+/// Called before each [`StateReader`] query: returns once LMDB holds what
+/// the query must see.
+pub type ReadBarrier = std::sync::Arc<dyn Fn() -> Result<(), StoreError> + Send + Sync>;
 
 impl fmt::Debug for StateReader {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -369,12 +373,28 @@ impl fmt::Debug for StateReader {
 }
 
 impl StateReader {
+    /// The same reader, waiting on `barrier` before each query.
+    pub fn with_barrier(self, barrier: ReadBarrier) -> StateReader {
+        StateReader {
+            barrier: Some(barrier),
+            ..self
+        }
+    }
+
+    fn wait_barrier(&self) -> Result<(), StoreError> {
+        match &self.barrier {
+            Some(b) => b(),
+            None => Ok(()),
+        }
+    }
+
     /// The state of each outpoint (None: unknown here), in the order asked,
     /// from one read transaction: one point read each.
     pub fn utxo_states(
         &self,
         ops: &[OutPoint],
     ) -> Result<Vec<(OutPoint, Option<UtxoEntry>)>, StoreError> {
+        self.wait_barrier()?;
         let rtxn = self.env.read_txn().map_err(backend)?;
         ops.iter()
             .map(|op| Ok((*op, self.utxos.get(&rtxn, op)?)))
@@ -389,6 +409,7 @@ impl StateReader {
         address: &Address,
         limit: usize,
     ) -> Result<Vec<(OutPoint, UtxoEntry)>, StoreError> {
+        self.wait_barrier()?;
         let rtxn = self.env.read_txn().map_err(backend)?;
         let mut out = Vec::new();
         let iter = self
@@ -686,6 +707,7 @@ impl LmdbStore {
             env: self.env.clone(),
             utxos: self.utxos,
             address_utxos: self.address_utxos,
+            barrier: None,
         }
     }
 

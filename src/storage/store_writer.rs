@@ -9,10 +9,14 @@
 //! the rounds handed over but not yet acknowledged by the writer, indexed
 //! for the reads the state machine makes ([`Store`]'s `get_proof`,
 //! `get_transaction`, `finality_log`, `block` and evidence lists), so the
-//! core thread reads its own writes before LMDB holds them. Other threads'
-//! readers ([`super::lmdb::StateReader`], [`super::lmdb::ChainReader`],
-//! metrics' sizes) read LMDB and lag by what the writer has not applied
-//! yet: at most [`MAX_PENDING_ROUNDS`] rounds or [`MAX_PENDING_BYTES`].
+//! core thread reads its own writes before LMDB holds them. Other threads
+//! read LMDB: wallet and RPC UTXO queries through
+//! [`DurableStore::state_reader`], which waits until LMDB holds every round
+//! handed over when the query began (so a wallet reads at least the state
+//! of every outcome it heard); blocks through [`super::lmdb::ChainReader`]
+//! and the metrics' sizes without waiting, lagging by what the writer has
+//! not applied yet ([`WRITER_INTERVAL`] plus a commit, at most
+//! [`MAX_PENDING_ROUNDS`] rounds or [`MAX_PENDING_BYTES`]).
 //!
 //! Bounded: when the writer falls that far behind, [`DurableStore::commit`]
 //! waits for it (backpressure). It must never let a round's transmits leave
@@ -123,6 +127,11 @@ struct Queue {
     abandon: bool,
     /// Hold the writer (tests: reads before anything is applied).
     paused: bool,
+    /// Highest sequence number handed over.
+    handed: u64,
+    /// A reader waits (a [`DurableStore::state_reader`] barrier): commit
+    /// without waiting out the interval.
+    urgent: bool,
 }
 
 struct Shared {
@@ -158,7 +167,8 @@ fn writer_loop(mut store: LmdbStore, shared: Arc<Shared>) {
                     // bound or the node stops.
                     let pressed = q.pending_rounds * 2 >= MAX_PENDING_ROUNDS
                         || q.pending_bytes * 2 >= MAX_PENDING_BYTES;
-                    if now >= next_commit || pressed || q.closing {
+                    if now >= next_commit || pressed || q.closing || q.urgent {
+                        q.urgent = false;
                         break q.waiting.drain(..).collect();
                     }
                     q = shared
@@ -195,6 +205,25 @@ fn writer_loop(mut store: LmdbStore, shared: Arc<Shared>) {
             }
         }
     }
+}
+
+/// Waits until the writer applied every round handed over by now.
+fn wait_applied(shared: &Shared) -> Result<(), StoreError> {
+    let mut q = shared.lock();
+    let target = q.handed;
+    if q.applied >= target {
+        return Ok(());
+    }
+    q.urgent = true;
+    shared.work.notify_one();
+    while q.applied < target && q.failed.is_none() && !q.abandon {
+        q = shared
+            .progress
+            .wait_timeout(q, Duration::from_millis(100))
+            .unwrap_or_else(|e| e.into_inner())
+            .0;
+    }
+    DurableStore::failed(&q)
 }
 
 /// Where a handed-over write sits: its round's sequence number and its
@@ -317,6 +346,7 @@ impl DurableStore {
         let shared = Arc::new(Shared {
             queue: Mutex::new(Queue {
                 applied: next_seq - 1,
+                handed: next_seq - 1,
                 ..Queue::default()
             }),
             work: Condvar::new(),
@@ -383,6 +413,7 @@ impl DurableStore {
             let mut q = self.shared.lock();
             q.pending_rounds += 1;
             q.pending_bytes += bytes;
+            q.handed = seq;
             q.waiting.push_back(Round {
                 seq,
                 writes: writes.clone(),
@@ -423,6 +454,18 @@ impl DurableStore {
             Self::failed(&q)?;
         }
         self.settle()
+    }
+
+    /// A reader of UTXO states and the address index for other threads
+    /// (wallet queries, RPC) that reads its writes: each query first waits
+    /// until LMDB holds every round handed over when it began (asking the
+    /// writer to commit at once), so a wallet that heard an outcome reads a
+    /// state at least that new. The wait is one LMDB commit at most.
+    pub fn state_reader(&self) -> super::lmdb::StateReader {
+        let shared = self.shared.clone();
+        self.lmdb
+            .state_reader()
+            .with_barrier(Arc::new(move || wait_applied(&shared)))
     }
 
     /// Rounds handed over and not yet applied to LMDB, and their bytes.
@@ -812,6 +855,36 @@ mod tests {
         let l = reopen(&d);
         assert_eq!(l.load().unwrap().own_votes.len(), 3);
         assert_eq!(l.applied_seq().unwrap(), 3);
+    }
+
+    /// Another thread's query waits for the rounds handed over before it
+    /// (the writer would otherwise hold them for its interval).
+    #[test]
+    fn a_state_reader_sees_every_round_handed_over_before_it() {
+        let d = dirs();
+        let mut s = start(&d);
+        let r = s.state_reader();
+        let unbarred = s.lmdb().state_reader();
+        let mut stale = 0;
+        for n in 1..=20u8 {
+            s.commit(round(n)).unwrap();
+            let want = Some(UtxoState::SpentFinalized { txid: tx(n).txid() });
+            // Read before the barrier, to count how often it matters.
+            let raw = unbarred.utxo_states(&[outpoint(n)]).unwrap();
+            stale += (raw[0].1.map(|e| e.state) != want) as u32;
+            let got = r.utxo_states(&[outpoint(n)]).unwrap();
+            assert_eq!(got[0].1.map(|e| e.state), want, "round {n}");
+            let held = r.address_utxos(&Address([3; 20]), 100).unwrap();
+            assert!(
+                held.iter().all(|(op, _)| *op != outpoint(n)),
+                "spent for good"
+            );
+        }
+        assert!(
+            stale > 0,
+            "the writer lagged at least once, so the barrier was tested"
+        );
+        s.close().unwrap();
     }
 
     /// A killed node: rounds acknowledged (their records synced) but not
