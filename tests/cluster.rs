@@ -264,9 +264,15 @@ fn killed_masternode_keeps_its_state_and_never_votes_for_the_conflict() {
     // Masternode 0's own vote log on disk never approves B.
     drop(rt);
     c.kill9(0);
-    let store =
-        timecoin::storage::LmdbStore::open(&common::data_dir(&c, 0).join("db"), Default::default())
-            .unwrap();
+    // Killed: what its store writer had not applied is in the write-ahead
+    // log, replayed as a start would.
+    let dir = common::data_dir(&c, 0);
+    let (store, _) = timecoin::storage::store_writer::recover(
+        &dir.join("db"),
+        &timecoin::storage::store_writer::wal_dir(&dir),
+        Default::default(),
+    )
+    .unwrap();
     use timecoin::storage::Store;
     let snap = store.load().unwrap();
     let votes: Vec<_> = snap

@@ -179,8 +179,15 @@ fn run(args: RunArgs) -> Result<(), AnyError> {
     Ok(())
 }
 
-/// The masternode's database in `data_dir`, which must exist.
-fn open_db(data_dir: &std::path::Path) -> Result<timecoin::storage::LmdbStore, AnyError> {
+/// The masternode's database in `data_dir`, which must exist. With the
+/// masternode stopped (its lock free), the write-ahead log is replayed into
+/// the database first, as a start would; while it runs (`evidence` only,
+/// `need_stopped` false) the database is read as it is, which may lag the
+/// running node by the rounds its store writer has not applied yet.
+fn open_db(
+    data_dir: &std::path::Path,
+    need_stopped: bool,
+) -> Result<timecoin::storage::LmdbStore, AnyError> {
     let db = data_dir.join("db");
     if !db.exists() {
         return Err(format!(
@@ -189,11 +196,29 @@ fn open_db(data_dir: &std::path::Path) -> Result<timecoin::storage::LmdbStore, A
         )
         .into());
     }
-    Ok(timecoin::storage::LmdbStore::open(&db, Default::default())?)
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(data_dir.join("masternode.lock"))?;
+    if lock.try_lock().is_err() {
+        if need_stopped {
+            return Err(format!(
+                "a masternode is running on {}: stop it first",
+                data_dir.display()
+            )
+            .into());
+        }
+        say!("the masternode is running: records it has not yet applied to its database are not shown");
+        return Ok(timecoin::storage::LmdbStore::open(&db, Default::default())?);
+    }
+    let wal = timecoin::storage::store_writer::wal_dir(data_dir);
+    let (store, _) = timecoin::storage::store_writer::recover(&db, &wal, Default::default())?;
+    Ok(store)
 }
 
 fn clear_block_stop(data_dir: &std::path::Path) -> Result<(), AnyError> {
-    let mut store = open_db(data_dir)?;
+    let mut store = open_db(data_dir, true)?;
     match store.clear_block_stop()? {
         None => say!("block processing is not stopped: nothing to clear"),
         Some(stop) => say!(
@@ -206,7 +231,7 @@ fn clear_block_stop(data_dir: &std::path::Path) -> Result<(), AnyError> {
 
 fn evidence(data_dir: &std::path::Path) -> Result<(), AnyError> {
     use timecoin::storage::Store;
-    let store = open_db(data_dir)?;
+    let store = open_db(data_dir, false)?;
     if let Some(stop) = store.block_stop()? {
         say!("block processing stopped: {stop}");
     }

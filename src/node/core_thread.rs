@@ -1,7 +1,9 @@
 //! The core thread: the only place the [`Masternode`] state machine runs.
 //! Each round it collects inputs from the core queue ([`collect_round`]),
 //! feeds them in ([`handle_input`], [`track_peers`]), ends the round, makes
-//! its writes durable in one LMDB transaction, and only then sends its
+//! its writes durable as one write-ahead log record ([`DurableStore::commit`]:
+//! one sequential write and `fdatasync`; LMDB gets them later from the
+//! store-writer thread), and only then sends its
 //! transmits ([`dispatch`]) and delivers its wallet replies ([`Wallets`]:
 //! each open session's outbound queue, by [`SessionId`]). It also logs the
 //! periodic `status` and `fast path` lines, and the router's limits when
@@ -36,7 +38,7 @@ use crate::protocol::audience::{PeerMessage, WalletReply};
 use crate::protocol::engine::Event;
 use crate::protocol::message::{Message, NodeStatus};
 use crate::protocol::types::PublicKey;
-use crate::storage::{LmdbStore, Store, StoreError};
+use crate::storage::{DurableStore, StoreError};
 use time_net::priority::Priority;
 use timecoin_core::masternode::router::{
     MAX_SUBSCRIPTIONS_PER_SESSION, MAX_SUBSCRIPTIONS_TOTAL, MAX_WAITING_PER_SESSION,
@@ -76,7 +78,7 @@ pub(super) struct CoreCtx {
 /// Everything the core thread owns.
 pub(super) struct Core {
     pub mn: Masternode,
-    pub store: LmdbStore,
+    pub store: DurableStore,
     pub rx: mailbox::Receiver<CoreInput>,
     pub fast: Option<FastPathSender>,
     pub round_window: Duration,
@@ -125,7 +127,7 @@ fn core_loop(mut c: Core) -> Result<(), StoreError> {
             last_metrics = now;
             c.ctx
                 .metrics
-                .publish(&c.mn, &c.store, peers_connected(&c.ctx), now);
+                .publish(&c.mn, c.store.lmdb(), peers_connected(&c.ctx), now);
         }
         if now.saturating_sub(last_log) >= STATUS_EVERY_MS {
             last_log = now;
@@ -133,7 +135,8 @@ fn core_loop(mut c: Core) -> Result<(), StoreError> {
         }
         if stop {
             info!("core stopped");
-            return Ok(());
+            // The store writer applies what it holds, then stops.
+            return c.store.close();
         }
     }
 }
@@ -141,20 +144,19 @@ fn core_loop(mut c: Core) -> Result<(), StoreError> {
 /// Ends the round: its writes durable first, then its transmits, then its
 /// replies to wallets.
 fn commit_and_send(c: &mut Core, wallets: &mut Wallets, now: u64) -> Result<(), StoreError> {
-    let round = c.mn.end_round(now);
+    let mut round = c.mn.end_round(now);
     c.ctx
         .wallet_stats
         .in_flight
         .store(c.mn.engine().wallet_in_flight(), Ordering::Relaxed);
-    if !round.writes.is_empty() {
-        // Durable before anything of this round leaves the node. A
-        // failed commit stops the core: sending votes we could not
-        // persist would break the no-conflicting-votes guarantee.
-        if let Err(e) = c.store.apply(&round.writes) {
-            error!("storage commit failed, stopping the masternode core: {e}");
-            c.ctx.stopping.store(true, Ordering::SeqCst);
-            return Err(e);
-        }
+    // Durable (its log record synced) before anything of this round
+    // leaves the node. A failed commit, or a store writer that stopped,
+    // stops the core: sending votes we could not persist would break the
+    // no-conflicting-votes guarantee.
+    if let Err(e) = c.store.commit(std::mem::take(&mut round.writes)) {
+        error!("storage commit failed, stopping the masternode core: {e}");
+        c.ctx.stopping.store(true, Ordering::SeqCst);
+        return Err(e);
     }
     for txid in round.watch_approvals {
         c.ctx.votes.watch(txid);
@@ -368,7 +370,7 @@ fn collect_round(
 /// One input into the state machine. Returns true on shutdown.
 fn handle_input(
     mn: &mut Masternode,
-    store: &LmdbStore,
+    store: &DurableStore,
     ctx: &CoreCtx,
     wallets: &mut Wallets,
     now: u64,

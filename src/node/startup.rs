@@ -44,7 +44,8 @@ use crate::node::wallet_server::{WalletCtx, WalletStats};
 use crate::node::wire::NetStats;
 use crate::protocol::engine::EngineConfig;
 use crate::protocol::types::PublicKey;
-use crate::storage::{Genesis, LmdbStore, Store, StoreError};
+use crate::storage::store_writer::{recover, wal_dir};
+use crate::storage::{DurableStore, Genesis, Store, StoreError};
 use timecoin_core::blocks::ConsensusConfig;
 use timecoin_core::masternode::{Masternode, MasternodeConfig, PeerGate};
 
@@ -148,7 +149,7 @@ impl Node {
         let lock = lock_data_dir(&cfg)?;
         let clock = Clock::start();
         let (store, masternode) = open_state(&cfg, &genesis, &key, clock.now_ms())?;
-        let chain_reader = store.chain_reader();
+        let chain_reader = store.lmdb().chain_reader();
         let state_reader = store.state_reader();
         let (listener, local_addr) = bind_listener(cfg.listen).await?;
         let rpc_listener = match cfg.rpc_listen {
@@ -348,9 +349,13 @@ fn open_state(
     genesis: &Genesis,
     key: &SigningKey,
     now: u64,
-) -> Result<(LmdbStore, Masternode), NodeError> {
-    let mut store = LmdbStore::open(
+) -> Result<(DurableStore, Masternode), NodeError> {
+    // The log's records LMDB lacks go in first (exactly once, by sequence
+    // number); the snapshot below then sees everything acknowledged.
+    let wal = wal_dir(&cfg.data_dir);
+    let (mut store, next_seq) = recover(
         &cfg.data_dir.join("db"),
+        &wal,
         crate::storage::lmdb::LmdbOptions {
             no_sync: cfg.no_sync,
             ..Default::default()
@@ -381,6 +386,7 @@ fn open_state(
         ..ConsensusConfig::devnet()
     });
     let mn = Masternode::new(mcfg, key.clone(), genesis.registry.clone(), snap, now);
+    let store = DurableStore::start(store, &wal, next_seq, !cfg.no_sync)?;
     Ok((store, mn))
 }
 

@@ -6,7 +6,7 @@
 //!
 //! | table          | key                        | value        |
 //! |----------------|----------------------------|--------------|
-//! | `meta`         | [`MetaKey`] name           | `u32`        |
+//! | `meta`         | [`MetaKey`] name           | `u32`; `applied_log_seq`: u64 |
 //! | `utxos`        | [`OutPoint::key_bytes`]    | [`UtxoEntry`]|
 //! | `address_utxos` | [`AddressUtxoKey`] (address ‖ outpoint) | empty |
 //! | `transactions` | [`Txid`]                   | [`Transaction`] |
@@ -33,9 +33,13 @@
 //! threads.
 //!
 //! `meta` carries the format version; a database written by a newer build is
-//! refused rather than misread. [`Store::apply`] is one LMDB write
-//! transaction, committed (and fsync'ed, unless [`LmdbOptions::no_sync`])
-//! before it returns. The vote log is append-only: it is written with
+//! refused rather than misread, and `applied_log_seq`, the last write-ahead
+//! log record applied ([`LmdbStore::apply_rounds`] writes it in the
+//! transaction that applies the records). [`Store::apply`] and
+//! [`LmdbStore::apply_rounds`] are one LMDB write transaction each,
+//! committed (and fsync'ed, unless [`LmdbOptions::no_sync`]) before they
+//! return. The node does not call `apply` per round: its rounds go through
+//! the write-ahead log ([`super::store_writer`]). The vote log is append-only: it is written with
 //! `MDB_APPEND` under the next sequence number and never overwritten; so is the
 //! finality log.
 //!
@@ -52,8 +56,8 @@ use heed::types::Bytes;
 use heed::{Database, Env, EnvFlags, EnvOpenOptions, PutFlags, RoTxn, RwTxn, WithoutTls};
 
 use super::records::{
-    check_txid, AddressUtxoKey, ApprovalEvidenceKey, EvidenceKey, LogSeq, MetaKey, RecordError,
-    TableKey, TableValue, VoteSeq, FORMAT_VERSION, MIN_FORMAT_VERSION,
+    check_txid, AddressUtxoKey, AppliedSeq, ApprovalEvidenceKey, EvidenceKey, LogSeq, MetaKey,
+    RecordError, TableKey, TableValue, VoteSeq, FORMAT_VERSION, MIN_FORMAT_VERSION,
 };
 use super::{BlockSnapshot, CommittedBlock, Genesis, Snapshot, Store, StoreError, Write};
 use crate::protocol::evidence::{ConflictingApprovals, Equivocation};
@@ -251,6 +255,13 @@ impl<K: TableKey, V: TableValue> Table<K, V> {
     }
 }
 
+/// Where the append-only tables continue within one write transaction.
+#[derive(Default)]
+struct AppendCursors {
+    vote: Option<u64>,
+    log: Option<u64>,
+}
+
 /// What [`LmdbStore::sizes`] reads.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct StoreSizes {
@@ -269,6 +280,8 @@ pub struct StoreSizes {
 pub struct LmdbStore {
     env: Env<WithoutTls>,
     meta: Table<MetaKey, u32>,
+    /// The same `meta` table, for its u64 entry ([`MetaKey::AppliedLogSeq`]).
+    meta_seq: Table<MetaKey, AppliedSeq>,
     utxos: Table<OutPoint, UtxoEntry>,
     /// The outputs of `utxos` not spent for good, by address.
     address_utxos: Table<AddressUtxoKey, ()>,
@@ -334,16 +347,24 @@ impl ChainReader {
 /// Reads UTXO states and an address's outputs from another thread (wallet
 /// sessions, RPC; see [`LmdbStore::state_reader`]); it cannot write.
 ///
-/// What it reads is the last committed round: the core commits each
-/// round's writes before that round's votes and replies leave the node, so
-/// an answer lags the state machine by at most the round in progress, and
-/// a wallet that heard an outcome reads a state at least that new.
+/// What it reads is LMDB. The core makes each round durable in the
+/// write-ahead log before that round's votes and replies leave the node,
+/// and the store writer ([`super::store_writer`]) applies rounds to LMDB in
+/// batches; a reader from [`super::DurableStore::state_reader`] first waits
+/// (a barrier) until LMDB holds every round handed over when the query
+/// began, so a wallet that heard an outcome reads a state at least that
+/// new. One from [`LmdbStore::state_reader`] has no barrier (offline use).
 #[derive(Clone)]
 pub struct StateReader {
     env: Env<WithoutTls>,
     utxos: Table<OutPoint, UtxoEntry>,
     address_utxos: Table<AddressUtxoKey, ()>,
+    barrier: Option<ReadBarrier>,
 }
+
+/// Called before each [`StateReader`] query: returns once LMDB holds what
+/// the query must see.
+pub type ReadBarrier = std::sync::Arc<dyn Fn() -> Result<(), StoreError> + Send + Sync>;
 
 impl fmt::Debug for StateReader {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -352,12 +373,28 @@ impl fmt::Debug for StateReader {
 }
 
 impl StateReader {
+    /// The same reader, waiting on `barrier` before each query.
+    pub fn with_barrier(self, barrier: ReadBarrier) -> StateReader {
+        StateReader {
+            barrier: Some(barrier),
+            ..self
+        }
+    }
+
+    fn wait_barrier(&self) -> Result<(), StoreError> {
+        match &self.barrier {
+            Some(b) => b(),
+            None => Ok(()),
+        }
+    }
+
     /// The state of each outpoint (None: unknown here), in the order asked,
     /// from one read transaction: one point read each.
     pub fn utxo_states(
         &self,
         ops: &[OutPoint],
     ) -> Result<Vec<(OutPoint, Option<UtxoEntry>)>, StoreError> {
+        self.wait_barrier()?;
         let rtxn = self.env.read_txn().map_err(backend)?;
         ops.iter()
             .map(|op| Ok((*op, self.utxos.get(&rtxn, op)?)))
@@ -372,6 +409,7 @@ impl StateReader {
         address: &Address,
         limit: usize,
     ) -> Result<Vec<(OutPoint, UtxoEntry)>, StoreError> {
+        self.wait_barrier()?;
         let rtxn = self.env.read_txn().map_err(backend)?;
         let mut out = Vec::new();
         let iter = self
@@ -547,6 +585,16 @@ impl LmdbStore {
                 &mut Vec::new(),
             )?;
         }
+        if version == Some(2) {
+            // Version 3 changes no table: it marks a database that may lag
+            // the write-ahead log, which older builds must refuse.
+            meta.put(
+                &mut wtxn,
+                &MetaKey::FormatVersion,
+                &FORMAT_VERSION,
+                &mut Vec::new(),
+            )?;
+        }
         if version == Some(1) {
             // Version 1 had no address index: build it from `utxos` and
             // write the new version in the same transaction (a crash
@@ -587,6 +635,11 @@ impl LmdbStore {
         Ok(LmdbStore {
             env,
             meta,
+            meta_seq: Table {
+                name: TABLE_META,
+                db: meta.db,
+                _types: PhantomData,
+            },
             utxos,
             address_utxos,
             transactions,
@@ -654,6 +707,7 @@ impl LmdbStore {
             env: self.env.clone(),
             utxos: self.utxos,
             address_utxos: self.address_utxos,
+            barrier: None,
         }
     }
 
@@ -722,6 +776,184 @@ impl LmdbStore {
     pub fn chain_id(&self) -> Result<Option<ChainId>, StoreError> {
         let rtxn = self.env.read_txn().map_err(backend)?;
         self.meta.get(&rtxn, &MetaKey::ChainId)
+    }
+
+    /// A second handle on the same environment, for another thread. LMDB
+    /// serializes write transactions, but the store writer
+    /// ([`super::store_writer`]) is meant to be the only writer: the core
+    /// thread reads through its handle.
+    pub fn read_handle(&self) -> LmdbStore {
+        LmdbStore {
+            env: self.env.clone(),
+            ..*self
+        }
+    }
+
+    /// The last write-ahead log record this database holds (0: none).
+    pub fn applied_seq(&self) -> Result<u64, StoreError> {
+        let rtxn = self.env.read_txn().map_err(backend)?;
+        Ok(self
+            .meta_seq
+            .get(&rtxn, &MetaKey::AppliedLogSeq)?
+            .map_or(0, |AppliedSeq(s)| s))
+    }
+
+    /// Applies several rounds of the write-ahead log in one transaction
+    /// (committed, and synced unless [`LmdbOptions::no_sync`]), and records
+    /// `applied`, the last record's sequence number, in the same
+    /// transaction: each record is applied exactly once. All or nothing.
+    pub fn apply_rounds<'a>(
+        &mut self,
+        rounds: impl IntoIterator<Item = &'a [Write]>,
+        applied: u64,
+    ) -> Result<(), StoreError> {
+        let mut wtxn = self.env.write_txn().map_err(backend)?;
+        let before = self
+            .meta_seq
+            .get(&wtxn, &MetaKey::AppliedLogSeq)?
+            .map_or(0, |AppliedSeq(s)| s);
+        if applied <= before {
+            return Err(StoreError::Corrupt {
+                table: TABLE_META,
+                detail: format!(
+                    "log record {applied} applied again (the database holds up to {before})"
+                ),
+            });
+        }
+        let mut next = AppendCursors::default();
+        let mut buf = Vec::new();
+        for writes in rounds {
+            self.apply_in(&mut wtxn, writes, &mut next, &mut buf)?;
+        }
+        self.meta_seq.put(
+            &mut wtxn,
+            &MetaKey::AppliedLogSeq,
+            &AppliedSeq(applied),
+            &mut buf,
+        )?;
+        wtxn.commit().map_err(backend)
+    }
+
+    /// Applies `writes` inside `wtxn`; `next` carries the append positions
+    /// across the rounds of one transaction.
+    fn apply_in(
+        &self,
+        wtxn: &mut RwTxn,
+        writes: &[Write],
+        next: &mut AppendCursors,
+        buf: &mut Vec<u8>,
+    ) -> Result<(), StoreError> {
+        let AppendCursors {
+            vote: next_vote,
+            log: next_log,
+        } = next;
+        for w in writes {
+            match w {
+                Write::PutUtxo(op, entry) => {
+                    self.utxos.put(wtxn, op, entry, buf)?;
+                    index_utxo(&self.address_utxos, wtxn, op, entry)?;
+                }
+                Write::PutTransaction(txid, tx) => {
+                    check_txid(txid, &tx.txid()).map_err(|e| self.transactions.corrupt(e))?;
+                    self.transactions.put(wtxn, txid, tx, buf)?;
+                }
+                Write::PutProof(proof) => self.proofs.put(wtxn, &proof.txid, proof, buf)?,
+                Write::AppendOwnVotes(batch) => {
+                    let seq = match *next_vote {
+                        Some(s) => s,
+                        None => match self.own_votes.last_key(wtxn)? {
+                            Some(VoteSeq(last)) => {
+                                last.checked_add(1).ok_or_else(|| StoreError::Corrupt {
+                                    table: TABLE_OWN_VOTES,
+                                    detail: "vote log sequence exhausted".into(),
+                                })?
+                            }
+                            None => 0,
+                        },
+                    };
+                    // MDB_APPEND fails unless the key sorts after every
+                    // existing one: the log cannot be rewritten.
+                    self.own_votes
+                        .put_with(wtxn, PutFlags::APPEND, &VoteSeq(seq), batch, buf)?;
+                    *next_vote = Some(seq + 1);
+                }
+                Write::AppendFinality(txid) => {
+                    let seq = match *next_log {
+                        Some(s) => s,
+                        None => match self.finality_log.last_key(wtxn)? {
+                            Some(LogSeq(last)) => last + 1,
+                            None => 0,
+                        },
+                    };
+                    self.finality_log
+                        .put_with(wtxn, PutFlags::APPEND, &LogSeq(seq), txid, buf)?;
+                    *next_log = Some(seq + 1);
+                }
+                Write::PutStuck(txid) => self.stuck.put(wtxn, txid, &0, buf)?,
+                Write::PutApprovalEvidence(e) => self.approval_evidence.put(
+                    wtxn,
+                    &ApprovalEvidenceKey(e.voter(), e.outpoint),
+                    e,
+                    buf,
+                )?,
+                Write::PutEvidence(e) => {
+                    self.evidence
+                        .put(wtxn, &EvidenceKey(e.voter(), e.txid), e, buf)?
+                }
+                Write::PutBlock(b) => {
+                    let height = BlockHeight(b.block.height());
+                    self.blocks.put(wtxn, &height, b, buf)?;
+                    self.block_heights
+                        .put(wtxn, &b.block.hash(), &height, buf)?
+                }
+                Write::AppendOwnBlockVote(v) => self.own_block_votes.put(
+                    wtxn,
+                    &OwnBlockVoteKey::of(v),
+                    &VotedBlock(v.block),
+                    buf,
+                )?,
+                Write::PutCandidate(c) => self.block_candidates.put(
+                    wtxn,
+                    &CandidateKey(c.block.height(), c.block.hash()),
+                    c,
+                    buf,
+                )?,
+                Write::PutForkEvidence(f) => {
+                    self.fork_evidence
+                        .put(wtxn, &BlockHeight(f.height()), f, buf)?
+                }
+                Write::PutBlockEvidence(e) => self.block_evidence.put(wtxn, &e.key(), e, buf)?,
+                Write::PutBlockStop(c) => {
+                    // The first contradiction is the one kept.
+                    if self.block_stop.is_empty(wtxn)? {
+                        self.block_stop.put(wtxn, &BlockHeight(c.height), c, buf)?
+                    }
+                }
+                Write::ClearBlockStop => self.block_stop.db.clear(wtxn).map_err(backend)?,
+                Write::PruneBlockRecords { below } => {
+                    // Keys sort by height first (big-endian): everything
+                    // before the first key at `below`.
+                    let votes = OwnBlockVoteKey {
+                        height: *below,
+                        round: 0,
+                        step: timecoin_core::blocks::SignedStep::Proposal,
+                    }
+                    .to_key();
+                    let range = (Bound::Unbounded, Bound::Excluded(&votes[..]));
+                    self.own_block_votes
+                        .db
+                        .delete_range(wtxn, &range)
+                        .map_err(backend)?;
+                    let cands = CandidateKey(*below, BlockHash([0; 32])).to_key();
+                    let range = (Bound::Unbounded, Bound::Excluded(&cands[..]));
+                    self.block_candidates
+                        .db
+                        .delete_range(wtxn, &range)
+                        .map_err(backend)?;
+                }
+            }
+        }
+        Ok(())
     }
 
     fn get_transaction_in(
@@ -836,130 +1068,12 @@ impl Store for LmdbStore {
         }
         // One write transaction; an early return drops it, which aborts it.
         let mut wtxn = self.env.write_txn().map_err(backend)?;
-        let mut buf = Vec::new();
-        let mut next_vote: Option<u64> = None;
-        let mut next_log: Option<u64> = None;
-        for w in writes {
-            match w {
-                Write::PutUtxo(op, entry) => {
-                    self.utxos.put(&mut wtxn, op, entry, &mut buf)?;
-                    index_utxo(&self.address_utxos, &mut wtxn, op, entry)?;
-                }
-                Write::PutTransaction(txid, tx) => {
-                    check_txid(txid, &tx.txid()).map_err(|e| self.transactions.corrupt(e))?;
-                    self.transactions.put(&mut wtxn, txid, tx, &mut buf)?;
-                }
-                Write::PutProof(proof) => {
-                    self.proofs.put(&mut wtxn, &proof.txid, proof, &mut buf)?
-                }
-                Write::AppendOwnVotes(batch) => {
-                    let seq = match next_vote {
-                        Some(s) => s,
-                        None => match self.own_votes.last_key(&wtxn)? {
-                            Some(VoteSeq(last)) => {
-                                last.checked_add(1).ok_or_else(|| StoreError::Corrupt {
-                                    table: TABLE_OWN_VOTES,
-                                    detail: "vote log sequence exhausted".into(),
-                                })?
-                            }
-                            None => 0,
-                        },
-                    };
-                    // MDB_APPEND fails unless the key sorts after every
-                    // existing one: the log cannot be rewritten.
-                    self.own_votes.put_with(
-                        &mut wtxn,
-                        PutFlags::APPEND,
-                        &VoteSeq(seq),
-                        batch,
-                        &mut buf,
-                    )?;
-                    next_vote = Some(seq + 1);
-                }
-                Write::AppendFinality(txid) => {
-                    let seq = match next_log {
-                        Some(s) => s,
-                        None => match self.finality_log.last_key(&wtxn)? {
-                            Some(LogSeq(last)) => last + 1,
-                            None => 0,
-                        },
-                    };
-                    self.finality_log.put_with(
-                        &mut wtxn,
-                        PutFlags::APPEND,
-                        &LogSeq(seq),
-                        txid,
-                        &mut buf,
-                    )?;
-                    next_log = Some(seq + 1);
-                }
-                Write::PutStuck(txid) => self.stuck.put(&mut wtxn, txid, &0, &mut buf)?,
-                Write::PutApprovalEvidence(e) => self.approval_evidence.put(
-                    &mut wtxn,
-                    &ApprovalEvidenceKey(e.voter(), e.outpoint),
-                    e,
-                    &mut buf,
-                )?,
-                Write::PutEvidence(e) => {
-                    self.evidence
-                        .put(&mut wtxn, &EvidenceKey(e.voter(), e.txid), e, &mut buf)?
-                }
-                Write::PutBlock(b) => {
-                    let height = BlockHeight(b.block.height());
-                    self.blocks.put(&mut wtxn, &height, b, &mut buf)?;
-                    self.block_heights
-                        .put(&mut wtxn, &b.block.hash(), &height, &mut buf)?
-                }
-                Write::AppendOwnBlockVote(v) => self.own_block_votes.put(
-                    &mut wtxn,
-                    &OwnBlockVoteKey::of(v),
-                    &VotedBlock(v.block),
-                    &mut buf,
-                )?,
-                Write::PutCandidate(c) => self.block_candidates.put(
-                    &mut wtxn,
-                    &CandidateKey(c.block.height(), c.block.hash()),
-                    c,
-                    &mut buf,
-                )?,
-                Write::PutForkEvidence(f) => {
-                    self.fork_evidence
-                        .put(&mut wtxn, &BlockHeight(f.height()), f, &mut buf)?
-                }
-                Write::PutBlockEvidence(e) => {
-                    self.block_evidence.put(&mut wtxn, &e.key(), e, &mut buf)?
-                }
-                Write::PutBlockStop(c) => {
-                    // The first contradiction is the one kept.
-                    if self.block_stop.is_empty(&wtxn)? {
-                        self.block_stop
-                            .put(&mut wtxn, &BlockHeight(c.height), c, &mut buf)?
-                    }
-                }
-                Write::ClearBlockStop => self.block_stop.db.clear(&mut wtxn).map_err(backend)?,
-                Write::PruneBlockRecords { below } => {
-                    // Keys sort by height first (big-endian): everything
-                    // before the first key at `below`.
-                    let votes = OwnBlockVoteKey {
-                        height: *below,
-                        round: 0,
-                        step: timecoin_core::blocks::SignedStep::Proposal,
-                    }
-                    .to_key();
-                    let range = (Bound::Unbounded, Bound::Excluded(&votes[..]));
-                    self.own_block_votes
-                        .db
-                        .delete_range(&mut wtxn, &range)
-                        .map_err(backend)?;
-                    let cands = CandidateKey(*below, BlockHash([0; 32])).to_key();
-                    let range = (Bound::Unbounded, Bound::Excluded(&cands[..]));
-                    self.block_candidates
-                        .db
-                        .delete_range(&mut wtxn, &range)
-                        .map_err(backend)?;
-                }
-            }
-        }
+        self.apply_in(
+            &mut wtxn,
+            writes,
+            &mut AppendCursors::default(),
+            &mut Vec::new(),
+        )?;
         wtxn.commit().map_err(backend)
     }
 

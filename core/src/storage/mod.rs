@@ -1,7 +1,10 @@
 //! Durable state behind a narrow trait. The engine keeps its working set in
-//! memory and emits [`Write`]s; the runtime applies each round's writes in one
-//! transaction (group commit) *before* releasing that round's messages, so a
-//! vote is durable before it leaves the node.
+//! memory and emits [`Write`]s; the runtime makes each round's writes
+//! durable as one unit (group commit) *before* releasing that round's
+//! messages, so a vote is durable before it leaves the node. The node does
+//! it with one write-ahead log record per round, applied to LMDB later;
+//! [`Store::apply`] promises that later reads see the writes, and that they
+//! survive a crash once it returns.
 
 pub mod block_records;
 pub mod memory;
@@ -131,13 +134,32 @@ pub enum StoreError {
     Corrupt { table: &'static str, detail: String },
     #[error("i/o: {0}")]
     Io(#[from] std::io::Error),
+    /// A write-ahead log record that is damaged but followed by good ones
+    /// (or missing between two): not a torn last write, so records that
+    /// may have been acknowledged are unreadable. The node refuses to
+    /// start rather than forget votes it may have sent.
+    #[error(
+        "write-ahead log {segment} is damaged at byte {offset}: {detail}. This is not an \
+         interrupted last write: records the node may have acted on are unreadable. Do not delete \
+         the log; keep a copy of the data directory and see docs/OPERATING.md (\"write-ahead log \
+         damaged\")"
+    )]
+    LogCorrupt {
+        segment: String,
+        offset: u64,
+        detail: String,
+    },
+    /// A round too large for one log record.
+    #[error("a round of {bytes} bytes exceeds the log record limit of {max} bytes")]
+    RoundTooLarge { bytes: usize, max: usize },
 }
 
 pub trait Store: Send {
     /// Writes the genesis if the database is new; checks the chain id if not.
     fn init(&mut self, genesis: &Genesis) -> Result<(), StoreError>;
     fn load(&self) -> Result<Snapshot, StoreError>;
-    /// Applies all writes atomically and durably (one transaction).
+    /// Applies all writes atomically and durably: once it returns they
+    /// survive a crash, and every read sees them.
     fn apply(&mut self, writes: &[Write]) -> Result<(), StoreError>;
     fn get_proof(&self, txid: &Txid) -> Result<Option<TimeProof>, StoreError>;
     fn get_transaction(&self, txid: &Txid) -> Result<Option<Transaction>, StoreError>;

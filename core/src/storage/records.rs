@@ -11,7 +11,7 @@
 //! caps the decoders enforce).
 //!
 //! Layouts (integers little-endian unless marked BE):
-//! - `meta` values: `u32`.
+//! - `meta` values: `u32`, except `applied_log_seq`: u64 ([`AppliedSeq`]).
 //! - `utxos` key: [`OutPoint::key_bytes`] = txid(32) ‖ vout(u32 BE).
 //!   Value: amount(u64) ‖ address(20) ‖ state tag(u8) ‖ state fields, where
 //!   tag 0 Unspent: none; 1 Locked: txid(32); 2 SpentPending: txid(32) ‖
@@ -39,7 +39,13 @@ use crate::protocol::vote::{VoteBatch, MAX_MERKLE_DEPTH, MAX_VOTE_ITEMS};
 /// (the index is built from `utxos` in the same transaction that writes the
 /// new version), and a build that reads only version 1 refuses it: such a
 /// build would change `utxos` without maintaining the index.
-pub const FORMAT_VERSION: u32 = 2;
+///
+/// 3: the database may lag the write-ahead log (`wal/` beside `db/`), and
+/// `meta` holds `applied_log_seq`, the last log record applied. No table
+/// changes (a version-2 database is upgraded by writing the version), but a
+/// build that knows nothing of the log must refuse it: it would start
+/// without the log's records, votes already sent among them.
+pub const FORMAT_VERSION: u32 = 3;
 
 /// The oldest database layout this build opens (and migrates).
 pub const MIN_FORMAT_VERSION: u32 = 1;
@@ -146,6 +152,9 @@ pub fn check_txid(key: &Txid, found: &Txid) -> Result<(), RecordError> {
 pub enum MetaKey {
     FormatVersion,
     ChainId,
+    /// The sequence number of the last write-ahead log record applied (a
+    /// [`AppliedSeq`] value, not a `u32`); absent: none yet.
+    AppliedLogSeq,
 }
 
 impl MetaKey {
@@ -153,6 +162,7 @@ impl MetaKey {
         match self {
             MetaKey::FormatVersion => "format_version",
             MetaKey::ChainId => "chain_id",
+            MetaKey::AppliedLogSeq => "applied_log_seq",
         }
     }
 }
@@ -163,12 +173,16 @@ impl TableKey for MetaKey {
         self.name().as_bytes()
     }
     fn from_key(bytes: &[u8]) -> Result<Self, RecordError> {
-        [MetaKey::FormatVersion, MetaKey::ChainId]
-            .into_iter()
-            .find(|k| k.name().as_bytes() == bytes)
-            .ok_or(RecordError::Decode(DecodeError::Invalid {
-                what: "meta key",
-            }))
+        [
+            MetaKey::FormatVersion,
+            MetaKey::ChainId,
+            MetaKey::AppliedLogSeq,
+        ]
+        .into_iter()
+        .find(|k| k.name().as_bytes() == bytes)
+        .ok_or(RecordError::Decode(DecodeError::Invalid {
+            what: "meta key",
+        }))
     }
 }
 
@@ -291,6 +305,20 @@ impl TableValue for u32 {
     }
     fn decode_value(bytes: &[u8]) -> Result<Self, RecordError> {
         decode_all(bytes, |r| r.u32())
+    }
+}
+
+/// `meta` value of [`MetaKey::AppliedLogSeq`]: a log sequence number (u64).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct AppliedSeq(pub u64);
+
+impl TableValue for AppliedSeq {
+    fn encode_value(&self, out: &mut Vec<u8>) -> Result<(), RecordError> {
+        out.extend_from_slice(&self.0.to_le_bytes());
+        Ok(())
+    }
+    fn decode_value(bytes: &[u8]) -> Result<Self, RecordError> {
+        decode_all(bytes, |r| r.u64()).map(AppliedSeq)
     }
 }
 
@@ -558,7 +586,9 @@ mod tests {
         assert_eq!(hex_of(&Txid([0x11; 32])), TXID_11);
         assert_eq!(MetaKey::FormatVersion.to_key(), b"format_version");
         assert_eq!(MetaKey::ChainId.to_key(), b"chain_id");
-        assert_eq!(hex_of(&FORMAT_VERSION), "02000000");
+        assert_eq!(MetaKey::AppliedLogSeq.to_key(), b"applied_log_seq");
+        assert_eq!(hex_of(&FORMAT_VERSION), "03000000");
+        assert_eq!(hex_of(&AppliedSeq(0x0102)), "0201000000000000");
         assert_eq!(hex_of(&0x0a0b0c0du32), "0d0c0b0a");
     }
 
@@ -775,7 +805,12 @@ mod tests {
         assert!(VoteSeq::from_key(&[0; 9]).is_err());
         assert!(MetaKey::from_key(b"nope").is_err());
         assert_eq!(MetaKey::from_key(b"chain_id"), Ok(MetaKey::ChainId));
+        assert_eq!(
+            MetaKey::from_key(b"applied_log_seq"),
+            Ok(MetaKey::AppliedLogSeq)
+        );
         assert!(u32::decode_value(&[1, 2, 3]).is_err());
+        assert!(AppliedSeq::decode_value(&[0; 7]).is_err());
     }
 
     #[test]
