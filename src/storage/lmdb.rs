@@ -1023,6 +1023,16 @@ impl Store for LmdbStore {
                 }
             }
         }
+        let mut seen = HashSet::new();
+        for (_, entry) in &snap.utxos {
+            if let UtxoState::Confirmed { txid, .. } = entry.state {
+                if seen.insert(txid) && self.proofs.get(&rtxn, &txid)?.is_none() {
+                    if let Some(tx) = self.get_transaction_in(&rtxn, &txid)? {
+                        snap.unproven_transactions.push(tx);
+                    }
+                }
+            }
+        }
         snap.finality_log_len = match self.finality_log.last_key(&rtxn)? {
             Some(LogSeq(last)) => last + 1,
             None => 0,
@@ -1553,6 +1563,7 @@ mod tests {
         s.utxos.sort_by_key(|(op, _)| *op);
         s.pending_transactions.sort_by_key(|t| t.txid());
         s.unconfirmed_transactions.sort_by_key(|t| t.txid());
+        s.unproven_transactions.sort_by_key(|t| t.txid());
         s.finalized.sort();
         s
     }
@@ -1562,6 +1573,7 @@ mod tests {
         assert_eq!(a.utxos, b.utxos);
         assert_eq!(a.pending_transactions, b.pending_transactions);
         assert_eq!(a.unconfirmed_transactions, b.unconfirmed_transactions);
+        assert_eq!(a.unproven_transactions, b.unproven_transactions);
         assert_eq!(a.finalized, b.finalized);
         assert_eq!(a.own_votes, b.own_votes);
         assert_eq!(a.unconfirmed_log_from, b.unconfirmed_log_from);
@@ -1786,6 +1798,43 @@ mod tests {
         assert_eq!(s.load().unwrap().blocks.stop, None);
         reference.apply(&[Write::ClearBlockStop]).unwrap();
         assert_eq!(reference.load().unwrap().blocks.stop, None);
+    }
+
+    /// A payment a block confirmed whose proof is not stored is listed in
+    /// the snapshot (the engine still wants its proof); one with its proof
+    /// is not. The same as the memory store.
+    #[test]
+    fn snapshot_lists_confirmed_payments_without_their_proof() {
+        let dir = tempfile::tempdir().unwrap();
+        let proven = tx_spending(outpoint(3, 0), 10);
+        let unproven = tx_spending(outpoint(3, 1), 10);
+        let confirmed = |txid| UtxoState::Confirmed { txid, height: 4 };
+        let writes = vec![
+            Write::PutTransaction(proven.txid(), proven.clone()),
+            Write::PutTransaction(unproven.txid(), unproven.clone()),
+            Write::PutUtxo(outpoint(3, 0), entry(20, confirmed(proven.txid()))),
+            Write::PutUtxo(outpoint(3, 1), entry(20, confirmed(unproven.txid()))),
+            // A second input of the unproven one: listed once.
+            Write::PutUtxo(outpoint(3, 2), entry(20, confirmed(unproven.txid()))),
+            Write::PutProof(proof_for(proven.txid())),
+        ];
+        let mut reference = MemoryStore::new();
+        reference.init(&genesis(CHAIN)).unwrap();
+        reference.apply(&writes).unwrap();
+        {
+            let mut s = open(dir.path());
+            s.init(&genesis(CHAIN)).unwrap();
+            s.apply(&writes).unwrap();
+        }
+        let s = open(dir.path());
+        assert_eq!(
+            s.load().unwrap().unproven_transactions,
+            vec![unproven.clone()]
+        );
+        assert_eq!(
+            reference.load().unwrap().unproven_transactions,
+            vec![unproven]
+        );
     }
 
     #[test]

@@ -1244,6 +1244,36 @@ fn a_payment_a_block_confirms_before_its_proof_is_still_announced_final() {
     assert!(net.confirmed_at(3, &tx).is_some());
 }
 
+/// A payment a synced block confirmed before its proof came, then a crash:
+/// after the restart the node still knows the proof is missing, and the
+/// catch-up fetches it (a wallet resubmitting there gets the proof).
+#[test]
+fn a_payment_confirmed_without_its_proof_still_fetches_it_after_a_restart() {
+    let mut net = Net::with_config(4, blocks_cfg());
+    net.run_for(600);
+    net.drop_votes_to = Some(3);
+    net.drop_catchup = true;
+    let tx = pay(9, COIN);
+    net.submit(3, tx.clone());
+    net.run_for(1_500);
+    assert!(net.confirmed_at(3, &tx).is_some(), "confirmed at 3");
+    assert!(!net.is_final(3, &tx.txid()), "no proof at 3 yet");
+    // Node 3 crashes before the proof comes, and starts from its store.
+    net.nodes[3] = None;
+    net.links();
+    net.start(3);
+    net.links();
+    net.drop_votes_to = None;
+    net.drop_catchup = false;
+    net.run_for(3_000);
+    assert!(net.is_final(3, &tx.txid()), "proof fetched and stored at 3");
+    let answer = net.submit(3, tx.clone());
+    assert!(
+        matches!(answer, Some(WalletReply::TimeProof { .. })),
+        "a resubmission gets the proof, not {answer:?}"
+    );
+}
+
 /// The origin's admission window: a wallet payment beyond it is refused at
 /// once as busy (not queued), peers' payments still find room in the
 /// mempool, the window frees as payments become final, and one whose votes

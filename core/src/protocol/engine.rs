@@ -486,6 +486,16 @@ impl Engine {
             let rec = TxRecord::loaded(tx, Status::Rejected, Some(why), u64::MAX / 2);
             e.txs.insert(txid, rec);
         }
+        for tx in snap.unproven_transactions {
+            // Confirmed by a block before its proof came, then a restart:
+            // still wanted (`settled` is false, so the catch-up, which
+            // walks every peer's log from 0 after a restart, fetches it).
+            if e.unproven.len() < MAX_UNPROVEN {
+                e.unproven.insert(tx.txid(), Arc::new(tx));
+            } else {
+                e.metrics.unproven_untracked += 1;
+            }
+        }
         let _ = snap.finalized; // proofs stay in the store; answers come from there
         e
     }

@@ -118,6 +118,17 @@ impl Store for MemoryStore {
                 }
             }
         }
+        let mut unproven = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        for e in self.utxos.values() {
+            if let UtxoState::Confirmed { txid, .. } = e.state {
+                if seen.insert(txid) && !self.proofs.contains_key(&txid) {
+                    if let Some(tx) = self.txs.get(&txid) {
+                        unproven.push(tx.clone());
+                    }
+                }
+            }
+        }
         let mut left: std::collections::HashSet<Txid> =
             unconfirmed.iter().map(|t| t.txid()).collect();
         let mut from = self.finality_log.len();
@@ -129,6 +140,7 @@ impl Store for MemoryStore {
         Ok(Snapshot {
             unconfirmed_log_from,
             unconfirmed_transactions: unconfirmed,
+            unproven_transactions: unproven,
             utxos: self.utxos.iter().map(|(k, v)| (*k, *v)).collect(),
             pending_transactions: pending,
             stuck_transactions: stuck,

@@ -88,6 +88,11 @@ pub struct Snapshot {
     /// Final transactions not yet in a block (an input `SpentFinalized`),
     /// in no particular order: the block layer's queue after a restart.
     pub unconfirmed_transactions: Vec<Transaction>,
+    /// Payments a committed block confirmed (an input `Confirmed` by them)
+    /// whose TimeProof is not stored: the engine still wants their proofs
+    /// after a restart (the catch-up fetches them; wallets resubmitting
+    /// there get them).
+    pub unproven_transactions: Vec<Transaction>,
     /// A finality-log position at or before the entry of every transaction
     /// in `unconfirmed_transactions` (0 if one is not in the log): where
     /// the block layer pages the ones it does not hold in memory from.

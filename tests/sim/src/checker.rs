@@ -1112,18 +1112,21 @@ impl Checker {
 
     /// At the end, after the final heal and the settle period: every honest
     /// node that is up holds every transaction any honest node finalized, as
-    /// final, with a stored proof that verifies, or confirmed by a stored
-    /// block whose certificate verifies.
+    /// final, with a stored proof that verifies (one a synced block
+    /// confirmed first included: its proof is fetched after it).
     pub fn check_learned_end(&mut self, at: Micros, nodes: &[(usize, &Engine, &MemoryStore)]) {
         let all: Vec<Txid> = self.finalized_anywhere().into_keys().collect();
         for (i, e, store) in nodes {
             let mut missing = Vec::new();
             for txid in &all {
+                // A payment a synced block confirmed is final here before
+                // its proof comes, but the proof must come by the end
+                // (wallets resubmitting here get it; peers catch up from it).
                 let ok = e.known_final(txid)
-                    && (match store.get_proof(txid).expect("memory store") {
+                    && match store.get_proof(txid).expect("memory store") {
                         Some(p) => p.txid == *txid && self.proof_verifies(&p).is_ok(),
                         None => false,
-                    } || self.confirmed_in_stored_block(e, store, txid));
+                    };
                 if !ok {
                     missing.push(*txid);
                 }
@@ -1133,6 +1136,7 @@ impl Checker {
                     .filter(|&j| self.honest[j] && self.views[j].finalized.contains_key(first))
                     .collect();
                 let final_no_proof = e.known_final(first);
+                let in_block = self.confirmed_in_stored_block(e, store, first);
                 self.violate(
                     ViolationKind::NotLearned,
                     at,
@@ -1143,7 +1147,11 @@ impl Checker {
                         "at the end node {i} lacks {} of the {} transactions honest nodes finalized (first {first:?}, finalized at nodes {origin:?}; {})",
                         missing.len(),
                         all.len(),
-                        if final_no_proof { "final here but neither a valid stored proof nor a certified block" } else { "not final here" }
+                        match (final_no_proof, in_block) {
+                            (true, true) => "confirmed here by a certified block, but its proof never came",
+                            (true, false) => "final here but no valid stored proof",
+                            _ => "not final here",
+                        }
                     ),
                 );
             }
