@@ -16,7 +16,7 @@
 
 mod common;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -268,21 +268,22 @@ async fn final_at(
 
 /// For payments final at `addr` by state: resubmits each (a masternode that
 /// holds a transaction's proof answers with it) and verifies the TimeProof
-/// against the registry. Pipelined in windows. Returns, per payment, whether
-/// a verifying proof came back.
+/// against the registry. Pipelined in windows. Returns, per payment, `None`
+/// if a verifying proof came back, else what did (for the failure message).
 async fn proofs_at(
     addr: SocketAddr,
     chain: u32,
     registry: &Registry,
     txs: &[&Transaction],
-) -> Result<Vec<bool>, String> {
+) -> Result<Vec<Option<String>>, String> {
     let mut c = WalletClient::connect(addr, chain)
         .await
         .map_err(|e| format!("connect {addr}: {e}"))?;
     let mut out = Vec::with_capacity(txs.len());
     for window in txs.chunks(256) {
         let want: Vec<Txid> = window.iter().map(|t| t.txid()).collect();
-        let mut got: Vec<Option<bool>> = vec![None; window.len()];
+        // None: no answer yet; Some(None): a verifying proof.
+        let mut got: Vec<Option<Option<String>>> = vec![None; window.len()];
         for tx in window {
             c.push(&Message::SubmitTransaction((*tx).clone()))
                 .map_err(|e| format!("{addr}: {e}"))?;
@@ -295,20 +296,36 @@ async fn proofs_at(
                 Ok(m) => m,
                 Err(_) => break,
             };
-            let (txid, ok) = match m {
-                Message::TimeProof { proof, .. } => {
-                    (proof.txid, proof.verify(chain, registry).is_ok())
+            let (txid, answer) = match m {
+                Message::TimeProof { proof, .. } => (
+                    proof.txid,
+                    proof
+                        .verify(chain, registry)
+                        .err()
+                        .map(|e| format!("a proof that does not verify: {e}")),
+                ),
+                Message::TransactionRejected {
+                    txid,
+                    reason,
+                    detail,
+                    ..
+                } => (txid, Some(format!("rejected {reason:?}: {detail}"))),
+                Message::TransactionAccepted(txid) => {
+                    (txid, Some("accepted (pending there), no proof".into()))
                 }
-                Message::TransactionRejected { txid, .. } => (txid, false),
-                Message::TransactionAccepted(txid) => (txid, false),
                 _ => continue,
             };
             if let Some(k) = want.iter().position(|t| *t == txid) {
-                // A later TimeProof outranks an earlier "accepted".
-                got[k] = Some(got[k].unwrap_or(false) || ok);
+                // A verifying TimeProof outranks any other answer.
+                if !matches!(got[k], Some(None)) {
+                    got[k] = Some(answer);
+                }
             }
         }
-        out.extend(got.into_iter().map(|g| g == Some(true)));
+        out.extend(
+            got.into_iter()
+                .map(|g| g.unwrap_or_else(|| Some("no answer in 15 s".into()))),
+        );
     }
     Ok(out)
 }
@@ -585,8 +602,13 @@ fn kill9_restart_cycles_lose_no_final_payment() {
         let good: HashSet<Txid> = here
             .iter()
             .zip(&ok)
-            .filter(|(_, ok)| **ok)
+            .filter(|(_, why)| why.is_none())
             .map(|(t, _)| t.txid())
+            .collect();
+        let answers: HashMap<Txid, &str> = here
+            .iter()
+            .zip(&ok)
+            .filter_map(|(t, why)| why.as_deref().map(|w| (t.txid(), w)))
             .collect();
         bad_proofs[i] = here.len() - good.len();
         for p in &must {
@@ -594,11 +616,12 @@ fn kill9_restart_cycles_lose_no_final_payment() {
                 per_node[i] += 1;
                 if examples.len() < 12 {
                     examples.push(format!(
-                        "mn{i} lacks {} (input {}, wallet saw it {}, {} attempts)",
+                        "mn{i} lacks {} (input {}, wallet saw it {}, {} attempts; resubmitted there: {})",
                         p.txid,
                         p.input,
                         p.seen.describe(),
-                        p.attempts
+                        p.attempts,
+                        answers.get(&p.txid).copied().unwrap_or("not final there by state")
                     ));
                 }
             }
