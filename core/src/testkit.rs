@@ -87,6 +87,7 @@ pub fn engine_with_store(genesis: &Genesis, key: SigningKey, store: &mut MemoryS
         key,
         genesis.registry.clone(),
         snap,
+        store.utxo_source(),
     )
 }
 

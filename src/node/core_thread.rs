@@ -158,6 +158,13 @@ fn commit_and_send(c: &mut Core, wallets: &mut Wallets, now: u64) -> Result<(), 
         c.ctx.stopping.store(true, Ordering::SeqCst);
         return Err(e);
     }
+    // A UTXO read from the store failed this round (the engine treated the
+    // output as unknown): the database is not readable, stop.
+    if let Some(e) = c.mn.take_store_read_error() {
+        error!("storage read failed, stopping the masternode core: {e}");
+        c.ctx.stopping.store(true, Ordering::SeqCst);
+        return Err(e);
+    }
     for txid in round.watch_approvals {
         c.ctx.votes.watch(txid);
     }

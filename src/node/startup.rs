@@ -364,7 +364,7 @@ fn open_state(
     store.init(genesis)?;
     let snap = store.load()?;
     info!(
-        utxos = snap.utxos.len(),
+        held_utxos = snap.held_utxos.len(),
         pending = snap.pending_transactions.len(),
         finalized = snap.finalized.len(),
         own_vote_batches = snap.own_votes.len(),
@@ -385,8 +385,15 @@ fn open_state(
         block_interval_ms: ms,
         ..ConsensusConfig::devnet()
     });
-    let mn = Masternode::new(mcfg, key.clone(), genesis.registry.clone(), snap, now);
     let store = DurableStore::start(store, &wal, next_seq, !cfg.no_sync)?;
+    let mn = Masternode::new(
+        mcfg,
+        key.clone(),
+        genesis.registry.clone(),
+        snap,
+        store.utxo_source(),
+        now,
+    );
     Ok((store, mn))
 }
 

@@ -388,6 +388,13 @@ impl StateReader {
         }
     }
 
+    /// One outpoint's entry (None: unknown here).
+    pub fn utxo(&self, op: &OutPoint) -> Result<Option<UtxoEntry>, StoreError> {
+        self.wait_barrier()?;
+        let rtxn = self.env.read_txn().map_err(backend)?;
+        self.utxos.get(&rtxn, op)
+    }
+
     /// The state of each outpoint (None: unknown here), in the order asked,
     /// from one read transaction: one point read each.
     pub fn utxo_states(
@@ -969,6 +976,12 @@ impl LmdbStore {
     }
 }
 
+impl timecoin_core::storage::UtxoSource for StateReader {
+    fn utxo(&self, op: &OutPoint) -> Result<Option<UtxoEntry>, StoreError> {
+        StateReader::utxo(self, op)
+    }
+}
+
 impl Store for LmdbStore {
     fn init(&mut self, genesis: &Genesis) -> Result<(), StoreError> {
         let mut wtxn = self.env.write_txn().map_err(backend)?;
@@ -994,42 +1007,46 @@ impl Store for LmdbStore {
     fn load(&self) -> Result<Snapshot, StoreError> {
         let rtxn = self.env.read_txn().map_err(backend)?;
         let mut snap = Snapshot::default();
+        // One pass over the outputs: the held ones stay in memory, the
+        // rest are read when needed; each list takes a transaction once.
+        let (mut held, mut finals, mut confirmed) = (Vec::new(), Vec::new(), Vec::new());
         self.utxos.for_each(&rtxn, |op, entry| {
-            snap.utxos.push((op, entry));
+            match entry.state {
+                UtxoState::Locked { txid } | UtxoState::SpentPending { txid, .. } => {
+                    snap.held_utxos.push((op, entry));
+                    held.push(txid);
+                }
+                UtxoState::SpentFinalized { txid } => finals.push(txid),
+                UtxoState::Confirmed { txid, .. } => confirmed.push(txid),
+                UtxoState::Unspent => {}
+            }
             Ok(())
         })?;
-
         let mut seen = HashSet::new();
-        for (_, entry) in &snap.utxos {
-            if let UtxoState::Locked { txid } | UtxoState::SpentPending { txid, .. } = entry.state {
-                if seen.insert(txid) {
-                    if let Some(tx) = self.get_transaction_in(&rtxn, &txid)? {
-                        if self.stuck.get(&rtxn, &txid)?.is_some() {
-                            snap.stuck_transactions.push(tx);
-                        } else {
-                            snap.pending_transactions.push(tx);
-                        }
+        for txid in held {
+            if seen.insert(txid) {
+                if let Some(tx) = self.get_transaction_in(&rtxn, &txid)? {
+                    if self.stuck.get(&rtxn, &txid)?.is_some() {
+                        snap.stuck_transactions.push(tx);
+                    } else {
+                        snap.pending_transactions.push(tx);
                     }
                 }
             }
         }
         let mut seen = HashSet::new();
-        for (_, entry) in &snap.utxos {
-            if let UtxoState::SpentFinalized { txid } = entry.state {
-                if seen.insert(txid) {
-                    if let Some(tx) = self.get_transaction_in(&rtxn, &txid)? {
-                        snap.unconfirmed_transactions.push(tx);
-                    }
+        for txid in finals {
+            if seen.insert(txid) {
+                if let Some(tx) = self.get_transaction_in(&rtxn, &txid)? {
+                    snap.unconfirmed_transactions.push(tx);
                 }
             }
         }
         let mut seen = HashSet::new();
-        for (_, entry) in &snap.utxos {
-            if let UtxoState::Confirmed { txid, .. } = entry.state {
-                if seen.insert(txid) && self.proofs.get(&rtxn, &txid)?.is_none() {
-                    if let Some(tx) = self.get_transaction_in(&rtxn, &txid)? {
-                        snap.unproven_transactions.push(tx);
-                    }
+        for txid in confirmed {
+            if seen.insert(txid) && self.proofs.get(&rtxn, &txid)?.is_none() {
+                if let Some(tx) = self.get_transaction_in(&rtxn, &txid)? {
+                    snap.unproven_transactions.push(tx);
                 }
             }
         }
@@ -1070,6 +1087,11 @@ impl Store for LmdbStore {
         })?;
         snap.blocks = self.block_snapshot(&rtxn)?;
         Ok(snap)
+    }
+
+    fn utxo_source(&self) -> Box<dyn timecoin_core::storage::UtxoSource> {
+        // `apply` is synchronous here: LMDB holds every accepted write.
+        Box::new(self.state_reader())
     }
 
     fn apply(&mut self, writes: &[Write]) -> Result<(), StoreError> {
@@ -1326,9 +1348,26 @@ mod tests {
 
     /// What the address index must hold for `address`, from a snapshot's
     /// `utxos`: the outputs not spent for good, by outpoint.
-    fn expected_index(snap: &Snapshot, address: &Address) -> Vec<(OutPoint, UtxoEntry)> {
-        let mut v: Vec<_> = snap
-            .utxos
+    /// Every stored output, by outpoint.
+    fn stored_utxos(s: &LmdbStore) -> Vec<(OutPoint, UtxoEntry)> {
+        let rtxn = s.env.read_txn().unwrap();
+        let mut v = Vec::new();
+        s.utxos
+            .for_each(&rtxn, |op, e| {
+                v.push((op, e));
+                Ok(())
+            })
+            .unwrap();
+        v
+    }
+
+    /// What the address index must hold for `address`, from the stored
+    /// outputs: the ones not spent for good, by outpoint.
+    fn expected_index(
+        utxos: &[(OutPoint, UtxoEntry)],
+        address: &Address,
+    ) -> Vec<(OutPoint, UtxoEntry)> {
+        let mut v: Vec<_> = utxos
             .iter()
             .filter(|(_, e)| e.output.address == *address && !e.state.is_spent_for_good())
             .copied()
@@ -1342,11 +1381,10 @@ mod tests {
         s.address_utxos.keys(&s.env.read_txn().unwrap()).unwrap()
     }
 
-    /// The index holds exactly the live outputs of the snapshot, for every
-    /// address.
-    fn assert_index_matches(s: &LmdbStore, snap: &Snapshot) {
-        let mut want: Vec<AddressUtxoKey> = snap
-            .utxos
+    /// The index holds exactly the live stored outputs, for every address.
+    fn assert_index_matches(s: &LmdbStore) {
+        let utxos = stored_utxos(s);
+        let mut want: Vec<AddressUtxoKey> = utxos
             .iter()
             .filter(|(_, e)| !e.state.is_spent_for_good())
             .map(|(op, e)| AddressUtxoKey(e.output.address, *op))
@@ -1354,12 +1392,11 @@ mod tests {
         want.sort();
         assert_eq!(index_keys(s), want);
         let r = s.state_reader();
-        let addresses: HashSet<Address> =
-            snap.utxos.iter().map(|(_, e)| e.output.address).collect();
+        let addresses: HashSet<Address> = utxos.iter().map(|(_, e)| e.output.address).collect();
         for a in addresses {
             assert_eq!(
                 r.address_utxos(&a, usize::MAX).unwrap(),
-                expected_index(snap, &a)
+                expected_index(&utxos, &a)
             );
         }
     }
@@ -1467,10 +1504,10 @@ mod tests {
                     ),
                 ]
             );
-            assert_index_matches(&s, &s.load().unwrap());
+            assert_index_matches(&s);
         }
         let s = open(dir.path());
-        assert_index_matches(&s, &s.load().unwrap());
+        assert_index_matches(&s);
         assert_eq!(
             s.state_reader()
                 .address_utxos(&a, usize::MAX)
@@ -1548,9 +1585,11 @@ mod tests {
             Some(FORMAT_VERSION)
         );
         drop(rtxn);
-        let snap = s.load().unwrap();
-        assert!(snap.utxos.len() > MIGRATION_PAGE, "more than one page read");
-        assert_index_matches(&s, &snap);
+        assert!(
+            stored_utxos(&s).len() > MIGRATION_PAGE,
+            "more than one page read"
+        );
+        assert_index_matches(&s);
         // Opened again: nothing to do, the same index.
         let before = index_keys(&s);
         drop(s);
@@ -1560,7 +1599,7 @@ mod tests {
 
     /// Snapshots with their unordered parts sorted, for comparison.
     fn normalized(mut s: Snapshot) -> Snapshot {
-        s.utxos.sort_by_key(|(op, _)| *op);
+        s.held_utxos.sort_by_key(|(op, _)| *op);
         s.pending_transactions.sort_by_key(|t| t.txid());
         s.unconfirmed_transactions.sort_by_key(|t| t.txid());
         s.unproven_transactions.sort_by_key(|t| t.txid());
@@ -1570,7 +1609,7 @@ mod tests {
 
     fn assert_same(a: Snapshot, b: Snapshot) {
         let (a, b) = (normalized(a), normalized(b));
-        assert_eq!(a.utxos, b.utxos);
+        assert_eq!(a.held_utxos, b.held_utxos);
         assert_eq!(a.pending_transactions, b.pending_transactions);
         assert_eq!(a.unconfirmed_transactions, b.unconfirmed_transactions);
         assert_eq!(a.unproven_transactions, b.unproven_transactions);
@@ -1852,7 +1891,7 @@ mod tests {
         let s = open(dir.path());
         assert_eq!(s.chain_id().unwrap(), Some(CHAIN));
         let snap = s.load().unwrap();
-        assert_eq!(snap.utxos.len(), 4);
+        assert_eq!(stored_utxos(&s), reference.utxos());
         assert_eq!(snap.pending_transactions.len(), 2);
         assert_eq!(snap.finalized.len(), 1);
         assert_eq!(snap.own_votes.len(), 2);
@@ -1914,7 +1953,7 @@ mod tests {
         s.init(&genesis(CHAIN)).unwrap();
         let snap = s.load().unwrap();
         assert_eq!(
-            snap.utxos[0].1.state,
+            snap.held_utxos[0].1.state,
             UtxoState::Locked {
                 txid: Txid([5; 32])
             }
@@ -2206,7 +2245,7 @@ mod tests {
                 }
             }
             let snap = reference.load().unwrap();
-            assert_index_matches(&s, &snap);
+            assert_index_matches(&s);
             assert_same(s.load().unwrap(), snap);
         }
     }

@@ -37,8 +37,11 @@ use super::write_log::{self, WriteLog};
 use super::{CommittedBlock, Genesis, Snapshot, Store, StoreError, Write};
 use crate::protocol::evidence::{ConflictingApprovals, Equivocation};
 use crate::protocol::timeproof::TimeProof;
+use crate::protocol::types::OutPoint;
 use crate::protocol::types::{Transaction, Txid};
+use crate::protocol::utxo::UtxoEntry;
 use timecoin_core::blocks::BlockEvidence;
+use timecoin_core::storage::UtxoSource;
 
 /// Most rounds handed to the writer and not yet applied; the core waits
 /// beyond this.
@@ -311,10 +314,66 @@ impl Overlay {
     }
 }
 
+/// The UTXO writes handed over and not yet known applied, shared with the
+/// engine's reader ([`DurableUtxos`]). The core thread is the only one that
+/// changes it (in `commit` and `settle`) and reads through it.
+#[derive(Default)]
+struct UtxoOverlay {
+    entries: HashMap<OutPoint, (u64, UtxoEntry)>,
+    /// (round, output) in the order written: what `prune` walks.
+    order: VecDeque<(u64, OutPoint)>,
+}
+
+impl UtxoOverlay {
+    fn push(&mut self, seq: u64, writes: &[Write]) {
+        for w in writes {
+            if let Write::PutUtxo(op, e) = w {
+                self.entries.insert(*op, (seq, *e));
+                self.order.push_back((seq, *op));
+            }
+        }
+    }
+
+    fn prune(&mut self, applied: u64) {
+        while let Some(&(seq, op)) = self.order.front() {
+            if seq > applied {
+                break;
+            }
+            self.order.pop_front();
+            // Only if no later round wrote it again.
+            if self.entries.get(&op).is_some_and(|(s, _)| *s == seq) {
+                self.entries.remove(&op);
+            }
+        }
+    }
+}
+
+fn lock_utxos(o: &Mutex<UtxoOverlay>) -> MutexGuard<'_, UtxoOverlay> {
+    o.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The engine's [`UtxoSource`] on the node: the overlay's newest write of
+/// an output, else LMDB. An output leaves the overlay only once the writer
+/// applied its round, so one of the two always holds its newest state.
+struct DurableUtxos {
+    overlay: Arc<Mutex<UtxoOverlay>>,
+    lmdb: super::lmdb::StateReader,
+}
+
+impl UtxoSource for DurableUtxos {
+    fn utxo(&self, op: &OutPoint) -> Result<Option<UtxoEntry>, StoreError> {
+        if let Some((_, e)) = lock_utxos(&self.overlay).entries.get(op) {
+            return Ok(Some(*e));
+        }
+        self.lmdb.utxo(op)
+    }
+}
+
 /// The node's store: the write-ahead log, the store-writer thread and the
 /// overlay of rounds LMDB may not hold yet.
 pub struct DurableStore {
     log: WriteLog,
+    utxos: Arc<Mutex<UtxoOverlay>>,
     /// A handle on the LMDB environment for reads (the writer thread owns
     /// the one that writes).
     lmdb: LmdbStore,
@@ -361,6 +420,7 @@ impl DurableStore {
         };
         Ok(DurableStore {
             log,
+            utxos: Arc::default(),
             lmdb,
             overlay: Overlay {
                 finality_head,
@@ -394,6 +454,7 @@ impl DurableStore {
             q.applied
         };
         self.overlay.prune(applied);
+        lock_utxos(&self.utxos).prune(applied);
         self.log.checkpoint(applied)
     }
 
@@ -421,6 +482,7 @@ impl DurableStore {
             });
         }
         self.shared.work.notify_one();
+        lock_utxos(&self.utxos).push(seq, &writes);
         self.overlay.push(Round { seq, writes, bytes });
         Ok(())
     }
@@ -541,6 +603,13 @@ impl Store for DurableStore {
         }
         drop(q);
         self.lmdb.load()
+    }
+
+    fn utxo_source(&self) -> Box<dyn UtxoSource> {
+        Box::new(DurableUtxos {
+            overlay: self.utxos.clone(),
+            lmdb: self.lmdb.state_reader(),
+        })
     }
 
     fn apply(&mut self, writes: &[Write]) -> Result<(), StoreError> {

@@ -264,6 +264,7 @@ fn run(
         net.masternodes[0].clone(),
         net.genesis.registry.clone(),
         snap,
+        store.utxo_source(),
     );
     let limits = Limits::default();
 

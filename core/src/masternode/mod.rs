@@ -169,13 +169,16 @@ pub struct Masternode {
 }
 
 impl Masternode {
-    /// Builds the masternode from durable state. Transactions still pending
-    /// are re-announced at once (their first broadcast may never have left).
+    /// Builds the masternode from durable state: `snap` from the store's
+    /// `load`, `utxos` its [`crate::storage::Store::utxo_source`].
+    /// Transactions still pending are re-announced at once (their first
+    /// broadcast may never have left).
     pub fn new(
         cfg: MasternodeConfig,
         key: SigningKey,
         registry: Registry,
         mut snap: Snapshot,
+        utxos: Box<dyn crate::storage::UtxoSource>,
         now: u64,
     ) -> Self {
         let me = PublicKey::from_signing(&key);
@@ -228,7 +231,7 @@ impl Masternode {
             layer.log_len = snap.finality_log_len;
             layer
         });
-        let engine = Engine::new(cfg.engine.clone(), key, registry, snap);
+        let engine = Engine::new(cfg.engine.clone(), key, registry, snap, utxos);
         let mut reannounce = Reannounce::new(cfg.reannounce.clone());
         for txid in pending {
             if engine.my_vote(&txid).is_some_and(|d| d.is_approve()) {
@@ -263,6 +266,12 @@ impl Masternode {
     }
 
     /// The block layer's tip, if the layer runs.
+    /// The first UTXO read from the store that failed, if any: the runtime
+    /// stops the node (see [`Engine::take_store_read_error`]).
+    pub fn take_store_read_error(&mut self) -> Option<crate::storage::StoreError> {
+        self.engine.take_store_read_error()
+    }
+
     pub fn block_tip(&self) -> Option<ChainTip> {
         self.blocks.as_ref().map(|b| b.tip())
     }

@@ -40,7 +40,10 @@ struct Net {
 }
 
 fn cfg() -> MasternodeConfig {
-    MasternodeConfig::new(EngineConfig::new(7))
+    let mut e = EngineConfig::new(7);
+    // Far below the UTXO set: outputs are read back from the store.
+    e.utxo_cache = 4;
+    MasternodeConfig::new(e)
 }
 
 impl Net {
@@ -91,6 +94,7 @@ impl Net {
             self.keys[i].clone(),
             self.genesis.registry.clone(),
             snap,
+            self.stores[i].utxo_source(),
             self.now,
         ));
     }
@@ -324,7 +328,7 @@ fn a_stale_node_does_not_approve_a_spend_of_a_coin_final_elsewhere() {
     assert_eq!(net.rejected(3, &again.txid()), Some(RejectCode::InputSpent));
     let coin = genesis_outpoint(0, 5);
     for i in 0..4 {
-        let e = net.nodes[i].as_ref().unwrap().engine().utxo(&coin).copied();
+        let e = net.nodes[i].as_ref().unwrap().engine().utxo(&coin);
         assert!(matches!(
             e.map(|e| e.state),
             Some(UtxoState::SpentFinalized { txid }) if txid == first.txid()
@@ -447,6 +451,7 @@ fn restart_with_a_mempool_of_stuck_double_spends_keeps_serving() {
         net.keys[0].clone(),
         net.genesis.registry.clone(),
         snap,
+        net.stores[0].utxo_source(),
         net.now,
     ));
     net.links();
@@ -770,9 +775,7 @@ fn a_flooding_peer_is_rate_limited_and_banned_while_payments_go_on() {
 /// holds them (the node answers `AddressQuery` from its store's index).
 fn holdings(store: &MemoryStore, address: &Address) -> Vec<(OutPoint, UtxoEntry)> {
     let mut v: Vec<_> = store
-        .load()
-        .unwrap()
-        .utxos
+        .utxos()
         .into_iter()
         .filter(|(_, e)| e.output.address == *address && !e.state.is_spent_for_good())
         .collect();
@@ -828,8 +831,7 @@ impl Net {
             return None;
         };
         assert_eq!(t, txid);
-        let snap = self.stores[i].load().unwrap();
-        let stored = snap.utxos.iter().find(|(o, _)| *o == op).unwrap().1.state;
+        let stored = self.stores[i].utxo(&op).unwrap().state;
         assert_eq!(stored, UtxoState::Confirmed { txid, height });
         let block = self.stores[i].block(height).unwrap().expect("block stored");
         assert!(block.block.txids().contains(&txid));
@@ -976,9 +978,7 @@ fn pay_from_change(parent: &Transaction, amount: u64) -> Transaction {
 /// Every outpoint with its state, sorted.
 fn utxo_states(m: &Masternode, store: &MemoryStore) -> Vec<(OutPoint, UtxoState)> {
     let mut v: Vec<_> = store
-        .load()
-        .unwrap()
-        .utxos
+        .utxos()
         .into_iter()
         .map(|(op, e)| (op, e.state))
         .collect();

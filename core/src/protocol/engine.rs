@@ -22,9 +22,10 @@ use crate::protocol::tally::{TallyEvent, VerifiedBatch, VoteAggregator};
 use crate::protocol::timeproof::TimeProof;
 use crate::protocol::types::{Address, ChainId, OutPoint, PublicKey, Transaction, Txid};
 use crate::protocol::utxo::{UtxoEntry, UtxoState};
+use crate::protocol::utxo_set::UtxoSet;
 use crate::protocol::validation::{self, Limits, RejectCode, TxError};
 use crate::protocol::vote::{Decision, VoteBatch, VoteCert, VoteItem, MAX_VOTE_ITEMS};
-use crate::storage::{Snapshot, Write};
+use crate::storage::{Snapshot, StoreError, UtxoSource, Write};
 
 #[derive(Clone, Debug)]
 pub struct EngineConfig {
@@ -62,6 +63,9 @@ pub struct EngineConfig {
     /// Votes are verified and tallied outside the engine (on the node's
     /// vote threads), which feeds [`Engine::handle_tally_events`].
     pub external_tally: bool,
+    /// Most UTXO entries kept in memory (outputs held for a transaction
+    /// may exceed it); the rest are read from the store when needed.
+    pub utxo_cache: usize,
     /// Deliberate bugs for the simulator's control runs: a checker that
     /// cannot fail proves nothing. Compiled only with `planted-bugs`.
     #[cfg(feature = "planted-bugs")]
@@ -94,6 +98,7 @@ impl EngineConfig {
             stall_request_ms: 2_000,
             max_vote_batch_items: MAX_VOTE_ITEMS,
             external_tally: false,
+            utxo_cache: UTXO_CACHE,
             #[cfg(feature = "planted-bugs")]
             planted: PlantedBugs::default(),
         }
@@ -337,7 +342,7 @@ pub struct Engine {
     key: SigningKey,
     me: PublicKey,
     registry: Registry,
-    utxos: HashMap<OutPoint, UtxoEntry>,
+    utxos: UtxoSet,
     txs: HashMap<Txid, TxRecord>,
     pending_count: usize,
     /// Records with `in_window` set: this node's wallets' payments in flight.
@@ -406,6 +411,10 @@ pub const RECENT_PROOFS: usize = 4_096;
 /// stays well under a second deep.
 pub const ORIGIN_WINDOW: usize = 512;
 
+/// Default [`EngineConfig::utxo_cache`]: about 160 bytes each in memory, so
+/// some 170 MB when full; a miss is one LMDB point read (a few µs).
+pub const UTXO_CACHE: usize = 1 << 20;
+
 /// Most payments tracked as confirmed by a block before their proof came
 /// (each holds its transaction: a few MB at most).
 pub const MAX_UNPROVEN: usize = 16_384;
@@ -415,9 +424,17 @@ pub const MAX_UNPROVEN: usize = 16_384;
 pub const MAX_EVIDENCE: usize = 10_000;
 
 impl Engine {
-    /// Builds the engine from durable state.
-    pub fn new(cfg: EngineConfig, key: SigningKey, registry: Registry, snap: Snapshot) -> Self {
+    /// Builds the engine from durable state: `snap` from the store's
+    /// `load`, `utxos` its [`crate::storage::Store::utxo_source`].
+    pub fn new(
+        cfg: EngineConfig,
+        key: SigningKey,
+        registry: Registry,
+        snap: Snapshot,
+        utxos: Box<dyn UtxoSource>,
+    ) -> Self {
         let me = PublicKey::from_signing(&key);
+        let utxo_cache = cfg.utxo_cache;
         let open = cfg.max_unknown_tallies + cfg.mempool_limit;
         let aggregator =
             VoteAggregator::new(registry.clone(), effective_quorum(&cfg, &registry), open);
@@ -426,7 +443,7 @@ impl Engine {
             key,
             me,
             registry,
-            utxos: HashMap::with_capacity(snap.utxos.len()),
+            utxos: UtxoSet::new(utxos, utxo_cache),
             txs: HashMap::new(),
             pending_count: 0,
             in_window: 0,
@@ -451,11 +468,11 @@ impl Engine {
             recent_order: VecDeque::new(),
             approval_evidence_kept: HashSet::new(),
         };
-        for (op, entry) in snap.utxos {
+        for (op, entry) in snap.held_utxos {
             if let UtxoState::Locked { txid } | UtxoState::SpentPending { txid, .. } = entry.state {
                 e.approved_spends.insert(op, txid);
             }
-            e.utxos.insert(op, entry);
+            e.utxos.preload(op, entry);
         }
         let pending: HashSet<Txid> = snap.pending_transactions.iter().map(|t| t.txid()).collect();
         for tx in snap.pending_transactions {
@@ -513,7 +530,7 @@ impl Engine {
     /// Whether `txid` is final here: its outputs exist (they are created
     /// only by finality, and never removed). Also true for the genesis.
     pub fn known_final(&self, txid: &Txid) -> bool {
-        self.utxos.contains_key(&OutPoint {
+        self.utxos.contains(&OutPoint {
             txid: *txid,
             vout: 0,
         })
@@ -581,8 +598,18 @@ impl Engine {
     pub fn conflicts(&self) -> &[ConflictRecord] {
         &self.conflicts
     }
-    pub fn utxo(&self, op: &OutPoint) -> Option<&UtxoEntry> {
+    /// The output's entry, from memory or the store.
+    pub fn utxo(&self, op: &OutPoint) -> Option<UtxoEntry> {
         self.utxos.get(op)
+    }
+    /// UTXO entries in memory, and reads that went to the store.
+    pub fn utxo_cache_stats(&self) -> (usize, u64) {
+        (self.utxos.in_memory(), self.utxos.misses())
+    }
+    /// The first UTXO read from the store that failed, if any: the node
+    /// must stop (the engine treated the output as unknown).
+    pub fn take_store_read_error(&mut self) -> Option<StoreError> {
+        self.utxos.take_read_error()
     }
     pub fn pending_count(&self) -> usize {
         self.pending_count
@@ -678,7 +705,7 @@ impl Engine {
         let missing: Vec<Txid> = tx
             .inputs
             .iter()
-            .filter(|i| !self.utxos.contains_key(&i.prev))
+            .filter(|i| !self.utxos.contains(&i.prev))
             .map(|i| i.prev.txid)
             .collect();
         if !missing.is_empty() {
@@ -732,7 +759,11 @@ impl Engine {
                 TxError::MempoolFull(self.pending_count),
             );
         }
-        let spent: Vec<UtxoEntry> = tx.inputs.iter().map(|i| self.utxos[&i.prev]).collect();
+        let spent: Vec<UtxoEntry> = tx
+            .inputs
+            .iter()
+            .map(|i| self.utxos.get(&i.prev).expect("checked by process"))
+            .collect();
         if spent.iter().any(|e| {
             matches!(e.state, UtxoState::SpentFinalized { txid: h } | UtxoState::Confirmed { txid: h, .. } if h == txid)
         }) {
@@ -1167,7 +1198,7 @@ impl Engine {
             return;
         }
         let tx = rec.tx.clone();
-        if tx.inputs.iter().any(|i| !self.utxos.contains_key(&i.prev)) {
+        if tx.inputs.iter().any(|i| !self.utxos.contains(&i.prev)) {
             // Callers park such transactions as orphans first; finalizing now
             // would leave the parent's output looking unspent when it comes.
             return;
@@ -1419,8 +1450,7 @@ impl Engine {
             // Finalized again (a late or replayed proof after a restart or a
             // trim): its outputs may be locked or spent by now. Never write
             // them back as Unspent, in memory or on disk.
-            if let std::collections::hash_map::Entry::Vacant(v) = self.utxos.entry(op) {
-                v.insert(entry);
+            if self.utxos.insert_new(op, entry) {
                 self.round.writes.push(Write::PutUtxo(op, entry));
             }
             addresses.push(out.address);
@@ -1675,7 +1705,7 @@ impl Engine {
                 let missing =
                     o.tx.inputs
                         .iter()
-                        .find(|i| !self.utxos.contains_key(&i.prev))
+                        .find(|i| !self.utxos.contains(&i.prev))
                         .map(|i| i.prev)
                         .unwrap_or(o.tx.inputs[0].prev);
                 self.refuse(now, txid, o.tx, o.origin, TxError::UnknownInput(missing));
@@ -1818,6 +1848,7 @@ impl Engine {
             self.round.writes.push(Write::AppendOwnVotes(batch.clone()));
             self.own_batch_signed(now, batch);
         }
+        self.utxos.end_round();
         std::mem::take(&mut self.round)
     }
 }

@@ -11,5 +11,6 @@ pub mod tally;
 pub mod timeproof;
 pub mod types;
 pub mod utxo;
+pub mod utxo_set;
 pub mod validation;
 pub mod vote;

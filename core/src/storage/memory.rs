@@ -2,8 +2,11 @@
 //! exactly: what `apply` accepted survives a simulated crash, nothing else.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, MutexGuard};
 
-use super::{BlockSnapshot, CommittedBlock, Genesis, Snapshot, Store, StoreError, Write};
+use super::{
+    BlockSnapshot, CommittedBlock, Genesis, Snapshot, Store, StoreError, UtxoSource, Write,
+};
 use crate::blocks::block::BlockHash;
 use crate::blocks::certificate::ForkEvidence;
 use crate::blocks::consensus::{Candidate, OwnBlockVote, SignedStep};
@@ -14,10 +17,42 @@ use crate::protocol::types::{OutPoint, PublicKey, Transaction, Txid};
 use crate::protocol::utxo::{UtxoEntry, UtxoState};
 use crate::protocol::vote::VoteBatch;
 
+/// The UTXO table, shared with the engine's reader
+/// ([`Store::utxo_source`]). Cloning the store copies it (a clone is another
+/// store, not a view of this one).
+#[derive(Debug, Default)]
+struct SharedUtxos(Arc<Mutex<BTreeMap<OutPoint, UtxoEntry>>>);
+
+impl SharedUtxos {
+    fn lock(&self) -> MutexGuard<'_, BTreeMap<OutPoint, UtxoEntry>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl Clone for SharedUtxos {
+    fn clone(&self) -> Self {
+        SharedUtxos(Arc::new(Mutex::new(self.lock().clone())))
+    }
+}
+
+/// [`MemoryStore`]'s [`UtxoSource`]: reads what `apply` accepted.
+struct MemoryUtxos(Arc<Mutex<BTreeMap<OutPoint, UtxoEntry>>>);
+
+impl UtxoSource for MemoryUtxos {
+    fn utxo(&self, op: &OutPoint) -> Result<Option<UtxoEntry>, StoreError> {
+        Ok(self
+            .0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(op)
+            .copied())
+    }
+}
+
 #[derive(Clone, Debug, Default)]
 pub struct MemoryStore {
     chain_id: Option<u32>,
-    utxos: BTreeMap<OutPoint, UtxoEntry>,
+    utxos: SharedUtxos,
     txs: HashMap<Txid, Transaction>,
     proofs: HashMap<Txid, TimeProof>,
     votes: Vec<VoteBatch>,
@@ -36,6 +71,21 @@ pub struct MemoryStore {
 impl MemoryStore {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// The stored entry of `op` (tests, the simulator's checks).
+    pub fn utxo(&self, op: &OutPoint) -> Option<UtxoEntry> {
+        self.utxos.lock().get(op).copied()
+    }
+
+    /// Every stored output, by outpoint (tests, the simulator's checks).
+    pub fn utxos(&self) -> Vec<(OutPoint, UtxoEntry)> {
+        self.utxos.lock().iter().map(|(k, v)| (*k, *v)).collect()
+    }
+
+    /// How many outputs the store holds.
+    pub fn utxo_count(&self) -> usize {
+        self.utxos.lock().len()
     }
 
     /// The lowest height of an own consensus record or candidate kept.
@@ -84,49 +134,56 @@ impl Store for MemoryStore {
             Some(_) => Ok(()),
             None => {
                 self.chain_id = Some(genesis.chain_id);
-                self.utxos.extend(genesis.utxos.iter().cloned());
+                self.utxos.lock().extend(genesis.utxos.iter().cloned());
                 Ok(())
             }
         }
     }
 
     fn load(&self) -> Result<Snapshot, StoreError> {
+        // One pass over the outputs, as the LMDB store makes.
+        let mut held = Vec::new();
         let mut pending = Vec::new();
         let mut stuck = Vec::new();
-        let mut seen = std::collections::HashSet::new();
-        for e in self.utxos.values() {
-            if let UtxoState::Locked { txid } | UtxoState::SpentPending { txid, .. } = e.state {
-                if let Some(tx) = self.txs.get(&txid) {
-                    if seen.insert(txid) {
-                        if self.stuck.contains(&txid) {
-                            stuck.push(tx.clone());
-                        } else {
-                            pending.push(tx.clone());
+        let mut unconfirmed = Vec::new();
+        let mut unproven = Vec::new();
+        // Each list once per transaction.
+        let (mut seen_held, mut seen_final, mut seen_confirmed) = (
+            std::collections::HashSet::new(),
+            std::collections::HashSet::new(),
+            std::collections::HashSet::new(),
+        );
+        for (op, e) in self.utxos.lock().iter() {
+            match e.state {
+                UtxoState::Locked { txid } | UtxoState::SpentPending { txid, .. } => {
+                    held.push((*op, *e));
+                    if let Some(tx) = self.txs.get(&txid) {
+                        if seen_held.insert(txid) {
+                            if self.stuck.contains(&txid) {
+                                stuck.push(tx.clone());
+                            } else {
+                                pending.push(tx.clone());
+                            }
                         }
                     }
                 }
-            }
-        }
-        let mut unconfirmed = Vec::new();
-        let mut seen = std::collections::HashSet::new();
-        for e in self.utxos.values() {
-            if let UtxoState::SpentFinalized { txid } = e.state {
-                if let Some(tx) = self.txs.get(&txid) {
-                    if seen.insert(txid) {
-                        unconfirmed.push(tx.clone());
-                    }
-                }
-            }
-        }
-        let mut unproven = Vec::new();
-        let mut seen = std::collections::HashSet::new();
-        for e in self.utxos.values() {
-            if let UtxoState::Confirmed { txid, .. } = e.state {
-                if seen.insert(txid) && !self.proofs.contains_key(&txid) {
+                UtxoState::SpentFinalized { txid } => {
                     if let Some(tx) = self.txs.get(&txid) {
-                        unproven.push(tx.clone());
+                        if seen_final.insert(txid) {
+                            unconfirmed.push(tx.clone());
+                        }
                     }
                 }
+                UtxoState::Confirmed { txid, .. } => {
+                    if !self.proofs.contains_key(&txid) {
+                        if let Some(tx) = self.txs.get(&txid) {
+                            if seen_confirmed.insert(txid) {
+                                unproven.push(tx.clone());
+                            }
+                        }
+                    }
+                }
+                UtxoState::Unspent => {}
             }
         }
         let mut left: std::collections::HashSet<Txid> =
@@ -141,7 +198,7 @@ impl Store for MemoryStore {
             unconfirmed_log_from,
             unconfirmed_transactions: unconfirmed,
             unproven_transactions: unproven,
-            utxos: self.utxos.iter().map(|(k, v)| (*k, *v)).collect(),
+            held_utxos: held,
             pending_transactions: pending,
             stuck_transactions: stuck,
             finality_log_len: self.finality_log.len() as u64,
@@ -151,11 +208,15 @@ impl Store for MemoryStore {
         })
     }
 
+    fn utxo_source(&self) -> Box<dyn UtxoSource> {
+        Box::new(MemoryUtxos(self.utxos.0.clone()))
+    }
+
     fn apply(&mut self, writes: &[Write]) -> Result<(), StoreError> {
         for w in writes {
             match w {
                 Write::PutUtxo(k, v) => {
-                    self.utxos.insert(*k, *v);
+                    self.utxos.lock().insert(*k, *v);
                 }
                 Write::PutTransaction(id, tx) => {
                     self.txs.insert(*id, tx.clone());

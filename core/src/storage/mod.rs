@@ -73,7 +73,10 @@ pub enum Write {
 /// What a node needs in memory at start.
 #[derive(Clone, Debug, Default)]
 pub struct Snapshot {
-    pub utxos: Vec<(OutPoint, UtxoEntry)>,
+    /// The outputs held for a transaction (`Locked`, `SpentPending`): the
+    /// engine keeps them in memory; every other output is read from the
+    /// store when needed ([`Store::utxo_source`]).
+    pub held_utxos: Vec<(OutPoint, UtxoEntry)>,
     /// Transactions that are not yet final (their inputs are Locked/SpentPending),
     /// except the stuck ones.
     pub pending_transactions: Vec<Transaction>,
@@ -159,10 +162,21 @@ pub enum StoreError {
     RoundTooLarge { bytes: usize, max: usize },
 }
 
+/// Point reads of the UTXO set for the engine's cache
+/// ([`crate::protocol::utxo_set::UtxoSet`]). It must answer with the newest
+/// state of every write the store accepted (`apply`, or the node's
+/// write-ahead log commit), also before a background writer put it in the
+/// database.
+pub trait UtxoSource: Send {
+    fn utxo(&self, op: &OutPoint) -> Result<Option<UtxoEntry>, StoreError>;
+}
+
 pub trait Store: Send {
     /// Writes the genesis if the database is new; checks the chain id if not.
     fn init(&mut self, genesis: &Genesis) -> Result<(), StoreError>;
     fn load(&self) -> Result<Snapshot, StoreError>;
+    /// A reader of this store's UTXO set for the engine (see [`UtxoSource`]).
+    fn utxo_source(&self) -> Box<dyn UtxoSource>;
     /// Applies all writes atomically and durably: once it returns they
     /// survive a crash, and every read sees them.
     fn apply(&mut self, writes: &[Write]) -> Result<(), StoreError>;

@@ -92,6 +92,7 @@ impl HonestNode {
             self.key.clone(),
             self.registry.clone(),
             snap,
+            self.store.utxo_source(),
             now,
         ));
     }

@@ -244,6 +244,10 @@ fn masternode_config(cfg: &SimConfig) -> MasternodeConfig {
     e.decided_retention_ms = cfg.engine.decided_retention_ms;
     e.mempool_limit = cfg.engine.mempool_limit;
     e.max_unknown_tallies = cfg.engine.max_unknown_tallies;
+    // A cache far smaller than the UTXO set: nearly every output is read
+    // back from the store, so the runs check that the cache never answers
+    // with a stale state (the node's default holds 2^20).
+    e.utxo_cache = 8;
     if cfg.net.fast_path {
         // As the node does: own vote batches fit one datagram.
         e.max_vote_batch_items = (FAST_PATH_MAX_ITEM - 113) / 35;
