@@ -219,3 +219,114 @@ impl UtxoSet {
         self.read_error.get_mut().take()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::types::{Address, TxOutput, Txid};
+    use crate::storage::{MemoryStore, Store, Write};
+
+    fn op(i: u8) -> OutPoint {
+        OutPoint {
+            txid: Txid([i; 32]),
+            vout: 0,
+        }
+    }
+
+    fn entry(state: UtxoState) -> UtxoEntry {
+        UtxoEntry {
+            output: TxOutput {
+                address: Address([1; 20]),
+                amount: 5,
+            },
+            state,
+        }
+    }
+
+    /// Changes an entry and applies its write to the store, as the engine
+    /// and its runtime do in one round.
+    fn change(set: &mut UtxoSet, store: &mut MemoryStore, o: OutPoint, state: UtxoState) {
+        let e = set.get_mut(&o).expect("known");
+        e.state = state;
+        let w = Write::PutUtxo(o, *e);
+        store.apply(&[w]).unwrap();
+    }
+
+    #[test]
+    fn an_evicted_output_reads_back_its_newest_state() {
+        let mut store = MemoryStore::new();
+        let writes: Vec<Write> = (0..10)
+            .map(|i| Write::PutUtxo(op(i), entry(UtxoState::Unspent)))
+            .collect();
+        store.apply(&writes).unwrap();
+        let mut set = UtxoSet::new(store.utxo_source(), 2);
+        let spent = UtxoState::SpentFinalized {
+            txid: Txid([9; 32]),
+        };
+        change(&mut set, &mut store, op(0), spent);
+        // Changed this round: kept however full the cache is.
+        for i in 1..10 {
+            assert!(set.contains(&op(i)));
+        }
+        set.end_round();
+        assert!(set.hot.borrow().contains_key(&op(0)), "changed this round");
+        for i in 1..10 {
+            set.get(&op(i));
+        }
+        set.end_round();
+        set.end_round();
+        assert!(set.in_memory() <= 2, "bounded: {}", set.in_memory());
+        assert!(
+            !set.hot.borrow().contains_key(&op(0)),
+            "evicted once applied"
+        );
+        // Read back as stored: spent, not the genesis state.
+        assert_eq!(set.get(&op(0)).map(|e| e.state), Some(spent));
+        // A replayed creation does not write it back as unspent.
+        assert!(!set.insert_new(op(0), entry(UtxoState::Unspent)));
+        assert_eq!(set.get(&op(0)).map(|e| e.state), Some(spent));
+        assert!(set.misses() > 0);
+    }
+
+    #[test]
+    fn held_outputs_stay_in_memory() {
+        let mut store = MemoryStore::new();
+        let writes: Vec<Write> = (0..6)
+            .map(|i| Write::PutUtxo(op(i), entry(UtxoState::Unspent)))
+            .collect();
+        store.apply(&writes).unwrap();
+        let mut set = UtxoSet::new(store.utxo_source(), 1);
+        let locked = UtxoState::Locked {
+            txid: Txid([7; 32]),
+        };
+        change(&mut set, &mut store, op(3), locked);
+        for _ in 0..3 {
+            for i in 0..6 {
+                set.get(&op(i));
+            }
+            set.end_round();
+        }
+        assert!(
+            set.hot.borrow().contains_key(&op(3)),
+            "a lock is never evicted"
+        );
+        assert!(set.in_memory() <= 2);
+    }
+
+    struct Failing;
+    impl UtxoSource for Failing {
+        fn utxo(&self, _: &OutPoint) -> Result<Option<UtxoEntry>, StoreError> {
+            Err(StoreError::Backend("disk gone".into()))
+        }
+    }
+
+    #[test]
+    fn a_failed_read_is_unknown_and_reported() {
+        let mut set = UtxoSet::new(Box::new(Failing), 4);
+        assert_eq!(set.get(&op(1)), None);
+        // Unknown because unreadable: never created over what the store
+        // may hold.
+        assert!(!set.insert_new(op(1), entry(UtxoState::Unspent)));
+        assert!(set.take_read_error().is_some());
+    }
+}
