@@ -51,6 +51,10 @@ pub struct RunArgs {
     /// (16 to 65536); one more is refused at once as busy [default: 512].
     #[arg(long)]
     pub origin_window: Option<usize>,
+    /// Most UTXO entries kept in memory (4096 to 67108864, about 160 bytes
+    /// each); the rest are read from the database [default: 1048576].
+    #[arg(long)]
+    pub utxo_cache: Option<usize>,
     /// Pause after a committed block before the next one is proposed, in
     /// milliseconds (100 to 3600000), or 0 to run without the block layer
     /// [default: 600000 mainnet and testnet, 1000 devnet].
@@ -145,6 +149,7 @@ struct FileConfig {
     lock_timeout_ms: Option<u64>,
     mempool_limit: Option<usize>,
     origin_window: Option<usize>,
+    utxo_cache: Option<usize>,
     block_interval_ms: Option<u64>,
     log: Option<String>,
     log_format: Option<String>,
@@ -293,6 +298,8 @@ pub struct NodeConfig {
     pub mempool_limit: usize,
     /// The origin's admission window (`EngineConfig::origin_window`).
     pub origin_window: usize,
+    /// UTXO entries kept in memory (`EngineConfig::utxo_cache`).
+    pub utxo_cache: usize,
     /// Block interval in milliseconds; `None`: no block layer.
     pub block_interval_ms: Option<u64>,
     pub no_sync: bool,
@@ -576,6 +583,12 @@ impl RunArgs {
                 .or(file.origin_window)
                 .map_or(Ok(crate::protocol::engine::ORIGIN_WINDOW), |v| {
                     in_range("origin_window", v, 16, 65_536)
+                })?,
+            utxo_cache: self
+                .utxo_cache
+                .or(file.utxo_cache)
+                .map_or(Ok(crate::protocol::engine::UTXO_CACHE), |v| {
+                    in_range("utxo_cache", v, 4_096, 1 << 26)
                 })?,
             no_sync: self.unsafe_no_sync,
             log: self.log.or(file.log).unwrap_or_else(|| "info".into()),

@@ -374,6 +374,7 @@ fn open_state(
     ecfg.lock_timeout_ms = cfg.lock_timeout_ms;
     ecfg.mempool_limit = cfg.mempool_limit;
     ecfg.origin_window = cfg.origin_window;
+    ecfg.utxo_cache = cfg.utxo_cache;
     // Votes are verified and tallied on the vote threads.
     ecfg.external_tally = true;
     if cfg.fast_path != FastPathMode::Off {
