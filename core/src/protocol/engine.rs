@@ -602,10 +602,6 @@ impl Engine {
     pub fn utxo(&self, op: &OutPoint) -> Option<UtxoEntry> {
         self.utxos.get(op)
     }
-    /// UTXO entries in memory, and reads that went to the store.
-    pub fn utxo_cache_stats(&self) -> (usize, u64) {
-        (self.utxos.in_memory(), self.utxos.misses())
-    }
     /// The first UTXO read from the store that failed, if any: the node
     /// must stop (the engine treated the output as unknown).
     pub fn take_store_read_error(&mut self) -> Option<StoreError> {

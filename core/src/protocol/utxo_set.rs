@@ -252,13 +252,19 @@ mod tests {
         store.apply(&[w]).unwrap();
     }
 
-    #[test]
-    fn an_evicted_output_reads_back_its_newest_state() {
+    /// A store holding `n` unspent outputs `op(0..n)`.
+    fn store_of(n: u8) -> MemoryStore {
         let mut store = MemoryStore::new();
-        let writes: Vec<Write> = (0..10)
+        let writes: Vec<Write> = (0..n)
             .map(|i| Write::PutUtxo(op(i), entry(UtxoState::Unspent)))
             .collect();
         store.apply(&writes).unwrap();
+        store
+    }
+
+    #[test]
+    fn an_evicted_output_reads_back_its_newest_state() {
+        let mut store = store_of(10);
         let mut set = UtxoSet::new(store.utxo_source(), 2);
         let spent = UtxoState::SpentFinalized {
             txid: Txid([9; 32]),
@@ -290,11 +296,7 @@ mod tests {
 
     #[test]
     fn held_outputs_stay_in_memory() {
-        let mut store = MemoryStore::new();
-        let writes: Vec<Write> = (0..6)
-            .map(|i| Write::PutUtxo(op(i), entry(UtxoState::Unspent)))
-            .collect();
-        store.apply(&writes).unwrap();
+        let mut store = store_of(6);
         let mut set = UtxoSet::new(store.utxo_source(), 1);
         let locked = UtxoState::Locked {
             txid: Txid([7; 32]),
