@@ -16,12 +16,16 @@
 //! whole log, starting at 1 in a new data directory; the payload is one
 //! round's writes ([`super::write_codec`]).
 //!
-//! Reading a log back ([`replay`]): a record that is cut short or fails its
-//! checksum *at the end of the log* is a write that was interrupted: it was
-//! never acknowledged (nothing of its round was sent), so the log ends
-//! before it. A bad record *followed by* a good one, a bad header in front
-//! of records, or a missing sequence number is damage to what was
-//! acknowledged: [`StoreError::LogCorrupt`], and the node does not start.
+//! Reading a log back ([`replay`]): a segment ends at pre-written space
+//! (zeros, or older records of a reused file), which is where the next
+//! append goes. A record that is cut short or fails its checksum *at the
+//! end of the log* is a write that was interrupted: it was never
+//! acknowledged (nothing of its round was sent), so the log ends before it.
+//! A closed segment may end in stale bytes when the next segment goes on
+//! from its last record (a record never spans two segments). A bad record
+//! *followed by* a good one, a bad header in front of records, or a missing
+//! sequence number is damage to what was acknowledged:
+//! [`StoreError::LogCorrupt`], and the node does not start.
 //!
 //! Segments are retired once LMDB holds everything in them
 //! ([`WriteLog::checkpoint`]): one is kept as `wal/spare.tmp` and reused
@@ -117,6 +121,10 @@ fn record_at(bytes: &[u8], at: usize) -> Option<(u64, Range<usize>)> {
 pub enum ScanEnd {
     /// Every byte after the header belongs to a good record.
     Clean,
+    /// Pre-written space from `offset` on (zeros, or older records of a
+    /// reused segment), with no good record after it: where the next
+    /// append goes. The normal end of a segment.
+    Unwritten { offset: usize },
     /// A record cut short or failing its checksum at `offset`, with no good
     /// record after it: an interrupted last write.
     Torn { offset: usize },
@@ -170,7 +178,7 @@ pub fn scan_segment(bytes: &[u8], first_seq: u64) -> SegmentScan {
             }
             // Stale bytes (an older record) or a torn one: the end, unless
             // something newer follows.
-            _ => {
+            found => {
                 scan.end = match later_record(bytes, at, expect.saturating_sub(1)) {
                     Some(good) => ScanEnd::Corrupt {
                         offset: at,
@@ -179,6 +187,9 @@ pub fn scan_segment(bytes: &[u8], first_seq: u64) -> SegmentScan {
                              {good}"
                         ),
                     },
+                    None if found.is_some() || unwritten_header(&bytes[at..]) => {
+                        ScanEnd::Unwritten { offset: at }
+                    }
                     None => ScanEnd::Torn { offset: at },
                 };
                 return scan;
@@ -186,6 +197,14 @@ pub fn scan_segment(bytes: &[u8], first_seq: u64) -> SegmentScan {
         }
     }
     scan
+}
+
+/// Whether a record header would start with what a pre-written segment
+/// holds where nothing was appended yet: zeros (as far as the bytes go).
+/// A write interrupted before its header reached the disk looks the same,
+/// and is the same: nothing of it was acknowledged.
+fn unwritten_header(rest: &[u8]) -> bool {
+    rest.iter().take(RECORD_HEADER_LEN).all(|&b| b == 0)
 }
 
 /// The offset of a good record with a sequence number above `after`
@@ -283,6 +302,9 @@ pub fn replay(
         let scan = scan_segment(&bytes, *first);
         match scan.end {
             ScanEnd::Clean => {}
+            ScanEnd::Unwritten { offset } if is_last => {
+                tracing::debug!(segment = %path.display(), offset, "write-ahead log ends");
+            }
             ScanEnd::Torn { offset } if is_last => {
                 tracing::info!(
                     segment = %path.display(),
@@ -290,12 +312,20 @@ pub fn replay(
                     "write-ahead log ends with an interrupted write (never acknowledged): ignored"
                 );
             }
-            ScanEnd::Torn { offset } => {
-                return Err(corrupt(
-                    path,
-                    offset,
-                    "unreadable record, and later segments follow".into(),
-                ))
+            // Not the last segment: what follows its last good record is
+            // stale only if the next segment goes on from that record (a
+            // record is never split across segments). Otherwise a record
+            // that was acknowledged is unreadable.
+            ScanEnd::Unwritten { offset } | ScanEnd::Torn { offset } => {
+                let ends = scan.records.last().map(|(seq, _)| *seq);
+                let next = segments[i + 1].0;
+                if ends.map(|e| e.saturating_add(1)) != Some(next) {
+                    return Err(corrupt(
+                        path,
+                        offset,
+                        "unreadable record, and later segments follow".into(),
+                    ));
+                }
             }
             ScanEnd::Corrupt { offset, detail } => return Err(corrupt(path, offset, detail)),
         }
@@ -479,6 +509,15 @@ impl WriteLog {
     }
 
     fn rotate(&mut self, first_seq: u64) -> Result<(), StoreError> {
+        // A reused file can be longer than what this life wrote into it:
+        // cut its stale tail (records of its first life, not aligned with
+        // this life's) so the closed segment ends at its last record.
+        if self.file.metadata()?.len() > self.pos {
+            self.file.set_len(self.pos)?;
+            if self.sync {
+                self.file.sync_all()?;
+            }
+        }
         self.file = Self::new_segment(&self.dir, first_seq, self.sync, self.segment_bytes)?;
         self.pos = SEGMENT_HEADER_LEN as u64;
         self.segments.push_back(first_seq);
@@ -659,6 +698,13 @@ mod tests {
         }
         let path = only_segment(dir.path());
         let full = three_records(&path);
+        // As a stop leaves it: the records, then the pre-written zeros.
+        let on_disk = std::fs::read(&path).unwrap();
+        assert!(on_disk.len() > full.len());
+        assert_eq!(
+            scan_segment(&on_disk, 1).end,
+            ScanEnd::Unwritten { offset: full.len() }
+        );
         let third = full.len() - record_len(3);
         // Cut anywhere inside the last record: records 1 and 2 remain.
         for cut in [third + 1, third + RECORD_HEADER_LEN, full.len() - 1] {
@@ -672,11 +718,81 @@ mod tests {
         *bad.last_mut().unwrap() ^= 1;
         std::fs::write(&path, &bad).unwrap();
         assert_eq!(read(dir.path(), 0).unwrap().0.len(), 2);
-        // Zeros after the last record (a preallocated tail).
+        assert_eq!(
+            scan_segment(&bad, 1).end,
+            ScanEnd::Torn { offset: third },
+            "a torn record is not unwritten space"
+        );
+        // Zeros after the last record (a preallocated tail): the normal
+        // end, not an interrupted write.
         let mut zeros = full.clone();
         zeros.extend_from_slice(&[0; 4096]);
         std::fs::write(&path, &zeros).unwrap();
         assert_eq!(read(dir.path(), 0).unwrap().0.len(), 3);
+        assert_eq!(
+            scan_segment(&zeros, 1).end,
+            ScanEnd::Unwritten { offset: full.len() }
+        );
+    }
+
+    /// A round of `n` copies of `round(seed)`: a record of about `n`
+    /// times the size of `round`'s.
+    fn big_round(seed: u8, n: usize) -> Vec<Write> {
+        (0..n).flat_map(|_| round(seed)).collect()
+    }
+
+    /// A reused file longer than what its second life wrote gets its
+    /// stale tail cut when the log moves on, so a crash before LMDB holds
+    /// the closed segment still replays; and a closed segment's stale
+    /// tail is accepted only if the next segment goes on from its last
+    /// record.
+    #[test]
+    fn a_reused_segment_closes_at_its_last_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let rec = record_len(1);
+        let mut log =
+            WriteLog::create_sized(dir.path(), 1, true, (SEGMENT_HEADER_LEN + 3 * rec) as u64)
+                .unwrap();
+        // Segment 1: one record of about five small ones, so its file
+        // ends past where three small records of a second life end.
+        log.append(&big_round(1, 5)).unwrap();
+        for n in 2..=4u8 {
+            log.append(&round(n)).unwrap();
+        }
+        assert_eq!(log.segment_count(), 2);
+        log.checkpoint(1).unwrap();
+        assert!(dir.path().join(SPARE_NAME).exists());
+        // 5, 6, 7 go into the reused file (segment 5), 8 into a new one.
+        for n in 5..=8u8 {
+            log.append(&round(n)).unwrap();
+        }
+        assert_eq!(log.segment_count(), 3);
+        let reused = dir.path().join(segment_name(5));
+        let bytes = std::fs::read(&reused).unwrap();
+        assert_eq!(bytes.len(), SEGMENT_HEADER_LEN + 3 * rec, "stale tail cut");
+        assert_eq!(scan_segment(&bytes, 5).end, ScanEnd::Clean);
+        // A crash now: LMDB holds up to 4.
+        let (got, last) = read(dir.path(), 4).unwrap();
+        assert_eq!(last, Some(8));
+        assert_eq!(
+            got.iter().map(|(s, _)| *s).collect::<Vec<_>>(),
+            vec![5, 6, 7, 8]
+        );
+        // A log an older build wrote: the stale tail is still there
+        // (misaligned bytes of the first life). Segment 8 goes on from 7,
+        // so nothing acknowledged is missing.
+        let mut stale = bytes.clone();
+        stale.extend_from_slice(&[0xa5; 100]);
+        std::fs::write(&reused, &stale).unwrap();
+        assert_eq!(read(dir.path(), 4).unwrap().1, Some(8));
+        // The same tail where record 7 was: 8 does not follow 6, damage.
+        let mut cut = bytes[..bytes.len() - rec].to_vec();
+        cut.extend_from_slice(&[0xa5; 100]);
+        std::fs::write(&reused, &cut).unwrap();
+        assert!(matches!(
+            read(dir.path(), 4),
+            Err(StoreError::LogCorrupt { .. })
+        ));
     }
 
     #[test]
