@@ -159,6 +159,9 @@ fn metrics_follow_a_payment_pass_promtool_and_state_survives_a_restart() {
     assert_eq!(value(&after, "timecoin_finality_seconds_count"), 1.0);
     assert_eq!(value(&after, "timecoin_finalized_transactions_stored"), 1.0);
     assert!(value(&after, "timecoin_finality_seconds_sum") > 0.0);
+    // The payment's rounds (lock and vote, finality) each synced a record.
+    assert!(value(&after, "timecoin_round_sync_seconds_count") >= 2.0);
+    assert!(value(&after, "timecoin_round_sync_seconds_sum") > 0.0);
     assert_eq!(value(&after, "timecoin_double_spends_prevented_total"), 1.0);
     let rejected: f64 = samples(&after)
         .iter()

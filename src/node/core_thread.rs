@@ -153,10 +153,19 @@ fn commit_and_send(c: &mut Core, wallets: &mut Wallets, now: u64) -> Result<(), 
     // leaves the node. A failed commit, or a store writer that stopped,
     // stops the core: sending votes we could not persist would break the
     // no-conflicting-votes guarantee.
-    if let Err(e) = c.store.commit(std::mem::take(&mut round.writes)) {
+    let writes = std::mem::take(&mut round.writes);
+    let synced = (!writes.is_empty()).then(std::time::Instant::now);
+    if let Err(e) = c.store.commit(writes) {
         error!("storage commit failed, stopping the masternode core: {e}");
         c.ctx.stopping.store(true, Ordering::SeqCst);
         return Err(e);
+    }
+    if let Some(t) = synced {
+        c.ctx
+            .metrics
+            .core
+            .round_sync
+            .observe(t.elapsed().as_secs_f64());
     }
     // A UTXO read from the store failed this round (the engine treated the
     // output as unknown): the database is not readable, stop.
