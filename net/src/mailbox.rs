@@ -7,7 +7,8 @@
 //! crossbeam spins and then calls `sched_yield` several times before it
 //! parks. On a 2-core host running four masternodes, every wait of every
 //! thread did that, and `sched_yield` was 13% of a masternode's CPU samples
-//! at 1,000 payments/s (`perf record -g`, see docs/BENCHMARKS.md). Here a
+//! at 1,000 payments/s (`perf record -g`; 2026-12-02, in the git history of
+//! docs/BENCHMARKS.md). Here a
 //! receiver yields once and then sleeps on a condition variable (a futex),
 //! and a sender only wakes a receiver when one is asleep. Crossbeam's
 //! bounded channels also preallocate their capacity (80 MB per masternode

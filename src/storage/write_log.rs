@@ -436,7 +436,7 @@ impl WriteLog {
     /// Its blocks are written before records go in: the spare (a retired
     /// segment, see [`WriteLog::checkpoint`]) if there is one, else
     /// `segment_bytes` of zeros. Measured on the 2-core VM of
-    /// docs/BENCHMARKS.md: a 4 KiB `pwrite` + `fdatasync` that grows the
+    /// docs/BENCHMARKS.md (2026-12-03, in its git history): a 4 KiB `pwrite` + `fdatasync` that grows the
     /// file (so the sync also commits metadata) took p50 200 µs when idle,
     /// into `fallocate`d or sparse space the same (the extents still change),
     /// into written zeros 166 µs; under the 4-node load test, pre-written
