@@ -207,7 +207,8 @@ pub fn reason_name(r: RejectCode) -> &'static str {
 pub struct CoreMetrics {
     /// From first sight at this node to its TimeProof.
     pub finality: Histogram,
-    /// Per round with writes: its write-ahead log append and `fdatasync`,
+    /// Per round with writes: its store commit (the write-ahead log append
+    /// and `fdatasync`, plus any wait for room behind the store writer),
     /// which everything of the round waits for before it leaves the node
     /// (the disk's share of every hop).
     pub round_sync: Histogram,
@@ -444,7 +445,7 @@ impl NodeMetrics {
         );
         r.register_with_unit(
             "round_sync",
-            "Write-ahead log append and fdatasync of one round, which its votes and answers wait for",
+            "Store commit of one round (write-ahead log append and fdatasync, plus any wait for the store writer), which its votes and answers wait for",
             Unit::Seconds,
             c.round_sync.clone(),
         );

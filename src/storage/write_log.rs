@@ -436,9 +436,9 @@ impl WriteLog {
     /// Its blocks are written before records go in: the spare (a retired
     /// segment, see [`WriteLog::checkpoint`]) if there is one, else
     /// `segment_bytes` of zeros. Measured on the 2-core VM of
-    /// docs/BENCHMARKS.md (2026-12-03, in its git history): a 4 KiB `pwrite` + `fdatasync` that grows the
-    /// file (so the sync also commits metadata) took p50 200 µs when idle,
-    /// into `fallocate`d or sparse space the same (the extents still change),
+    /// docs/BENCHMARKS.md (2026-12-03, in its git history): a 4 KiB
+    /// `pwrite` + `fdatasync` that grows the file (so the sync also
+    /// commits metadata) took p50 200 µs when idle, into `fallocate`d or sparse space the same (the extents still change),
     /// into written zeros 166 µs; under the 4-node load test, pre-written
     /// segments took the finality p50 from 6.2 to 5.6 ms and the p99 from
     /// 35 to 22 ms. Zeroing 64 MiB takes about 50 ms here, once per
@@ -735,6 +735,22 @@ mod tests {
         );
     }
 
+    /// A log whose segments close after about three `round` records, and
+    /// the length of one such record.
+    fn three_record_segments(dir: &Path) -> (WriteLog, usize) {
+        let rec = record_len(1);
+        let log =
+            WriteLog::create_sized(dir, 1, true, (SEGMENT_HEADER_LEN + 3 * rec) as u64).unwrap();
+        (log, rec)
+    }
+
+    /// The sequence numbers a replay above `applied` hands over, and the
+    /// log's last one.
+    fn replayed(dir: &Path, applied: u64) -> (Vec<u64>, Option<u64>) {
+        let (got, last) = read(dir, applied).unwrap();
+        (got.iter().map(|(s, _)| *s).collect(), last)
+    }
+
     /// A round of `n` copies of `round(seed)`: a record of about `n`
     /// times the size of `round`'s.
     fn big_round(seed: u8, n: usize) -> Vec<Write> {
@@ -749,10 +765,7 @@ mod tests {
     #[test]
     fn a_reused_segment_closes_at_its_last_record() {
         let dir = tempfile::tempdir().unwrap();
-        let rec = record_len(1);
-        let mut log =
-            WriteLog::create_sized(dir.path(), 1, true, (SEGMENT_HEADER_LEN + 3 * rec) as u64)
-                .unwrap();
+        let (mut log, rec) = three_record_segments(dir.path());
         // Segment 1: one record of about five small ones, so its file
         // ends past where three small records of a second life end.
         log.append(&big_round(1, 5)).unwrap();
@@ -772,12 +785,7 @@ mod tests {
         assert_eq!(bytes.len(), SEGMENT_HEADER_LEN + 3 * rec, "stale tail cut");
         assert_eq!(scan_segment(&bytes, 5).end, ScanEnd::Clean);
         // A crash now: LMDB holds up to 4.
-        let (got, last) = read(dir.path(), 4).unwrap();
-        assert_eq!(last, Some(8));
-        assert_eq!(
-            got.iter().map(|(s, _)| *s).collect::<Vec<_>>(),
-            vec![5, 6, 7, 8]
-        );
+        assert_eq!(replayed(dir.path(), 4), (vec![5, 6, 7, 8], Some(8)));
         // A log an older build wrote: the stale tail is still there
         // (misaligned bytes of the first life). Segment 8 goes on from 7,
         // so nothing acknowledged is missing.
@@ -869,11 +877,7 @@ mod tests {
     #[test]
     fn a_reused_segment_ends_at_its_stale_records() {
         let dir = tempfile::tempdir().unwrap();
-        // Segments of about three records.
-        let rec = record_len(1);
-        let mut log =
-            WriteLog::create_sized(dir.path(), 1, true, (SEGMENT_HEADER_LEN + 3 * rec) as u64)
-                .unwrap();
+        let (mut log, rec) = three_record_segments(dir.path());
         for n in 1..=4u8 {
             log.append(&round(n)).unwrap();
         }
@@ -892,12 +896,7 @@ mod tests {
         let reused = dir.path().join(segment_name(7));
         let bytes = std::fs::read(&reused).unwrap();
         assert_eq!(bytes.len(), SEGMENT_HEADER_LEN + 3 * rec);
-        let (got, last) = read(dir.path(), 3).unwrap();
-        assert_eq!(last, Some(7));
-        assert_eq!(
-            got.iter().map(|(s, _)| *s).collect::<Vec<_>>(),
-            vec![4, 5, 6, 7]
-        );
+        assert_eq!(replayed(dir.path(), 3), (vec![4, 5, 6, 7], Some(7)));
         // A torn record 8 over the stale ones: still the end.
         let mut torn = bytes.clone();
         torn[SEGMENT_HEADER_LEN + rec..SEGMENT_HEADER_LEN + rec + 8]
