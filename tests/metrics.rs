@@ -284,6 +284,7 @@ fn new_families_on_a_healthy_cluster(m0: SocketAddr) {
     assert!(value(&t, "timecoin_block_sync_lag_blocks") >= 0.0);
     assert!(value(&t, "timecoin_catchup_lag_entries") >= 0.0);
     assert!(value(&t, "timecoin_catchup_proofs_fetching") >= 0.0);
+    assert_eq!(value(&t, "timecoin_catchup_held"), 0.0, "in step: not held");
     promtool_check_metrics(&t);
 }
 

@@ -363,6 +363,7 @@ impl NodeMetrics {
         snap.engine = mn.metrics().clone();
         snap.masternode = mn.stats();
         snap.catchup_lag = mn.catchup_lag();
+        snap.catchup_held = mn.catchup_held();
         let registry = mn.engine().registry();
         if snap.masternodes.len() != registry.len() {
             snap.masternodes = registry
@@ -393,6 +394,8 @@ pub struct CoreSnapshot {
     /// Finality-log entries a connected peer listed and this node has not
     /// walked yet (most of any peer), and proofs being fetched.
     pub catchup_lag: (u64, usize),
+    /// The payment catch-up waits for the block sync.
+    pub catchup_held: bool,
     /// Each registered masternode's label, in registry order.
     pub masternodes: Vec<String>,
     /// The block layer, if it runs.
@@ -955,6 +958,12 @@ impl Collector for NodeCollector {
             "catchup_proofs_fetching",
             "Proofs of listed payments being fetched from peers",
             fetching as i64,
+        )?;
+        gauge(
+            &mut e,
+            "catchup_held",
+            "1 while the payment catch-up waits for the block sync (behind by more than 2 blocks and progressing)",
+            snap.catchup_held as i64,
         )?;
         let (c, l) = snap
             .blocks

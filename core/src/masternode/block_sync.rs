@@ -31,6 +31,11 @@ pub const SYNC_PEERS: usize = 4;
 pub const REQUEST_TIMEOUT_MS: u64 = 2_000;
 /// The window the tip waits on is asked of a second peer after this long.
 pub const REDUNDANT_AFTER_MS: u64 = 300;
+/// An answer that stopped this long before its window's last block ended
+/// early: the server stops at [`ANSWER_BYTES`] (the requester cannot tell
+/// where), and an answer's blocks come back to back, so the rest is asked
+/// at once instead of after [`REQUEST_TIMEOUT_MS`].
+pub const ANSWER_ENDED_AFTER_MS: u64 = 250;
 /// Most blocks held ahead of the tip, and their bytes.
 pub const MAX_AHEAD_BLOCKS: usize = 2 * SYNC_PEERS * BLOCKS_PER_ANSWER as usize;
 pub const MAX_AHEAD_BYTES: usize = 32 << 20;
@@ -39,6 +44,8 @@ pub const MAX_AHEAD_BYTES: usize = 32 << 20;
 struct Request {
     from: u64,
     sent_ms: u64,
+    /// When the answer's last block so far arrived.
+    answered_ms: Option<u64>,
 }
 
 /// Sync counters.
@@ -93,6 +100,33 @@ impl BlockSync {
         self.best_known().saturating_sub(tip)
     }
 
+    /// How many committed blocks above `tip` peers carrying more than a
+    /// third of `total_weight` all showed they hold: at least one of them is
+    /// honest, so a Byzantine minority claiming heights it does not have
+    /// cannot make this more than 0.
+    /// None until peers carrying more than a third have shown a height.
+    pub fn vouched_lag(
+        &self,
+        tip: u64,
+        total_weight: u64,
+        weight_of: impl Fn(&PublicKey) -> u64,
+    ) -> Option<u64> {
+        let mut shown: Vec<(u64, u64)> = self
+            .peer_heights
+            .iter()
+            .map(|(p, h)| (*h, weight_of(p)))
+            .collect();
+        shown.sort_unstable_by(|a, b| b.cmp(a));
+        let mut weight = 0u64;
+        for (height, w) in shown {
+            weight = weight.saturating_add(w);
+            if weight.saturating_mul(3) > total_weight {
+                return Some(height.saturating_sub(1).saturating_sub(tip));
+            }
+        }
+        None
+    }
+
     pub fn peer_disconnected(&mut self, peer: &PublicKey) {
         self.inflight.remove(peer);
     }
@@ -101,6 +135,7 @@ impl BlockSync {
     /// (`tip + 1`); keeps it if it is ahead, drops it otherwise.
     pub fn received(
         &mut self,
+        now: u64,
         peer: PublicKey,
         tip: u64,
         c: Checked<CommittedBlock>,
@@ -109,8 +144,10 @@ impl BlockSync {
         let h = c.get().block.height();
         self.saw(peer, h + 1);
         self.strikes.remove(&peer);
-        if let Some(r) = self.inflight.get(&peer).copied() {
-            let last = (r.from + BLOCKS_PER_ANSWER - 1).min(self.best_known());
+        let best = self.best_known();
+        if let Some(r) = self.inflight.get_mut(&peer) {
+            let last = (r.from + BLOCKS_PER_ANSWER - 1).min(best);
+            r.answered_ms = Some(now);
             if h >= last {
                 self.inflight.remove(&peer);
             }
@@ -158,6 +195,12 @@ impl BlockSync {
         let strikes = &mut self.strikes;
         let mut timeouts = 0;
         self.inflight.retain(|p, r| {
+            if r.answered_ms
+                .is_some_and(|at| now >= at + ANSWER_ENDED_AFTER_MS)
+            {
+                // Answered in part (the byte cap): not a strike.
+                return false;
+            }
             if now >= r.sent_ms + REQUEST_TIMEOUT_MS {
                 timeouts += 1;
                 *strikes.entry(*p).or_default() += 1;
@@ -189,6 +232,7 @@ impl BlockSync {
                         Request {
                             from: window,
                             sent_ms: now,
+                            answered_ms: None,
                         },
                     );
                     self.stats.requests += 1;
@@ -298,7 +342,25 @@ mod tests {
         assert_eq!(again[0], (pk(2), 11), "{again:?}");
         assert!(again[1..].iter().all(|(_, from)| *from > 11), "{again:?}");
         // Its answer, when one comes, clears the strike.
-        s.received(pk(9), 10, committed(11));
+        s.received(t, pk(9), 10, committed(11));
+        assert!(s.strikes.is_empty());
+    }
+
+    #[test]
+    fn an_answer_cut_short_is_asked_on_soon_without_a_strike() {
+        let mut s = BlockSync::default();
+        s.saw(pk(1), 1_000);
+        assert_eq!(s.plan(0, 0), vec![(pk(1), 1)]);
+        // The server's byte cap ended the answer after block 40 of 64.
+        for h in 1..=40 {
+            assert!(s.received(10, pk(1), h - 1, committed(h)).is_some());
+        }
+        assert!(
+            s.plan(10 + ANSWER_ENDED_AFTER_MS - 1, 40).is_empty(),
+            "still coming?"
+        );
+        assert_eq!(s.plan(10 + ANSWER_ENDED_AFTER_MS, 40), vec![(pk(1), 41)]);
+        assert_eq!(s.stats.timeouts, 0);
         assert!(s.strikes.is_empty());
     }
 
@@ -306,18 +368,18 @@ mod tests {
     fn blocks_ahead_wait_for_their_parent_within_bounds() {
         let mut s = BlockSync::default();
         s.saw(pk(1), 10);
-        assert!(s.received(pk(1), 0, committed(3)).is_none());
-        assert!(s.received(pk(1), 0, committed(2)).is_none());
+        assert!(s.received(0, pk(1), 0, committed(3)).is_none());
+        assert!(s.received(0, pk(1), 0, committed(2)).is_none());
         assert!(s.next_ready(0).is_none());
-        let b1 = s.received(pk(1), 0, committed(1)).expect("next block");
+        let b1 = s.received(0, pk(1), 0, committed(1)).expect("next block");
         assert_eq!(b1.get().block.height(), 1);
         assert_eq!(s.next_ready(1).unwrap().1.get().block.height(), 2);
         assert_eq!(s.next_ready(2).unwrap().1.get().block.height(), 3);
         assert!(s.next_ready(3).is_none());
         // Below the tip, a duplicate, or too far ahead: dropped.
-        assert!(s.received(pk(1), 5, committed(4)).is_none());
+        assert!(s.received(0, pk(1), 5, committed(4)).is_none());
         let far = 5 + MAX_AHEAD_BLOCKS as u64 + 1;
-        assert!(s.received(pk(1), 5, committed(far)).is_none());
+        assert!(s.received(0, pk(1), 5, committed(far)).is_none());
         assert_eq!(s.stats.blocks_dropped, 2);
         assert!(s.ahead.is_empty() && s.ahead_bytes == 0);
     }
@@ -334,5 +396,32 @@ mod tests {
         assert_eq!(s.lag(45), 0, "ahead of every peer is no lag");
         s.saw(pk(2), 5);
         assert_eq!(s.lag(10), 30, "a peer's lower height later changes nothing");
+    }
+
+    #[test]
+    fn vouched_lag_needs_more_than_a_third_of_the_weight() {
+        let mut s = BlockSync::default();
+        let w = |_: &PublicKey| 1;
+        assert_eq!(s.vouched_lag(10, 4, w), None, "nobody heard from");
+        // 4 masternodes of weight 1: one peer alone is not more than 1/3.
+        s.saw(pk(9), 1_000_000);
+        assert_eq!(s.lag(10), 1_000_000 - 1 - 10);
+        assert_eq!(
+            s.vouched_lag(10, 4, w),
+            None,
+            "one claim is not vouched for"
+        );
+        s.saw(pk(2), 41);
+        assert_eq!(
+            s.vouched_lag(10, 4, w),
+            Some(30),
+            "the second highest vouches"
+        );
+        s.saw(pk(3), 61);
+        assert_eq!(s.vouched_lag(10, 4, w), Some(50));
+        assert_eq!(s.vouched_lag(60, 4, w), Some(0), "caught up");
+        // A heavy peer alone is enough when it carries more than a third.
+        let heavy = |p: &PublicKey| if *p == pk(9) { 2 } else { 1 };
+        assert_eq!(s.vouched_lag(10, 5, heavy), Some(1_000_000 - 1 - 10));
     }
 }

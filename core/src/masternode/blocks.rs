@@ -331,7 +331,20 @@ pub struct BlockLayer {
     ask_budget: (u64, u32),
     /// Length of this node's finality log (the position of the next entry).
     pub(crate) log_len: u64,
+    /// While behind: the tip height and when it last moved (or the lag
+    /// was first seen), for [`BlockLayer::syncing_blocks`].
+    sync_progress: Option<(u64, u64)>,
+    /// When [`BlockLayer::syncing_blocks`] first could not tell the peers'
+    /// height.
+    height_unknown_since: Option<u64>,
 }
+
+/// Blocks behind that count as syncing: one or two is the normal race with
+/// a commit in flight.
+pub const SYNC_HOLD_LAG: u64 = 2;
+/// A block sync whose tip did not move for this long no longer holds the
+/// payment catch-up back.
+pub const SYNC_STALL_MS: u64 = 2_000;
 
 /// What the block layer produced in a round, in masternode terms.
 #[derive(Default)]
@@ -356,6 +369,42 @@ impl BlockLayer {
             asked: HashMap::new(),
             ask_budget: (0, 0),
             log_len: 0,
+            sync_progress: None,
+            height_unknown_since: None,
+        }
+    }
+
+    /// Whether this node is syncing blocks in bulk, so the payment catch-up
+    /// waits (block answers travel below proofs, and would starve behind a
+    /// fresh node's thousands of proof answers): peers carrying more than a
+    /// third of the weight, so at least one honest, showed more than
+    /// [`SYNC_HOLD_LAG`] blocks above the tip, or too few peers showed a
+    /// height yet to tell (a node just started), and the tip moved within
+    /// the last [`SYNC_STALL_MS`] (or the lag or the doubt is newer). A
+    /// Byzantine minority claiming heights cannot start it, and a sync that
+    /// stalls (peers silent or not answering, blocks that do not apply)
+    /// stops it within [`SYNC_STALL_MS`].
+    pub fn syncing_blocks(&mut self, now: u64, registry: &Registry) -> bool {
+        let tip = self.tip().height;
+        let lag = self.sync.vouched_lag(tip, registry.total_weight(), |k| {
+            registry.weight_of(k).unwrap_or(0)
+        });
+        if self.stopped() || lag.is_some_and(|l| l <= SYNC_HOLD_LAG) {
+            self.sync_progress = None;
+            return false;
+        }
+        if lag.is_none() {
+            // Not known yet: wait at most SYNC_STALL_MS from the first doubt,
+            // whether or not the tip moves.
+            let since = *self.height_unknown_since.get_or_insert(now);
+            return now.saturating_sub(since) < SYNC_STALL_MS;
+        }
+        match self.sync_progress {
+            Some((height, at)) if height == tip => now.saturating_sub(at) < SYNC_STALL_MS,
+            _ => {
+                self.sync_progress = Some((tip, now));
+                true
+            }
         }
     }
 
@@ -596,6 +645,33 @@ mod tests {
             vec![],
             0,
         ))
+    }
+
+    #[test]
+    fn the_catch_up_waits_only_for_a_vouched_sync_that_moves() {
+        let keys: Vec<_> = (0..4).map(|i| testkit::key_from_seed("mn", i)).collect();
+        let registry = testkit::genesis(7, &keys, Tier::Bronze, &[], 0, 0).registry;
+        let pk = |i: usize| PublicKey::from_signing(&keys[i]);
+        let mut l = layer();
+        // Just started, no peer heard from: wait, but at most SYNC_STALL_MS.
+        assert!(l.syncing_blocks(1_000, &registry));
+        assert!(l.syncing_blocks(1_000 + SYNC_STALL_MS - 1, &registry));
+        assert!(!l.syncing_blocks(1_000 + SYNC_STALL_MS, &registry));
+        // One peer (1/4 of the weight) claiming a great height: still not
+        // vouched for, no wait.
+        l.sync.saw(pk(1), 1_000_000);
+        assert!(!l.syncing_blocks(5_000, &registry));
+        // A second peer: vouched, far behind, the sync holds the walk...
+        l.sync.saw(pk(2), 500);
+        assert!(l.syncing_blocks(6_000, &registry));
+        // ...until the tip has not moved for SYNC_STALL_MS.
+        assert!(l.syncing_blocks(6_000 + SYNC_STALL_MS - 1, &registry));
+        assert!(!l.syncing_blocks(6_000 + SYNC_STALL_MS, &registry));
+        // Two or fewer blocks behind is in step.
+        let mut l = layer();
+        l.sync.saw(pk(1), 3);
+        l.sync.saw(pk(2), 3);
+        assert!(!l.syncing_blocks(0, &registry));
     }
 
     #[test]

@@ -104,6 +104,8 @@ pub struct CatchUp {
     cfg: CatchUpConfig,
     peers: HashMap<PublicKey, PeerSync>,
     stats: CatchUpStats,
+    /// The walk waits ([`CatchUp::set_held`]).
+    held: bool,
 }
 
 impl CatchUp {
@@ -112,7 +114,29 @@ impl CatchUp {
             cfg,
             peers: peers.into_iter().map(|p| (p, PeerSync::new())).collect(),
             stats: CatchUpStats::default(),
+            held: false,
         }
+    }
+
+    /// Holds the walk of peers' logs (no pages asked, so no new proofs)
+    /// while `held`, for as long as the block sync runs: block answers
+    /// travel below proofs and would starve behind a fresh node's thousands
+    /// of proof answers, and the blocks confirm most of the same payments.
+    /// Proofs already asked are still asked again and applied. The wait for
+    /// a peer's sync ([`CatchUpConfig::sync_wait_ms`]) counts from the end
+    /// of the hold, so the approval gate does not open on a timeout the
+    /// hold caused.
+    pub fn set_held(&mut self, now: u64, held: bool) {
+        if held {
+            for p in self.peers.values_mut().filter(|p| p.connected) {
+                p.connected_at = now;
+            }
+        }
+        self.held = held;
+    }
+
+    pub fn is_held(&self) -> bool {
+        self.held
     }
 
     pub fn stats(&self) -> &CatchUpStats {
@@ -217,6 +241,9 @@ impl CatchUp {
                 p.synced = true;
                 self.stats.sync_timeouts += 1;
             }
+            if self.held {
+                continue;
+            }
             let page_due = match p.page_sent_at {
                 Some(at) => now.saturating_sub(at) >= self.cfg.retry_ms,
                 None => p.cursor < p.head || now.saturating_sub(p.last_poll) >= self.cfg.poll_ms,
@@ -272,7 +299,7 @@ impl CatchUp {
         }
         p.cursor = from + taken as u64;
         p.head = head.max(p.cursor);
-        if p.cursor < p.head && p.fetching.len() < self.cfg.max_fetching / 2 {
+        if p.cursor < p.head && p.fetching.len() < self.cfg.max_fetching / 2 && !self.held {
             // More to walk: ask for the next page at once.
             p.page_sent_at = Some(now);
             out.push((peer, Message::FinalityLogRequest { from: p.cursor }));
@@ -349,5 +376,61 @@ mod tests {
         // A disconnected peer's log says nothing about this node's lag.
         c.disconnected_peer(&a);
         assert_eq!(c.log_lag(), 0);
+    }
+
+    #[test]
+    fn a_held_walk_asks_no_pages_and_its_sync_wait_starts_after() {
+        let a = PublicKey([1; 32]);
+        let cfg = CatchUpConfig::default();
+        let wait = cfg.sync_wait_ms;
+        let mut c = CatchUp::new(cfg, [a]);
+        c.connected_peer(0, a);
+        let mut out = Vec::new();
+        c.poll(1_000, |_| false, &mut out);
+        assert_eq!(out.len(), 1, "first page asked: {out:?}");
+        // The page lists 4 of 100 entries. Held meanwhile: its proofs are
+        // asked, but not the next page.
+        c.set_held(1_001, true);
+        let txids: Vec<Txid> = (0..4u8).map(|i| Txid([i; 32])).collect();
+        out.clear();
+        let page = LogPage {
+            from: 0,
+            head: 100,
+            txids: &txids,
+        };
+        c.on_page(1_001, a, page, |_| false, &mut out);
+        assert!(
+            out.iter()
+                .all(|(_, m)| matches!(m, Message::ProofRequest(_))),
+            "{out:?}"
+        );
+        assert_eq!(out.len(), 4);
+        // Held for longer than the sync wait: no page, and the gate stays
+        // closed (the peer is not counted as synced on a timeout).
+        for now in (2_000..=wait + 5_000).step_by(1_000) {
+            c.set_held(now, true);
+            out.clear();
+            c.poll(now, |_| false, &mut out);
+            assert!(
+                !out.iter()
+                    .any(|(_, m)| matches!(m, Message::FinalityLogRequest { .. })),
+                "at {now}: {out:?}"
+            );
+        }
+        assert!(!c.caught_up(0, 1, |_| 1));
+        // Released: the walk goes on from where it stopped.
+        let released = wait + 6_000;
+        c.set_held(released, false);
+        out.clear();
+        c.poll(released, |t| txids.contains(t), &mut out);
+        assert!(
+            out.iter()
+                .any(|(_, m)| matches!(m, Message::FinalityLogRequest { from: 4 })),
+            "{out:?}"
+        );
+        assert!(
+            !c.caught_up(0, 1, |_| 1),
+            "the sync wait restarted at the release"
+        );
     }
 }

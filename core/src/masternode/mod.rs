@@ -354,6 +354,12 @@ impl Masternode {
         (self.catchup.log_lag(), self.catchup.fetching())
     }
 
+    /// Whether the payment catch-up waits for the block sync
+    /// ([`CatchUp::set_held`]).
+    pub fn catchup_held(&self) -> bool {
+        self.catchup.is_held()
+    }
+
     /// A wallet session opened; `session` must be new (never reused).
     pub fn handle_wallet_open(&mut self, session: SessionId) {
         self.router.open(session);
@@ -619,7 +625,7 @@ impl Masternode {
             CheckedBlockMessage::Vote(v) => layer.consensus.handle_checked_vote(now, v, &view),
             CheckedBlockMessage::Commit(c) => {
                 let tip = layer.consensus.tip().height;
-                let mut next = layer.sync.received(from, tip, *c).map(|c| (from, c));
+                let mut next = layer.sync.received(now, from, tip, *c).map(|c| (from, c));
                 let mut result = Ok(());
                 // The block that extends the tip, then any held ones after it.
                 while let Some((sender, c)) = next {
@@ -804,6 +810,12 @@ impl Masternode {
         if self.cfg.planted_no_catchup {
             return;
         }
+        let registry = self.engine.registry();
+        let held = self
+            .blocks
+            .as_mut()
+            .is_some_and(|layer| layer.syncing_blocks(now, registry));
+        self.catchup.set_held(now, held);
         let engine = &self.engine;
         let mut out = Vec::new();
         self.catchup.poll(now, |t| engine.settled(t), &mut out);
