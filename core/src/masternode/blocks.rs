@@ -334,9 +334,6 @@ pub struct BlockLayer {
     /// While behind: the tip height and when it last moved (or the lag
     /// was first seen), for [`BlockLayer::syncing_blocks`].
     sync_progress: Option<(u64, u64)>,
-    /// When [`BlockLayer::syncing_blocks`] first could not tell the peers'
-    /// height.
-    height_unknown_since: Option<u64>,
 }
 
 /// Blocks behind that count as syncing: one or two is the normal race with
@@ -370,7 +367,6 @@ impl BlockLayer {
             ask_budget: (0, 0),
             log_len: 0,
             sync_progress: None,
-            height_unknown_since: None,
         }
     }
 
@@ -378,9 +374,8 @@ impl BlockLayer {
     /// waits (block answers travel below proofs, and would starve behind a
     /// fresh node's thousands of proof answers): peers carrying more than a
     /// third of the weight, so at least one honest, showed more than
-    /// [`SYNC_HOLD_LAG`] blocks above the tip, or too few peers showed a
-    /// height yet to tell (a node just started), and the tip moved within
-    /// the last [`SYNC_STALL_MS`] (or the lag or the doubt is newer). A
+    /// [`SYNC_HOLD_LAG`] blocks above the tip, and the tip moved within
+    /// the last [`SYNC_STALL_MS`] (or the lag is newer). A
     /// Byzantine minority claiming heights cannot start it, and a sync that
     /// stalls (peers silent or not answering, blocks that do not apply)
     /// stops it within [`SYNC_STALL_MS`].
@@ -389,15 +384,9 @@ impl BlockLayer {
         let lag = self.sync.vouched_lag(tip, registry.total_weight(), |k| {
             registry.weight_of(k).unwrap_or(0)
         });
-        if self.stopped() || lag.is_some_and(|l| l <= SYNC_HOLD_LAG) {
+        if self.stopped() || lag.is_none_or(|l| l <= SYNC_HOLD_LAG) {
             self.sync_progress = None;
             return false;
-        }
-        if lag.is_none() {
-            // Not known yet: wait at most SYNC_STALL_MS from the first doubt,
-            // whether or not the tip moves.
-            let since = *self.height_unknown_since.get_or_insert(now);
-            return now.saturating_sub(since) < SYNC_STALL_MS;
         }
         match self.sync_progress {
             Some((height, at)) if height == tip => now.saturating_sub(at) < SYNC_STALL_MS,
@@ -653,10 +642,8 @@ mod tests {
         let registry = testkit::genesis(7, &keys, Tier::Bronze, &[], 0, 0).registry;
         let pk = |i: usize| PublicKey::from_signing(&keys[i]);
         let mut l = layer();
-        // Just started, no peer heard from: wait, but at most SYNC_STALL_MS.
-        assert!(l.syncing_blocks(1_000, &registry));
-        assert!(l.syncing_blocks(1_000 + SYNC_STALL_MS - 1, &registry));
-        assert!(!l.syncing_blocks(1_000 + SYNC_STALL_MS, &registry));
+        // Just started, no peer heard from: no wait.
+        assert!(!l.syncing_blocks(1_000, &registry));
         // One peer (1/4 of the weight) claiming a great height: still not
         // vouched for, no wait.
         l.sync.saw(pk(1), 1_000_000);
