@@ -268,7 +268,8 @@ fn a_bad_certificate_or_half_a_tls_config_stops_the_node_at_start() {
     let dir = tempfile::tempdir().unwrap();
     let spec = DevnetSpec {
         nodes: 1,
-        base_port: 20000 + (rand::random::<u16>() % 30000),
+        // A range free now (a random one collided with a port in use).
+        base_port: common::free_base_port(DevnetSpec::span_for(1, 2)),
         wallets: 1,
         coins_per_wallet: 1,
         port_stride: 2,

@@ -29,7 +29,7 @@ pub struct Cluster {
     pub children: Vec<Option<Child>>,
 }
 
-fn free_base_port(n: usize) -> u16 {
+pub fn free_base_port(n: usize) -> u16 {
     for _ in 0..200 {
         let base = 20000 + (rand::random::<u16>() % 30000);
         let ok = (0..=n).all(|i| TcpListener::bind(("127.0.0.1", base + i as u16)).is_ok());
