@@ -7,24 +7,25 @@
 //!   each with the masternode key, keeps it in a ring for repair, and hands it
 //!   to the I/O thread. An empty heartbeat datagram goes out while idle so a
 //!   lost tail is noticed.
-//! - Receiving (a thread of its own): a datagram counts only after its
-//!   signature verifies against the registered key of its `sender_id` (the
-//!   sender's index in the registry). Duplicates are dropped. Holes older than
-//!   the repair delay are requested from their sender over TCP; its answer
-//!   (the original signed datagram) goes through the same checks.
+//! - Receiving (on the UDP I/O thread, [`time_net::udp::Inbound`]: no
+//!   hand-off to a thread of its own, one batch verification per receive
+//!   burst): a datagram counts only after its signature verifies against
+//!   the registered key of its `sender_id` (the sender's index in the
+//!   registry). Duplicates are dropped. Holes older than the repair delay
+//!   are requested from their sender over TCP; its answer (the original
+//!   signed datagram) goes through the same checks.
 
 use std::collections::VecDeque;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use ed25519_dalek::{Signer, SigningKey};
 use time_net::datagram::{Datagram, DatagramBuilder, MAX_ITEM_LEN};
 use time_net::gap::{GapConfig, GapTracker, Receipt};
-use time_net::mailbox::RecvTimeoutError;
-use time_net::udp::{FastPathHandle, IoBackend, UdpConfig, UdpFastPath};
+use time_net::udp::{FastPathHandle, Inbound, IoBackend, UdpConfig, UdpFastPath};
 
 use crate::protocol::message::Message;
 use crate::protocol::registry::Registry;
@@ -39,11 +40,14 @@ pub const HEARTBEAT_FIRST: Duration = Duration::from_millis(20);
 /// idle masternode sends one datagram a second instead of fifty (each one
 /// signed here and verified by every receiver).
 pub const HEARTBEAT_MAX: Duration = Duration::from_secs(1);
-/// How long the receive thread sleeps when no hole waits for repair (it
-/// wakes at once for a datagram).
-const IDLE_RECEIVE_WAIT: Duration = Duration::from_millis(250);
-/// How often the receive thread looks at holes while some are open.
+/// How often the receiver looks at holes while some are open (the I/O
+/// thread otherwise sleeps until a datagram or a send wakes it).
 const REPAIR_POLL: Duration = Duration::from_millis(10);
+/// Most datagrams checked in one batch verification.
+const CHECK_BATCH: usize = 64;
+/// Most datagrams kept while the node is still starting (its sink not yet
+/// attached); more are dropped, counted, and repaired later.
+const PENDING_BEFORE_SINK: usize = 4_096;
 /// Datagrams kept for repair requests.
 const REPAIR_RING: usize = 16_384;
 /// Largest vote batch that fits one datagram item (113 + 35 n bytes).
@@ -213,8 +217,9 @@ impl FastPathSender {
 
 /// What the receiver hands to the node.
 pub trait FastPathSink: Send + Sync + 'static {
-    /// A message from a verified datagram of masternode `from`.
-    fn deliver(&self, from: PublicKey, msg: Message);
+    /// The messages of the verified datagrams of one receive burst, in
+    /// order, each with the masternode that sent it.
+    fn deliver(&self, msgs: Vec<(PublicKey, Message)>);
     /// Ask `to` (over the reliable path) for its datagrams `first..=last`.
     fn request_repair(&self, to: PublicKey, first: u64, last: u64);
 }
@@ -269,17 +274,22 @@ impl FastPathReceiver {
             .map(|(d, pk)| (&pk.0, d.signed_bytes(), d.signature()))
             .collect();
         let ok = crate::sig::verify_batch_with_fallback(&items);
+        let mut out = Vec::new();
         for ((d, _), ok) in checked.iter().zip(ok) {
             if !ok {
                 self.stats.bad_datagrams.fetch_add(1, Ordering::Relaxed);
                 continue;
             }
-            self.accept(d, repaired, sink);
+            self.accept(d, repaired, &mut out);
+        }
+        if !out.is_empty() {
+            sink.deliver(out);
         }
     }
 
-    /// A datagram whose signature verified: sequence check, then delivery.
-    fn accept(&mut self, d: &Datagram<'_>, repaired: bool, sink: &dyn FastPathSink) {
+    /// A datagram whose signature verified: sequence check, then its
+    /// messages into `out`.
+    fn accept(&mut self, d: &Datagram<'_>, repaired: bool, out: &mut Vec<(PublicKey, Message)>) {
         let sender = d.sender_id();
         let pk = self.keys[sender as usize];
         let now = self.now_ms();
@@ -313,7 +323,7 @@ impl FastPathReceiver {
         for item in d.items() {
             match Message::decode(item) {
                 Ok(m @ (Message::TransactionBroadcast(_) | Message::VoteBatch(_))) => {
-                    sink.deliver(pk, m)
+                    out.push((pk, m))
                 }
                 _ => {
                     self.stats.bad_datagrams.fetch_add(1, Ordering::Relaxed);
@@ -366,7 +376,72 @@ pub struct FastPath {
     pub sender: FastPathSender,
     pub receiver: Arc<Mutex<FastPathReceiver>>,
     pub stats: Arc<FastPathStats>,
-    rx: Option<time_net::mailbox::Receiver<(SocketAddr, Bytes)>>,
+    sink: Arc<OnceLock<Arc<dyn FastPathSink>>>,
+}
+
+/// The receiver's end on the UDP I/O thread: the datagrams of one receive
+/// burst are checked together when the burst ends (one batch verification
+/// of up to [`CHECK_BATCH`]), and delivered from there. Before the node's
+/// sink is attached, up to [`PENDING_BEFORE_SINK`] datagrams wait.
+struct OnIoThread {
+    receiver: Arc<Mutex<FastPathReceiver>>,
+    sink: Arc<OnceLock<Arc<dyn FastPathSink>>>,
+    burst: Vec<Bytes>,
+}
+
+impl OnIoThread {
+    fn check(&mut self) {
+        let Some(sink) = self.sink.get() else { return };
+        let mut r = self.receiver.lock().expect("fast path receiver");
+        for chunk in self.burst.chunks(CHECK_BATCH) {
+            let refs: Vec<&[u8]> = chunk.iter().map(|b| &b[..]).collect();
+            r.handle_many(&refs, false, &**sink);
+        }
+        self.burst.clear();
+    }
+}
+
+impl Inbound for OnIoThread {
+    fn datagram(&mut self, _from: SocketAddr, payload: &[u8]) -> bool {
+        if self.sink.get().is_some() && self.burst.len() >= CHECK_BATCH {
+            self.check();
+        }
+        if self.burst.len() >= PENDING_BEFORE_SINK {
+            return false;
+        }
+        self.burst.push(Bytes::copy_from_slice(payload));
+        true
+    }
+
+    fn burst_end(&mut self) {
+        self.check();
+    }
+
+    fn tick(&mut self) {
+        if !self.burst.is_empty() {
+            self.check();
+        }
+        if let Some(sink) = self.sink.get() {
+            self.receiver
+                .lock()
+                .expect("fast path receiver")
+                .repair(&**sink);
+        }
+    }
+
+    fn wait(&self) -> Duration {
+        if self
+            .receiver
+            .lock()
+            .expect("fast path receiver")
+            .gaps
+            .has_gaps()
+        {
+            REPAIR_POLL
+        } else {
+            time_net::udp::MAX_WAIT
+        }
+    }
 }
 
 fn v4(addr: &str) -> Result<SocketAddrV4, FastPathError> {
@@ -421,10 +496,24 @@ impl FastPath {
         };
         // Loopback-only unless the operator put the node on a real interface.
         cfg.loopback_only = local_ip.is_loopback();
-        let (handle, rx) = UdpFastPath::start(cfg, backend)?;
-        tracing::info!(backend = ?handle.backend(), addr = %handle.local_addr(), ?mode, "UDP fast path up");
         let stats = Arc::new(FastPathStats::default());
         let keys = registry.masternodes().iter().map(|m| m.key).collect();
+        let receiver = Arc::new(Mutex::new(FastPathReceiver {
+            keys,
+            me: my_index as u32,
+            gaps: GapTracker::new(GapConfig::default()),
+            stats: stats.clone(),
+            start: Instant::now(),
+            last_repair_ms: 0,
+        }));
+        let sink = Arc::new(OnceLock::new());
+        let inbound = OnIoThread {
+            receiver: receiver.clone(),
+            sink: sink.clone(),
+            burst: Vec::with_capacity(CHECK_BATCH),
+        };
+        let handle = UdpFastPath::start_with(cfg, backend, Box::new(inbound))?;
+        tracing::info!(backend = ?handle.backend(), addr = %handle.local_addr(), ?mode, "UDP fast path up");
         // Sequences start from the wall clock (microseconds), so a restarted
         // sender continues above its old numbers.
         let start_seq = std::time::SystemTime::now()
@@ -445,45 +534,16 @@ impl FastPath {
                 last_send: Instant::now(),
                 heartbeat_gap: HEARTBEAT_FIRST,
             },
-            receiver: Arc::new(Mutex::new(FastPathReceiver {
-                keys,
-                me: my_index as u32,
-                gaps: GapTracker::new(GapConfig::default()),
-                stats: stats.clone(),
-                start: Instant::now(),
-                last_repair_ms: 0,
-            })),
+            receiver,
             stats,
-            rx: Some(rx),
+            sink,
         }))
     }
 
-    /// Starts the receive thread; it ends when the socket closes.
-    pub fn spawn_receiver(&mut self, sink: Arc<dyn FastPathSink>) {
-        let Some(rx) = self.rx.take() else { return };
-        let receiver = self.receiver.clone();
-        std::thread::Builder::new()
-            .name("fastpath-rx".into())
-            .spawn(move || loop {
-                let wait = if receiver.lock().expect("fast path receiver").gaps.has_gaps() {
-                    REPAIR_POLL
-                } else {
-                    IDLE_RECEIVE_WAIT
-                };
-                let mut batch = Vec::with_capacity(64);
-                match rx.recv_many(&mut batch, 64, wait) {
-                    Ok(_) => {
-                        let refs: Vec<&[u8]> = batch.iter().map(|(_, b)| &b[..]).collect();
-                        let mut r = receiver.lock().expect("fast path receiver");
-                        r.handle_many(&refs, false, &*sink);
-                        r.repair(&*sink);
-                    }
-                    Err(RecvTimeoutError::Timeout) => {
-                        receiver.lock().expect("fast path receiver").repair(&*sink);
-                    }
-                    Err(_) => return,
-                }
-            })
-            .expect("spawn fast path receiver");
+    /// Attaches the node: from now on, received datagrams are checked and
+    /// delivered to `sink` on the UDP I/O thread (those that arrived while
+    /// the node was starting first).
+    pub fn attach(&self, sink: Arc<dyn FastPathSink>) {
+        let _ = self.sink.set(sink);
     }
 }

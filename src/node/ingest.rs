@@ -4,9 +4,13 @@
 //! ([`after_verify`]), and the fast path's [`Sink`].
 //!
 //! Owns no state beyond those handles. It must never verify or tally on a
-//! network task or on the core thread, and never block a caller: full
-//! queues drop and count.
+//! tokio network task or on the core thread (the fast path's burst check
+//! runs on the UDP I/O thread, a thread of its own; only a TCP repair
+//! answer, rare and bounded by the repair budget, is checked on the task
+//! that received it), and never block a caller: full queues drop and
+//! count.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -24,8 +28,10 @@ use crate::node::wire::{encode, NetStats};
 use crate::protocol::audience::PeerMessage;
 use crate::protocol::message::Message;
 use crate::protocol::registry::Registry;
+use crate::protocol::tally::VerifiedBatch;
 use crate::protocol::types::{ChainId, PublicKey, Transaction, Txid};
-use crate::protocol::validation::{Limits, TxError};
+use crate::protocol::validation::{self, Limits, TxError};
+use crate::protocol::vote::VoteBatch;
 use time_net::priority::Priority;
 
 /// Who sent a transaction that is being verified.
@@ -142,6 +148,9 @@ fn tell_wallet(after: &AfterVerify, session: SessionId, to: &SessionTx, m: Bytes
 /// the state machine's peer book, which admits every peer message first.
 #[derive(Clone)]
 pub(super) struct Ingest {
+    pub chain_id: ChainId,
+    /// Where fast-path transactions go once checked ([`Ingest::ingest_checked`]).
+    pub core: CoreTx,
     pub verifier: Arc<TxVerifier>,
     pub votes: Arc<VoteThreads>,
     /// Signature checks of peers' proofs and block messages.
@@ -179,6 +188,110 @@ impl Ingest {
             other => Some(other),
         }
     }
+
+    /// The lock broadcasts and vote batches of one fast-path burst, each
+    /// admitted already. Every transaction's input signatures and every
+    /// vote batch's signature are checked together in one batch
+    /// verification, on the caller's thread (the UDP I/O thread); then the
+    /// transactions go to the core and the votes to the tallies. This saves
+    /// the hand-off to the verifier pool and the vote thread's own
+    /// verification, and larger batches cost less per signature. A failed
+    /// batch is checked again message by message to find the bad ones.
+    pub(super) fn ingest_checked(&self, msgs: Vec<PeerMessage>) {
+        let mut txs = Vec::new();
+        let mut votes = Vec::new();
+        for m in msgs {
+            match m {
+                PeerMessage::TransactionBroadcast(tx) => txs.push(tx),
+                PeerMessage::VoteBatch(b) if self.votes.admissible(&b) => votes.push(b),
+                _ => {}
+            }
+        }
+        let (verdicts, checked) = check_together(self.chain_id, &txs, votes);
+        for c in checked {
+            match c {
+                Some(vb) => self.votes.verified(vb),
+                None => {
+                    self.votes
+                        .stats
+                        .bad_signatures
+                        .fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+        let stats = &self.verifier.stats;
+        for (tx, verdict) in txs.into_iter().zip(verdicts) {
+            let counter = if verdict.is_ok() {
+                &stats.verified
+            } else {
+                &stats.failed
+            };
+            counter.fetch_add(1, Ordering::Relaxed);
+            // As from the verifier pool: an invalid relayed transaction
+            // still goes to the engine, which votes reject with the reason.
+            self.core.offer(CoreInput::Tx {
+                tx,
+                prechecked: verdict.is_ok(),
+            });
+        }
+    }
+}
+
+/// The stateless checks and input signatures of `txs` and the signatures
+/// of `votes`, all in one batch verification ([`crate::sig`]); if the batch
+/// fails, each is checked alone to find the bad ones. Returns each
+/// transaction's verdict, and each vote batch verified (`None`: a bad
+/// signature).
+fn check_together(
+    chain_id: ChainId,
+    txs: &[Transaction],
+    votes: Vec<VoteBatch>,
+) -> (Vec<Result<(), TxError>>, Vec<Option<VerifiedBatch>>) {
+    let limits = Limits::default();
+    let txids: Vec<Txid> = txs.iter().map(|t| t.txid()).collect();
+    let mut verdicts: Vec<Result<(), TxError>> = txs
+        .iter()
+        .map(|t| validation::check_stateless(t, chain_id, &limits))
+        .collect();
+    let input_msgs: Vec<Vec<[u8; 61]>> = txs
+        .iter()
+        .zip(&txids)
+        .zip(&verdicts)
+        .map(|((t, id), v)| match v {
+            Ok(()) => (0..t.inputs.len() as u32)
+                .map(|i| Transaction::input_sig_message(t.chain_id, id, i))
+                .collect(),
+            Err(_) => Vec::new(),
+        })
+        .collect();
+    let vote_msgs: Vec<_> = votes.iter().map(|b| b.levels_and_message()).collect();
+    let mut items: Vec<crate::sig::Item> = Vec::new();
+    for (t, m) in txs.iter().zip(&input_msgs) {
+        for (input, m) in t.inputs.iter().zip(m) {
+            items.push((&input.public_key.0, &m[..], &input.signature));
+        }
+    }
+    for (b, (_, m)) in votes.iter().zip(&vote_msgs) {
+        items.push((&b.voter.0, &m[..], &b.signature));
+    }
+    let all_ok = crate::sig::verify_all(&items);
+    drop(items);
+    if !all_ok {
+        for ((t, id), v) in txs.iter().zip(&txids).zip(verdicts.iter_mut()) {
+            if v.is_ok() {
+                *v = validation::verify_signatures(t, id);
+            }
+        }
+    }
+    let checked = votes
+        .into_iter()
+        .zip(vote_msgs)
+        .map(|(batch, (levels, m))| {
+            (all_ok || crate::sig::verify(&batch.voter.0, &m, &batch.signature))
+                .then_some(VerifiedBatch { batch, levels })
+        })
+        .collect();
+    (verdicts, checked)
 }
 
 /// Delivers fast-path messages into the node and sends its repair requests
@@ -190,14 +303,20 @@ pub(super) struct Sink {
 }
 
 impl FastPathSink for Sink {
-    fn deliver(&self, from: PublicKey, msg: Message) {
-        // Anything but transactions and votes is ignored on the fast path.
-        if let Ok(m @ (PeerMessage::TransactionBroadcast(_) | PeerMessage::VoteBatch(_))) =
-            PeerMessage::try_from(msg)
-        {
-            if self.ingest.admit(&from, &m) {
-                let _ = self.ingest.ingest(m);
+    fn deliver(&self, msgs: Vec<(PublicKey, Message)>) {
+        let mut admitted = Vec::with_capacity(msgs.len());
+        for (from, msg) in msgs {
+            // Anything but transactions and votes is ignored on the fast path.
+            if let Ok(m @ (PeerMessage::TransactionBroadcast(_) | PeerMessage::VoteBatch(_))) =
+                PeerMessage::try_from(msg)
+            {
+                if self.ingest.admit(&from, &m) {
+                    admitted.push(m);
+                }
             }
+        }
+        if !admitted.is_empty() {
+            self.ingest.ingest_checked(admitted);
         }
     }
 
@@ -208,5 +327,72 @@ impl FastPathSink for Sink {
             encode(&Message::RepairRequest { first, last }),
             &self.stats,
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::types::{TxOutput, COIN};
+    use crate::protocol::vote::{Decision, VoteItem};
+    use timecoin_core::testkit::{address_of, genesis_outpoint, key_from_seed};
+
+    const CHAIN: ChainId = 1;
+
+    fn tx(i: u32) -> Transaction {
+        let k = key_from_seed("ingest", i as u64);
+        Transaction::build_signed(
+            CHAIN,
+            &k,
+            &[genesis_outpoint(0, i), genesis_outpoint(1, i)],
+            vec![TxOutput {
+                amount: COIN,
+                address: address_of(&k),
+            }],
+        )
+    }
+
+    fn votes(voter: u32) -> VoteBatch {
+        let items = (0..3)
+            .map(|i| VoteItem {
+                txid: tx(i).txid(),
+                decision: Decision::Approve,
+            })
+            .collect();
+        VoteBatch::sign(CHAIN, 1, &key_from_seed("voter", voter as u64), items)
+    }
+
+    #[test]
+    fn one_batch_checks_transactions_and_votes_and_finds_each_bad_one() {
+        let (v, c) = check_together(CHAIN, &[tx(0), tx(1)], vec![votes(0), votes(1)]);
+        assert_eq!(v, vec![Ok(()), Ok(())]);
+        assert!(c.iter().all(|c| c.is_some()));
+        let vb = c.into_iter().next().flatten().unwrap();
+        assert_eq!(vb.levels, vb.batch.levels_and_message().0);
+
+        // One bad input signature (the second input of the second
+        // transaction), one bad vote batch signature, one transaction of
+        // another chain (refused before any signature is looked at).
+        let mut bad_tx = tx(1);
+        bad_tx.inputs[1].signature[0] ^= 1;
+        let mut bad_votes = votes(1);
+        bad_votes.signature[5] ^= 1;
+        let other_chain = Transaction::build_signed(
+            CHAIN + 1,
+            &key_from_seed("ingest", 9),
+            &[genesis_outpoint(0, 9)],
+            vec![],
+        );
+        let (v, c) = check_together(
+            CHAIN,
+            &[tx(0), bad_tx, other_chain, tx(2)],
+            vec![votes(0), bad_votes, votes(2)],
+        );
+        assert_eq!(v[0], Ok(()));
+        assert_eq!(v[1], Err(TxError::BadSignature(1)));
+        assert!(v[2].is_err() && v[2] != Err(TxError::BadSignature(0)));
+        assert_eq!(v[3], Ok(()));
+        let ok: Vec<bool> = c.iter().map(|c| c.is_some()).collect();
+        assert_eq!(ok, vec![true, false, true]);
     }
 }

@@ -7,9 +7,10 @@
 //! - `core_input`: the core queue ([`CoreInput`](core_input) and its sender).
 //! - `core_thread`: the core loop driving the state machine (commit before
 //!   send).
-//! - `ingest`: verifier pool, vote threads, the fast path's sink, and peer
-//!   admission (the state machine's peer book, checked on the network task
-//!   before any signature).
+//! - `ingest`: verifier pool, vote threads, the fast path's sink (which
+//!   checks a receive burst's datagrams, then their transactions and votes
+//!   together, on the UDP I/O thread), and peer admission (the state
+//!   machine's peer book, checked before any signature of the message).
 //! - `peer_check`: peers' TimeProofs and block messages (proposals, block
 //!   votes, committed blocks) verified on a thread of their own, bounded
 //!   per peer and in bytes: the core thread verifies no peer's signature.

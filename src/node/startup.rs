@@ -482,11 +482,13 @@ fn build_wiring(
         }),
         stats,
         stopping: Arc::new(AtomicBool::new(false)),
-        core,
+        core: core.clone(),
         wallet_stats,
         net: Arc::new(net),
         origin_window: cfg.origin_window,
         ingest: Ingest {
+            chain_id: genesis.chain_id,
+            core: core.clone(),
             verifier: Arc::new(verifier),
             votes: Arc::new(votes),
             checks: Arc::new(checks),
@@ -496,7 +498,7 @@ fn build_wiring(
     }
 }
 
-/// The fast path once its receive thread runs: the sender and counters for
+/// The fast path once its receiver is attached: the sender and counters for
 /// the core thread, the repair pieces for the reliable path.
 #[derive(Default)]
 struct FastParts {
@@ -506,7 +508,7 @@ struct FastParts {
 }
 
 fn start_fast_receiver(fast: Option<FastPath>, w: &Wiring) -> FastParts {
-    let Some(mut f) = fast else {
+    let Some(f) = fast else {
         return FastParts::default();
     };
     let sink = Arc::new(Sink {
@@ -514,7 +516,7 @@ fn start_fast_receiver(fast: Option<FastPath>, w: &Wiring) -> FastParts {
         net: w.net.clone(),
         stats: w.stats.clone(),
     });
-    f.spawn_receiver(sink.clone());
+    f.attach(sink.clone());
     let repair = FastRepair {
         ring: f.sender.ring.clone(),
         receiver: f.receiver.clone(),

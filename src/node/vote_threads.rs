@@ -34,7 +34,7 @@ pub const MAX_UNKNOWN_TALLIES_PER_VOTER: usize = 32_768;
 enum ShardMsg {
     /// A peer's batch, not yet verified.
     Verify(VoteBatch),
-    /// This node's own batch (signed here).
+    /// This node's own batch (signed here), or a peer's verified already.
     Own(Arc<VerifiedBatch>),
     /// Items of a verified batch that belong to this shard.
     Items(Arc<VerifiedBatch>, Vec<u32>),
@@ -69,7 +69,18 @@ pub struct VoteThreadConfig {
 pub struct VoteThreads {
     shards: Vec<mailbox::Sender<ShardMsg>>,
     next: AtomicUsize,
+    cfg: VoteThreadConfig,
+    registry: Registry,
     pub stats: Arc<VoteThreadStats>,
+}
+
+/// Whether a peer's batch may be tallied here at all (before its signature
+/// is looked at): this chain, this epoch, a registered voter, not us.
+fn admissible(cfg: &VoteThreadConfig, registry: &Registry, b: &VoteBatch) -> bool {
+    b.chain_id == cfg.chain_id
+        && b.epoch == registry.epoch()
+        && b.voter != cfg.me
+        && registry.weight_of(&b.voter).is_some()
 }
 
 fn shard_of(txid: &Txid, n: usize) -> usize {
@@ -96,6 +107,7 @@ impl VoteThreads {
         F: Fn(Vec<TallyEvent>) + Send + Sync + 'static,
     {
         let n = cfg.threads.max(1);
+        let (own_cfg, own_registry) = (cfg.clone(), registry.clone());
         let stats = Arc::new(VoteThreadStats::default());
         let deliver = Arc::new(deliver);
         let (txs, rxs): (Vec<_>, Vec<_>) = (0..n).map(|_| mailbox::bounded(1, 1 << 16)).unzip();
@@ -131,6 +143,8 @@ impl VoteThreads {
         VoteThreads {
             shards: txs,
             next: AtomicUsize::new(0),
+            cfg: own_cfg,
+            registry: own_registry,
             stats,
         }
     }
@@ -145,6 +159,28 @@ impl VoteThreads {
     pub fn submit(&self, batch: VoteBatch) {
         let i = self.next.fetch_add(1, Ordering::Relaxed) % self.shards.len();
         self.send(i, ShardMsg::Verify(batch));
+    }
+
+    /// Whether a peer's batch may be tallied (see [`VoteThreads::verified`]);
+    /// a refusal is counted.
+    pub fn admissible(&self, b: &VoteBatch) -> bool {
+        let ok = admissible(&self.cfg, &self.registry, b);
+        if !ok {
+            self.stats.refused.fetch_add(1, Ordering::Relaxed);
+        }
+        ok
+    }
+
+    /// A peer's admissible batch whose signature was checked by the caller
+    /// (the fast path checks it in one batch with the datagram's other
+    /// signatures): tallied on the next thread in turn, not verified again.
+    pub fn verified(&self, vb: VerifiedBatch) {
+        self.stats.batches_verified.fetch_add(1, Ordering::Relaxed);
+        self.stats
+            .votes_verified
+            .fetch_add(vb.batch.items.len() as u64, Ordering::Relaxed);
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.shards.len();
+        self.send(i, ShardMsg::Own(Arc::new(vb)));
     }
 
     /// Report every approval of `txid` from now on, and those its tally
@@ -218,10 +254,7 @@ impl Shard {
     }
 
     fn admissible(&self, b: &VoteBatch) -> bool {
-        b.chain_id == self.cfg.chain_id
-            && b.epoch == self.registry.epoch()
-            && b.voter != self.cfg.me
-            && self.registry.weight_of(&b.voter).is_some()
+        admissible(&self.cfg, &self.registry, b)
     }
 
     /// Verifies many batches with one ed25519 batch verification.

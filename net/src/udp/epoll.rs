@@ -17,8 +17,6 @@ const SOCKET: Token = Token(0);
 const WAKE: Token = Token(1);
 /// Work done per loop turn before looking at the other direction again.
 const BATCH: usize = 256;
-/// Upper bound on one blocking wait, so a lost wake-up costs at most this.
-const MAX_WAIT: Duration = Duration::from_millis(100);
 
 pub(super) fn run(opened: Opened, ctx: IoContext) {
     if let Err(e) = run_inner(opened, &ctx) {
@@ -82,11 +80,13 @@ fn run_inner(opened: Opened, ctx: &IoContext) -> std::io::Result<()> {
 
         // Receive.
         let mut n = 0;
+        let mut received = false;
         while readable && n < BATCH {
             match sock.recv_from(&mut buf) {
                 Ok((len, from)) => {
                     ctx.deliver(from, &buf[..len], false);
                     n += 1;
+                    received = true;
                 }
                 Err(e) if e.kind() == ErrorKind::WouldBlock => readable = false,
                 Err(e) if e.kind() == ErrorKind::Interrupted => {}
@@ -99,6 +99,7 @@ fn run_inner(opened: Opened, ctx: &IoContext) -> std::io::Result<()> {
             }
         }
 
+        ctx.turn_end(received);
         let can_take = pending.len() < BATCH;
         let busy =
             readable || (writable && !pending.is_empty()) || (can_take && !ctx.outbound.is_empty());
@@ -106,7 +107,7 @@ fn run_inner(opened: Opened, ctx: &IoContext) -> std::io::Result<()> {
             Some(Duration::ZERO)
         } else if !can_take || ctx.shared.park(&ctx.outbound) {
             // With `pending` full we wait for the socket, not for the channel.
-            Some(MAX_WAIT)
+            Some(ctx.max_wait())
         } else {
             Some(Duration::ZERO)
         };

@@ -2,8 +2,12 @@
 //!
 //! Owns socket setup (multicast group membership on an explicit interface, or
 //! a unicast fan-out list) and moving whole datagrams between that socket and
-//! two channels. It never looks inside a datagram: signing, sequence numbers
+//! the node. It never looks inside a datagram: signing, sequence numbers
 //! and repair belong to the node ([`crate::datagram`], [`crate::gap`]).
+//! Received datagrams go to an [`Inbound`] that runs on the I/O thread
+//! ([`UdpFastPath::start_with`]: the node checks them there, one batch per
+//! receive burst, with no hand-off to another thread), or to a bounded
+//! queue ([`UdpFastPath::start`]).
 //!
 //! Backends ([`IoBackend`]):
 //! - `Uring`: the `io-uring` crate; sends are batched `sendmsg` submissions,
@@ -27,6 +31,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::atomic::{fence, AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use bytes::Bytes;
 use crossbeam::channel::{self, Receiver, Sender, TrySendError};
@@ -285,11 +290,50 @@ impl Shared {
     }
 }
 
+/// Longest the I/O thread sleeps in one wait, so a lost wake-up costs at
+/// most this (an [`Inbound`] may ask for less).
+pub const MAX_WAIT: Duration = Duration::from_millis(100);
+
+/// Where received datagrams go, on the I/O thread itself. Whatever it does
+/// delays this socket's sends, so it should be short and bounded; a
+/// consumer that needs its own thread uses [`UdpFastPath::start`] and its
+/// queue instead.
+pub trait Inbound: Send + 'static {
+    /// One datagram within the size limit; the bytes are only lent (the
+    /// receive buffer is reused). False: dropped, and counted in
+    /// [`UdpStats::recv_queue_full`].
+    fn datagram(&mut self, from: SocketAddr, payload: &[u8]) -> bool;
+    /// The end of a receive burst: work done once per batch goes here.
+    fn burst_end(&mut self) {}
+    /// Called on every turn of the I/O loop, at least every [`Inbound::wait`].
+    fn tick(&mut self) {}
+    /// Longest the I/O thread may sleep before the next [`Inbound::tick`];
+    /// at most [`MAX_WAIT`] is used.
+    fn wait(&self) -> Duration {
+        MAX_WAIT
+    }
+}
+
+/// [`UdpFastPath::start`]'s consumer: a bounded queue another thread reads.
+struct Queue(mailbox::Sender<(SocketAddr, Bytes)>);
+
+impl Inbound for Queue {
+    fn datagram(&mut self, from: SocketAddr, payload: &[u8]) -> bool {
+        // A consumer that went away is the same as a full queue to us;
+        // either way the datagram is dropped and counted.
+        self.0
+            .try_send(0, (from, Bytes::copy_from_slice(payload)))
+            .is_ok()
+    }
+}
+
 /// What the I/O thread works with.
 struct IoContext {
     shared: Arc<Shared>,
     outbound: Receiver<Bytes>,
-    inbound: mailbox::Sender<(SocketAddr, Bytes)>,
+    /// Only the I/O thread touches it; the cell lets the backends keep
+    /// borrowing the context immutably.
+    inbound: std::cell::RefCell<Box<dyn Inbound>>,
     max_len: usize,
 }
 
@@ -302,15 +346,23 @@ impl IoContext {
             return;
         }
         Counters::add(&c.received, 1);
-        match self
-            .inbound
-            .try_send(0, (from, Bytes::copy_from_slice(payload)))
-        {
-            Ok(()) => {}
-            // A consumer that went away is the same as a full queue to us;
-            // either way the datagram is dropped and counted.
-            Err(_) => Counters::add(&c.recv_queue_full, 1),
+        if !self.inbound.borrow_mut().datagram(from, payload) {
+            Counters::add(&c.recv_queue_full, 1);
         }
+    }
+
+    /// After a turn's receives: the burst ends, timers run.
+    fn turn_end(&self, received: bool) {
+        let mut i = self.inbound.borrow_mut();
+        if received {
+            i.burst_end();
+        }
+        i.tick();
+    }
+
+    /// How long the next blocking wait may last.
+    fn max_wait(&self) -> Duration {
+        self.inbound.borrow().wait().min(MAX_WAIT)
     }
 }
 
@@ -325,6 +377,20 @@ impl UdpFastPath {
         config: UdpConfig,
         backend: IoBackend,
     ) -> Result<(FastPathHandle, mailbox::Receiver<(SocketAddr, Bytes)>), UdpError> {
+        // The consumer parks on this one (see `mailbox`); the I/O thread
+        // only ever polls the outbound channel.
+        let (in_tx, in_rx) = mailbox::bounded(1, config.recv_queue.max(1));
+        let handle = Self::start_with(config, backend, Box::new(Queue(in_tx)))?;
+        Ok((handle, in_rx))
+    }
+
+    /// Like [`UdpFastPath::start`], with received datagrams handed to
+    /// `inbound` on the I/O thread.
+    pub fn start_with(
+        config: UdpConfig,
+        backend: IoBackend,
+        inbound: Box<dyn Inbound>,
+    ) -> Result<FastPathHandle, UdpError> {
         let opened = socket::open(&config)?;
         let local_addr = opened.local_addr;
         let shared = Arc::new(Shared::new().map_err(|source| UdpError::Socket {
@@ -332,13 +398,10 @@ impl UdpFastPath {
             source,
         })?);
         let (out_tx, out_rx) = channel::bounded::<Bytes>(config.send_queue.max(1));
-        // The consumer parks on this one (see `mailbox`); the I/O thread
-        // only ever polls the outbound channel.
-        let (in_tx, in_rx) = mailbox::bounded(1, config.recv_queue.max(1));
         let ctx = IoContext {
             shared: shared.clone(),
             outbound: out_rx,
-            inbound: in_tx,
+            inbound: std::cell::RefCell::new(inbound),
             max_len: config.max_datagram_len,
         };
 
@@ -370,17 +433,14 @@ impl UdpFastPath {
             ),
         };
         let thread = thread.map_err(UdpError::Thread)?;
-        Ok((
-            FastPathHandle {
-                tx: Some(out_tx),
-                shared,
-                thread: Some(thread),
-                backend: active,
-                max_len: config.max_datagram_len,
-                local_addr,
-            },
-            in_rx,
-        ))
+        Ok(FastPathHandle {
+            tx: Some(out_tx),
+            shared,
+            thread: Some(thread),
+            backend: active,
+            max_len: config.max_datagram_len,
+            local_addr,
+        })
     }
 }
 

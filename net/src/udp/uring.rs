@@ -33,8 +33,6 @@ const K_WAKE: u64 = 2;
 const K_SEND: u64 = 3;
 const K_CANCEL: u64 = 4;
 const K_PROBE: u64 = 5;
-/// Upper bound on one blocking wait, so a lost wake-up costs at most this.
-const MAX_WAIT: Duration = Duration::from_millis(100);
 /// How long shutdown waits for the kernel to confirm every cancellation.
 const DRAIN_DEADLINE: Duration = Duration::from_secs(2);
 /// Space reserved for the source address in each receive buffer
@@ -367,11 +365,12 @@ impl UringDriver {
         self.recv_armed || self.wake_armed || self.free.len() < self.slots.len()
     }
 
-    /// Submits queued entries and, if `wait`, blocks for one completion (at
-    /// most MAX_WAIT). Then moves every completion into `self.cqes`.
-    fn submit(&mut self, wait: bool) -> io::Result<()> {
-        let r = if wait {
-            let ts = Timespec::from(MAX_WAIT);
+    /// Submits queued entries and, if `wait` is given, blocks for one
+    /// completion (at most that long). Then moves every completion into
+    /// `self.cqes`.
+    fn submit(&mut self, wait: Option<Duration>) -> io::Result<()> {
+        let r = if let Some(wait) = wait {
+            let ts = Timespec::from(wait);
             let args = SubmitArgs::new().timespec(&ts);
             self.ring.submitter().submit_with_args(1, &args)
         } else {
@@ -395,8 +394,10 @@ impl UringDriver {
         Ok(())
     }
 
-    fn handle_completions(&mut self, ctx: &IoContext) {
+    /// Handles the completions; true if any datagram was received.
+    fn handle_completions(&mut self, ctx: &IoContext) -> bool {
         let c = &ctx.shared.counters;
+        let mut received = false;
         let cqes = std::mem::take(&mut self.cqes);
         for &(user_data, res, flags) in &cqes {
             match ud_kind(user_data) {
@@ -417,6 +418,7 @@ impl UringDriver {
                                         out.payload_data(),
                                         out.is_payload_truncated(),
                                     );
+                                    received = true;
                                 }
                                 None => Counters::add(&c.recv_errors, 1),
                             }
@@ -455,6 +457,7 @@ impl UringDriver {
         }
         self.cqes = cqes;
         self.bufs.publish();
+        received
     }
 
     pub(super) fn run(mut self, opened: Opened, ctx: IoContext) {
@@ -501,10 +504,11 @@ impl UringDriver {
             let blocked_on_slots = current.is_some();
             let idle = queued == 0 && self.ring.completion().is_empty();
             let wait = idle && (blocked_on_slots || ctx.shared.park(&ctx.outbound));
-            let r = self.submit(wait);
+            let r = self.submit(wait.then(|| ctx.max_wait()));
             ctx.shared.unpark();
             r?;
-            self.handle_completions(ctx);
+            let received = self.handle_completions(ctx);
+            ctx.turn_end(received);
             if !self.recv_armed && !ctx.shared.stopping() {
                 if self.recv_failures >= 8 {
                     // Persistent errors: do not spin.
@@ -529,7 +533,7 @@ impl UringDriver {
         let _ = unsafe { self.ring.submission().push(&cancel) };
         let deadline = Instant::now() + DRAIN_DEADLINE;
         while self.in_flight() && Instant::now() < deadline {
-            if self.submit(true).is_err() {
+            if self.submit(Some(super::MAX_WAIT)).is_err() {
                 break;
             }
             self.handle_completions(ctx);
