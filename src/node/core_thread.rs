@@ -142,7 +142,8 @@ fn core_loop(mut c: Core) -> Result<(), StoreError> {
 }
 
 /// Ends the round: its writes durable first, then its transmits, then its
-/// replies to wallets.
+/// replies to wallets (but for final outcomes with their proof, which go
+/// first).
 fn commit_and_send(c: &mut Core, wallets: &mut Wallets, now: u64) -> Result<(), StoreError> {
     let mut round = c.mn.end_round(now);
     c.ctx
@@ -154,6 +155,22 @@ fn commit_and_send(c: &mut Core, wallets: &mut Wallets, now: u64) -> Result<(), 
     // stops the core: sending votes we could not persist would break the
     // no-conflicting-votes guarantee.
     let writes = std::mem::take(&mut round.writes);
+    // Final outcomes carrying their TimeProof need not wait for the sync
+    // (the state machine says which, `Round::take_replies_before_durable`);
+    // readers wait for this round, so such a wallet reads what it heard.
+    let early = round.take_replies_before_durable();
+    let events_first = !early.is_empty();
+    if events_first {
+        if !writes.is_empty() {
+            c.store.expect_commit();
+        }
+        // The round's events (metrics, log lines) first: a wallet that
+        // heard a proof finds the node's log and metrics saying so.
+        record_events(&c.ctx, &round.events);
+        for (session, reply) in early {
+            wallets.deliver(session, reply);
+        }
+    }
     let synced = (!writes.is_empty()).then(std::time::Instant::now);
     if let Err(e) = c.store.commit(writes) {
         error!("storage commit failed, stopping the masternode core: {e}");
@@ -178,9 +195,8 @@ fn commit_and_send(c: &mut Core, wallets: &mut Wallets, now: u64) -> Result<(), 
         c.ctx.votes.watch(txid);
     }
     dispatch(&c.ctx, round.transmits, c.fast.as_mut());
-    for ev in &round.events {
-        c.ctx.metrics.core.event(ev);
-        log_event(ev);
+    if !events_first {
+        record_events(&c.ctx, &round.events);
     }
     for (session, reply) in round.wallet {
         wallets.deliver(session, reply);
@@ -188,6 +204,14 @@ fn commit_and_send(c: &mut Core, wallets: &mut Wallets, now: u64) -> Result<(), 
     wallets.reap(&mut c.mn);
     wallets.warn_limits(&c.mn);
     Ok(())
+}
+
+/// A round's events into the metrics and the log.
+fn record_events(ctx: &CoreCtx, events: &[Event]) {
+    for ev in events {
+        ctx.metrics.core.event(ev);
+        log_event(ev);
+    }
 }
 
 /// What the node logs of a round's events (wallets hear theirs through the

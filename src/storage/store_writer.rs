@@ -468,7 +468,16 @@ impl DurableStore {
             return Ok(());
         }
         self.wait_for_room()?;
-        let (seq, bytes) = self.log.append(&writes)?;
+        let (seq, bytes) = match self.log.append(&writes) {
+            Ok(appended) => appended,
+            Err(e) => {
+                // Readers told to wait for this round (`expect_commit`)
+                // must not wait forever: the node stops on this error.
+                self.shared.lock().failed = Some(format!("log append failed: {e}"));
+                self.shared.progress.notify_all();
+                return Err(e);
+            }
+        };
         let writes: Arc<[Write]> = writes.into();
         {
             let mut q = self.shared.lock();
@@ -485,6 +494,18 @@ impl DurableStore {
         lock_utxos(&self.utxos).push(seq, &writes);
         self.overlay.push(Round { seq, writes, bytes });
         Ok(())
+    }
+
+    /// The next [`DurableStore::commit`] hands over a round of writes:
+    /// readers that begin from now on wait for it too. For replies sent
+    /// before that round is durable (`Round::take_replies_before_durable`),
+    /// so a wallet that heard one still reads a state at least that new.
+    /// Call only right before committing writes (a failed commit marks the
+    /// store failed, which releases those readers).
+    pub fn expect_commit(&mut self) {
+        let next = self.log.next_seq();
+        let mut q = self.shared.lock();
+        q.handed = q.handed.max(next);
     }
 
     fn wait_for_room(&mut self) -> Result<(), StoreError> {

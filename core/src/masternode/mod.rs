@@ -126,6 +126,43 @@ pub struct Round {
 }
 
 impl Round {
+    /// Takes out of `wallet` the replies that may leave before this round's
+    /// writes are durable: final outcomes carrying their TimeProof, each
+    /// only while no earlier reply of its session in this round waits for
+    /// the writes (so every session still hears its replies in order).
+    ///
+    /// Why that is safe (PROTOCOL.md, "Durability"): a TimeProof is final
+    /// wherever it is. It carries approve votes of more than 2/3 of the
+    /// weight, each durable at its signer before it was sent, and the
+    /// wallet checks it on its own; whether this node keeps its own copy
+    /// across a crash changes nothing about the payment (catch-up fetches
+    /// the proof back). What this node promises by its own signature (its
+    /// votes, and the locks they imply) still leaves only after the sync.
+    pub fn take_replies_before_durable(&mut self) -> Vec<(SessionId, WalletReply)> {
+        if !self
+            .wallet
+            .iter()
+            .any(|(_, r)| matches!(r, WalletReply::TimeProof { .. }))
+        {
+            return Vec::new();
+        }
+        let mut held: Vec<SessionId> = Vec::new();
+        let mut early = Vec::new();
+        let mut rest = Vec::with_capacity(self.wallet.len());
+        for (session, reply) in self.wallet.drain(..) {
+            if matches!(reply, WalletReply::TimeProof { .. }) && !held.contains(&session) {
+                early.push((session, reply));
+            } else {
+                if !held.contains(&session) {
+                    held.push(session);
+                }
+                rest.push((session, reply));
+            }
+        }
+        self.wallet = rest;
+        early
+    }
+
     pub fn is_empty(&self) -> bool {
         self.writes.is_empty()
             && self.transmits.is_empty()

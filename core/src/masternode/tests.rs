@@ -1671,3 +1671,52 @@ fn block_messages_are_checked_before_the_consensus_sees_them() {
         "not a block message"
     );
 }
+
+/// Only TimeProof replies leave before the round is durable, and a session
+/// with a reply held for the sync hears the rest of its round after it, in
+/// order.
+#[test]
+fn only_proofs_leave_before_the_sync_and_each_session_keeps_its_order() {
+    use crate::protocol::audience::WalletReply;
+    use crate::protocol::timeproof::TimeProof;
+    use crate::protocol::types::Transaction;
+    let proof = |n: u8| WalletReply::TimeProof {
+        tx: Transaction::build_signed(1, &SigningKey::from_bytes(&[n; 32]), &[], vec![]),
+        proof: TimeProof {
+            chain_id: 1,
+            txid: Txid([n; 32]),
+            votes: vec![],
+        },
+    };
+    let accepted = |n: u8| WalletReply::TransactionAccepted(Txid([n; 32]));
+    let (a, b, c) = (SessionId(1), SessionId(2), SessionId(3));
+    let mut round = Round {
+        wallet: vec![
+            (a, accepted(1)),
+            (b, proof(2)),
+            (a, proof(3)),
+            (c, proof(4)),
+            (b, accepted(5)),
+            (b, proof(6)),
+            (c, proof(7)),
+        ],
+        ..Round::default()
+    };
+    let early = round.take_replies_before_durable();
+    assert_eq!(early, vec![(b, proof(2)), (c, proof(4)), (c, proof(7))]);
+    assert_eq!(
+        round.wallet,
+        vec![
+            (a, accepted(1)),
+            (a, proof(3)),
+            (b, accepted(5)),
+            (b, proof(6))
+        ]
+    );
+    let mut plain = Round {
+        wallet: vec![(a, accepted(1))],
+        ..Round::default()
+    };
+    assert!(plain.take_replies_before_durable().is_empty());
+    assert_eq!(plain.wallet, vec![(a, accepted(1))]);
+}
