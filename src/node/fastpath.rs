@@ -240,16 +240,26 @@ impl FastPathReceiver {
         self.start.elapsed().as_millis() as u64
     }
 
-    /// Checks and delivers one datagram. Never panics on any input.
-    pub fn handle(&mut self, bytes: &[u8], repaired: bool, sink: &dyn FastPathSink) {
-        self.handle_many(&[bytes], repaired, sink);
+    /// Checks one datagram; returns its new messages, for the caller to
+    /// deliver ([`FastPathSink::deliver`]) once it has let go of the
+    /// receiver. Never panics on any input.
+    #[must_use]
+    pub fn handle(&mut self, bytes: &[u8], repaired: bool) -> Vec<(PublicKey, Message)> {
+        self.handle_many(&[bytes], repaired)
     }
 
     /// Checks many datagrams with one ed25519 batch verification
     /// ([`crate::sig`], ZIP 215; falling back to one by one if the batch
-    /// fails), then delivers the good ones in order. Never panics on any
-    /// input.
-    pub fn handle_many(&mut self, datagrams: &[&[u8]], repaired: bool, sink: &dyn FastPathSink) {
+    /// fails); returns the new messages of the good ones, in order, for the
+    /// caller to deliver once it has let go of the receiver (their own
+    /// signatures are checked there, and the reliable path's tasks lock the
+    /// receiver too). Never panics on any input.
+    #[must_use]
+    pub fn handle_many(
+        &mut self,
+        datagrams: &[&[u8]],
+        repaired: bool,
+    ) -> Vec<(PublicKey, Message)> {
         let mut checked = Vec::with_capacity(datagrams.len());
         for bytes in datagrams {
             let Ok(d) = Datagram::decode(bytes) else {
@@ -266,15 +276,15 @@ impl FastPathReceiver {
                 }
             }
         }
+        let mut out = Vec::new();
         if checked.is_empty() {
-            return;
+            return out;
         }
         let items: Vec<crate::sig::Item> = checked
             .iter()
             .map(|(d, pk)| (&pk.0, d.signed_bytes(), d.signature()))
             .collect();
         let ok = crate::sig::verify_batch_with_fallback(&items);
-        let mut out = Vec::new();
         for ((d, _), ok) in checked.iter().zip(ok) {
             if !ok {
                 self.stats.bad_datagrams.fetch_add(1, Ordering::Relaxed);
@@ -282,9 +292,7 @@ impl FastPathReceiver {
             }
             self.accept(d, repaired, &mut out);
         }
-        if !out.is_empty() {
-            sink.deliver(out);
-        }
+        out
     }
 
     /// A datagram whose signature verified: sequence check, then its
@@ -392,10 +400,16 @@ struct OnIoThread {
 impl OnIoThread {
     fn check(&mut self) {
         let Some(sink) = self.sink.get() else { return };
-        let mut r = self.receiver.lock().expect("fast path receiver");
         for chunk in self.burst.chunks(CHECK_BATCH) {
             let refs: Vec<&[u8]> = chunk.iter().map(|b| &b[..]).collect();
-            r.handle_many(&refs, false, &**sink);
+            let msgs = self
+                .receiver
+                .lock()
+                .expect("fast path receiver")
+                .handle_many(&refs, false);
+            if !msgs.is_empty() {
+                sink.deliver(msgs);
+            }
         }
         self.burst.clear();
     }

@@ -140,10 +140,14 @@ pub(super) fn handle_peer_message(
         PeerMessage::RepairRequest { first, last } => answer_repair(ctx, peer, first, last),
         PeerMessage::Repair(d) => {
             if let Some(f) = &ctx.fast {
-                f.receiver
+                let msgs = f
+                    .receiver
                     .lock()
                     .expect("fast path receiver")
-                    .handle(&d, true, &*f.sink);
+                    .handle(&d, true);
+                if !msgs.is_empty() {
+                    crate::node::fastpath::FastPathSink::deliver(&*f.sink, msgs);
+                }
             }
         }
         PeerMessage::FastPathSeq { next } => {
