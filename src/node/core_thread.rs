@@ -141,9 +141,9 @@ fn core_loop(mut c: Core) -> Result<(), StoreError> {
     }
 }
 
-/// Ends the round: its writes durable first, then its transmits, then its
-/// replies to wallets (but for final outcomes with their proof, which go
-/// first).
+/// Ends the round: its events recorded and its final outcomes with their
+/// proof sent to wallets, then its writes made durable, then its
+/// transmits, then its other replies to wallets.
 fn commit_and_send(c: &mut Core, wallets: &mut Wallets, now: u64) -> Result<(), StoreError> {
     let mut round = c.mn.end_round(now);
     c.ctx
@@ -159,17 +159,17 @@ fn commit_and_send(c: &mut Core, wallets: &mut Wallets, now: u64) -> Result<(), 
     // (the state machine says which, `Round::take_replies_before_durable`);
     // readers wait for this round, so such a wallet reads what it heard.
     let early = round.take_replies_before_durable();
-    let events_first = !early.is_empty();
-    if events_first {
-        if !writes.is_empty() {
-            c.store.expect_commit();
-        }
-        // The round's events (metrics, log lines) first: a wallet that
-        // heard a proof finds the node's log and metrics saying so.
-        record_events(&c.ctx, &round.events);
-        for (session, reply) in early {
-            wallets.deliver(session, reply);
-        }
+    if !early.is_empty() && !writes.is_empty() {
+        c.store.expect_commit();
+    }
+    // The round's events (metrics, log lines) before any reply: a wallet
+    // that heard a proof finds the node's log and metrics saying so.
+    for ev in &round.events {
+        c.ctx.metrics.core.event(ev);
+        log_event(ev);
+    }
+    for (session, reply) in early {
+        wallets.deliver(session, reply);
     }
     let synced = (!writes.is_empty()).then(std::time::Instant::now);
     if let Err(e) = c.store.commit(writes) {
@@ -195,23 +195,12 @@ fn commit_and_send(c: &mut Core, wallets: &mut Wallets, now: u64) -> Result<(), 
         c.ctx.votes.watch(txid);
     }
     dispatch(&c.ctx, round.transmits, c.fast.as_mut());
-    if !events_first {
-        record_events(&c.ctx, &round.events);
-    }
     for (session, reply) in round.wallet {
         wallets.deliver(session, reply);
     }
     wallets.reap(&mut c.mn);
     wallets.warn_limits(&c.mn);
     Ok(())
-}
-
-/// A round's events into the metrics and the log.
-fn record_events(ctx: &CoreCtx, events: &[Event]) {
-    for ev in events {
-        ctx.metrics.core.event(ev);
-        log_event(ev);
-    }
 }
 
 /// What the node logs of a round's events (wallets hear theirs through the

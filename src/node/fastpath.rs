@@ -240,20 +240,10 @@ impl FastPathReceiver {
         self.start.elapsed().as_millis() as u64
     }
 
-    /// Checks one datagram; returns its new messages, for the caller to
-    /// deliver ([`FastPathSink::deliver`]) once it has let go of the
-    /// receiver. Never panics on any input.
-    #[must_use]
-    pub fn handle(&mut self, bytes: &[u8], repaired: bool) -> Vec<(PublicKey, Message)> {
-        self.handle_many(&[bytes], repaired)
-    }
-
     /// Checks many datagrams with one ed25519 batch verification
     /// ([`crate::sig`], ZIP 215; falling back to one by one if the batch
-    /// fails); returns the new messages of the good ones, in order, for the
-    /// caller to deliver once it has let go of the receiver (their own
-    /// signatures are checked there, and the reliable path's tasks lock the
-    /// receiver too). Never panics on any input.
+    /// fails); returns the new messages of the good ones, in order
+    /// ([`check_and_deliver`] delivers them). Never panics on any input.
     #[must_use]
     pub fn handle_many(
         &mut self,
@@ -395,6 +385,10 @@ struct OnIoThread {
     receiver: Arc<Mutex<FastPathReceiver>>,
     sink: Arc<OnceLock<Arc<dyn FastPathSink>>>,
     burst: Vec<Bytes>,
+    /// Holes waited for repair when this thread last looked at the
+    /// receiver (a repair answer over TCP changes that meanwhile; this
+    /// thread sees it at its next tick, within `MAX_WAIT`).
+    gaps_open: bool,
 }
 
 impl OnIoThread {
@@ -402,17 +396,32 @@ impl OnIoThread {
         let Some(sink) = self.sink.get() else { return };
         for chunk in self.burst.chunks(CHECK_BATCH) {
             let refs: Vec<&[u8]> = chunk.iter().map(|b| &b[..]).collect();
-            let msgs = self
-                .receiver
-                .lock()
-                .expect("fast path receiver")
-                .handle_many(&refs, false);
-            if !msgs.is_empty() {
-                sink.deliver(msgs);
-            }
+            self.gaps_open = check_and_deliver(&self.receiver, &refs, false, &**sink);
         }
         self.burst.clear();
     }
+}
+
+/// Checks `datagrams` under the receiver's lock, then delivers their new
+/// messages to `sink` once the lock is let go (their own signatures are
+/// checked there, and the reliable path's tasks take the lock too).
+/// Returns whether holes wait for repair. For the I/O thread's bursts and
+/// for repair answers alike.
+pub fn check_and_deliver(
+    receiver: &Mutex<FastPathReceiver>,
+    datagrams: &[&[u8]],
+    repaired: bool,
+    sink: &dyn FastPathSink,
+) -> bool {
+    let (msgs, gaps_open) = {
+        let mut r = receiver.lock().expect("fast path receiver");
+        let msgs = r.handle_many(datagrams, repaired);
+        (msgs, r.gaps.has_gaps())
+    };
+    if !msgs.is_empty() {
+        sink.deliver(msgs);
+    }
+    gaps_open
 }
 
 impl Inbound for OnIoThread {
@@ -436,21 +445,14 @@ impl Inbound for OnIoThread {
             self.check();
         }
         if let Some(sink) = self.sink.get() {
-            self.receiver
-                .lock()
-                .expect("fast path receiver")
-                .repair(&**sink);
+            let mut r = self.receiver.lock().expect("fast path receiver");
+            r.repair(&**sink);
+            self.gaps_open = r.gaps.has_gaps();
         }
     }
 
     fn wait(&self) -> Duration {
-        if self
-            .receiver
-            .lock()
-            .expect("fast path receiver")
-            .gaps
-            .has_gaps()
-        {
+        if self.gaps_open {
             REPAIR_POLL
         } else {
             time_net::udp::MAX_WAIT
@@ -525,6 +527,7 @@ impl FastPath {
             receiver: receiver.clone(),
             sink: sink.clone(),
             burst: Vec::with_capacity(CHECK_BATCH),
+            gaps_open: false,
         };
         let handle = UdpFastPath::start_with(cfg, backend, Box::new(inbound))?;
         tracing::info!(backend = ?handle.backend(), addr = %handle.local_addr(), ?mode, "UDP fast path up");
@@ -559,5 +562,61 @@ impl FastPath {
     /// the node was starting first).
     pub fn attach(&self, sink: Arc<dyn FastPathSink>) {
         let _ = self.sink.set(sink);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct NoSink;
+    impl FastPathSink for NoSink {
+        fn deliver(&self, _: Vec<(PublicKey, Message)>) {}
+        fn request_repair(&self, _: PublicKey, _: u64, _: u64) {}
+    }
+
+    /// While the node starts, the I/O thread keeps at most
+    /// PENDING_BEFORE_SINK datagrams (the rest is refused, and counted by
+    /// the caller); once attached it checks them and keeps none.
+    #[test]
+    fn datagrams_before_the_node_is_attached_are_bounded() {
+        let stats = Arc::new(FastPathStats::default());
+        let receiver = Arc::new(Mutex::new(FastPathReceiver {
+            keys: vec![PublicKey([9; 32])],
+            me: 0,
+            gaps: GapTracker::new(GapConfig::default()),
+            stats: stats.clone(),
+            start: Instant::now(),
+            last_repair_ms: 0,
+        }));
+        let sink: Arc<OnceLock<Arc<dyn FastPathSink>>> = Arc::new(OnceLock::new());
+        let mut inbound = OnIoThread {
+            receiver,
+            sink: sink.clone(),
+            burst: Vec::new(),
+            gaps_open: false,
+        };
+        let from: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        for _ in 0..PENDING_BEFORE_SINK {
+            assert!(inbound.datagram(from, b"not a datagram"));
+        }
+        assert!(
+            !inbound.datagram(from, b"not a datagram"),
+            "the bound holds"
+        );
+        inbound.burst_end();
+        assert_eq!(
+            inbound.burst.len(),
+            PENDING_BEFORE_SINK,
+            "kept until attached"
+        );
+        let _ = sink.set(Arc::new(NoSink));
+        inbound.tick();
+        assert!(inbound.burst.is_empty());
+        assert_eq!(
+            stats.bad_datagrams.load(Ordering::Relaxed),
+            PENDING_BEFORE_SINK as u64,
+            "each kept datagram was checked once"
+        );
     }
 }

@@ -258,9 +258,7 @@ fn check_together(
         .zip(&txids)
         .zip(&verdicts)
         .map(|((t, id), v)| match v {
-            Ok(()) => (0..t.inputs.len() as u32)
-                .map(|i| Transaction::input_sig_message(t.chain_id, id, i))
-                .collect(),
+            Ok(()) => validation::input_messages(t, id),
             Err(_) => Vec::new(),
         })
         .collect();

@@ -140,14 +140,7 @@ pub(super) fn handle_peer_message(
         PeerMessage::RepairRequest { first, last } => answer_repair(ctx, peer, first, last),
         PeerMessage::Repair(d) => {
             if let Some(f) = &ctx.fast {
-                let msgs = f
-                    .receiver
-                    .lock()
-                    .expect("fast path receiver")
-                    .handle(&d, true);
-                if !msgs.is_empty() {
-                    crate::node::fastpath::FastPathSink::deliver(&*f.sink, msgs);
-                }
+                crate::node::fastpath::check_and_deliver(&f.receiver, &[&d], true, &*f.sink);
             }
         }
         PeerMessage::FastPathSeq { next } => {

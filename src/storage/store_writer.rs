@@ -977,6 +977,30 @@ mod tests {
         s.close().unwrap();
     }
 
+    /// After `expect_commit`, a query that begins before the round is
+    /// committed still waits for it (a wallet told of a proof before the
+    /// round's sync reads at least that state).
+    #[test]
+    fn a_query_begun_after_expect_commit_waits_for_that_round() {
+        let d = dirs();
+        let mut s = start(&d);
+        let r = s.state_reader();
+        s.expect_commit();
+        let query = std::thread::spawn(move || r.utxo_states(&[outpoint(1)]).unwrap());
+        std::thread::sleep(Duration::from_millis(100));
+        assert!(
+            !query.is_finished(),
+            "the query waits for the expected round"
+        );
+        s.commit(round(1)).unwrap();
+        let got = query.join().unwrap();
+        assert_eq!(
+            got[0].1.map(|e| e.state),
+            Some(UtxoState::SpentFinalized { txid: tx(1).txid() })
+        );
+        s.close().unwrap();
+    }
+
     /// A killed node: rounds acknowledged (their records synced) but not
     /// applied are all there after the restart, each exactly once.
     #[test]

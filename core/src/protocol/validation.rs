@@ -309,8 +309,8 @@ pub fn check_amounts_and_owners(
     Ok(())
 }
 
-/// The signed message of each input of `tx`.
-fn input_messages(tx: &Transaction, txid: &Txid) -> Vec<[u8; 61]> {
+/// The message each input of `tx` signs, in input order.
+pub fn input_messages(tx: &Transaction, txid: &Txid) -> Vec<[u8; 61]> {
     (0..tx.inputs.len())
         .map(|i| Transaction::input_sig_message(tx.chain_id, txid, i as u32))
         .collect()
