@@ -163,7 +163,9 @@ fn run(args: RunArgs) -> Result<(), AnyError> {
     rt.block_on(async move {
         let node = Node::start(cfg).await?;
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-        let mut check = tokio::time::interval(Duration::from_millis(200));
+        // A core that ended (a storage failure) is noticed within a second;
+        // everything else that stops the node wakes this loop itself.
+        let mut check = tokio::time::interval(Duration::from_secs(1));
         loop {
             tokio::select! {
                 _ = tokio::signal::ctrl_c() => break,

@@ -48,16 +48,41 @@ use timecoin_core::masternode::{Dest, Masternode, RouterStats, SessionId, Transm
 /// Most inputs the core handles before it commits and sends a round.
 const MAX_ROUND_INPUTS: usize = 8_192;
 /// Longest the core sleeps without input: timers (the state machine's
-/// `poll_timeout`, the fast-path heartbeat) usually wake it sooner; this
-/// bounds the lateness of the periodic work below (announcements, metrics).
-/// An idle core wakes about ten times a second, not a hundred.
-const MAX_IDLE_WAIT: Duration = Duration::from_millis(100);
+/// `poll_timeout`, the fast-path heartbeat, a due announcement) usually
+/// wake it sooner; this bounds the lateness of the metrics' gauges. An idle
+/// core wakes a few times a second, not ten or a hundred.
+const MAX_IDLE_WAIT: Duration = Duration::from_millis(METRICS_EVERY_MS);
 /// How often the `status` (and `fast path`) lines are logged.
 const STATUS_EVERY_MS: u64 = 10_000;
 /// How often the metrics' state gauges are refreshed.
 const METRICS_EVERY_MS: u64 = 1_000;
-/// How often our fast-path stream position is announced to peers.
+/// How often our fast-path stream position is announced to peers while
+/// data datagrams go out.
 const ANNOUNCE_EVERY_MS: u64 = 250;
+/// How often it is announced while it stands still. A receiver uses an
+/// announcement only to learn where a stream it has heard nothing of starts
+/// (a node that just started, or cannot hear multicast); repeating an
+/// unchanged position four times a second to every peer was most of an idle
+/// node's peer traffic.
+const ANNOUNCE_IDLE_MS: u64 = 5_000;
+
+/// When our fast-path stream position was last announced, and what it was.
+#[derive(Default)]
+struct Announced {
+    at: u64,
+    data_end: Option<u64>,
+}
+
+impl Announced {
+    /// When the next announcement is due.
+    fn due(&self, f: &FastPathSender) -> u64 {
+        if self.data_end == Some(f.data_end()) {
+            self.at + ANNOUNCE_IDLE_MS
+        } else {
+            self.at + ANNOUNCE_EVERY_MS
+        }
+    }
+}
 
 /// The handles the core thread uses to reach the rest of the node.
 pub(super) struct CoreCtx {
@@ -101,14 +126,14 @@ fn core_loop(mut c: Core) -> Result<(), StoreError> {
     let now_ms = || clock.now_ms();
     let mut last_log = 0;
     let mut last_metrics = 0;
-    let mut last_announce = 0;
+    let mut announced = Announced::default();
     let mut refusals_logged = (0, 0);
     let mut peers_up = HashSet::new();
     let mut inputs = Vec::with_capacity(MAX_ROUND_INPUTS);
     let mut wallets = Wallets::new(c.ctx.wallet_stats.clone());
     loop {
         inputs.clear();
-        let wait = idle_wait(&c, now_ms());
+        let wait = idle_wait(&c, now_ms(), &announced);
         collect_round(&c.rx, &mut inputs, wait, c.round_window)?;
         let now = now_ms();
         let mut stop = false;
@@ -121,7 +146,7 @@ fn core_loop(mut c: Core) -> Result<(), StoreError> {
         }
         commit_and_send(&mut c, &mut wallets, now)?;
         if let Some(f) = c.fast.as_mut() {
-            fast_housekeeping(f, &c.ctx, now, &mut last_announce);
+            fast_housekeeping(f, &c.ctx, now, &mut announced);
         }
         if now.saturating_sub(last_metrics) >= METRICS_EVERY_MS {
             last_metrics = now;
@@ -339,26 +364,30 @@ impl Wallets {
 }
 
 /// Flushes the datagrams of the round and keeps the stream announced.
-fn fast_housekeeping(f: &mut FastPathSender, ctx: &CoreCtx, now: u64, last_announce: &mut u64) {
+fn fast_housekeeping(f: &mut FastPathSender, ctx: &CoreCtx, now: u64, announced: &mut Announced) {
     f.flush();
     f.heartbeat();
     // Tell peers where our datagram stream is, over the reliable
     // path, so a receiver that missed its start can still repair.
-    if now.saturating_sub(*last_announce) >= ANNOUNCE_EVERY_MS {
-        *last_announce = now;
+    if now >= announced.due(f) {
+        *announced = Announced {
+            at: now,
+            data_end: Some(f.data_end()),
+        };
         broadcast(
             ctx,
             Priority::Normal,
-            encode(&Message::FastPathSeq { next: f.next_seq() }),
+            encode(&Message::FastPathSeq { next: f.data_end() }),
         );
     }
 }
 
 /// How long the core may wait for input before a timer is due.
-fn idle_wait(c: &Core, now: u64) -> Duration {
+fn idle_wait(c: &Core, now: u64, announced: &Announced) -> Duration {
     let mut wait = Duration::from_millis(c.mn.poll_timeout().saturating_sub(now));
     if let Some(f) = c.fast.as_ref() {
         wait = wait.min(f.heartbeat_in());
+        wait = wait.min(Duration::from_millis(announced.due(f).saturating_sub(now)));
     }
     wait.clamp(Duration::from_millis(1), MAX_IDLE_WAIT)
 }

@@ -132,6 +132,11 @@ pub struct FastPathSender {
     /// The idle heartbeat's current interval: [`HEARTBEAT_FIRST`] after
     /// data, doubling up to [`HEARTBEAT_MAX`].
     heartbeat_gap: Duration,
+    /// The sequence after the last sealed datagram that carried data
+    /// (heartbeats move `next_seq` but not this).
+    data_end: u64,
+    /// The open builder holds data.
+    data_pending: bool,
 }
 
 impl FastPathSender {
@@ -155,6 +160,7 @@ impl FastPathSender {
             let _ = b.push(msg);
             self.builder = Some(b);
         }
+        self.data_pending = true;
     }
 
     fn seal(&mut self) {
@@ -167,6 +173,9 @@ impl FastPathSender {
                 .expect("repair ring")
                 .push(self.next_seq, bytes.clone());
             self.next_seq += 1;
+            if std::mem::take(&mut self.data_pending) {
+                self.data_end = self.next_seq;
+            }
             self.out.push(bytes);
         }
     }
@@ -191,6 +200,12 @@ impl FastPathSender {
     /// The sequence the next datagram will carry.
     pub fn next_seq(&self) -> u64 {
         self.next_seq
+    }
+
+    /// The sequence after the last datagram that carried data: where the
+    /// stream stands for a receiver (what follows are heartbeats).
+    pub fn data_end(&self) -> u64 {
+        self.data_end
     }
 
     /// While idle, an empty datagram lets receivers notice a lost tail:
@@ -452,7 +467,9 @@ impl Inbound for OnIoThread {
     }
 
     fn wait(&self) -> Duration {
-        if self.gaps_open {
+        // Open holes are polled for repair; datagrams held while the node
+        // was not yet attached are checked once it is.
+        if self.gaps_open || !self.burst.is_empty() {
             REPAIR_POLL
         } else {
             time_net::udp::MAX_WAIT
@@ -550,6 +567,8 @@ impl FastPath {
                 stats: stats.clone(),
                 last_send: Instant::now(),
                 heartbeat_gap: HEARTBEAT_FIRST,
+                data_end: start_seq,
+                data_pending: false,
             },
             receiver,
             stats,

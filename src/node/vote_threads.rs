@@ -213,7 +213,8 @@ impl Shard {
         let mut events = Vec::new();
         loop {
             let mut msgs: Vec<ShardMsg> = Vec::new();
-            match rx.recv_many(&mut msgs, 1024, Duration::from_millis(100)) {
+            // The only timed work is the expiry below, once a second.
+            match rx.recv_many(&mut msgs, 1024, Duration::from_secs(1)) {
                 Ok(_) | Err(mailbox::RecvTimeoutError::Timeout) => {}
                 Err(mailbox::RecvTimeoutError::Disconnected) => return,
             }

@@ -61,7 +61,11 @@ fn transport_config(shared_tun: &super::Tunables) -> Result<quinn::TransportConf
     let mut t = quinn::TransportConfig::default();
     t.max_concurrent_uni_streams(VarInt::from_u32(5));
     t.max_concurrent_bidi_streams(VarInt::from_u32(0));
-    t.keep_alive_interval(Some(shared_tun.ping_interval));
+    // No QUIC keep-alive: the pool's own ping (`link::pinger`, every
+    // `ping_interval` on every transport) is ack-eliciting and keeps the
+    // connection from idling out, so QUIC's PING frames only doubled an
+    // idle link's packets (and their ACKs and timer wake-ups).
+    t.keep_alive_interval(None);
     let idle = quinn::IdleTimeout::try_from(shared_tun.ping_timeout * 2)
         .map_err(|_| PoolError::Config("ping_timeout too large for a QUIC idle timeout"))?;
     t.max_idle_timeout(Some(idle));

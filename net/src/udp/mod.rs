@@ -290,9 +290,11 @@ impl Shared {
     }
 }
 
-/// Longest the I/O thread sleeps in one wait, so a lost wake-up costs at
-/// most this (an [`Inbound`] may ask for less).
-pub const MAX_WAIT: Duration = Duration::from_millis(100);
+/// Longest the I/O thread sleeps in one wait (an [`Inbound`] may ask for
+/// less). Sends and `stop` wake it through its eventfd, so this only bounds
+/// how late an [`Inbound::tick`] that asked for nothing sooner runs; an
+/// idle I/O thread wakes once a second, not ten times.
+pub const MAX_WAIT: Duration = Duration::from_secs(1);
 
 /// Where received datagrams go, on the I/O thread itself. Whatever it does
 /// delays this socket's sends, so it should be short and bounded; a
