@@ -409,18 +409,13 @@ fn collect_round(
             return Ok(());
         }
     }
+    // Sleep out the window, then take what arrived: waiting on the mailbox
+    // instead woke the core for every input that came meanwhile (at 1,000
+    // TPS about fourteen wake-ups per round).
     let opened = Instant::now();
-    while inputs.len() < MAX_ROUND_INPUTS {
-        let left = round_window.saturating_sub(opened.elapsed());
-        if rx
-            .recv_many(inputs, MAX_ROUND_INPUTS - inputs.len(), left)
-            .is_err()
-        {
-            break;
-        }
-        if left.is_zero() {
-            break;
-        }
+    if !round_window.is_zero() && inputs.len() < MAX_ROUND_INPUTS {
+        std::thread::sleep(round_window.saturating_sub(opened.elapsed()));
+        let _ = rx.recv_many(inputs, MAX_ROUND_INPUTS - inputs.len(), Duration::ZERO);
     }
     Ok(())
 }

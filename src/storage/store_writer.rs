@@ -154,6 +154,12 @@ impl Shared {
 }
 
 /// The store-writer thread's loop.
+/// The backlog is half its bound: the writer commits without waiting out
+/// its interval.
+fn pressed(q: &Queue) -> bool {
+    q.pending_rounds * 2 >= MAX_PENDING_ROUNDS || q.pending_bytes * 2 >= MAX_PENDING_BYTES
+}
+
 fn writer_loop(mut store: LmdbStore, shared: Arc<Shared>) {
     let interval = WRITER_INTERVAL;
     let mut next_commit = Instant::now();
@@ -166,11 +172,9 @@ fn writer_loop(mut store: LmdbStore, shared: Arc<Shared>) {
                 }
                 if !q.paused && !q.waiting.is_empty() {
                     let now = Instant::now();
-                    // Wait out the interval unless the backlog is half the
-                    // bound or the node stops.
-                    let pressed = q.pending_rounds * 2 >= MAX_PENDING_ROUNDS
-                        || q.pending_bytes * 2 >= MAX_PENDING_BYTES;
-                    if now >= next_commit || pressed || q.closing || q.urgent {
+                    // Wait out the interval unless the backlog presses or
+                    // the node stops.
+                    if now >= next_commit || pressed(&q) || q.closing || q.urgent {
                         q.urgent = false;
                         break q.waiting.drain(..).collect();
                     }
@@ -479,8 +483,14 @@ impl DurableStore {
             }
         };
         let writes: Arc<[Write]> = writes.into();
-        {
+        let wake = {
             let mut q = self.shared.lock();
+            // A writer with rounds waiting sleeps until its next commit is
+            // due and looks again then; waking it for every round (several
+            // hundred a second) only to sleep again cost a context switch
+            // each. It is woken when it may be in its untimed wait (nothing
+            // was waiting) or the backlog presses.
+            let idle = q.waiting.is_empty();
             q.pending_rounds += 1;
             q.pending_bytes += bytes;
             q.handed = seq;
@@ -489,8 +499,11 @@ impl DurableStore {
                 writes: writes.clone(),
                 bytes,
             });
+            idle || pressed(&q)
+        };
+        if wake {
+            self.shared.work.notify_one();
         }
-        self.shared.work.notify_one();
         lock_utxos(&self.utxos).push(seq, &writes);
         self.overlay.push(Round { seq, writes, bytes });
         Ok(())
