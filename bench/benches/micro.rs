@@ -1,5 +1,6 @@
 //! Criterion micro-benchmarks of the hot paths one masternode runs per
-//! payment: codec, transaction validation, ed25519 single vs batch, vote
+//! payment: codec, transaction validation, ed25519 single vs batch, one
+//! check under a decoded key, vote
 //! batches, vote aggregation to quorum, and the LMDB commit of a round.
 //!
 //! Short by default (1 s warm-up, 3 s measurement; criterion's command-line
@@ -156,6 +157,27 @@ fn validation<M: Measurement>(c: &mut Criterion<M>, f: &Fixture) {
             assert!(r[0].is_ok());
             r
         })
+    });
+    g.finish();
+}
+
+/// One signature checked alone: under the key's bytes (decoded on every
+/// check, `sig::verify`) and under a key decoded once (`sig::DecodedKey`,
+/// what the fast path uses for a burst of one datagram).
+fn single_check<M: Measurement>(c: &mut Criterion<M>, f: &Fixture) {
+    use ed25519_dalek::Signer;
+    let mut g = c.benchmark_group("ed25519_one");
+    let key = &f.net.masternodes[1];
+    let pk = key.verifying_key().to_bytes();
+    let msg = vec![7u8; 200];
+    let sig = key.sign(&msg).to_bytes();
+    let decoded = timecoin::sig::DecodedKey::new(&pk);
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("key_bytes", |b| {
+        b.iter(|| assert!(timecoin::sig::verify(&pk, &msg, &sig)))
+    });
+    g.bench_function("decoded_key", |b| {
+        b.iter(|| assert!(decoded.verify(&msg, &sig)))
     });
     g.finish();
 }
@@ -340,12 +362,14 @@ fn main() {
         let mut c = configured(Criterion::default());
         codec(&mut c, &f);
         validation(&mut c, &f);
+        single_check(&mut c, &f);
         vote(&mut c, &f);
         aggregation(&mut c, &f);
     } else {
         let mut c = configured(Criterion::default().with_measurement(ThreadCpu));
         codec(&mut c, &f);
         validation(&mut c, &f);
+        single_check(&mut c, &f);
         vote(&mut c, &f);
         aggregation(&mut c, &f);
     }

@@ -70,7 +70,8 @@ pub fn verify_batch_with_fallback(items: &[Item<'_>]) -> Vec<bool> {
 /// A public key decoded once, for a key whose signatures are checked again
 /// and again (a registered masternode's): [`verify`] decodes `A` on every
 /// call, and that point decompression (a field square root) is about a
-/// tenth of a single verification (40 against 36 µs on the machine of
+/// tenth of a single verification (`cargo bench -p time-bench --bench micro
+/// -- ed25519_one`: 36.4 against 32.2 µs on the machine of
 /// docs/BENCHMARKS.md, 2026-12-04). Same rule, same verdict as [`verify`]
 /// with the key's bytes (a key that is not a point verifies nothing).
 #[derive(Clone, Debug)]
