@@ -180,6 +180,9 @@ fn metrics_follow_a_payment_pass_promtool_and_state_survives_a_restart() {
         ) > 0.0
     );
     assert!(value(&after, "timecoin_utxo_set_size") > 0.0);
+    // Payments read their inputs; the genesis outputs start in the store.
+    assert!(value(&after, "timecoin_utxo_cache_entries") > 0.0);
+    assert!(value(&after, "timecoin_utxo_cache_misses_total") > 0.0);
     assert!(value(&after, "timecoin_database_size_bytes") > 0.0);
     assert!(
         value(&after, "timecoin_database_limit_bytes")

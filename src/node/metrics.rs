@@ -364,6 +364,7 @@ impl NodeMetrics {
         snap.masternode = mn.stats();
         snap.catchup_lag = mn.catchup_lag();
         snap.catchup_held = mn.catchup_held();
+        snap.utxo_cache = mn.engine().utxo_cache();
         let registry = mn.engine().registry();
         if snap.masternodes.len() != registry.len() {
             snap.masternodes = registry
@@ -396,6 +397,8 @@ pub struct CoreSnapshot {
     pub catchup_lag: (u64, usize),
     /// The payment catch-up waits for the block sync.
     pub catchup_held: bool,
+    /// The UTXO cache: entries in memory, reads that missed it.
+    pub utxo_cache: (usize, u64),
     /// Each registered masternode's label, in registry order.
     pub masternodes: Vec<String>,
     /// The block layer, if it runs.
@@ -870,6 +873,18 @@ impl Collector for NodeCollector {
             Ok(g) => g,
             Err(p) => p.into_inner(),
         };
+        gauge(
+            &mut e,
+            "utxo_cache_entries",
+            "UTXO entries held in memory (the cache over the stored UTXO table)",
+            snap.utxo_cache.0 as i64,
+        )?;
+        counter(
+            &mut e,
+            "utxo_cache_misses",
+            "UTXO reads that missed the in-memory cache and went to the store",
+            snap.utxo_cache.1,
+        )?;
         let m = &snap.engine;
         counter(
             &mut e,
@@ -1330,8 +1345,11 @@ mod tests {
             e.proofs_held = 4;
             e.proof_votes = vec![4, 1, 3];
             snap.masternodes = vec!["aa".into(), "bb".into(), "cc".into()];
+            snap.utxo_cache = (12, 345);
         }
         let t = m.render();
+        assert_eq!(line(&t, "timecoin_utxo_cache_entries"), Some("12"));
+        assert_eq!(line(&t, "timecoin_utxo_cache_misses_total"), Some("345"));
         // Forged votes: the vote threads' bad signatures, apart from the
         // batches refused for other reasons.
         assert_eq!(

@@ -611,6 +611,12 @@ impl Engine {
         self.pending_count
     }
 
+    /// The UTXO cache: entries in memory now, and reads that went to the
+    /// store since start (`UtxoSet::in_memory`, `UtxoSet::misses`).
+    pub fn utxo_cache(&self) -> (usize, u64) {
+        (self.utxos.in_memory(), self.utxos.misses())
+    }
+
     /// Payments from this node's wallets in flight (the origin window's
     /// fill, at most [`EngineConfig::origin_window`]).
     pub fn wallet_in_flight(&self) -> usize {
