@@ -12,7 +12,7 @@ use std::sync::Arc;
 use crate::blocks::consensus::{BlockLedger, BodyRejection, ConsensusError, ConsensusWrite};
 use crate::blocks::evidence::{Contradicted, Contradiction};
 use crate::blocks::{
-    Block, BlockConsensus, ChainTip, Checked, CheckedBlockMessage, CommittedBlock, ConsensusMessage,
+    Block, BlockConsensus, ChainTip, Checked, CheckedBlockMessage, ConsensusMessage,
 };
 use crate::masternode::block_sync::BlockSync;
 use crate::protocol::audience::PeerMessage;
@@ -351,7 +351,6 @@ pub struct BlockEffects {
     pub requests: Vec<(PublicKey, u64)>,
     /// Payments of a proposal not final here: their proofs are wanted.
     pub missing: Vec<Txid>,
-    pub committed: Vec<CommittedBlock>,
 }
 
 impl BlockLayer {
@@ -586,7 +585,6 @@ impl BlockLayer {
                         self.unconfirmed.remove(&txid);
                     }
                     self.last_block_time = Some(c.block.header.time_ms);
-                    fx.committed.push((*c).clone());
                     fx.writes.push(Write::PutBlock(c));
                     // After the block, in the same transaction: records
                     // below it are never needed again.
