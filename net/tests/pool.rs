@@ -799,3 +799,88 @@ async fn config_is_checked() {
     );
     assert!(Pool::start(cfg).await.is_err());
 }
+
+/// A pool in a runtime of its own, so the test can crash it: dropping the
+/// runtime drops every task before it can send a close frame, as a killed
+/// process would.
+struct Crashable {
+    rt: tokio::runtime::Runtime,
+    pool: Pool,
+    _rx: Inbox,
+}
+
+fn start_crashable(
+    secret: [u8; 32],
+    listen: SocketAddr,
+    peers: HashMap<PeerId, SocketAddr>,
+) -> Crashable {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let mut cfg = test_config(Transport::Quic, secret, peers);
+    cfg.listen = listen;
+    cfg.ping_timeout = Duration::from_secs(60);
+    let (pool, rx) = rt.block_on(Pool::start(cfg)).expect("pool starts");
+    Crashable { rt, pool, _rx: rx }
+}
+
+/// A masternode that crashed and came back on its address with its key is
+/// linked again at once, not after its peers' ping timeout. It does not dial
+/// a peer with a smaller key, so it depends on that peer noticing the old
+/// connection is dead: the restarted endpoint answers the old connection's
+/// packets with a stateless reset, which needs its connection IDs and reset
+/// key to be the same across restarts. The ping timeout here is 60 s and
+/// the wait 20 s: without the reset the peer keeps the dead connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quic_restarted_acceptor_is_redialed_without_waiting_for_the_ping_timeout() {
+    let (sa, sb) = dialer_and_acceptor();
+    let (ida, idb) = (peer_id_from_secret(&sa), peer_id_from_secret(&sb));
+    let never: SocketAddr = NEVER_DIALED.parse().unwrap();
+    let b = tokio::task::spawn_blocking(move || {
+        start_crashable(
+            sb,
+            "127.0.0.1:0".parse().unwrap(),
+            HashMap::from([(ida, never)]),
+        )
+    })
+    .await
+    .unwrap();
+    let addr = b.pool.local_addr();
+    let mut cfg = test_config(Transport::Quic, sa, HashMap::from([(idb, addr)]));
+    cfg.ping_timeout = Duration::from_secs(60);
+    let (a, _arx) = Pool::start(cfg).await.expect("pool starts");
+    wait_until("a linked to b", Duration::from_secs(15), || {
+        a.connected_peers().contains(&idb)
+    })
+    .await;
+
+    let Crashable { rt, pool, _rx } = b;
+    drop((pool, _rx));
+    rt.shutdown_background();
+    // The same port again (bounded: the old socket closes as the runtime's
+    // tasks are dropped).
+    let mut restarted = None;
+    for _ in 0..100 {
+        let r = tokio::task::spawn_blocking(move || {
+            std::panic::catch_unwind(|| start_crashable(sb, addr, HashMap::from([(ida, never)])))
+        })
+        .await
+        .unwrap();
+        if let Ok(b) = r {
+            restarted = Some(b);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let b = restarted.expect("b restarts on its port");
+    wait_until("a redials the restarted b", Duration::from_secs(20), || {
+        b.pool.connected_peers().contains(&ida)
+    })
+    .await;
+    a.shutdown().await;
+    let Crashable { rt, pool, _rx } = b;
+    drop((pool, _rx));
+    rt.shutdown_background();
+}

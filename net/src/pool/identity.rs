@@ -92,6 +92,16 @@ impl Identity {
     /// peers' packets for the connection its previous process held with a
     /// valid stateless reset, and they drop that connection and dial again at
     /// once instead of waiting for the idle timeout.
+    /// The key of the keyed hash in this endpoint's QUIC connection IDs,
+    /// the same across restarts (see `QuicNet::bind`).
+    pub(crate) fn connection_id_key(&self) -> u64 {
+        let master = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &self.signing.to_bytes());
+        let derived = ring::hmac::sign(&master, b"TIMECOIN/quic-connection-id/v1");
+        let mut k = [0u8; 8];
+        k.copy_from_slice(&derived.as_ref()[..8]);
+        u64::from_le_bytes(k)
+    }
+
     pub(crate) fn stateless_reset_key(&self) -> ring::hmac::Key {
         let master = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &self.signing.to_bytes());
         let derived = ring::hmac::sign(&master, b"TIMECOIN/quic-stateless-reset/v1");

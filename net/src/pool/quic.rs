@@ -86,7 +86,20 @@ impl QuicNet {
             .map_err(|_| PoolError::Config("TLS suite unusable for QUIC"))?;
         let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
         server.transport_config(transport.clone());
-        let endpoint_cfg = quinn::EndpointConfig::new(Arc::new(identity.stateless_reset_key()));
+        let mut endpoint_cfg = quinn::EndpointConfig::new(Arc::new(identity.stateless_reset_key()));
+        // Connection IDs carry a keyed hash the endpoint checks before it
+        // answers a packet for a connection it does not know with a
+        // stateless reset. With quinn's default (a random key per process)
+        // a restarted masternode dropped its peers' packets as "invalid
+        // CID" instead of resetting their dead connections, so they noticed
+        // only by their ping timeout (5 s) and the restarted node, which
+        // does not dial peers with a lower key, waited that long for them.
+        // Keyed from the identity, like the reset key, a restart answers at
+        // once and the peer redials.
+        let cid_key = identity.connection_id_key();
+        endpoint_cfg.cid_generator(move || {
+            Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key))
+        });
         let socket = std::net::UdpSocket::bind(listen)?;
         let endpoint = Endpoint::new(
             endpoint_cfg,
