@@ -136,6 +136,7 @@ fn core_loop(mut c: Core) -> Result<(), StoreError> {
         let wait = idle_wait(&c, now_ms(), &announced);
         collect_round(&c.rx, &mut inputs, wait, c.round_window)?;
         let now = now_ms();
+        let work = Instant::now();
         let mut stop = false;
         for input in inputs.drain(..) {
             stop |= handle_input(&mut c.mn, &c.store, &c.ctx, &mut wallets, now, input)?;
@@ -144,7 +145,7 @@ fn core_loop(mut c: Core) -> Result<(), StoreError> {
             track_peers(&mut c.mn, &c.ctx, now, &mut peers_up);
             c.mn.handle_timeout(now, &c.store)?;
         }
-        commit_and_send(&mut c, &mut wallets, now)?;
+        commit_and_send(&mut c, &mut wallets, now, work)?;
         if let Some(f) = c.fast.as_mut() {
             fast_housekeeping(f, &c.ctx, now, &mut announced);
         }
@@ -169,8 +170,18 @@ fn core_loop(mut c: Core) -> Result<(), StoreError> {
 /// Ends the round: its events recorded and its final outcomes with their
 /// proof sent to wallets, then its writes made durable, then its
 /// transmits, then its other replies to wallets.
-fn commit_and_send(c: &mut Core, wallets: &mut Wallets, now: u64) -> Result<(), StoreError> {
+fn commit_and_send(
+    c: &mut Core,
+    wallets: &mut Wallets,
+    now: u64,
+    work: Instant,
+) -> Result<(), StoreError> {
     let mut round = c.mn.end_round(now);
+    c.ctx
+        .metrics
+        .core
+        .round_work
+        .observe(work.elapsed().as_secs_f64());
     c.ctx
         .wallet_stats
         .in_flight

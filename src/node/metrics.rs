@@ -212,6 +212,10 @@ pub struct CoreMetrics {
     /// which everything of the round waits for before it leaves the node
     /// (the disk's share of every hop).
     pub round_sync: Histogram,
+    /// Per round: the core's work on it before its commit (its inputs, its
+    /// timers and the state machine's end of round), which every payment
+    /// in flight at the node waits for besides the sync.
+    pub round_work: Histogram,
     pub finalized: Counter,
     pub rejected: Family<ReasonLabel, Counter>,
     /// Rejections because an input was locked or spent by another
@@ -253,6 +257,7 @@ impl Default for CoreMetrics {
         CoreMetrics {
             finality: Histogram::new(FINALITY_BUCKETS),
             round_sync: Histogram::new(ROUND_SYNC_BUCKETS),
+            round_work: Histogram::new(ROUND_SYNC_BUCKETS),
             finalized: Counter::default(),
             rejected: Family::default(),
             double_spends_prevented: Counter::default(),
@@ -454,6 +459,12 @@ impl NodeMetrics {
             "Store commit of one round (write-ahead log append and fdatasync, plus any wait for the store writer), which its votes and answers wait for",
             Unit::Seconds,
             c.round_sync.clone(),
+        );
+        r.register_with_unit(
+            "round_work",
+            "The core's work on one round before its commit (inputs, timers, end of round), which every payment in flight at the node waits for besides the sync",
+            Unit::Seconds,
+            c.round_work.clone(),
         );
         r.register(
             "transactions_finalized",

@@ -742,6 +742,10 @@ impl LmdbStore {
         snap.fork = self.fork_evidence.last(rtxn)?;
         snap.evidence_count = self.block_evidence.db.len(rtxn).map_err(backend)?;
         snap.stop = self.block_stop.last(rtxn)?;
+        snap.confirmed_through = self
+            .meta_seq
+            .get(rtxn, &MetaKey::ConfirmedThrough)?
+            .map(|AppliedSeq(h)| h);
         Ok(snap)
     }
 
@@ -937,6 +941,10 @@ impl LmdbStore {
                     }
                 }
                 Write::ClearBlockStop => self.block_stop.db.clear(wtxn).map_err(backend)?,
+                Write::PutConfirmedThrough(h) => {
+                    self.meta_seq
+                        .put(wtxn, &MetaKey::ConfirmedThrough, &AppliedSeq(*h), buf)?
+                }
                 Write::PruneBlockRecords { below } => {
                     // Keys sort by height first (big-endian): everything
                     // before the first key at `below`.

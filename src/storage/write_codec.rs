@@ -24,6 +24,7 @@
 //! | 13 | `PutBlockStop` | var(contradiction) |
 //! | 14 | `PruneBlockRecords` | below(u64) |
 //! | 15 | `ClearBlockStop` | none |
+//! | 16 | `PutConfirmedThrough` | height(u64) |
 //!
 //! The encoder refuses what the LMDB store would refuse to apply (values
 //! outside their decoders' caps, a transaction filed under another txid),
@@ -55,6 +56,9 @@ const TAG_PUT_BLOCK_EVIDENCE: u8 = 12;
 const TAG_PUT_BLOCK_STOP: u8 = 13;
 const TAG_PRUNE_BLOCK_RECORDS: u8 = 14;
 const TAG_CLEAR_BLOCK_STOP: u8 = 15;
+/// Added after the log's first format: a build that predates it refuses a
+/// log holding one (an unknown tag) instead of misreading it.
+const TAG_PUT_CONFIRMED_THROUGH: u8 = 16;
 
 /// Largest value inside a round payload; the record limit bounds it anyway.
 const MAX_VALUE_BYTES: usize = super::write_log::MAX_RECORD_BYTES;
@@ -147,6 +151,10 @@ pub fn encode_writes(writes: &[Write], out: &mut Vec<u8>) -> Result<(), RecordEr
                 out.extend_from_slice(&below.to_le_bytes());
             }
             Write::ClearBlockStop => out.push(TAG_CLEAR_BLOCK_STOP),
+            Write::PutConfirmedThrough(h) => {
+                out.push(TAG_PUT_CONFIRMED_THROUGH);
+                out.extend_from_slice(&h.to_le_bytes());
+            }
         }
     }
     Ok(())
@@ -198,6 +206,7 @@ pub fn decode_writes(bytes: &[u8]) -> Result<Vec<Write>, RecordError> {
             TAG_PUT_BLOCK_STOP => Write::PutBlockStop(value(&mut r, "contradiction")?),
             TAG_PRUNE_BLOCK_RECORDS => Write::PruneBlockRecords { below: r.u64()? },
             TAG_CLEAR_BLOCK_STOP => Write::ClearBlockStop,
+            TAG_PUT_CONFIRMED_THROUGH => Write::PutConfirmedThrough(r.u64()?),
             tag => {
                 return Err(RecordError::Decode(DecodeError::UnknownTag {
                     what: "write",

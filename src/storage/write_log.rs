@@ -650,11 +650,15 @@ mod tests {
             &[
                 Write::AppendFinality(Txid([0x11; 32])),
                 Write::ClearBlockStop,
+                Write::PutConfirmedThrough(0x0102),
             ],
             &mut p,
         )
         .unwrap();
-        assert_eq!(hex::encode(&p), format!("0200000004{}0f", "11".repeat(32)));
+        assert_eq!(
+            hex::encode(&p),
+            format!("0300000004{}0f100201000000000000", "11".repeat(32))
+        );
         assert_eq!(segment_name(7), "00000000000000000007.log");
     }
 

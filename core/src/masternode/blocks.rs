@@ -44,6 +44,14 @@ pub const BLOCK_RECORDS_KEPT: u64 = 64;
 /// Most finality-log entries one page-in reads (bounds a core round).
 pub const PAGE_IN_ENTRIES: usize = 4_096;
 
+/// Most transactions of committed blocks confirmed in one core round; the
+/// rest of a block is confirmed in the rounds after (see
+/// [`BlockLayer::confirming`]). At 1,000 payments a second a block a second
+/// holds about a thousand, and confirming them all in the round that
+/// committed the block held every payment in flight for 6-10 ms of that
+/// round (BENCHMARKS.md); 256 cost well under a millisecond.
+pub const CONFIRMATIONS_PER_ROUND: usize = 256;
+
 /// Checks a peer's block proposal, vote or committed block: cheap checks,
 /// then its signatures ([`Checked`]). Pure, so the node runs it on its
 /// check thread and the core thread never verifies a block message; `None`
@@ -334,6 +342,26 @@ pub struct BlockLayer {
     /// While behind: the tip height and when it last moved (or the lag
     /// was first seen), for [`BlockLayer::syncing_blocks`].
     sync_progress: Option<(u64, u64)>,
+    /// The committed block whose transactions are not all confirmed in the
+    /// engine yet, at most [`CONFIRMATIONS_PER_ROUND`] a round. Only ever
+    /// the tip: the rest of a block is confirmed before the next block is,
+    /// and before the consensus looks at anything above the tip
+    /// ([`BlockLayer::finish_confirming`]). Its last round records
+    /// [`Write::PutConfirmedThrough`]; a restart whose store holds a tip
+    /// above that confirms the tip again, so a crash between its rounds
+    /// loses nothing.
+    confirming: Option<Confirming>,
+    pub(crate) confirmations_per_round: usize,
+    /// Writes of confirmations made outside [`BlockLayer::drain`] (a
+    /// contradiction's stop record), for the round's effects.
+    held_writes: Vec<Write>,
+}
+
+/// A committed block's transactions still to confirm, in block order.
+struct Confirming {
+    height: u64,
+    block: crate::blocks::BlockHash,
+    txs: VecDeque<Arc<Transaction>>,
 }
 
 /// Blocks behind that count as syncing: one or two is the normal race with
@@ -366,6 +394,101 @@ impl BlockLayer {
             ask_budget: (0, 0),
             log_len: 0,
             sync_progress: None,
+            confirming: None,
+            confirmations_per_round: CONFIRMATIONS_PER_ROUND,
+            held_writes: Vec::new(),
+        }
+    }
+
+    /// Confirms `block`, committed at the tip, in the rounds from now on
+    /// (after whatever is left of the block before it).
+    fn start_confirming(&mut self, now: u64, engine: &mut Engine, block: &Block) {
+        self.finish_confirming(now, engine);
+        let txs = block
+            .transactions
+            .iter()
+            .map(|tx| {
+                self.unconfirmed
+                    .txs
+                    .get(&tx.txid())
+                    .cloned()
+                    .unwrap_or_else(|| Arc::new(tx.clone()))
+            })
+            .collect();
+        self.confirming = Some(Confirming {
+            height: block.height(),
+            block: block.hash(),
+            txs,
+        });
+    }
+
+    /// After a restart whose store shows the tip's transactions not all
+    /// confirmed ([`Write::PutConfirmedThrough`] below it): they are
+    /// confirmed again (an input already confirmed stays as it is).
+    pub fn resume_confirming(&mut self, tip: &Block) {
+        self.confirming = Some(Confirming {
+            height: tip.height(),
+            block: tip.hash(),
+            txs: tip.transactions.iter().cloned().map(Arc::new).collect(),
+        });
+    }
+
+    /// Whether a committed block still has transactions to confirm (the
+    /// masternode wants a round soon).
+    pub fn confirming(&self) -> bool {
+        self.confirming.is_some()
+    }
+
+    /// Confirms whatever is left of the tip: before the consensus handles
+    /// anything above the tip (a proposal's body is checked against
+    /// confirmed state, and a block never holds a confirmed payment).
+    pub fn finish_confirming(&mut self, now: u64, engine: &mut Engine) {
+        self.confirm(now, engine, usize::MAX);
+    }
+
+    /// Confirms up to `max` transactions of the block being confirmed.
+    fn confirm(&mut self, now: u64, engine: &mut Engine, max: usize) {
+        let Some(c) = self.confirming.as_mut() else {
+            return;
+        };
+        for _ in 0..max {
+            let Some(tx) = c.txs.pop_front() else {
+                break;
+            };
+            let txid = tx.txid();
+            match engine.apply_committed(now, &tx, c.height) {
+                Ok(moved) if moved > 0 => self.stats.confirmed_transactions += 1,
+                Ok(_) => {}
+                Err(e) => {
+                    // Left unapplied: a certified block that contradicts
+                    // what is final here. Counted, logged as critical by
+                    // the driver, and the first one stops block processing
+                    // durably.
+                    self.stats.contradictions += 1;
+                    self.stats.last_contradiction = Some(e.to_string());
+                    if self.stats.stop.is_none() {
+                        let what = match e {
+                            CommittedTxError::MissingInput(_, op) => Contradicted::MissingInput(op),
+                            CommittedTxError::ConflictsWithFinal { final_tx, .. } => {
+                                Contradicted::FinalPayment(final_tx)
+                            }
+                        };
+                        let stop = Contradiction {
+                            height: c.height,
+                            block: c.block,
+                            txid,
+                            what,
+                        };
+                        self.held_writes.push(Write::PutBlockStop(stop.clone()));
+                        self.stats.stop = Some(stop);
+                    }
+                }
+            }
+            self.unconfirmed.remove(&txid);
+        }
+        if c.txs.is_empty() {
+            self.held_writes.push(Write::PutConfirmedThrough(c.height));
+            self.confirming = None;
         }
     }
 
@@ -543,47 +666,7 @@ impl BlockLayer {
                 ConsensusWrite::Evidence(e) => fx.writes.push(Write::PutBlockEvidence(e)),
                 ConsensusWrite::Committed(c) => {
                     let height = c.block.height();
-                    for tx in &c.block.transactions {
-                        let txid = tx.txid();
-                        let tx = self
-                            .unconfirmed
-                            .txs
-                            .get(&txid)
-                            .cloned()
-                            .unwrap_or_else(|| Arc::new(tx.clone()));
-                        match engine.apply_committed(now, &tx, height) {
-                            Ok(moved) if moved > 0 => self.stats.confirmed_transactions += 1,
-                            Ok(_) => {}
-                            Err(e) => {
-                                // Left unapplied: a certified block that
-                                // contradicts what is final here. Counted,
-                                // logged as critical by the driver, and
-                                // the first one stops block processing
-                                // durably.
-                                self.stats.contradictions += 1;
-                                self.stats.last_contradiction = Some(e.to_string());
-                                if self.stats.stop.is_none() {
-                                    let what = match e {
-                                        CommittedTxError::MissingInput(_, op) => {
-                                            Contradicted::MissingInput(op)
-                                        }
-                                        CommittedTxError::ConflictsWithFinal {
-                                            final_tx, ..
-                                        } => Contradicted::FinalPayment(final_tx),
-                                    };
-                                    let stop = Contradiction {
-                                        height,
-                                        block: c.block.hash(),
-                                        txid,
-                                        what,
-                                    };
-                                    fx.writes.push(Write::PutBlockStop(stop.clone()));
-                                    self.stats.stop = Some(stop);
-                                }
-                            }
-                        }
-                        self.unconfirmed.remove(&txid);
-                    }
+                    self.start_confirming(now, engine, &c.block);
                     self.last_block_time = Some(c.block.header.time_ms);
                     fx.writes.push(Write::PutBlock(c));
                     // After the block, in the same transaction: records
@@ -596,6 +679,10 @@ impl BlockLayer {
                 }
             }
         }
+        // The first part of a block committed now, or the next part of one
+        // committed earlier: in the same round as whatever else it wrote.
+        self.confirm(now, engine, self.confirmations_per_round);
+        fx.writes.append(&mut self.held_writes);
         for (peer, height) in r.behind {
             self.sync.saw(peer, height);
         }

@@ -76,6 +76,9 @@ pub struct MasternodeConfig {
     /// Most final, unconfirmed payments the block layer holds in memory
     /// (`blocks::MAX_UNCONFIRMED_IN_MEMORY`); the rest wait in the store.
     pub max_unconfirmed_in_memory: usize,
+    /// Most transactions of committed blocks confirmed per round
+    /// (`blocks::CONFIRMATIONS_PER_ROUND`; at least 1).
+    pub confirmations_per_round: usize,
 }
 
 impl MasternodeConfig {
@@ -91,6 +94,7 @@ impl MasternodeConfig {
             planted_no_catchup: false,
             blocks: None,
             max_unconfirmed_in_memory: blocks::MAX_UNCONFIRMED_IN_MEMORY,
+            confirmations_per_round: blocks::CONFIRMATIONS_PER_ROUND,
         }
     }
 }
@@ -260,7 +264,13 @@ impl Masternode {
             }
             let mut layer = blocks::BlockLayer::new(c);
             layer.restore_stop(b.stop.clone());
+            if let Some(t) = &b.tip {
+                if b.confirmed_through.is_some_and(|h| h < t.block.height()) {
+                    layer.resume_confirming(&t.block);
+                }
+            }
             layer.unconfirmed = blocks::Unconfirmed::with_cap(cfg.max_unconfirmed_in_memory);
+            layer.confirmations_per_round = cfg.confirmations_per_round.max(1);
             layer.unconfirmed.restore(
                 std::mem::take(&mut snap.unconfirmed_transactions),
                 snap.unconfirmed_log_from,
@@ -647,6 +657,14 @@ impl Masternode {
         let Some(layer) = self.blocks.as_mut() else {
             return Ok(());
         };
+        // Anything but a late vote at or below the tip may make the
+        // consensus check a body or sign above the tip: the tip's payments
+        // are all confirmed first (and a contradiction among them stops).
+        let late_vote = matches!(&msg, CheckedBlockMessage::Vote(v)
+            if v.get().slot.height <= layer.tip().height);
+        if !late_vote {
+            layer.finish_confirming(now, &mut self.engine);
+        }
         if layer.stopped() {
             return Ok(());
         }
@@ -796,6 +814,10 @@ impl Masternode {
 
     /// When [`Masternode::handle_timeout`] wants to run next.
     pub fn poll_timeout(&self) -> u64 {
+        if self.blocks.as_ref().is_some_and(|b| b.confirming()) {
+            // The rest of a committed block to confirm, a part a round.
+            return 0;
+        }
         let tick = self.last_tick.map_or(0, |t| t + self.cfg.tick_ms);
         match self
             .blocks
@@ -813,6 +835,8 @@ impl Masternode {
         if let Some(layer) = self.blocks.as_mut().filter(|l| !l.stopped()) {
             layer.page_in(&self.engine, store)?;
             if layer.consensus.poll_timeout().is_some_and(|t| t <= now) {
+                // A timer may start the next height and propose on it.
+                layer.finish_confirming(now, &mut self.engine);
                 let view = blocks::LedgerView {
                     engine: &self.engine,
                     unconfirmed: &layer.unconfirmed,

@@ -1570,6 +1570,109 @@ fn final_payments_over_the_memory_cap_are_all_confirmed_across_a_restart() {
     unconfirmed_over_the_memory_cap(true);
 }
 
+impl Net {
+    /// Like [`Net::run_for`], one message at a time, until `stop` holds
+    /// after some node's round; false if it never did.
+    fn run_until(&mut self, ms: u64, mut stop: impl FnMut(&Net) -> bool) -> bool {
+        let end = self.now + ms;
+        while self.now < end {
+            self.now += 100;
+            for i in 0..self.nodes.len() {
+                let now = self.now;
+                if let Some(m) = self.nodes[i].as_mut() {
+                    m.handle_timeout(now, &self.stores[i]).unwrap();
+                }
+                self.flush(i);
+                if stop(self) {
+                    return true;
+                }
+            }
+            while let Some((from, to, msg)) = self.inbox.pop_front() {
+                let (from_pk, now) = (self.pk(from), self.now);
+                let Some(m) = self.nodes[to].as_mut() else {
+                    continue;
+                };
+                let msg = PeerMessage::try_from(msg).expect("peers send peer messages");
+                m.handle_peer_message(now, from_pk, msg, &self.stores[to])
+                    .unwrap();
+                self.flush(to);
+                if stop(self) {
+                    return true;
+                }
+            }
+        }
+        false
+    }
+}
+
+/// A committed block larger than a round's share of confirmations is
+/// confirmed over the rounds after the one that stored it; a node that
+/// crashes between those rounds confirms the rest after its restart, and
+/// no payment of the block is ever put in a second block.
+#[test]
+fn a_large_block_is_confirmed_over_rounds_and_across_a_crash_between_them() {
+    let mut c = blocks_cfg();
+    c.confirmations_per_round = 2;
+    let mut net = Net::with_config(4, c);
+    net.run_for(600);
+    net.drop_block_consensus = true;
+    let txs: Vec<Transaction> = (30..39).map(|c| pay(c, COIN)).collect();
+    for (k, tx) in txs.iter().enumerate() {
+        net.submit(k % 4, tx.clone());
+    }
+    net.run_for(300);
+    for tx in &txs {
+        assert!(net.is_final(3, &tx.txid()));
+    }
+    let before = net.height(3);
+    net.drop_block_consensus = false;
+    // Node 3 stored a block of the nine and has not confirmed them all.
+    let partial = net.run_until(5_000, |net| {
+        let m = net.nodes[3].as_ref().unwrap();
+        m.block_layer().unwrap().confirming() && net.height(3) > before
+    });
+    assert!(partial, "the block is confirmed over several rounds");
+    let h = net.height(3);
+    let stored = net.stores[3].load().unwrap().blocks;
+    assert_eq!(stored.tip.as_ref().map(|t| t.block.height()), Some(h));
+    assert!(stored.confirmed_through.is_some_and(|c| c < h));
+    let confirmed = txs
+        .iter()
+        .filter(|tx| {
+            matches!(
+                net.stores[3].utxo(&tx.inputs[0].prev).unwrap().state,
+                UtxoState::Confirmed { .. }
+            )
+        })
+        .count();
+    assert!(confirmed < txs.len(), "some are left for later rounds");
+    // A crash now: the restart confirms the rest of its tip.
+    net.nodes[3] = None;
+    net.links();
+    net.start(3);
+    net.links();
+    assert!(net.nodes[3]
+        .as_ref()
+        .unwrap()
+        .block_layer()
+        .unwrap()
+        .confirming());
+    net.run_for(3_000);
+    for tx in &txs {
+        assert_eq!(net.confirmed_at(3, tx), Some(h));
+        assert_eq!(net.confirmed_at(0, tx), Some(h));
+    }
+    let stored = net.stores[3].load().unwrap().blocks;
+    assert_eq!(stored.confirmed_through, Some(net.height(3)));
+    for i in 0..4 {
+        let layer = net.nodes[i].as_ref().unwrap().block_layer().unwrap();
+        assert!(!layer.confirming());
+        assert_eq!(layer.stats().contradictions, 0);
+    }
+    assert!(net.height(3) > h, "blocks go on");
+    net.same_chain();
+}
+
 /// Own consensus records far below the committed tip are pruned (a vote
 /// for a height at or below the tip is never signed again); restarts still
 /// never sign a conflicting vote and blocks go on.

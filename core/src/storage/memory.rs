@@ -66,6 +66,7 @@ pub struct MemoryStore {
     fork: Option<ForkEvidence>,
     block_evidence: BTreeMap<BlockEvidenceKey, BlockEvidence>,
     block_stop: Option<Contradiction>,
+    confirmed_through: Option<u64>,
 }
 
 impl MemoryStore {
@@ -120,6 +121,7 @@ impl MemoryStore {
             fork: self.fork.clone(),
             evidence_count: self.block_evidence.len() as u64,
             stop: self.block_stop.clone(),
+            confirmed_through: self.confirmed_through,
         }
     }
 }
@@ -257,6 +259,7 @@ impl Store for MemoryStore {
                     self.block_stop.get_or_insert_with(|| c.clone());
                 }
                 Write::ClearBlockStop => self.block_stop = None,
+                Write::PutConfirmedThrough(h) => self.confirmed_through = Some(*h),
                 Write::PruneBlockRecords { below } => {
                     self.own_block_votes.retain(|(h, _, _), _| h >= below);
                     self.candidates.retain(|(h, _), _| h >= below);

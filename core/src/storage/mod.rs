@@ -68,6 +68,11 @@ pub enum Write {
     /// The operator resumes block processing (`time-masternode
     /// clear-block-stop`; never written by the state machine).
     ClearBlockStop,
+    /// Every transaction of the committed blocks up to this height is
+    /// confirmed in the UTXO set (a large block's are confirmed over
+    /// several rounds after the one that stored it). Below the stored tip
+    /// after a crash: the tip is confirmed again at start.
+    PutConfirmedThrough(u64),
 }
 
 /// What a node needs in memory at start.
@@ -119,6 +124,10 @@ pub struct BlockSnapshot {
     pub evidence_count: u64,
     /// Block processing was stopped by this contradiction.
     pub stop: Option<Contradiction>,
+    /// The last [`Write::PutConfirmedThrough`] (none from a store written
+    /// before it existed, which confirmed each block in the round that
+    /// stored it).
+    pub confirmed_through: Option<u64>,
 }
 
 /// Chain identity and registry, written once from the genesis.

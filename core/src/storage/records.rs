@@ -155,6 +155,9 @@ pub enum MetaKey {
     /// The sequence number of the last write-ahead log record applied (a
     /// [`AppliedSeq`] value, not a `u32`); absent: none yet.
     AppliedLogSeq,
+    /// The height of the last [`crate::storage::Write::PutConfirmedThrough`]
+    /// (an [`AppliedSeq`]-encoded u64); absent: every stored block is.
+    ConfirmedThrough,
 }
 
 impl MetaKey {
@@ -163,6 +166,7 @@ impl MetaKey {
             MetaKey::FormatVersion => "format_version",
             MetaKey::ChainId => "chain_id",
             MetaKey::AppliedLogSeq => "applied_log_seq",
+            MetaKey::ConfirmedThrough => "confirmed_through",
         }
     }
 }
@@ -177,6 +181,7 @@ impl TableKey for MetaKey {
             MetaKey::FormatVersion,
             MetaKey::ChainId,
             MetaKey::AppliedLogSeq,
+            MetaKey::ConfirmedThrough,
         ]
         .into_iter()
         .find(|k| k.name().as_bytes() == bytes)
