@@ -6,7 +6,7 @@
 //!
 //! | table          | key                        | value        |
 //! |----------------|----------------------------|--------------|
-//! | `meta`         | [`MetaKey`] name           | `u32`; `applied_log_seq`: u64 |
+//! | `meta`         | [`MetaKey`] name           | `u32`; `applied_log_seq`, `confirmed_through`: u64 |
 //! | `utxos`        | [`OutPoint::key_bytes`]    | [`UtxoEntry`]|
 //! | `address_utxos` | [`AddressUtxoKey`] (address ‖ outpoint) | empty |
 //! | `transactions` | [`Txid`]                   | [`Transaction`] |
