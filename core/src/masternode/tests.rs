@@ -172,19 +172,26 @@ impl Net {
             self.flush(i);
         }
         let mut steps = 0;
-        while let Some((from, to, msg)) = self.inbox.pop_front() {
+        while self.deliver_next() {
             steps += 1;
             assert!(steps < 1_000_000, "message storm");
-            let from_pk = self.pk(from);
-            let now = self.now;
-            let Some(m) = self.nodes[to].as_mut() else {
-                continue;
-            };
+        }
+    }
+
+    /// Delivers the oldest message in flight and ends its receiver's
+    /// round; false when none is in flight.
+    fn deliver_next(&mut self) -> bool {
+        let Some((from, to, msg)) = self.inbox.pop_front() else {
+            return false;
+        };
+        let (from_pk, now) = (self.pk(from), self.now);
+        if let Some(m) = self.nodes[to].as_mut() {
             let msg = PeerMessage::try_from(msg).expect("peers send peer messages");
             m.handle_peer_message(now, from_pk, msg, &self.stores[to])
                 .unwrap();
             self.flush(to);
         }
+        true
     }
 
     /// Advances the clock by `ms` in ticks, delivering everything each tick.
@@ -1587,15 +1594,7 @@ impl Net {
                     return true;
                 }
             }
-            while let Some((from, to, msg)) = self.inbox.pop_front() {
-                let (from_pk, now) = (self.pk(from), self.now);
-                let Some(m) = self.nodes[to].as_mut() else {
-                    continue;
-                };
-                let msg = PeerMessage::try_from(msg).expect("peers send peer messages");
-                m.handle_peer_message(now, from_pk, msg, &self.stores[to])
-                    .unwrap();
-                self.flush(to);
+            while self.deliver_next() {
                 if stop(self) {
                     return true;
                 }

@@ -253,6 +253,11 @@ fn masternode_config(cfg: &SimConfig) -> MasternodeConfig {
         e.max_vote_batch_items = (FAST_PATH_MAX_ITEM - 113) / 35;
     }
     let mut m = MasternodeConfig::new(e);
+    // Far fewer than a block holds: every committed block with more than
+    // two payments is confirmed over several rounds, so the runs (crashes
+    // between those rounds among them) check that confirming in parts is
+    // the same as confirming at once (the node's default is 256).
+    m.confirmations_per_round = 2;
     match cfg.options.planted {
         Planted::None => {}
         Planted::Quorum => m.engine.planted.quorum = Some(cfg.total_weight() * 67 / 100),
