@@ -1672,6 +1672,125 @@ fn a_large_block_is_confirmed_over_rounds_and_across_a_crash_between_them() {
     net.same_chain();
 }
 
+/// Rule 2 of confirming over rounds (docs/PROTOCOL.md): the next height's
+/// start timer, firing while the tip is still partly confirmed, first
+/// confirms the rest of the tip; so a proposal that puts one of the tip's
+/// payments in a second block is refused as already confirmed instead of
+/// prevoted. Fails with the timer path's `finish_confirming` removed.
+#[test]
+fn the_next_height_starts_only_after_the_tip_is_wholly_confirmed() {
+    use crate::blocks::{leader::leader, Block, Proposal, Slot};
+    let mut c = blocks_cfg();
+    c.confirmations_per_round = 2;
+    let mut net = Net::with_config(4, c);
+    net.run_for(600);
+    net.drop_block_consensus = true;
+    let txs: Vec<Transaction> = (30..39).map(|c| pay(c, COIN)).collect();
+    for (k, tx) in txs.iter().enumerate() {
+        net.submit(k % 4, tx.clone());
+    }
+    net.run_for(300);
+    let before = (0..4).map(|i| net.height(i)).max().unwrap();
+    net.drop_block_consensus = false;
+    let reg = net.genesis.registry.clone();
+    // A node that committed the block of the nine, has not confirmed them
+    // all, and does not lead the next height's first round.
+    let mut node = None;
+    let partial = net.run_until(5_000, |net| {
+        node = (0..4).find(|&i| {
+            let m = net.nodes[i].as_ref().unwrap();
+            let h = net.height(i);
+            m.block_layer().unwrap().confirming()
+                && h > before
+                && leader(7, &reg, h + 1, 0) != net.pk(i)
+        });
+        node.is_some()
+    });
+    assert!(partial, "a block confirmed over several rounds");
+    let i = node.unwrap();
+    let tip = net.nodes[i].as_ref().unwrap().block_tip().unwrap();
+    let pending = txs
+        .iter()
+        .find(|tx| {
+            matches!(
+                net.nodes[i]
+                    .as_ref()
+                    .unwrap()
+                    .engine()
+                    .utxo(&tx.inputs[0].prev)
+                    .map(|e| e.state),
+                Some(UtxoState::SpentFinalized { .. })
+            )
+        })
+        .expect("a payment of the tip not confirmed yet")
+        .clone();
+    // The next height starts (its timer) before the rounds that would
+    // confirm the rest have run.
+    let start = net.now + 10_000;
+    let m = net.nodes[i].as_mut().unwrap();
+    m.handle_timeout(start, &net.stores[i]).unwrap();
+    let layer = m.block_layer().unwrap();
+    assert!(!layer.confirming(), "the tip is wholly confirmed first");
+    assert_eq!(
+        layer.consensus().awaiting_proposal(),
+        Some((tip.height + 1, 0))
+    );
+    assert!(matches!(
+        m.engine().utxo(&pending.inputs[0].prev).map(|e| e.state),
+        Some(UtxoState::Confirmed { .. })
+    ));
+    // The first round's leader proposes a block holding that payment again.
+    let li = reg.position(&leader(7, &reg, tip.height + 1, 0)).unwrap();
+    let block = Block::new(
+        7,
+        reg.epoch(),
+        tip.height + 1,
+        tip.hash,
+        tip.time_ms + 1,
+        net.pk(li),
+        vec![pending],
+    );
+    let slot = Slot {
+        chain_id: 7,
+        epoch: reg.epoch(),
+        height: tip.height + 1,
+        round: 0,
+    };
+    let p = Proposal::sign(slot, None, block, &net.keys[li]);
+    let invalid = |net: &Net| {
+        let m = net.nodes[i].as_ref().unwrap();
+        m.block_layer()
+            .unwrap()
+            .consensus()
+            .stats()
+            .invalid_proposals
+    };
+    let refused = invalid(&net);
+    let from = net.pk(li);
+    net.nodes[i]
+        .as_mut()
+        .unwrap()
+        .handle_peer_message(
+            start,
+            from,
+            PeerMessage::BlockProposal(Box::new(p)),
+            &net.stores[i],
+        )
+        .unwrap();
+    assert_eq!(invalid(&net), refused + 1, "refused: already confirmed");
+    // It prevoted nil at once.
+    assert_eq!(
+        net.nodes[i]
+            .as_ref()
+            .unwrap()
+            .block_layer()
+            .unwrap()
+            .consensus()
+            .awaiting_proposal(),
+        None
+    );
+}
+
 /// Own consensus records far below the committed tip are pruned (a vote
 /// for a height at or below the tip is never signed again); restarts still
 /// never sign a conflicting vote and blocks go on.
