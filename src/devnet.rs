@@ -242,9 +242,10 @@ impl DevnetLayout {
                  data_dir = \"data\"\nkey_file = \"key.json\"\ngenesis = \"../genesis.json\"\n\
                  network = \"devnet\"\nlisten_host = \"127.0.0.1\"\np2p_port = {port}\n{fast}\
                  # all masternodes share this machine: one verifier and one\n\
-                 # network thread each\n\
+                 # network thread each, votes tallied where they arrive\n\
                  verify_threads = 1\n\
                  net_threads = 1\n\
+                 vote_threads = 0\n\
                  metrics_listen = \"127.0.0.1:{metrics}\"\n\
                  rpc_listen = \"127.0.0.1:{rpc}\"\n"
             );

@@ -87,7 +87,9 @@ pub struct RunArgs {
     /// per core, at most 4].
     #[arg(long)]
     pub net_threads: Option<usize>,
-    /// Threads that verify and tally votes (sharded by txid) [default: 1].
+    /// Threads that verify and tally votes (sharded by txid); 0 tallies
+    /// them on the threads that receive them [default: 0 on a host of at
+    /// most 2 cores, else 1].
     #[arg(long)]
     pub vote_threads: Option<usize>,
     /// Cores to pin the vote threads to, e.g. "2,3" [default: no pinning].
@@ -522,6 +524,21 @@ impl RunArgs {
                 )))
             }
         };
+        // Without vote threads votes are tallied on the threads that
+        // receive them: nothing to pin.
+        let vote_threads = self
+            .vote_threads
+            .or(file.vote_threads)
+            .map_or(Ok(usize::from(cores > 2)), |v| {
+                in_range("vote_threads", v, 0, 256)
+            })?;
+        if vote_threads == 0 && !vote_cores.is_empty() {
+            return Err(ConfigError::Invalid(
+                "vote_cores pins vote threads, but vote_threads is 0 (votes tallied on the \
+                 threads that receive them): set vote_threads to 1 or more, or drop vote_cores"
+                    .into(),
+            ));
+        }
         Ok(NodeConfig {
             block_interval_ms,
             log_json,
@@ -547,10 +564,7 @@ impl RunArgs {
                 .or(file.round_window_us)
                 .map_or(Ok(500), |v| in_range("round_window_us", v, 0, 5_000))?,
             peer_transport,
-            vote_threads: self
-                .vote_threads
-                .or(file.vote_threads)
-                .map_or(Ok(1), |v| in_range("vote_threads", v, 1, 256))?,
+            vote_threads,
             vote_cores,
             fast_path,
             io_backend,

@@ -133,7 +133,15 @@ fn core_loop(mut c: Core) -> Result<(), StoreError> {
     let mut wallets = Wallets::new(c.ctx.wallet_stats.clone());
     loop {
         inputs.clear();
-        let wait = idle_wait(&c, now_ms(), &announced);
+        // Outcomes of this thread's own votes, tallied inline last round
+        // (no vote threads): this round handles them, without waiting.
+        let held = c.ctx.votes.take_held();
+        let wait = if held.is_empty() {
+            idle_wait(&c, now_ms(), &announced)
+        } else {
+            inputs.push(CoreInput::Tally(held));
+            Duration::ZERO
+        };
         collect_round(&c.rx, &mut inputs, wait, c.round_window)?;
         let now = now_ms();
         let work = Instant::now();
