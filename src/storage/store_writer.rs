@@ -53,12 +53,18 @@ pub const MAX_PENDING_BYTES: usize = 64 << 20;
 
 /// Shortest time between two of the writer's LMDB commits: rounds that
 /// arrive meanwhile go in the next one. Fewer, larger commits write each
-/// hot B-tree page once per batch and sync less often, which leaves the
-/// disk to the log's syncs: in the 4-node load test, 20 ms took the
-/// finality p50 from 7.1 ms (commit whenever work waits) to 5.6-6.2 ms;
-/// 100 ms gave a lower p50 but a worse p90 (large commits stall the
-/// rounds that sync meanwhile). Other threads' readers lag by about this.
-pub const WRITER_INTERVAL: Duration = Duration::from_millis(20);
+/// hot B-tree page (branches, the free list, leaves two payments share)
+/// once per batch and sync less often, which leaves the disk to the log's
+/// syncs. In the 4-node load test at 1,000 payments/s (docs/BENCHMARKS.md,
+/// 2026-12-07; `bench/scripts/round-work.sh`, 4 pairs): 100 ms against 20
+/// ms took the devnet's disk writes from 108-113 to 82-97 MB/s, the log's
+/// mean sync from 2.2-3.3 to 1.3-2.4 ms and the finality p50 from 22-33 to
+/// 17-24 ms. (On 2026-12-02's faster disk 20 ms had beaten committing
+/// whenever work waited, p50 7.1 to 5.6-6.2 ms, and 100 ms had given a
+/// worse p90.) Other threads' readers that do not wait for the writer
+/// (block and metrics reads) lag by about this; UTXO queries make it
+/// commit at once ([`DurableStore::state_reader`]).
+pub const WRITER_INTERVAL: Duration = Duration::from_millis(100);
 
 /// The write-ahead log directory beside the LMDB directory `db`.
 pub fn wal_dir(data_dir: &Path) -> PathBuf {
